@@ -1,0 +1,87 @@
+"""
+# BSS → Autotask monthly billing sync
+
+Moves one billing month of recurring charges from the **interworks.cloud BSS** into **Autotask PSA**.
+
+1. **extract** — the month's charges and accounts from the BSS API into the staging warehouse
+   (all or nothing: a record that cannot be typed stops the run and is listed by charge id and field);
+2. **validate_charges** — Great Expectations suites on the raw and typed lines; critical failures stop here;
+3. **snapshot_autotask → link_records → reconcile** — the Autotask state the month needs, links from each BSS
+   line to a company, contract and service (remembered for next month), and the change plan;
+4. **validate_plan** — the plan's own suites (never two adjustments on one date, no unit change unmapped).
+
+Trigger it with **month** = `YYYY-MM`; scheduled runs take the month of the run date (shifted by
+`BILLING_MONTH_OFFSET` months, default 0). Re-running a month is always safe.
+Connections: `bss_default`, `autotask_default`, `billing_warehouse` (see the README).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import Param, chain, dag, get_current_context, task
+
+_MONTH_OFFSET = int(os.environ.get("BILLING_MONTH_OFFSET", "0"))
+_MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
+
+
+@dag(
+    dag_id="bss_autotask_billing_sync",
+    schedule="@monthly",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "retry_exponential_backoff": True},
+    params={
+        "month": Param(
+            None,
+            type=["null", "string"],
+            pattern=_MONTH_PATTERN,
+            title="Billing month",
+            description="YYYY-MM. Leave empty for the month of the run date.",
+        ),
+    },
+    tags=["billing", "bss", "autotask"],
+    doc_md=__doc__,
+)
+def bss_autotask_billing_sync() -> None:
+    @task
+    def resolve_month() -> str:
+        """The billing month of this run: the `month` param, else the run date's month plus the offset."""
+        from include.models import BillingMonth
+
+        context = get_current_context()
+        requested = context["params"].get("month")
+        if requested:
+            return BillingMonth.parse(requested).key
+        run_date = context.get("logical_date") or context["dag_run"].run_after
+        return BillingMonth.of(run_date.date()).shifted(_MONTH_OFFSET).key
+
+    @task(retries=0)
+    def extract(month: str) -> dict[str, Any]:
+        """BSS charges and accounts of the month into the warehouse (typed lines replaced atomically)."""
+        from connectors.bss_hook import BssHook
+        from connectors.warehouse_connection import get_warehouse
+        from include.extract import extract_month
+
+        run_id = get_current_context()["run_id"]
+        return extract_month(BssHook(), get_warehouse(), month, run_id).as_dict()
+
+    @task(retries=0)
+    def validate_charges(month: str, extracted: dict[str, Any]) -> dict[str, Any]:
+        """Great Expectations suites on the raw and typed charges; critical failures stop the run."""
+        from connectors.warehouse_connection import get_warehouse
+        from include.quality import validate_charges as run_charge_suites
+
+        return run_charge_suites(get_warehouse(), month, extracted["run_id"]).as_dict()
+
+    month = resolve_month()
+    extracted = extract(month)
+    charges_checked = validate_charges(month, extracted)
+    chain(extracted, charges_checked)
+
+
+bss_autotask_billing_sync()

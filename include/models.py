@@ -1,0 +1,136 @@
+"""The canonical objects that cross module boundaries: a typed BSS charge line and its vocabularies."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import Decimal
+from enum import StrEnum
+
+MONTH_PATTERN = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+
+
+class BillingPeriod(StrEnum):
+    """How often a product is billed (BSS `billingPlan.billingPeriod`)."""
+
+    MONTHLY = "Monthly"
+    QUARTERLY = "Quarterly"
+    SEMI_ANNUALLY = "SemiAnnually"
+    ANNUALLY = "Annually"
+
+
+class BillingCycle(StrEnum):
+    """The commitment term (BSS `billingCycle`)."""
+
+    MONTHLY = "Monthly"
+    ANNUAL = "Annual"
+    BIENNIAL = "Biennial"
+    TRIENNIAL = "Triennial"
+
+
+class ChargeType(StrEnum):
+    RECURRING = "Recurring"
+    PRORATED = "Prorated"
+    ONE_TIME = "OneTime"
+    CREDIT = "Credit"
+
+
+class ChargeAction(StrEnum):
+    CYCLE = "Cycle"
+    NEW = "New"
+    RENEWAL = "Renewal"
+    QUANTITY_INCREASE = "QuantityIncrease"
+    QUANTITY_DECREASE = "QuantityDecrease"
+    CANCELLATION = "Cancellation"
+
+
+@dataclass(frozen=True, slots=True)
+class BillingMonth:
+    """One billing month `YYYY-MM`; the unit of work of a run."""
+
+    year: int
+    month: int
+
+    @classmethod
+    def parse(cls, text: str) -> BillingMonth:
+        match = MONTH_PATTERN.match(text.strip()) if isinstance(text, str) else None
+        if not match:
+            raise ValueError(f"month must look like YYYY-MM (e.g. 2026-10), got {text!r}")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    @property
+    def key(self) -> str:
+        return f"{self.year:04d}-{self.month:02d}"
+
+    @property
+    def first_day(self) -> date:
+        return date(self.year, self.month, 1)
+
+    @property
+    def last_day(self) -> date:
+        return self.next().first_day - timedelta(days=1)
+
+    def next(self) -> BillingMonth:
+        return BillingMonth(self.year + self.month // 12, self.month % 12 + 1)
+
+    def previous(self) -> BillingMonth:
+        return BillingMonth(self.year - (self.month == 1), 12 if self.month == 1 else self.month - 1)
+
+    def shifted(self, months: int) -> BillingMonth:
+        index = self.year * 12 + (self.month - 1) + months
+        return BillingMonth(index // 12, index % 12 + 1)
+
+    @classmethod
+    def of(cls, day: date) -> BillingMonth:
+        return cls(day.year, day.month)
+
+    def __str__(self) -> str:
+        return self.key
+
+
+@dataclass(frozen=True, slots=True)
+class ChargeLine:
+    """One BSS charge line, typed. Built only by `include.bss_adapter` from the API's record."""
+
+    charge_id: str
+    account_id: str
+    account_name: str
+    account_code: str | None
+    subscription_id: str
+    subscription_status: str | None
+    product_id: str
+    product_sku: str | None
+    product_name: str
+    billing_plan_id: str | None
+    billing_plan_name: str | None
+    billing_period: BillingPeriod
+    billing_cycle: BillingCycle
+    charge_type: ChargeType
+    action: ChargeAction
+    quantity: Decimal
+    subscription_quantity: Decimal
+    unit_cost: Decimal
+    unit_price: Decimal
+    currency: str
+    charge_start_date: date
+    charge_end_date: date
+    effective_date: date
+    invoice_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class BssAccount:
+    """A BSS account (end customer): what is needed to create the Autotask company."""
+
+    account_id: str
+    name: str
+    code: str | None
+    status: str | None
+    phone: str | None
+    email: str | None
+    vat_number: str | None
+    street: str | None
+    city: str | None
+    postal_code: str | None
+    country: str | None

@@ -1,0 +1,226 @@
+"""The staging warehouse: connection, versioned schema, and small helpers every stage uses.
+
+SQLite file by default, PostgreSQL in production. The schema is versioned DDL in
+`include/sql/migrations/NNNN_name.sql`, applied in order once each and recorded in `schema_migrations`.
+Queries that shape or compare data live in `include/sql/*.sql` and are loaded by name with `sql()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SAWarning
+
+log = logging.getLogger(__name__)
+
+SQL_DIR = Path(__file__).resolve().parent / "sql"
+MIGRATIONS_DIR = SQL_DIR / "migrations"
+DEFAULT_SQLITE_PATH = Path(__file__).resolve().parent.parent / "var" / "warehouse.db"
+_MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_INSERT_CHUNK = 2_000
+
+# SQLite keeps NUMERIC as REAL; 4-decimal money round-trips exactly at our magnitudes, so the warning
+# about Decimal emulation is noise here. PostgreSQL stores exact NUMERIC.
+warnings.filterwarnings("ignore", category=SAWarning, message=".*does \\*not\\* support Decimal.*")
+
+
+class WarehouseError(RuntimeError):
+    """The warehouse is unreachable or its schema is not what this code expects."""
+
+
+@cache
+def sql(name: str) -> str:
+    """The text of `include/sql/<name>.sql`."""
+    path = SQL_DIR / f"{name}.sql"
+    if not path.is_file():
+        raise WarehouseError(f"no SQL file {path}")
+    return path.read_text()
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a DDL script on `;` at line ends, dropping `--` comment lines (no procedural SQL here)."""
+    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
+    statements = re.split(r";\s*(?:\n|$)", "\n".join(lines))
+    return [statement.strip() for statement in statements if statement.strip()]
+
+
+def url_from_connection_fields(
+    conn_type: str | None,
+    host: str | None = None,
+    port: int | None = None,
+    login: str | None = None,
+    password: str | None = None,
+    schema: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
+    """A SQLAlchemy URL from an Airflow connection's fields (`billing_warehouse`).
+
+    `extra.sqlalchemy_url` wins; conn_type `sqlite` takes the file path in host; `postgres` the usual fields.
+    """
+    extra = extra or {}
+    if extra.get("sqlalchemy_url"):
+        return str(extra["sqlalchemy_url"])
+    kind = (conn_type or "").lower()
+    if kind == "sqlite":
+        path = host or schema or str(DEFAULT_SQLITE_PATH)
+        return f"sqlite:///{path}"
+    if kind in {"postgres", "postgresql"}:
+        auth = ""
+        if login:
+            auth = quote_plus(login) + (f":{quote_plus(password)}" if password else "") + "@"
+        return f"postgresql+psycopg2://{auth}{host or '127.0.0.1'}:{port or 5432}/{schema or 'postgres'}"
+    raise WarehouseError(f"billing_warehouse connection type {conn_type!r} is not supported (sqlite, postgres)")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets the review UI read while a task writes; busy_timeout waits instead of failing on a lock.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+class Warehouse:
+    """A handle on the staging warehouse. Cheap to create; create one per task."""
+
+    def __init__(self, url: str | None = None, engine: Engine | None = None) -> None:
+        if engine is None:
+            url = url or f"sqlite:///{DEFAULT_SQLITE_PATH}"
+            if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
+                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            engine = sa.create_engine(url, future=True, pool_pre_ping=True)
+            if engine.dialect.name == "sqlite":
+                event.listen(engine, "connect", _sqlite_pragmas)
+        self.engine = engine
+        self._metadata = sa.MetaData()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def __repr__(self) -> str:
+        return f"Warehouse({self.engine.url.render_as_string(hide_password=True)})"
+
+    # -- schema ---------------------------------------------------------------------------------
+    def migrations(self) -> list[tuple[str, Path]]:
+        found = []
+        for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+            match = _MIGRATION_NAME.match(path.name)
+            if not match:
+                raise WarehouseError(f"migration file {path.name} must be named NNNN_lowercase_name.sql")
+            found.append((match.group(1), path))
+        versions = [version for version, _ in found]
+        if len(set(versions)) != len(versions):
+            raise WarehouseError(f"two migrations share a version number: {versions}")
+        return found
+
+    def applied_versions(self) -> set[str]:
+        with self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table("schema_migrations"):
+                return set()
+            return {row[0] for row in conn.execute(sa.text("SELECT version FROM schema_migrations"))}
+
+    def migrate(self) -> list[str]:
+        """Apply the migrations not yet applied, each in its own transaction. Returns what was applied."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version VARCHAR(4) PRIMARY KEY, name VARCHAR(200) NOT NULL, applied_at TIMESTAMP NOT NULL)"
+                )
+            )
+        applied = self.applied_versions()
+        newly_applied = []
+        for version, path in self.migrations():
+            if version in applied:
+                continue
+            with self.engine.begin() as conn:
+                for statement in split_statements(path.read_text()):
+                    conn.execute(sa.text(statement))
+                conn.execute(
+                    sa.text("INSERT INTO schema_migrations (version, name, applied_at) VALUES (:v, :n, :t)"),
+                    {"v": version, "n": path.name, "t": utcnow()},
+                )
+            log.info("warehouse: applied migration %s", path.name)
+            newly_applied.append(path.name)
+        self._metadata = sa.MetaData()
+        return newly_applied
+
+    def table(self, name: str) -> sa.Table:
+        """The reflected table (cached): inserts through it get each dialect's typing right."""
+        if name not in self._metadata.tables:
+            try:
+                sa.Table(name, self._metadata, autoload_with=self.engine)
+            except sa.exc.NoSuchTableError as error:
+                raise WarehouseError(f"warehouse table {name!r} does not exist: run migrate() first") from error
+        return self._metadata.tables[name]
+
+    # -- data -----------------------------------------------------------------------------------
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        """One transaction: everything inside commits together or not at all."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    def insert(self, conn: Connection, table_name: str, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Insert rows in chunks (executemany); returns how many."""
+        table = self.table(table_name)
+        count = 0
+        chunk: list[Mapping[str, Any]] = []
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) >= _INSERT_CHUNK:
+                conn.execute(table.insert(), chunk)
+                count += len(chunk)
+                chunk = []
+        if chunk:
+            conn.execute(table.insert(), chunk)
+            count += len(chunk)
+        return count
+
+    def query(self, statement: str | sa.TextClause, params: Mapping[str, Any] | None = None) -> list[dict]:
+        """Run a read query (SQL text or the name of an `include/sql` file) and return rows as dicts."""
+        text = statement if isinstance(statement, sa.TextClause) else sa.text(_resolve_sql(statement))
+        with self.engine.connect() as conn:
+            return [dict(row._mapping) for row in conn.execute(text, dict(params or {}))]
+
+    def read_frame(self, statement: str, params: Mapping[str, Any] | None = None) -> Any:
+        """Like `query`, as a pandas DataFrame."""
+        import pandas as pd
+
+        with self.engine.connect() as conn:
+            return pd.read_sql_query(sa.text(_resolve_sql(statement)), conn, params=dict(params or {}))
+
+    def scalar(self, statement: str, params: Mapping[str, Any] | None = None) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(sa.text(_resolve_sql(statement)), dict(params or {})).scalar()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _resolve_sql(statement: str) -> str:
+    """A bare name like `month_lines` means `include/sql/month_lines.sql`."""
+    return sql(statement) if re.fullmatch(r"[a-z0-9_]+", statement) else statement
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
