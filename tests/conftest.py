@@ -10,7 +10,7 @@ from pathlib import Path
 
 # Before anything imports Airflow or GX: a private Airflow home, no examples, no GX analytics.
 _TEST_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="billing-test-airflow-"))
-os.environ.setdefault("AIRFLOW_HOME", str(_TEST_AIRFLOW_HOME))
+os.environ["AIRFLOW_HOME"] = str(_TEST_AIRFLOW_HOME)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 os.environ["GX_ANALYTICS_ENABLED"] = "false"

@@ -1,0 +1,50 @@
+# Entry points. Everything installs itself on first use into .venv (Python 3.11 + PyPI only).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+INSTALLED := $(VENV)/.installed
+
+export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export GX_ANALYTICS_ENABLED := false
+
+.PHONY: help install demo test bench lint format lock clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+$(INSTALLED): requirements.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.txt
+	@touch $@
+
+install: $(INSTALLED)  ## create .venv with every pinned dependency
+
+demo: $(INSTALLED)  ## run the monthly sync for a month against the local sandboxes (MONTH=2026-10)
+	$(BIN)/python scripts/demo.py $(if $(MONTH),--month $(MONTH))
+
+test: $(INSTALLED)  ## run the whole test suite (sandboxes, PostgreSQL, a real Airflow run)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(INSTALLED)  ## run every benchmark; one BENCH {json} line each
+	@set -e; for script in bench/bench_*.py; do $(BIN)/python $$script; done
+
+lint: $(INSTALLED)  ## ruff
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: $(INSTALLED)
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+lock: $(INSTALLED)  ## recompile requirements.txt from requirements.in
+	$(BIN)/uv pip compile --quiet --python-version 3.11 requirements.in -o requirements.txt
+
+clean:  ## remove the demo's state (warehouse, Airflow home, sandbox state)
+	rm -rf var .airflow
