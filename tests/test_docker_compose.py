@@ -33,7 +33,8 @@ def test_every_airflow_3_component_runs_with_its_command(compose: dict) -> None:
 def test_celery_executor_with_redis_and_postgres_metadata(compose: dict) -> None:
     env = compose["services"]["airflow-scheduler"]["environment"]
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
-    assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://") and "@redis:6379" in env["AIRFLOW__CELERY__BROKER_URL"]
+    broker = env["AIRFLOW__CELERY__BROKER_URL"]
+    assert broker.startswith("redis://") and "@redis:6379" in broker
     assert "@postgres/airflow" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     assert env["GX_ANALYTICS_ENABLED"] == "false"
     assert {"postgres", "redis", "warehouse-db"} <= set(compose["services"])

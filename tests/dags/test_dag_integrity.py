@@ -40,7 +40,7 @@ def test_month_param_validates_the_format(dag_bag) -> None:
     assert param.resolve("2026-10") == "2026-10"
     assert param.resolve(None) is None
     for bad in ("2026-13", "2026-1", "October", "2026-10-01"):
-        with pytest.raises(Exception, match="does not match|Invalid|invalid"):
+        with pytest.raises(Exception, match=r"does not match|Invalid|invalid"):
             Param(param.value, **param.schema).resolve(bad)
 
 
