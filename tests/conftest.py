@@ -79,3 +79,62 @@ def warehouse(request: pytest.FixtureRequest) -> Iterator[Warehouse]:
         yield handle
     finally:
         handle.dispose()
+
+
+# -- sandboxes ------------------------------------------------------------------------------------
+def bss_connection_json(server_url: str, **extra: object) -> str:
+    """An Airflow connection (JSON form) for the BSS sandbox at `server_url`."""
+    import json
+    from urllib.parse import urlparse
+
+    parsed = urlparse(server_url)
+    return json.dumps(
+        {
+            "conn_type": "http",
+            "host": parsed.hostname,
+            "port": parsed.port,
+            "schema": parsed.scheme,
+            "login": "demo-user",
+            "password": "demo-password",
+            "extra": {"client_id": "demo-client", "client_secret": "demo-client-secret", **extra},
+        }
+    )
+
+
+def autotask_connection_json(server_url: str, **extra: object) -> str:
+    """An Airflow connection (JSON form) for the Autotask sandbox at `server_url` (explicit host: no discovery)."""
+    import json
+    from urllib.parse import urlparse
+
+    parsed = urlparse(server_url)
+    return json.dumps(
+        {
+            "conn_type": "http",
+            "host": parsed.hostname,
+            "port": parsed.port,
+            "schema": parsed.scheme,
+            "login": "api-user@demo.example",
+            "password": "demo-secret",
+            "extra": {"integration_code": "DEMOINTEGRATION", **extra},
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def bss_sandbox():
+    """The BSS sandbox (50 customers × 3 subscriptions, seed 42), shared by the session; reset after each use."""
+    from tests.servers import start_server
+
+    server = start_server(["sandbox.bss_server", "--customers", "50", "--subscriptions-per-customer", "3"])
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bss(bss_sandbox, monkeypatch: pytest.MonkeyPatch):
+    """The shared BSS sandbox, with `bss_default` pointing at it and faults/overrides cleared afterwards."""
+    import httpx
+
+    monkeypatch.setenv("AIRFLOW_CONN_BSS_DEFAULT", bss_connection_json(bss_sandbox.url))
+    yield bss_sandbox
+    httpx.post(bss_sandbox.url + "/_admin/reset", timeout=10)
