@@ -81,6 +81,7 @@ class AutotaskSettings:
     budget_pause_ratio: float = 0.9
     budget_check_every: int = 100  # requests between two ThresholdInformation reads
     budget_check_interval_s: float = 60.0  # ...or this long, whichever comes first
+    budget_refresh_in_background: bool = True  # after the first read, re-read without blocking a request
     budget_max_delay_s: float = 1.0  # added per request when just below the pause ratio
     budget_pause_s: float = 60.0  # one pause step; the budget is re-read after each step
     max_pause_s: float = 3600.0  # total pause before a request goes ahead anyway
@@ -104,6 +105,8 @@ class AutotaskSettings:
             raw = extra[spec.name]
             if spec.name == "zone_discovery_url":
                 values[spec.name] = str(raw)
+            elif spec.name == "budget_refresh_in_background":
+                values[spec.name] = str(raw).strip().lower() in ("1", "true", "yes", "on")
             elif spec.name in (
                 "impersonation_resource_id",
                 "max_concurrent_per_endpoint",
@@ -235,7 +238,11 @@ class _RequestBudget:
 
     def before_request(self) -> None:
         if self._check_due():
-            self.refresh()
+            if self._last_check_at is None or not self._settings.budget_refresh_in_background:
+                self.refresh()
+            else:
+                # Pacing information must not sit on the critical path of every 100th request.
+                threading.Thread(target=self.refresh, name="autotask-budget", daemon=True).start()
         ratio = self.ratio
         if ratio >= self._settings.budget_pause_ratio:
             self._pause()
@@ -748,13 +755,19 @@ class AutotaskHook(HttpHook):
         values: Iterable[Any],
         filters: list[dict | Filter] | None = None,
         include_fields: list[str] | None = None,
+        *,
+        batch_size: int | None = None,
     ) -> list[dict]:
         """Records whose `field` is in `values`: deduplicated, split into `in` batches of at most 500
-        (evenly sized), run concurrently within the endpoint's slot limit, each batch paged if needed."""
+        (evenly sized), run concurrently within the endpoint's slot limit, each batch paged if needed.
+
+        `batch_size` lowers the batch size when each value matches several records, so that a batch's
+        records fit one page (a batch that overflows is paged, which costs a sequential call).
+        """
         unique = list(dict.fromkeys(to_api_value(value) for value in values))
         if not unique:
             return []
-        size = self.settings.in_batch_size
+        size = max(1, min(batch_size or self.settings.in_batch_size, self.settings.in_batch_size))
         batch_count = -(-len(unique) // size)
         per_batch = -(-len(unique) // batch_count)
         batches = [unique[start : start + per_batch] for start in range(0, len(unique), per_batch)]
@@ -792,7 +805,11 @@ class AutotaskHook(HttpHook):
             Filter.gte("endDate", format_api_date(start)),
         ]
         ids = [int(value) for value in contract_service_ids]
-        return self.query_in("ContractServiceUnits", "contractServiceID", ids, overlap)
+        # A contract service has about one row per month of the period, plus one per mid-period adjustment;
+        # size the batches so that their rows fit one 500-record page with ~10 % room for those splits.
+        months = (end.year - start.year) * 12 + end.month - start.month + 1
+        batch_size = max(1, int(0.9 * self.settings.in_batch_size / max(1, months)))
+        return self.query_in("ContractServiceUnits", "contractServiceID", ids, overlap, batch_size=batch_size)
 
     def threshold_information(self) -> dict:
         """`{"externalRequestThreshold", "requestThresholdTimeframe", "currentTimeframeRequestCount"}`."""
