@@ -1,0 +1,338 @@
+"""Seed data of the Autotask sandbox, derived from the same `Universe` the BSS sandbox serves.
+
+The MSP's Autotask already knows most of its customers, but not cleanly: some companies carry the
+"BSS Account ID" UDF, others only match by name or almost by name, a few are missing. Decisions are
+made per BSS key with a stable hash, so a customer keeps its fate whatever the universe size.
+`SeedFacts` (not an entity) records every decision, for tests that need the truth.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import unicodedata
+from datetime import date, datetime, timedelta
+
+from sandbox.autotask_schema import (
+    COMPANY_UDF_BSS_ACCOUNT_ID,
+    FIRST_IDS,
+    RECURRING_SERVICE_CONTRACT,
+    format_date,
+    format_datetime,
+)
+from sandbox.dataset import Account, Product, Subscription, Universe
+
+OWNER_RESOURCE_ID = FIRST_IDS["Resources"]
+API_RESOURCE_ID = OWNER_RESOURCE_ID + 1
+RECURRING_BILLING_CODE_ID = FIRST_IDS["BillingCodes"]
+PERIOD_TYPES = {"Monthly": 2, "Quarterly": 3, "SemiAnnually": 4, "Annually": 5}
+_SEEDED_AT = format_datetime(datetime(2023, 1, 2, 9, 0, 0))
+
+# The first customers of every universe get fixed fates, so small seeds hold each case.
+_FIXED_COMPANY_FATES = {
+    "Contoso Ltd": ("near", "Contoso Limited"),
+    "Société Générale Services": ("udf", None),
+    "O'Brien & Sons Ltd": ("near", "O'Brien and Sons Ltd"),
+    "Müller GmbH": ("near", "Muller GmbH"),
+    "Fabrikam Inc": ("name", None),
+    "Ångström Ingeniería S.L.": ("missing", None),
+    "Smith & Wesson Consulting": ("udf", "Smith and Wesson Consulting Group"),  # renamed in Autotask
+    "Papadopoulos & Υιοί Α.Ε.": ("name", None),
+}
+_NEAR_MISS_REPLACEMENTS = [
+    (" Ltd", " Limited"), (" Inc", ", Inc."), (" & ", " and "), (" LLC", ", L.L.C."), (" GmbH", " G.m.b.H."),
+    (" S.L.", " SL"), (" S.A.", " SA"), (" B.V.", " BV"), (" N.V.", " NV"), (" SARL", " S.A.R.L."),
+    (" AG", " A.G."), (" Corp", " Corporation"), (" LLP", " L.L.P."), (" KG", " K.G."), (" plc", " PLC"),
+]
+_EXTRA_SERVICES = [
+    ("Onsite Support (hourly)", 2, "95.00", "0.00", True),
+    ("Managed Services – Per Device", 2, "35.00", "12.00", True),
+    ("Microsoft 365 Business Standard (legacy)", 2, "10.50", "9.00", False),
+]
+_EXTRA_COMPANY_STEMS = ["Blue Harbor", "Redwood", "Silverline", "Granite", "Maple Leaf", "Evergreen", "Summit"]
+
+
+def seed_state(universe: Universe, month: str) -> dict[str, list[dict]]:
+    """Autotask records (by entity) as they stand at the start of `month` ("YYYY-MM"), plus SeedFacts."""
+    first = date(int(month[:4]), int(month[5:7]), 1)
+    builder = _Builder(universe, first)
+    builder.build()
+    return builder.state
+
+
+class _Builder:
+    def __init__(self, universe: Universe, first: date) -> None:
+        self.universe = universe
+        self.first = first
+        self.state: dict[str, list[dict]] = {
+            "Resources": _resources(), "BillingCodes": _billing_codes(), "Companies": [], "Contracts": [],
+            "Services": [], "ContractServices": [], "ContractServiceAdjustments": [], "SeedFacts": [],
+        }
+        self.next_ids = dict(FIRST_IDS)
+        self.company_of_account: dict[str, dict] = {}
+        self.service_of_product: dict[str, dict] = {}
+
+    def _new_id(self, entity: str) -> int:
+        self.next_ids[entity] += 1
+        return self.next_ids[entity] - 1
+
+    def _fact(self, **fields: object) -> None:
+        self.state["SeedFacts"].append(fields)
+
+    def build(self) -> None:
+        for account in self.universe.accounts:
+            self._company(account)
+        self._extra_companies()
+        for product in self.universe.products:
+            self._service(product)
+        self._extra_services()
+        for subscription in self.universe.subscriptions:
+            self._contract(subscription)
+
+    # --- companies -------------------------------------------------------------------------------------
+
+    def _company(self, account: Account) -> None:
+        fate, autotask_name = _FIXED_COMPANY_FATES.get(account.name, (None, None))
+        if fate is None:
+            draw = _fraction("company", account.id)
+            fate = "missing" if draw < 0.10 else "near" if draw < 0.20 else "name" if draw < 0.45 else "udf"
+        if fate == "missing":
+            self._fact(kind="company", bssId=account.id, bssName=account.name, autotaskId=None, match="missing")
+            return
+        if autotask_name is None:
+            autotask_name = near_miss(account.name) if fate == "near" else account.name
+        record = _company_record(self._new_id("Companies"), autotask_name[:100], account.phone or "+00 000",
+                                 account.street, account.city, account.postal_code)
+        record["userDefinedFields"] = [
+            {"name": COMPANY_UDF_BSS_ACCOUNT_ID, "value": account.id if fate == "udf" else None},
+            {"name": "Billing Contact Email", "value": account.email},
+        ]
+        self.state["Companies"].append(record)
+        self.company_of_account[account.id] = record
+        self._fact(kind="company", bssId=account.id, bssName=account.name, autotaskId=record["id"],
+                   autotaskName=record["companyName"], match=fate)
+
+    def _extra_companies(self) -> None:
+        """Companies the BSS does not know (other customers, leads): noise a matcher must not pick."""
+        count = max(2, len(self.universe.accounts) // 20)
+        for number in range(count):
+            stem = _EXTRA_COMPANY_STEMS[number % len(_EXTRA_COMPANY_STEMS)]
+            serial = number // len(_EXTRA_COMPANY_STEMS)
+            name = f"{stem} IT Services" + (f" {serial + 1}" if serial else "")
+            record = _company_record(self._new_id("Companies"), name, "+1 555 0100", None, None, None)
+            record["companyType"] = 2 if number % 3 == 2 else 1
+            record["userDefinedFields"] = [
+                {"name": COMPANY_UDF_BSS_ACCOUNT_ID, "value": None},
+                {"name": "Billing Contact Email", "value": None},
+            ]
+            self.state["Companies"].append(record)
+
+    # --- services --------------------------------------------------------------------------------------
+
+    def _service(self, product: Product) -> None:
+        index = int(product.id.rsplit("-", 1)[1])
+        count = len(self.universe.products)
+        if index == count:
+            self._fact(kind="service", bssId=product.id, sku=product.sku, autotaskId=None, match="missing")
+            return
+        fate = "inactive" if index == count - 1 else "name" if index % 6 == 1 and index > 1 else "sku"
+        record = _service_record(self._new_id("Services"), product.name, PERIOD_TYPES[product.billing_period],
+                                 float(product.unit_price), float(product.unit_cost),
+                                 None if fate == "name" else product.sku, fate != "inactive")
+        self.state["Services"].append(record)
+        self.service_of_product[product.id] = record
+        self._fact(kind="service", bssId=product.id, sku=product.sku, autotaskId=record["id"], match=fate)
+
+    def _extra_services(self) -> None:
+        for name, period_type, price, cost, active in _EXTRA_SERVICES:
+            self.state["Services"].append(_service_record(
+                self._new_id("Services"), name, period_type, float(price), float(cost), None, active))
+
+    # --- contracts and units -----------------------------------------------------------------------------
+
+    def _contract(self, subscription: Subscription) -> None:
+        first = self.first
+        in_force = subscription.start_date < first and (
+            subscription.cancelled_on is None or subscription.cancelled_on >= first)
+        company = self.company_of_account.get(subscription.account_id)
+        if not in_force or company is None:
+            reason = "not-in-force" if not in_force else "no-company"
+            self._fact(kind="contract", bssId=subscription.id, autotaskId=None, match=reason)
+            return
+        draw = _fraction("contract", subscription.id)
+        fate = "missing" if draw < 0.05 else "name" if draw < 0.15 else "number"
+        if fate == "missing":
+            self._fact(kind="contract", bssId=subscription.id, autotaskId=None, match="missing")
+            return
+        account = self.universe.account(subscription.account_id)
+        product = self.universe.product(subscription.product_id)
+        if subscription.billing_cycle == "Monthly":
+            # monthly commitments roll over; MSPs give those contracts a long end date
+            end = _month_end(_add_months(first, 12))
+        else:
+            # the term in force the day before the month: a renewal on the 1st finds it expired
+            end = subscription.term_end_on(first - timedelta(days=1))
+        if fate == "number":
+            name = f"{product.name} – {company['companyName']}"
+        else:
+            name = f"{product.name} ({subscription.id})"
+        contract = {
+            "id": self._new_id("Contracts"),
+            "companyID": company["id"],
+            "contractName": name[:100],
+            "contractType": RECURRING_SERVICE_CONTRACT,
+            "startDate": format_date(subscription.start_date),
+            "endDate": format_date(end),
+            "status": 1,
+            "timeReportingRequiresStartAndStopTimes": 1,
+            "contractNumber": subscription.id if fate == "number" else None,
+            "contractPeriodType": PERIOD_TYPES[product.billing_period],
+            "description": None,
+            "isDefaultContract": False,
+            "purchaseOrderNumber": None,
+            "lastModifiedDateTime": _SEEDED_AT,
+        }
+        self.state["Contracts"].append(contract)
+        self._fact(kind="contract", bssId=subscription.id, autotaskId=contract["id"], match=fate,
+                   companyId=company["id"], startDate=contract["startDate"], endDate=contract["endDate"])
+        self._contract_service(subscription, account, product, contract)
+
+    def _contract_service(self, subscription: Subscription, account: Account, product: Product,
+                          contract: dict) -> None:
+        service = self.service_of_product.get(product.id)
+        bss_units = subscription.units_on(self.first)
+        if service is None or _fraction("contract-service", subscription.id) < 0.03:
+            self._fact(kind="contractService", bssId=subscription.id, contractId=contract["id"], autotaskId=None,
+                       serviceId=service["id"] if service else None, bssUnits=bss_units, units=None,
+                       match="missing")
+            return
+        unit_cost, unit_price = self.universe.prices_for(product, account.currency)
+        units = bss_units
+        match = "equal"
+        if _fraction("units", subscription.id) < 0.10:
+            delta = [-3, -2, -1, 1, 2, 5][int(_fraction("units-delta", subscription.id) * 6)]
+            units = bss_units + delta if bss_units + delta >= 0 else bss_units + abs(delta)
+            match = "differs"
+        cs_id = self._new_id("ContractServices")
+        self.state["ContractServices"].append({
+            "id": cs_id,
+            "contractID": contract["id"],
+            "serviceID": service["id"],
+            "unitPrice": float(unit_price),
+            "unitCost": float(unit_cost),
+            "internalCurrencyUnitPrice": float(unit_price),
+            "internalCurrencyAdjustedPrice": float(unit_price),
+            "invoiceDescription": None,
+            "internalDescription": None,
+            "quoteItemID": None,
+        })
+        # Initial units: an adjustment at the contract start, marked so it never counts as a duplicate.
+        self.state["ContractServiceAdjustments"].append({
+            "id": self._new_id("ContractServiceAdjustments"),
+            "contractID": contract["id"],
+            "serviceID": service["id"],
+            "contractServiceID": cs_id,
+            "effectiveDate": contract["startDate"],
+            "unitChange": units,
+            "adjustedUnitPrice": None,
+            "adjustedUnitCost": None,
+            "allowRepeatService": False,
+            "_initial": True,
+        })
+        self._fact(kind="contractService", bssId=subscription.id, contractId=contract["id"], autotaskId=cs_id,
+                   serviceId=service["id"], bssUnits=bss_units, units=units, match=match)
+
+
+def near_miss(name: str) -> str:
+    """A name a person would call the same company but an exact match would not."""
+    folded = "".join(char for char in unicodedata.normalize("NFKD", name) if not unicodedata.combining(char))
+    if folded != name:
+        return folded
+    for old, new in _NEAR_MISS_REPLACEMENTS:
+        if old in name:
+            return name.replace(old, new, 1)
+    return name + "."
+
+
+def _fraction(kind: str, key: str) -> float:
+    digest = hashlib.blake2b(f"{kind}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def _company_record(record_id: int, name: str, phone: str, street: str | None, city: str | None,
+                    postal_code: str | None) -> dict:
+    return {
+        "id": record_id,
+        "companyName": name,
+        "companyType": 1,
+        "ownerResourceID": OWNER_RESOURCE_ID,
+        "phone": phone[:25],
+        "companyNumber": None,
+        "address1": street,
+        "address2": None,
+        "city": city,
+        "state": None,
+        "postalCode": postal_code,
+        "countryID": None,
+        "webAddress": None,
+        "taxID": None,
+        "isActive": True,
+        "parentCompanyID": None,
+        "createDate": _SEEDED_AT,
+        "lastActivityDate": _SEEDED_AT,
+    }
+
+
+def _service_record(record_id: int, name: str, period_type: int, price: float, cost: float, sku: str | None,
+                    active: bool) -> dict:
+    return {
+        "id": record_id,
+        "name": name,
+        "description": None,
+        "invoiceDescription": name,
+        "unitPrice": price,
+        "unitCost": cost,
+        "periodType": period_type,
+        "billingCodeID": RECURRING_BILLING_CODE_ID,
+        "sku": sku,
+        "isActive": active,
+        "vendorCompanyID": None,
+        "createDate": _SEEDED_AT,
+        "lastModifiedDate": _SEEDED_AT,
+    }
+
+
+def _resources() -> list[dict]:
+    def resource(offset: int, first: str, last: str, user: str, kind: int, active: bool = True) -> dict:
+        return {"id": OWNER_RESOURCE_ID + offset, "firstName": first, "lastName": last, "userName": user,
+                "email": f"{user}@demo.example", "isActive": active, "resourceType": kind, "title": None}
+
+    return [
+        resource(0, "Olivia", "Owner", "olivia.owner", 1),
+        resource(1, "API", "User", "api-user", 3),
+        resource(2, "Former", "Employee", "former.employee", 1, active=False),
+    ]
+
+
+def _billing_codes() -> list[dict]:
+    rows = [
+        ("Recurring Contract Services", 4, True),
+        ("Cloud Subscriptions", 4, True),
+        ("Remote Support", 1, True),
+        ("Legacy Hosting", 4, False),
+    ]
+    return [
+        {"id": RECURRING_BILLING_CODE_ID + offset, "name": name, "description": None, "isActive": active,
+         "useType": use_type, "unitPrice": None, "externalNumber": None}
+        for offset, (name, use_type, active) in enumerate(rows)
+    ]
+
+
+def _month_end(day: date) -> date:
+    return day.replace(day=calendar.monthrange(day.year, day.month)[1])
+
+
+def _add_months(day: date, months: int) -> date:
+    index = day.year * 12 + day.month - 1 + months
+    year, month = divmod(index, 12)
+    return date(year, month + 1, min(day.day, calendar.monthrange(year, month + 1)[1]))
