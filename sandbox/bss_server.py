@@ -166,7 +166,8 @@ class BssSandbox:
                 continue
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise ApiError(400, f"Fault setting '{name}' must be a number")
-            setattr(updated, name, int(value) if name in ("rate_limit_every", "retry_after_s") else float(value))
+            whole = name in ("rate_limit_every", "retry_after_s")
+            setattr(updated, name, int(value) if whole else float(value))
         try:
             updated.validate()
         except ValueError as error:
@@ -188,9 +189,9 @@ class BssSandbox:
         unknown = set(payload) - {"month", "replace", "add", "remove", "raw_body"}
         if unknown:
             raise ApiError(400, f"Unknown override key(s): {', '.join(sorted(unknown))}")
-        replace = payload.get("replace") or {}
-        add = payload.get("add") or []
-        remove = payload.get("remove") or []
+        replace = payload.get("replace", {})
+        add = payload.get("add", [])
+        remove = payload.get("remove", [])
         raw_body = payload.get("raw_body")
         if not isinstance(replace, dict) or not isinstance(add, list) or not isinstance(remove, list):
             raise ApiError(400, "'replace' must be an object, 'add' and 'remove' lists")
@@ -481,7 +482,8 @@ def create_app(config: SandboxConfig) -> FastAPI:
         if not (secrets.compare_digest(client_id, config.client_id)
                 and secrets.compare_digest(client_secret, config.client_secret)):
             return _oauth_error(401, "invalid_client", "Unknown client or wrong client secret")
-        form = {key: values[0] for key, values in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+        body = (await request.body()).decode("utf-8", "replace")
+        form = {key: values[0] for key, values in parse_qs(body).items()}
         grant_type = form.get("grant_type")
         if grant_type != "password":
             return _oauth_error(400, "unsupported_grant_type",

@@ -193,12 +193,14 @@ def _literal(token: tuple[str, str], field_name: str, field_type: str, op: str) 
     if field_type == "number" and kind != "number":
         raise FilterError(f"Invalid $filter: field '{field_name}' is a number, cannot compare with {text}")
     if field_type in ("string", "date") and kind in ("number", "boolean"):
-        raise FilterError(f"Invalid $filter: field '{field_name}' is a {field_type}, cannot compare with {text}")
+        raise FilterError(
+            f"Invalid $filter: field '{field_name}' is a {field_type}, cannot compare with {text}")
     if field_type == "date":
         try:
             date.fromisoformat(value)
         except ValueError:
-            raise FilterError(f"Invalid $filter: '{value}' is not a date (YYYY-MM-DD) for '{field_name}'") from None
+            raise FilterError(
+                f"Invalid $filter: '{value}' is not a date (YYYY-MM-DD) for '{field_name}'") from None
     return value
 
 
