@@ -1,0 +1,69 @@
+"""Benchmark the BSS sandbox: start-up with 1,000 customers and a month extract in pages of 200.
+
+Prints one `BENCH {...}` line per benchmark: start-up time, the first (cold) extract of a month, which
+includes generating and serialising it, and a warm re-extract. The client is a plain sequential
+httpx loop, so the figures are the ceiling a real hook can reach against this server.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.servers import start_server
+
+CUSTOMERS = 1000
+SUBSCRIPTIONS_PER_CUSTOMER = 20
+MONTH_FILTER = "chargeStartDate ge 2026-10-01 and chargeStartDate le 2026-10-31"
+
+
+def extract_month(http: httpx.Client, token: str) -> int:
+    headers = {"Authorization": f"Bearer {token}", "X-Api-Version": "3.0"}
+    lines = 0
+    page = 1
+    while True:
+        response = http.get("/api/charges", headers=headers, params={
+            "$filter": MONTH_FILTER, "$orderby": "id asc", "page": page, "pageSize": 200})
+        response.raise_for_status()
+        lines += len(response.json())
+        if page >= json.loads(response.headers["X-Pagination"])["totalPages"]:
+            return lines
+        page += 1
+
+
+def report(name: str, **figures: object) -> None:
+    print("BENCH " + json.dumps({"benchmark": name, **figures}), flush=True)
+
+
+def main() -> None:
+    started = time.perf_counter()
+    server = start_server([
+        "sandbox.bss_server", "--customers", str(CUSTOMERS),
+        "--subscriptions-per-customer", str(SUBSCRIPTIONS_PER_CUSTOMER),
+    ])
+    startup_s = time.perf_counter() - started
+    try:
+        report("bss_sandbox_startup", customers=CUSTOMERS,
+               subscriptions_per_customer=SUBSCRIPTIONS_PER_CUSTOMER, seconds=round(startup_s, 3))
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            token = http.post("/oauth/token", auth=("demo-client", "demo-client-secret"), data={
+                "grant_type": "password", "username": "demo-user", "password": "demo-password",
+            }).json()["access_token"]
+            for name in ("bss_sandbox_extract_cold", "bss_sandbox_extract_warm"):
+                started = time.perf_counter()
+                lines = extract_month(http, token)
+                seconds = time.perf_counter() - started
+                report(name, lines=lines, page_size=200, seconds=round(seconds, 3),
+                       lines_per_s=round(lines / seconds))
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
