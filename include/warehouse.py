@@ -12,7 +12,8 @@ import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -176,20 +177,33 @@ class Warehouse:
             yield conn
 
     def insert(self, conn: Connection, table_name: str, rows: Iterable[Mapping[str, Any]]) -> int:
-        """Insert rows in chunks (executemany); returns how many."""
+        """Insert rows in chunks (executemany); returns how many. Every row must have the same keys."""
         table = self.table(table_name)
         count = 0
         chunk: list[Mapping[str, Any]] = []
+        write = self._sqlite_executemany if self.dialect == "sqlite" else self._executemany
         for row in rows:
             chunk.append(row)
             if len(chunk) >= _INSERT_CHUNK:
-                conn.execute(table.insert(), chunk)
+                write(conn, table, chunk)
                 count += len(chunk)
                 chunk = []
         if chunk:
-            conn.execute(table.insert(), chunk)
+            write(conn, table, chunk)
             count += len(chunk)
         return count
+
+    @staticmethod
+    def _executemany(conn: Connection, table: sa.Table, chunk: list[Mapping[str, Any]]) -> None:
+        conn.execute(table.insert(), chunk)
+
+    @staticmethod
+    def _sqlite_executemany(conn: Connection, table: sa.Table, chunk: list[Mapping[str, Any]]) -> None:
+        # SQLAlchemy's per-row parameter processing dominated bulk loads on SQLite (2/3 of the extract time);
+        # the driver takes plain tuples, stored exactly as SQLAlchemy itself would store these types.
+        columns = list(chunk[0].keys())
+        statement = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
+        conn.exec_driver_sql(statement, [tuple(_sqlite_value(row[name]) for name in columns) for row in chunk])
 
     def query(self, statement: str | sa.TextClause, params: Mapping[str, Any] | None = None) -> list[dict]:
         """Run a read query (SQL text or the name of an `include/sql` file) and return rows as dicts."""
@@ -210,6 +224,17 @@ class Warehouse:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _sqlite_value(value: Any) -> Any:
+    """A Python value as SQLAlchemy's SQLite types store it (Numeric as REAL, DATE/DATETIME as ISO text)."""
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
 
 
 def _resolve_sql(statement: str) -> str:

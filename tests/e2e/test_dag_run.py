@@ -1,0 +1,81 @@
+"""A real Airflow run of the monthly DAG (`airflow dags test`) against the sandboxes and a SQLite warehouse."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from include.warehouse import Warehouse
+from tests.conftest import autotask_connection_json, bss_connection_json
+from tests.servers import REPO_ROOT, start_server
+
+pytestmark = pytest.mark.e2e
+DAG_ID = "bss_autotask_billing_sync"
+MONTH = "2026-10"
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory: pytest.TempPathFactory):
+    """Sandboxes up, a migrated Airflow home, and the environment a task process needs."""
+    home = tmp_path_factory.mktemp("airflow-home")
+    work = tmp_path_factory.mktemp("e2e")
+    bss = start_server(["sandbox.bss_server", "--customers", "30"])
+    autotask = start_server(
+        ["sandbox.autotask_server", "--seed-customers", "30", "--state-file", str(work / "autotask.json")]
+    )
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "PYTHONPATH": f"{REPO_ROOT}:{REPO_ROOT / 'plugins'}",
+        "GX_ANALYTICS_ENABLED": "false",
+        "BILLING_DATA_DOCS_DIR": str(work / "data_docs"),
+        "AIRFLOW_CONN_BSS_DEFAULT": bss_connection_json(bss.url),
+        "AIRFLOW_CONN_AUTOTASK_DEFAULT": autotask_connection_json(autotask.url),
+        "AIRFLOW_CONN_BILLING_WAREHOUSE": json.dumps({"conn_type": "sqlite", "host": str(work / "warehouse.db")}),
+    }
+    migrate = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
+    yield {"env": env, "work": work, "bss": bss, "autotask": autotask}
+    bss.stop()
+    autotask.stop()
+
+
+def run_dag(env: dict[str, str], conf: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "test", DAG_ID, "-c", json.dumps(conf)],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_the_dag_extracts_a_month_into_the_warehouse(airflow_env) -> None:
+    result = run_dag(airflow_env["env"], {"month": MONTH})
+    output = result.stdout + result.stderr
+    (airflow_env["work"] / "dag-run.log").write_text(output)
+    assert result.returncode == 0, output[-6000:]
+    assert "failed" not in _final_states(output), output[-6000:]
+
+    warehouse = Warehouse(f"sqlite:///{Path(airflow_env['work']) / 'warehouse.db'}")
+    runs = warehouse.query("SELECT run_id, status, line_count FROM extract_runs WHERE month = :m", {"m": MONTH})
+    assert len(runs) == 1 and runs[0]["status"] == "succeeded" and runs[0]["line_count"] > 0
+    assert warehouse.scalar("SELECT COUNT(*) FROM charge_lines WHERE month = :m", {"m": MONTH}) == runs[0]["line_count"]
+    # Secrets never reach the logs of a real run.
+    for secret in ("demo-password", "demo-client-secret", "demo-secret"):
+        assert secret not in output
+
+
+def _final_states(output: str) -> str:
+    return "\n".join(line for line in output.splitlines() if "state=" in line or "Marking task" in line)
