@@ -130,11 +130,11 @@ class _Token:
     renew_at: float  # time.monotonic() after which the token is fetched again
 
 
-def describe_request(method: str, path: str, params: Mapping[str, Any] | None = None) -> str:
-    """`GET /api/charges?$filter=…&page=2`: how errors and logs name a request (never carries secrets)."""
+def request_target(path: str, params: Mapping[str, Any] | None = None) -> str:
+    """`/api/charges?$filter=…&page=2`: how errors and logs name a request (never carries secrets)."""
     if not params:
-        return f"{method} {path}"
-    return f"{method} {path}?" + "&".join(f"{key}={value}" for key, value in params.items())
+        return path
+    return f"{path}?" + "&".join(f"{key}={value}" for key, value in params.items())
 
 
 def _excerpt(text: str) -> str:
@@ -302,7 +302,7 @@ class BssHook(HttpHook):
     def _fetch_token(self) -> _Token:
         settings = self.settings
         assert self._password is not None and self._client_secret is not None
-        request = describe_request("POST", TOKEN_PATH)
+        target = request_target(TOKEN_PATH)
         try:
             response = self.session.post(
                 settings.base_url + TOKEN_PATH,
@@ -315,21 +315,21 @@ class BssHook(HttpHook):
                 timeout=settings.timeout_s,
             )
         except _TRANSPORT_ERRORS as error:
-            raise self._transport_error("POST", request, error) from error
+            raise self._transport_error("POST", target, error) from error
         if response.status_code in (400, 401, 403):
             raise BssAuthError(
                 response.status_code,
                 "POST",
-                request,
+                target,
                 f"token refused for application user {settings.username!r} with client id "
                 f"{settings.client_id!r} (check the connection's login, password, client_id, client_secret): "
                 + self._server_message(response),
             )
-        self._raise_for_status(response, "POST", request)
-        body = self._decode_json(response, "POST", request)
+        self._raise_for_status(response, "POST", target)
+        body = self._decode_json(response, "POST", target)
         token = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
-            raise BssAuthError(response.status_code, "POST", request, "the answer carries no access_token")
+            raise BssAuthError(response.status_code, "POST", target, "the answer carries no access_token")
         mask_secret(token)
         expires_in = body.get("expires_in")
         lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else 3600.0
@@ -337,10 +337,10 @@ class BssHook(HttpHook):
         self.log.info("BSS: access token granted for %s (expires in %.0f s)", settings.username, lifetime)
         return _Token(_Secret(token), time.monotonic() + lifetime - margin)
 
-    # --- one request, with retries --------------------------------------------------------------------
+    # --- one request, with retries -------------------------------------------------------------------
     def _get_json(self, path: str, params: Mapping[str, Any] | None = None) -> tuple[Any, Response]:
         """GET `path`, retried on transient failures; returns the decoded body and the response."""
-        request = describe_request("GET", path, params)
+        target = request_target(path, params)
         attempts = self.settings.max_attempts
         retrying = Retrying(
             stop=stop_after_attempt(attempts),
@@ -350,35 +350,35 @@ class BssHook(HttpHook):
             reraise=True,
         )
         try:
-            response = retrying(self._get_once, path, params, request)
+            response = retrying(self._get_once, path, params, target)
         except BssTransientError as error:
             raise BssTransientError(
                 error.status,
                 "GET",
-                request,
+                target,
                 f"gave up after {attempts} attempts; last error: {error.message}",
                 error.retry_after_s,
             ) from error
-        return self._decode_json(response, "GET", request), response
+        return self._decode_json(response, "GET", target), response
 
-    def _get_once(self, path: str, params: Mapping[str, Any] | None, request: str) -> Response:
-        response = self._send_get(path, params, request)
+    def _get_once(self, path: str, params: Mapping[str, Any] | None, target: str) -> Response:
+        response = self._send_get(path, params, target)
         if response.status_code == 401:
             # Tokens can expire (or be revoked) mid-extract: ask for a new one once.
-            self.log.info("BSS %s: access token rejected (401); fetching a new token and retrying", request)
+            self.log.info("BSS GET %s: access token rejected (401); fetching a new token and retrying", target)
             self._token = None
-            response = self._send_get(path, params, request)
+            response = self._send_get(path, params, target)
             if response.status_code == 401:
                 raise BssAuthError(
                     401,
                     "GET",
-                    request,
+                    target,
                     "a freshly granted access token was rejected too: " + self._server_message(response),
                 )
-        self._raise_for_status(response, "GET", request)
+        self._raise_for_status(response, "GET", target)
         return response
 
-    def _send_get(self, path: str, params: Mapping[str, Any] | None, request: str) -> Response:
+    def _send_get(self, path: str, params: Mapping[str, Any] | None, target: str) -> Response:
         token = self._access_token()
         try:
             return self.session.get(
@@ -388,24 +388,24 @@ class BssHook(HttpHook):
                 timeout=self.settings.timeout_s,
             )
         except _TRANSPORT_ERRORS as error:
-            raise self._transport_error("GET", request, error) from error
+            raise self._transport_error("GET", target, error) from error
 
-    def _transport_error(self, method: str, request: str, error: Exception) -> BssTransientError:
-        return BssTransientError(None, method, request, self._redact(f"{type(error).__name__}: {error}")[:300])
+    def _transport_error(self, method: str, target: str, error: Exception) -> BssTransientError:
+        return BssTransientError(None, method, target, self._redact(f"{type(error).__name__}: {error}")[:300])
 
-    def _raise_for_status(self, response: Response, method: str, request: str) -> None:
+    def _raise_for_status(self, response: Response, method: str, target: str) -> None:
         status = response.status_code
         if status < 400:
             return
         message = self._server_message(response)
         if status == 429:
             retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
-            raise BssTransientError(status, method, request, f"rate limited: {message}", retry_after)
+            raise BssTransientError(status, method, target, f"rate limited: {message}", retry_after)
         if status >= 500:
-            raise BssTransientError(status, method, request, message)
+            raise BssTransientError(status, method, target, message)
         if status == 401:
-            raise BssAuthError(status, method, request, message)
-        raise BssApiError(status, method, request, message)
+            raise BssAuthError(status, method, target, message)
+        raise BssApiError(status, method, target, message)
 
     def _server_message(self, response: Response) -> str:
         try:
@@ -418,7 +418,7 @@ class BssHook(HttpHook):
             message = f"{response.reason or 'error'}; body: {_excerpt(response.text)}"
         return self._redact(message)
 
-    def _decode_json(self, response: Response, method: str, request: str) -> Any:
+    def _decode_json(self, response: Response, method: str, target: str) -> Any:
         try:
             return json.loads(response.content)
         except ValueError:
@@ -426,7 +426,7 @@ class BssHook(HttpHook):
             raise BssApiError(
                 response.status_code,
                 method,
-                request,
+                target,
                 self._redact(f"response body is not JSON (Content-Type {content_type}): {_excerpt(response.text)}"),
             ) from None
 
@@ -461,25 +461,24 @@ class BssHook(HttpHook):
     # --- paging ---------------------------------------------------------------------------------------
     def iter_pages(self, path: str, params: Mapping[str, Any] | None = None) -> Iterator[list[dict]]:
         """Yield each page's records in order until `X-Pagination.totalPages` (or an empty/short page)."""
-        base_params = {key: value for key, value in (params or {}).items() if key != PAGE_PARAM}
+        base_params = {k: v for k, v in (params or {}).items() if k not in (PAGE_PARAM, PAGE_SIZE_PARAM)}
         page_size = self.settings.page_size
-        base_params[PAGE_SIZE_PARAM] = page_size
         received = 0
         for page in itertools.count(1):
             if page > self.max_pages:
                 raise BssApiError(
                     None,
                     "GET",
-                    describe_request("GET", path, params),
+                    request_target(path, params),
                     f"still paging after {self.max_pages} pages; stopping (raise max_pages if this is real)",
                 )
-            page_params = {**base_params, PAGE_PARAM: page}
+            page_params = {**base_params, PAGE_PARAM: page, PAGE_SIZE_PARAM: page_size}
             body, response = self._get_json(path, page_params)
             if not isinstance(body, list):
                 raise BssApiError(
                     response.status_code,
                     "GET",
-                    describe_request("GET", path, page_params),
+                    request_target(path, page_params),
                     f"expected a JSON array of records, got {type(body).__name__}",
                 )
             total_pages = self._total_pages(response, path)
@@ -536,5 +535,5 @@ __all__: list[str] = [
     "BssHook",
     "BssSettings",
     "BssTransientError",
-    "describe_request",
+    "request_target",
 ]
