@@ -4,8 +4,15 @@ Run: `python -m sandbox.bss_server --port 8081 [--customers 50 --seed 42 ...]`; 
 come from an environment variable `BSS_SANDBOX_<FLAG>` (e.g. `BSS_SANDBOX_ERROR_RATE=0.1`).
 
 Besides the API it offers, without authentication, `/healthz` and an `/_admin` surface for tests:
-fault knobs (latency, 5xx share, every-Nth 429, token expiry), request statistics, and overrides
-that inject bad charge data into a month.
+- `GET|POST /_admin/faults` `{"latency_ms","error_rate","rate_limit_every","retry_after_s","token_ttl_s",
+  "expire_tokens_now"}`: latency applies to `/oauth/token` and `/api/*`, the 429s and 503s to `/api/*`
+  only; setting `error_rate` or `rate_limit_every` restarts its sequence, so patterns repeat.
+- `GET /_admin/stats` (`{"total", "by_path": {path: {status: count}}}`), `POST /_admin/stats/reset`.
+- `POST /_admin/overrides` `{"month","replace","add","remove","raw_body"}` (cumulative per month):
+  injected lines belong to their month whatever their dates say, and a field they lack or carry with
+  the wrong type does not hide them from a filter; `raw_body` answers that month's queries with the
+  literal text (status 200).
+- `POST /_admin/reset`: start-up faults, no overrides, fresh statistics (issued tokens stay valid).
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
+# Lines that restate the subscription's total (quantity == subscriptionQuantity) and lines that change it.
+RESTATING_ACTIONS = ("Cycle", "New", "Renewal")
+CHANGE_ACTIONS = ("QuantityIncrease", "QuantityDecrease", "Cancellation")
 BILLING_CYCLE_MONTHS = {"Monthly": 1, "Annual": 12, "Biennial": 24, "Triennial": 36}
 BILLING_PLANS = {
     "Monthly": ("BP-1", "Monthly billing"),

@@ -390,3 +390,23 @@ def test_flags_and_environment_configure_the_sandbox():
         assert "demo-password" not in running.log()
     finally:
         running.stop()
+
+
+def test_a_thousand_customer_month_starts_quickly_and_streams_fast():
+    started = time.perf_counter()
+    running = start_server(
+        ["sandbox.bss_server", "--customers", "1000", "--subscriptions-per-customer", "20"])
+    startup_s = time.perf_counter() - started
+    try:
+        with httpx.Client(base_url=running.url, timeout=60) as http:
+            token = get_token(http)
+            fetch_all(http, token, "/api/accounts", page_size=1)  # warm the connection, not the month
+            started = time.perf_counter()
+            lines = fetch_all(http, token, "/api/charges", **{"$filter": OCTOBER, "$orderby": "id asc"})
+            rate = len(lines) / (time.perf_counter() - started)
+    finally:
+        running.stop()
+    assert startup_s < 15
+    assert len(lines) > 15_000
+    assert len({line["id"] for line in lines}) == len(lines)
+    assert rate > 5_000, f"{rate:.0f} lines/s"
