@@ -50,6 +50,7 @@ DEFAULT_MAX_PAGES = 10_000
 # which would put the client secret on the wire to every endpoint.
 _HOOK_EXTRA_KEYS = frozenset({"client_id", "client_secret", "api_version", "page_size", "timeout_s", "max_retries"})
 _EXCERPT_CHARS = 120
+_MIN_REDACTED_CHARS = 4
 # A token is renewed this long before the server says it expires, so a page request never races expiry.
 _TOKEN_EXPIRY_MARGIN_S = 30.0
 _TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
@@ -434,7 +435,8 @@ class BssHook(HttpHook):
         """Servers sometimes echo what they were sent; never let a secret through into an error."""
         secrets = [self._password, self._client_secret, self._token.value if self._token else None]
         for secret in secrets:
-            if secret is not None and secret.reveal():
+            # Very short values are skipped (as Airflow's masker does): they would garble ordinary words.
+            if secret is not None and len(secret.reveal()) >= _MIN_REDACTED_CHARS:
                 text = text.replace(secret.reveal(), "***")
         return text
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 import time
 from collections.abc import Callable, Iterator
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import httpx
 import pytest
 
-from connectors.bss_hook import BssApiError, BssAuthError, BssHook, BssTransientError
+from connectors.bss_hook import BssApiError, BssAuthError, BssHook, BssTransientError, _retry_after_seconds
 from sandbox.dataset import build_universe
 from tests.servers import RunningServer, start_server
 
@@ -417,3 +419,30 @@ def test_secrets_never_reach_logs_errors_reprs_or_request_headers(
     )
     for secret in (PASSWORD, CLIENT_SECRET, *tokens):
         assert secret not in exposed
+
+
+# --- small parts ----------------------------------------------------------------------------------
+
+
+def test_test_connection_reports_success_and_the_reason_of_a_failure(make_hook: HookFactory) -> None:
+    assert make_hook().test_connection() == (True, "Token granted and accounts readable")
+    ok, reason = make_hook(connection={"password": "not-the-password"}).test_connection()
+    assert not ok
+    assert "The user name or password is incorrect" in reason and "not-the-password" not in reason
+
+
+def test_retry_after_is_read_as_seconds_or_as_an_http_date() -> None:
+    assert _retry_after_seconds("3") == 3.0
+    assert _retry_after_seconds("-5") == 0.0
+    in_ten_seconds = format_datetime(datetime.now(UTC) + timedelta(seconds=10), usegmt=True)
+    assert 8.0 <= (_retry_after_seconds(in_ten_seconds) or 0.0) <= 10.0
+    assert _retry_after_seconds("soon") is None
+    assert _retry_after_seconds(None) is None
+
+
+def test_api_errors_survive_pickling_with_their_fields(make_hook: HookFactory) -> None:
+    with pytest.raises(BssApiError) as caught:
+        make_hook().get_account("ACC-NOPE")
+    copy_of_error = pickle.loads(pickle.dumps(caught.value))
+    assert (copy_of_error.status, copy_of_error.method, copy_of_error.path) == (404, "GET", "/api/accounts/ACC-NOPE")
+    assert str(copy_of_error) == str(caught.value)
