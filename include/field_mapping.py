@@ -1,0 +1,66 @@
+"""The brief's field mapping, as functions: billing cycle -> commitment term, effective-date policy.
+
+BSS `billingCycle` is the commitment (the Autotask contract term); `billingPlan.billingPeriod` is how
+often it is billed (Services.periodType, configured in `SyncSettings.period_types`).
+"""
+
+from __future__ import annotations
+
+import calendar
+from datetime import date, timedelta
+
+from include.models import BillingCycle, BillingMonth
+from include.sync_settings import EffectiveDatePolicy
+
+COMMITMENT_MONTHS: dict[str, int] = {
+    BillingCycle.MONTHLY: 1,
+    BillingCycle.ANNUAL: 12,
+    BillingCycle.BIENNIAL: 24,
+    BillingCycle.TRIENNIAL: 36,
+}
+
+
+def commitment_months(billing_cycle: str) -> int:
+    try:
+        return COMMITMENT_MONTHS[billing_cycle]
+    except KeyError as error:
+        raise ValueError(f"unknown billing cycle {billing_cycle!r}") from error
+
+
+def add_months(day: date, months: int) -> date:
+    index = day.year * 12 + day.month - 1 + months
+    year, month = divmod(index, 12)
+    return day.replace(year=year, month=month + 1, day=min(day.day, calendar.monthrange(year, month + 1)[1]))
+
+
+def month_end(day: date) -> date:
+    return day.replace(day=calendar.monthrange(day.year, day.month)[1])
+
+
+def commitment_term(billing_cycle: str, start: date) -> tuple[date, date]:
+    """(startDate, endDate) of a new contract, counted as the BSS counts a term: it ends at the end of the
+    month holding the term's last day (annual from 2026-10-01 ends 2027-09-30; from 2026-10-18, 2027-10-31)."""
+    end = month_end(add_months(start, commitment_months(billing_cycle)) - timedelta(days=1))
+    return start, end
+
+
+def renewed_end_date(current_end: date, billing_cycle: str, covering: date) -> date:
+    """The contract end after renewing term by term from `current_end` until it covers `covering`."""
+    months = commitment_months(billing_cycle)
+    end = current_end
+    while end < covering:
+        end = month_end(add_months(end + timedelta(days=1), months - 1))
+    return end
+
+
+def autotask_effective_date(bss_date: date, policy: EffectiveDatePolicy) -> date:
+    """The date an adjustment is posted at for a BSS change realised on `bss_date`.
+
+    Periods are billing months (the run's unit of work); a date already on a period start stays put.
+    """
+    if policy is EffectiveDatePolicy.CHANGE_DATE or bss_date.day == 1:
+        return bss_date
+    month = BillingMonth.of(bss_date)
+    if policy is EffectiveDatePolicy.PERIOD_START:
+        return month.first_day
+    return month.next().first_day

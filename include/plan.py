@@ -1,0 +1,271 @@
+"""Step 5's output: the change plan, one typed action per change Autotask needs, stored for review.
+
+Identity. `idempotency_key` names the slot in Autotask an action writes: (month, kind family, target,
+effective date); the two adjustment kinds share the family `adjust`, because Autotask refuses a second
+adjustment of one contract service on one date. `action_id` hashes the key with the action's content
+(values, references, inputs, not its status), so the same inputs always give the same ids.
+
+Re-running a month (`replace_plan`). Machine-owned rows (proposed / needs-mapping / flagged) of the month
+are replaced by the new run's rows: they were computed from an older comparison and nobody acted on them.
+Rows a person or the loader owns (approved / excluded / applied / failed) are never touched:
+- a new action with the same action_id as such a row is the same decision; it is not inserted again;
+- a new action with the same idempotency_key but other content writes the same Autotask slot as an
+  already decided action; it is inserted as `flagged` (a reviewer decides), never silently proposed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+
+from include.warehouse import Warehouse, utcnow
+
+
+class ActionKind(StrEnum):
+    CREATE_COMPANY = "create_company"
+    CREATE_SERVICE = "create_service"
+    CREATE_CONTRACT = "create_contract"
+    CREATE_CONTRACT_SERVICE = "create_contract_service"
+    EXTEND_CONTRACT = "extend_contract"
+    ADJUST_UNITS = "adjust_units"
+    CHANGE_COST = "change_cost"
+
+
+# The order a loader applies kinds in: what an action references is created before it. Both adjustment
+# kinds rank the same, so a contract service's adjustments read in date order.
+KIND_ORDER = {kind: min(index, 5) for index, kind in enumerate(ActionKind)}
+
+
+class ActionStatus(StrEnum):
+    PROPOSED = "proposed"
+    NEEDS_MAPPING = "needs-mapping"
+    FLAGGED = "flagged"
+    EXCLUDED = "excluded"
+    APPROVED = "approved"
+    APPLIED = "applied"
+    FAILED = "failed"
+
+
+MACHINE_STATUSES = frozenset({ActionStatus.PROPOSED, ActionStatus.NEEDS_MAPPING, ActionStatus.FLAGGED})
+DECIDED_STATUSES = frozenset({ActionStatus.EXCLUDED, ActionStatus.APPROVED, ActionStatus.APPLIED,
+                              ActionStatus.FAILED})
+# How much a status holds an action back; a dependent action is held at least as much as what it needs.
+_STATUS_WEIGHT = {ActionStatus.PROPOSED: 0, ActionStatus.FLAGGED: 1, ActionStatus.NEEDS_MAPPING: 2}
+
+
+def stricter(first: ActionStatus, second: ActionStatus) -> ActionStatus:
+    return first if _STATUS_WEIGHT.get(first, 0) >= _STATUS_WEIGHT.get(second, 0) else second
+
+
+@dataclass(frozen=True)
+class PlanAction:
+    """One change for Autotask. References to records not yet created are the creating action's id."""
+
+    kind: ActionKind
+    month: str
+    target: str  # symbolic: "account:ACC-1", "product:PRD-1", "subscription:SUB-1", "contract:C12", "cs:C12/V7"
+    status: ActionStatus = ActionStatus.PROPOSED
+    reason: str | None = None
+    effective_date: date | None = None
+    account_id: str | None = None
+    subscription_ids: tuple[str, ...] = ()
+    product_id: str | None = None
+    company_id: int | None = None
+    company_action_id: str | None = None
+    contract_id: int | None = None
+    contract_action_id: str | None = None
+    service_id: int | None = None
+    service_action_id: str | None = None
+    contract_service_id: int | None = None
+    contract_service_action_id: str | None = None
+    units_before: Decimal | None = None
+    units_after: Decimal | None = None
+    unit_change: Decimal | None = None
+    unit_cost_before: Decimal | None = None
+    unit_cost_after: Decimal | None = None
+    end_date_before: date | None = None
+    end_date_after: date | None = None
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    charge_ids: tuple[str, ...] = ()
+    depends_on: tuple[str, ...] = ()
+
+    @property
+    def family(self) -> str:
+        return "adjust" if self.kind in (ActionKind.ADJUST_UNITS, ActionKind.CHANGE_COST) else str(self.kind)
+
+    @property
+    def idempotency_key(self) -> str:
+        day = self.effective_date.isoformat() if self.effective_date else "-"
+        return f"{self.month}|{self.family}|{self.target}|{day}"
+
+    @property
+    def action_id(self) -> str:
+        content = {name: _jsonable(value) for name, value in asdict(self).items()
+                   if name not in ("status", "reason")}
+        text = self.idempotency_key + "\n" + json.dumps(content, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def held(self, status: ActionStatus, reason: str | None) -> PlanAction:
+        """This action held back at least as much as `status`, with the reason added."""
+        reasons = [text for text in (self.reason, reason) if text]
+        new_status = stricter(self.status, status)
+        return replace(self, status=new_status, reason="; ".join(dict.fromkeys(reasons)) or None)
+
+    def to_row(self, run_id: str, seq: int, created_at: Any) -> dict[str, Any]:
+        return {
+            "action_id": self.action_id, "idempotency_key": self.idempotency_key, "month": self.month,
+            "run_id": run_id, "seq": seq, "kind": str(self.kind), "status": str(self.status), "reason": self.reason,
+            "account_id": self.account_id, "subscription_ids": json.dumps(list(self.subscription_ids)),
+            "product_id": self.product_id,
+            "company_id": self.company_id, "company_action_id": self.company_action_id,
+            "contract_id": self.contract_id, "contract_action_id": self.contract_action_id,
+            "service_id": self.service_id, "service_action_id": self.service_action_id,
+            "contract_service_id": self.contract_service_id,
+            "contract_service_action_id": self.contract_service_action_id,
+            "effective_date": self.effective_date,
+            "units_before": self.units_before, "units_after": self.units_after, "unit_change": self.unit_change,
+            "unit_cost_before": self.unit_cost_before, "unit_cost_after": self.unit_cost_after,
+            "end_date_before": self.end_date_before, "end_date_after": self.end_date_after,
+            "payload": json.dumps(_jsonable(dict(self.payload)), sort_keys=True),
+            "charge_ids": json.dumps(list(self.charge_ids)), "depends_on": json.dumps(list(self.depends_on)),
+            "created_at": created_at, "decided_by": None, "decided_at": None, "applied_entity_id": None,
+            "error": None,
+        }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> PlanAction:
+        def decimal(value: Any) -> Decimal | None:
+            return None if value is None else Decimal(str(value)).quantize(Decimal("0.0001"))
+
+        def day(value: Any) -> date | None:
+            return None if value is None else value if isinstance(value, date) else date.fromisoformat(str(value))
+
+        action = cls(
+            kind=ActionKind(row["kind"]), month=row["month"], target=_target_of(row["idempotency_key"]),
+            status=ActionStatus(row["status"]), reason=row["reason"], effective_date=day(row["effective_date"]),
+            account_id=row["account_id"], subscription_ids=tuple(json.loads(row["subscription_ids"] or "[]")),
+            product_id=row["product_id"], company_id=row["company_id"], company_action_id=row["company_action_id"],
+            contract_id=row["contract_id"], contract_action_id=row["contract_action_id"],
+            service_id=row["service_id"], service_action_id=row["service_action_id"],
+            contract_service_id=row["contract_service_id"],
+            contract_service_action_id=row["contract_service_action_id"],
+            units_before=decimal(row["units_before"]), units_after=decimal(row["units_after"]),
+            unit_change=decimal(row["unit_change"]), unit_cost_before=decimal(row["unit_cost_before"]),
+            unit_cost_after=decimal(row["unit_cost_after"]), end_date_before=day(row["end_date_before"]),
+            end_date_after=day(row["end_date_after"]), payload=json.loads(row["payload"]),
+            charge_ids=tuple(json.loads(row["charge_ids"])), depends_on=tuple(json.loads(row["depends_on"])),
+        )
+        return action
+
+
+@dataclass
+class PlanSummary:
+    run_id: str
+    month: str
+    actions: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+    by_status: dict[str, int] = field(default_factory=dict)
+    contract_services: int = 0
+    contract_services_in_sync: int = 0
+    already_decided: int = 0
+    conflicting_with_decided: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def order_actions(actions: Iterable[PlanAction]) -> list[PlanAction]:
+    """Dependencies first, then a stable order a reviewer can read (target, date)."""
+    return sorted(actions, key=lambda action: (
+        KIND_ORDER[action.kind], action.target, action.effective_date or date.min, action.action_id,
+    ))
+
+
+def replace_plan(warehouse: Warehouse, month: str, run_id: str, actions: Sequence[PlanAction],
+                 summary: PlanSummary) -> list[PlanAction]:
+    """Store the run's plan for `month` (see the module docstring). Returns the actions as stored."""
+    table = warehouse.table("plan_actions")
+    now = utcnow()
+    stored: list[PlanAction] = []
+    with warehouse.begin() as conn:
+        decided = conn.execute(
+            sa.select(table.c.action_id, table.c.idempotency_key, table.c.status).where(
+                table.c.month == month, table.c.status.in_([str(status) for status in DECIDED_STATUSES])
+            )
+        ).all()
+        decided_ids = {row.action_id for row in decided}
+        decided_keys = {row.idempotency_key: (row.action_id, row.status) for row in decided}
+        conn.execute(table.delete().where(
+            table.c.month == month, table.c.status.in_([str(status) for status in MACHINE_STATUSES])
+        ))
+        rows = []
+        for action in actions:
+            if action.action_id in decided_ids:
+                summary.already_decided += 1
+                continue
+            if action.idempotency_key in decided_keys:
+                other_id, other_status = decided_keys[action.idempotency_key]
+                action = action.held(ActionStatus.FLAGGED,
+                                     f"writes the same Autotask slot as {other_status} action {other_id}")
+                summary.conflicting_with_decided += 1
+            stored.append(action)
+            rows.append(action.to_row(run_id, len(rows) + 1, now))
+        warehouse.insert(conn, "plan_actions", rows)
+    summary.actions = len(stored)
+    summary.by_kind = dict(sorted(Counter(str(action.kind) for action in stored).items()))
+    summary.by_status = dict(sorted(Counter(str(action.status) for action in stored).items()))
+    return stored
+
+
+def load_plan(warehouse: Warehouse, month: str, run_id: str | None = None,
+              statuses: Iterable[str] | None = None) -> list[PlanAction]:
+    """The stored plan of a month (optionally one run's rows, or some statuses), in apply order."""
+    table = warehouse.table("plan_actions")
+    query = sa.select(table).where(table.c.month == month)
+    if run_id is not None:
+        query = query.where(table.c.run_id == run_id)
+    if statuses is not None:
+        query = query.where(table.c.status.in_([str(ActionStatus(status)) for status in statuses]))
+    with warehouse.engine.connect() as conn:
+        rows = conn.execute(query.order_by(table.c.run_id, table.c.seq)).mappings().all()
+    return [PlanAction.from_row(row) for row in rows]
+
+
+def set_action_status(warehouse: Warehouse, action_ids: Iterable[str], status: str, by: str) -> int:
+    """Record a decision (approved / excluded) or an outcome (applied / failed) on plan rows."""
+    table = warehouse.table("plan_actions")
+    ids = list(action_ids)
+    if not ids:
+        return 0
+    with warehouse.begin() as conn:
+        result = conn.execute(table.update().where(table.c.action_id.in_(ids)).values(
+            status=str(ActionStatus(status)), decided_by=by, decided_at=utcnow()))
+    return result.rowcount
+
+
+def _target_of(idempotency_key: str) -> str:
+    return idempotency_key.split("|")[2]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, StrEnum):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value

@@ -1,0 +1,97 @@
+"""The knobs of mapping and reconciliation: one dataclass the DAG builds from its params/environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from include.models import BillingPeriod
+
+# Autotask Services.periodType per BSS billing period (autotask-api.md §5: 2 Monthly, 3 Quarterly,
+# 4 Semi-Annual, 5 Yearly). The only place these numbers live; a tenant with other ids overrides them.
+DEFAULT_PERIOD_TYPES: Mapping[str, int] = {
+    BillingPeriod.MONTHLY: 2,
+    BillingPeriod.QUARTERLY: 3,
+    BillingPeriod.SEMI_ANNUALLY: 4,
+    BillingPeriod.ANNUALLY: 5,
+}
+DEFAULT_COMPANY_KEY_UDF = "BSS Account ID"
+RECURRING_SERVICE_CONTRACT_TYPE = 7
+CUSTOMER_COMPANY_TYPE = 1
+ACTIVE_CONTRACT_STATUS = 1
+
+
+class EffectiveDatePolicy(StrEnum):
+    """Which Autotask effective date a BSS change gets (prorated lines in Autotask cannot be deleted)."""
+
+    CHANGE_DATE = "change_date"  # the BSS effective date itself
+    PERIOD_START = "period_start"  # the first day of the billing month the change falls in
+    NEXT_PERIOD_START = "next_period_start"  # the first day of the following billing month
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """Settings of the map and reconcile steps, with defaults that work against the sandbox."""
+
+    effective_date_policy: EffectiveDatePolicy = EffectiveDatePolicy.CHANGE_DATE
+    # Required by Autotask to create a company / a service; None leaves such creates flagged for review.
+    owner_resource_id: int | None = None
+    billing_code_id: int | None = None
+    # The company's external key: a Company UDF (default) or, when company_key_field is set, that field.
+    company_key_udf: str | None = DEFAULT_COMPANY_KEY_UDF
+    company_key_field: str | None = None
+    period_types: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_PERIOD_TYPES))
+    contract_status: int = ACTIVE_CONTRACT_STATUS
+    company_type: int = CUSTOMER_COMPANY_TYPE
+    time_reporting_requires_start_and_stop_times: int = 0
+    # Fuzzy candidates at or above this rapidfuzz score (0-100) become suggestions; at most this many each.
+    suggestion_min_score: float = 80.0
+    suggestion_limit: int = 3
+    # Decreases inside a commitment of at least this many months go to review instead of being applied.
+    review_decreases_from_months: int = 12
+    linked_by: str = "auto-linker"
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> SyncSettings:
+        """Build from DAG params / JSON; unknown keys are an error so a typo does not pass silently."""
+        values = dict(values or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown sync settings: {sorted(unknown)}")
+        if "effective_date_policy" in values:
+            values["effective_date_policy"] = EffectiveDatePolicy(values["effective_date_policy"])
+        return cls(**values)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> SyncSettings:
+        """`BILLING_SYNC_<FIELD>` environment variables override the defaults (numbers parsed)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, spec in cls.__dataclass_fields__.items():
+            raw = environ.get(f"BILLING_SYNC_{name.upper()}")
+            if raw is None or name == "period_types":
+                continue
+            kind = str(spec.type)
+            if "int" in kind and "str" not in kind:
+                values[name] = int(raw)
+            elif "float" in kind:
+                values[name] = float(raw)
+            else:
+                values[name] = raw
+        return cls.from_mapping(values)
+
+    def period_type(self, billing_period: str) -> int:
+        try:
+            return int(self.period_types[billing_period])
+        except KeyError as error:
+            raise ValueError(f"no Autotask periodType configured for billing period {billing_period!r}") from error
+
+    def as_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["effective_date_policy"] = str(self.effective_date_policy)
+        values["period_types"] = {str(key): value for key, value in self.period_types.items()}
+        return values
