@@ -54,6 +54,10 @@ class AutotaskOutcomeUnknownError(AutotaskApiError):
     answer. The hook never retries these: the caller must look the record up before trying again.
     """
 
+    def __init__(self, entity: str, verb: str, status: int | None, errors: list[str]) -> None:
+        super().__init__(entity, verb, status, errors)
+        self.args = (f"{self.args[0]} — the write may have been applied; look it up before retrying",)
+
 
 class AutotaskZoneError(AutotaskApiError):
     """Zone discovery failed (e.g. "Zone information could not be determined" for an unknown user)."""

@@ -293,7 +293,7 @@ class _RequestBudget:
             while self.ratio >= self._settings.budget_pause_ratio:
                 if paused >= self._settings.max_pause_s:
                     log.warning(
-                        "Autotask request budget still at %.0f%% after pausing %.0fs; going ahead",
+                        "Autotask request budget still at %.0f%% after pausing %.1fs; going ahead",
                         self.ratio * 100,
                         paused,
                     )
@@ -315,7 +315,7 @@ class _RequestBudget:
                     self.pause_seconds += step
                 self.refresh()
             if paused:
-                log.info("Autotask request budget back at %.0f%%; resuming after %.0fs", self.ratio * 100, paused)
+                log.info("Autotask request budget back at %.0f%%; resuming after %.1fs", self.ratio * 100, paused)
 
 
 class AutotaskHook(HttpHook):
@@ -629,7 +629,7 @@ class AutotaskHook(HttpHook):
         text = self._describe(exc)
         if write and not _is_connect_failure(exc):
             error: AutotaskApiError = AutotaskOutcomeUnknownError(
-                entity, verb, None, [f"no answer after the request was sent, it may have been applied ({text})"]
+                entity, verb, None, [f"no answer after the request was sent ({text})"]
             )
             return error
         error = AutotaskApiError(entity, verb, None, [text])
