@@ -15,7 +15,7 @@ import math
 import re
 from collections.abc import Callable
 from datetime import date
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
 
@@ -73,6 +73,7 @@ ACCOUNT_RECORD_COUNTRY = "address.country"
 
 # Money is a JSON number with at most 4 decimals [assumed]; more means a unit or rounding mistake upstream.
 MONEY_MAX_DECIMALS = 4
+_MONEY_QUANTUM = Decimal(1).scaleb(-MONEY_MAX_DECIMALS)
 _DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _CURRENCY_PATTERN = re.compile(r"^[A-Za-z]{3}$")
 _REPR_LIMIT = 60
@@ -179,9 +180,13 @@ def _number(value: Any) -> Decimal:
 
 def _money(value: Any) -> Decimal:
     number = _number(value)
-    exponent = number.as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -MONEY_MAX_DECIMALS:
-        raise _Invalid(f"more than {MONEY_MAX_DECIMALS} decimals: {_shown(value)}")
+    if type(value) is float:  # an int has no decimals to count
+        try:
+            # quantize() is C-fast and is only equal when nothing beyond the 4th decimal is lost
+            if number != number.quantize(_MONEY_QUANTUM):
+                raise _Invalid(f"more than {MONEY_MAX_DECIMALS} decimals: {_shown(value)}")
+        except InvalidOperation:
+            raise _Invalid(f"out of range for money: {_shown(value)}") from None
     return number
 
 

@@ -94,6 +94,8 @@ def test_money_keeps_its_decimal_digits_without_float_noise() -> None:
     assert line.unit_cost == Decimal("0.1")
     assert str(line.unit_cost) == "0.1"
     assert line.unit_price == Decimal("1234.5678")
+    assert to_charge_line(charge_with("unitCost", -0.0001)).unit_cost == Decimal("-0.0001")
+    assert to_charge_line(charge_with("unitCost", 7)).unit_cost == Decimal(7)
 
 
 def test_optional_fields_may_be_absent_or_null() -> None:
@@ -123,6 +125,8 @@ BAD_CHARGES = [
     ("unitCost", "10.50", "unitCost", "expected a number"),
     ("unitCost", True, "unitCost", "expected a number, got True"),
     ("unitCost", 10.12345, "unitCost", "more than 4 decimals"),
+    ("unitPrice", 0.00001, "unitPrice", "more than 4 decimals"),
+    ("unitPrice", 1e30, "unitPrice", "out of range for money"),
     ("unitPrice", _DELETE, "unitPrice", "missing"),
     ("unitPrice", None, "unitPrice", "missing (null)"),
     ("quantity", "3", "quantity", "expected a number, got '3'"),
