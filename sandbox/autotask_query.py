@@ -183,7 +183,9 @@ def filter_value(spec_field: Field, value: object) -> object:
             raise ApiError(
                 f"Error converting value {value!r} to type 'System.DateTime'. Path '{spec_field.name}'."
             ) from None
-        return moment.strftime("%Y-%m-%dT%H:%M:%S") if spec_field.type == DATE else format_datetime(moment)
+        # through index_key like stored values, so "T" compares with "t" and equal dates stay equal
+        return index_key(moment.strftime("%Y-%m-%dT%H:%M:%S") if spec_field.type == DATE
+                         else format_datetime(moment))
     if spec_field.type == BOOLEAN and isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
     return index_key(coerce(spec_field, value))

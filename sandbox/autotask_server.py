@@ -196,7 +196,9 @@ class Sandbox:
         try:
             if self.faults.latency_ms > 0:
                 await asyncio.sleep(self.faults.latency_ms / 1000)
-            if self.faults.error_rate > 0 and self.random.random() < self.faults.error_rate:
+            # Faults hit entity endpoints only: a client's budget probe stays a clean measurement.
+            faulty = route.kind != "threshold"
+            if faulty and self.faults.error_rate > 0 and self.random.random() < self.faults.error_rate:
                 self.stats.faults["errors"] += 1
                 return _error_response(ApiError("Service Unavailable (injected fault); nothing was applied.", 503))
             body = await _json_body(request) if verb in ("POST", "PATCH", "PUT") else None
@@ -204,7 +206,7 @@ class Sandbox:
                 payload = self._dispatch(route, verb, request, body)
             except ApiError as error:
                 return _error_response(error)
-            if self.faults.lost_response_rate > 0 and self.random.random() < self.faults.lost_response_rate:
+            if faulty and self.faults.lost_response_rate > 0 and self.random.random() < self.faults.lost_response_rate:
                 # The work is done (a write is applied and will be saved); only the answer goes missing.
                 self.stats.faults["lost_responses"] += 1
                 return _error_response(ApiError("Gateway Timeout: the upstream response was lost.", 504))

@@ -564,6 +564,7 @@ class _UnitBounds:
         for name, op, value in ranges:
             if not isinstance(value, str):
                 continue
+            value = value.upper()  # filter values arrive case-folded; stored dates use "T"
             if name == "startDate" and op in ("lt", "lte"):
                 self.start_max = min(self.start_max or value, value)
             elif name == "startDate" and op in ("gt", "gte"):
