@@ -101,6 +101,9 @@ class ChargeLineError(BssRecordError):
 
     kind = "charge"
 
+    def __init__(self, charge_id: str | None, field: str, reason: str) -> None:
+        super().__init__(charge_id, field, reason)
+
     @property
     def charge_id(self) -> str | None:
         return self.record_id
@@ -110,6 +113,9 @@ class AccountRecordError(BssRecordError):
     """An account record that cannot become a `BssAccount`."""
 
     kind = "account"
+
+    def __init__(self, account_id: str | None, field: str, reason: str) -> None:
+        super().__init__(account_id, field, reason)
 
     @property
     def account_id(self) -> str | None:

@@ -199,6 +199,14 @@ def test_a_long_bad_value_is_shortened_in_the_message() -> None:
     assert len(str(caught.value)) < 150
 
 
+def test_errors_can_be_built_with_the_documented_keywords() -> None:
+    error = ChargeLineError(charge_id="CHG-1", field="unitCost", reason="expected a number, got 'abc'")
+    assert str(error) == "charge CHG-1: field 'unitCost': expected a number, got 'abc'"
+    assert (
+        str(AccountRecordError(account_id=None, field="id", reason="missing")) == "account (no id): field 'id': missing"
+    )
+
+
 def test_record_errors_survive_pickling() -> None:
     with pytest.raises(ChargeLineError) as caught:
         to_charge_line(charge_with("unitCost", "abc"))
