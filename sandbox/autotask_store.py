@@ -625,7 +625,13 @@ def _months_between(first: date, later: date) -> int:
     return (later.year - first.year) * 12 + later.month - first.month
 
 
+_DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
 def _add_months(day: date, months: int) -> date:
     index = day.year * 12 + day.month - 1 + months
     year, month = divmod(index, 12)
-    return date(year, month + 1, min(day.day, calendar.monthrange(year, month + 1)[1]))
+    if day.day <= 28:  # the common case needs no month length (hot in unit row generation)
+        return date(year, month + 1, day.day)
+    last = _DAYS_IN_MONTH[month] + (month == 1 and calendar.isleap(year))
+    return date(year, month + 1, min(day.day, last))
