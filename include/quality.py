@@ -276,6 +276,16 @@ def load_suite_definition(name: str) -> dict[str, Any]:
     return definition
 
 
+def _with_names_in_descriptions(definition: Mapping[str, Any]) -> dict[str, Any]:
+    """The suite as run: each description ends with "(severity: name)", so Data Docs show what errors say."""
+    expectations = []
+    for expectation in definition.get("expectations", []):
+        meta = expectation["meta"]
+        description = expectation.get("description") or meta["name"]
+        expectations.append({**expectation, "description": f"{description} ({meta['severity']}: {meta['name']})"})
+    return {**definition, "expectations": expectations}
+
+
 def charge_parameters(warehouse: Warehouse, month: BillingMonth) -> dict[str, Any]:
     """Suite parameters of the charges gate: the month's bounds and the row-count band around last month's."""
     band = load_suite_definition("charge_lines").get("meta", {}).get("row_count_band", {})
@@ -446,7 +456,9 @@ def configure_context(run_dir: Path) -> AbstractDataContext:
 def configure_validation(context: AbstractDataContext, suite_name: str, definition: Mapping[str, Any]) -> Any:
     """A Validation Definition of one suite over its own DataFrame asset (the frame comes at run time)."""
     gx = _gx()
-    suite = context.suites.add_or_update(gx.ExpectationSuite(**_suite_kwargs(definition)))
+    suite = context.suites.add_or_update(
+        gx.ExpectationSuite(**_suite_kwargs(_with_names_in_descriptions(definition)))
+    )
     datasource = context.data_sources.get(_DATASOURCE)
     asset = datasource.add_dataframe_asset(name=suite_name)
     batch_definition = asset.add_batch_definition_whole_dataframe(f"{suite_name}_run")
@@ -527,7 +539,7 @@ def _failures(
             ExpectationFailure(
                 suite=suite_name,
                 name=str(meta.get("name") or config.type),
-                description=str(config.description or config.type),
+                description=_plain_description(config.description, meta) or config.type,
                 expectation_type=config.type,
                 severity=Severity(meta.get("severity", Severity.CRITICAL)),
                 column=kwargs.get("column") or kwargs.get("column_A"),
@@ -538,6 +550,11 @@ def _failures(
             )
         )
     return failures
+
+
+def _plain_description(description: str | None, meta: Mapping[str, Any]) -> str | None:
+    suffix = f" ({meta.get('severity')}: {meta.get('name')})"
+    return description.removesuffix(suffix) if description else None
 
 
 def _examples(details: Mapping[str, Any], index_column: str | None) -> tuple[dict[str, str], ...]:
