@@ -26,8 +26,9 @@ import random
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -49,6 +50,7 @@ from connectors.autotask_errors import (
 )
 from connectors.autotask_query import (
     MAX_IN_VALUES,
+    MAX_PAGE_SIZE,
     Filter,
     FilterLike,
     Group,
@@ -756,32 +758,58 @@ class AutotaskHook(HttpHook):
         filters: list[dict | Filter] | None = None,
         include_fields: list[str] | None = None,
         *,
-        batch_size: int | None = None,
+        rows_per_value: float = 1.0,
     ) -> list[dict]:
-        """Records whose `field` is in `values`: deduplicated, split into `in` batches of at most 500
-        (evenly sized), run concurrently within the endpoint's slot limit, each batch paged if needed.
+        """Records whose `field` is in `values`: deduplicated, split into `in` batches of at most 500,
+        run concurrently within the endpoint's slot limit, each batch paged if its records overflow a page.
 
-        `batch_size` lowers the batch size when each value matches several records, so that a batch's
-        records fit one page (a batch that overflows is paged, which costs a sequential call).
+        When a value matches several records (`rows_per_value`, a first guess, then measured from the
+        batches already answered), batches shrink so that their records fit one 500-record page: an
+        overflowing batch costs an extra, sequential call.
         """
-        unique = list(dict.fromkeys(to_api_value(value) for value in values))
-        if not unique:
+        pending = deque(dict.fromkeys(to_api_value(value) for value in values))
+        if not pending:
             return []
-        size = max(1, min(batch_size or self.settings.in_batch_size, self.settings.in_batch_size))
-        batch_count = -(-len(unique) // size)
-        per_batch = -(-len(unique) // batch_count)
-        batches = [unique[start : start + per_batch] for start in range(0, len(unique), per_batch)]
         base_filters: list[FilterLike] = list(to_filter_objects(filters))
 
         def run(batch: list[Any]) -> list[dict]:
             return self.query(entity, [*base_filters, Filter.in_(field, batch)], include_fields)
 
-        if len(batches) == 1:
-            return run(batches[0])
-        workers = min(len(batches), self.settings.max_concurrent_per_endpoint)
+        def next_batch() -> list[Any]:
+            density = answered_rows / answered_values if answered_values else rows_per_value
+            size = self._in_batch_size(len(pending), density)
+            return [pending.popleft() for _ in range(size)]
+
+        answered_rows = answered_values = 0
+        if len(pending) <= self._in_batch_size(len(pending), rows_per_value):
+            return run(list(pending))
+        results: dict[int, list[dict]] = {}
+        workers = self.settings.max_concurrent_per_endpoint
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"autotask-{entity}") as pool:
-            results = list(pool.map(run, batches))
-        return [record for batch in results for record in batch]
+            running: dict[Future[list[dict]], tuple[int, int]] = {}
+            order = 0
+            while pending or running:
+                while pending and len(running) < workers:
+                    batch = next_batch()
+                    running[pool.submit(run, batch)] = (order, len(batch))
+                    order += 1
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    position, batch_values = running.pop(future)
+                    results[position] = future.result()  # re-raises the batch's error here
+                    answered_rows += len(results[position])
+                    answered_values += batch_values
+        return [record for position in sorted(results) for record in results[position]]
+
+    def _in_batch_size(self, pending: int, rows_per_value: float) -> int:
+        """Values per `in` batch: at most 500, fewer when their records would overflow a page; the
+        pending values are then spread evenly so the last batch is not a tiny extra call."""
+        limit = self.settings.in_batch_size
+        if rows_per_value > 1.0:
+            # ~6 % headroom: the number of records per value varies from batch to batch.
+            limit = min(limit, max(1, int(MAX_PAGE_SIZE / (rows_per_value * 1.06))))
+        batches_left = -(-pending // limit)
+        return -(-pending // batches_left)
 
     def get(self, entity: str, record_id: int) -> dict | None:
         """One record, or None when it does not exist (Autotask answers `{"item": null}` or 404)."""
@@ -805,11 +833,11 @@ class AutotaskHook(HttpHook):
             Filter.gte("endDate", format_api_date(start)),
         ]
         ids = [int(value) for value in contract_service_ids]
-        # A contract service has about one row per month of the period, plus one per mid-period adjustment;
-        # size the batches so that their rows fit one 500-record page with ~10 % room for those splits.
+        # First guess: one row per month of the period (adjustments add more; query_in measures that).
         months = (end.year - start.year) * 12 + end.month - start.month + 1
-        batch_size = max(1, int(0.9 * self.settings.in_batch_size / max(1, months)))
-        return self.query_in("ContractServiceUnits", "contractServiceID", ids, overlap, batch_size=batch_size)
+        return self.query_in(
+            "ContractServiceUnits", "contractServiceID", ids, overlap, rows_per_value=float(max(1, months))
+        )
 
     def threshold_information(self) -> dict:
         """`{"externalRequestThreshold", "requestThresholdTimeframe", "currentTimeframeRequestCount"}`."""

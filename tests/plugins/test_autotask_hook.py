@@ -446,6 +446,32 @@ def test_query_in_dedupes_and_batches_1200_ids_into_three_concurrent_calls(
     assert hook.query_in("ContractServices", "id", []) == []
 
 
+def test_query_in_pages_overflowing_batches_and_shrinks_the_next_ones(
+    monkeypatch: pytest.MonkeyPatch, big_sandbox: RunningServer, big_admin: Admin
+) -> None:
+    # A whole year of units: several rows per contract service, so 500-id batches would overflow a page.
+    start, end = date(2026, 1, 1), date(2026, 12, 31)
+    rows = big_admin.state("ContractServiceUnits")
+    service_ids = sorted({row["contractServiceID"] for row in rows})[:1200]
+    wanted = set(service_ids)
+    first, last = format_api_date(start), format_api_date(end)
+    expected = {
+        row["id"]
+        for row in rows
+        if row["contractServiceID"] in wanted and row["startDate"][:19] <= last and row["endDate"][:19] >= first
+    }
+    assert len(expected) > 2 * len(service_ids)
+    hook = make_hook(monkeypatch, big_sandbox)
+    hook.threshold_information()
+    big_admin.reset_stats()
+    overlap = [Filter.lte("startDate", end), Filter.gte("endDate", start)]
+    got = hook.query_in("ContractServiceUnits", "contractServiceID", service_ids, overlap, rows_per_value=1.0)
+    assert ids(got) == expected and len(got) == len(expected)  # paged batches lose and repeat nothing
+    calls = big_admin.calls("ContractServiceUnits")
+    # The first wave (3 batches of 400) overflows; later batches are sized from what it returned.
+    assert calls <= math.ceil(len(expected) / 500) + 3 + 3
+
+
 # --- reads and writes ----------------------------------------------------------------------------------------
 
 
@@ -693,6 +719,7 @@ def test_budget_slows_down_then_pauses_and_resumes_instead_of_failing(
         budget_max_delay_s=0.2,
         budget_pause_s=0.5,
         max_pause_s=5,
+        budget_refresh_in_background=False,  # re-read in line, so the test's request counts are exact
     )
     caplog.set_level(logging.INFO, logger="connectors.autotask_hook")
     for _ in range(45):

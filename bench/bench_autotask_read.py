@@ -1,0 +1,118 @@
+"""Benchmark: read the current units of 5,000 contract services for a month from the Autotask sandbox.
+
+The sandbox answers every request 100 ms late and allows 3 concurrent requests per endpoint, like a busy
+Autotask zone. The contract service ids come from the sandbox's admin state (in the pipeline they come
+from our own mapping table), so the measured reads are exactly what the sync does per month:
+`AutotaskHook.contract_service_units(ids, first_day, last_day)` — batched `in` queries, run 3 at a time.
+
+Prints one line: BENCH {"benchmark": "autotask_read", ...}. Targets: calls <= 1.05 x lower bound + 5,
+wall <= 1.3 x (calls x latency / 3).
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "plugins")]
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bench-airflow-"))
+
+import httpx  # noqa: E402
+
+from connectors.autotask_hook import AutotaskHook  # noqa: E402
+from tests.servers import start_server  # noqa: E402
+
+CONTRACT_SERVICES = 5000
+LATENCY_MS = 100
+SLOTS = 3
+MONTH = "2026-10"
+SECRET = "bench-secret"
+
+
+def counted_calls(stats: dict) -> int:
+    """Every request the sandbox counted (by entity and verb), including ThresholdInformation reads."""
+    by_entity = stats.get("requests") or stats.get("requests_by_entity") or stats.get("by_entity") or {}
+    total = 0
+    for counts in by_entity.values():
+        total += counts if isinstance(counts, int) else sum(v for v in counts.values() if isinstance(v, int))
+    return total
+
+
+def main() -> None:
+    server = start_server(
+        [
+            "sandbox.autotask_server",
+            "--seed-customers", "3000",
+            "--seed-subscriptions-per-customer", "3",
+            "--seed", "42",
+            "--seed-month", MONTH,
+            "--latency-ms", str(LATENCY_MS),
+            "--thread-limit", str(SLOTS),
+            "--secret", SECRET,
+        ],
+        timeout_s=300,
+    )  # fmt: skip
+    try:
+        admin = httpx.Client(base_url=server.url, timeout=120)
+        state = admin.get("/_admin/state/ContractServices").raise_for_status().json()
+        records = state if isinstance(state, list) else state.get("items", [])
+        contract_service_ids = sorted(record["id"] for record in records)[:CONTRACT_SERVICES]
+        if len(contract_service_ids) < CONTRACT_SERVICES:
+            raise SystemExit(f"the seed holds only {len(contract_service_ids)} contract services")
+
+        os.environ["AIRFLOW_CONN_AUTOTASK_BENCH"] = json.dumps(
+            {
+                "conn_type": "http",
+                "host": "127.0.0.1",
+                "port": server.port,
+                "schema": "http",
+                "login": "api-user@demo.example",
+                "password": SECRET,
+                "extra": {"integration_code": "DEMOINTEGRATION", "max_concurrent_per_endpoint": SLOTS},
+            }
+        )
+        hook = AutotaskHook("autotask_bench")
+        first_day = date(int(MONTH[:4]), int(MONTH[5:]), 1)
+        last_day = first_day.replace(day=calendar.monthrange(first_day.year, first_day.month)[1])
+        hook.api_base  # noqa: B018  # read the connection before the clock starts (no request is sent)
+        admin.post("/_admin/stats/reset").raise_for_status()
+
+        started = time.perf_counter()
+        rows = hook.contract_service_units(contract_service_ids, first_day, last_day)
+        wall_s = time.perf_counter() - started
+
+        stats = admin.get("/_admin/stats").raise_for_status().json()
+        calls = counted_calls(stats)
+        covered = {row["contractServiceID"] for row in rows}
+        lower_bound = max(math.ceil(CONTRACT_SERVICES / 500), math.ceil(len(rows) / 500))
+        bound_s = calls * LATENCY_MS / 1000 / SLOTS
+        result = {
+            "benchmark": "autotask_read",
+            "contract_services": CONTRACT_SERVICES,
+            "unit_rows": len(rows),
+            "contract_services_with_rows": len(covered),
+            "calls": calls,
+            "lower_bound_calls": lower_bound,
+            "calls_target": round(1.05 * lower_bound + 5, 2),
+            "wall_s": round(wall_s, 3),
+            "bound_s": round(bound_s, 3),
+            "wall_target_s": round(1.3 * bound_s, 3),
+            "latency_ms": LATENCY_MS,
+            "max_concurrency": stats.get("max_concurrency"),
+            "ok": calls <= 1.05 * lower_bound + 5 and wall_s <= 1.3 * bound_s,
+        }
+        print("BENCH " + json.dumps(result))
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
