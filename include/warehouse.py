@@ -13,7 +13,6 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
-from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -203,7 +202,14 @@ class Warehouse:
         # the driver takes plain tuples, stored exactly as SQLAlchemy itself would store these types.
         columns = list(chunk[0].keys())
         statement = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
-        conn.exec_driver_sql(statement, [tuple(_sqlite_value(row[name]) for name in columns) for row in chunk])
+        rows = [[row[name] for name in columns] for row in chunk]
+        for index, name in enumerate(columns):
+            convert = _sqlite_converter(table.c[name].type)
+            if convert is not None:
+                for values in rows:
+                    if values[index] is not None:
+                        values[index] = convert(values[index])
+        conn.exec_driver_sql(statement, [tuple(values) for values in rows])
 
     def query(self, statement: str | sa.TextClause, params: Mapping[str, Any] | None = None) -> list[dict]:
         """Run a read query (SQL text or the name of an `include/sql` file) and return rows as dicts."""
@@ -226,15 +232,15 @@ class Warehouse:
         self.engine.dispose()
 
 
-def _sqlite_value(value: Any) -> Any:
-    """A Python value as SQLAlchemy's SQLite types store it (Numeric as REAL, DATE/DATETIME as ISO text)."""
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
-    if isinstance(value, date):
-        return value.isoformat()
-    return value
+def _sqlite_converter(column_type: sa.types.TypeEngine) -> Any:
+    """How SQLAlchemy's SQLite types store a Python value (Numeric as REAL, DATE/DATETIME as ISO text)."""
+    if isinstance(column_type, sa.Numeric):
+        return float
+    if isinstance(column_type, sa.DateTime):
+        return lambda value: value.strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(value, datetime) else value
+    if isinstance(column_type, sa.Date):
+        return lambda value: value.isoformat() if isinstance(value, date) else value
+    return None
 
 
 def _resolve_sql(statement: str) -> str:
