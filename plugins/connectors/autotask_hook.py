@@ -83,7 +83,7 @@ class AutotaskSettings:
     budget_pause_ratio: float = 0.9
     budget_check_every: int = 100  # requests between two ThresholdInformation reads
     budget_check_interval_s: float = 60.0  # ...or this long, whichever comes first
-    budget_refresh_in_background: bool = True  # after the first read, re-read without blocking a request
+    budget_refresh_in_background: bool = True  # read the budget without holding up the request
     budget_max_delay_s: float = 1.0  # added per request when just below the pause ratio
     budget_pause_s: float = 60.0  # one pause step; the budget is re-read after each step
     max_pause_s: float = 3600.0  # total pause before a request goes ahead anyway
@@ -240,11 +240,12 @@ class _RequestBudget:
 
     def before_request(self) -> None:
         if self._check_due():
-            if self._last_check_at is None or not self._settings.budget_refresh_in_background:
-                self.refresh()
-            else:
-                # Pacing information must not sit on the critical path of every 100th request.
+            if self._settings.budget_refresh_in_background:
+                # Pacing information must not sit on the critical path of a request (the first included):
+                # until it arrives the last known ratio applies, and a pause re-reads in line anyway.
                 threading.Thread(target=self.refresh, name="autotask-budget", daemon=True).start()
+            else:
+                self.refresh()
         ratio = self.ratio
         if ratio >= self._settings.budget_pause_ratio:
             self._pause()
@@ -823,10 +824,17 @@ class AutotaskHook(HttpHook):
         item = payload.get("item")
         return item if isinstance(item, dict) else None
 
-    def contract_service_units(self, contract_service_ids: Iterable[int], start: date, end: date) -> list[dict]:
+    def contract_service_units(
+        self,
+        contract_service_ids: Iterable[int],
+        start: date,
+        end: date,
+        include_fields: list[str] | None = None,
+    ) -> list[dict]:
         """ContractServiceUnits rows overlapping [start, end] (inclusive) for the given contract services.
 
         The current units of a contract service on a day are those of the row covering that day.
+        `include_fields` trims the rows (e.g. contractServiceID, startDate, endDate, units).
         """
         overlap: list[dict | Filter] = [
             Filter.lte("startDate", format_api_date(end)),
@@ -836,7 +844,12 @@ class AutotaskHook(HttpHook):
         # First guess: one row per month of the period (adjustments add more; query_in measures that).
         months = (end.year - start.year) * 12 + end.month - start.month + 1
         return self.query_in(
-            "ContractServiceUnits", "contractServiceID", ids, overlap, rows_per_value=float(max(1, months))
+            "ContractServiceUnits",
+            "contractServiceID",
+            ids,
+            overlap,
+            include_fields,
+            rows_per_value=float(max(1, months)),
         )
 
     def threshold_information(self) -> dict:

@@ -152,7 +152,14 @@ def make_hook(
         "conn_type": "http",
         "login": USER,
         "password": secret,
-        "extra": {"integration_code": INTEGRATION, "retry_wait_s": 0.01, "retry_max_wait_s": 0.05, **extra},
+        # Budget re-reads in line by default here, so request counts and fault timings are exact.
+        "extra": {
+            "integration_code": INTEGRATION,
+            "retry_wait_s": 0.01,
+            "retry_max_wait_s": 0.05,
+            "budget_refresh_in_background": False,
+            **extra,
+        },
     }
     if server is not None:
         connection.update({"host": "127.0.0.1", "port": server.port, "schema": "http"})
@@ -719,7 +726,6 @@ def test_budget_slows_down_then_pauses_and_resumes_instead_of_failing(
         budget_max_delay_s=0.2,
         budget_pause_s=0.5,
         max_pause_s=5,
-        budget_refresh_in_background=False,  # re-read in line, so the test's request counts are exact
     )
     caplog.set_level(logging.INFO, logger="connectors.autotask_hook")
     for _ in range(45):
@@ -731,6 +737,21 @@ def test_budget_slows_down_then_pauses_and_resumes_instead_of_failing(
     assert any(0 < wait <= 0.2 for wait in recorder.waits)
     threshold = hook.threshold_information()
     assert threshold["externalRequestThreshold"] == 10000
+
+
+def test_budget_reads_in_the_background_do_not_hold_up_requests(
+    monkeypatch: pytest.MonkeyPatch, sandbox: RunningServer, admin: Admin
+) -> None:
+    admin.faults(latency_ms=300)
+    hook = make_hook(monkeypatch, sandbox, sleep=time.sleep, budget_refresh_in_background=True, budget_check_every=2)
+    started = time.perf_counter()
+    hook.count("Companies")
+    elapsed = time.perf_counter() - started
+    assert elapsed < 0.55, f"one 300 ms call, not two in a row (took {elapsed:.2f}s)"
+    deadline = time.monotonic() + 5
+    while hook.budget.last_information is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert hook.budget.last_information["externalRequestThreshold"] == 10000
 
 
 # --- secrets -------------------------------------------------------------------------------------------------
