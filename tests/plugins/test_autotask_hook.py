@@ -553,6 +553,25 @@ def test_contract_service_units_returns_the_rows_overlapping_the_period(hook: Au
     assert ids(got) == expected
 
 
+def test_entity_fields_returns_the_field_metadata(hook: AutotaskHook) -> None:
+    fields = {field["name"]: field for field in hook.entity_fields("Contracts")}
+    assert fields["contractName"]["isRequired"] is True
+    assert fields["id"]["isReadOnly"] is True
+    assert any(value.get("value") in (7, "7") for value in fields["contractType"]["picklistValues"])
+
+
+def test_impersonation_header_is_sent(monkeypatch: pytest.MonkeyPatch, sandbox: RunningServer, admin: Admin) -> None:
+    active = next(r for r in admin.state("Resources") if r.get("isActive"))
+    assert make_hook(monkeypatch, sandbox, impersonation_resource_id=active["id"]).count("Companies") > 0
+    with pytest.raises(AutotaskApiError, match="impersonated Resource"):
+        make_hook(monkeypatch, sandbox, impersonation_resource_id=987654).count("Companies")
+
+
+def test_update_needs_the_id_in_the_body(hook: AutotaskHook) -> None:
+    with pytest.raises(ValueError, match="id"):
+        hook.update("Companies", {"phone": "1"})
+
+
 def test_a_verb_the_entity_does_not_allow_maps_to_not_allowed_with_the_text(hook: AutotaskHook) -> None:
     with pytest.raises(AutotaskNotAllowedError) as caught:
         hook.query("ContractServiceAdjustments")
@@ -587,11 +606,17 @@ def test_the_hook_never_exceeds_the_thread_limit(monkeypatch: pytest.MonkeyPatch
     assert admin.calls("Companies") == 12  # not a single Itgenatr005 rejection to retry
 
 
+@pytest.mark.parametrize("rejection_status", [429, 500])
 def test_thread_limit_rejections_are_retried_even_for_writes(
-    monkeypatch: pytest.MonkeyPatch, sandbox: RunningServer, admin: Admin, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch,
+    sandbox: RunningServer,
+    admin: Admin,
+    caplog: pytest.LogCaptureFixture,
+    rejection_status: int,
 ) -> None:
-    # A hook that believes it may run 6 at a time meets the server's limit of 3: Itgenatr005, then retries.
-    admin.faults(latency_ms=150, thread_limit=3)
+    # A hook that believes it may run 6 at a time meets the server's limit of 3: Itgenatr005 (whatever its
+    # HTTP status), then retries.
+    admin.faults(latency_ms=150, thread_limit=3, thread_limit_status=rejection_status)
     hook = make_hook(monkeypatch, sandbox, sleep=time.sleep, max_concurrent_per_endpoint=6, max_attempts=20)
     owner = admin.state("Resources")[0]["id"]
     caplog.set_level(logging.WARNING, logger="connectors.autotask_hook")
@@ -600,15 +625,22 @@ def test_thread_limit_rejections_are_retried_even_for_writes(
             pool.map(
                 lambda i: hook.create(
                     "Companies",
-                    {"companyName": f"Thread {i}", "companyType": 1, "ownerResourceID": owner, "phone": "1"},
+                    {
+                        "companyName": f"Thread {i} ({rejection_status})",
+                        "companyType": 1,
+                        "ownerResourceID": owner,
+                        "phone": "1",
+                    },
                 ),
                 range(6),
             )
         )
     assert len(set(created)) == 6
     assert "itgenatr005" in caplog.text.lower()
+    admin.faults(thread_limit_status=429)
+    assert admin.stats()["rejected"].get("thread_limit", 0) > 0
     names = [record["companyName"] for record in admin.state("Companies")]
-    assert all(names.count(f"Thread {i}") == 1 for i in range(6))  # retried, never duplicated
+    assert all(names.count(f"Thread {i} ({rejection_status})") == 1 for i in range(6))  # retried, never twice
 
 
 def test_429_is_retried_after_retry_after(
