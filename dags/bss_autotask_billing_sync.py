@@ -43,6 +43,15 @@ _MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
             title="Billing month",
             description="YYYY-MM. Leave empty for the month of the run date.",
         ),
+        "effective_date_policy": Param(
+            os.environ.get("BILLING_SYNC_EFFECTIVE_DATE_POLICY", "change_date"),
+            enum=["change_date", "period_start", "next_period_start"],
+            title="Effective-date policy",
+            description=(
+                "When unit changes take effect in Autotask: the BSS change date, the start of its billing period, "
+                "or the next period start (avoids Autotask's undeletable prorations)."
+            ),
+        ),
     },
     tags=["billing", "bss", "autotask"],
     doc_md=__doc__,
@@ -78,10 +87,57 @@ def bss_autotask_billing_sync() -> None:
 
         return run_charge_suites(get_warehouse(), month, extracted["run_id"]).as_dict()
 
+    @task(retries=0)
+    def snapshot_autotask(month: str, extracted: dict[str, Any]) -> dict[str, Any]:
+        """The Autotask state the month needs, read with batched queries and stored for this run."""
+        from connectors.autotask_hook import AutotaskHook
+        from connectors.warehouse_connection import get_warehouse
+        from include.snapshot import take_snapshot
+
+        return take_snapshot(AutotaskHook(), get_warehouse(), month, extracted["run_id"], _settings()).as_dict()
+
+    @task
+    def link_records(month: str, snapshot: dict[str, Any]) -> dict[str, Any]:
+        """Link every BSS account, subscription and product to Autotask (remembered, by key, by name)."""
+        from connectors.warehouse_connection import get_warehouse
+        from include.mapping import link_month
+
+        return link_month(get_warehouse(), month, snapshot["run_id"], _settings()).as_dict()
+
+    @task
+    def reconcile(month: str, links: dict[str, Any]) -> dict[str, Any]:
+        """BSS units at each effective date against Autotask's contract service units: the change plan."""
+        from connectors.warehouse_connection import get_warehouse
+        from include.reconcile import reconcile_month
+
+        return reconcile_month(get_warehouse(), month, links["run_id"], _settings()).as_dict()
+
+    @task(retries=0)
+    def validate_plan(month: str, plan: dict[str, Any]) -> dict[str, Any]:
+        """The snapshot's and the plan's own suites: never two adjustments on one date, none unmapped."""
+        from connectors.warehouse_connection import get_warehouse
+        from include.quality import validate_plan as run_plan_suites
+
+        return run_plan_suites(get_warehouse(), month, plan["run_id"]).as_dict()
+
     month = resolve_month()
     extracted = extract(month)
     charges_checked = validate_charges(month, extracted)
-    chain(extracted, charges_checked)
+    snapshot = snapshot_autotask(month, extracted)
+    links = link_records(month, snapshot)
+    plan = reconcile(month, links)
+    plan_checked = validate_plan(month, plan)
+    chain(charges_checked, snapshot)
+    chain(plan, plan_checked)
+
+
+def _settings():
+    """Sync settings: `BILLING_SYNC_*` environment defaults, overridden by this run's params."""
+    from include.sync_settings import SyncSettings
+
+    params = get_current_context()["params"]
+    base = SyncSettings.from_env()
+    return SyncSettings.from_mapping({**base.as_dict(), "effective_date_policy": params["effective_date_policy"]})
 
 
 bss_autotask_billing_sync()

@@ -127,20 +127,9 @@ def run_quiet(command: list[str], env: dict[str, str], log_path: Path) -> None:
 def run_dag(month: str, env: dict[str, str], log_path: Path) -> int:
     """`airflow dags test` for the month; task progress lines are echoed as they come."""
     command = [sys.executable, "-m", "airflow", "dags", "test", DAG_ID, "-c", json.dumps({"month": month})]
-    interesting = (
-        "extract:",
-        "quality:",
-        "snapshot:",
-        "mapping:",
-        "reconcile:",
-        "plan:",
-        "Data Docs",
-        "state=",
-        "ERROR",
-        "Error",
-        "error:",
-        "Marking task",
-    )
+    # Our own modules' log lines and each task's outcome; Airflow's chatter stays in the log file.
+    interesting = ("[include.", "[connectors.", "new_state=", "DagRun Finished", "Traceback", "Error:")
+    task_id = "task"
     with (
         log_path.open("w") as log,
         subprocess.Popen(
@@ -150,9 +139,24 @@ def run_dag(month: str, env: dict[str, str], log_path: Path) -> int:
         assert process.stdout is not None
         for line in process.stdout:
             log.write(line)
+            if "task_id='" in line:
+                task_id = line.split("task_id='", 1)[1].split("'", 1)[0]
             if any(marker in line for marker in interesting):
-                print("   " + line.rstrip()[:220])
+                print("   " + _readable(line, task_id))
         return process.wait()
+
+
+def _readable(line: str, task_id: str) -> str:
+    """`2026-…Z [info     ] message [logger] loc=… k=v` → `info  message` (task states as `task → state`)."""
+    text = line.rstrip()
+    if "new_state=" in text:
+        state = text.split("new_state=", 1)[1].split()[0]
+        return f"{task_id} → {state}"
+    if text[:4].isdigit() and "] " in text:
+        level = text.split("[", 1)[1].split("]", 1)[0].strip()
+        message = text.split("] ", 1)[1].split(" [", 1)[0].rstrip()
+        return f"{level:<7} {message}"[:240]
+    return text[:240]
 
 
 def summarise(month: str) -> None:
