@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -699,6 +700,64 @@ def test_a_lost_response_on_a_write_is_outcome_unknown_and_the_record_exists(
     assert [r["companyName"] for r in hook.query("Companies", [Filter.eq("companyName", "Lost Reply AG")])] == [
         "Lost Reply AG"
     ]
+
+
+class HangUpServer:
+    """A TCP server that reads each request and closes the connection without answering."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(2)
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    continue
+                if data:
+                    self.requests.append(data.split(b" ", 1)[0].decode())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_dropped_connection_after_sending_a_write_is_outcome_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = HangUpServer()
+    try:
+        conn_id = "autotask_hang_up"
+        connection = {
+            "conn_type": "http",
+            "host": "127.0.0.1",
+            "port": server.port,
+            "schema": "http",
+            "login": USER,
+            "password": SECRET,
+            "extra": {"integration_code": INTEGRATION, "retry_wait_s": 0.01, "budget_refresh_in_background": False},
+        }
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(connection))
+        hook = AutotaskHook(conn_id, sleep=SleepRecorder())
+        with pytest.raises(AutotaskApiError) as read_error:
+            hook.count("Companies")  # a read is retried (read_attempts), then reported
+        assert read_error.value.status is None and not isinstance(read_error.value, AutotaskOutcomeUnknownError)
+        server.requests.clear()
+        hook.budget.ratio = 0.0
+        with pytest.raises(AutotaskOutcomeUnknownError) as caught:
+            hook.create("Companies", {"companyName": "Hung Up"})
+        assert caught.value.status is None
+        assert "may have been applied" in str(caught.value)
+        assert server.requests.count("POST") == 1  # sent once, never repeated blindly
+    finally:
+        server.close()
 
 
 def test_a_lost_response_on_a_read_is_retried(monkeypatch: pytest.MonkeyPatch, sandbox, admin: Admin) -> None:
