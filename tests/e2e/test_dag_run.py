@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from include.warehouse import Warehouse
@@ -61,7 +62,7 @@ def run_dag(env: dict[str, str], conf: dict) -> subprocess.CompletedProcess:
     )
 
 
-def test_the_dag_extracts_a_month_into_the_warehouse(airflow_env) -> None:
+def test_the_dag_takes_a_month_from_extract_to_a_validated_plan(airflow_env) -> None:
     result = run_dag(airflow_env["env"], {"month": MONTH})
     output = result.stdout + result.stderr
     (airflow_env["work"] / "dag-run.log").write_text(output)
@@ -72,6 +73,17 @@ def test_the_dag_extracts_a_month_into_the_warehouse(airflow_env) -> None:
     runs = warehouse.query("SELECT run_id, status, line_count FROM extract_runs WHERE month = :m", {"m": MONTH})
     assert len(runs) == 1 and runs[0]["status"] == "succeeded" and runs[0]["line_count"] > 0
     assert warehouse.scalar("SELECT COUNT(*) FROM charge_lines WHERE month = :m", {"m": MONTH}) == runs[0]["line_count"]
+    run_id = runs[0]["run_id"]
+    # Every stage left its mark for this run: the snapshot, the links, the plan, the quality results.
+    assert warehouse.scalar("SELECT COUNT(*) FROM at_snapshots WHERE run_id = :r", {"r": run_id}) == 1
+    assert warehouse.scalar("SELECT COUNT(*) FROM month_links WHERE run_id = :r", {"r": run_id}) > 0
+    assert warehouse.scalar("SELECT COUNT(*) FROM plan_actions WHERE run_id = :r", {"r": run_id}) > 0
+    assert warehouse.scalar("SELECT COUNT(*) FROM quality_results WHERE run_id = :r", {"r": run_id}) >= 2
+    docs = list((Path(airflow_env["work"]) / "data_docs" / MONTH).glob("*/index.html"))
+    assert len(docs) == 1 and "charge" in docs[0].read_text().lower()
+    # Nothing was written to Autotask: the plan waits for review.
+    stats = httpx.get(airflow_env["autotask"].url + "/_admin/stats", timeout=10).json()
+    assert stats["writes"] == 0
     # Secrets never reach the logs of a real run.
     for secret in ("demo-password", "demo-client-secret", "demo-secret"):
         assert secret not in output
