@@ -37,16 +37,22 @@ def month_end(day: date) -> date:
     return day.replace(day=calendar.monthrange(day.year, day.month)[1])
 
 
-def commitment_term(billing_cycle: str, start: date) -> tuple[date, date]:
+def contract_term_months(billing_cycle: str, minimum_months: int = 1) -> int:
+    """Months an Autotask contract term runs: the commitment, at least `minimum_months` (a month-to-month
+    subscription would otherwise need a contract write every month, against a 10,000-calls-an-hour budget)."""
+    return max(commitment_months(billing_cycle), minimum_months)
+
+
+def commitment_term(billing_cycle: str, start: date, minimum_months: int = 1) -> tuple[date, date]:
     """(startDate, endDate) of a new contract, counted as the BSS counts a term: it ends at the end of the
     month holding the term's last day (annual from 2026-10-01 ends 2027-09-30; from 2026-10-18, 2027-10-31)."""
-    end = month_end(add_months(start, commitment_months(billing_cycle)) - timedelta(days=1))
+    end = month_end(add_months(start, contract_term_months(billing_cycle, minimum_months)) - timedelta(days=1))
     return start, end
 
 
-def renewed_end_date(current_end: date, billing_cycle: str, covering: date) -> date:
+def renewed_end_date(current_end: date, billing_cycle: str, covering: date, minimum_months: int = 1) -> date:
     """The contract end after renewing term by term from `current_end` until it covers `covering`."""
-    months = commitment_months(billing_cycle)
+    months = contract_term_months(billing_cycle, minimum_months)
     end = current_end
     while end < covering:
         end = month_end(add_months(end + timedelta(days=1), months - 1))

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from rapidfuzz import fuzz, process
 from sqlalchemy.engine import Connection
 
+from include.bulk_insert import bulk_insert
 from include.models import BillingMonth
 from include.names import normalise_name
 from include.sync_settings import SyncSettings
@@ -281,9 +282,8 @@ def _resolve(
         value = target_key(target)
         if value:
             by_key[value].append(target)
-    global_by_name = _index_by_name(targets.values())
-    scoped_indexes: dict[Any, tuple[dict[str, list[Target]], list[Target]]] = {}
-    all_active = [target for target in targets.values() if target.active]
+    global_index: tuple[dict[str, list[Target]], _Candidates] | None = None
+    scoped_indexes: dict[Any, tuple[dict[str, list[Target]], _Candidates]] = {}
 
     results = []
     for source in sources:
@@ -308,11 +308,12 @@ def _resolve(
             scope_key = scope_of(source)
             if scope_key not in scoped_indexes:
                 scope = scoped_targets.get(scope_key, {}) if scope_key is not None else {}
-                scoped_indexes[scope_key] = (_index_by_name(scope.values()),
-                                             [target for target in scope.values() if target.active])
+                scoped_indexes[scope_key] = _index_by_name(scope.values())
             by_name, candidates = scoped_indexes[scope_key]
         else:
-            by_name, candidates = global_by_name, all_active
+            # built only when some source gets this far (most link by a remembered link or a key)
+            global_index = global_index or _index_by_name(targets.values())
+            by_name, candidates = global_index
         names = {normalise_name(source.name), *(normalise_name(name) for name in source.alternative_names)}
         named = {target.id: target for name in names if name for target in by_name.get(name, [])}
         if len(named) == 1:
@@ -325,21 +326,32 @@ def _resolve(
     return results
 
 
-def _index_by_name(targets: Iterable[Target]) -> dict[str, list[Target]]:
+@dataclass(frozen=True)
+class _Candidates:
+    """Active targets and their normalised names, side by side, for rapidfuzz."""
+
+    targets: list[Target]
+    names: list[str]
+
+
+def _index_by_name(targets: Iterable[Target]) -> tuple[dict[str, list[Target]], _Candidates]:
     """Active targets by normalised name (an inactive record is no candidate for a new link)."""
     index: dict[str, list[Target]] = defaultdict(list)
+    candidates = _Candidates([], [])
     for target in targets:
         if target.active:
             name = normalise_name(target.name)
             if name:
                 index[name].append(target)
-    return index
+                candidates.targets.append(target)
+                candidates.names.append(name)
+    return index, candidates
 
 
 def _suggest(
     kind: LinkKind,
     source: Source,
-    candidates: Sequence[Target],
+    candidates: _Candidates,
     keyed: Iterable[Target],
     named: Iterable[Target],
     rejected: set[tuple[str, str, int]],
@@ -349,14 +361,13 @@ def _suggest(
     for target in [*keyed, *named]:
         found[target.id] = (target.id, 100.0, target.name)
     query = normalise_name(source.name)
-    if query and candidates:
-        choices = [normalise_name(target.name) for target in candidates]
+    if query and candidates.names:
         matches = process.extract(
-            query, choices, scorer=fuzz.token_sort_ratio, limit=settings.suggestion_limit + len(found),
+            query, candidates.names, scorer=fuzz.token_sort_ratio, limit=settings.suggestion_limit + len(found),
             score_cutoff=settings.suggestion_min_score,
         )
         for _, score, index in matches:
-            target = candidates[index]
+            target = candidates.targets[index]
             found.setdefault(target.id, (target.id, round(float(score), 2), target.name))
     ranked = sorted(found.values(), key=lambda item: (-item[1], item[0]))
     ranked = [item for item in ranked if (str(kind), source.key, item[0]) not in rejected]
@@ -392,12 +403,12 @@ def _store(
     now = utcnow()
     month_links = warehouse.table("month_links")
     conn.execute(month_links.delete().where(month_links.c.run_id == run_id))
-    warehouse.insert(conn, "month_links", (
+    bulk_insert(conn, warehouse, "month_links", [
         {"run_id": run_id, "month": month, "kind": str(result.kind), "source_key": result.source_key,
          "target_id": result.target_id, "resolution": result.resolution, "link_method": result.link_method,
          "flag": str(result.flag) if result.flag else None, "suggestions": len(result.suggestions)}
         for result in results
-    ))
+    ])
 
     new_links = []
     flag_changes = []
@@ -417,12 +428,8 @@ def _store(
             flag_changes.append({"kind": str(result.kind), "source": result.source_key,
                                  "flag": str(result.flag) if result.flag else None,
                                  "at": now if result.flag else None})
-    _insert_ignoring_conflicts(conn, warehouse, "mapping_links", new_links)
-    warehouse.insert(conn, "mapping_link_events", (
-        _event(link["kind"], link["source_key"], None, link["target_id"], link["method"], settings.linked_by,
-               now, f"auto-linked in {month} ({run_id})")
-        for link in new_links
-    ))
+    # an auto-link's who/when/how is on its row; mapping_link_events records the changes people make
+    bulk_insert(conn, warehouse, "mapping_links", new_links, ignore_conflicts=True)
     if flag_changes:
         conn.execute(sa.text(
             "UPDATE mapping_links SET flag = :flag, flagged_at = :at WHERE kind = :kind AND source_key = :source"
@@ -451,7 +458,7 @@ def _store(
             "UPDATE mapping_suggestions SET score = :score, month = :month, run_id = :run_id"
             " WHERE kind = :kind AND source_key = :source_key AND target_id = :target_id AND status = 'open'"
         ), suggestion_rows)
-        _insert_ignoring_conflicts(conn, warehouse, "mapping_suggestions", suggestion_rows)
+        bulk_insert(conn, warehouse, "mapping_suggestions", suggestion_rows, ignore_conflicts=True)
     linked = [{"kind": str(r.kind), "source": r.source_key} for r in results if r.target_id is not None]
     if linked:
         conn.execute(sa.text(
@@ -519,17 +526,3 @@ def _event(kind: str, source_key: str, old: int | None, new: int, method: str, b
     digest = hashlib.sha256(f"{kind}|{source_key}|{old}|{new}|{method}|{by}|{at.isoformat()}".encode())
     return {"event_id": digest.hexdigest()[:40], "kind": kind, "source_key": source_key, "old_target_id": old,
             "new_target_id": new, "method": method, "changed_by": by, "changed_at": at, "note": note}
-
-
-def _insert_ignoring_conflicts(conn: Connection, warehouse: Warehouse, table_name: str, rows: list[dict]) -> None:
-    """Insert, skipping rows whose primary key exists: a link a person stored meanwhile wins."""
-    if not rows:
-        return
-    table = warehouse.table(table_name)
-    if warehouse.dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    statement = insert(table).on_conflict_do_nothing()
-    for start in range(0, len(rows), 2_000):
-        conn.execute(statement, rows[start : start + 2_000])

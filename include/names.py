@@ -24,7 +24,7 @@ def _strip_accents(text: str) -> str:
     return "".join(char for char in decomposed if not unicodedata.combining(char))
 
 
-@lru_cache(maxsize=65_536)
+@lru_cache(maxsize=524_288)
 def normalise_name(name: str | None) -> str:
     """Lower case, no accents, no punctuation, no legal suffixes, single spaces ("" for nothing left).
 
@@ -32,7 +32,8 @@ def normalise_name(name: str | None) -> str:
     """
     if not name:
         return ""
-    text = _APOSTROPHES.sub("", _strip_accents(name).casefold()).replace("&", " and ")
+    text = name.casefold() if name.isascii() else _strip_accents(name).casefold()
+    text = _APOSTROPHES.sub("", text).replace("&", " and ")
     text = _DOTTED.sub(lambda match: match.group(0).replace(".", ""), text)
     tokens = [token for token in re.split(r"[^\w]+", text) if token and token != "_"]
     tokens = [_NON_ALPHANUMERIC.sub("", token) if token.isascii() else token for token in tokens]

@@ -19,14 +19,16 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
+from functools import cached_property
 from typing import Any
 
 import sqlalchemy as sa
 
+from include.bulk_insert import bulk_insert
 from include.warehouse import Warehouse, utcnow
 
 
@@ -107,11 +109,12 @@ class PlanAction:
         day = self.effective_date.isoformat() if self.effective_date else "-"
         return f"{self.month}|{self.family}|{self.target}|{day}"
 
-    @property
+    @cached_property
     def action_id(self) -> str:
-        content = {name: _jsonable(value) for name, value in asdict(self).items()
-                   if name not in ("status", "reason")}
-        text = self.idempotency_key + "\n" + json.dumps(content, sort_keys=True, separators=(",", ":"))
+        # computed once per (immutable) action; `held` builds a new action, whose content hash is the same
+        # repr() of the content fields is deterministic: Decimals keep their 4 places, payloads are built
+        # in a fixed key order
+        text = self.idempotency_key + "\n" + repr(tuple(getattr(self, name) for name in _CONTENT_FIELDS))
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def held(self, status: ActionStatus, reason: str | None) -> PlanAction:
@@ -135,7 +138,7 @@ class PlanAction:
             "units_before": self.units_before, "units_after": self.units_after, "unit_change": self.unit_change,
             "unit_cost_before": self.unit_cost_before, "unit_cost_after": self.unit_cost_after,
             "end_date_before": self.end_date_before, "end_date_after": self.end_date_after,
-            "payload": json.dumps(_jsonable(dict(self.payload)), sort_keys=True),
+            "payload": json.dumps(self.payload, sort_keys=True, default=_json_default),
             "charge_ids": json.dumps(list(self.charge_ids)), "depends_on": json.dumps(list(self.depends_on)),
             "created_at": created_at, "decided_by": None, "decided_at": None, "applied_entity_id": None,
             "error": None,
@@ -164,6 +167,8 @@ class PlanAction:
             end_date_after=day(row["end_date_after"]), payload=json.loads(row["payload"]),
             charge_ids=tuple(json.loads(row["charge_ids"])), depends_on=tuple(json.loads(row["depends_on"])),
         )
+        # the stored id is the identity (JSON does not give back Decimal/date types to re-hash exactly)
+        action.__dict__["action_id"] = row["action_id"]
         return action
 
 
@@ -220,7 +225,7 @@ def replace_plan(warehouse: Warehouse, month: str, run_id: str, actions: Sequenc
                 summary.conflicting_with_decided += 1
             stored.append(action)
             rows.append(action.to_row(run_id, len(rows) + 1, now))
-        warehouse.insert(conn, "plan_actions", rows)
+        bulk_insert(conn, warehouse, "plan_actions", rows)
     summary.actions = len(stored)
     summary.by_kind = dict(sorted(Counter(str(action.kind) for action in stored).items()))
     summary.by_status = dict(sorted(Counter(str(action.status) for action in stored).items()))
@@ -251,6 +256,15 @@ def set_action_status(warehouse: Warehouse, action_ids: Iterable[str], status: s
         result = conn.execute(table.update().where(table.c.action_id.in_(ids)).values(
             status=str(ActionStatus(status)), decided_by=by, decided_at=utcnow()))
     return result.rowcount
+
+
+_CONTENT_FIELDS = tuple(item.name for item in fields(PlanAction) if item.name not in ("status", "reason"))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (Decimal, date, StrEnum)):
+        return _jsonable(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
 def _target_of(idempotency_key: str) -> str:

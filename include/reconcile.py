@@ -139,6 +139,12 @@ def _prepare_lines(lines: pd.DataFrame, settings: SyncSettings) -> pd.DataFrame:
         lines["service_id"].notna(), "V" + lines["service_id"].astype(str), "P:" + lines["product_id"]
     )
     lines["group"] = lines["contract_ref"] + "/" + lines["service_ref"]
+    # One numeric sort serves every step: per group by date then charge id (the SQL returns charge id
+    # order, so the row number is that rank). A subscription lives in one group, so its lines are in
+    # (date, charge id) order too.
+    lines["charge_rank"] = np.arange(len(lines))
+    lines["group_code"] = pd.factorize(lines["group"], sort=True)[0]
+    lines = lines.sort_values(["group_code", "effective_date", "charge_rank"], kind="stable", ignore_index=True)
     # the policy is defined once, on dates (field_mapping); a month has at most ~31 distinct ones
     distinct = {day: pd.Timestamp(autotask_effective_date(day.date(), settings.effective_date_policy))
                 for day in lines["effective_date"].unique()}
@@ -157,10 +163,14 @@ def _groups(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
                     "company_flag", "contract_flag", "service_flag", "company_suggestions",
                     "contract_suggestions", "service_suggestions"]].set_index("group")
     by_group = lines.groupby("group", sort=False)
-    groups["subscriptions"] = by_group["subscription_id"].unique().map(lambda values: tuple(sorted(values)))
+    members: dict[str, list[str]] = defaultdict(list)
+    pairs = lines[["group", "subscription_id"]].drop_duplicates().sort_values(["group", "subscription_id"])
+    for group, subscription_id in zip(pairs["group"], pairs["subscription_id"], strict=True):
+        members[group].append(subscription_id)
+    groups["subscriptions"] = pd.Series({group: tuple(values) for group, values in members.items()}, dtype=object)
     groups["commitment_months"] = by_group["commitment_months"].max()
     groups["billing_cycle"] = lines.sort_values("commitment_months").groupby("group")["billing_cycle"].last()
-    last_line = lines.sort_values(["group", "effective_date", "charge_id"]).groupby("group").last()
+    last_line = lines.groupby("group", sort=False).last()
     groups["unit_price"] = last_line["unit_price"]
     groups["unit_cost"] = last_line["unit_cost"]
     groups["first_point"] = by_group["point"].min()
@@ -185,8 +195,7 @@ def _compare(lines: pd.DataFrame, groups: pd.DataFrame, snapshot: SnapshotState,
         (first["subscription_quantity"] - first["quantity"]).set_axis(first["subscription_id"]))
     last = last.assign(delta=last["subscription_quantity"] - previous.fillna(before_first))
 
-    ordered = lines.sort_values(["group", "effective_date", "charge_id"])
-    bss = ordered.groupby(["group", "point"], sort=False).agg(
+    bss = lines.groupby(["group", "point"], sort=False).agg(
         bss_cost=("unit_cost", "last"), ends_term=("ends_term", "max"), starts_term=("starts_term", "max"))
     bss["delta"] = last.groupby(["group", "point"])["delta"].sum()
     bss["delta"] = bss["delta"].fillna(0.0)
@@ -284,6 +293,8 @@ class _PlanBuilder:
         self.points = points
         self.accounts = accounts
         self.contracts = snapshot.contracts.set_index("contract_id")
+        self.contract_starts = self.contracts["start_date"].to_dict()
+        self.group_info: dict[str, dict[str, Any]] = {}
         self.actions: list[PlanAction] = []
         self.company_actions: dict[str, PlanAction] = {}
         self.service_actions: dict[str, PlanAction] = {}
@@ -292,11 +303,22 @@ class _PlanBuilder:
         self.groups_with_actions: set[str] = set()
         self.charges_at = lines.groupby(["group", "point"]).indices
         self.charges_of_group = lines.groupby("group").indices
+        self.charge_id_array = lines["charge_id"].to_numpy(dtype=object)
+        self.point_array = lines["point"].to_numpy()
 
     def build(self) -> list[PlanAction]:
         emitted = self.points[(self.points["unit_change"].abs() > _UNITS_EPSILON) | self.points["cost_change"].notna()]
+        emitted = emitted.sort_values(["group", "point"], kind="stable")
         self._extensions()
-        for group, rows in emitted.groupby("group", sort=True):
+        # plain dicts: a pandas row lookup per group costs more than the whole comparison
+        needed = self.groups.loc[emitted["group"].unique()]
+        columns = list(needed.columns)
+        self.group_info = {values[0]: dict(zip(columns, values[1:], strict=True))
+                           for values in needed.itertuples(name=None)}
+        by_group: dict[str, list[Any]] = defaultdict(list)
+        for row in emitted.itertuples():
+            by_group[row.group].append(row)
+        for group, rows in by_group.items():
             self._adjustments(group, rows)
         return self.actions
 
@@ -307,31 +329,35 @@ class _PlanBuilder:
             return
         reach = linked.groupby("contract_id").agg(last_point=("last_point", "max"),
                                                   commitment_months=("commitment_months", "max"))
+        reach = reach.join(self.contracts[["end_date"]], how="inner")
+        reach = reach[reach["end_date"].notna() & (reach["last_point"] > reach["end_date"])]
+        if reach.empty:
+            return
+        groups_of = linked[linked["contract_id"].isin(reach.index)].groupby("contract_id").groups
+        subscriptions_of = linked["subscriptions"].to_dict()
+        flag_of = linked["contract_flag"].to_dict()
         for contract_id, row in reach.iterrows():
             contract_id = int(contract_id)
-            if contract_id not in self.contracts.index:
-                continue
-            end = self.contracts.at[contract_id, "end_date"]
-            if pd.isna(end) or row["last_point"] <= end:
-                continue
+            end = row["end_date"]
             cycle = _cycle_of(int(row["commitment_months"]))
-            new_end = renewed_end_date(end.date(), cycle, row["last_point"].date())
-            contract_groups = linked[linked["contract_id"] == contract_id]
-            charge_ids = self._charge_ids(contract_groups.index, after=end)
+            new_end = renewed_end_date(end.date(), cycle, row["last_point"].date(),
+                                       self.settings.minimum_contract_months)
+            contract_groups = list(groups_of[contract_id])
+            charge_ids = self._charge_ids(contract_groups, after=end)
             action = PlanAction(
                 kind=ActionKind.EXTEND_CONTRACT, month=self.month.key, target=f"contract:C{contract_id}",
                 effective_date=None, contract_id=contract_id,
-                subscription_ids=tuple(sorted({s for subs in contract_groups["subscriptions"] for s in subs})),
+                subscription_ids=tuple(sorted({s for group in contract_groups for s in subscriptions_of[group]})),
                 end_date_before=end.date(), end_date_after=new_end,
                 payload={"id": contract_id, "endDate": _api_date(new_end)}, charge_ids=charge_ids,
             )
-            action = self._held_by_link(action, contract_groups.iloc[0]["contract_flag"], "contract", contract_id)
+            action = self._held_by_link(action, flag_of[contract_groups[0]], "contract", contract_id)
             self.extend_actions[contract_id] = action
             self.actions.append(action)
-            self.groups_with_actions.update(contract_groups.index)
+            self.groups_with_actions.update(contract_groups)
 
-    def _adjustments(self, group: str, rows: pd.DataFrame) -> None:
-        info = self.groups.loc[group]
+    def _adjustments(self, group: str, rows: list[Any]) -> None:
+        info = self.group_info[group]
         self.groups_with_actions.add(group)
         contract_id = _int_or_none(info["contract_id"])
         service_id = _int_or_none(info["service_id"])
@@ -342,9 +368,9 @@ class _PlanBuilder:
         if contract_service_id is None:
             cs_action = self._create_contract_service(group, info, contract_action, service_action)
         extend = self.extend_actions.get(contract_id) if contract_id is not None else None
-        contract_row = self.contracts.loc[contract_id] if contract_id in self.contracts.index else None
+        contract_start = self.contract_starts.get(contract_id) if contract_id is not None else None
         previous: PlanAction | None = None
-        for row in rows.itertuples():
+        for row in rows:
             unit_change = _decimal(row.unit_change)
             cost_after = None if pd.isna(row.cost_change) else _decimal(row.cost_change)
             kind = ActionKind.ADJUST_UNITS if unit_change != 0 else ActionKind.CHANGE_COST
@@ -383,8 +409,7 @@ class _PlanBuilder:
                     and not (row.ends_term or row.starts_term):
                 action = action.held(ActionStatus.FLAGGED, f"decrease of {-unit_change} units inside a "
                                      f"{info['commitment_months']}-month commitment")
-            if contract_row is not None and not pd.isna(contract_row["start_date"]) \
-                    and pd.Timestamp(effective) < contract_row["start_date"]:
+            if contract_start is not None and not pd.isna(contract_start) and row.point < contract_start:
                 action = action.held(ActionStatus.FLAGGED, "effective date is before the contract's start date")
             for dependency in depends:
                 if dependency.status is not ActionStatus.PROPOSED:
@@ -394,7 +419,7 @@ class _PlanBuilder:
 
     # -- creates -----------------------------------------------------------------------------------------
 
-    def _create_company(self, info: pd.Series) -> PlanAction:
+    def _create_company(self, info: Mapping[str, Any]) -> PlanAction:
         account_id = info["account_id"]
         if account_id in self.company_actions:
             return self.company_actions[account_id]
@@ -425,7 +450,7 @@ class _PlanBuilder:
         self.actions.append(action)
         return action
 
-    def _create_service(self, info: pd.Series) -> PlanAction:
+    def _create_service(self, info: Mapping[str, Any]) -> PlanAction:
         product_id = info["product_id"]
         if product_id in self.service_actions:
             return self.service_actions[product_id]
@@ -446,14 +471,15 @@ class _PlanBuilder:
         self.actions.append(action)
         return action
 
-    def _create_contract(self, group: str, info: pd.Series) -> PlanAction:
+    def _create_contract(self, group: str, info: Mapping[str, Any]) -> PlanAction:
         (subscription_id,) = info["subscriptions"]
         if subscription_id in self.contract_actions:
             return self.contract_actions[subscription_id]
         company_id = _int_or_none(info["company_id"])
         company_action = self._create_company(info) if company_id is None else None
-        start, end = commitment_term(info["billing_cycle"], info["first_point"].date())
-        end = renewed_end_date(end, info["billing_cycle"], info["last_point"].date())
+        months = self.settings.minimum_contract_months
+        start, end = commitment_term(info["billing_cycle"], info["first_point"].date(), months)
+        end = renewed_end_date(end, info["billing_cycle"], info["last_point"].date(), months)
         payload = {
             "companyID": company_id, "contractName": f"{info['product_name']} ({subscription_id})"[:100],
             "contractType": RECURRING_SERVICE_CONTRACT_TYPE, "startDate": _api_date(start),
@@ -477,7 +503,7 @@ class _PlanBuilder:
         self.actions.append(action)
         return action
 
-    def _create_contract_service(self, group: str, info: pd.Series, contract_action: PlanAction | None,
+    def _create_contract_service(self, group: str, info: Mapping[str, Any], contract_action: PlanAction | None,
                                  service_action: PlanAction | None) -> PlanAction:
         contract_id = _int_or_none(info["contract_id"])
         service_id = _int_or_none(info["service_id"])
@@ -513,17 +539,17 @@ class _PlanBuilder:
         positions = self.charges_at.get((group, point))
         if positions is None:
             return ()
-        return tuple(sorted(self.lines["charge_id"].to_numpy()[positions]))
+        return tuple(sorted(self.charge_id_array[positions]))
 
     def _charge_ids(self, groups: Any, after: pd.Timestamp | None = None) -> tuple[str, ...]:
-        charge_ids = self.lines["charge_id"].to_numpy()
-        points = self.lines["point"].to_numpy()
         found: set[str] = set()
         for group in groups:
-            positions = self.charges_of_group.get(group, [])
-            for position in positions:
-                if after is None or points[position] > after.to_datetime64():
-                    found.add(charge_ids[position])
+            positions = self.charges_of_group.get(group)
+            if positions is None:
+                continue
+            if after is not None:
+                positions = positions[self.point_array[positions] > after.to_datetime64()]
+            found.update(self.charge_id_array[positions])
         return tuple(sorted(found))
 
 

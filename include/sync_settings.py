@@ -52,6 +52,9 @@ class SyncSettings:
     suggestion_limit: int = 3
     # Decreases inside a commitment of at least this many months go to review instead of being applied.
     review_decreases_from_months: int = 12
+    # Autotask contracts of shorter commitments (month-to-month) are created and extended this many months
+    # at a time, so a rolling subscription does not cost a contract write every month.
+    minimum_contract_months: int = 12
     linked_by: str = "auto-linker"
 
     @classmethod

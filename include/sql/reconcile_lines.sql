@@ -1,7 +1,7 @@
 -- The month's unit-bearing BSS charge lines (OneTime fees change no units and are left out), each with the
 -- Autotask company, contract and service its account, subscription and product resolved to in the run
 -- (NULL when unlinked), the link's flag and how many suggestions wait for a person.
--- Ordered so that, per subscription, the last line of an effective date carries the units in force.
+-- Ordered by charge id: reconciliation ranks lines of one date by it (the later line carries the units).
 SELECT l.charge_id, l.account_id, l.account_name, l.subscription_id, l.product_id, l.product_sku,
        l.product_name, l.billing_period, l.billing_cycle, l.action, l.quantity, l.subscription_quantity,
        l.unit_cost, l.unit_price, l.effective_date,
@@ -16,4 +16,4 @@ LEFT JOIN month_links ct
 LEFT JOIN month_links sv
        ON sv.run_id = :run_id AND sv.kind = 'service' AND sv.source_key = l.product_id
 WHERE l.month = :month AND l.charge_type <> 'OneTime'
-ORDER BY l.subscription_id, l.effective_date, l.charge_id
+ORDER BY l.charge_id
