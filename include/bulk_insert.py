@@ -55,10 +55,12 @@ def bulk_insert(conn: Connection, warehouse: Warehouse, table_name: str, rows: S
 
 def _sqlite_value(value: Any) -> Any:
     # the representations SQLAlchemy's SQLite types store and read back
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
-    if isinstance(value, date):
-        return value.isoformat()
-    return value
+    convert = _SQLITE_CONVERSIONS.get(type(value))
+    return value if convert is None else convert(value)
+
+
+_SQLITE_CONVERSIONS = {
+    Decimal: float,
+    datetime: lambda value: value.strftime("%Y-%m-%d %H:%M:%S.%f"),
+    date: date.isoformat,
+}

@@ -120,12 +120,17 @@ class FakeAutotask:
         contract = self.contracts[contract_service.contract_id]
         months = PERIOD_MONTHS.get(self.services[contract_service.service_id]["periodType"], 1)
         term_start, term_end = _day(contract["startDate"]), _day(contract["endDate"])
+        # periods run from the term's start; begin at the last one starting on or before the window
+        elapsed = (start.year - term_start.year) * 12 + start.month - term_start.month
+        index = max(0, elapsed // months - 1)
+        first = _add_months(term_start, months * index)
         boundaries = set()
-        period = term_start
+        period = first
         while period <= min(term_end, end):
             boundaries.add(period)
-            period = _add_months(term_start, months * (len(boundaries)))
-        boundaries.update(day for day, _, _ in contract_service.adjustments if term_start <= day <= term_end)
+            index += 1
+            period = _add_months(term_start, months * index)
+        boundaries.update(day for day, _, _ in contract_service.adjustments if first <= day <= term_end)
         ordered = sorted(boundaries)
         rows = []
         for index, row_start in enumerate(ordered):
