@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 _UNITS_EPSILON = 1e-9
 _MONEY_EPSILON = 0.00005
 _FOUR_PLACES = Decimal("0.0001")
+_DATETIME = "datetime64[ns]"
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class SnapshotState:
         units = warehouse.read_frame("snapshot_units", params)
         for frame, columns in ((contracts, ("start_date", "end_date")), (units, ("start_date", "end_date"))):
             for column in columns:
-                frame[column] = pd.to_datetime(frame[column])
+                frame[column] = pd.to_datetime(frame[column]).astype(_DATETIME)
         for frame, columns in ((services, ("unit_cost",)), (contract_services, ("unit_cost",)),
                                (units, ("units", "cost"))):
             for column in columns:
@@ -125,7 +126,8 @@ def compute_plan(
 
 def _prepare_lines(lines: pd.DataFrame, settings: SyncSettings) -> pd.DataFrame:
     lines = lines.copy()
-    lines["effective_date"] = pd.to_datetime(lines["effective_date"])
+    # one resolution for every date column: merge_asof refuses to compare s with us
+    lines["effective_date"] = pd.to_datetime(lines["effective_date"]).astype(_DATETIME)
     for column in ("quantity", "subscription_quantity", "unit_cost", "unit_price"):
         lines[column] = lines[column].astype("float64")
     for column in ("company_id", "contract_id", "service_id"):
@@ -148,7 +150,7 @@ def _prepare_lines(lines: pd.DataFrame, settings: SyncSettings) -> pd.DataFrame:
     # the policy is defined once, on dates (field_mapping); a month has at most ~31 distinct ones
     distinct = {day: pd.Timestamp(autotask_effective_date(day.date(), settings.effective_date_policy))
                 for day in lines["effective_date"].unique()}
-    lines["point"] = lines["effective_date"].map(distinct)
+    lines["point"] = lines["effective_date"].map(distinct).astype(_DATETIME)
     lines["commitment_months"] = lines["billing_cycle"].map(COMMITMENT_MONTHS).fillna(1).astype("int64")
     lines["ends_term"] = lines["action"] == ChargeAction.CANCELLATION
     lines["starts_term"] = lines["action"].isin([ChargeAction.NEW, ChargeAction.RENEWAL])
@@ -204,18 +206,26 @@ def _compare(lines: pd.DataFrame, groups: pd.DataFrame, snapshot: SnapshotState,
     # Autotask's own period starts inside the month are compared too
     known = groups["contract_service_id"].dropna()
     group_of_cs = pd.Series(known.index, index=known.astype("int64").to_numpy())
-    units = snapshot.units
+    units = snapshot.units.sort_values(["contract_service_id", "start_date"], kind="stable")
+    # a row whose units differ from the previous row's starts with an adjustment (made in Autotask);
+    # otherwise it is a plain period start, where an adjustment may go
+    previous_units = units.groupby("contract_service_id")["units"].shift()
+    units = units.assign(adjusted_here=previous_units.notna() & (previous_units != units["units"]))
     in_month = units[(units["start_date"] >= pd.Timestamp(month.first_day))
                      & (units["start_date"] <= pd.Timestamp(month.last_day))
                      & units["contract_service_id"].isin(group_of_cs.index)]
     autotask_points = pd.DataFrame({
         "group": in_month["contract_service_id"].map(group_of_cs).to_numpy(),
         "point": in_month["start_date"].to_numpy(),
-    }).drop_duplicates().set_index(["group", "point"])
+        "autotask_adjusted": in_month["adjusted_here"].to_numpy(),
+    }).drop_duplicates(["group", "point"]).set_index(["group", "point"])
     points = bss.join(autotask_points, how="outer") if len(autotask_points) else bss
     points = points.reset_index().sort_values(["group", "point"], kind="stable").reset_index(drop=True)
     points["delta"] = points["delta"].fillna(0.0)
     points["bss_point"] = points["bss_point"].fillna(False).astype(bool)
+    if "autotask_adjusted" not in points:
+        points["autotask_adjusted"] = False
+    points["autotask_adjusted"] = points["autotask_adjusted"].fillna(False).astype(bool)
     points["ends_term"] = points["ends_term"].fillna(False).astype(bool)
     points["starts_term"] = points["starts_term"].fillna(False).astype(bool)
     points["target"] = points["group"].map(base).fillna(0.0) + points.groupby("group")["delta"].cumsum()
@@ -399,9 +409,9 @@ class _PlanBuilder:
             )
             action = self._held_by_link(action, info["contract_flag"], "contract", contract_id)
             action = self._held_by_link(action, info["service_flag"], "service", service_id)
-            if not row.bss_point:
-                action = action.held(ActionStatus.FLAGGED, "Autotask's units changed on this date without a BSS "
-                                     "change (Autotask refuses a second adjustment on one date)")
+            if not row.bss_point and row.autotask_adjusted:
+                action = action.held(ActionStatus.FLAGGED, "Autotask's units were adjusted on this date without a "
+                                     "BSS change (Autotask refuses a second adjustment on one date)")
             if row.units_unknown:
                 action = action.held(ActionStatus.FLAGGED, f"no ContractServiceUnits for contract service "
                                      f"{contract_service_id} in the snapshot: its current units are unknown")
