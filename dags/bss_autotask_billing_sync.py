@@ -83,9 +83,11 @@ def bss_autotask_billing_sync() -> None:
     def validate_charges(month: str, extracted: dict[str, Any]) -> dict[str, Any]:
         """Great Expectations suites on the raw and typed charges; critical failures stop the run."""
         from connectors.warehouse_connection import get_warehouse
+        from include.quality import raise_on_critical
         from include.quality import validate_charges as run_charge_suites
 
-        return run_charge_suites(get_warehouse(), month, extracted["run_id"]).as_dict()
+        report = run_charge_suites(get_warehouse(), month, extracted["run_id"])
+        return raise_on_critical(report).as_dict()
 
     @task(retries=0)
     def snapshot_autotask(month: str, extracted: dict[str, Any]) -> dict[str, Any]:
@@ -116,9 +118,11 @@ def bss_autotask_billing_sync() -> None:
     def validate_plan(month: str, plan: dict[str, Any]) -> dict[str, Any]:
         """The snapshot's and the plan's own suites: never two adjustments on one date, none unmapped."""
         from connectors.warehouse_connection import get_warehouse
+        from include.quality import raise_on_critical
         from include.quality import validate_plan as run_plan_suites
 
-        return run_plan_suites(get_warehouse(), month, plan["run_id"]).as_dict()
+        report = run_plan_suites(get_warehouse(), month, plan["run_id"])
+        return raise_on_critical(report).as_dict()
 
     month = resolve_month()
     extracted = extract(month)
