@@ -15,7 +15,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: help install demo test bench lint format lock clean
+.PHONY: help install demo ui test bench lint format lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ install: $(INSTALLED)  ## create .venv with every pinned dependency
 
 demo: $(INSTALLED)  ## run the monthly sync for a month against the local sandboxes (MONTH=2026-10)
 	$(BIN)/python scripts/demo.py $(if $(MONTH),--month $(MONTH))
+
+ui: $(INSTALLED)  ## browse the demo's runs in the Airflow UI on http://localhost:8080 (local use: no login)
+	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True $(BIN)/airflow api-server --port $(or $(PORT),8080)
 
 test: $(INSTALLED)  ## run the whole test suite (sandboxes, PostgreSQL, a real Airflow run)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -19,6 +19,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "plugins")]
 
 from sandbox.launcher import RunningServer, start_server  # noqa: E402
+from sandbox.local_stack import airflow_environment  # noqa: E402
 
 DAG_ID = "bss_autotask_billing_sync"
 DEMO_DIR = REPO_ROOT / "var" / "demo"
@@ -81,39 +82,9 @@ def main() -> int:
 
 
 def airflow_env(airflow_home: Path, bss: RunningServer, autotask: RunningServer) -> dict[str, str]:
-    connections = {
-        "AIRFLOW_CONN_BSS_DEFAULT": {
-            "conn_type": "http",
-            "host": "127.0.0.1",
-            "port": bss.port,
-            "schema": "http",
-            "login": "demo-user",
-            "password": "demo-password",
-            "extra": {"client_id": "demo-client", "client_secret": "demo-client-secret", "api_version": "3.0"},
-        },
-        "AIRFLOW_CONN_AUTOTASK_DEFAULT": {
-            "conn_type": "http",
-            "host": "127.0.0.1",
-            "port": autotask.port,
-            "schema": "http",
-            "login": "api-user@demo.example",
-            "password": "demo-secret",
-            "extra": {"integration_code": "DEMOINTEGRATION"},
-        },
-        "AIRFLOW_CONN_BILLING_WAREHOUSE": {"conn_type": "sqlite", "host": str(DEMO_DIR / "warehouse.db")},
-    }
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(airflow_home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PYTHONPATH": f"{REPO_ROOT}:{REPO_ROOT / 'plugins'}",
-        "GX_ANALYTICS_ENABLED": "false",
-        "BILLING_DATA_DOCS_DIR": str(REPO_ROOT / "var" / "data_docs"),
-    }
-    env.update({name: json.dumps(value) for name, value in connections.items()})
-    return env
+    return airflow_environment(
+        airflow_home, bss.url, autotask.url, DEMO_DIR / "warehouse.db", REPO_ROOT / "var" / "data_docs"
+    )
 
 
 def run_quiet(command: list[str], env: dict[str, str], log_path: Path) -> None:
@@ -183,13 +154,24 @@ def summarise(month: str) -> None:
             {"m": month},
         ):
             print(f"    {row['action']:<18} {row['lines']:>6} lines")
+        plan = warehouse.query(
+            "SELECT kind, status, COUNT(*) AS actions FROM plan_actions WHERE month = :m"
+            " GROUP BY kind, status ORDER BY kind, status",
+            {"m": month},
+        )
+        if plan:
+            print(f"  change plan for {month} (waits for review; nothing was written to Autotask):")
+            for row in plan:
+                print(f"    {row['kind']:<26} {row['status']:<14} {row['actions']:>5}")
     except Exception as error:  # the summary is a courtesy; the run's own result is what counts
         print(f"  (no summary: {error})")
-    docs = REPO_ROOT / "var" / "data_docs" / month
-    if docs.exists():
-        print(f"Data-quality report (Data Docs): {docs}/<run>/index.html")
+    reports = sorted(
+        (REPO_ROOT / "var" / "data_docs" / month).glob("*/index.html"), key=lambda path: path.stat().st_mtime
+    )
+    if reports:
+        print(f"Data-quality report (Data Docs): {reports[-1]}")
     print(f"Full run log: {DEMO_DIR / 'dag-run.log'}")
-    print("Browse the Airflow UI on this data: AIRFLOW_HOME=.airflow .venv/bin/airflow api-server --port 8080")
+    print("Browse this run in the Airflow UI: `make ui`, then open http://localhost:8080")
 
 
 def step(message: str) -> None:

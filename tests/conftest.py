@@ -85,39 +85,19 @@ def warehouse(request: pytest.FixtureRequest) -> Iterator[Warehouse]:
 def bss_connection_json(server_url: str, **extra: object) -> str:
     """An Airflow connection (JSON form) for the BSS sandbox at `server_url`."""
     import json
-    from urllib.parse import urlparse
 
-    parsed = urlparse(server_url)
-    return json.dumps(
-        {
-            "conn_type": "http",
-            "host": parsed.hostname,
-            "port": parsed.port,
-            "schema": parsed.scheme,
-            "login": "demo-user",
-            "password": "demo-password",
-            "extra": {"client_id": "demo-client", "client_secret": "demo-client-secret", **extra},
-        }
-    )
+    from sandbox.local_stack import bss_connection
+
+    return json.dumps(bss_connection(server_url, **extra))
 
 
 def autotask_connection_json(server_url: str, **extra: object) -> str:
     """An Airflow connection (JSON form) for the Autotask sandbox at `server_url` (explicit host: no discovery)."""
     import json
-    from urllib.parse import urlparse
 
-    parsed = urlparse(server_url)
-    return json.dumps(
-        {
-            "conn_type": "http",
-            "host": parsed.hostname,
-            "port": parsed.port,
-            "schema": parsed.scheme,
-            "login": "api-user@demo.example",
-            "password": "demo-secret",
-            "extra": {"integration_code": "DEMOINTEGRATION", **extra},
-        }
-    )
+    from sandbox.local_stack import autotask_connection
+
+    return json.dumps(autotask_connection(server_url, **extra))
 
 
 @pytest.fixture(scope="session")

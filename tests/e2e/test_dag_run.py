@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import httpx
 import pytest
 
 from include.warehouse import Warehouse
-from tests.conftest import autotask_connection_json, bss_connection_json
+from sandbox.local_stack import airflow_environment
 from tests.servers import REPO_ROOT, start_server
 
 pytestmark = pytest.mark.e2e
@@ -29,19 +28,7 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory):
     autotask = start_server(
         ["sandbox.autotask_server", "--seed-customers", "30", "--state-file", str(work / "autotask.json")]
     )
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "PYTHONPATH": f"{REPO_ROOT}:{REPO_ROOT / 'plugins'}",
-        "GX_ANALYTICS_ENABLED": "false",
-        "BILLING_DATA_DOCS_DIR": str(work / "data_docs"),
-        "AIRFLOW_CONN_BSS_DEFAULT": bss_connection_json(bss.url),
-        "AIRFLOW_CONN_AUTOTASK_DEFAULT": autotask_connection_json(autotask.url),
-        "AIRFLOW_CONN_BILLING_WAREHOUSE": json.dumps({"conn_type": "sqlite", "host": str(work / "warehouse.db")}),
-    }
+    env = airflow_environment(home, bss.url, autotask.url, work / "warehouse.db", work / "data_docs")
     migrate = subprocess.run(
         [sys.executable, "-m", "airflow", "db", "migrate"], env=env, capture_output=True, text=True, timeout=300
     )
