@@ -23,6 +23,7 @@ from typing import Any
 
 import pendulum
 from airflow.sdk import Param, chain, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
 _MONTH_OFFSET = int(os.environ.get("BILLING_MONTH_OFFSET", "0"))
 _MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
@@ -69,15 +70,19 @@ def bss_autotask_billing_sync() -> None:
         run_date = context.get("logical_date") or context["dag_run"].run_after
         return BillingMonth.of(run_date.date()).shifted(_MONTH_OFFSET).key
 
-    @task(retries=0)
+    @task
     def extract(month: str) -> dict[str, Any]:
         """BSS charges and accounts of the month into the warehouse (typed lines replaced atomically)."""
         from connectors.bss_hook import BssHook
         from connectors.warehouse_connection import get_warehouse
-        from include.extract import extract_month
+        from include.extract import ExtractRejectedError, extract_month
 
         run_id = get_current_context()["run_id"]
-        return extract_month(BssHook(), get_warehouse(), month, run_id).as_dict()
+        try:
+            return extract_month(BssHook(), get_warehouse(), month, run_id).as_dict()
+        except ExtractRejectedError as error:
+            # Bad data stays bad on a retry: fail now, with the list of records and fields.
+            raise AirflowFailException(str(error)) from error
 
     @task(retries=0)
     def validate_charges(month: str, extracted: dict[str, Any]) -> dict[str, Any]:

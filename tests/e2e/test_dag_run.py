@@ -55,6 +55,7 @@ def test_the_dag_takes_a_month_from_extract_to_a_validated_plan(airflow_env) -> 
     (airflow_env["work"] / "dag-run.log").write_text(output)
     assert result.returncode == 0, output[-6000:]
     assert "failed" not in _final_states(output), output[-6000:]
+    assert _dag_run_state(output) == "success"
 
     warehouse = Warehouse(f"sqlite:///{Path(airflow_env['work']) / 'warehouse.db'}")
     runs = warehouse.query("SELECT run_id, status, line_count FROM extract_runs WHERE month = :m", {"m": MONTH})
@@ -78,3 +79,38 @@ def test_the_dag_takes_a_month_from_extract_to_a_validated_plan(airflow_env) -> 
 
 def _final_states(output: str) -> str:
     return "\n".join(line for line in output.splitlines() if "state=" in line or "Marking task" in line)
+
+
+def test_bad_bss_data_fails_the_run_by_name_and_nothing_reaches_autotask(airflow_env) -> None:
+    bad_month = "2026-11"
+    bss, autotask = airflow_env["bss"], airflow_env["autotask"]
+    from sandbox.dataset import build_universe
+
+    victim = build_universe(customers=30, subscriptions_per_customer=3, seed=42).charges_for_month(bad_month)[5]
+    broken = {**victim, "effectiveDate": "31/11/2026"}
+    httpx.post(
+        bss.url + "/_admin/overrides", json={"month": bad_month, "replace": {victim["id"]: broken}}, timeout=10
+    ).raise_for_status()
+    httpx.post(autotask.url + "/_admin/stats/reset", timeout=10).raise_for_status()
+    try:
+        result = run_dag(airflow_env["env"], {"month": bad_month})
+    finally:
+        httpx.post(bss.url + "/_admin/reset", timeout=10)
+    output = result.stdout + result.stderr
+    (airflow_env["work"] / "dag-run-bad.log").write_text(output)
+
+    assert victim["id"] in output and "effectiveDate" in output
+    assert _dag_run_state(output) == "failed"
+    warehouse = Warehouse(f"sqlite:///{Path(airflow_env['work']) / 'warehouse.db'}")
+    assert warehouse.scalar("SELECT COUNT(*) FROM charge_lines WHERE month = :m", {"m": bad_month}) == 0
+    runs = warehouse.query("SELECT status FROM extract_runs WHERE month = :m", {"m": bad_month})
+    assert [run["status"] for run in runs] == ["rejected"]
+    # The run stopped at extract: Autotask was not even read, let alone written.
+    stats = httpx.get(autotask.url + "/_admin/stats", timeout=10).json()
+    assert stats["writes"] == 0 and stats["total"] == 0
+
+
+def _dag_run_state(output: str) -> str:
+    finished = [line for line in output.splitlines() if "DagRun Finished" in line]
+    assert finished, "the run never finished"
+    return finished[-1].split(" state=", 1)[1].split(",", 1)[0].split()[0]
