@@ -36,8 +36,7 @@ def bulk_insert(conn: Connection, warehouse: Warehouse, table_name: str, rows: S
         cursor = dbapi.cursor()
         try:
             for start in range(0, len(rows), _BATCH):
-                cursor.executemany(statement, [tuple(_sqlite_value(row[name]) for name in columns)
-                                               for row in rows[start : start + _BATCH]])
+                cursor.executemany(statement, _sqlite_tuples(rows[start : start + _BATCH], columns))
         finally:
             cursor.close()
         return len(rows)
@@ -51,6 +50,20 @@ def bulk_insert(conn: Connection, warehouse: Warehouse, table_name: str, rows: S
                                                    for row in rows[start : start + _BATCH]], page_size=_BATCH)
         return len(rows)
     raise NotImplementedError(f"bulk_insert supports sqlite and postgresql, not {warehouse.dialect}")
+
+
+def _sqlite_tuples(rows: Sequence[Mapping[str, Any]], columns: list[str]) -> list[tuple]:
+    """The rows as tuples, column by column: only columns holding a convertible type are converted."""
+    values = []
+    for name in columns:
+        column = [row[name] for row in rows]
+        if not _PLAIN_TYPES.issuperset(map(type, column)):
+            column = [_sqlite_value(value) for value in column]
+        values.append(column)
+    return list(zip(*values, strict=True))
+
+
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None), bytes})
 
 
 def _sqlite_value(value: Any) -> Any:

@@ -27,7 +27,7 @@ from include.bulk_insert import bulk_insert
 from include.models import BillingMonth
 from include.names import normalise_name
 from include.sync_settings import SyncSettings
-from include.warehouse import Warehouse, utcnow
+from include.warehouse import Warehouse, sql, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -128,36 +128,35 @@ def link_month(
     settings = settings or SyncSettings()
     billing_month = BillingMonth.parse(month).key
     params = {"month": billing_month}
-    accounts = warehouse.query("month_accounts", params)
-    subscriptions = warehouse.query("month_subscriptions", params)
-    products = warehouse.query("month_products", params)
+    accounts = _rows(warehouse, sql("month_accounts"), params)
+    subscriptions = _rows(warehouse, sql("month_subscriptions"), params)
+    products = _rows(warehouse, sql("month_products"), params)
     snapshot = {"run_id": run_id}
     companies = {
-        row["company_id"]: Target(row["company_id"], row["company_name"], bool(row["is_active"]),
-                                  row["external_key"])
-        for row in warehouse.query(
+        row.company_id: Target(row.company_id, row.company_name, bool(row.is_active), row.external_key)
+        for row in _rows(warehouse,
             "SELECT company_id, company_name, is_active, external_key FROM at_companies WHERE run_id = :run_id",
             snapshot,
         )
     }
     contracts = {
-        row["contract_id"]: Target(row["contract_id"], row["contract_name"], row["status"] != 0,
-                                   row["contract_number"], row["company_id"])
-        for row in warehouse.query(
+        row.contract_id: Target(row.contract_id, row.contract_name, row.status != 0, row.contract_number,
+                                row.company_id)
+        for row in _rows(warehouse,
             "SELECT contract_id, contract_name, contract_number, status, company_id FROM at_contracts"
             " WHERE run_id = :run_id", snapshot,
         )
     }
     services = {
-        row["service_id"]: Target(row["service_id"], row["service_name"], bool(row["is_active"]), row["sku"])
-        for row in warehouse.query(
+        row.service_id: Target(row.service_id, row.service_name, bool(row.is_active), row.sku)
+        for row in _rows(warehouse,
             "SELECT service_id, service_name, is_active, sku FROM at_services WHERE run_id = :run_id", snapshot
         )
     }
     stored = _stored_links(warehouse)
     rejected = _rejected_suggestions(warehouse)
 
-    company_sources = [Source(row["account_id"], row["account_name"], row["account_id"]) for row in accounts]
+    company_sources = [Source(row.account_id, row.account_name, row.account_id) for row in accounts]
     company_results = _resolve(
         LinkKind.COMPANY, company_sources, companies, stored, rejected, settings,
         key_of=lambda source: source.external_key,
@@ -168,8 +167,7 @@ def link_month(
     for contract in contracts.values():
         contracts_by_company[contract.company_id or 0][contract.id] = contract
     contract_sources = [
-        Source(row["subscription_id"], row["product_name"], row["subscription_id"], row["account_id"],
-               (row["subscription_id"],))
+        Source(row.subscription_id, row.product_name, row.subscription_id, row.account_id, (row.subscription_id,))
         for row in subscriptions
     ]
     contract_results = _resolve(
@@ -179,7 +177,7 @@ def link_month(
         name_scopes=(lambda source: company_of_account.get(source.account_id), contracts_by_company),
     )
     service_sources = [
-        Source(row["product_id"], row["product_name"], (row["product_sku"] or "").strip().casefold() or None)
+        Source(row.product_id, row.product_name, (row.product_sku or "").strip().casefold() or None)
         for row in products
     ]
     service_results = _resolve(
@@ -328,16 +326,19 @@ def _resolve(
 
 @dataclass(frozen=True)
 class _Candidates:
-    """Active targets and their normalised names, side by side, for rapidfuzz."""
+    """Active targets and their normalised names, side by side, for rapidfuzz. `sorted_names` are the names
+    with their tokens sorted: `fuzz.ratio` on them is `fuzz.token_sort_ratio` on the names, without sorting
+    every candidate's tokens again for every query."""
 
     targets: list[Target]
     names: list[str]
+    sorted_names: list[str]
 
 
 def _index_by_name(targets: Iterable[Target]) -> tuple[dict[str, list[Target]], _Candidates]:
     """Active targets by normalised name (an inactive record is no candidate for a new link)."""
     index: dict[str, list[Target]] = defaultdict(list)
-    candidates = _Candidates([], [])
+    candidates = _Candidates([], [], [])
     for target in targets:
         if target.active:
             name = normalise_name(target.name)
@@ -345,6 +346,7 @@ def _index_by_name(targets: Iterable[Target]) -> tuple[dict[str, list[Target]], 
                 index[name].append(target)
                 candidates.targets.append(target)
                 candidates.names.append(name)
+                candidates.sorted_names.append(_sorted_tokens(name))
     return index, candidates
 
 
@@ -363,8 +365,8 @@ def _suggest(
     query = normalise_name(source.name)
     if query and candidates.names:
         matches = process.extract(
-            query, candidates.names, scorer=fuzz.token_sort_ratio, limit=settings.suggestion_limit + len(found),
-            score_cutoff=settings.suggestion_min_score,
+            _sorted_tokens(query), candidates.sorted_names, scorer=fuzz.ratio,
+            limit=settings.suggestion_limit + len(found), score_cutoff=settings.suggestion_min_score,
         )
         for _, score, index in matches:
             target = candidates.targets[index]
@@ -374,7 +376,17 @@ def _suggest(
     return tuple(ranked[: settings.suggestion_limit])
 
 
+def _sorted_tokens(name: str) -> str:
+    return " ".join(sorted(name.split()))
+
+
 # -- storage ---------------------------------------------------------------------------------------------
+
+
+def _rows(warehouse: Warehouse, statement: str, params: Mapping[str, Any]) -> Sequence[sa.Row]:
+    """A read query's rows as SQLAlchemy rows (attribute access; no dict per row, unlike `Warehouse.query`)."""
+    with warehouse.engine.connect() as conn:
+        return conn.execute(sa.text(statement), dict(params)).all()
 
 
 def _stored_links(warehouse: Warehouse) -> dict[tuple[str, str], dict]:
@@ -459,12 +471,12 @@ def _store(
             " WHERE kind = :kind AND source_key = :source_key AND target_id = :target_id AND status = 'open'"
         ), suggestion_rows)
         bulk_insert(conn, warehouse, "mapping_suggestions", suggestion_rows, ignore_conflicts=True)
-    linked = [{"kind": str(r.kind), "source": r.source_key} for r in results if r.target_id is not None]
-    if linked:
-        conn.execute(sa.text(
-            "UPDATE mapping_suggestions SET status = 'stale' WHERE kind = :kind AND source_key = :source"
-            " AND status = 'open'"
-        ), linked)
+    # the run's month_links rows are exactly `results`: one set-based statement instead of one per linked source
+    conn.execute(sa.text(
+        "UPDATE mapping_suggestions SET status = 'stale' WHERE status = 'open' AND EXISTS (SELECT 1 FROM"
+        " month_links m WHERE m.run_id = :run_id AND m.kind = mapping_suggestions.kind"
+        " AND m.source_key = mapping_suggestions.source_key AND m.target_id IS NOT NULL)"
+    ), {"run_id": run_id})
     summary.new_links = len(new_links)
     summary.open_suggestions = conn.execute(
         sa.select(sa.func.count()).select_from(suggestions).where(suggestions.c.status == "open")

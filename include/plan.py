@@ -19,11 +19,12 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 from functools import cached_property
+from operator import attrgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -114,14 +115,20 @@ class PlanAction:
         # computed once per (immutable) action; `held` builds a new action, whose content hash is the same
         # repr() of the content fields is deterministic: Decimals keep their 4 places, payloads are built
         # in a fixed key order
-        text = self.idempotency_key + "\n" + repr(tuple(getattr(self, name) for name in _CONTENT_FIELDS))
+        text = self.idempotency_key + "\n" + repr(_content_of(self))
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
     def held(self, status: ActionStatus, reason: str | None) -> PlanAction:
         """This action held back at least as much as `status`, with the reason added."""
         reasons = [text for text in (self.reason, reason) if text]
         new_status = stricter(self.status, status)
-        return replace(self, status=new_status, reason="; ".join(dict.fromkeys(reasons)) or None)
+        # a field-for-field copy (what `dataclasses.replace` gives, without re-running __init__); the content
+        # fields are unchanged, so a cached action_id stays valid
+        copy = object.__new__(PlanAction)
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__["status"] = new_status
+        copy.__dict__["reason"] = "; ".join(dict.fromkeys(reasons)) or None
+        return copy
 
     def to_row(self, run_id: str, seq: int, created_at: Any) -> dict[str, Any]:
         return {
@@ -259,6 +266,7 @@ def set_action_status(warehouse: Warehouse, action_ids: Iterable[str], status: s
 
 
 _CONTENT_FIELDS = tuple(item.name for item in fields(PlanAction) if item.name not in ("status", "reason"))
+_content_of = attrgetter(*_CONTENT_FIELDS)
 
 
 def _json_default(value: Any) -> Any:

@@ -167,7 +167,7 @@ def _groups(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
     by_group = lines.groupby("group", sort=False)
     members: dict[str, list[str]] = defaultdict(list)
     pairs = lines[["group", "subscription_id"]].drop_duplicates().sort_values(["group", "subscription_id"])
-    for group, subscription_id in zip(pairs["group"], pairs["subscription_id"], strict=True):
+    for group, subscription_id in zip(pairs["group"].tolist(), pairs["subscription_id"].tolist(), strict=True):
         members[group].append(subscription_id)
     groups["subscriptions"] = pd.Series({group: tuple(values) for group, values in members.items()}, dtype=object)
     groups["commitment_months"] = by_group["commitment_months"].max()
@@ -323,8 +323,10 @@ class _PlanBuilder:
         # plain dicts: a pandas row lookup per group costs more than the whole comparison
         needed = self.groups.loc[emitted["group"].unique()]
         columns = list(needed.columns)
+        # column by column (`tolist` boxes the values as iterating the rows would, in bulk)
+        values_of = [needed.index.tolist(), *(needed[column].tolist() for column in columns)]
         self.group_info = {values[0]: dict(zip(columns, values[1:], strict=True))
-                           for values in needed.itertuples(name=None)}
+                           for values in zip(*values_of, strict=True)}
         by_group: dict[str, list[Any]] = defaultdict(list)
         for row in emitted.itertuples():
             by_group[row.group].append(row)
