@@ -8,8 +8,9 @@ Two gates per run, each a function the DAG calls:
 Each expectation carries `meta.severity`: a `critical` failure stops the run before review
 (`raise_on_critical` raises `DataQualityError` naming each failed expectation with example rows); a
 `warning` lets the run continue and is listed in the report for the reviewer. Every validation renders
-Data Docs into `$BILLING_DATA_DOCS_DIR/<month>/<run_id>/index.html` (both gates of a run share the site)
-and stores a summary per suite in `quality_results`.
+Data Docs into `$BILLING_DATA_DOCS_DIR/<month>/<run_id>/index.html` (both gates of a run share the site;
+`include/report_assets.py` then makes every page self-contained: no CDN, readable offline) and stores a
+summary per suite in `quality_results`.
 
 The suites are JSON in `expectations/suites/`, the GX project config is `expectations/gx/`. Helper columns
 (expected totals, currencies per customer, adjustment slots) are computed by `include/sql/quality_*.sql`, so
@@ -35,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from include import bss_adapter as bss
+from include import report_assets
 from include.models import BillingMonth
 from include.warehouse import Warehouse, utcnow
 
@@ -293,8 +295,9 @@ def charge_parameters(warehouse: Warehouse, month: BillingMonth) -> dict[str, An
     parameters: dict[str, Any] = {**_month_parameters(month), "previous_month_line_count": previous}
     if previous == 0:
         # First month in this warehouse: nothing to compare with; the month must merely not be empty.
-        parameters.update(row_count_critical_min=0, row_count_critical_max=None,
-                          row_count_warning_min=0, row_count_warning_max=None)
+        parameters.update(
+            row_count_critical_min=0, row_count_critical_max=None, row_count_warning_min=0, row_count_warning_max=None
+        )
         return parameters
     critical, warning = band.get("critical", {}), band.get("warning", {})
     parameters.update(
@@ -366,6 +369,7 @@ def _run_gate(
             )
         )
     context.build_data_docs(site_names=[_DATA_DOCS_SITE])
+    report_assets.make_offline(run_dir)
     report = QualityReport(
         stage=stage,
         month=month,
@@ -394,20 +398,22 @@ def store_report(warehouse: Warehouse, report: QualityReport) -> None:
     rows = []
     for suite in report.suites:
         suite_failures = [_failure_dict(failure) for failure in report.failures if failure.suite == suite.suite]
-        rows.append({
-            "run_id": report.run_id,
-            "suite": suite.suite,
-            "month": report.month,
-            "stage": str(report.stage),
-            "success": suite.success,
-            "row_count": suite.row_count,
-            "evaluated": suite.evaluated,
-            "critical_failures": suite.critical_failures,
-            "warning_failures": suite.warning_failures,
-            "failures": json.dumps(suite_failures, ensure_ascii=False),
-            "data_docs_index": report.data_docs_index,
-            "validated_at": now,
-        })
+        rows.append(
+            {
+                "run_id": report.run_id,
+                "suite": suite.suite,
+                "month": report.month,
+                "stage": str(report.stage),
+                "success": suite.success,
+                "row_count": suite.row_count,
+                "evaluated": suite.evaluated,
+                "critical_failures": suite.critical_failures,
+                "warning_failures": suite.warning_failures,
+                "failures": json.dumps(suite_failures, ensure_ascii=False),
+                "data_docs_index": report.data_docs_index,
+                "validated_at": now,
+            }
+        )
     with warehouse.begin() as conn:
         conn.execute(
             sa.delete(table).where(
@@ -456,9 +462,7 @@ def configure_context(run_dir: Path) -> AbstractDataContext:
 def configure_validation(context: AbstractDataContext, suite_name: str, definition: Mapping[str, Any]) -> Any:
     """A Validation Definition of one suite over its own DataFrame asset (the frame comes at run time)."""
     gx = _gx()
-    suite = context.suites.add_or_update(
-        gx.ExpectationSuite(**_suite_kwargs(_with_names_in_descriptions(definition)))
-    )
+    suite = context.suites.add_or_update(gx.ExpectationSuite(**_suite_kwargs(_with_names_in_descriptions(definition))))
     datasource = context.data_sources.get(_DATASOURCE)
     asset = datasource.add_dataframe_asset(name=suite_name)
     batch_definition = asset.add_batch_definition_whole_dataframe(f"{suite_name}_run")
