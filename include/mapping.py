@@ -324,21 +324,27 @@ def _resolve(
     return results
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Candidates:
     """Active targets and their normalised names, side by side, for rapidfuzz. `sorted_names` are the names
-    with their tokens sorted: `fuzz.ratio` on them is `fuzz.token_sort_ratio` on the names, without sorting
-    every candidate's tokens again for every query."""
+    with their tokens sorted (built on first use): `fuzz.ratio` on them is `fuzz.token_sort_ratio` on the
+    names, without sorting every candidate's tokens again for every query."""
 
     targets: list[Target]
     names: list[str]
-    sorted_names: list[str]
+    _sorted_names: list[str] | None = None
+
+    @property
+    def sorted_names(self) -> list[str]:
+        if self._sorted_names is None:
+            self._sorted_names = [_sorted_tokens(name) for name in self.names]
+        return self._sorted_names
 
 
 def _index_by_name(targets: Iterable[Target]) -> tuple[dict[str, list[Target]], _Candidates]:
     """Active targets by normalised name (an inactive record is no candidate for a new link)."""
     index: dict[str, list[Target]] = defaultdict(list)
-    candidates = _Candidates([], [], [])
+    candidates = _Candidates([], [])
     for target in targets:
         if target.active:
             name = normalise_name(target.name)
@@ -346,7 +352,6 @@ def _index_by_name(targets: Iterable[Target]) -> tuple[dict[str, list[Target]], 
                 index[name].append(target)
                 candidates.targets.append(target)
                 candidates.names.append(name)
-                candidates.sorted_names.append(_sorted_tokens(name))
     return index, candidates
 
 

@@ -134,7 +134,7 @@ class PlanAction:
         return {
             "action_id": self.action_id, "idempotency_key": self.idempotency_key, "month": self.month,
             "run_id": run_id, "seq": seq, "kind": str(self.kind), "status": str(self.status), "reason": self.reason,
-            "account_id": self.account_id, "subscription_ids": json.dumps(list(self.subscription_ids)),
+            "account_id": self.account_id, "subscription_ids": _JSON_LIST(self.subscription_ids),
             "product_id": self.product_id,
             "company_id": self.company_id, "company_action_id": self.company_action_id,
             "contract_id": self.contract_id, "contract_action_id": self.contract_action_id,
@@ -145,8 +145,8 @@ class PlanAction:
             "units_before": self.units_before, "units_after": self.units_after, "unit_change": self.unit_change,
             "unit_cost_before": self.unit_cost_before, "unit_cost_after": self.unit_cost_after,
             "end_date_before": self.end_date_before, "end_date_after": self.end_date_after,
-            "payload": json.dumps(self.payload, sort_keys=True, default=_json_default),
-            "charge_ids": json.dumps(list(self.charge_ids)), "depends_on": json.dumps(list(self.depends_on)),
+            "payload": _JSON_PAYLOAD(self.payload),
+            "charge_ids": _JSON_LIST(self.charge_ids), "depends_on": _JSON_LIST(self.depends_on),
             "created_at": created_at, "decided_by": None, "decided_at": None, "applied_entity_id": None,
             "error": None,
         }
@@ -273,6 +273,12 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (Decimal, date, StrEnum)):
         return _jsonable(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+# built once: what `json.dumps(list(values))` and `json.dumps(payload, sort_keys=True, default=...)` write
+# (a tuple encodes as a list)
+_JSON_LIST = json.JSONEncoder().encode
+_JSON_PAYLOAD = json.JSONEncoder(sort_keys=True, default=_json_default).encode
 
 
 def _target_of(idempotency_key: str) -> str:
