@@ -7,6 +7,7 @@ become index hints, so a 500-id `in` query over many thousand records touches on
 from __future__ import annotations
 
 import bisect
+import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -94,14 +95,34 @@ def parse_query(spec: EntitySpec, body: dict) -> Query:
         )
     if counter.udfs > 1:
         raise ApiError("Only one user-defined field may be queried per request.")
-    hints = [hint for item in items if (hint := _hint(spec, item)) is not None]
+    hints = [hint for item in items if (hint := _hint(spec, item, counter.in_keys)) is not None]
     include = _case_insensitive_get(body, "IncludeFields")
     include_fields = _include_fields(spec, include) if include else None
+    return Query(_all(predicates), hints, include_fields, max_records, _ranges(spec, items))
+
+
+def _all(checks: list[Predicate]) -> Predicate:
+    """A predicate true when every check is (in order, stopping at the first false one)."""
+    if len(checks) == 1:
+        return checks[0]
 
     def predicate(record: dict) -> bool:
-        return all(check(record) for check in predicates)
+        for check in checks:  # noqa: SIM110  # a plain loop: no generator per record (a hot path)
+            if not check(record):
+                return False
+        return True
 
-    return Query(predicate, hints, include_fields, max_records, _ranges(spec, items))
+    return predicate
+
+
+def _any(checks: list[Predicate]) -> Predicate:
+    def predicate(record: dict) -> bool:
+        for check in checks:  # noqa: SIM110  # a plain loop: no generator per record (a hot path)
+            if check(record):
+                return True
+        return False
+
+    return predicate
 
 
 def _ranges(spec: EntitySpec, items: list) -> list[tuple[str, str, object]]:
@@ -134,6 +155,8 @@ def _include_fields(spec: EntitySpec, names: object) -> list[str]:
 class _Counter:
     conditions: int = 0
     udfs: int = 0
+    # coerced `in` values by (id of the value list, field), so the index hint need not coerce them again
+    in_keys: dict[tuple[int, str], frozenset] = field(default_factory=dict)
 
 
 def _compile(spec: EntitySpec, item: object, counter: _Counter, in_or: bool) -> Predicate:
@@ -145,15 +168,14 @@ def _compile(spec: EntitySpec, item: object, counter: _Counter, in_or: bool) -> 
         if not isinstance(children, list) or not children:
             raise ApiError(f"The '{op}' filter group must contain items.")
         compiled = [_compile(spec, child, counter, in_or or op == "or") for child in children]
-        if op == "and":
-            return lambda record: all(check(record) for check in compiled)
-        return lambda record: any(check(record) for check in compiled)
+        return _all(compiled) if op == "and" else _any(compiled)
     if op not in LEAF_OPS:
         raise ApiError(f"Invalid filter operator: '{item.get('op')}'.")
     getter, spec_field = _getter(spec, item, counter)
     if in_or:
         counter.conditions += 1
-    return _leaf(op, spec_field, getter, item.get("value"), counter)
+    key = spec_field.name if item.get("udf") is not True else None
+    return _leaf(op, spec_field, getter, item.get("value"), counter, key)
 
 
 def _getter(spec: EntitySpec, item: dict, counter: _Counter) -> tuple[Callable[[dict], object], Field]:
@@ -192,7 +214,8 @@ def filter_value(spec_field: Field, value: object) -> object:
 
 
 def _leaf(op: str, spec_field: Field, getter: Callable[[dict], object], raw: object,
-          counter: _Counter) -> Predicate:
+          counter: _Counter, key: str | None = None) -> Predicate:
+    """The check of one condition; `key` (a plain field, not a UDF) lets hot checks read the record directly."""
     if op == "exist":
         return lambda record: getter(record) not in (None, "")
     if op == "notexist":
@@ -202,6 +225,14 @@ def _leaf(op: str, spec_field: Field, getter: Callable[[dict], object], raw: obj
             raise ApiError(f"The '{op}' operator requires a list of values.")
         counter.conditions += len(raw)
         keys = frozenset(filter_value(spec_field, value) for value in raw)
+        counter.in_keys[(id(raw), spec_field.name)] = keys
+        if op == "in" and key is not None:
+
+            def in_keys(record: dict) -> bool:
+                value = record.get(key)
+                return (value.lower() if isinstance(value, str) else value) in keys
+
+            return in_keys
         if op == "in":
             return lambda record: index_key(getter(record)) in keys
         return lambda record: index_key(getter(record)) not in keys
@@ -223,10 +254,22 @@ def _leaf(op: str, spec_field: Field, getter: Callable[[dict], object], raw: obj
         if target is None:
             return lambda record: getter(record) not in (None, "")
         return lambda record: index_key(getter(record)) != target
-    compare = {"gt": lambda a, b: a > b, "gte": lambda a, b: a >= b,
-               "lt": lambda a, b: a < b, "lte": lambda a, b: a <= b}[op]
+    compare = {"gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}[op]
     if target is None:
         raise ApiError(f"The '{op}' operator requires a value.")
+
+    if key is not None:
+
+        def ordered_field(record: dict) -> bool:
+            value = record.get(key)
+            if value is None:
+                return False
+            try:
+                return compare(value.lower() if isinstance(value, str) else value, target)
+            except TypeError:
+                return False
+
+        return ordered_field
 
     def ordered(record: dict) -> bool:
         value = getter(record)
@@ -246,7 +289,7 @@ def _as_text(value: object) -> str:
     return str(value).lower()
 
 
-def _hint(spec: EntitySpec, item: dict) -> IndexHint | None:
+def _hint(spec: EntitySpec, item: dict, in_keys: dict[tuple[int, str], frozenset] | None = None) -> IndexHint | None:
     """An index hint from a top-level eq/in condition, or None."""
     op = str(item.get("op", "")).lower()
     if op not in ("eq", "in") or item.get("value") is None:
@@ -259,6 +302,9 @@ def _hint(spec: EntitySpec, item: dict) -> IndexHint | None:
     if spec_field is None:
         return None
     values = item["value"] if op == "in" else [item["value"]]
+    known = (in_keys or {}).get((id(values), spec_field.name)) if op == "in" else None
+    if known is not None:
+        return IndexHint(spec_field.name, known)
     return IndexHint(spec_field.name, frozenset(filter_value(spec_field, value) for value in values))
 
 

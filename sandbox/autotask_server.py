@@ -343,7 +343,11 @@ class Sandbox:
         return search
 
     def _page_payload(self, request: Request, spec: EntitySpec, search: dict, query: Any, page: Any) -> dict:
-        items = [project(_public(record), query.include_fields) for record in page.records]
+        include = query.include_fields
+        if include is None:
+            items = [_public(record) for record in page.records]
+        else:  # included names are schema fields (never "_..."), so no need to drop private keys first
+            items = [{name: record.get(name) for name in include} for record in page.records]
         size = query.max_records
         next_url = prev_url = None
         if items:

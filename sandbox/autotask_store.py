@@ -1,8 +1,10 @@
 """State of the Autotask sandbox: tables with lazy indexes, write validation, billing rules, persistence.
 
 ContractServiceUnits are not stored: they are derived per contract service from the contract dates,
-the service's period type and the unit adjustments (seeded initial units included), and cached
-until one of those changes.
+the service's period type and the unit adjustments (seeded initial units included). What a contract
+service's rows derive from (its "plan") and its full list of rows are cached until one of those changes;
+a query with date ranges builds only the rows of its window, and pages walk the contract services in id
+order, stopping as soon as a page is full.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import calendar
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -112,6 +115,7 @@ class Store:
         self.writes = 0
         self.dirty = False
         self._units_cache: dict[int, list[dict]] = {}
+        self._unit_plans: dict[int, _UnitPlan] = {}
         self.load(state or {})
 
     # --- state ---------------------------------------------------------------------------------------
@@ -126,7 +130,8 @@ class Store:
                 self.tables[name] = Table(name, saved.get("records", []), saved.get("next_id", 1))
             else:
                 self.tables[name] = Table(name, state.get(name, []), FIRST_IDS.get(name, 1))
-        self._units_cache.clear()
+        self._forget_units()
+        self.plan_units()
 
     def dump(self) -> dict:
         return {
@@ -167,13 +172,20 @@ class Store:
 
     def page(self, entity: str, query: Query, after: int | None = None, before: int | None = None,
              size: int | None = None) -> Page:
-        ids, get = self._candidates(entity, query)
         size = size or query.max_records
+        if entity == "ContractServiceUnits":
+            return self._unit_page(query, after, before, size)
+        ids, get = self._candidates(entity, query)
         if before is not None:
             return page_before(ids, get, query.predicate, before, size)
         return page_after(ids, get, query.predicate, after, size)
 
     def count(self, entity: str, query: Query) -> int:
+        if entity == "ContractServiceUnits":
+            predicate = query.predicate
+            bounds = _UnitBounds(query.ranges)
+            return sum(1 for cs_id in self._unit_services(query.hints)
+                       for row in self._unit_rows(cs_id, bounds) if predicate(row))
         ids, get = self._candidates(entity, query)
         return count_matches(ids, get, query.predicate)
 
@@ -189,8 +201,6 @@ class Store:
         return self.tables[child].find("contractID", contract_id)
 
     def _candidates(self, entity: str, query: Query) -> tuple[Sequence[int], Callable[[int], dict]]:
-        if entity == "ContractServiceUnits":
-            return self._unit_candidates(query.hints, query.ranges)
         hints = query.hints
         table = self.tables[entity]
         best: set[int] | None = None
@@ -201,8 +211,8 @@ class Store:
             return table.ids, table.records.__getitem__
         return sorted(best), table.records.__getitem__
 
-    def _unit_candidates(self, hints: list[IndexHint], ranges: Sequence[tuple[str, str, object]]
-                         ) -> tuple[Sequence[int], Callable[[int], dict]]:
+    def _unit_services(self, hints: list[IndexHint]) -> Sequence[int]:
+        """Ids (ascending) of the contract services whose rows the query's index hints allow."""
         services = self.tables["ContractServices"]
         chosen: set[int] | None = None
         for hint in hints:
@@ -215,9 +225,39 @@ class Store:
             else:
                 continue
             chosen = found if chosen is None else chosen & found
-        cs_ids = services.ids if chosen is None else sorted(chosen)
-        rows = {row["id"]: row for cs_id in cs_ids for row in self.unit_rows(cs_id, ranges)}
-        return list(rows), rows.__getitem__
+        return services.ids if chosen is None else sorted(chosen)
+
+    def _unit_page(self, query: Query, after: int | None, before: int | None, size: int) -> Page:
+        """Like page_after/page_before over all matching rows in id order, but rows are built per contract
+        service (a row's id // UNIT_ID_FACTOR is its contract service) and only until the page is full."""
+        cs_ids = self._unit_services(query.hints)
+        bounds = _UnitBounds(query.ranges)
+        predicate = query.predicate
+        found: list[dict] = []
+        if before is not None:
+            end = bisect.bisect_right(cs_ids, before // UNIT_ID_FACTOR)
+            has_previous = False
+            for row in self._unit_rows_descending(cs_ids[:end], bounds):
+                if row["id"] < before and predicate(row):
+                    if len(found) == size:
+                        has_previous = True
+                        break
+                    found.append(row)
+            found.reverse()
+            return Page(found, True, has_previous)
+        if after is not None:
+            cs_ids = cs_ids[bisect.bisect_left(cs_ids, after // UNIT_ID_FACTOR):]
+        for cs_id in cs_ids:
+            for row in self._unit_rows(cs_id, bounds):
+                if (after is None or row["id"] > after) and predicate(row):
+                    if len(found) == size:
+                        return Page(found, True, after is not None)
+                    found.append(row)
+        return Page(found, False, after is not None)
+
+    def _unit_rows_descending(self, cs_ids: Sequence[int], bounds: _UnitBounds) -> Iterator[dict]:
+        for cs_id in reversed(cs_ids):
+            yield from reversed(self._unit_rows(cs_id, bounds))
 
     # --- generic writes ------------------------------------------------------------------------------
 
@@ -337,9 +377,20 @@ class Store:
     def _after_update(self, entity: str, old: dict, new: dict) -> None:
         if entity == "Contracts" and (old["startDate"], old["endDate"]) != (new["startDate"], new["endDate"]):
             for cs in self.tables["ContractServices"].find("contractID", new["id"]):
-                self._units_cache.pop(cs["id"], None)
-        elif entity == "Services" and old.get("periodType") != new.get("periodType"):
+                self._forget_units(cs["id"])
+        elif entity == "Services" and (old.get("periodType"), old.get("vendorCompanyID")) != (
+                new.get("periodType"), new.get("vendorCompanyID")):
+            for cs in self.tables["ContractServices"].find("serviceID", new["id"]):
+                self._forget_units(cs["id"])
+
+    def _forget_units(self, cs_id: int | None = None) -> None:
+        """Drop the cached plan and rows of one contract service (all when None) after a change."""
+        if cs_id is None:
             self._units_cache.clear()
+            self._unit_plans.clear()
+        else:
+            self._units_cache.pop(cs_id, None)
+            self._unit_plans.pop(cs_id, None)
 
     # --- contract services ---------------------------------------------------------------------------
 
@@ -397,7 +448,7 @@ class Store:
         if errors:
             raise ApiError(errors)
         table.replace(record)
-        self._units_cache.pop(record["id"], None)
+        self._forget_units(record["id"])
         self._changed()
         return record["id"]
 
@@ -452,7 +503,7 @@ class Store:
         self._check_units_stay_positive(history, effective, record["unitChange"])
         record.update(contractServiceID=cs["id"], contractID=cs["contractID"], serviceID=cs["serviceID"])
         record_id = self.tables["ContractServiceAdjustments"].insert(record)
-        self._units_cache.pop(cs["id"], None)
+        self._forget_units(cs["id"])
         self._changed()
         return record_id
 
@@ -477,80 +528,149 @@ class Store:
 
     def unit_rows(self, cs_id: int, ranges: Sequence[tuple[str, str, object]] = ()) -> list[dict]:
         """The ContractServiceUnits rows of one contract service; `ranges` may skip rows early."""
+        return self._unit_rows(cs_id, _UnitBounds(ranges))
+
+    def _unit_rows(self, cs_id: int, bounds: _UnitBounds) -> list[dict]:
         rows = self._units_cache.get(cs_id)
         if rows is not None:
             return rows
-        cs = self.tables["ContractServices"].get(cs_id)
-        if cs is None:
-            return []
-        bounds = _UnitBounds(ranges)
-        rows = self._build_unit_rows(cs, bounds)
+        plan = self._unit_plans.get(cs_id)
+        if plan is None:
+            cs = self.tables["ContractServices"].get(cs_id)
+            if cs is None:
+                return []
+            plan = self._unit_plans[cs_id] = self._unit_plan(cs)
+        rows = _build_unit_rows(plan, bounds)
         if bounds.empty:
             self._units_cache[cs_id] = rows
         return rows
 
-    def _build_unit_rows(self, cs: dict, bounds: _UnitBounds) -> list[dict]:
+    def plan_units(self) -> None:
+        """Derive the unit plan of every contract service now (one pass over the adjustments), so that
+        reads only build the rows of their window; a write drops the plans it touches again."""
+        by_service: dict[object, list[dict]] = {}
+        for item in self.tables["ContractServiceAdjustments"].records.values():  # ids ascending
+            by_service.setdefault(index_key(item.get("contractServiceID")), []).append(item)
+        for cs_id, cs in self.tables["ContractServices"].records.items():
+            self._unit_plans[cs_id] = self._unit_plan(cs, by_service.get(cs_id, ()))
+
+    def _unit_plan(self, cs: dict, adjustments: Sequence[dict] | None = None) -> _UnitPlan:
         contract = self.tables["Contracts"].get(cs["contractID"])
         service = self.tables["Services"].get(cs["serviceID"]) or {}
         start, end = to_date(contract["startDate"]), to_date(contract["endDate"])
         months = PERIOD_MONTHS.get(service.get("periodType"), 1)
+        if adjustments is None:
+            adjustments = self.tables["ContractServiceAdjustments"].find("contractServiceID", cs["id"])
         changes = sorted(
-            (to_date(item["effectiveDate"]), item["id"], item)
-            for item in self.tables["ContractServiceAdjustments"].find("contractServiceID", cs["id"])
+            (to_date(item["effectiveDate"]), item["id"], item.get("unitChange") or 0, item.get("adjustedUnitPrice"),
+             item.get("adjustedUnitCost"))
+            for item in adjustments
         )
-        change_days = sorted({day for day, _, _ in changes})
+        change_days = sorted({change[0] for change in changes}) if len(changes) > 1 else [c[0] for c in changes]
+        # changes that split a period (not on a period's first day): each adds a row
+        splits = [day for day in change_days if start < day
+                  and day != _add_months(start, _months_between(start, day) // months * months)]
         price = cs.get("internalCurrencyAdjustedPrice")
-        price = cs.get("unitPrice") if price is None else price
-        cost = cs.get("unitCost")
-        units = 0
-        applied = 0
-        period = bounds.first_period(start, months)
-        # rows of skipped periods still take their ids: one per period plus one per mid-period change
-        row_number = period + sum(
-            1 for day in change_days if start < day < _add_months(start, period * months)
-            and day != _add_months(start, _months_between(start, day) // months * months)
+        return _UnitPlan(
+            cs_id=cs["id"], contract_id=cs["contractID"], service_id=cs["serviceID"],
+            vendor_id=service.get("vendorCompanyID"), start=start, end=end, months=months,
+            changes=[(day, unit_change, adjusted_price, adjusted_cost)
+                     for day, _, unit_change, adjusted_price, adjusted_cost in changes],
+            change_days=change_days, splits=splits, price=cs.get("unitPrice") if price is None else price,
+            cost=cs.get("unitCost"),
         )
-        rows: list[dict] = []
-        while row_number < UNIT_ID_FACTOR - 1:
-            period_start = _add_months(start, period * months)
-            if period_start > end or bounds.after_all(period_start):
-                break
-            period += 1
-            period_end = min(_add_months(start, period * months) - timedelta(days=1), end)
+
+
+@dataclass(slots=True)
+class _UnitPlan:
+    """What the ContractServiceUnits rows of one contract service derive from."""
+
+    cs_id: int
+    contract_id: int
+    service_id: int
+    vendor_id: int | None
+    start: date
+    end: date
+    months: int
+    changes: list[tuple[date, int, object, object]]  # (effective day, unit change, price, cost), in order
+    change_days: list[date]
+    splits: list[date]
+    price: object
+    cost: object
+
+
+_ONE_DAY = timedelta(days=1)
+_DATE_TEXTS: dict[date, str] = {}  # format_date's results: few distinct dates, shared by many rows
+
+
+def _date_text(day: date) -> str:
+    text = _DATE_TEXTS[day] = format_date(day)
+    return text
+
+
+def _build_unit_rows(plan: _UnitPlan, bounds: _UnitBounds) -> list[dict]:
+    start, end, months, changes, change_days = plan.start, plan.end, plan.months, plan.changes, plan.change_days
+    last_start_day, first_end_day = bounds.last_start_day, bounds.first_end_day
+    low_start, high_start, low_end, high_end = bounds.low_start, bounds.high_start, bounds.low_end, bounds.high_end
+    price, cost = plan.price, plan.cost
+    units = 0
+    applied = 0
+    pending = len(changes)
+    period = bounds.first_period(start, months)
+    # rows of skipped periods still take their ids: one per period plus one per mid-period change
+    row_number = period + (bisect.bisect_left(plan.splits, _add_months(start, period * months)) if period else 0)
+    rows: list[dict] = []
+    base_id = plan.cs_id * UNIT_ID_FACTOR
+    period_start = _add_months(start, period * months)
+    while row_number < UNIT_ID_FACTOR - 1:
+        if period_start > end or period_start > last_start_day:
+            break
+        period += 1
+        next_start = _add_months(start, period * months)
+        period_end = next_start - _ONE_DAY
+        if period_end > end:
+            period_end = end
+        if change_days and change_days[-1] > period_start:
             low, high = bisect.bisect_right(change_days, period_start), bisect.bisect_right(change_days, period_end)
             starts = [period_start, *change_days[low:high]]
-            if bounds.before_all(period_end):
-                row_number += len(starts)  # skipped rows still take their ids
+        else:
+            starts = [period_start]
+        if period_end < first_end_day:
+            row_number += len(starts)  # skipped rows still take their ids
+            period_start = next_start
+            continue
+        last = len(starts) - 1
+        for position, segment_start in enumerate(starts):
+            row_number += 1
+            while applied < pending and changes[applied][0] <= segment_start:
+                _, unit_change, adjusted_price, adjusted_cost = changes[applied]
+                units += unit_change
+                if adjusted_price is not None:
+                    price = adjusted_price
+                if adjusted_cost is not None:
+                    cost = adjusted_cost
+                applied += 1
+            segment_end = starts[position + 1] - _ONE_DAY if position < last else period_end
+            start_text = _DATE_TEXTS.get(segment_start) or _date_text(segment_start)
+            end_text = _DATE_TEXTS.get(segment_end) or _date_text(segment_end)
+            if not (low_start <= start_text <= high_start and low_end <= end_text <= high_end):
                 continue
-            for position, segment_start in enumerate(starts):
-                row_number += 1
-                while applied < len(changes) and changes[applied][0] <= segment_start:
-                    adjustment = changes[applied][2]
-                    units += adjustment.get("unitChange") or 0
-                    if adjustment.get("adjustedUnitPrice") is not None:
-                        price = adjustment["adjustedUnitPrice"]
-                    if adjustment.get("adjustedUnitCost") is not None:
-                        cost = adjustment["adjustedUnitCost"]
-                    applied += 1
-                segment_end = starts[position + 1] - timedelta(days=1) if position + 1 < len(starts) else period_end
-                start_text, end_text = format_date(segment_start), format_date(segment_end)
-                if not bounds.admits(start_text, end_text):
-                    continue
-                rows.append({
-                    "id": cs["id"] * UNIT_ID_FACTOR + row_number,
-                    "contractID": cs["contractID"],
-                    "contractServiceID": cs["id"],
-                    "serviceID": cs["serviceID"],
-                    "startDate": start_text,
-                    "endDate": end_text,
-                    "units": units,
-                    "price": price,
-                    "cost": cost,
-                    "internalCurrencyPrice": price,
-                    "approveAndPostDate": None,
-                    "vendorCompanyID": service.get("vendorCompanyID"),
-                })
-        return rows
+            rows.append({
+                "id": base_id + row_number,
+                "contractID": plan.contract_id,
+                "contractServiceID": plan.cs_id,
+                "serviceID": plan.service_id,
+                "startDate": start_text,
+                "endDate": end_text,
+                "units": units,
+                "price": price,
+                "cost": cost,
+                "internalCurrencyPrice": price,
+                "approveAndPostDate": None,
+                "vendorCompanyID": plan.vendor_id,
+            })
+        period_start = next_start
+    return rows
 
 
 class _UnitBounds:
@@ -574,8 +694,16 @@ class _UnitBounds:
             elif name == "endDate" and op in ("lt", "lte"):
                 self.end_max = min(self.end_max or value, value)
         self.empty = not (self.start_max or self.start_min or self.end_min or self.end_max)
+        # the same bounds without None, for the row loop: a row is admitted when
+        # low_start <= startDate <= high_start and low_end <= endDate <= high_end
+        self.low_start = self.start_min[:10] + "T00:00:00" if self.start_min is not None else ""
+        self.high_start = self.start_max if self.start_max is not None else _TOP
+        self.low_end = self.end_min[:10] + "T00:00:00" if self.end_min is not None else ""
+        self.high_end = self.end_max if self.end_max is not None else _TOP
         self.start_max_day = to_date(self.start_max) if self.start_max else None
         self.end_min_day = to_date(self.end_min) if self.end_min else None
+        self.last_start_day = self.start_max_day or date.max  # periods starting later hold no rows
+        self.first_end_day = self.end_min_day or date.min  # periods ending earlier hold no rows
 
     def first_period(self, start: date, months: int) -> int:
         """A period index no later than the first period that can end on or after end_min."""
@@ -585,19 +713,17 @@ class _UnitBounds:
 
     def after_all(self, period_start: date) -> bool:
         """Rows from here on start too late."""
-        return self.start_max_day is not None and period_start > self.start_max_day
+        return period_start > self.last_start_day
 
     def before_all(self, period_end: date) -> bool:
         """Every row of this period ends too early."""
-        return self.end_min_day is not None and period_end < self.end_min_day
+        return period_end < self.first_end_day
 
     def admits(self, start_text: str, end_text: str) -> bool:
-        return not (
-            (self.start_max is not None and start_text > self.start_max)
-            or (self.start_min is not None and start_text < self.start_min[:10] + "T00:00:00")
-            or (self.end_min is not None and end_text < self.end_min[:10] + "T00:00:00")
-            or (self.end_max is not None and end_text > self.end_max)
-        )
+        return self.low_start <= start_text <= self.high_start and self.low_end <= end_text <= self.high_end
+
+
+_TOP = "\U0010ffff"  # sorts after every date text
 
 
 _DEFAULTS = {
