@@ -768,7 +768,8 @@ class AutotaskHook(HttpHook):
         batches already answered), batches shrink so that their records fit one 500-record page: an
         overflowing batch costs an extra, sequential call.
         """
-        pending = deque(dict.fromkeys(to_api_value(value) for value in values))
+        # plain ints (ids, the common case) are already API values: skip the encoder's type checks
+        pending = deque(dict.fromkeys(value if type(value) is int else to_api_value(value) for value in values))
         if not pending:
             return []
         base_filters: list[FilterLike] = list(to_filter_objects(filters))
