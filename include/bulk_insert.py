@@ -57,7 +57,14 @@ def _sqlite_tuples(rows: Sequence[Mapping[str, Any]], columns: list[str]) -> lis
     values = []
     for name in columns:
         column = [row[name] for row in rows]
-        if not _PLAIN_TYPES.issuperset(map(type, column)):
+        types = set(map(type, column)) - _PLAIN_TYPES
+        if len(types) == 1:
+            # one convertible type besides plain values (None included): convert just its values
+            kind = types.pop()
+            convert = _SQLITE_CONVERSIONS.get(kind)
+            if convert is not None:
+                column = [convert(value) if type(value) is kind else value for value in column]
+        elif types:
             column = [_sqlite_value(value) for value in column]
         values.append(column)
     return list(zip(*values, strict=True))

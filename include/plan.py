@@ -134,7 +134,7 @@ class PlanAction:
         return {
             "action_id": self.action_id, "idempotency_key": self.idempotency_key, "month": self.month,
             "run_id": run_id, "seq": seq, "kind": str(self.kind), "status": str(self.status), "reason": self.reason,
-            "account_id": self.account_id, "subscription_ids": _JSON_LIST(self.subscription_ids),
+            "account_id": self.account_id, "subscription_ids": _json_list(self.subscription_ids),
             "product_id": self.product_id,
             "company_id": self.company_id, "company_action_id": self.company_action_id,
             "contract_id": self.contract_id, "contract_action_id": self.contract_action_id,
@@ -145,8 +145,8 @@ class PlanAction:
             "units_before": self.units_before, "units_after": self.units_after, "unit_change": self.unit_change,
             "unit_cost_before": self.unit_cost_before, "unit_cost_after": self.unit_cost_after,
             "end_date_before": self.end_date_before, "end_date_after": self.end_date_after,
-            "payload": _JSON_PAYLOAD(self.payload),
-            "charge_ids": _JSON_LIST(self.charge_ids), "depends_on": _JSON_LIST(self.depends_on),
+            "payload": _json_payload(self.payload),
+            "charge_ids": _json_list(self.charge_ids), "depends_on": _json_list(self.depends_on),
             "created_at": created_at, "decided_by": None, "decided_at": None, "applied_entity_id": None,
             "error": None,
         }
@@ -276,9 +276,15 @@ def _json_default(value: Any) -> Any:
 
 
 # built once: what `json.dumps(list(values))` and `json.dumps(payload, sort_keys=True, default=...)` write
-# (a tuple encodes as a list)
-_JSON_LIST = json.JSONEncoder().encode
-_JSON_PAYLOAD = json.JSONEncoder(sort_keys=True, default=_json_default).encode
+_json_payload = json.JSONEncoder(sort_keys=True, default=_json_default).encode
+_json_string = json.encoder.encode_basestring_ascii
+
+
+def _json_list(values: Sequence[Any]) -> str:
+    # ids are strings: the encoder's own string escaping, without setting up an encoder per call
+    if all(type(value) is str for value in values):
+        return "[" + ", ".join(map(_json_string, values)) + "]"
+    return json.dumps(list(values))
 
 
 def _target_of(idempotency_key: str) -> str:

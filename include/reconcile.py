@@ -348,12 +348,11 @@ class _PlanBuilder:
         groups_of = linked[linked["contract_id"].isin(reach.index)].groupby("contract_id").groups
         subscriptions_of = linked["subscriptions"].to_dict()
         flag_of = linked["contract_flag"].to_dict()
-        for contract_id, row in reach.iterrows():
+        for contract_id, end, commitment_months, last_point in zip(
+                reach.index, reach["end_date"], reach["commitment_months"], reach["last_point"], strict=True):
             contract_id = int(contract_id)
-            end = row["end_date"]
-            cycle = _cycle_of(int(row["commitment_months"]))
-            new_end = renewed_end_date(end.date(), cycle, row["last_point"].date(),
-                                       self.settings.minimum_contract_months)
+            cycle = _cycle_of(int(commitment_months))
+            new_end = renewed_end_date(end.date(), cycle, last_point.date(), self.settings.minimum_contract_months)
             contract_groups = list(groups_of[contract_id])
             charge_ids = self._charge_ids(contract_groups, after=end)
             action = PlanAction(

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import date, datetime
+from functools import lru_cache
 from typing import Any
 
 from include.autotask_reader import AutotaskReader, api_date, udf_value
@@ -193,8 +194,8 @@ def _contract_row(run_id: str, record: dict) -> dict:
         "contract_number": record.get("contractNumber") or None,
         "contract_type": int(record.get("contractType") or RECURRING_SERVICE_CONTRACT_TYPE),
         "status": _int_or_none(record.get("status")),
-        "start_date": api_date(record.get("startDate")),
-        "end_date": api_date(record.get("endDate")),
+        "start_date": _date(record.get("startDate")),
+        "end_date": _date(record.get("endDate")),
     }
 
 
@@ -231,8 +232,8 @@ def _unit_row(run_id: str, record: dict) -> dict:
         "contract_service_id": int(record["contractServiceID"]),
         "contract_id": _int_or_none(record.get("contractID")),
         "service_id": _int_or_none(record.get("serviceID")),
-        "start_date": api_date(record["startDate"]),
-        "end_date": api_date(record["endDate"]),
+        "start_date": _date(record["startDate"]),
+        "end_date": _date(record["endDate"]),
         "units": record.get("units") or 0,
         "price": record.get("price"),
         "cost": record.get("cost"),
@@ -240,10 +241,25 @@ def _unit_row(run_id: str, record: dict) -> dict:
     }
 
 
+def _date(value: Any) -> date | None:
+    # a snapshot holds a few hundred distinct dates in hundreds of thousands of fields: parse each once
+    return _parsed_date(value) if type(value) is str else api_date(value)
+
+
+@lru_cache(maxsize=65_536)
+def _parsed_date(value: str) -> date | None:
+    return api_date(value)
+
+
 def _api_datetime(value: Any) -> datetime | None:
     if value in (None, ""):
         return None
-    return datetime.fromisoformat(str(value).replace("Z", "")[:19])
+    return _parsed_datetime(str(value))
+
+
+@lru_cache(maxsize=65_536)
+def _parsed_datetime(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "")[:19])
 
 
 def _int_or_none(value: Any) -> int | None:
