@@ -20,7 +20,6 @@ Safety rules that shape the code:
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import random
 import re
@@ -60,6 +59,7 @@ from connectors.autotask_query import (
     to_api_value,
     to_filter_objects,
 )
+from connectors.retry_after import retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -181,22 +181,6 @@ def _child_entity_name(parent: str, child: str) -> str:
     """The root entity a child path stands for: Contracts/Services → ContractServices."""
     singular = parent[:-3] + "y" if parent.endswith("ies") else parent.removesuffix("s")
     return singular + child
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _is_connect_failure(exc: requests.RequestException) -> bool:
@@ -658,7 +642,7 @@ class AutotaskHook(HttpHook):
         if status == 429 or any(THREAD_LIMIT_CODE in text.lower() for text in errors):
             # Rejected before processing: safe to retry, writes included.
             limited = AutotaskRateLimitError(
-                entity, verb, status, errors, _retry_after_seconds(response.headers.get("Retry-After"))
+                entity, verb, status, errors, retry_after_seconds(response.headers.get("Retry-After"))
             )
             limited.retryable = True
             raise limited

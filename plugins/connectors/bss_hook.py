@@ -11,13 +11,12 @@ and `max_retries` (4, i.e. 5 attempts per request).
 
 from __future__ import annotations
 
-import email.utils
 import itertools
 import json
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
@@ -27,6 +26,8 @@ from airflow.providers.common.compat.sdk import mask_secret
 from airflow.providers.http.hooks.http import HttpHook
 from requests import Response, Session
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from connectors.retry_after import retry_after_seconds
 
 # --- The API as this hook assumes it [assumed: docs/bss-api.md] --------------------------------------
 TOKEN_PATH = "/oauth/token"
@@ -141,23 +142,6 @@ def request_target(path: str, params: Mapping[str, Any] | None = None) -> str:
 def _excerpt(text: str) -> str:
     text = text.strip()
     return repr(text if len(text) <= _EXCERPT_CHARS else text[:_EXCERPT_CHARS] + "…")
-
-
-def _retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After is either delay-seconds or an HTTP date (RFC 9110)."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 class BssHook(HttpHook):
@@ -400,7 +384,7 @@ class BssHook(HttpHook):
             return
         message = self._server_message(response)
         if status == 429:
-            retry_after = _retry_after_seconds(response.headers.get("Retry-After"))
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             raise BssTransientError(status, method, target, f"rate limited: {message}", retry_after)
         if status >= 500:
             raise BssTransientError(status, method, target, message)

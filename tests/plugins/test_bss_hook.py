@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from connectors.bss_hook import BssApiError, BssAuthError, BssHook, BssTransientError, _retry_after_seconds
+from connectors.bss_hook import BssApiError, BssAuthError, BssHook, BssTransientError
+from connectors.retry_after import retry_after_seconds
 from sandbox.dataset import build_universe
 from tests.servers import RunningServer, start_server
 
@@ -432,12 +433,12 @@ def test_test_connection_reports_success_and_the_reason_of_a_failure(make_hook: 
 
 
 def test_retry_after_is_read_as_seconds_or_as_an_http_date() -> None:
-    assert _retry_after_seconds("3") == 3.0
-    assert _retry_after_seconds("-5") == 0.0
+    assert retry_after_seconds("3") == 3.0
+    assert retry_after_seconds("-5") == 0.0
     in_ten_seconds = format_datetime(datetime.now(UTC) + timedelta(seconds=10), usegmt=True)
-    assert 8.0 <= (_retry_after_seconds(in_ten_seconds) or 0.0) <= 10.0
-    assert _retry_after_seconds("soon") is None
-    assert _retry_after_seconds(None) is None
+    assert 8.0 <= (retry_after_seconds(in_ten_seconds) or 0.0) <= 10.0
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds(None) is None
 
 
 def test_api_errors_survive_pickling_with_their_fields(make_hook: HookFactory) -> None:
