@@ -23,7 +23,6 @@ import sqlalchemy as sa
 from rapidfuzz import fuzz, process
 from sqlalchemy.engine import Connection
 
-from include.bulk_insert import bulk_insert
 from include.models import BillingMonth
 from include.names import normalise_name
 from include.sync_settings import SyncSettings
@@ -420,7 +419,7 @@ def _store(
     now = utcnow()
     month_links = warehouse.table("month_links")
     conn.execute(month_links.delete().where(month_links.c.run_id == run_id))
-    bulk_insert(conn, warehouse, "month_links", [
+    warehouse.insert(conn, "month_links", [
         {"run_id": run_id, "month": month, "kind": str(result.kind), "source_key": result.source_key,
          "target_id": result.target_id, "resolution": result.resolution, "link_method": result.link_method,
          "flag": str(result.flag) if result.flag else None, "suggestions": len(result.suggestions)}
@@ -446,7 +445,7 @@ def _store(
                                  "flag": str(result.flag) if result.flag else None,
                                  "at": now if result.flag else None})
     # an auto-link's who/when/how is on its row; mapping_link_events records the changes people make
-    bulk_insert(conn, warehouse, "mapping_links", new_links, ignore_conflicts=True)
+    warehouse.insert(conn, "mapping_links", new_links, ignore_conflicts=True)
     if flag_changes:
         conn.execute(sa.text(
             "UPDATE mapping_links SET flag = :flag, flagged_at = :at WHERE kind = :kind AND source_key = :source"
@@ -475,7 +474,7 @@ def _store(
             "UPDATE mapping_suggestions SET score = :score, month = :month, run_id = :run_id"
             " WHERE kind = :kind AND source_key = :source_key AND target_id = :target_id AND status = 'open'"
         ), suggestion_rows)
-        bulk_insert(conn, warehouse, "mapping_suggestions", suggestion_rows, ignore_conflicts=True)
+        warehouse.insert(conn, "mapping_suggestions", suggestion_rows, ignore_conflicts=True)
     # the run's month_links rows are exactly `results`: one set-based statement instead of one per linked source
     conn.execute(sa.text(
         "UPDATE mapping_suggestions SET status = 'stale' WHERE status = 'open' AND EXISTS (SELECT 1 FROM"

@@ -29,7 +29,6 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from include.bulk_insert import bulk_insert
 from include.warehouse import Warehouse, utcnow
 
 
@@ -232,7 +231,7 @@ def replace_plan(warehouse: Warehouse, month: str, run_id: str, actions: Sequenc
                 summary.conflicting_with_decided += 1
             stored.append(action)
             rows.append(action.to_row(run_id, len(rows) + 1, now))
-        bulk_insert(conn, warehouse, "plan_actions", rows)
+        warehouse.insert(conn, "plan_actions", rows)
     summary.actions = len(stored)
     summary.by_kind = dict(sorted(Counter(str(action.kind) for action in stored).items()))
     summary.by_status = dict(sorted(Counter(str(action.status) for action in stored).items()))

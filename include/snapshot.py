@@ -21,7 +21,6 @@ from functools import lru_cache
 from typing import Any
 
 from include.autotask_reader import AutotaskReader, api_date, udf_value
-from include.bulk_insert import bulk_insert
 from include.models import BillingMonth
 from include.sync_settings import RECURRING_SERVICE_CONTRACT_TYPE, SyncSettings
 from include.warehouse import Warehouse, utcnow
@@ -148,7 +147,7 @@ def take_snapshot(
         for table in SNAPSHOT_TABLES:
             conn.execute(warehouse.table(table).delete().where(warehouse.table(table).c.run_id == run_id))
         for table, table_rows in rows.items():
-            bulk_insert(conn, warehouse, table, _dedupe(table, table_rows))
+            warehouse.insert(conn, table, _dedupe(table, table_rows))
         warehouse.insert(conn, "at_snapshots", [{
             "run_id": run_id, "month": billing_month.key, "taken_at": utcnow(),
             "units_from": window_start, "units_to": window_end,

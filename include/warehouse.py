@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ SQL_DIR = Path(__file__).resolve().parent / "sql"
 MIGRATIONS_DIR = SQL_DIR / "migrations"
 DEFAULT_SQLITE_PATH = Path(__file__).resolve().parent.parent / "var" / "warehouse.db"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
-_INSERT_CHUNK = 2_000
+_INSERT_BATCH = 5_000
 
 # SQLite keeps NUMERIC as REAL; 4-decimal money round-trips exactly at our magnitudes, so the warning
 # about Decimal emulation is noise here. PostgreSQL stores exact NUMERIC.
@@ -175,41 +176,50 @@ class Warehouse:
         with self.engine.begin() as conn:
             yield conn
 
-    def insert(self, conn: Connection, table_name: str, rows: Iterable[Mapping[str, Any]]) -> int:
-        """Insert rows in chunks (executemany); returns how many. Every row must have the same keys."""
-        table = self.table(table_name)
+    def insert(
+        self,
+        conn: Connection,
+        table_name: str,
+        rows: Iterable[Mapping[str, Any]],
+        ignore_conflicts: bool = False,
+    ) -> int:
+        """Insert rows (dicts with the same keys) in batches, in `conn`'s transaction; returns how many were sent.
+
+        Goes through the driver's own batch call: SQLAlchemy's per-row parameter processing dominated bulk loads
+        (two thirds of the extract, most of the plan's writes). `ignore_conflicts` skips rows whose primary key
+        exists (ON CONFLICT DO NOTHING on both dialects).
+        """
+        table = self.table(table_name)  # also checks that the table exists
         count = 0
-        chunk: list[Mapping[str, Any]] = []
-        write = self._sqlite_executemany if self.dialect == "sqlite" else self._executemany
-        for row in rows:
-            chunk.append(row)
-            if len(chunk) >= _INSERT_CHUNK:
-                write(conn, table, chunk)
-                count += len(chunk)
-                chunk = []
-        if chunk:
-            write(conn, table, chunk)
-            count += len(chunk)
+        for batch in _batches(rows, _INSERT_BATCH):
+            columns = list(batch[0])
+            names = ", ".join(columns)
+            suffix = " ON CONFLICT DO NOTHING" if ignore_conflicts else ""
+            dbapi = conn.connection.driver_connection
+            if self.dialect == "sqlite":
+                placeholders = ", ".join("?" for _ in columns)
+                cursor = dbapi.cursor()
+                try:
+                    cursor.executemany(
+                        f"INSERT INTO {table.name} ({names}) VALUES ({placeholders}){suffix}",
+                        _sqlite_tuples(batch, columns),
+                    )
+                finally:
+                    cursor.close()
+            elif self.dialect == "postgresql":
+                from psycopg2.extras import execute_values
+
+                with dbapi.cursor() as cursor:
+                    execute_values(
+                        cursor,
+                        f"INSERT INTO {table.name} ({names}) VALUES %s{suffix}",
+                        [tuple(row[name] for name in columns) for row in batch],
+                        page_size=len(batch),
+                    )
+            else:
+                conn.execute(table.insert(), batch)
+            count += len(batch)
         return count
-
-    @staticmethod
-    def _executemany(conn: Connection, table: sa.Table, chunk: list[Mapping[str, Any]]) -> None:
-        conn.execute(table.insert(), chunk)
-
-    @staticmethod
-    def _sqlite_executemany(conn: Connection, table: sa.Table, chunk: list[Mapping[str, Any]]) -> None:
-        # SQLAlchemy's per-row parameter processing dominated bulk loads on SQLite (2/3 of the extract time);
-        # the driver takes plain tuples, stored exactly as SQLAlchemy itself would store these types.
-        columns = list(chunk[0].keys())
-        statement = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
-        rows = [[row[name] for name in columns] for row in chunk]
-        for index, name in enumerate(columns):
-            convert = _sqlite_converter(table.c[name].type)
-            if convert is not None:
-                for values in rows:
-                    if values[index] is not None:
-                        values[index] = convert(values[index])
-        conn.exec_driver_sql(statement, [tuple(values) for values in rows])
 
     def query(self, statement: str | sa.TextClause, params: Mapping[str, Any] | None = None) -> list[dict]:
         """Run a read query (SQL text or the name of an `include/sql` file) and return rows as dicts."""
@@ -232,15 +242,45 @@ class Warehouse:
         self.engine.dispose()
 
 
-def _sqlite_converter(column_type: sa.types.TypeEngine) -> Any:
-    """How SQLAlchemy's SQLite types store a Python value (Numeric as REAL, DATE/DATETIME as ISO text)."""
-    if isinstance(column_type, sa.Numeric):
-        return float
-    if isinstance(column_type, sa.DateTime):
-        return lambda value: value.strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(value, datetime) else value
-    if isinstance(column_type, sa.Date):
-        return lambda value: value.isoformat() if isinstance(value, date) else value
-    return None
+def _batches(rows: Iterable[Mapping[str, Any]], size: int) -> Iterator[list[Mapping[str, Any]]]:
+    batch: list[Mapping[str, Any]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# How SQLAlchemy's SQLite types store these values (Numeric as REAL, DATE/DATETIME as ISO text).
+_SQLITE_CONVERSIONS: dict[type, Any] = {
+    Decimal: float,
+    datetime: lambda value: value.strftime("%Y-%m-%d %H:%M:%S.%f"),
+    date: date.isoformat,
+}
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None), bytes})
+
+
+def _sqlite_tuples(rows: Sequence[Mapping[str, Any]], columns: list[str]) -> list[tuple]:
+    """The rows as tuples, converted column by column, and only the columns that hold a convertible type."""
+    values = []
+    for name in columns:
+        column = [row[name] for row in rows]
+        kinds = set(map(type, column)) - _PLAIN_TYPES
+        if len(kinds) == 1:
+            kind = kinds.pop()
+            convert = _SQLITE_CONVERSIONS.get(kind)
+            if convert is not None:
+                column = [convert(value) if type(value) is kind else value for value in column]
+        elif kinds:
+            column = [_SQLITE_CONVERSIONS.get(type(value), _same)(value) for value in column]
+        values.append(column)
+    return list(zip(*values, strict=True))
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def _resolve_sql(statement: str) -> str:
