@@ -28,8 +28,11 @@ def extract_month(http: httpx.Client, token: str) -> int:
     lines = 0
     page = 1
     while True:
-        response = http.get("/api/charges", headers=headers, params={
-            "$filter": MONTH_FILTER, "$orderby": "id asc", "page": page, "pageSize": 200})
+        response = http.get(
+            "/api/charges",
+            headers=headers,
+            params={"$filter": MONTH_FILTER, "$orderby": "id asc", "page": page, "pageSize": 200},
+        )
         response.raise_for_status()
         lines += len(response.json())
         if page >= json.loads(response.headers["X-Pagination"])["totalPages"]:
@@ -43,24 +46,38 @@ def report(name: str, **figures: object) -> None:
 
 def main() -> None:
     started = time.perf_counter()
-    server = start_server([
-        "sandbox.bss_server", "--customers", str(CUSTOMERS),
-        "--subscriptions-per-customer", str(SUBSCRIPTIONS_PER_CUSTOMER),
-    ])
+    server = start_server(
+        [
+            "sandbox.bss_server",
+            "--customers",
+            str(CUSTOMERS),
+            "--subscriptions-per-customer",
+            str(SUBSCRIPTIONS_PER_CUSTOMER),
+        ]
+    )
     startup_s = time.perf_counter() - started
     try:
-        report("bss_sandbox_startup", customers=CUSTOMERS,
-               subscriptions_per_customer=SUBSCRIPTIONS_PER_CUSTOMER, seconds=round(startup_s, 3))
+        report(
+            "bss_sandbox_startup",
+            customers=CUSTOMERS,
+            subscriptions_per_customer=SUBSCRIPTIONS_PER_CUSTOMER,
+            seconds=round(startup_s, 3),
+        )
         with httpx.Client(base_url=server.url, timeout=60) as http:
-            token = http.post("/oauth/token", auth=("demo-client", "demo-client-secret"), data={
-                "grant_type": "password", "username": "demo-user", "password": "demo-password",
-            }).json()["access_token"]
+            token = http.post(
+                "/oauth/token",
+                auth=("demo-client", "demo-client-secret"),
+                data={
+                    "grant_type": "password",
+                    "username": "demo-user",
+                    "password": "demo-password",
+                },
+            ).json()["access_token"]
             for name in ("bss_sandbox_extract_cold", "bss_sandbox_extract_warm"):
                 started = time.perf_counter()
                 lines = extract_month(http, token)
                 seconds = time.perf_counter() - started
-                report(name, lines=lines, page_size=200, seconds=round(seconds, 3),
-                       lines_per_s=round(lines / seconds))
+                report(name, lines=lines, page_size=200, seconds=round(seconds, 3), lines_per_s=round(lines / seconds))
     finally:
         server.stop()
 

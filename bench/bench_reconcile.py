@@ -36,25 +36,55 @@ def prepare(directory: Path, customers: int, subscriptions: int, seed: int) -> N
     charges = universe.charges_for_month(MONTH)
     warehouse = Warehouse(f"sqlite:///{directory / 'warehouse.db'}")
     warehouse.migrate()
-    rows = [{
-        "month": MONTH, "charge_id": c["id"], "account_id": c["account"]["id"], "account_name": c["account"]["name"],
-        "account_code": c["account"]["code"], "subscription_id": c["subscription"]["id"],
-        "subscription_status": c["subscription"]["status"], "product_id": c["product"]["id"],
-        "product_sku": c["product"]["sku"], "product_name": c["product"]["name"],
-        "billing_plan_id": c["billingPlan"]["id"], "billing_plan_name": c["billingPlan"]["name"],
-        "billing_period": c["billingPlan"]["billingPeriod"], "billing_cycle": c["billingCycle"],
-        "charge_type": c["chargeType"], "action": c["action"], "quantity": Decimal(str(c["quantity"])),
-        "subscription_quantity": Decimal(str(c["subscriptionQuantity"])),
-        "unit_cost": Decimal(str(c["unitCost"])), "unit_price": Decimal(str(c["unitPrice"])),
-        "currency": c["currency"], "charge_start_date": date.fromisoformat(c["chargeStartDate"]),
-        "charge_end_date": date.fromisoformat(c["chargeEndDate"]),
-        "effective_date": date.fromisoformat(c["effectiveDate"]), "invoice_id": None, "run_id": "bench-extract",
-    } for c in charges]
-    accounts = [{
-        "account_id": a.id, "name": a.name, "code": a.code, "status": a.status, "phone": a.phone, "email": a.email,
-        "vat_number": a.vat_number, "street": a.street, "city": a.city, "postal_code": a.postal_code,
-        "country": a.country, "run_id": "bench-extract", "fetched_at": utcnow(),
-    } for a in universe.accounts]
+    rows = [
+        {
+            "month": MONTH,
+            "charge_id": c["id"],
+            "account_id": c["account"]["id"],
+            "account_name": c["account"]["name"],
+            "account_code": c["account"]["code"],
+            "subscription_id": c["subscription"]["id"],
+            "subscription_status": c["subscription"]["status"],
+            "product_id": c["product"]["id"],
+            "product_sku": c["product"]["sku"],
+            "product_name": c["product"]["name"],
+            "billing_plan_id": c["billingPlan"]["id"],
+            "billing_plan_name": c["billingPlan"]["name"],
+            "billing_period": c["billingPlan"]["billingPeriod"],
+            "billing_cycle": c["billingCycle"],
+            "charge_type": c["chargeType"],
+            "action": c["action"],
+            "quantity": Decimal(str(c["quantity"])),
+            "subscription_quantity": Decimal(str(c["subscriptionQuantity"])),
+            "unit_cost": Decimal(str(c["unitCost"])),
+            "unit_price": Decimal(str(c["unitPrice"])),
+            "currency": c["currency"],
+            "charge_start_date": date.fromisoformat(c["chargeStartDate"]),
+            "charge_end_date": date.fromisoformat(c["chargeEndDate"]),
+            "effective_date": date.fromisoformat(c["effectiveDate"]),
+            "invoice_id": None,
+            "run_id": "bench-extract",
+        }
+        for c in charges
+    ]
+    accounts = [
+        {
+            "account_id": a.id,
+            "name": a.name,
+            "code": a.code,
+            "status": a.status,
+            "phone": a.phone,
+            "email": a.email,
+            "vat_number": a.vat_number,
+            "street": a.street,
+            "city": a.city,
+            "postal_code": a.postal_code,
+            "country": a.country,
+            "run_id": "bench-extract",
+            "fetched_at": utcnow(),
+        }
+        for a in universe.accounts
+    ]
     with warehouse.begin() as conn:
         warehouse.insert(conn, "charge_lines", rows)
         warehouse.insert(conn, "bss_accounts", accounts)
@@ -76,8 +106,9 @@ def prepare(directory: Path, customers: int, subscriptions: int, seed: int) -> N
     service_of: dict[str, int] = {}
     for product in universe.products[:-2]:
         period_type = {"Monthly": 2, "Quarterly": 3, "SemiAnnually": 4, "Annually": 5}[product.billing_period]
-        service_of[product.id] = fake.add_service(product.name, product.sku, float(product.unit_cost),
-                                                  float(product.unit_price), period_type)
+        service_of[product.id] = fake.add_service(
+            product.name, product.sku, float(product.unit_cost), float(product.unit_price), period_type
+        )
     for number, subscription in enumerate(universe.subscriptions):
         company = company_of.get(subscription.account_id)
         service = service_of.get(subscription.product_id)
@@ -88,12 +119,14 @@ def prepare(directory: Path, customers: int, subscriptions: int, seed: int) -> N
         # month-to-month contracts are kept a year ahead (as reconciliation creates them); longer terms
         # end with their commitment, so October's renewals need an extension
         end = subscription.term_end_on(before) if subscription.billing_cycle != "Monthly" else date(2026, 12, 31)
-        contract = fake.add_contract(company, f"Subscription {subscription.id}", subscription.id,
-                                     subscription.start_date, end)
+        contract = fake.add_contract(
+            company, f"Subscription {subscription.id}", subscription.id, subscription.start_date, end
+        )
         account = universe.account(subscription.account_id)
         cost = float(universe.prices_for(universe.product(subscription.product_id), account.currency)[0])
-        fake.add_contract_service(contract, service, subscription.units_on(before),
-                                  unit_cost=cost + (0.5 if number % 50 == 1 else 0.0))
+        fake.add_contract_service(
+            contract, service, subscription.units_on(before), unit_cost=cost + (0.5 if number % 50 == 1 else 0.0)
+        )
     with (directory / "autotask.pickle").open("wb") as handle:
         pickle.dump(fake, handle, protocol=pickle.HIGHEST_PROTOCOL)
     print(json.dumps({"lines": len(rows), "accounts": len(accounts), "subscriptions": len(universe.subscriptions)}))
@@ -151,12 +184,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-reconcile-") as temporary:
         directory = Path(temporary)
         script = str(Path(__file__).resolve())
-        common = ["--customers", str(args.customers), "--subscriptions", str(args.subscriptions),
-                  "--seed", str(args.seed)]
-        subprocess.run([sys.executable, script, *common, "--prepare", temporary], check=True,
-                       stdout=subprocess.DEVNULL)
-        result = subprocess.run([sys.executable, script, "--measure", temporary], check=True,
-                                capture_output=True, text=True)
+        common = [
+            "--customers",
+            str(args.customers),
+            "--subscriptions",
+            str(args.subscriptions),
+            "--seed",
+            str(args.seed),
+        ]
+        subprocess.run([sys.executable, script, *common, "--prepare", temporary], check=True, stdout=subprocess.DEVNULL)
+        result = subprocess.run(
+            [sys.executable, script, "--measure", temporary], check=True, capture_output=True, text=True
+        )
         print("BENCH " + result.stdout.strip().splitlines()[-1])
         del directory
 

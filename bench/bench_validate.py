@@ -70,26 +70,58 @@ def store_snapshot_and_plan(warehouse: Warehouse, records: list[dict]) -> tuple[
     subscriptions = sorted({record["subscription"]["id"] for record in records})
     number = {subscription: index for index, subscription in enumerate(subscriptions, start=1)}
     units = [
-        {"run_id": RUN_ID, "contract_service_unit_id": index, "contract_service_id": index, "contract_id": index,
-         "service_id": 1, "start_date": date(2026, 10, 1), "end_date": date(2026, 10, 31), "units": 10,
-         "price": 2.0, "cost": 1.0, "approve_and_post_date": None}
+        {
+            "run_id": RUN_ID,
+            "contract_service_unit_id": index,
+            "contract_service_id": index,
+            "contract_id": index,
+            "service_id": 1,
+            "start_date": date(2026, 10, 1),
+            "end_date": date(2026, 10, 31),
+            "units": 10,
+            "price": 2.0,
+            "cost": 1.0,
+            "approve_and_post_date": None,
+        }
         for index in number.values()
     ]
-    services = [{"run_id": RUN_ID, "contract_service_id": index, "contract_id": index, "service_id": 1,
-                 "unit_price": 2.0, "unit_cost": 1.0} for index in number.values()]
+    services = [
+        {
+            "run_id": RUN_ID,
+            "contract_service_id": index,
+            "contract_id": index,
+            "service_id": 1,
+            "unit_price": 2.0,
+            "unit_cost": 1.0,
+        }
+        for index in number.values()
+    ]
     changes = [record for record in records if record["action"] in ("QuantityIncrease", "QuantityDecrease")]
     actions = []
     for seq, record in enumerate(changes):
         after = record["subscriptionQuantity"]
-        actions.append({
-            "action_id": f"A{seq:08d}", "idempotency_key": f"{MONTH}|adjust|{record['id']}", "month": MONTH,
-            "run_id": RUN_ID, "seq": seq, "kind": "adjust_units", "status": "proposed", "reason": None,
-            "contract_service_id": number[record["subscription"]["id"]],
-            "effective_date": date.fromisoformat(record["effectiveDate"]),
-            "units_before": after - record["quantity"], "units_after": after, "unit_change": record["quantity"],
-            "unit_cost_after": None, "payload": "{}", "charge_ids": json.dumps([record["id"]]), "depends_on": "[]",
-            "created_at": datetime(2026, 11, 1),
-        })
+        actions.append(
+            {
+                "action_id": f"A{seq:08d}",
+                "idempotency_key": f"{MONTH}|adjust|{record['id']}",
+                "month": MONTH,
+                "run_id": RUN_ID,
+                "seq": seq,
+                "kind": "adjust_units",
+                "status": "proposed",
+                "reason": None,
+                "contract_service_id": number[record["subscription"]["id"]],
+                "effective_date": date.fromisoformat(record["effectiveDate"]),
+                "units_before": after - record["quantity"],
+                "units_after": after,
+                "unit_change": record["quantity"],
+                "unit_cost_after": None,
+                "payload": "{}",
+                "charge_ids": json.dumps([record["id"]]),
+                "depends_on": "[]",
+                "created_at": datetime(2026, 11, 1),
+            }
+        )
     with warehouse.begin() as conn:
         warehouse.insert(conn, "at_contract_services", services)
         warehouse.insert(conn, "at_contract_service_units", units)
@@ -120,19 +152,24 @@ def main() -> None:
         warehouse.dispose()
 
     failures = [str(failure) for failure in (*charges.failures, *plan.failures)]
-    print("BENCH " + json.dumps({
-        "benchmark": "validate",
-        "lines": len(records),
-        "seconds": round(charges_seconds + plan_seconds, 2),
-        "charges_seconds": round(charges_seconds, 2),
-        "plan_seconds": round(plan_seconds, 2),
-        "gx_import_seconds": round(gx_import, 2),
-        "snapshot_rows": unit_rows,
-        "plan_rows": plan_rows,
-        "expectations": sum(suite.evaluated for suite in (*charges.suites, *plan.suites)),
-        "failures": len(failures),
-        "dialect": warehouse.dialect,
-    }))
+    print(
+        "BENCH "
+        + json.dumps(
+            {
+                "benchmark": "validate",
+                "lines": len(records),
+                "seconds": round(charges_seconds + plan_seconds, 2),
+                "charges_seconds": round(charges_seconds, 2),
+                "plan_seconds": round(plan_seconds, 2),
+                "gx_import_seconds": round(gx_import, 2),
+                "snapshot_rows": unit_rows,
+                "plan_rows": plan_rows,
+                "expectations": sum(suite.evaluated for suite in (*charges.suites, *plan.suites)),
+                "failures": len(failures),
+                "dialect": warehouse.dialect,
+            }
+        )
+    )
     if failures:
         print("\n".join(failures[:10]), file=sys.stderr)
 

@@ -116,9 +116,7 @@ class MappingSummary:
 # -- public entry points ---------------------------------------------------------------------------------
 
 
-def link_month(
-    warehouse: Warehouse, month: str, run_id: str, settings: SyncSettings | None = None
-) -> MappingSummary:
+def link_month(warehouse: Warehouse, month: str, run_id: str, settings: SyncSettings | None = None) -> MappingSummary:
     """Resolve every account, subscription and product of the month against the run's snapshot.
 
     Stores the per-run resolution in `month_links`, new links in `mapping_links`, fuzzy candidates in
@@ -133,23 +131,29 @@ def link_month(
     snapshot = {"run_id": run_id}
     companies = {
         row.company_id: Target(row.company_id, row.company_name, bool(row.is_active), row.external_key)
-        for row in _rows(warehouse,
+        for row in _rows(
+            warehouse,
             "SELECT company_id, company_name, is_active, external_key FROM at_companies WHERE run_id = :run_id",
             snapshot,
         )
     }
     contracts = {
-        row.contract_id: Target(row.contract_id, row.contract_name, row.status != 0, row.contract_number,
-                                row.company_id)
-        for row in _rows(warehouse,
+        row.contract_id: Target(
+            row.contract_id, row.contract_name, row.status != 0, row.contract_number, row.company_id
+        )
+        for row in _rows(
+            warehouse,
             "SELECT contract_id, contract_name, contract_number, status, company_id FROM at_contracts"
-            " WHERE run_id = :run_id", snapshot,
+            " WHERE run_id = :run_id",
+            snapshot,
         )
     }
     services = {
         row.service_id: Target(row.service_id, row.service_name, bool(row.is_active), row.sku)
-        for row in _rows(warehouse,
-            "SELECT service_id, service_name, is_active, sku FROM at_services WHERE run_id = :run_id", snapshot
+        for row in _rows(
+            warehouse,
+            "SELECT service_id, service_name, is_active, sku FROM at_services WHERE run_id = :run_id",
+            snapshot,
         )
     }
     stored = _stored_links(warehouse)
@@ -157,7 +161,12 @@ def link_month(
 
     company_sources = [Source(row.account_id, row.account_name, row.account_id) for row in accounts]
     company_results = _resolve(
-        LinkKind.COMPANY, company_sources, companies, stored, rejected, settings,
+        LinkKind.COMPANY,
+        company_sources,
+        companies,
+        stored,
+        rejected,
+        settings,
         key_of=lambda source: source.external_key,
     )
     company_of_account = {result.source_key: result.target_id for result in company_results}
@@ -170,17 +179,26 @@ def link_month(
         for row in subscriptions
     ]
     contract_results = _resolve(
-        LinkKind.CONTRACT, contract_sources, contracts, stored, rejected, settings,
+        LinkKind.CONTRACT,
+        contract_sources,
+        contracts,
+        stored,
+        rejected,
+        settings,
         key_of=lambda source: source.external_key,
         # names only mean something among the contracts of the customer's own company
         name_scopes=(lambda source: company_of_account.get(source.account_id), contracts_by_company),
     )
     service_sources = [
-        Source(row.product_id, row.product_name, (row.product_sku or "").strip().casefold() or None)
-        for row in products
+        Source(row.product_id, row.product_name, (row.product_sku or "").strip().casefold() or None) for row in products
     ]
     service_results = _resolve(
-        LinkKind.SERVICE, service_sources, services, stored, rejected, settings,
+        LinkKind.SERVICE,
+        service_sources,
+        services,
+        stored,
+        rejected,
+        settings,
         key_of=lambda source: source.external_key,
         target_key=lambda target: (target.key or "").strip().casefold() or None,
     )
@@ -194,8 +212,7 @@ def link_month(
     summary = MappingSummary(
         run_id=run_id,
         month=billing_month,
-        sources={"company": len(company_sources), "contract": len(contract_sources),
-                 "service": len(service_sources)},
+        sources={"company": len(company_sources), "contract": len(contract_sources), "service": len(service_sources)},
     )
     with warehouse.begin() as conn:
         _store(conn, warehouse, billing_month, run_id, results, stored, names, settings, summary)
@@ -224,8 +241,17 @@ def confirm_suggestion(warehouse: Warehouse, kind: str, source_key: str, target_
     if not rows:
         raise LookupError(f"no suggestion {kind}:{source_key} -> {target_id}")
     note = f"suggestion score {float(rows[0]['score']):.1f}"
-    _write_link(warehouse, kind, source_key, int(target_id), LinkMethod.CONFIRMED_SUGGESTION, by, note,
-                force=True, decided=(SuggestionStatus.CONFIRMED, int(target_id)))
+    _write_link(
+        warehouse,
+        kind,
+        source_key,
+        int(target_id),
+        LinkMethod.CONFIRMED_SUGGESTION,
+        by,
+        note,
+        force=True,
+        decided=(SuggestionStatus.CONFIRMED, int(target_id)),
+    )
 
 
 def reject_suggestion(warehouse: Warehouse, kind: str, source_key: str, target_id: int, by: str) -> None:
@@ -236,8 +262,14 @@ def reject_suggestion(warehouse: Warehouse, kind: str, source_key: str, target_i
                 "UPDATE mapping_suggestions SET status = :status, decided_by = :by, decided_at = :at"
                 " WHERE kind = :kind AND source_key = :source AND target_id = :target"
             ),
-            {"status": str(SuggestionStatus.REJECTED), "by": by, "at": utcnow(), "kind": str(LinkKind(kind)),
-             "source": source_key, "target": int(target_id)},
+            {
+                "status": str(SuggestionStatus.REJECTED),
+                "by": by,
+                "at": utcnow(),
+                "kind": str(LinkKind(kind)),
+                "source": source_key,
+                "target": int(target_id),
+            },
         )
 
 
@@ -246,8 +278,7 @@ def record_created_link(warehouse: Warehouse, kind: str, source_key: str, target
 
     Returns whether the link was written.
     """
-    return _write_link(warehouse, LinkKind(kind), source_key, int(target_id), LinkMethod.CREATED, by,
-                       None, force=False)
+    return _write_link(warehouse, LinkKind(kind), source_key, int(target_id), LinkMethod.CREATED, by, None, force=False)
 
 
 def stored_links(warehouse: Warehouse, kind: str | None = None) -> list[dict]:
@@ -290,8 +321,7 @@ def _resolve(
             flag = None if target is None or target.active else LinkFlag.TARGET_INACTIVE
             flag = LinkFlag.TARGET_MISSING if target is None else flag
             resolution = LinkMethod.MANUAL if link["method"] == LinkMethod.MANUAL else LinkMethod.REMEMBERED
-            results.append(Resolution(kind, source.key, int(link["target_id"]), str(resolution),
-                                      link["method"], flag))
+            results.append(Resolution(kind, source.key, int(link["target_id"]), str(resolution), link["method"], flag))
             continue
         key = key_of(source)
         keyed = by_key.get(key, []) if key else []
@@ -369,8 +399,11 @@ def _suggest(
     query = normalise_name(source.name)
     if query and candidates.names:
         matches = process.extract(
-            _sorted_tokens(query), candidates.sorted_names, scorer=fuzz.ratio,
-            limit=settings.suggestion_limit + len(found), score_cutoff=settings.suggestion_min_score,
+            _sorted_tokens(query),
+            candidates.sorted_names,
+            scorer=fuzz.ratio,
+            limit=settings.suggestion_limit + len(found),
+            score_cutoff=settings.suggestion_min_score,
         )
         for _, score, index in matches:
             target = candidates.targets[index]
@@ -419,12 +452,24 @@ def _store(
     now = utcnow()
     month_links = warehouse.table("month_links")
     conn.execute(month_links.delete().where(month_links.c.run_id == run_id))
-    warehouse.insert(conn, "month_links", [
-        {"run_id": run_id, "month": month, "kind": str(result.kind), "source_key": result.source_key,
-         "target_id": result.target_id, "resolution": result.resolution, "link_method": result.link_method,
-         "flag": str(result.flag) if result.flag else None, "suggestions": len(result.suggestions)}
-        for result in results
-    ])
+    warehouse.insert(
+        conn,
+        "month_links",
+        [
+            {
+                "run_id": run_id,
+                "month": month,
+                "kind": str(result.kind),
+                "source_key": result.source_key,
+                "target_id": result.target_id,
+                "resolution": result.resolution,
+                "link_method": result.link_method,
+                "flag": str(result.flag) if result.flag else None,
+                "suggestions": len(result.suggestions),
+            }
+            for result in results
+        ],
+    )
 
     new_links = []
     flag_changes = []
@@ -433,54 +478,89 @@ def _store(
         stored_link = stored.get((str(result.kind), result.source_key))
         if result.target_id is not None and stored_link is None:
             target = targets.get(result.target_id)
-            new_links.append({
-                "kind": str(result.kind), "source_key": result.source_key, "target_id": result.target_id,
-                "method": result.link_method, "linked_by": settings.linked_by, "linked_at": now,
-                "source_name": source_names.get(result.source_key), "target_name": target.name if target else None,
-                "first_month": month, "last_month": month,
-                "flag": str(result.flag) if result.flag else None, "flagged_at": now if result.flag else None,
-            })
+            new_links.append(
+                {
+                    "kind": str(result.kind),
+                    "source_key": result.source_key,
+                    "target_id": result.target_id,
+                    "method": result.link_method,
+                    "linked_by": settings.linked_by,
+                    "linked_at": now,
+                    "source_name": source_names.get(result.source_key),
+                    "target_name": target.name if target else None,
+                    "first_month": month,
+                    "last_month": month,
+                    "flag": str(result.flag) if result.flag else None,
+                    "flagged_at": now if result.flag else None,
+                }
+            )
         elif stored_link is not None and (stored_link["flag"] or None) != (str(result.flag) if result.flag else None):
-            flag_changes.append({"kind": str(result.kind), "source": result.source_key,
-                                 "flag": str(result.flag) if result.flag else None,
-                                 "at": now if result.flag else None})
+            flag_changes.append(
+                {
+                    "kind": str(result.kind),
+                    "source": result.source_key,
+                    "flag": str(result.flag) if result.flag else None,
+                    "at": now if result.flag else None,
+                }
+            )
     # an auto-link's who/when/how is on its row; mapping_link_events records the changes people make
     warehouse.insert(conn, "mapping_links", new_links, ignore_conflicts=True)
     if flag_changes:
-        conn.execute(sa.text(
-            "UPDATE mapping_links SET flag = :flag, flagged_at = :at WHERE kind = :kind AND source_key = :source"
-        ), flag_changes)
+        conn.execute(
+            sa.text(
+                "UPDATE mapping_links SET flag = :flag, flagged_at = :at WHERE kind = :kind AND source_key = :source"
+            ),
+            flag_changes,
+        )
     # every link the month used is still in use
-    conn.execute(sa.text(
-        "UPDATE mapping_links SET last_month = :month WHERE EXISTS (SELECT 1 FROM month_links m"
-        " WHERE m.run_id = :run_id AND m.kind = mapping_links.kind AND m.source_key = mapping_links.source_key"
-        " AND m.target_id = mapping_links.target_id) AND (last_month IS NULL OR last_month < :month)"
-    ), {"month": month, "run_id": run_id})
+    conn.execute(
+        sa.text(
+            "UPDATE mapping_links SET last_month = :month WHERE EXISTS (SELECT 1 FROM month_links m"
+            " WHERE m.run_id = :run_id AND m.kind = mapping_links.kind AND m.source_key = mapping_links.source_key"
+            " AND m.target_id = mapping_links.target_id) AND (last_month IS NULL OR last_month < :month)"
+        ),
+        {"month": month, "run_id": run_id},
+    )
 
     # suggestions: fresh candidates are (re)opened; those of sources now linked go stale
     suggestion_rows = []
     for result in results:
         source_names, _ = names[result.kind]
         for target_id, score, target_name in result.suggestions:
-            suggestion_rows.append({
-                "kind": str(result.kind), "source_key": result.source_key, "target_id": target_id,
-                "score": score, "source_name": source_names.get(result.source_key), "target_name": target_name,
-                "month": month, "run_id": run_id, "status": str(SuggestionStatus.OPEN), "created_at": now,
-            })
+            suggestion_rows.append(
+                {
+                    "kind": str(result.kind),
+                    "source_key": result.source_key,
+                    "target_id": target_id,
+                    "score": score,
+                    "source_name": source_names.get(result.source_key),
+                    "target_name": target_name,
+                    "month": month,
+                    "run_id": run_id,
+                    "status": str(SuggestionStatus.OPEN),
+                    "created_at": now,
+                }
+            )
     suggestions = warehouse.table("mapping_suggestions")
     if suggestion_rows:
         # refresh the score of open ones; never reopen a rejected or confirmed suggestion
-        conn.execute(sa.text(
-            "UPDATE mapping_suggestions SET score = :score, month = :month, run_id = :run_id"
-            " WHERE kind = :kind AND source_key = :source_key AND target_id = :target_id AND status = 'open'"
-        ), suggestion_rows)
+        conn.execute(
+            sa.text(
+                "UPDATE mapping_suggestions SET score = :score, month = :month, run_id = :run_id"
+                " WHERE kind = :kind AND source_key = :source_key AND target_id = :target_id AND status = 'open'"
+            ),
+            suggestion_rows,
+        )
         warehouse.insert(conn, "mapping_suggestions", suggestion_rows, ignore_conflicts=True)
     # the run's month_links rows are exactly `results`: one set-based statement instead of one per linked source
-    conn.execute(sa.text(
-        "UPDATE mapping_suggestions SET status = 'stale' WHERE status = 'open' AND EXISTS (SELECT 1 FROM"
-        " month_links m WHERE m.run_id = :run_id AND m.kind = mapping_suggestions.kind"
-        " AND m.source_key = mapping_suggestions.source_key AND m.target_id IS NOT NULL)"
-    ), {"run_id": run_id})
+    conn.execute(
+        sa.text(
+            "UPDATE mapping_suggestions SET status = 'stale' WHERE status = 'open' AND EXISTS (SELECT 1 FROM"
+            " month_links m WHERE m.run_id = :run_id AND m.kind = mapping_suggestions.kind"
+            " AND m.source_key = mapping_suggestions.source_key AND m.target_id IS NOT NULL)"
+        ),
+        {"run_id": run_id},
+    )
     summary.new_links = len(new_links)
     summary.open_suggestions = conn.execute(
         sa.select(sa.func.count()).select_from(suggestions).where(suggestions.c.status == "open")
@@ -501,44 +581,95 @@ def _write_link(
     now = utcnow()
     links = warehouse.table("mapping_links")
     with warehouse.begin() as conn:
-        existing = conn.execute(
-            sa.select(links).where(links.c.kind == str(kind), links.c.source_key == source_key)
-        ).mappings().first()
+        existing = (
+            conn.execute(sa.select(links).where(links.c.kind == str(kind), links.c.source_key == source_key))
+            .mappings()
+            .first()
+        )
         if existing is not None and not force and existing["method"] == LinkMethod.MANUAL:
             return False
         if existing is None:
-            warehouse.insert(conn, "mapping_links", [{
-                "kind": str(kind), "source_key": source_key, "target_id": target_id, "method": str(method),
-                "linked_by": by, "linked_at": now, "source_name": None, "target_name": None,
-                "first_month": None, "last_month": None, "flag": None, "flagged_at": None,
-            }])
+            warehouse.insert(
+                conn,
+                "mapping_links",
+                [
+                    {
+                        "kind": str(kind),
+                        "source_key": source_key,
+                        "target_id": target_id,
+                        "method": str(method),
+                        "linked_by": by,
+                        "linked_at": now,
+                        "source_name": None,
+                        "target_name": None,
+                        "first_month": None,
+                        "last_month": None,
+                        "flag": None,
+                        "flagged_at": None,
+                    }
+                ],
+            )
         else:
             conn.execute(
-                links.update().where(links.c.kind == str(kind), links.c.source_key == source_key).values(
-                    target_id=target_id, method=str(method), linked_by=by, linked_at=now, flag=None,
-                    flagged_at=None, target_name=None if existing["target_id"] != target_id
-                    else existing["target_name"],
+                links.update()
+                .where(links.c.kind == str(kind), links.c.source_key == source_key)
+                .values(
+                    target_id=target_id,
+                    method=str(method),
+                    linked_by=by,
+                    linked_at=now,
+                    flag=None,
+                    flagged_at=None,
+                    target_name=None if existing["target_id"] != target_id else existing["target_name"],
                 )
             )
-        warehouse.insert(conn, "mapping_link_events", [_event(
-            str(kind), source_key, existing["target_id"] if existing is not None else None, target_id,
-            str(method), by, now, note,
-        )])
+        warehouse.insert(
+            conn,
+            "mapping_link_events",
+            [
+                _event(
+                    str(kind),
+                    source_key,
+                    existing["target_id"] if existing is not None else None,
+                    target_id,
+                    str(method),
+                    by,
+                    now,
+                    note,
+                )
+            ],
+        )
         suggestion_params = {"kind": str(kind), "source": source_key, "by": by, "at": now}
         if decided is not None:
-            conn.execute(sa.text(
-                "UPDATE mapping_suggestions SET status = :status, decided_by = :by, decided_at = :at"
-                " WHERE kind = :kind AND source_key = :source AND target_id = :target"
-            ), {**suggestion_params, "status": str(decided[0]), "target": decided[1]})
-        conn.execute(sa.text(
-            "UPDATE mapping_suggestions SET status = 'stale' WHERE kind = :kind AND source_key = :source"
-            " AND status = 'open'"
-        ), {"kind": str(kind), "source": source_key})
+            conn.execute(
+                sa.text(
+                    "UPDATE mapping_suggestions SET status = :status, decided_by = :by, decided_at = :at"
+                    " WHERE kind = :kind AND source_key = :source AND target_id = :target"
+                ),
+                {**suggestion_params, "status": str(decided[0]), "target": decided[1]},
+            )
+        conn.execute(
+            sa.text(
+                "UPDATE mapping_suggestions SET status = 'stale' WHERE kind = :kind AND source_key = :source"
+                " AND status = 'open'"
+            ),
+            {"kind": str(kind), "source": source_key},
+        )
     return True
 
 
-def _event(kind: str, source_key: str, old: int | None, new: int, method: str, by: str, at: Any,
-           note: str | None) -> dict:
+def _event(
+    kind: str, source_key: str, old: int | None, new: int, method: str, by: str, at: Any, note: str | None
+) -> dict:
     digest = hashlib.sha256(f"{kind}|{source_key}|{old}|{new}|{method}|{by}|{at.isoformat()}".encode())
-    return {"event_id": digest.hexdigest()[:40], "kind": kind, "source_key": source_key, "old_target_id": old,
-            "new_target_id": new, "method": method, "changed_by": by, "changed_at": at, "note": note}
+    return {
+        "event_id": digest.hexdigest()[:40],
+        "kind": kind,
+        "source_key": source_key,
+        "old_target_id": old,
+        "new_target_id": new,
+        "method": method,
+        "changed_by": by,
+        "changed_at": at,
+        "note": note,
+    }

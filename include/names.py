@@ -8,11 +8,50 @@ from functools import lru_cache
 
 # Legal-form words that say nothing about who the customer is. Compared after accents and punctuation are
 # gone, so "S.A." is "sa" and "GmbH & Co. KG" is "gmbh co kg".
-LEGAL_SUFFIXES = frozenset({
-    "ltd", "limited", "plc", "llp", "llc", "inc", "incorporated", "corp", "corporation", "co", "company",
-    "gmbh", "ag", "kg", "ug", "mbh", "sa", "sas", "sarl", "sl", "slu", "spa", "srl", "bv", "nv", "oy", "ab",
-    "as", "aps", "dac", "teoranta", "ae", "epe", "ike", "αε", "επε", "ικε", "pty", "group", "holdings",
-})
+LEGAL_SUFFIXES = frozenset(
+    {
+        "ltd",
+        "limited",
+        "plc",
+        "llp",
+        "llc",
+        "inc",
+        "incorporated",
+        "corp",
+        "corporation",
+        "co",
+        "company",
+        "gmbh",
+        "ag",
+        "kg",
+        "ug",
+        "mbh",
+        "sa",
+        "sas",
+        "sarl",
+        "sl",
+        "slu",
+        "spa",
+        "srl",
+        "bv",
+        "nv",
+        "oy",
+        "ab",
+        "as",
+        "aps",
+        "dac",
+        "teoranta",
+        "ae",
+        "epe",
+        "ike",
+        "αε",
+        "επε",
+        "ικε",
+        "pty",
+        "group",
+        "holdings",
+    }
+)
 _NON_ALPHANUMERIC = re.compile(r"[^0-9a-z]+")
 # Dotted abbreviations ("S.A.", "B.V.", "S.r.l.") become one token before punctuation turns into spaces.
 _DOTTED = re.compile(r"\b(?:[^\W\d_]\.){1,3}[^\W\d_]?\.?(?=\s|$)")

@@ -58,8 +58,7 @@ class ActionStatus(StrEnum):
 
 
 MACHINE_STATUSES = frozenset({ActionStatus.PROPOSED, ActionStatus.NEEDS_MAPPING, ActionStatus.FLAGGED})
-DECIDED_STATUSES = frozenset({ActionStatus.EXCLUDED, ActionStatus.APPROVED, ActionStatus.APPLIED,
-                              ActionStatus.FAILED})
+DECIDED_STATUSES = frozenset({ActionStatus.EXCLUDED, ActionStatus.APPROVED, ActionStatus.APPLIED, ActionStatus.FAILED})
 # How much a status holds an action back; a dependent action is held at least as much as what it needs.
 _STATUS_WEIGHT = {ActionStatus.PROPOSED: 0, ActionStatus.FLAGGED: 1, ActionStatus.NEEDS_MAPPING: 2}
 
@@ -131,22 +130,40 @@ class PlanAction:
 
     def to_row(self, run_id: str, seq: int, created_at: Any) -> dict[str, Any]:
         return {
-            "action_id": self.action_id, "idempotency_key": self.idempotency_key, "month": self.month,
-            "run_id": run_id, "seq": seq, "kind": str(self.kind), "status": str(self.status), "reason": self.reason,
-            "account_id": self.account_id, "subscription_ids": _json_list(self.subscription_ids),
+            "action_id": self.action_id,
+            "idempotency_key": self.idempotency_key,
+            "month": self.month,
+            "run_id": run_id,
+            "seq": seq,
+            "kind": str(self.kind),
+            "status": str(self.status),
+            "reason": self.reason,
+            "account_id": self.account_id,
+            "subscription_ids": _json_list(self.subscription_ids),
             "product_id": self.product_id,
-            "company_id": self.company_id, "company_action_id": self.company_action_id,
-            "contract_id": self.contract_id, "contract_action_id": self.contract_action_id,
-            "service_id": self.service_id, "service_action_id": self.service_action_id,
+            "company_id": self.company_id,
+            "company_action_id": self.company_action_id,
+            "contract_id": self.contract_id,
+            "contract_action_id": self.contract_action_id,
+            "service_id": self.service_id,
+            "service_action_id": self.service_action_id,
             "contract_service_id": self.contract_service_id,
             "contract_service_action_id": self.contract_service_action_id,
             "effective_date": self.effective_date,
-            "units_before": self.units_before, "units_after": self.units_after, "unit_change": self.unit_change,
-            "unit_cost_before": self.unit_cost_before, "unit_cost_after": self.unit_cost_after,
-            "end_date_before": self.end_date_before, "end_date_after": self.end_date_after,
+            "units_before": self.units_before,
+            "units_after": self.units_after,
+            "unit_change": self.unit_change,
+            "unit_cost_before": self.unit_cost_before,
+            "unit_cost_after": self.unit_cost_after,
+            "end_date_before": self.end_date_before,
+            "end_date_after": self.end_date_after,
             "payload": _json_payload(self.payload),
-            "charge_ids": _json_list(self.charge_ids), "depends_on": _json_list(self.depends_on),
-            "created_at": created_at, "decided_by": None, "decided_at": None, "applied_entity_id": None,
+            "charge_ids": _json_list(self.charge_ids),
+            "depends_on": _json_list(self.depends_on),
+            "created_at": created_at,
+            "decided_by": None,
+            "decided_at": None,
+            "applied_entity_id": None,
             "error": None,
         }
 
@@ -159,19 +176,33 @@ class PlanAction:
             return None if value is None else value if isinstance(value, date) else date.fromisoformat(str(value))
 
         action = cls(
-            kind=ActionKind(row["kind"]), month=row["month"], target=_target_of(row["idempotency_key"]),
-            status=ActionStatus(row["status"]), reason=row["reason"], effective_date=day(row["effective_date"]),
-            account_id=row["account_id"], subscription_ids=tuple(json.loads(row["subscription_ids"] or "[]")),
-            product_id=row["product_id"], company_id=row["company_id"], company_action_id=row["company_action_id"],
-            contract_id=row["contract_id"], contract_action_id=row["contract_action_id"],
-            service_id=row["service_id"], service_action_id=row["service_action_id"],
+            kind=ActionKind(row["kind"]),
+            month=row["month"],
+            target=_target_of(row["idempotency_key"]),
+            status=ActionStatus(row["status"]),
+            reason=row["reason"],
+            effective_date=day(row["effective_date"]),
+            account_id=row["account_id"],
+            subscription_ids=tuple(json.loads(row["subscription_ids"] or "[]")),
+            product_id=row["product_id"],
+            company_id=row["company_id"],
+            company_action_id=row["company_action_id"],
+            contract_id=row["contract_id"],
+            contract_action_id=row["contract_action_id"],
+            service_id=row["service_id"],
+            service_action_id=row["service_action_id"],
             contract_service_id=row["contract_service_id"],
             contract_service_action_id=row["contract_service_action_id"],
-            units_before=decimal(row["units_before"]), units_after=decimal(row["units_after"]),
-            unit_change=decimal(row["unit_change"]), unit_cost_before=decimal(row["unit_cost_before"]),
-            unit_cost_after=decimal(row["unit_cost_after"]), end_date_before=day(row["end_date_before"]),
-            end_date_after=day(row["end_date_after"]), payload=json.loads(row["payload"]),
-            charge_ids=tuple(json.loads(row["charge_ids"])), depends_on=tuple(json.loads(row["depends_on"])),
+            units_before=decimal(row["units_before"]),
+            units_after=decimal(row["units_after"]),
+            unit_change=decimal(row["unit_change"]),
+            unit_cost_before=decimal(row["unit_cost_before"]),
+            unit_cost_after=decimal(row["unit_cost_after"]),
+            end_date_before=day(row["end_date_before"]),
+            end_date_after=day(row["end_date_after"]),
+            payload=json.loads(row["payload"]),
+            charge_ids=tuple(json.loads(row["charge_ids"])),
+            depends_on=tuple(json.loads(row["depends_on"])),
         )
         # the stored id is the identity (JSON does not give back Decimal/date types to re-hash exactly)
         action.__dict__["action_id"] = row["action_id"]
@@ -197,13 +228,20 @@ class PlanSummary:
 
 def order_actions(actions: Iterable[PlanAction]) -> list[PlanAction]:
     """Dependencies first, then a stable order a reviewer can read (target, date)."""
-    return sorted(actions, key=lambda action: (
-        KIND_ORDER[action.kind], action.target, action.effective_date or date.min, action.action_id,
-    ))
+    return sorted(
+        actions,
+        key=lambda action: (
+            KIND_ORDER[action.kind],
+            action.target,
+            action.effective_date or date.min,
+            action.action_id,
+        ),
+    )
 
 
-def replace_plan(warehouse: Warehouse, month: str, run_id: str, actions: Sequence[PlanAction],
-                 summary: PlanSummary) -> list[PlanAction]:
+def replace_plan(
+    warehouse: Warehouse, month: str, run_id: str, actions: Sequence[PlanAction], summary: PlanSummary
+) -> list[PlanAction]:
     """Store the run's plan for `month` (see the module docstring). Returns the actions as stored."""
     table = warehouse.table("plan_actions")
     now = utcnow()
@@ -216,9 +254,11 @@ def replace_plan(warehouse: Warehouse, month: str, run_id: str, actions: Sequenc
         ).all()
         decided_ids = {row.action_id for row in decided}
         decided_keys = {row.idempotency_key: (row.action_id, row.status) for row in decided}
-        conn.execute(table.delete().where(
-            table.c.month == month, table.c.status.in_([str(status) for status in MACHINE_STATUSES])
-        ))
+        conn.execute(
+            table.delete().where(
+                table.c.month == month, table.c.status.in_([str(status) for status in MACHINE_STATUSES])
+            )
+        )
         rows = []
         for action in actions:
             if action.action_id in decided_ids:
@@ -226,8 +266,9 @@ def replace_plan(warehouse: Warehouse, month: str, run_id: str, actions: Sequenc
                 continue
             if action.idempotency_key in decided_keys:
                 other_id, other_status = decided_keys[action.idempotency_key]
-                action = action.held(ActionStatus.FLAGGED,
-                                     f"writes the same Autotask slot as {other_status} action {other_id}")
+                action = action.held(
+                    ActionStatus.FLAGGED, f"writes the same Autotask slot as {other_status} action {other_id}"
+                )
                 summary.conflicting_with_decided += 1
             stored.append(action)
             rows.append(action.to_row(run_id, len(rows) + 1, now))
@@ -238,8 +279,9 @@ def replace_plan(warehouse: Warehouse, month: str, run_id: str, actions: Sequenc
     return stored
 
 
-def load_plan(warehouse: Warehouse, month: str, run_id: str | None = None,
-              statuses: Iterable[str] | None = None) -> list[PlanAction]:
+def load_plan(
+    warehouse: Warehouse, month: str, run_id: str | None = None, statuses: Iterable[str] | None = None
+) -> list[PlanAction]:
     """The stored plan of a month (optionally one run's rows, or some statuses), in apply order."""
     table = warehouse.table("plan_actions")
     query = sa.select(table).where(table.c.month == month)
@@ -259,8 +301,11 @@ def set_action_status(warehouse: Warehouse, action_ids: Iterable[str], status: s
     if not ids:
         return 0
     with warehouse.begin() as conn:
-        result = conn.execute(table.update().where(table.c.action_id.in_(ids)).values(
-            status=str(ActionStatus(status)), decided_by=by, decided_at=utcnow()))
+        result = conn.execute(
+            table.update()
+            .where(table.c.action_id.in_(ids))
+            .values(status=str(ActionStatus(status)), decided_by=by, decided_at=utcnow())
+        )
     return result.rowcount
 
 

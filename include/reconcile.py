@@ -67,22 +67,24 @@ class SnapshotState:
         )
         contract_services = warehouse.read_frame(
             "SELECT contract_service_id, contract_id, service_id, unit_cost FROM at_contract_services"
-            " WHERE run_id = :run_id ORDER BY contract_service_id", params,
+            " WHERE run_id = :run_id ORDER BY contract_service_id",
+            params,
         )
         units = warehouse.read_frame("snapshot_units", params)
         for frame, columns in ((contracts, ("start_date", "end_date")), (units, ("start_date", "end_date"))):
             for column in columns:
                 frame[column] = pd.to_datetime(frame[column]).astype(_DATETIME)
-        for frame, columns in ((services, ("unit_cost",)), (contract_services, ("unit_cost",)),
-                               (units, ("units", "cost"))):
+        for frame, columns in (
+            (services, ("unit_cost",)),
+            (contract_services, ("unit_cost",)),
+            (units, ("units", "cost")),
+        ):
             for column in columns:
                 frame[column] = frame[column].astype("float64")
         return cls(contracts, services, contract_services, units)
 
 
-def reconcile_month(
-    warehouse: Warehouse, month: str, run_id: str, settings: SyncSettings | None = None
-) -> PlanSummary:
+def reconcile_month(warehouse: Warehouse, month: str, run_id: str, settings: SyncSettings | None = None) -> PlanSummary:
     """Compute the month's change plan from the run's lines, links and snapshot, and store it."""
     started = time.monotonic()
     settings = settings or SyncSettings()
@@ -148,8 +150,10 @@ def _prepare_lines(lines: pd.DataFrame, settings: SyncSettings) -> pd.DataFrame:
     lines["group_code"] = pd.factorize(lines["group"], sort=True)[0]
     lines = lines.sort_values(["group_code", "effective_date", "charge_rank"], kind="stable", ignore_index=True)
     # the policy is defined once, on dates (field_mapping); a month has at most ~31 distinct ones
-    distinct = {day: pd.Timestamp(autotask_effective_date(day.date(), settings.effective_date_policy))
-                for day in lines["effective_date"].unique()}
+    distinct = {
+        day: pd.Timestamp(autotask_effective_date(day.date(), settings.effective_date_policy))
+        for day in lines["effective_date"].unique()
+    }
     lines["point"] = lines["effective_date"].map(distinct).astype(_DATETIME)
     lines["commitment_months"] = lines["billing_cycle"].map(COMMITMENT_MONTHS).fillna(1).astype("int64")
     lines["ends_term"] = lines["action"] == ChargeAction.CANCELLATION
@@ -160,10 +164,27 @@ def _prepare_lines(lines: pd.DataFrame, settings: SyncSettings) -> pd.DataFrame:
 def _groups(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
     """One row per contract service of the month (existing or to be created), indexed by group."""
     first = lines.drop_duplicates("group")
-    groups = first[["group", "contract_ref", "service_ref", "contract_id", "service_id", "account_id",
-                    "product_id", "product_name", "product_sku", "billing_period", "company_id",
-                    "company_flag", "contract_flag", "service_flag", "company_suggestions",
-                    "contract_suggestions", "service_suggestions"]].set_index("group")
+    groups = first[
+        [
+            "group",
+            "contract_ref",
+            "service_ref",
+            "contract_id",
+            "service_id",
+            "account_id",
+            "product_id",
+            "product_name",
+            "product_sku",
+            "billing_period",
+            "company_id",
+            "company_flag",
+            "contract_flag",
+            "service_flag",
+            "company_suggestions",
+            "contract_suggestions",
+            "service_suggestions",
+        ]
+    ].set_index("group")
     by_group = lines.groupby("group", sort=False)
     members: dict[str, list[str]] = defaultdict(list)
     pairs = lines[["group", "subscription_id"]].drop_duplicates().sort_values(["group", "subscription_id"])
@@ -179,9 +200,11 @@ def _groups(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
     groups["last_point"] = by_group["point"].max()
     pairs = snapshot.contract_services.drop_duplicates(["contract_id", "service_id"], keep="first")
     pairs = pairs.astype({"contract_id": "Int64", "service_id": "Int64"})
-    groups = groups.reset_index().merge(
-        pairs.rename(columns={"unit_cost": "cs_unit_cost"}), on=["contract_id", "service_id"], how="left"
-    ).set_index("group")
+    groups = (
+        groups.reset_index()
+        .merge(pairs.rename(columns={"unit_cost": "cs_unit_cost"}), on=["contract_id", "service_id"], how="left")
+        .set_index("group")
+    )
     groups["contract_service_id"] = groups["contract_service_id"].astype("Int64")
     return groups
 
@@ -194,11 +217,13 @@ def _compare(lines: pd.DataFrame, groups: pd.DataFrame, snapshot: SnapshotState,
     last = lines.drop_duplicates(["subscription_id", "effective_date"], keep="last")
     previous = last.groupby("subscription_id", sort=False)["subscription_quantity"].shift()
     before_first = last["subscription_id"].map(
-        (first["subscription_quantity"] - first["quantity"]).set_axis(first["subscription_id"]))
+        (first["subscription_quantity"] - first["quantity"]).set_axis(first["subscription_id"])
+    )
     last = last.assign(delta=last["subscription_quantity"] - previous.fillna(before_first))
 
     bss = lines.groupby(["group", "point"], sort=False).agg(
-        bss_cost=("unit_cost", "last"), ends_term=("ends_term", "max"), starts_term=("starts_term", "max"))
+        bss_cost=("unit_cost", "last"), ends_term=("ends_term", "max"), starts_term=("starts_term", "max")
+    )
     bss["delta"] = last.groupby(["group", "point"])["delta"].sum()
     bss["delta"] = bss["delta"].fillna(0.0)
     bss["bss_point"] = True
@@ -211,14 +236,22 @@ def _compare(lines: pd.DataFrame, groups: pd.DataFrame, snapshot: SnapshotState,
     # otherwise it is a plain period start, where an adjustment may go
     previous_units = units.groupby("contract_service_id")["units"].shift()
     units = units.assign(adjusted_here=previous_units.notna() & (previous_units != units["units"]))
-    in_month = units[(units["start_date"] >= pd.Timestamp(month.first_day))
-                     & (units["start_date"] <= pd.Timestamp(month.last_day))
-                     & units["contract_service_id"].isin(group_of_cs.index)]
-    autotask_points = pd.DataFrame({
-        "group": in_month["contract_service_id"].map(group_of_cs).to_numpy(),
-        "point": in_month["start_date"].to_numpy(),
-        "autotask_adjusted": in_month["adjusted_here"].to_numpy(),
-    }).drop_duplicates(["group", "point"]).set_index(["group", "point"])
+    in_month = units[
+        (units["start_date"] >= pd.Timestamp(month.first_day))
+        & (units["start_date"] <= pd.Timestamp(month.last_day))
+        & units["contract_service_id"].isin(group_of_cs.index)
+    ]
+    autotask_points = (
+        pd.DataFrame(
+            {
+                "group": in_month["contract_service_id"].map(group_of_cs).to_numpy(),
+                "point": in_month["start_date"].to_numpy(),
+                "autotask_adjusted": in_month["adjusted_here"].to_numpy(),
+            }
+        )
+        .drop_duplicates(["group", "point"])
+        .set_index(["group", "point"])
+    )
     points = bss.join(autotask_points, how="outer") if len(autotask_points) else bss
     points = points.reset_index().sort_values(["group", "point"], kind="stable").reset_index(drop=True)
     points["delta"] = points["delta"].fillna(0.0)
@@ -239,10 +272,14 @@ def _compare(lines: pd.DataFrame, groups: pd.DataFrame, snapshot: SnapshotState,
     if existing.any() and len(units):
         left = points.loc[existing, ["point", "contract_service_id"]].astype({"contract_service_id": "int64"})
         left = left.reset_index().sort_values("point")
-        right = units[["contract_service_id", "start_date", "units", "cost"]].astype(
-            {"contract_service_id": "int64"}).sort_values("start_date")
-        found = pd.merge_asof(left, right, left_on="point", right_on="start_date", by="contract_service_id",
-                              direction="backward").set_index("index")
+        right = (
+            units[["contract_service_id", "start_date", "units", "cost"]]
+            .astype({"contract_service_id": "int64"})
+            .sort_values("start_date")
+        )
+        found = pd.merge_asof(
+            left, right, left_on="point", right_on="start_date", by="contract_service_id", direction="backward"
+        ).set_index("index")
         points.loc[found.index, "at_units"] = found["units"]
         points.loc[found.index, "at_cost"] = found["cost"]
     units_known = points["contract_service_id"].isin(set(units["contract_service_id"].astype("int64")))
@@ -274,13 +311,15 @@ def _cost_changes(points: pd.DataFrame) -> None:
     changes: dict[int, tuple[float, float]] = {}
     current_group = None
     override: float | None = None
-    for index, group, target, autotask in zip(subset.index, subset["group"], subset["bss_cost"],
-                                              subset["at_cost"], strict=True):
+    for index, group, target, autotask in zip(
+        subset.index, subset["group"], subset["bss_cost"], subset["at_cost"], strict=True
+    ):
         if group != current_group:
             current_group, override = group, None
         in_force = override if override is not None else autotask
-        if np.isnan(target) or (in_force is not None and not np.isnan(in_force)
-                                and abs(target - in_force) <= _MONEY_EPSILON):
+        if np.isnan(target) or (
+            in_force is not None and not np.isnan(in_force) and abs(target - in_force) <= _MONEY_EPSILON
+        ):
             continue
         changes[index] = (target, in_force)
         override = target
@@ -294,8 +333,16 @@ def _cost_changes(points: pd.DataFrame) -> None:
 
 
 class _PlanBuilder:
-    def __init__(self, month: BillingMonth, settings: SyncSettings, lines: pd.DataFrame, groups: pd.DataFrame,
-                 points: pd.DataFrame, snapshot: SnapshotState, accounts: Mapping[str, Mapping[str, Any]]) -> None:
+    def __init__(
+        self,
+        month: BillingMonth,
+        settings: SyncSettings,
+        lines: pd.DataFrame,
+        groups: pd.DataFrame,
+        points: pd.DataFrame,
+        snapshot: SnapshotState,
+        accounts: Mapping[str, Mapping[str, Any]],
+    ) -> None:
         self.month = month
         self.settings = settings
         self.lines = lines
@@ -325,8 +372,9 @@ class _PlanBuilder:
         columns = list(needed.columns)
         # column by column (`tolist` boxes the values as iterating the rows would, in bulk)
         values_of = [needed.index.tolist(), *(needed[column].tolist() for column in columns)]
-        self.group_info = {values[0]: dict(zip(columns, values[1:], strict=True))
-                           for values in zip(*values_of, strict=True)}
+        self.group_info = {
+            values[0]: dict(zip(columns, values[1:], strict=True)) for values in zip(*values_of, strict=True)
+        }
         by_group: dict[str, list[Any]] = defaultdict(list)
         for row in emitted.itertuples():
             by_group[row.group].append(row)
@@ -339,8 +387,9 @@ class _PlanBuilder:
         linked = self.groups[self.groups["contract_id"].notna()]
         if linked.empty:
             return
-        reach = linked.groupby("contract_id").agg(last_point=("last_point", "max"),
-                                                  commitment_months=("commitment_months", "max"))
+        reach = linked.groupby("contract_id").agg(
+            last_point=("last_point", "max"), commitment_months=("commitment_months", "max")
+        )
         reach = reach.join(self.contracts[["end_date"]], how="inner")
         reach = reach[reach["end_date"].notna() & (reach["last_point"] > reach["end_date"])]
         if reach.empty:
@@ -349,18 +398,24 @@ class _PlanBuilder:
         subscriptions_of = linked["subscriptions"].to_dict()
         flag_of = linked["contract_flag"].to_dict()
         for contract_id, end, commitment_months, last_point in zip(
-                reach.index, reach["end_date"], reach["commitment_months"], reach["last_point"], strict=True):
+            reach.index, reach["end_date"], reach["commitment_months"], reach["last_point"], strict=True
+        ):
             contract_id = int(contract_id)
             cycle = _cycle_of(int(commitment_months))
             new_end = renewed_end_date(end.date(), cycle, last_point.date(), self.settings.minimum_contract_months)
             contract_groups = list(groups_of[contract_id])
             charge_ids = self._charge_ids(contract_groups, after=end)
             action = PlanAction(
-                kind=ActionKind.EXTEND_CONTRACT, month=self.month.key, target=f"contract:C{contract_id}",
-                effective_date=None, contract_id=contract_id,
+                kind=ActionKind.EXTEND_CONTRACT,
+                month=self.month.key,
+                target=f"contract:C{contract_id}",
+                effective_date=None,
+                contract_id=contract_id,
                 subscription_ids=tuple(sorted({s for group in contract_groups for s in subscriptions_of[group]})),
-                end_date_before=end.date(), end_date_after=new_end,
-                payload={"id": contract_id, "endDate": _api_date(new_end)}, charge_ids=charge_ids,
+                end_date_before=end.date(),
+                end_date_after=new_end,
+                payload={"id": contract_id, "endDate": _api_date(new_end)},
+                charge_ids=charge_ids,
             )
             action = self._held_by_link(action, flag_of[contract_groups[0]], "contract", contract_id)
             self.extend_actions[contract_id] = action
@@ -387,8 +442,11 @@ class _PlanBuilder:
             kind = ActionKind.ADJUST_UNITS if unit_change != 0 else ActionKind.CHANGE_COST
             effective = row.point.date()
             payload: dict[str, Any] = {
-                "contractID": contract_id, "serviceID": service_id, "contractServiceID": contract_service_id,
-                "effectiveDate": _api_date(effective), "unitChange": unit_change,
+                "contractID": contract_id,
+                "serviceID": service_id,
+                "contractServiceID": contract_service_id,
+                "effectiveDate": _api_date(effective),
+                "unitChange": unit_change,
             }
             if cost_after is not None:
                 payload["adjustedUnitCost"] = cost_after
@@ -397,29 +455,51 @@ class _PlanBuilder:
             if extend is not None and pd.Timestamp(effective) > pd.Timestamp(extend.end_date_before):
                 depends.append(extend)
             action = PlanAction(
-                kind=kind, month=self.month.key, target=f"cs:{group}", effective_date=effective,
-                account_id=info["account_id"], subscription_ids=info["subscriptions"], product_id=info["product_id"],
-                contract_id=contract_id, contract_action_id=_id_of(contract_action),
-                service_id=service_id, service_action_id=_id_of(service_action),
-                contract_service_id=contract_service_id, contract_service_action_id=_id_of(cs_action),
-                units_before=_decimal(row.units_before), units_after=_decimal(row.target), unit_change=unit_change,
+                kind=kind,
+                month=self.month.key,
+                target=f"cs:{group}",
+                effective_date=effective,
+                account_id=info["account_id"],
+                subscription_ids=info["subscriptions"],
+                product_id=info["product_id"],
+                contract_id=contract_id,
+                contract_action_id=_id_of(contract_action),
+                service_id=service_id,
+                service_action_id=_id_of(service_action),
+                contract_service_id=contract_service_id,
+                contract_service_action_id=_id_of(cs_action),
+                units_before=_decimal(row.units_before),
+                units_after=_decimal(row.target),
+                unit_change=unit_change,
                 unit_cost_before=None if cost_after is None or pd.isna(row.cost_before) else _decimal(row.cost_before),
-                unit_cost_after=cost_after, payload=payload,
+                unit_cost_after=cost_after,
+                payload=payload,
                 charge_ids=self._charge_ids_at(group, row.point),
                 depends_on=tuple(sorted(action.action_id for action in depends)),
             )
             action = self._held_by_link(action, info["contract_flag"], "contract", contract_id)
             action = self._held_by_link(action, info["service_flag"], "service", service_id)
             if not row.bss_point and row.autotask_adjusted:
-                action = action.held(ActionStatus.FLAGGED, "Autotask's units were adjusted on this date without a "
-                                     "BSS change (Autotask refuses a second adjustment on one date)")
+                action = action.held(
+                    ActionStatus.FLAGGED,
+                    "Autotask's units were adjusted on this date without a "
+                    "BSS change (Autotask refuses a second adjustment on one date)",
+                )
             if row.units_unknown:
-                action = action.held(ActionStatus.FLAGGED, f"no ContractServiceUnits for contract service "
-                                     f"{contract_service_id} in the snapshot: its current units are unknown")
-            if unit_change < 0 and info["commitment_months"] >= self.settings.review_decreases_from_months \
-                    and not (row.ends_term or row.starts_term):
-                action = action.held(ActionStatus.FLAGGED, f"decrease of {-unit_change} units inside a "
-                                     f"{info['commitment_months']}-month commitment")
+                action = action.held(
+                    ActionStatus.FLAGGED,
+                    f"no ContractServiceUnits for contract service "
+                    f"{contract_service_id} in the snapshot: its current units are unknown",
+                )
+            if (
+                unit_change < 0
+                and info["commitment_months"] >= self.settings.review_decreases_from_months
+                and not (row.ends_term or row.starts_term)
+            ):
+                action = action.held(
+                    ActionStatus.FLAGGED,
+                    f"decrease of {-unit_change} units inside a {info['commitment_months']}-month commitment",
+                )
             if contract_start is not None and not pd.isna(contract_start) and row.point < contract_start:
                 action = action.held(ActionStatus.FLAGGED, "effective date is before the contract's start date")
             for dependency in depends:
@@ -435,12 +515,16 @@ class _PlanBuilder:
         if account_id in self.company_actions:
             return self.company_actions[account_id]
         account = self.accounts.get(account_id) or {}
-        name = str(account.get("name") or self.lines.loc[self.lines["account_id"] == account_id,
-                                                        "account_name"].iloc[0])
+        name = str(
+            account.get("name") or self.lines.loc[self.lines["account_id"] == account_id, "account_name"].iloc[0]
+        )
         payload: dict[str, Any] = {
-            "companyName": name[:100], "companyType": self.settings.company_type,
-            "ownerResourceID": self.settings.owner_resource_id, "phone": (account.get("phone") or "")[:25] or None,
-            "address1": account.get("street"), "city": account.get("city"),
+            "companyName": name[:100],
+            "companyType": self.settings.company_type,
+            "ownerResourceID": self.settings.owner_resource_id,
+            "phone": (account.get("phone") or "")[:25] or None,
+            "address1": account.get("street"),
+            "city": account.get("city"),
             "postalCode": account.get("postal_code"),
         }
         # the key makes next month link by key instead of by name
@@ -448,11 +532,19 @@ class _PlanBuilder:
             payload[self.settings.company_key_field] = account_id
         elif self.settings.company_key_udf:
             payload["userDefinedFields"] = [{"name": self.settings.company_key_udf, "value": account_id}]
-        action = PlanAction(kind=ActionKind.CREATE_COMPANY, month=self.month.key, target=f"account:{account_id}",
-                            account_id=account_id, payload=payload)
+        action = PlanAction(
+            kind=ActionKind.CREATE_COMPANY,
+            month=self.month.key,
+            target=f"account:{account_id}",
+            account_id=account_id,
+            payload=payload,
+        )
         if info["company_suggestions"]:
-            action = action.held(ActionStatus.NEEDS_MAPPING, f"{info['company_suggestions']} suggested "
-                                 "companies wait for a person: confirm one, or approve creating a new one")
+            action = action.held(
+                ActionStatus.NEEDS_MAPPING,
+                f"{info['company_suggestions']} suggested "
+                "companies wait for a person: confirm one, or approve creating a new one",
+            )
         if self.settings.owner_resource_id is None:
             action = action.held(ActionStatus.FLAGGED, "owner_resource_id is not configured")
         if not payload["phone"]:
@@ -466,16 +558,27 @@ class _PlanBuilder:
         if product_id in self.service_actions:
             return self.service_actions[product_id]
         payload = {
-            "name": str(info["product_name"])[:100], "unitPrice": _decimal(info["unit_price"]),
-            "unitCost": _decimal(info["unit_cost"]), "periodType": self.settings.period_type(info["billing_period"]),
-            "billingCodeID": self.settings.billing_code_id, "sku": (info["product_sku"] or None),
+            "name": str(info["product_name"])[:100],
+            "unitPrice": _decimal(info["unit_price"]),
+            "unitCost": _decimal(info["unit_cost"]),
+            "periodType": self.settings.period_type(info["billing_period"]),
+            "billingCodeID": self.settings.billing_code_id,
+            "sku": (info["product_sku"] or None),
             "isActive": True,
         }
-        action = PlanAction(kind=ActionKind.CREATE_SERVICE, month=self.month.key, target=f"product:{product_id}",
-                            product_id=product_id, payload=payload)
+        action = PlanAction(
+            kind=ActionKind.CREATE_SERVICE,
+            month=self.month.key,
+            target=f"product:{product_id}",
+            product_id=product_id,
+            payload=payload,
+        )
         if info["service_suggestions"]:
-            action = action.held(ActionStatus.NEEDS_MAPPING, f"{info['service_suggestions']} suggested services "
-                                 "wait for a person: confirm one, or approve creating a new one")
+            action = action.held(
+                ActionStatus.NEEDS_MAPPING,
+                f"{info['service_suggestions']} suggested services "
+                "wait for a person: confirm one, or approve creating a new one",
+            )
         if self.settings.billing_code_id is None:
             action = action.held(ActionStatus.FLAGGED, "billing_code_id is not configured")
         self.service_actions[product_id] = action
@@ -492,21 +595,35 @@ class _PlanBuilder:
         start, end = commitment_term(info["billing_cycle"], info["first_point"].date(), months)
         end = renewed_end_date(end, info["billing_cycle"], info["last_point"].date(), months)
         payload = {
-            "companyID": company_id, "contractName": f"{info['product_name']} ({subscription_id})"[:100],
-            "contractType": RECURRING_SERVICE_CONTRACT_TYPE, "startDate": _api_date(start),
-            "endDate": _api_date(end), "status": self.settings.contract_status,
+            "companyID": company_id,
+            "contractName": f"{info['product_name']} ({subscription_id})"[:100],
+            "contractType": RECURRING_SERVICE_CONTRACT_TYPE,
+            "startDate": _api_date(start),
+            "endDate": _api_date(end),
+            "status": self.settings.contract_status,
             "timeReportingRequiresStartAndStopTimes": self.settings.time_reporting_requires_start_and_stop_times,
             "contractNumber": subscription_id[:50],
         }
         action = PlanAction(
-            kind=ActionKind.CREATE_CONTRACT, month=self.month.key, target=f"subscription:{subscription_id}",
-            account_id=info["account_id"], subscription_ids=(subscription_id,), product_id=info["product_id"],
-            company_id=company_id, company_action_id=_id_of(company_action), end_date_after=end, payload=payload,
-            charge_ids=self._charge_ids([group]), depends_on=tuple(filter(None, [_id_of(company_action)])),
+            kind=ActionKind.CREATE_CONTRACT,
+            month=self.month.key,
+            target=f"subscription:{subscription_id}",
+            account_id=info["account_id"],
+            subscription_ids=(subscription_id,),
+            product_id=info["product_id"],
+            company_id=company_id,
+            company_action_id=_id_of(company_action),
+            end_date_after=end,
+            payload=payload,
+            charge_ids=self._charge_ids([group]),
+            depends_on=tuple(filter(None, [_id_of(company_action)])),
         )
         if info["contract_suggestions"]:
-            action = action.held(ActionStatus.NEEDS_MAPPING, f"{info['contract_suggestions']} suggested "
-                                 "contracts wait for a person: confirm one, or approve creating a new one")
+            action = action.held(
+                ActionStatus.NEEDS_MAPPING,
+                f"{info['contract_suggestions']} suggested "
+                "contracts wait for a person: confirm one, or approve creating a new one",
+            )
         action = self._held_by_link(action, info["company_flag"], "company", company_id)
         if company_action is not None and company_action.status is not ActionStatus.PROPOSED:
             action = action.held(company_action.status, f"depends on create_company ({company_action.status})")
@@ -514,18 +631,29 @@ class _PlanBuilder:
         self.actions.append(action)
         return action
 
-    def _create_contract_service(self, group: str, info: Mapping[str, Any], contract_action: PlanAction | None,
-                                 service_action: PlanAction | None) -> PlanAction:
+    def _create_contract_service(
+        self, group: str, info: Mapping[str, Any], contract_action: PlanAction | None, service_action: PlanAction | None
+    ) -> PlanAction:
         contract_id = _int_or_none(info["contract_id"])
         service_id = _int_or_none(info["service_id"])
         dependencies = [action for action in (contract_action, service_action) if action]
         action = PlanAction(
-            kind=ActionKind.CREATE_CONTRACT_SERVICE, month=self.month.key, target=f"cs:{group}",
-            account_id=info["account_id"], subscription_ids=info["subscriptions"], product_id=info["product_id"],
-            contract_id=contract_id, contract_action_id=_id_of(contract_action),
-            service_id=service_id, service_action_id=_id_of(service_action),
-            payload={"contractID": contract_id, "serviceID": service_id,
-                     "unitPrice": _decimal(info["unit_price"]), "unitCost": _decimal(info["unit_cost"])},
+            kind=ActionKind.CREATE_CONTRACT_SERVICE,
+            month=self.month.key,
+            target=f"cs:{group}",
+            account_id=info["account_id"],
+            subscription_ids=info["subscriptions"],
+            product_id=info["product_id"],
+            contract_id=contract_id,
+            contract_action_id=_id_of(contract_action),
+            service_id=service_id,
+            service_action_id=_id_of(service_action),
+            payload={
+                "contractID": contract_id,
+                "serviceID": service_id,
+                "unitPrice": _decimal(info["unit_price"]),
+                "unitCost": _decimal(info["unit_cost"]),
+            },
             charge_ids=self._charge_ids([group]),
             depends_on=tuple(sorted(action.action_id for action in dependencies)),
         )

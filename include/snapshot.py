@@ -35,8 +35,16 @@ SNAPSHOT_TABLES = (
     "at_companies",
     "at_snapshots",
 )
-CONTRACT_FIELDS = ["id", "companyID", "contractName", "contractNumber", "contractType", "status",
-                   "startDate", "endDate"]
+CONTRACT_FIELDS = [
+    "id",
+    "companyID",
+    "contractName",
+    "contractNumber",
+    "contractType",
+    "status",
+    "startDate",
+    "endDate",
+]
 _RECORD_KEYS = {
     "at_companies": "company_id",
     "at_contracts": "contract_id",
@@ -71,13 +79,20 @@ class _CountingReader:
         self._reader = reader
         self.calls = 0
 
-    def query(self, entity: str, filters: list[dict] | None = None,
-              include_fields: list[str] | None = None) -> list[dict]:
+    def query(
+        self, entity: str, filters: list[dict] | None = None, include_fields: list[str] | None = None
+    ) -> list[dict]:
         self.calls += 1
         return self._reader.query(entity, filters, include_fields)
 
-    def query_in(self, entity: str, field: str, values: Iterable[Any], filters: list[dict] | None = None,
-                 include_fields: list[str] | None = None) -> list[dict]:
+    def query_in(
+        self,
+        entity: str,
+        field: str,
+        values: Iterable[Any],
+        filters: list[dict] | None = None,
+        include_fields: list[str] | None = None,
+    ) -> list[dict]:
         values = list(values)
         if not values:
             return []
@@ -117,8 +132,11 @@ def take_snapshot(
     )
     services = counting.query("Services", None, SERVICE_FIELDS)
     contract_services = counting.query_in(
-        "ContractServices", "contractID", sorted({int(record["id"]) for record in contracts}),
-        None, CONTRACT_SERVICE_FIELDS,
+        "ContractServices",
+        "contractID",
+        sorted({int(record["id"]) for record in contracts}),
+        None,
+        CONTRACT_SERVICE_FIELDS,
     )
     window_start, window_end = units_window(billing_month)
     units = counting.contract_service_units(
@@ -148,13 +166,25 @@ def take_snapshot(
             conn.execute(warehouse.table(table).delete().where(warehouse.table(table).c.run_id == run_id))
         for table, table_rows in rows.items():
             warehouse.insert(conn, table, _dedupe(table, table_rows))
-        warehouse.insert(conn, "at_snapshots", [{
-            "run_id": run_id, "month": billing_month.key, "taken_at": utcnow(),
-            "units_from": window_start, "units_to": window_end,
-            "companies": summary.companies, "contracts": summary.contracts, "services": summary.services,
-            "contract_services": summary.contract_services,
-            "contract_service_units": summary.contract_service_units, "reader_calls": summary.reader_calls,
-        }])
+        warehouse.insert(
+            conn,
+            "at_snapshots",
+            [
+                {
+                    "run_id": run_id,
+                    "month": billing_month.key,
+                    "taken_at": utcnow(),
+                    "units_from": window_start,
+                    "units_to": window_end,
+                    "companies": summary.companies,
+                    "contracts": summary.contracts,
+                    "services": summary.services,
+                    "contract_services": summary.contract_services,
+                    "contract_service_units": summary.contract_service_units,
+                    "reader_calls": summary.reader_calls,
+                }
+            ],
+        )
     log.info("snapshot %s for %s: %s", run_id, billing_month, summary.as_dict())
     return summary
 

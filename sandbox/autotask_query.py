@@ -28,7 +28,18 @@ from sandbox.autotask_schema import (
 MAX_RECORDS = 500
 MAX_CONDITIONS = 500
 LEAF_OPS = {
-    "eq", "noteq", "gt", "gte", "lt", "lte", "beginswith", "endswith", "contains", "exist", "notexist", "in",
+    "eq",
+    "noteq",
+    "gt",
+    "gte",
+    "lt",
+    "lte",
+    "beginswith",
+    "endswith",
+    "contains",
+    "exist",
+    "notexist",
+    "in",
     "notin",
 }
 GROUP_OPS = {"and", "or"}
@@ -206,15 +217,15 @@ def filter_value(spec_field: Field, value: object) -> object:
                 f"Error converting value {value!r} to type 'System.DateTime'. Path '{spec_field.name}'."
             ) from None
         # through index_key like stored values, so "T" compares with "t" and equal dates stay equal
-        return index_key(moment.strftime("%Y-%m-%dT%H:%M:%S") if spec_field.type == DATE
-                         else format_datetime(moment))
+        return index_key(moment.strftime("%Y-%m-%dT%H:%M:%S") if spec_field.type == DATE else format_datetime(moment))
     if spec_field.type == BOOLEAN and isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
     return index_key(coerce(spec_field, value))
 
 
-def _leaf(op: str, spec_field: Field, getter: Callable[[dict], object], raw: object,
-          counter: _Counter, key: str | None = None) -> Predicate:
+def _leaf(
+    op: str, spec_field: Field, getter: Callable[[dict], object], raw: object, counter: _Counter, key: str | None = None
+) -> Predicate:
     """The check of one condition; `key` (a plain field, not a UDF) lets hot checks read the record directly."""
     if op == "exist":
         return lambda record: getter(record) not in (None, "")
@@ -310,6 +321,7 @@ def _hint(spec: EntitySpec, item: dict, in_keys: dict[tuple[int, str], frozenset
 
 # --- paging ------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Page:
     records: list[dict]
@@ -317,8 +329,9 @@ class Page:
     has_previous: bool
 
 
-def page_after(ids: Sequence[int], get: Callable[[int], dict], predicate: Predicate, after: int | None,
-               size: int) -> Page:
+def page_after(
+    ids: Sequence[int], get: Callable[[int], dict], predicate: Predicate, after: int | None, size: int
+) -> Page:
     """The next `size` matches with id > after (ids ascending)."""
     start = bisect.bisect_right(ids, after) if after is not None else 0
     found: list[dict] = []
@@ -332,8 +345,7 @@ def page_after(ids: Sequence[int], get: Callable[[int], dict], predicate: Predic
     return Page(found, has_more, after is not None)
 
 
-def page_before(ids: Sequence[int], get: Callable[[int], dict], predicate: Predicate, before: int,
-                size: int) -> Page:
+def page_before(ids: Sequence[int], get: Callable[[int], dict], predicate: Predicate, before: int, size: int) -> Page:
     """The `size` matches just before id `before`, in ascending order."""
     end = bisect.bisect_left(ids, before)
     found: list[dict] = []

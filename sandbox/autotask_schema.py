@@ -26,10 +26,15 @@ RECURRING_SERVICE_CONTRACT = 7
 COMPANY_UDF_BSS_ACCOUNT_ID = "BSS Account ID"
 
 PICKLISTS: dict[str, dict[int, str]] = {
-    "companyType": {1: "Customer", 2: "Lead", 3: "Prospect", 4: "Dead", 6: "Cancellation", 7: "Vendor",
-                    8: "Partner"},
-    "contractType": {1: "Time and Materials", 3: "Fixed Price", 4: "Block Hours", 6: "Retainer",
-                     7: "Recurring Service", 8: "Per Ticket"},
+    "companyType": {1: "Customer", 2: "Lead", 3: "Prospect", 4: "Dead", 6: "Cancellation", 7: "Vendor", 8: "Partner"},
+    "contractType": {
+        1: "Time and Materials",
+        3: "Fixed Price",
+        4: "Block Hours",
+        6: "Retainer",
+        7: "Recurring Service",
+        8: "Per Ticket",
+    },
     "contractStatus": {0: "Inactive", 1: "Active"},
     "periodType": {2: "Monthly", 3: "Quarterly", 4: "Semi-Annual", 5: "Yearly"},
     "contractPeriodType": {2: "Monthly", 3: "Quarterly", 4: "Semi-Annual", 5: "Yearly"},
@@ -39,8 +44,13 @@ PICKLISTS: dict[str, dict[int, str]] = {
 }
 # First ids per entity: distinct ranges make an id used for the wrong entity fail loudly.
 FIRST_IDS = {
-    "Resources": 29682885, "BillingCodes": 29682801, "Companies": 10001, "Contracts": 100001, "Services": 501,
-    "ContractServices": 200001, "ContractServiceAdjustments": 900001,
+    "Resources": 29682885,
+    "BillingCodes": 29682801,
+    "Companies": 10001,
+    "Contracts": 100001,
+    "Services": 501,
+    "ContractServices": 200001,
+    "ContractServiceAdjustments": 900001,
 }
 # Months per billing period, by Services.periodType.
 PERIOD_MONTHS = {2: 1, 3: 3, 4: 6, 5: 12}
@@ -94,121 +104,173 @@ def _register(spec: EntitySpec) -> None:
     ENTITIES[spec.name] = spec
 
 
-_register(EntitySpec("Companies", (
-    _f("id", LONG, read_only=True),
-    _f("companyName", STRING, required=True, length=100),
-    _f("companyType", INTEGER, required=True, picklist="companyType"),
-    _f("ownerResourceID", INTEGER, required=True, reference="Resources"),
-    _f("phone", STRING, required=True, length=25),
-    _f("companyNumber", STRING, length=50),
-    _f("address1", STRING, length=150),
-    _f("address2", STRING, length=150),
-    _f("city", STRING, length=50),
-    _f("state", STRING, length=25),
-    _f("postalCode", STRING, length=20),
-    _f("countryID", INTEGER),
-    _f("webAddress", STRING, length=255),
-    _f("taxID", STRING, length=50),
-    _f("isActive", BOOLEAN),
-    _f("parentCompanyID", INTEGER, reference="Companies"),
-    _f("createDate", DATETIME, read_only=True),
-    _f("lastActivityDate", DATETIME, read_only=True),
-), can_create=True, can_update=True, has_udfs=True))
+_register(
+    EntitySpec(
+        "Companies",
+        (
+            _f("id", LONG, read_only=True),
+            _f("companyName", STRING, required=True, length=100),
+            _f("companyType", INTEGER, required=True, picklist="companyType"),
+            _f("ownerResourceID", INTEGER, required=True, reference="Resources"),
+            _f("phone", STRING, required=True, length=25),
+            _f("companyNumber", STRING, length=50),
+            _f("address1", STRING, length=150),
+            _f("address2", STRING, length=150),
+            _f("city", STRING, length=50),
+            _f("state", STRING, length=25),
+            _f("postalCode", STRING, length=20),
+            _f("countryID", INTEGER),
+            _f("webAddress", STRING, length=255),
+            _f("taxID", STRING, length=50),
+            _f("isActive", BOOLEAN),
+            _f("parentCompanyID", INTEGER, reference="Companies"),
+            _f("createDate", DATETIME, read_only=True),
+            _f("lastActivityDate", DATETIME, read_only=True),
+        ),
+        can_create=True,
+        can_update=True,
+        has_udfs=True,
+    )
+)
 
-_register(EntitySpec("Contracts", (
-    _f("id", LONG, read_only=True),
-    _f("companyID", INTEGER, required=True, reference="Companies", create_only=True),
-    _f("contractName", STRING, required=True, length=100),
-    _f("contractType", INTEGER, required=True, picklist="contractType", create_only=True),
-    _f("startDate", DATE, required=True),
-    _f("endDate", DATE, required=True),
-    _f("status", INTEGER, required=True, picklist="contractStatus"),
-    _f("timeReportingRequiresStartAndStopTimes", INTEGER, required=True, picklist="yesNo"),
-    _f("contractNumber", STRING, length=50),
-    _f("contractPeriodType", INTEGER, picklist="contractPeriodType"),
-    _f("description", STRING, length=2000),
-    _f("isDefaultContract", BOOLEAN),
-    _f("purchaseOrderNumber", STRING, length=50),
-    _f("lastModifiedDateTime", DATETIME, read_only=True),
-), can_create=True, can_update=True))
+_register(
+    EntitySpec(
+        "Contracts",
+        (
+            _f("id", LONG, read_only=True),
+            _f("companyID", INTEGER, required=True, reference="Companies", create_only=True),
+            _f("contractName", STRING, required=True, length=100),
+            _f("contractType", INTEGER, required=True, picklist="contractType", create_only=True),
+            _f("startDate", DATE, required=True),
+            _f("endDate", DATE, required=True),
+            _f("status", INTEGER, required=True, picklist="contractStatus"),
+            _f("timeReportingRequiresStartAndStopTimes", INTEGER, required=True, picklist="yesNo"),
+            _f("contractNumber", STRING, length=50),
+            _f("contractPeriodType", INTEGER, picklist="contractPeriodType"),
+            _f("description", STRING, length=2000),
+            _f("isDefaultContract", BOOLEAN),
+            _f("purchaseOrderNumber", STRING, length=50),
+            _f("lastModifiedDateTime", DATETIME, read_only=True),
+        ),
+        can_create=True,
+        can_update=True,
+    )
+)
 
-_register(EntitySpec("Services", (
-    _f("id", LONG, read_only=True),
-    _f("name", STRING, required=True, length=100),
-    _f("description", STRING, length=400),
-    _f("invoiceDescription", STRING, length=1000),
-    _f("unitPrice", DECIMAL, required=True),
-    _f("unitCost", DECIMAL),
-    _f("periodType", INTEGER, required=True, picklist="periodType"),
-    _f("billingCodeID", INTEGER, required=True, reference="BillingCodes"),
-    _f("sku", STRING, length=50),
-    _f("isActive", BOOLEAN),
-    _f("vendorCompanyID", INTEGER, reference="Companies"),
-    _f("createDate", DATETIME, read_only=True),
-    _f("lastModifiedDate", DATETIME, read_only=True),
-), can_create=True, can_update=True))
+_register(
+    EntitySpec(
+        "Services",
+        (
+            _f("id", LONG, read_only=True),
+            _f("name", STRING, required=True, length=100),
+            _f("description", STRING, length=400),
+            _f("invoiceDescription", STRING, length=1000),
+            _f("unitPrice", DECIMAL, required=True),
+            _f("unitCost", DECIMAL),
+            _f("periodType", INTEGER, required=True, picklist="periodType"),
+            _f("billingCodeID", INTEGER, required=True, reference="BillingCodes"),
+            _f("sku", STRING, length=50),
+            _f("isActive", BOOLEAN),
+            _f("vendorCompanyID", INTEGER, reference="Companies"),
+            _f("createDate", DATETIME, read_only=True),
+            _f("lastModifiedDate", DATETIME, read_only=True),
+        ),
+        can_create=True,
+        can_update=True,
+    )
+)
 
-_register(EntitySpec("ContractServices", (
-    _f("id", LONG, read_only=True),
-    _f("contractID", INTEGER, required=True, reference="Contracts", create_only=True),
-    _f("serviceID", INTEGER, required=True, reference="Services", create_only=True),
-    _f("unitPrice", DECIMAL, create_only=True),
-    _f("unitCost", DECIMAL, create_only=True),
-    _f("adjustedPrice", DECIMAL, write_only=True),
-    _f("internalCurrencyUnitPrice", DECIMAL, read_only=True),
-    _f("internalCurrencyAdjustedPrice", DECIMAL, read_only=True),
-    _f("invoiceDescription", STRING, length=1000),
-    _f("internalDescription", STRING, length=100, create_only=True),
-    _f("quoteItemID", LONG, read_only=True),
-), can_create=True, can_update=True, child_write_only=True))
+_register(
+    EntitySpec(
+        "ContractServices",
+        (
+            _f("id", LONG, read_only=True),
+            _f("contractID", INTEGER, required=True, reference="Contracts", create_only=True),
+            _f("serviceID", INTEGER, required=True, reference="Services", create_only=True),
+            _f("unitPrice", DECIMAL, create_only=True),
+            _f("unitCost", DECIMAL, create_only=True),
+            _f("adjustedPrice", DECIMAL, write_only=True),
+            _f("internalCurrencyUnitPrice", DECIMAL, read_only=True),
+            _f("internalCurrencyAdjustedPrice", DECIMAL, read_only=True),
+            _f("invoiceDescription", STRING, length=1000),
+            _f("internalDescription", STRING, length=100, create_only=True),
+            _f("quoteItemID", LONG, read_only=True),
+        ),
+        can_create=True,
+        can_update=True,
+        child_write_only=True,
+    )
+)
 
-_register(EntitySpec("ContractServiceAdjustments", (
-    _f("id", LONG, read_only=True),
-    _f("contractID", INTEGER, reference="Contracts"),
-    _f("serviceID", INTEGER, reference="Services"),
-    _f("contractServiceID", LONG, reference="ContractServices"),
-    _f("effectiveDate", DATE, required=True),
-    _f("unitChange", INTEGER),
-    _f("adjustedUnitPrice", DECIMAL),
-    _f("adjustedUnitCost", DECIMAL),
-    _f("allowRepeatService", BOOLEAN),
-), can_query=False, can_create=True))
+_register(
+    EntitySpec(
+        "ContractServiceAdjustments",
+        (
+            _f("id", LONG, read_only=True),
+            _f("contractID", INTEGER, reference="Contracts"),
+            _f("serviceID", INTEGER, reference="Services"),
+            _f("contractServiceID", LONG, reference="ContractServices"),
+            _f("effectiveDate", DATE, required=True),
+            _f("unitChange", INTEGER),
+            _f("adjustedUnitPrice", DECIMAL),
+            _f("adjustedUnitCost", DECIMAL),
+            _f("allowRepeatService", BOOLEAN),
+        ),
+        can_query=False,
+        can_create=True,
+    )
+)
 
-_register(EntitySpec("ContractServiceUnits", (
-    _f("id", LONG, read_only=True),
-    _f("contractID", INTEGER, read_only=True, reference="Contracts"),
-    _f("contractServiceID", LONG, read_only=True, reference="ContractServices"),
-    _f("serviceID", INTEGER, read_only=True, reference="Services"),
-    _f("startDate", DATE, read_only=True),
-    _f("endDate", DATE, read_only=True),
-    _f("units", INTEGER, read_only=True),
-    _f("price", DECIMAL, read_only=True),
-    _f("cost", DECIMAL, read_only=True),
-    _f("internalCurrencyPrice", DECIMAL, read_only=True),
-    _f("approveAndPostDate", DATETIME, read_only=True),
-    _f("vendorCompanyID", INTEGER, read_only=True),
-)))
+_register(
+    EntitySpec(
+        "ContractServiceUnits",
+        (
+            _f("id", LONG, read_only=True),
+            _f("contractID", INTEGER, read_only=True, reference="Contracts"),
+            _f("contractServiceID", LONG, read_only=True, reference="ContractServices"),
+            _f("serviceID", INTEGER, read_only=True, reference="Services"),
+            _f("startDate", DATE, read_only=True),
+            _f("endDate", DATE, read_only=True),
+            _f("units", INTEGER, read_only=True),
+            _f("price", DECIMAL, read_only=True),
+            _f("cost", DECIMAL, read_only=True),
+            _f("internalCurrencyPrice", DECIMAL, read_only=True),
+            _f("approveAndPostDate", DATETIME, read_only=True),
+            _f("vendorCompanyID", INTEGER, read_only=True),
+        ),
+    )
+)
 
-_register(EntitySpec("BillingCodes", (
-    _f("id", LONG, read_only=True),
-    _f("name", STRING, read_only=True, length=200),
-    _f("description", STRING, read_only=True, length=500),
-    _f("isActive", BOOLEAN, read_only=True),
-    _f("useType", INTEGER, read_only=True, picklist="billingCodeUseType"),
-    _f("unitPrice", DECIMAL, read_only=True),
-    _f("externalNumber", STRING, read_only=True, length=100),
-)))
+_register(
+    EntitySpec(
+        "BillingCodes",
+        (
+            _f("id", LONG, read_only=True),
+            _f("name", STRING, read_only=True, length=200),
+            _f("description", STRING, read_only=True, length=500),
+            _f("isActive", BOOLEAN, read_only=True),
+            _f("useType", INTEGER, read_only=True, picklist="billingCodeUseType"),
+            _f("unitPrice", DECIMAL, read_only=True),
+            _f("externalNumber", STRING, read_only=True, length=100),
+        ),
+    )
+)
 
-_register(EntitySpec("Resources", (
-    _f("id", LONG, read_only=True),
-    _f("firstName", STRING, read_only=True, length=50),
-    _f("lastName", STRING, read_only=True, length=50),
-    _f("userName", STRING, read_only=True, length=32),
-    _f("email", STRING, read_only=True, length=254),
-    _f("isActive", BOOLEAN, read_only=True),
-    _f("resourceType", INTEGER, read_only=True, picklist="resourceType"),
-    _f("title", STRING, read_only=True, length=50),
-)))
+_register(
+    EntitySpec(
+        "Resources",
+        (
+            _f("id", LONG, read_only=True),
+            _f("firstName", STRING, read_only=True, length=50),
+            _f("lastName", STRING, read_only=True, length=50),
+            _f("userName", STRING, read_only=True, length=32),
+            _f("email", STRING, read_only=True, length=254),
+            _f("isActive", BOOLEAN, read_only=True),
+            _f("resourceType", INTEGER, read_only=True, picklist="resourceType"),
+            _f("title", STRING, read_only=True, length=50),
+        ),
+    )
+)
 
 # Company user-defined fields: (name, type, length).
 COMPANY_UDFS: tuple[tuple[str, str, int], ...] = (
@@ -274,9 +336,16 @@ def to_date(text: str) -> date:
 
 
 def _conversion_error(value: object, type_: str, name: str) -> ApiError:
-    dotnet = {INTEGER: "System.Int32", LONG: "System.Int64", DECIMAL: "System.Decimal", DOUBLE: "System.Double",
-              BOOLEAN: "System.Boolean", DATETIME: "System.DateTime", DATE: "System.DateTime",
-              STRING: "System.String"}[type_]
+    dotnet = {
+        INTEGER: "System.Int32",
+        LONG: "System.Int64",
+        DECIMAL: "System.Decimal",
+        DOUBLE: "System.Double",
+        BOOLEAN: "System.Boolean",
+        DATETIME: "System.DateTime",
+        DATE: "System.DateTime",
+        STRING: "System.String",
+    }[type_]
     return ApiError(f"Error converting value {value!r} to type '{dotnet}'. Path '{name}'.")
 
 
@@ -317,26 +386,36 @@ def coerce(spec_field: Field, value: object) -> object:
 
 # --- metadata ----------------------------------------------------------------------------------------
 
+
 def entity_information(spec: EntitySpec) -> dict:
-    return {"info": {
-        "name": spec.name[:-3] + "y" if spec.name.endswith("ies") else spec.name.rstrip("s"),
-        "canCreate": spec.can_create,
-        "canDelete": spec.can_delete,
-        "canQuery": spec.can_query,
-        "canUpdate": spec.can_update,
-        "userAccessForCreate": "All" if spec.can_create else "None",
-        "userAccessForDelete": "None",
-        "userAccessForQuery": "All" if spec.can_query else "None",
-        "userAccessForUpdate": "All" if spec.can_update else "None",
-        "hasUserDefinedFields": spec.has_udfs,
-        "supportsWebhookCallouts": spec.name in ("Companies", "Contracts"),
-    }}
+    return {
+        "info": {
+            "name": spec.name[:-3] + "y" if spec.name.endswith("ies") else spec.name.rstrip("s"),
+            "canCreate": spec.can_create,
+            "canDelete": spec.can_delete,
+            "canQuery": spec.can_query,
+            "canUpdate": spec.can_update,
+            "userAccessForCreate": "All" if spec.can_create else "None",
+            "userAccessForDelete": "None",
+            "userAccessForQuery": "All" if spec.can_query else "None",
+            "userAccessForUpdate": "All" if spec.can_update else "None",
+            "hasUserDefinedFields": spec.has_udfs,
+            "supportsWebhookCallouts": spec.name in ("Companies", "Contracts"),
+        }
+    }
 
 
 def _picklist_values(name: str) -> list[dict]:
     return [
-        {"value": str(value), "label": label, "isDefaultValue": False, "sortOrder": order,
-         "parentValue": "", "isActive": True, "isSystem": True}
+        {
+            "value": str(value),
+            "label": label,
+            "isDefaultValue": False,
+            "sortOrder": order,
+            "parentValue": "",
+            "isActive": True,
+            "isSystem": True,
+        }
         for order, (value, label) in enumerate(PICKLISTS[name].items(), start=1)
     ]
 
@@ -344,30 +423,45 @@ def _picklist_values(name: str) -> list[dict]:
 def entity_fields(spec: EntitySpec) -> dict:
     fields = []
     for item in spec.fields:
-        fields.append({
-            "name": item.name,
-            "dataType": "datetime" if item.type in (DATE, DATETIME) else item.type,
-            "length": item.length or 0,
-            "isRequired": item.required,
-            "isReadOnly": item.read_only,
-            "isQueryable": spec.can_query and not item.write_only,
-            "isReference": item.reference is not None,
-            "referenceEntityType": item.reference or "",
-            "isPickList": item.picklist is not None,
-            "picklistValues": _picklist_values(item.picklist) if item.picklist else None,
-            "picklistParentValueField": "",
-            "isSupportedWebhookField": False,
-        })
+        fields.append(
+            {
+                "name": item.name,
+                "dataType": "datetime" if item.type in (DATE, DATETIME) else item.type,
+                "length": item.length or 0,
+                "isRequired": item.required,
+                "isReadOnly": item.read_only,
+                "isQueryable": spec.can_query and not item.write_only,
+                "isReference": item.reference is not None,
+                "referenceEntityType": item.reference or "",
+                "isPickList": item.picklist is not None,
+                "picklistValues": _picklist_values(item.picklist) if item.picklist else None,
+                "picklistParentValueField": "",
+                "isSupportedWebhookField": False,
+            }
+        )
     return {"fields": fields}
 
 
 def user_defined_fields(spec: EntitySpec) -> dict:
     if not spec.has_udfs:
         return {"fields": []}
-    return {"fields": [
-        {"name": name, "label": name, "dataType": type_, "length": length, "isRequired": False,
-         "isReadOnly": False, "isQueryable": True, "isReference": False, "referenceEntityType": "",
-         "isPickList": False, "picklistValues": None, "picklistParentValueField": "",
-         "isSupportedWebhookField": False}
-        for name, type_, length in COMPANY_UDFS
-    ]}
+    return {
+        "fields": [
+            {
+                "name": name,
+                "label": name,
+                "dataType": type_,
+                "length": length,
+                "isRequired": False,
+                "isReadOnly": False,
+                "isQueryable": True,
+                "isReference": False,
+                "referenceEntityType": "",
+                "isPickList": False,
+                "picklistValues": None,
+                "picklistParentValueField": "",
+                "isSupportedWebhookField": False,
+            }
+            for name, type_, length in COMPANY_UDFS
+        ]
+    }

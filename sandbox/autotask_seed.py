@@ -40,9 +40,21 @@ _FIXED_COMPANY_FATES = {
     "Papadopoulos & Υιοί Α.Ε.": ("name", None),
 }
 _NEAR_MISS_REPLACEMENTS = [
-    (" Ltd", " Limited"), (" Inc", ", Inc."), (" & ", " and "), (" LLC", ", L.L.C."), (" GmbH", " G.m.b.H."),
-    (" S.L.", " SL"), (" S.A.", " SA"), (" B.V.", " BV"), (" N.V.", " NV"), (" SARL", " S.A.R.L."),
-    (" AG", " A.G."), (" Corp", " Corporation"), (" LLP", " L.L.P."), (" KG", " K.G."), (" plc", " PLC"),
+    (" Ltd", " Limited"),
+    (" Inc", ", Inc."),
+    (" & ", " and "),
+    (" LLC", ", L.L.C."),
+    (" GmbH", " G.m.b.H."),
+    (" S.L.", " SL"),
+    (" S.A.", " SA"),
+    (" B.V.", " BV"),
+    (" N.V.", " NV"),
+    (" SARL", " S.A.R.L."),
+    (" AG", " A.G."),
+    (" Corp", " Corporation"),
+    (" LLP", " L.L.P."),
+    (" KG", " K.G."),
+    (" plc", " PLC"),
 ]
 _EXTRA_SERVICES = [
     ("Onsite Support (hourly)", 2, "95.00", "0.00", True),
@@ -65,8 +77,14 @@ class _Builder:
         self.universe = universe
         self.first = first
         self.state: dict[str, list[dict]] = {
-            "Resources": _resources(), "BillingCodes": _billing_codes(), "Companies": [], "Contracts": [],
-            "Services": [], "ContractServices": [], "ContractServiceAdjustments": [], "SeedFacts": [],
+            "Resources": _resources(),
+            "BillingCodes": _billing_codes(),
+            "Companies": [],
+            "Contracts": [],
+            "Services": [],
+            "ContractServices": [],
+            "ContractServiceAdjustments": [],
+            "SeedFacts": [],
         }
         self.next_ids = dict(FIRST_IDS)
         self.company_of_account: dict[str, dict] = {}
@@ -101,16 +119,28 @@ class _Builder:
             return
         if autotask_name is None:
             autotask_name = near_miss(account.name) if fate == "near" else account.name
-        record = _company_record(self._new_id("Companies"), autotask_name[:100], account.phone or "+00 000",
-                                 account.street, account.city, account.postal_code)
+        record = _company_record(
+            self._new_id("Companies"),
+            autotask_name[:100],
+            account.phone or "+00 000",
+            account.street,
+            account.city,
+            account.postal_code,
+        )
         record["userDefinedFields"] = [
             {"name": COMPANY_UDF_BSS_ACCOUNT_ID, "value": account.id if fate == "udf" else None},
             {"name": "Billing Contact Email", "value": account.email},
         ]
         self.state["Companies"].append(record)
         self.company_of_account[account.id] = record
-        self._fact(kind="company", bssId=account.id, bssName=account.name, autotaskId=record["id"],
-                   autotaskName=record["companyName"], match=fate)
+        self._fact(
+            kind="company",
+            bssId=account.id,
+            bssName=account.name,
+            autotaskId=record["id"],
+            autotaskName=record["companyName"],
+            match=fate,
+        )
 
     def _extra_companies(self) -> None:
         """Companies the BSS does not know (other customers, leads): noise a matcher must not pick."""
@@ -136,24 +166,32 @@ class _Builder:
             self._fact(kind="service", bssId=product.id, sku=product.sku, autotaskId=None, match="missing")
             return
         fate = "inactive" if index == count - 1 else "name" if index % 6 == 1 and index > 1 else "sku"
-        record = _service_record(self._new_id("Services"), product.name, PERIOD_TYPES[product.billing_period],
-                                 float(product.unit_price), float(product.unit_cost),
-                                 None if fate == "name" else product.sku, fate != "inactive")
+        record = _service_record(
+            self._new_id("Services"),
+            product.name,
+            PERIOD_TYPES[product.billing_period],
+            float(product.unit_price),
+            float(product.unit_cost),
+            None if fate == "name" else product.sku,
+            fate != "inactive",
+        )
         self.state["Services"].append(record)
         self.service_of_product[product.id] = record
         self._fact(kind="service", bssId=product.id, sku=product.sku, autotaskId=record["id"], match=fate)
 
     def _extra_services(self) -> None:
         for name, period_type, price, cost, active in _EXTRA_SERVICES:
-            self.state["Services"].append(_service_record(
-                self._new_id("Services"), name, period_type, float(price), float(cost), None, active))
+            self.state["Services"].append(
+                _service_record(self._new_id("Services"), name, period_type, float(price), float(cost), None, active)
+            )
 
     # --- contracts and units -----------------------------------------------------------------------------
 
     def _contract(self, subscription: Subscription) -> None:
         first = self.first
         in_force = subscription.start_date < first and (
-            subscription.cancelled_on is None or subscription.cancelled_on >= first)
+            subscription.cancelled_on is None or subscription.cancelled_on >= first
+        )
         company = self.company_of_account.get(subscription.account_id)
         if not in_force or company is None:
             reason = "not-in-force" if not in_force else "no-company"
@@ -193,18 +231,31 @@ class _Builder:
             "lastModifiedDateTime": _SEEDED_AT,
         }
         self.state["Contracts"].append(contract)
-        self._fact(kind="contract", bssId=subscription.id, autotaskId=contract["id"], match=fate,
-                   companyId=company["id"], startDate=contract["startDate"], endDate=contract["endDate"])
+        self._fact(
+            kind="contract",
+            bssId=subscription.id,
+            autotaskId=contract["id"],
+            match=fate,
+            companyId=company["id"],
+            startDate=contract["startDate"],
+            endDate=contract["endDate"],
+        )
         self._contract_service(subscription, account, product, contract)
 
-    def _contract_service(self, subscription: Subscription, account: Account, product: Product,
-                          contract: dict) -> None:
+    def _contract_service(self, subscription: Subscription, account: Account, product: Product, contract: dict) -> None:
         service = self.service_of_product.get(product.id)
         bss_units = subscription.units_on(self.first)
         if service is None or _fraction("contract-service", subscription.id) < 0.03:
-            self._fact(kind="contractService", bssId=subscription.id, contractId=contract["id"], autotaskId=None,
-                       serviceId=service["id"] if service else None, bssUnits=bss_units, units=None,
-                       match="missing")
+            self._fact(
+                kind="contractService",
+                bssId=subscription.id,
+                contractId=contract["id"],
+                autotaskId=None,
+                serviceId=service["id"] if service else None,
+                bssUnits=bss_units,
+                units=None,
+                match="missing",
+            )
             return
         unit_cost, unit_price = self.universe.prices_for(product, account.currency)
         units = bss_units
@@ -214,33 +265,45 @@ class _Builder:
             units = bss_units + delta if bss_units + delta >= 0 else bss_units + abs(delta)
             match = "differs"
         cs_id = self._new_id("ContractServices")
-        self.state["ContractServices"].append({
-            "id": cs_id,
-            "contractID": contract["id"],
-            "serviceID": service["id"],
-            "unitPrice": float(unit_price),
-            "unitCost": float(unit_cost),
-            "internalCurrencyUnitPrice": float(unit_price),
-            "internalCurrencyAdjustedPrice": float(unit_price),
-            "invoiceDescription": None,
-            "internalDescription": None,
-            "quoteItemID": None,
-        })
+        self.state["ContractServices"].append(
+            {
+                "id": cs_id,
+                "contractID": contract["id"],
+                "serviceID": service["id"],
+                "unitPrice": float(unit_price),
+                "unitCost": float(unit_cost),
+                "internalCurrencyUnitPrice": float(unit_price),
+                "internalCurrencyAdjustedPrice": float(unit_price),
+                "invoiceDescription": None,
+                "internalDescription": None,
+                "quoteItemID": None,
+            }
+        )
         # Initial units: an adjustment at the contract start, marked so it never counts as a duplicate.
-        self.state["ContractServiceAdjustments"].append({
-            "id": self._new_id("ContractServiceAdjustments"),
-            "contractID": contract["id"],
-            "serviceID": service["id"],
-            "contractServiceID": cs_id,
-            "effectiveDate": contract["startDate"],
-            "unitChange": units,
-            "adjustedUnitPrice": None,
-            "adjustedUnitCost": None,
-            "allowRepeatService": False,
-            "_initial": True,
-        })
-        self._fact(kind="contractService", bssId=subscription.id, contractId=contract["id"], autotaskId=cs_id,
-                   serviceId=service["id"], bssUnits=bss_units, units=units, match=match)
+        self.state["ContractServiceAdjustments"].append(
+            {
+                "id": self._new_id("ContractServiceAdjustments"),
+                "contractID": contract["id"],
+                "serviceID": service["id"],
+                "contractServiceID": cs_id,
+                "effectiveDate": contract["startDate"],
+                "unitChange": units,
+                "adjustedUnitPrice": None,
+                "adjustedUnitCost": None,
+                "allowRepeatService": False,
+                "_initial": True,
+            }
+        )
+        self._fact(
+            kind="contractService",
+            bssId=subscription.id,
+            contractId=contract["id"],
+            autotaskId=cs_id,
+            serviceId=service["id"],
+            bssUnits=bss_units,
+            units=units,
+            match=match,
+        )
 
 
 def near_miss(name: str) -> str:
@@ -259,8 +322,9 @@ def _fraction(kind: str, key: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def _company_record(record_id: int, name: str, phone: str, street: str | None, city: str | None,
-                    postal_code: str | None) -> dict:
+def _company_record(
+    record_id: int, name: str, phone: str, street: str | None, city: str | None, postal_code: str | None
+) -> dict:
     return {
         "id": record_id,
         "companyName": name,
@@ -283,8 +347,9 @@ def _company_record(record_id: int, name: str, phone: str, street: str | None, c
     }
 
 
-def _service_record(record_id: int, name: str, period_type: int, price: float, cost: float, sku: str | None,
-                    active: bool) -> dict:
+def _service_record(
+    record_id: int, name: str, period_type: int, price: float, cost: float, sku: str | None, active: bool
+) -> dict:
     return {
         "id": record_id,
         "name": name,
@@ -304,8 +369,16 @@ def _service_record(record_id: int, name: str, period_type: int, price: float, c
 
 def _resources() -> list[dict]:
     def resource(offset: int, first: str, last: str, user: str, kind: int, active: bool = True) -> dict:
-        return {"id": OWNER_RESOURCE_ID + offset, "firstName": first, "lastName": last, "userName": user,
-                "email": f"{user}@demo.example", "isActive": active, "resourceType": kind, "title": None}
+        return {
+            "id": OWNER_RESOURCE_ID + offset,
+            "firstName": first,
+            "lastName": last,
+            "userName": user,
+            "email": f"{user}@demo.example",
+            "isActive": active,
+            "resourceType": kind,
+            "title": None,
+        }
 
     return [
         resource(0, "Olivia", "Owner", "olivia.owner", 1),
@@ -322,8 +395,15 @@ def _billing_codes() -> list[dict]:
         ("Legacy Hosting", 4, False),
     ]
     return [
-        {"id": RECURRING_BILLING_CODE_ID + offset, "name": name, "description": None, "isActive": active,
-         "useType": use_type, "unitPrice": None, "externalNumber": None}
+        {
+            "id": RECURRING_BILLING_CODE_ID + offset,
+            "name": name,
+            "description": None,
+            "isActive": active,
+            "useType": use_type,
+            "unitPrice": None,
+            "externalNumber": None,
+        }
         for offset, (name, use_type, active) in enumerate(rows)
     ]
 

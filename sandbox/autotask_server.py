@@ -183,12 +183,14 @@ class Sandbox:
         slot = (request.headers.get("ApiIntegrationCode", ""), route.endpoint)
         if self.in_flight[slot] >= self.faults.thread_limit:
             self.stats.rejected["thread_limit"] += 1
-            return _error_response(ApiError(
-                f"Itgenatr005: The request could not be processed because the thread threshold of "
-                f"{self.faults.thread_limit} threads has been exceeded for this integration and endpoint "
-                f"({route.endpoint}).",
-                self.faults.thread_limit_status,
-            ))
+            return _error_response(
+                ApiError(
+                    f"Itgenatr005: The request could not be processed because the thread threshold of "
+                    f"{self.faults.thread_limit} threads has been exceeded for this integration and endpoint "
+                    f"({route.endpoint}).",
+                    self.faults.thread_limit_status,
+                )
+            )
         self.in_flight[slot] += 1
         self.stats.max_concurrency[route.endpoint] = max(
             self.stats.max_concurrency[route.endpoint], self.in_flight[slot]
@@ -234,8 +236,9 @@ class Sandbox:
         )
         if not valid:
             self.stats.rejected["auth"] += 1
-            raise ApiError("Authorization has been denied for this request: invalid UserName, Secret or "
-                           "ApiIntegrationCode.", 401)
+            raise ApiError(
+                "Authorization has been denied for this request: invalid UserName, Secret or ApiIntegrationCode.", 401
+            )
         impersonated = headers.get("ImpersonationResourceId")
         if impersonated:
             resource = self.store.tables["Resources"].get(int(impersonated)) if impersonated.isdigit() else None
@@ -301,8 +304,12 @@ class Sandbox:
     def _write_root(self, spec: EntitySpec, verb: str, body: Any) -> int:
         if spec.name == "ContractServiceAdjustments" and verb == "POST":
             return self.store.create_adjustment(body)
-        if spec.child_write_only or (verb == "POST" and not spec.can_create) or \
-                (verb in ("PATCH", "PUT") and not spec.can_update) or verb not in ("POST", "PATCH", "PUT"):
+        if (
+            spec.child_write_only
+            or (verb == "POST" and not spec.can_create)
+            or (verb in ("PATCH", "PUT") and not spec.can_update)
+            or verb not in ("POST", "PATCH", "PUT")
+        ):
             raise method_not_allowed(verb)
         if verb == "POST":
             return self.store.create(spec.name, body)
@@ -460,6 +467,7 @@ def _error_response(error: ApiError) -> JSONResponse:
 
 # --- app ---------------------------------------------------------------------------------------------------
 
+
 def create_app(settings: Settings) -> FastAPI:
     sandbox = Sandbox(settings)
 
@@ -473,8 +481,7 @@ def create_app(settings: Settings) -> FastAPI:
             if sandbox.store.dirty:
                 sandbox.save_now()  # an acknowledged write survives a clean shutdown
 
-    app = FastAPI(title="Autotask PSA sandbox", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(title="Autotask PSA sandbox", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.sandbox = sandbox
 
     @app.get("/healthz")
@@ -544,8 +551,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--host", default=_env("HOST", "127.0.0.1"))
     parser.add_argument("--state-file", default=os.environ.get("AUTOTASK_SANDBOX_STATE_FILE"))
     parser.add_argument("--seed-customers", type=int, default=_env("SEED_CUSTOMERS", 50))
-    parser.add_argument("--seed-subscriptions-per-customer", type=int,
-                        default=_env("SEED_SUBSCRIPTIONS_PER_CUSTOMER", 3))
+    parser.add_argument(
+        "--seed-subscriptions-per-customer", type=int, default=_env("SEED_SUBSCRIPTIONS_PER_CUSTOMER", 3)
+    )
     parser.add_argument("--seed", type=int, default=_env("SEED", 42))
     parser.add_argument("--seed-month", default=_env("SEED_MONTH", "2026-10"))
     parser.add_argument("--latency-ms", type=float, default=_env("LATENCY_MS", 0.0))
@@ -558,13 +566,26 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--secret", default=_env("SECRET", "demo-secret"))
     parser.add_argument("--integration-code", default=_env("INTEGRATION_CODE", "DEMOINTEGRATION"))
     args = parser.parse_args(argv)
-    faults = Faults(args.latency_ms, args.error_rate, args.lost_response_rate, args.thread_limit,
-                    args.thread_limit_status, args.hourly_limit)
+    faults = Faults(
+        args.latency_ms,
+        args.error_rate,
+        args.lost_response_rate,
+        args.thread_limit,
+        args.thread_limit_status,
+        args.hourly_limit,
+    )
     return Settings(
-        port=args.port, host=args.host, state_file=args.state_file, seed_customers=args.seed_customers,
-        seed_subscriptions_per_customer=args.seed_subscriptions_per_customer, seed=args.seed,
-        seed_month=args.seed_month, username=args.username, secret=args.secret,
-        integration_code=args.integration_code, faults=faults,
+        port=args.port,
+        host=args.host,
+        state_file=args.state_file,
+        seed_customers=args.seed_customers,
+        seed_subscriptions_per_customer=args.seed_subscriptions_per_customer,
+        seed=args.seed,
+        seed_month=args.seed_month,
+        username=args.username,
+        secret=args.secret,
+        integration_code=args.integration_code,
+        faults=faults,
     )
 
 
@@ -572,10 +593,21 @@ def main(argv: list[str] | None = None) -> None:
     settings = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(settings)
-    log.info("Autotask sandbox on http://%s:%s (user %s, state file %s)", settings.host, settings.port,
-             settings.username, settings.state_file or "none")  # never the secret
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning", access_log=False,
-                            h11_max_incomplete_event_size=4 * 1024 * 1024)
+    log.info(
+        "Autotask sandbox on http://%s:%s (user %s, state file %s)",
+        settings.host,
+        settings.port,
+        settings.username,
+        settings.state_file or "none",
+    )  # never the secret
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+        h11_max_incomplete_event_size=4 * 1024 * 1024,
+    )
     uvicorn.Server(config).run()
 
 

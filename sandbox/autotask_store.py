@@ -39,7 +39,12 @@ from sandbox.autotask_schema import (
 )
 
 STORED_ENTITIES = (
-    "Resources", "BillingCodes", "Companies", "Contracts", "Services", "ContractServices",
+    "Resources",
+    "BillingCodes",
+    "Companies",
+    "Contracts",
+    "Services",
+    "ContractServices",
     "ContractServiceAdjustments",
 )
 # Units rows get ids derived from their contract service: contractServiceID * UNIT_ID_FACTOR + row number.
@@ -170,8 +175,9 @@ class Store:
             return None
         return self.tables[entity].get(record_id)
 
-    def page(self, entity: str, query: Query, after: int | None = None, before: int | None = None,
-             size: int | None = None) -> Page:
+    def page(
+        self, entity: str, query: Query, after: int | None = None, before: int | None = None, size: int | None = None
+    ) -> Page:
         size = size or query.max_records
         if entity == "ContractServiceUnits":
             return self._unit_page(query, after, before, size)
@@ -184,8 +190,12 @@ class Store:
         if entity == "ContractServiceUnits":
             predicate = query.predicate
             bounds = _UnitBounds(query.ranges)
-            return sum(1 for cs_id in self._unit_services(query.hints)
-                       for row in self._unit_rows(cs_id, bounds) if predicate(row))
+            return sum(
+                1
+                for cs_id in self._unit_services(query.hints)
+                for row in self._unit_rows(cs_id, bounds)
+                if predicate(row)
+            )
         ids, get = self._candidates(entity, query)
         return count_matches(ids, get, query.predicate)
 
@@ -196,8 +206,11 @@ class Store:
 
     def children(self, child: str, contract_id: int) -> list[dict]:
         if child == "ContractServiceUnits":
-            return [row for cs in self.tables["ContractServices"].find("contractID", contract_id)
-                    for row in self.unit_rows(cs["id"])]
+            return [
+                row
+                for cs in self.tables["ContractServices"].find("contractID", contract_id)
+                for row in self.unit_rows(cs["id"])
+            ]
         return self.tables[child].find("contractID", contract_id)
 
     def _candidates(self, entity: str, query: Query) -> tuple[Sequence[int], Callable[[int], dict]]:
@@ -246,7 +259,7 @@ class Store:
             found.reverse()
             return Page(found, True, has_previous)
         if after is not None:
-            cs_ids = cs_ids[bisect.bisect_left(cs_ids, after // UNIT_ID_FACTOR):]
+            cs_ids = cs_ids[bisect.bisect_left(cs_ids, after // UNIT_ID_FACTOR) :]
         for cs_id in cs_ids:
             for row in self._unit_rows(cs_id, bounds):
                 if (after is None or row["id"] > after) and predicate(row):
@@ -295,8 +308,11 @@ class Store:
             record = {f.name: None for f in spec.fields if not f.write_only}
             record.update(_DEFAULTS.get(spec.name, {}))
         elif replace:
-            record = {f.name: (existing.get(f.name) if f.read_only or f.create_only else None)
-                      for f in spec.fields if not f.write_only}
+            record = {
+                f.name: (existing.get(f.name) if f.read_only or f.create_only else None)
+                for f in spec.fields
+                if not f.write_only
+            }
         else:
             record = dict(existing)
         for name, value in given.items():
@@ -379,7 +395,9 @@ class Store:
             for cs in self.tables["ContractServices"].find("contractID", new["id"]):
                 self._forget_units(cs["id"])
         elif entity == "Services" and (old.get("periodType"), old.get("vendorCompanyID")) != (
-                new.get("periodType"), new.get("vendorCompanyID")):
+            new.get("periodType"),
+            new.get("vendorCompanyID"),
+        ):
             for cs in self.tables["ContractServices"].find("serviceID", new["id"]):
                 self._forget_units(cs["id"])
 
@@ -443,8 +461,10 @@ class Store:
                 errors.extend(self._field_errors(spec_field, value))
                 record["invoiceDescription"] = value
             elif value != existing.get(spec_field.name):
-                errors.append(f"The field {spec_field.name} cannot be updated on a ContractService; "
-                              "only adjustedPrice and invoiceDescription are writable.")
+                errors.append(
+                    f"The field {spec_field.name} cannot be updated on a ContractService; "
+                    "only adjustedPrice and invoiceDescription are writable."
+                )
         if errors:
             raise ApiError(errors)
         table.replace(record)
@@ -476,12 +496,17 @@ class Store:
         cs = None
         if record.get("contractServiceID") is not None:
             cs = services.get(record["contractServiceID"])
-            if record.get("contractID") not in (None, cs["contractID"]) or \
-                    record.get("serviceID") not in (None, cs["serviceID"]):
+            if record.get("contractID") not in (None, cs["contractID"]) or record.get("serviceID") not in (
+                None,
+                cs["serviceID"],
+            ):
                 raise ApiError("The contractServiceID does not belong to the given contractID and serviceID.")
         elif record.get("contractID") is not None and record.get("serviceID") is not None:
-            matches = [item for item in services.find("contractID", record["contractID"])
-                       if item["serviceID"] == record["serviceID"]]
+            matches = [
+                item
+                for item in services.find("contractID", record["contractID"])
+                if item["serviceID"] == record["serviceID"]
+            ]
             cs = matches[0] if matches else None
         else:
             raise ApiError("Either contractServiceID or both contractID and serviceID are required.")
@@ -516,8 +541,9 @@ class Store:
 
     @staticmethod
     def _check_units_stay_positive(history: list[dict], effective: str, unit_change: int) -> None:
-        changes = sorted([(item["effectiveDate"], item["unitChange"] or 0) for item in history]
-                         + [(effective, unit_change)])
+        changes = sorted(
+            [(item["effectiveDate"], item["unitChange"] or 0) for item in history] + [(effective, unit_change)]
+        )
         units = 0
         for day, change in changes:
             units += change
@@ -562,21 +588,38 @@ class Store:
         if adjustments is None:
             adjustments = self.tables["ContractServiceAdjustments"].find("contractServiceID", cs["id"])
         changes = sorted(
-            (to_date(item["effectiveDate"]), item["id"], item.get("unitChange") or 0, item.get("adjustedUnitPrice"),
-             item.get("adjustedUnitCost"))
+            (
+                to_date(item["effectiveDate"]),
+                item["id"],
+                item.get("unitChange") or 0,
+                item.get("adjustedUnitPrice"),
+                item.get("adjustedUnitCost"),
+            )
             for item in adjustments
         )
         change_days = sorted({change[0] for change in changes}) if len(changes) > 1 else [c[0] for c in changes]
         # changes that split a period (not on a period's first day): each adds a row
-        splits = [day for day in change_days if start < day
-                  and day != _add_months(start, _months_between(start, day) // months * months)]
+        splits = [
+            day
+            for day in change_days
+            if start < day and day != _add_months(start, _months_between(start, day) // months * months)
+        ]
         price = cs.get("internalCurrencyAdjustedPrice")
         return _UnitPlan(
-            cs_id=cs["id"], contract_id=cs["contractID"], service_id=cs["serviceID"],
-            vendor_id=service.get("vendorCompanyID"), start=start, end=end, months=months,
-            changes=[(day, unit_change, adjusted_price, adjusted_cost)
-                     for day, _, unit_change, adjusted_price, adjusted_cost in changes],
-            change_days=change_days, splits=splits, price=cs.get("unitPrice") if price is None else price,
+            cs_id=cs["id"],
+            contract_id=cs["contractID"],
+            service_id=cs["serviceID"],
+            vendor_id=service.get("vendorCompanyID"),
+            start=start,
+            end=end,
+            months=months,
+            changes=[
+                (day, unit_change, adjusted_price, adjusted_cost)
+                for day, _, unit_change, adjusted_price, adjusted_cost in changes
+            ],
+            change_days=change_days,
+            splits=splits,
+            price=cs.get("unitPrice") if price is None else price,
             cost=cs.get("unitCost"),
         )
 
@@ -655,20 +698,22 @@ def _build_unit_rows(plan: _UnitPlan, bounds: _UnitBounds) -> list[dict]:
             end_text = _DATE_TEXTS.get(segment_end) or _date_text(segment_end)
             if not (low_start <= start_text <= high_start and low_end <= end_text <= high_end):
                 continue
-            rows.append({
-                "id": base_id + row_number,
-                "contractID": plan.contract_id,
-                "contractServiceID": plan.cs_id,
-                "serviceID": plan.service_id,
-                "startDate": start_text,
-                "endDate": end_text,
-                "units": units,
-                "price": price,
-                "cost": cost,
-                "internalCurrencyPrice": price,
-                "approveAndPostDate": None,
-                "vendorCompanyID": plan.vendor_id,
-            })
+            rows.append(
+                {
+                    "id": base_id + row_number,
+                    "contractID": plan.contract_id,
+                    "contractServiceID": plan.cs_id,
+                    "serviceID": plan.service_id,
+                    "startDate": start_text,
+                    "endDate": end_text,
+                    "units": units,
+                    "price": price,
+                    "cost": cost,
+                    "internalCurrencyPrice": price,
+                    "approveAndPostDate": None,
+                    "vendorCompanyID": plan.vendor_id,
+                }
+            )
         period_start = next_start
     return rows
 

@@ -135,15 +135,15 @@ class BssSandbox:
         config.faults.validate()
         self.config = config
         self.universe: Universe = build_universe(
-            config.customers, config.subscriptions_per_customer, config.seed,
+            config.customers,
+            config.subscriptions_per_customer,
+            config.seed,
             (config.first_month, config.last_month),
         )
         self._months = _month_starts(config.first_month, config.last_month)
         self._tokens: dict[str, float] = {}
         self._base_months: dict[str, list[_Entry]] = {}
-        self._account_entries = [
-            _entry(account.id, account_json(account)) for account in self.universe.accounts
-        ]
+        self._account_entries = [_entry(account.id, account_json(account)) for account in self.universe.accounts]
         self._accounts_by_id = {entry.sort_id: entry for entry in self._account_entries}
         self.reset()
 
@@ -223,17 +223,26 @@ class BssSandbox:
 
     def check_token(self, authorization: str | None) -> None:
         if not authorization or not authorization.lower().startswith("bearer "):
-            raise ApiError(401, "Authorization has been denied for this request: missing bearer token",
-                           {"WWW-Authenticate": "Bearer"})
+            raise ApiError(
+                401,
+                "Authorization has been denied for this request: missing bearer token",
+                {"WWW-Authenticate": "Bearer"},
+            )
         token = authorization[7:].strip()
         expires_at = self._tokens.get(token)
         if expires_at is None:
-            raise ApiError(401, "Authorization has been denied for this request: unknown token",
-                           {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise ApiError(
+                401,
+                "Authorization has been denied for this request: unknown token",
+                {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
         if time.monotonic() >= expires_at:
             del self._tokens[token]
-            raise ApiError(401, "Authorization has been denied for this request: token expired",
-                           {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+            raise ApiError(
+                401,
+                "Authorization has been denied for this request: token expired",
+                {"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
 
     def injected_fault(self) -> ApiError | None:
         """The 429 or 5xx this `/api/*` request gets, if any."""
@@ -256,8 +265,14 @@ class BssSandbox:
             self._query_cache.move_to_end(key)
             return cached
         months = self._months_for(clauses)
-        raw = next((self.overrides[m].raw_body for m in months
-                    if m in self.overrides and self.overrides[m].raw_body is not None), None)
+        raw = next(
+            (
+                self.overrides[m].raw_body
+                for m in months
+                if m in self.overrides and self.overrides[m].raw_body is not None
+            ),
+            None,
+        )
         if raw is not None:
             selection = _Selection([], raw)
         else:
@@ -351,15 +366,20 @@ def _entry(sort_id: str, value: Any, injected: bool = False) -> _Entry:
     return _Entry(sort_id, value, body, injected)
 
 
-def _select(entries: list[_Entry], clauses: list[Clause], orders: list[OrderBy],
-            date_fields: tuple[str, ...]) -> list[bytes]:
+def _select(
+    entries: list[_Entry], clauses: list[Clause], orders: list[OrderBy], date_fields: tuple[str, ...]
+) -> list[bytes]:
     """Filter and order entries; injected (override) entries belong to their month by declaration,
     so date clauses are skipped for them and a missing or mistyped field does not hide them."""
     injected_clauses = [clause for clause in clauses if clause.field not in date_fields]
     chosen = [
-        entry for entry in entries
-        if (all(clause.matches(entry.value, lenient=True) for clause in injected_clauses) if entry.injected
-            else all(clause.matches(entry.value) for clause in clauses))
+        entry
+        for entry in entries
+        if (
+            all(clause.matches(entry.value, lenient=True) for clause in injected_clauses)
+            if entry.injected
+            else all(clause.matches(entry.value) for clause in clauses)
+        )
     ]
     for order in reversed(orders):
         chosen.sort(key=lambda entry, order=order: _sort_key(entry, order.field), reverse=order.descending)
@@ -391,6 +411,7 @@ def _month_starts(first_month: str, last_month: str) -> list[date]:
 
 
 # --- HTTP ----------------------------------------------------------------------------------------
+
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"message": message}, status_code=status, headers=headers)
@@ -427,7 +448,7 @@ def _paged_response(selection: _Selection, page: int, page_size: int) -> Respons
     if selection.raw_body is not None:
         return Response(selection.raw_body, media_type="application/json", headers=headers)
     start = (page - 1) * page_size
-    body = b"[" + b",".join(selection.bodies[start:start + page_size]) + b"]"
+    body = b"[" + b",".join(selection.bodies[start : start + page_size]) + b"]"
     return Response(body, media_type="application/json; charset=utf-8", headers=headers)
 
 
@@ -456,11 +477,13 @@ def create_app(config: SandboxConfig) -> FastAPI:
                 sandbox.check_token(request.headers.get("authorization"))
                 version = request.headers.get("x-api-version")
                 if version is None:
-                    raise ApiError(400, "Missing X-Api-Version header "
-                                        f"(supported: {', '.join(SUPPORTED_API_VERSIONS)})")
+                    raise ApiError(
+                        400, f"Missing X-Api-Version header (supported: {', '.join(SUPPORTED_API_VERSIONS)})"
+                    )
                 if version.strip() not in SUPPORTED_API_VERSIONS:
-                    raise ApiError(400, f"Unsupported X-Api-Version '{version}' "
-                                        f"(supported: {', '.join(SUPPORTED_API_VERSIONS)})")
+                    raise ApiError(
+                        400, f"Unsupported X-Api-Version '{version}' (supported: {', '.join(SUPPORTED_API_VERSIONS)})"
+                    )
             response = await call_next(request)
         except ApiError as error:
             response = _error(error.status, error.message, error.headers)
@@ -486,37 +509,39 @@ def create_app(config: SandboxConfig) -> FastAPI:
         if client is None:
             return _oauth_error(401, "invalid_client", "Client authentication (HTTP Basic) is required")
         client_id, client_secret = client
-        if not (secrets.compare_digest(client_id, config.client_id)
-                and secrets.compare_digest(client_secret, config.client_secret)):
+        if not (
+            secrets.compare_digest(client_id, config.client_id)
+            and secrets.compare_digest(client_secret, config.client_secret)
+        ):
             return _oauth_error(401, "invalid_client", "Unknown client or wrong client secret")
         body = (await request.body()).decode("utf-8", "replace")
         form = {key: values[0] for key, values in parse_qs(body).items()}
         grant_type = form.get("grant_type")
         if grant_type != "password":
-            return _oauth_error(400, "unsupported_grant_type",
-                                f"grant_type must be 'password', got {grant_type!r}")
+            return _oauth_error(400, "unsupported_grant_type", f"grant_type must be 'password', got {grant_type!r}")
         username, password = form.get("username"), form.get("password")
         if not username or not password:
             return _oauth_error(400, "invalid_request", "username and password are required")
-        if not (secrets.compare_digest(username, config.username)
-                and secrets.compare_digest(password, config.password)):
+        if not (
+            secrets.compare_digest(username, config.username) and secrets.compare_digest(password, config.password)
+        ):
             return _oauth_error(401, "invalid_grant", "The user name or password is incorrect")
         access_token, expires_in = sandbox.issue_token()
-        return JSONResponse({"access_token": access_token, "token_type": "bearer", "expires_in": expires_in},
-                            headers={"Cache-Control": "no-store"})
+        return JSONResponse(
+            {"access_token": access_token, "token_type": "bearer", "expires_in": expires_in},
+            headers={"Cache-Control": "no-store"},
+        )
 
     @app.get("/api/charges")
     async def charges(request: Request) -> Response:
         page, page_size = _page_params(request)
-        selection = sandbox.select_charges(request.query_params.get("$filter"),
-                                           request.query_params.get("$orderby"))
+        selection = sandbox.select_charges(request.query_params.get("$filter"), request.query_params.get("$orderby"))
         return _paged_response(selection, page, page_size)
 
     @app.get("/api/accounts")
     async def accounts(request: Request) -> Response:
         page, page_size = _page_params(request)
-        selection = sandbox.select_accounts(request.query_params.get("$filter"),
-                                            request.query_params.get("$orderby"))
+        selection = sandbox.select_accounts(request.query_params.get("$filter"), request.query_params.get("$orderby"))
         return _paged_response(selection, page, page_size)
 
     @app.get("/api/accounts/{account_id}")
@@ -550,8 +575,13 @@ def create_app(config: SandboxConfig) -> FastAPI:
     async def add_override(request: Request) -> dict[str, Any]:
         payload = await _json_object(request)
         override = sandbox.add_override(payload)
-        return {"month": payload["month"], "replaced": len(override.replace), "added": len(override.add),
-                "removed": len(override.remove), "raw_body": override.raw_body is not None}
+        return {
+            "month": payload["month"],
+            "replaced": len(override.replace),
+            "added": len(override.add),
+            "removed": len(override.remove),
+            "raw_body": override.raw_body is not None,
+        }
 
     @app.post("/_admin/reset")
     async def reset() -> dict[str, str]:
@@ -583,11 +613,11 @@ def _basic_credentials(header: str | None) -> tuple[str, str] | None:
 
 
 def _oauth_error(status: int, error: str, description: str) -> JSONResponse:
-    return JSONResponse({"error": error, "error_description": description, "message": description},
-                        status_code=status)
+    return JSONResponse({"error": error, "error_description": description, "message": description}, status_code=status)
 
 
 # --- command line --------------------------------------------------------------------------------
+
 
 def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     def env(name: str, default: Any) -> Any:
@@ -597,8 +627,7 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default=env("host", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(env("port", 8081)))
     parser.add_argument("--customers", type=int, default=int(env("customers", 50)))
-    parser.add_argument("--subscriptions-per-customer", type=int,
-                        default=int(env("subscriptions_per_customer", 3)))
+    parser.add_argument("--subscriptions-per-customer", type=int, default=int(env("subscriptions_per_customer", 3)))
     parser.add_argument("--seed", type=int, default=int(env("seed", 42)))
     parser.add_argument("--first-month", default=env("first_month", "2026-01"))
     parser.add_argument("--last-month", default=env("last_month", "2027-12"))
@@ -611,8 +640,12 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--client-secret", default=env("client_secret", "demo-client-secret"))
     parser.add_argument("--username", default=env("username", "demo-user"))
     parser.add_argument("--password", default=env("password", "demo-password"))
-    parser.add_argument("--access-log", action="store_true", default=env("access_log", "") == "1",
-                        help="log every request (off by default: it costs throughput)")
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        default=env("access_log", "") == "1",
+        help="log every request (off by default: it costs throughput)",
+    )
     return parser.parse_args(argv)
 
 
@@ -630,11 +663,9 @@ def main(argv: list[str] | None = None) -> None:
         client_secret=args.client_secret,
         username=args.username,
         password=args.password,
-        faults=Faults(args.latency_ms, args.error_rate, args.rate_limit_every, args.retry_after_s,
-                      args.token_ttl_s),
+        faults=Faults(args.latency_ms, args.error_rate, args.rate_limit_every, args.retry_after_s, args.token_ttl_s),
     )
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning",
-                access_log=args.access_log)
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning", access_log=args.access_log)
 
 
 if __name__ == "__main__":

@@ -188,8 +188,15 @@ class Universe:
         product_ref = {"id": product.id, "sku": product.sku, "name": product.name}
         plan_ref = {"id": plan_id, "name": plan_name, "billingPeriod": product.billing_period}
 
-        def line(charge_type: str, action: str, quantity: int, total: int, start: date,
-                 cost: Decimal = unit_cost, price: Decimal = unit_price) -> dict:
+        def line(
+            charge_type: str,
+            action: str,
+            quantity: int,
+            total: int,
+            start: date,
+            cost: Decimal = unit_cost,
+            price: Decimal = unit_price,
+        ) -> dict:
             status = "Cancelled" if action == "Cancellation" else "Active"
             return {  # key order as in the BSS documentation
                 "account": account_ref,
@@ -222,8 +229,18 @@ class Universe:
             units = subscription.quantity_changes[0][1]
             start = subscription.start_date
             emit(start, line("Recurring" if start.day == 1 else "Prorated", "New", units, units, start))
-            emit(start, line("OneTime", "New", units, units, start,
-                             _money(unit_cost * SETUP_FEE_SHARE), _money(unit_price * SETUP_FEE_SHARE)))
+            emit(
+                start,
+                line(
+                    "OneTime",
+                    "New",
+                    units,
+                    units,
+                    start,
+                    _money(unit_cost * SETUP_FEE_SHARE),
+                    _money(unit_price * SETUP_FEE_SHARE),
+                ),
+            )
         else:
             units = subscription.units_on(first)
             # monthly commitments roll over silently; longer terms show the renewal
@@ -259,13 +276,56 @@ _FIXED_CUSTOMERS = [
     ("Papadopoulos & Υιοί Α.Ε.", "GR"),
 ]
 _NAME_STEMS = [
-    "Adatum", "Northwind", "Tailspin", "Wingtip", "Litware", "Proseware", "Fourth Coffee", "Alpine Ski",
-    "Blue Yonder", "Coho Vineyard", "Lucerne", "Margie's Travel", "Trey Research", "Woodgrove",
-    "Humongous", "Wide World", "Graphic Design", "Bellows", "Café Lumière", "Brücke", "Château Rouge",
-    "Señor Frío", "Østergaard", "Kövesi", "Žitná", "Dubois & Fils", "Hart & Hale", "D'Angelo",
-    "O'Neill", "McAllister", "Van der Berg", "Łukasz & Partners", "Nordlicht", "Sœur Marie",
-    "Zürich Alpen", "Björk", "García", "Fernández & Hijos", "Rossi", "Bianchi", "Kowalski",
-    "Acme", "Globex", "Initech", "Umbrella", "Stark", "Wayne", "Oceanic", "Cyberdyne", "Soylent",
+    "Adatum",
+    "Northwind",
+    "Tailspin",
+    "Wingtip",
+    "Litware",
+    "Proseware",
+    "Fourth Coffee",
+    "Alpine Ski",
+    "Blue Yonder",
+    "Coho Vineyard",
+    "Lucerne",
+    "Margie's Travel",
+    "Trey Research",
+    "Woodgrove",
+    "Humongous",
+    "Wide World",
+    "Graphic Design",
+    "Bellows",
+    "Café Lumière",
+    "Brücke",
+    "Château Rouge",
+    "Señor Frío",
+    "Østergaard",
+    "Kövesi",
+    "Žitná",
+    "Dubois & Fils",
+    "Hart & Hale",
+    "D'Angelo",
+    "O'Neill",
+    "McAllister",
+    "Van der Berg",
+    "Łukasz & Partners",
+    "Nordlicht",
+    "Sœur Marie",
+    "Zürich Alpen",
+    "Björk",
+    "García",
+    "Fernández & Hijos",
+    "Rossi",
+    "Bianchi",
+    "Kowalski",
+    "Acme",
+    "Globex",
+    "Initech",
+    "Umbrella",
+    "Stark",
+    "Wayne",
+    "Oceanic",
+    "Cyberdyne",
+    "Soylent",
 ]
 _NAME_SUFFIXES = {
     "GB": ["Ltd", "Holdings Ltd", "LLP", "Group plc"],
@@ -279,8 +339,18 @@ _NAME_SUFFIXES = {
     "NL": ["B.V.", "N.V."],
     "GR": ["Α.Ε.", "Ε.Π.Ε."],
 }
-_COUNTRY_WEIGHTS = [("DE", 16), ("FR", 12), ("NL", 10), ("IE", 8), ("AT", 6), ("ES", 8), ("IT", 8),
-                    ("GR", 8), ("GB", 14), ("US", 10)]
+_COUNTRY_WEIGHTS = [
+    ("DE", 16),
+    ("FR", 12),
+    ("NL", 10),
+    ("IE", 8),
+    ("AT", 6),
+    ("ES", 8),
+    ("IT", 8),
+    ("GR", 8),
+    ("GB", 14),
+    ("US", 10),
+]
 _CURRENCY = {"GB": "GBP", "US": "USD"}
 _CITIES = {
     "GB": [("London", "EC1A 1BB"), ("Manchester", "M1 1AE"), ("Leeds", "LS1 4DY")],
@@ -294,10 +364,31 @@ _CITIES = {
     "NL": [("Amsterdam", "1012 JS"), ("Den Haag", "2511 BT")],
     "GR": [("Αθήνα", "105 57"), ("Thessaloniki", "546 24")],
 }
-_STREETS = ["Main Street", "Hauptstraße", "Rue de l'Église", "Calle Mayor", "Via Roma", "Keizersgracht",
-            "High Street", "Οδός Ερμού", "Market Square", "Bahnhofstraße", "Avenue des Champs-Élysées"]
-_PHONE_PREFIX = {"GB": "+44 20", "IE": "+353 1", "US": "+1 212", "DE": "+49 89", "AT": "+43 1", "FR": "+33 1",
-                 "ES": "+34 91", "IT": "+39 02", "NL": "+31 20", "GR": "+30 21"}
+_STREETS = [
+    "Main Street",
+    "Hauptstraße",
+    "Rue de l'Église",
+    "Calle Mayor",
+    "Via Roma",
+    "Keizersgracht",
+    "High Street",
+    "Οδός Ερμού",
+    "Market Square",
+    "Bahnhofstraße",
+    "Avenue des Champs-Élysées",
+]
+_PHONE_PREFIX = {
+    "GB": "+44 20",
+    "IE": "+353 1",
+    "US": "+1 212",
+    "DE": "+49 89",
+    "AT": "+43 1",
+    "FR": "+33 1",
+    "ES": "+34 91",
+    "IT": "+39 02",
+    "NL": "+31 20",
+    "GR": "+30 21",
+}
 
 # (name, sku or None for a generated one, billing period, EUR unit price)
 _CATALOGUE = [
@@ -389,16 +480,18 @@ def build_universe(
                 steady_count += 1
             changes = _quantity_changes(rng, start, window_months, cancelled_on, forced)
             number = len(subscriptions) + 1
-            subscriptions.append(Subscription(
-                id=f"SUB-{number:06d}",
-                account_id=account.id,
-                product_id=product.id,
-                billing_cycle=cycle,
-                start_date=start,
-                term_end_date=term_end,
-                quantity_changes=changes,
-                cancelled_on=cancelled_on,
-            ))
+            subscriptions.append(
+                Subscription(
+                    id=f"SUB-{number:06d}",
+                    account_id=account.id,
+                    product_id=product.id,
+                    billing_cycle=cycle,
+                    start_date=start,
+                    term_end_date=term_end,
+                    quantity_changes=changes,
+                    cancelled_on=cancelled_on,
+                )
+            )
     return Universe(accounts=accounts, products=products, subscriptions=subscriptions, months=months)
 
 
@@ -409,14 +502,16 @@ def _build_products(rng: random.Random) -> list[Product]:
             sku = "".join(rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ0123456789") for _ in range(12)) + ":0001"
         unit_price = Decimal(price)
         margin = Decimal(rng.randint(72, 88)) / 100
-        products.append(Product(
-            id=f"PRD-{index}",
-            sku=sku,
-            name=name,
-            billing_period=period,
-            unit_cost=_money(unit_price * margin),
-            unit_price=unit_price,
-        ))
+        products.append(
+            Product(
+                id=f"PRD-{index}",
+                sku=sku,
+                name=name,
+                billing_period=period,
+                unit_cost=_money(unit_price * margin),
+                unit_price=unit_price,
+            )
+        )
     return products
 
 
@@ -442,20 +537,22 @@ def _build_accounts(rng: random.Random, customers: int) -> list[Account]:
         code = _unique_code(name, used_codes)
         city, postal_code = rng.choice(_CITIES[country])
         domain = (_ascii_slug(name.split(" ")[0]).lower() or "customer") + f"{index + 1}.example"
-        accounts.append(Account(
-            id=f"ACC-{1001 + index}",
-            name=name,
-            code=code,
-            status="Active",
-            phone=f"{_PHONE_PREFIX[country]} {rng.randint(1000, 9999)} {rng.randint(1000, 9999)}",
-            email=f"billing@{domain}",
-            vat_number=_vat_number(rng, country),
-            street=f"{rng.randint(1, 250)} {rng.choice(_STREETS)}",
-            city=city,
-            postal_code=postal_code,
-            country=country,
-            currency=_CURRENCY.get(country, "EUR"),
-        ))
+        accounts.append(
+            Account(
+                id=f"ACC-{1001 + index}",
+                name=name,
+                code=code,
+                status="Active",
+                phone=f"{_PHONE_PREFIX[country]} {rng.randint(1000, 9999)} {rng.randint(1000, 9999)}",
+                email=f"billing@{domain}",
+                vat_number=_vat_number(rng, country),
+                street=f"{rng.randint(1, 250)} {rng.choice(_STREETS)}",
+                city=city,
+                postal_code=postal_code,
+                country=country,
+                currency=_CURRENCY.get(country, "EUR"),
+            )
+        )
     return accounts
 
 

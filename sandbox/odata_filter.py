@@ -19,20 +19,41 @@ MISSING = object()
 # field type names used in the schemas: "string", "date", "number", "boolean"
 CHARGE_FIELDS: dict[str, str] = {
     "id": "string",
-    "account.id": "string", "account.name": "string", "account.code": "string",
-    "subscription.id": "string", "subscription.status": "string",
-    "product.id": "string", "product.sku": "string", "product.name": "string",
-    "billingPlan.id": "string", "billingPlan.name": "string", "billingPlan.billingPeriod": "string",
-    "billingCycle": "string", "chargeType": "string", "action": "string",
-    "quantity": "number", "subscriptionQuantity": "number", "unitCost": "number", "unitPrice": "number",
+    "account.id": "string",
+    "account.name": "string",
+    "account.code": "string",
+    "subscription.id": "string",
+    "subscription.status": "string",
+    "product.id": "string",
+    "product.sku": "string",
+    "product.name": "string",
+    "billingPlan.id": "string",
+    "billingPlan.name": "string",
+    "billingPlan.billingPeriod": "string",
+    "billingCycle": "string",
+    "chargeType": "string",
+    "action": "string",
+    "quantity": "number",
+    "subscriptionQuantity": "number",
+    "unitCost": "number",
+    "unitPrice": "number",
     "currency": "string",
-    "chargeStartDate": "date", "chargeEndDate": "date", "effectiveDate": "date",
+    "chargeStartDate": "date",
+    "chargeEndDate": "date",
+    "effectiveDate": "date",
     "invoiceId": "string",
 }
 ACCOUNT_FIELDS: dict[str, str] = {
-    "id": "string", "name": "string", "code": "string", "status": "string", "phone": "string",
-    "email": "string", "vatNumber": "string",
-    "address.street": "string", "address.city": "string", "address.postalCode": "string",
+    "id": "string",
+    "name": "string",
+    "code": "string",
+    "status": "string",
+    "phone": "string",
+    "email": "string",
+    "vatNumber": "string",
+    "address.street": "string",
+    "address.city": "string",
+    "address.postalCode": "string",
     "address.country": "string",
 }
 
@@ -87,13 +108,14 @@ def parse_filter(text: str | None, schema: dict[str, str]) -> list[Clause]:
     while True:
         if position + 3 > len(tokens):
             raise FilterError(f"Invalid $filter: incomplete expression at the end of '{text}'")
-        (field_kind, field_name), (op_kind, op), literal = tokens[position:position + 3]
+        (field_kind, field_name), (op_kind, op), literal = tokens[position : position + 3]
         if field_kind != "word" or field_name.lower() in (*OPERATORS, "and", "or", "not"):
             raise FilterError(f"Invalid $filter: expected a field name, found '{field_name}'")
         field_type = _field_type(field_name, schema)
         if op_kind != "word" or op.lower() not in OPERATORS:
-            raise FilterError(f"Invalid $filter: unsupported operator '{op}' after '{field_name}' "
-                              f"(supported: {', '.join(OPERATORS)})")
+            raise FilterError(
+                f"Invalid $filter: unsupported operator '{op}' after '{field_name}' (supported: {', '.join(OPERATORS)})"
+            )
         value = _literal(literal, field_name, field_type, op.lower())
         clauses.append(Clause(field_name, op.lower(), value))
         position += 3
@@ -168,8 +190,10 @@ def _field_type(name: str, schema: dict[str, str]) -> str:
     if name in schema:
         return schema[name]
     if any(known.startswith(name + ".") for known in schema):
-        raise FilterError(f"Invalid field '{name}': it is an object, use one of its fields "
-                          f"({', '.join(k for k in schema if k.startswith(name + '.'))})")
+        raise FilterError(
+            f"Invalid field '{name}': it is an object, use one of its fields "
+            f"({', '.join(k for k in schema if k.startswith(name + '.'))})"
+        )
     raise FilterError(f"Unknown field '{name}' (known fields: {', '.join(schema)})")
 
 
@@ -193,14 +217,12 @@ def _literal(token: tuple[str, str], field_name: str, field_type: str, op: str) 
     if field_type == "number" and kind != "number":
         raise FilterError(f"Invalid $filter: field '{field_name}' is a number, cannot compare with {text}")
     if field_type in ("string", "date") and kind in ("number", "boolean"):
-        raise FilterError(
-            f"Invalid $filter: field '{field_name}' is a {field_type}, cannot compare with {text}")
+        raise FilterError(f"Invalid $filter: field '{field_name}' is a {field_type}, cannot compare with {text}")
     if field_type == "date":
         try:
             date.fromisoformat(value)
         except ValueError:
-            raise FilterError(
-                f"Invalid $filter: '{value}' is not a date (YYYY-MM-DD) for '{field_name}'") from None
+            raise FilterError(f"Invalid $filter: '{value}' is not a date (YYYY-MM-DD) for '{field_name}'") from None
     return value
 
 

@@ -52,37 +52,79 @@ class FakeAutotask:
         self._next_id[entity] += 1
         return self._next_id[entity]
 
-    def add_company(self, name: str, key: str | None = None, active: bool = True, phone: str = "+1 555 0100",
-                    udf_name: str = "BSS Account ID") -> int:
+    def add_company(
+        self,
+        name: str,
+        key: str | None = None,
+        active: bool = True,
+        phone: str = "+1 555 0100",
+        udf_name: str = "BSS Account ID",
+    ) -> int:
         company_id = self._new_id("Companies")
         udfs = [{"name": udf_name, "value": key}] if key is not None else []
-        self.companies[company_id] = {"id": company_id, "companyName": name, "companyType": 1, "isActive": active,
-                                      "phone": phone, "userDefinedFields": udfs}
+        self.companies[company_id] = {
+            "id": company_id,
+            "companyName": name,
+            "companyType": 1,
+            "isActive": active,
+            "phone": phone,
+            "userDefinedFields": udfs,
+        }
         return company_id
 
-    def add_contract(self, company_id: int, name: str, number: str | None, start: date, end: date,
-                     status: int = 1, contract_type: int = 7) -> int:
+    def add_contract(
+        self,
+        company_id: int,
+        name: str,
+        number: str | None,
+        start: date,
+        end: date,
+        status: int = 1,
+        contract_type: int = 7,
+    ) -> int:
         contract_id = self._new_id("Contracts")
         self.contracts[contract_id] = {
-            "id": contract_id, "companyID": company_id, "contractName": name, "contractNumber": number,
-            "contractType": contract_type, "status": status, "startDate": _api(start), "endDate": _api(end),
+            "id": contract_id,
+            "companyID": company_id,
+            "contractName": name,
+            "contractNumber": number,
+            "contractType": contract_type,
+            "status": status,
+            "startDate": _api(start),
+            "endDate": _api(end),
         }
         return contract_id
 
-    def add_service(self, name: str, sku: str | None, unit_cost: float, unit_price: float, period_type: int = 2,
-                    active: bool = True) -> int:
+    def add_service(
+        self, name: str, sku: str | None, unit_cost: float, unit_price: float, period_type: int = 2, active: bool = True
+    ) -> int:
         service_id = self._new_id("Services")
-        self.services[service_id] = {"id": service_id, "name": name, "sku": sku, "periodType": period_type,
-                                     "unitPrice": unit_price, "unitCost": unit_cost, "billingCodeID": 29682801,
-                                     "isActive": active}
+        self.services[service_id] = {
+            "id": service_id,
+            "name": name,
+            "sku": sku,
+            "periodType": period_type,
+            "unitPrice": unit_price,
+            "unitCost": unit_cost,
+            "billingCodeID": 29682801,
+            "isActive": active,
+        }
         return service_id
 
-    def add_contract_service(self, contract_id: int, service_id: int, units: float = 0,
-                             unit_cost: float | None = None, unit_price: float | None = None) -> int:
+    def add_contract_service(
+        self,
+        contract_id: int,
+        service_id: int,
+        units: float = 0,
+        unit_cost: float | None = None,
+        unit_price: float | None = None,
+    ) -> int:
         cs_id = self._new_id("ContractServices")
         service = self.services[service_id]
         self.contract_services[cs_id] = _ContractService(
-            cs_id, contract_id, service_id,
+            cs_id,
+            contract_id,
+            service_id,
             unit_price if unit_price is not None else service["unitPrice"],
             unit_cost if unit_cost is not None else service["unitCost"],
         )
@@ -91,8 +133,14 @@ class FakeAutotask:
             self.contract_services[cs_id].adjustments.append((start, float(units), None))
         return cs_id
 
-    def adjust(self, cs_id: int, effective: date, unit_change: float, adjusted_unit_cost: float | None = None,
-               check: bool = True) -> None:
+    def adjust(
+        self,
+        cs_id: int,
+        effective: date,
+        unit_change: float,
+        adjusted_unit_cost: float | None = None,
+        check: bool = True,
+    ) -> None:
         contract_service = self.contract_services[cs_id]
         contract = self.contracts[contract_service.contract_id]
         if check:
@@ -100,8 +148,9 @@ class FakeAutotask:
                 raise FakeAutotaskError("effectiveDate must be between the start date and end date of the Contract")
             if any(day == effective for day, _, _ in contract_service.adjustments):
                 raise FakeAutotaskError("Attempt to insert duplicate data into contract_service_period")
-        bisect.insort(contract_service.adjustments, (effective, float(unit_change), adjusted_unit_cost),
-                      key=lambda item: item[0])
+        bisect.insort(
+            contract_service.adjustments, (effective, float(unit_change), adjusted_unit_cost), key=lambda item: item[0]
+        )
 
     # -- reading ---------------------------------------------------------------------------------------
     def units_on(self, cs_id: int, day: date) -> float:
@@ -137,13 +186,20 @@ class FakeAutotask:
             row_end = (ordered[index + 1] - timedelta(days=1)) if index + 1 < len(ordered) else term_end
             if row_end < start or row_start > end:
                 continue
-            rows.append({
-                "id": cs_id * 100_000 + (row_start - date(2000, 1, 1)).days,
-                "contractServiceID": cs_id, "contractID": contract_service.contract_id,
-                "serviceID": contract_service.service_id, "startDate": _api(row_start), "endDate": _api(row_end),
-                "units": self.units_on(cs_id, row_start), "price": contract_service.unit_price,
-                "cost": self.cost_on(cs_id, row_start), "approveAndPostDate": None,
-            })
+            rows.append(
+                {
+                    "id": cs_id * 100_000 + (row_start - date(2000, 1, 1)).days,
+                    "contractServiceID": cs_id,
+                    "contractID": contract_service.contract_id,
+                    "serviceID": contract_service.service_id,
+                    "startDate": _api(row_start),
+                    "endDate": _api(row_end),
+                    "units": self.units_on(cs_id, row_start),
+                    "price": contract_service.unit_price,
+                    "cost": self.cost_on(cs_id, row_start),
+                    "approveAndPostDate": None,
+                }
+            )
         return rows
 
     def _records(self, entity: str) -> list[dict]:
@@ -154,13 +210,25 @@ class FakeAutotask:
         if entity == "Services":
             return list(self.services.values())
         if entity == "ContractServices":
-            return [{"id": cs.id, "contractID": cs.contract_id, "serviceID": cs.service_id,
-                     "unitPrice": cs.unit_price, "unitCost": cs.unit_cost}
-                    for cs in self.contract_services.values()]
+            return [
+                {
+                    "id": cs.id,
+                    "contractID": cs.contract_id,
+                    "serviceID": cs.service_id,
+                    "unitPrice": cs.unit_price,
+                    "unitCost": cs.unit_cost,
+                }
+                for cs in self.contract_services.values()
+            ]
         raise FakeAutotaskError(f"entity {entity} cannot be queried here")
 
-    def query(self, entity: str, filters: list[dict] | None = None, include_fields: list[str] | None = None,
-              max_records: int | None = None) -> list[dict]:
+    def query(
+        self,
+        entity: str,
+        filters: list[dict] | None = None,
+        include_fields: list[str] | None = None,
+        max_records: int | None = None,
+    ) -> list[dict]:
         self.calls.append(("query", entity, 0))
         found = [record for record in self._records(entity) if all(_matches(record, f) for f in filters or [])]
         found.sort(key=lambda record: record["id"])
@@ -169,12 +237,21 @@ class FakeAutotask:
             found = [{key: value for key, value in record.items() if key in wanted} for record in found]
         return found[:max_records] if max_records else found
 
-    def query_in(self, entity: str, field: str, values: Iterable[Any], filters: list[dict] | None = None,
-                 include_fields: list[str] | None = None) -> list[dict]:
+    def query_in(
+        self,
+        entity: str,
+        field: str,
+        values: Iterable[Any],
+        filters: list[dict] | None = None,
+        include_fields: list[str] | None = None,
+    ) -> list[dict]:
         wanted = set(values)
         self.calls.append(("query_in", entity, len(wanted)))
-        found = [record for record in self._records(entity)
-                 if record.get(field) in wanted and all(_matches(record, f) for f in filters or [])]
+        found = [
+            record
+            for record in self._records(entity)
+            if record.get(field) in wanted and all(_matches(record, f) for f in filters or [])
+        ]
         found.sort(key=lambda record: record["id"])
         if include_fields:
             keep = {"id", *include_fields}
@@ -208,23 +285,32 @@ class FakeAutotask:
                 key = next((udf["value"] for udf in payload.get("userDefinedFields", [])), None)
                 new_id = self.add_company(payload["companyName"], key, phone=payload["phone"])
             elif action.kind is ActionKind.CREATE_SERVICE:
-                new_id = self.add_service(payload["name"], payload["sku"], payload["unitCost"], payload["unitPrice"],
-                                          payload["periodType"])
+                new_id = self.add_service(
+                    payload["name"], payload["sku"], payload["unitCost"], payload["unitPrice"], payload["periodType"]
+                )
             elif action.kind is ActionKind.CREATE_CONTRACT:
-                new_id = self.add_contract(resolve(action.company_id, action.company_action_id),
-                                           payload["contractName"], payload["contractNumber"],
-                                           _day(payload["startDate"]), _day(payload["endDate"]), payload["status"])
+                new_id = self.add_contract(
+                    resolve(action.company_id, action.company_action_id),
+                    payload["contractName"],
+                    payload["contractNumber"],
+                    _day(payload["startDate"]),
+                    _day(payload["endDate"]),
+                    payload["status"],
+                )
             elif action.kind is ActionKind.CREATE_CONTRACT_SERVICE:
-                new_id = self.add_contract_service(resolve(action.contract_id, action.contract_action_id),
-                                                   resolve(action.service_id, action.service_action_id),
-                                                   0, payload["unitCost"], payload["unitPrice"])
+                new_id = self.add_contract_service(
+                    resolve(action.contract_id, action.contract_action_id),
+                    resolve(action.service_id, action.service_action_id),
+                    0,
+                    payload["unitCost"],
+                    payload["unitPrice"],
+                )
             elif action.kind is ActionKind.EXTEND_CONTRACT:
                 self.contracts[action.contract_id]["endDate"] = payload["endDate"]
                 new_id = action.contract_id
             else:
                 cs_id = resolve(action.contract_service_id, action.contract_service_action_id)
-                self.adjust(cs_id, action.effective_date, float(action.unit_change),
-                            payload.get("adjustedUnitCost"))
+                self.adjust(cs_id, action.effective_date, float(action.unit_change), payload.get("adjustedUnitCost"))
                 new_id = cs_id
             created[action.action_id] = (str(action.kind), new_id)
         return created
@@ -240,10 +326,14 @@ def _matches(record: dict, condition: dict) -> bool:
     if isinstance(value, str) and isinstance(expected, str) and "T" in value and "T" not in expected:
         value = value[:10]
     return {
-        "eq": lambda: value == expected, "noteq": lambda: value != expected,
-        "in": lambda: value in expected, "notIn": lambda: value not in expected,
-        "gt": lambda: value is not None and value > expected, "gte": lambda: value is not None and value >= expected,
-        "lt": lambda: value is not None and value < expected, "lte": lambda: value is not None and value <= expected,
+        "eq": lambda: value == expected,
+        "noteq": lambda: value != expected,
+        "in": lambda: value in expected,
+        "notIn": lambda: value not in expected,
+        "gt": lambda: value is not None and value > expected,
+        "gte": lambda: value is not None and value >= expected,
+        "lt": lambda: value is not None and value < expected,
+        "lte": lambda: value is not None and value <= expected,
     }[op]()
 
 

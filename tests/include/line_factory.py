@@ -35,23 +35,51 @@ def line(
     if action == "New" and effective.day != 1:
         charge_type = "Prorated"
     return {
-        "month": month, "charge_id": charge_id or f"CHG-{month}-{next(_SEQUENCE):06d}",
-        "account_id": account[0], "account_name": account[1], "account_code": None,
-        "subscription_id": subscription, "subscription_status": "Cancelled" if action == "Cancellation" else "Active",
-        "product_id": product[0], "product_sku": product[1], "product_name": product[2],
-        "billing_plan_id": None, "billing_plan_name": None, "billing_period": period, "billing_cycle": cycle,
-        "charge_type": charge_type, "action": action, "quantity": Decimal(str(quantity)),
-        "subscription_quantity": Decimal(str(total)), "unit_cost": Decimal(unit_cost),
-        "unit_price": Decimal(unit_price), "currency": "EUR", "charge_start_date": effective,
-        "charge_end_date": effective.replace(day=28), "effective_date": effective, "invoice_id": None,
+        "month": month,
+        "charge_id": charge_id or f"CHG-{month}-{next(_SEQUENCE):06d}",
+        "account_id": account[0],
+        "account_name": account[1],
+        "account_code": None,
+        "subscription_id": subscription,
+        "subscription_status": "Cancelled" if action == "Cancellation" else "Active",
+        "product_id": product[0],
+        "product_sku": product[1],
+        "product_name": product[2],
+        "billing_plan_id": None,
+        "billing_plan_name": None,
+        "billing_period": period,
+        "billing_cycle": cycle,
+        "charge_type": charge_type,
+        "action": action,
+        "quantity": Decimal(str(quantity)),
+        "subscription_quantity": Decimal(str(total)),
+        "unit_cost": Decimal(unit_cost),
+        "unit_price": Decimal(unit_price),
+        "currency": "EUR",
+        "charge_start_date": effective,
+        "charge_end_date": effective.replace(day=28),
+        "effective_date": effective,
+        "invoice_id": None,
         "run_id": "extract-test",
     }
 
 
 def account_row(account_id: str, name: str, phone: str | None = "+44 20 1234 5678") -> dict[str, Any]:
-    return {"account_id": account_id, "name": name, "code": None, "status": "Active", "phone": phone,
-            "email": None, "vat_number": None, "street": "1 High Street", "city": "London",
-            "postal_code": "EC1A 1BB", "country": "GB", "run_id": "extract-test", "fetched_at": utcnow()}
+    return {
+        "account_id": account_id,
+        "name": name,
+        "code": None,
+        "status": "Active",
+        "phone": phone,
+        "email": None,
+        "vat_number": None,
+        "street": "1 High Street",
+        "city": "London",
+        "postal_code": "EC1A 1BB",
+        "country": "GB",
+        "run_id": "extract-test",
+        "fetched_at": utcnow(),
+    }
 
 
 def store_month(warehouse: Warehouse, month: str, lines: list[dict], accounts: list[dict]) -> None:
@@ -60,7 +88,8 @@ def store_month(warehouse: Warehouse, month: str, lines: list[dict], accounts: l
     accounts_table = warehouse.table("bss_accounts")
     with warehouse.begin() as conn:
         conn.execute(lines_table.delete().where(lines_table.c.month == month))
-        conn.execute(accounts_table.delete().where(accounts_table.c.account_id.in_([a["account_id"]
-                                                                                    for a in accounts])))
+        conn.execute(
+            accounts_table.delete().where(accounts_table.c.account_id.in_([a["account_id"] for a in accounts]))
+        )
         warehouse.insert(conn, "charge_lines", lines)
         warehouse.insert(conn, "bss_accounts", accounts)

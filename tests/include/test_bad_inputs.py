@@ -166,7 +166,8 @@ def _two_currencies(charges: list[dict]) -> tuple[dict, str]:
 def _subscription_moves_customer(charges: list[dict]) -> tuple[dict, str]:
     line = _first(charges, "QuantityIncrease")
     other = next(
-        charge["account"] for charge in charges
+        charge["account"]
+        for charge in charges
         if charge["account"]["id"] != line["account"]["id"] and charge["currency"] == line["currency"]
     )
     return _replace(_changed(line, account=copy.deepcopy(other))), line["id"]
@@ -225,28 +226,41 @@ CATALOGUE = [
     BadInput("missing currency", _missing("currency"), "extract", "currency"),
     BadInput("missing subscription id", _missing("subscription.id"), "extract", "subscription.id"),
     BadInput("quantity as text", _value("Cycle", quantity="3"), "extract", "quantity"),
-    BadInput("unknown billing period", _value("Cycle", billingPlan__billingPeriod="Weekly"), "extract",
-             "billingPlan.billingPeriod"),
+    BadInput(
+        "unknown billing period",
+        _value("Cycle", billingPlan__billingPeriod="Weekly"),
+        "extract",
+        "billingPlan.billingPeriod",
+    ),
     BadInput("unknown billing cycle", _value("Cycle", billingCycle="Decennial"), "extract", "billingCycle"),
     BadInput("unknown action", _value("Cycle", action="Upgrade"), "extract", "action"),
-    BadInput("fractional quantity", _fractional_quantity, "gate", "quantity_integral",
-             also=("subscription_quantity_integral",)),
+    BadInput(
+        "fractional quantity",
+        _fractional_quantity,
+        "gate",
+        "quantity_integral",
+        also=("subscription_quantity_integral",),
+    ),
     BadInput("negative subscription quantity", _negative_total, "gate", "subscription_quantity_not_negative"),
     BadInput("total not previous plus change", _total_not_following, "gate", "subscription_quantity_follows_changes"),
     BadInput("cancellation leaves units", _cancellation_not_at_zero, "gate", "cancellation_ends_at_zero"),
     BadInput("increase that removes units", _increase_removing_units, "gate", "increase_is_positive"),
     BadInput("negative unit cost", _negative_cost, "gate", "unit_cost_not_negative"),
     BadInput("charge starts before the month", _start_outside_month, "gate", "charge_start_in_month"),
-    BadInput("effective date before its period", _effective_before_period, "gate",
-             "effective_date_not_before_period"),
-    BadInput("effective date after the month", _effective_after_month, "gate", "effective_date_in_month",
-             also=("effective_date_not_after_period",)),
+    BadInput("effective date before its period", _effective_before_period, "gate", "effective_date_not_before_period"),
+    BadInput(
+        "effective date after the month",
+        _effective_after_month,
+        "gate",
+        "effective_date_in_month",
+        also=("effective_date_not_after_period",),
+    ),
     BadInput("period ends before it starts", _period_ends_before_start, "gate", "charge_period_ordered"),
     BadInput("two currencies for one customer", _two_currencies, "gate", "one_currency_per_customer"),
-    BadInput("subscription under two customers", _subscription_moves_customer, "gate",
-             "one_customer_per_subscription"),
-    BadInput("month collapses vs last month", _month_collapses, "gate", "row_count_within_critical_band",
-             previous_month=True),
+    BadInput("subscription under two customers", _subscription_moves_customer, "gate", "one_customer_per_subscription"),
+    BadInput(
+        "month collapses vs last month", _month_collapses, "gate", "row_count_within_critical_band", previous_month=True
+    ),
     BadInput("unit cost above unit price", _cost_above_price, "warning", "unit_cost_not_above_price"),
     BadInput("charge period runs past the month", _period_ends_after_month, "warning", "charge_end_in_month"),
 ]
@@ -277,8 +291,9 @@ def test_bad_input_stops_or_warns_by_name_and_writes_nothing_to_autotask(
     if case.stops_at == "extract":
         with pytest.raises(ExtractRejectedError) as rejected:
             extract_month(_hook(), warehouse, MONTH, RUN_ID)
-        assert any(reject.field == case.named and reject.charge_id == charge_id
-                   for reject in rejected.value.rejects), str(rejected.value)
+        assert any(reject.field == case.named and reject.charge_id == charge_id for reject in rejected.value.rejects), (
+            str(rejected.value)
+        )
         _assert_no_autotask_writes(autotask)
         return
 

@@ -27,8 +27,10 @@ def _run(warehouse, fake, month: str, run_id: str):
 
 
 def _resolution(warehouse, run_id: str, kind: str, source: str) -> tuple:
-    row = warehouse.query("SELECT target_id, resolution FROM month_links WHERE run_id = :run AND kind = :kind"
-                          " AND source_key = :source", {"run": run_id, "kind": kind, "source": source})[0]
+    row = warehouse.query(
+        "SELECT target_id, resolution FROM month_links WHERE run_id = :run AND kind = :kind AND source_key = :source",
+        {"run": run_id, "kind": kind, "source": source},
+    )[0]
     return row["target_id"], row["resolution"]
 
 
@@ -51,8 +53,10 @@ def test_links_are_remembered_next_month_and_a_manual_link_is_never_overwritten(
     northwind = fake.add_company("Northwind Traders Ltd")
     service = fake.add_service(M365[2], M365[1], 10.0, 12.0)
     fake.add_contract(contoso, "M365", "SUB-1", date(2026, 1, 1), date(2027, 12, 31))
-    october = [line("2026-10", CONTOSO, "SUB-1", M365, "Cycle", 5, 5, date(2026, 10, 1)),
-               line("2026-10", NORTHWIND, "SUB-2", M365, "Cycle", 3, 3, date(2026, 10, 1))]
+    october = [
+        line("2026-10", CONTOSO, "SUB-1", M365, "Cycle", 5, 5, date(2026, 10, 1)),
+        line("2026-10", NORTHWIND, "SUB-2", M365, "Cycle", 3, 3, date(2026, 10, 1)),
+    ]
     store_month(warehouse, "2026-10", october, [account_row(*CONTOSO), account_row(*NORTHWIND)])
     _run(warehouse, fake, "2026-10", "oct")
     assert _resolution(warehouse, "oct", "company", "ACC-1") == (contoso, "name")
@@ -69,8 +73,10 @@ def test_links_are_remembered_next_month_and_a_manual_link_is_never_overwritten(
     fake.companies[contoso]["companyName"] = "Contoso Group"
     fake.companies[other]["userDefinedFields"] = [{"name": "BSS Account ID", "value": "ACC-1"}]
     decoy = fake.add_contract(northwind, "decoy", "SUB-2", date(2026, 1, 1), date(2027, 12, 31))
-    november = [line("2026-11", CONTOSO, "SUB-1", M365, "Cycle", 5, 5, date(2026, 11, 1)),
-                line("2026-11", NORTHWIND, "SUB-2", M365, "Cycle", 3, 3, date(2026, 11, 1))]
+    november = [
+        line("2026-11", CONTOSO, "SUB-1", M365, "Cycle", 5, 5, date(2026, 11, 1)),
+        line("2026-11", NORTHWIND, "SUB-2", M365, "Cycle", 3, 3, date(2026, 11, 1)),
+    ]
     store_month(warehouse, "2026-11", november, [account_row(*CONTOSO), account_row(*NORTHWIND)])
     mapping = _run(warehouse, fake, "2026-11", "nov")
     assert _resolution(warehouse, "nov", "company", "ACC-1") == (contoso, "remembered")
@@ -85,7 +91,9 @@ def test_links_are_remembered_next_month_and_a_manual_link_is_never_overwritten(
     assert links[("company", "ACC-1")]["last_month"] == "2026-11"
     events = warehouse.query("SELECT kind, source_key, changed_by FROM mapping_link_events ORDER BY kind")
     assert {(e["kind"], e["source_key"], e["changed_by"]) for e in events} == {
-        ("company", "ACC-3", "carol"), ("contract", "SUB-2", "carol")}
+        ("company", "ACC-3", "carol"),
+        ("contract", "SUB-2", "carol"),
+    }
 
     # the created contract service for the pinned contract is planned against the manual link
     plan = load_plan(warehouse, "2026-11", "nov")
@@ -98,15 +106,18 @@ def test_a_rejected_suggestion_is_not_offered_again_and_a_missing_target_is_flag
     northwind = fake.add_company("Northwind Traders Ltd")
     gone = fake.add_company("Contoso Ltd")
     fake.add_service(M365[2], M365[1], 10.0, 12.0)
-    rows = [line("2026-10", NORTHWIND, "SUB-2", M365, "Cycle", 3, 3, date(2026, 10, 1)),
-            line("2026-10", CONTOSO, "SUB-1", M365, "Cycle", 5, 5, date(2026, 10, 1))]
+    rows = [
+        line("2026-10", NORTHWIND, "SUB-2", M365, "Cycle", 3, 3, date(2026, 10, 1)),
+        line("2026-10", CONTOSO, "SUB-1", M365, "Cycle", 5, 5, date(2026, 10, 1)),
+    ]
     store_month(warehouse, "2026-10", rows, [account_row(*NORTHWIND), account_row(*CONTOSO)])
     _run(warehouse, fake, "2026-10", "r1")
     reject_suggestion(warehouse, "company", "ACC-3", northwind, by="dave")
     del fake.companies[gone]  # the linked company disappears from Autotask
     mapping = _run(warehouse, fake, "2026-10", "r2")
     assert warehouse.query("SELECT status FROM mapping_suggestions WHERE source_key = 'ACC-3'") == [
-        {"status": "rejected"}]
+        {"status": "rejected"}
+    ]
     assert mapping.flagged == 1
     flag = warehouse.query("SELECT flag FROM month_links WHERE run_id = 'r2' AND source_key = 'ACC-1'")
     assert flag == [{"flag": "target_missing"}]

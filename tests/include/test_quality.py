@@ -57,8 +57,9 @@ def data_docs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _extract(warehouse: Warehouse, universe, month: str, run_id: str, records: list[dict] | None = None) -> None:
-    extract_month(ListSource(records if records is not None else universe.charges_for_month(month)),
-                  warehouse, month, run_id)
+    extract_month(
+        ListSource(records if records is not None else universe.charges_for_month(month)), warehouse, month, run_id
+    )
 
 
 # --- charges gate ------------------------------------------------------------------------------------------
@@ -78,7 +79,8 @@ def test_a_clean_month_passes_every_charge_expectation(warehouse: Warehouse, uni
     assert report.parameters["previous_month_line_count"] == len(universe.charges_for_month(PREVIOUS_MONTH))
     stored = warehouse.query("SELECT suite, success, row_count, data_docs_index FROM quality_results")
     assert sorted((row["suite"], bool(row["success"]), row["row_count"]) for row in stored) == [
-        ("bss_charges_raw", True, lines), ("charge_lines", True, lines)
+        ("bss_charges_raw", True, lines),
+        ("charge_lines", True, lines),
     ]
     assert stored[0]["data_docs_index"] == report.data_docs_index
 
@@ -140,11 +142,22 @@ def test_raw_suite_names_missing_fields_and_duplicates_in_raw_records(warehouse:
     broken = {key: value for key, value in records[0].items() if key != "currency"}
     payloads = [broken, records[1], records[1], records[2]]
     with warehouse.begin() as conn:
-        warehouse.insert(conn, "bss_charges_raw", [
-            {"run_id": "raw-run", "seq": seq, "month": MONTH, "charge_id": payload["id"],
-             "payload": json.dumps(payload), "reject_field": None, "reject_reason": None}
-            for seq, payload in enumerate(payloads)
-        ])
+        warehouse.insert(
+            conn,
+            "bss_charges_raw",
+            [
+                {
+                    "run_id": "raw-run",
+                    "seq": seq,
+                    "month": MONTH,
+                    "charge_id": payload["id"],
+                    "payload": json.dumps(payload),
+                    "reject_field": None,
+                    "reject_reason": None,
+                }
+                for seq, payload in enumerate(payloads)
+            ],
+        )
     report = validate_charges(warehouse, MONTH, "raw-run")
     raw = {failure.name: failure for failure in report.critical if failure.suite == "bss_charges_raw"}
     assert set(raw) == {"raw_currency_present", "raw_charge_id_unique"}
@@ -159,43 +172,92 @@ def test_raw_suite_names_missing_fields_and_duplicates_in_raw_records(warehouse:
 
 def _plan_row(action_id: str, kind: str, status: str = "proposed", **values: object) -> dict:
     row = {
-        "action_id": action_id, "idempotency_key": f"{MONTH}|{kind}|{action_id}", "month": MONTH,
-        "run_id": "plan-run", "seq": int(re.sub(r"\D", "", action_id) or 0), "kind": kind, "status": status,
-        "payload": "{}", "charge_ids": "[]", "depends_on": "[]", "created_at": datetime(2026, 11, 1),
+        "action_id": action_id,
+        "idempotency_key": f"{MONTH}|{kind}|{action_id}",
+        "month": MONTH,
+        "run_id": "plan-run",
+        "seq": int(re.sub(r"\D", "", action_id) or 0),
+        "kind": kind,
+        "status": status,
+        "payload": "{}",
+        "charge_ids": "[]",
+        "depends_on": "[]",
+        "created_at": datetime(2026, 11, 1),
     }
-    optional = ("contract_service_id", "contract_service_action_id", "contract_id", "service_id", "effective_date",
-                "units_before", "units_after", "unit_change", "unit_cost_after")
+    optional = (
+        "contract_service_id",
+        "contract_service_action_id",
+        "contract_id",
+        "service_id",
+        "effective_date",
+        "units_before",
+        "units_after",
+        "unit_change",
+        "unit_cost_after",
+    )
     row.update(dict.fromkeys(optional), **values)
     return row
 
 
 def _store_snapshot_and_plan(warehouse: Warehouse, plan_rows: list[dict], unit_rows: list[dict]) -> None:
     with warehouse.begin() as conn:
-        warehouse.insert(conn, "at_contract_services", [
-            {"run_id": "plan-run", "contract_service_id": 501, "contract_id": 40, "service_id": 7},
-            {"run_id": "plan-run", "contract_service_id": 502, "contract_id": 40, "service_id": 8},
-        ])
+        warehouse.insert(
+            conn,
+            "at_contract_services",
+            [
+                {"run_id": "plan-run", "contract_service_id": 501, "contract_id": 40, "service_id": 7},
+                {"run_id": "plan-run", "contract_service_id": 502, "contract_id": 40, "service_id": 8},
+            ],
+        )
         warehouse.insert(conn, "at_contract_service_units", unit_rows)
         warehouse.insert(conn, "plan_actions", plan_rows)
 
 
 def _unit(unit_id: int, contract_service_id: int, start: date, units: float) -> dict:
-    return {"run_id": "plan-run", "contract_service_unit_id": unit_id, "contract_service_id": contract_service_id,
-            "contract_id": 40, "service_id": 7, "start_date": start, "end_date": date(start.year, start.month, 28),
-            "units": units}
+    return {
+        "run_id": "plan-run",
+        "contract_service_unit_id": unit_id,
+        "contract_service_id": contract_service_id,
+        "contract_id": 40,
+        "service_id": 7,
+        "start_date": start,
+        "end_date": date(start.year, start.month, 28),
+        "units": units,
+    }
 
 
 def test_a_consistent_plan_and_snapshot_pass(warehouse: Warehouse) -> None:
     _store_snapshot_and_plan(
         warehouse,
         [
-            _plan_row("a1", "adjust_units", contract_service_id=501, effective_date=date(2026, 10, 5),
-                      units_before=10, units_after=12, unit_change=2),
-            _plan_row("a2", "adjust_units", contract_service_id=501, effective_date=date(2026, 10, 9),
-                      units_before=12, units_after=11, unit_change=-1),
+            _plan_row(
+                "a1",
+                "adjust_units",
+                contract_service_id=501,
+                effective_date=date(2026, 10, 5),
+                units_before=10,
+                units_after=12,
+                unit_change=2,
+            ),
+            _plan_row(
+                "a2",
+                "adjust_units",
+                contract_service_id=501,
+                effective_date=date(2026, 10, 9),
+                units_before=12,
+                units_after=11,
+                unit_change=-1,
+            ),
             _plan_row("a3", "create_contract_service", contract_id=40, service_id=9),
-            _plan_row("a4", "adjust_units", contract_service_action_id="a3", effective_date=date(2026, 10, 5),
-                      units_before=0, units_after=3, unit_change=3),
+            _plan_row(
+                "a4",
+                "adjust_units",
+                contract_service_action_id="a3",
+                effective_date=date(2026, 10, 5),
+                units_before=0,
+                units_after=3,
+                unit_change=3,
+            ),
             _plan_row("a5", "adjust_units", "needs-mapping", effective_date=date(2026, 10, 6), unit_change=4),
         ],
         [
@@ -213,14 +275,33 @@ def test_plan_gate_stops_on_double_adjustment_and_unmapped_unit_change(warehouse
     _store_snapshot_and_plan(
         warehouse,
         [
-            _plan_row("a1", "adjust_units", contract_service_id=501, effective_date=date(2026, 10, 5),
-                      units_before=10, units_after=12, unit_change=2),
-            _plan_row("a2", "change_cost", "approved", contract_service_id=501, effective_date=date(2026, 10, 5),
-                      unit_cost_after=3.5),
-            _plan_row("a3", "adjust_units", contract_service_id=None, effective_date=date(2026, 10, 7),
-                      unit_change=5),
-            _plan_row("a4", "adjust_units", contract_service_id=502, effective_date=date(2026, 10, 8),
-                      units_before=4, units_after=9, unit_change=2),
+            _plan_row(
+                "a1",
+                "adjust_units",
+                contract_service_id=501,
+                effective_date=date(2026, 10, 5),
+                units_before=10,
+                units_after=12,
+                unit_change=2,
+            ),
+            _plan_row(
+                "a2",
+                "change_cost",
+                "approved",
+                contract_service_id=501,
+                effective_date=date(2026, 10, 5),
+                unit_cost_after=3.5,
+            ),
+            _plan_row("a3", "adjust_units", contract_service_id=None, effective_date=date(2026, 10, 7), unit_change=5),
+            _plan_row(
+                "a4",
+                "adjust_units",
+                contract_service_id=502,
+                effective_date=date(2026, 10, 8),
+                units_before=4,
+                units_after=9,
+                unit_change=2,
+            ),
         ],
         [
             _unit(1, 501, date(2026, 10, 1), 10),
@@ -231,8 +312,11 @@ def test_plan_gate_stops_on_double_adjustment_and_unmapped_unit_change(warehouse
     report = validate_plan(warehouse, MONTH, "plan-run")
     critical = {failure.name: failure for failure in report.critical}
     assert set(critical) == {
-        "one_adjustment_per_contract_service_and_date", "unit_change_has_contract_service", "unit_change_consistent",
-        "one_unit_row_per_contract_service_period", "units_integral",
+        "one_adjustment_per_contract_service_and_date",
+        "unit_change_has_contract_service",
+        "unit_change_consistent",
+        "one_unit_row_per_contract_service_period",
+        "units_integral",
     }
     assert set(critical["one_adjustment_per_contract_service_and_date"].example_keys("action_id")) == {"a1", "a2"}
     assert critical["unit_change_has_contract_service"].example_keys("action_id") == ["a3"]
@@ -279,7 +363,8 @@ def test_every_expectation_has_a_unique_name_and_a_severity() -> None:
         names = [expectation["meta"]["name"] for expectation in definition["expectations"]]
         assert len(names) == len(set(names)) > 0, suite
         assert {expectation["meta"]["severity"] for expectation in definition["expectations"]} <= {
-            "critical", "warning"
+            "critical",
+            "warning",
         }
 
 
@@ -324,8 +409,13 @@ def test_importing_gx_through_the_gate_does_not_flood_the_log() -> None:
         "import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stderr);"
         "import include.quality as q; q._gx(); print('imported')"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          cwd=Path(quality.__file__).resolve().parent.parent)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(quality.__file__).resolve().parent.parent,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "imported" in done.stdout
     assert "Skipping registering function" not in done.stderr

@@ -94,16 +94,19 @@ def bss_month() -> tuple[list[dict], list[dict]]:
         line(MONTH, FABRIKAM, "SUB-7", EXCHANGE, "Cycle", 3, 3, D(2026, 10, 1), unit_cost="4.0000"),
         # SUB-8: new, for a customer whose name only nearly matches
         line(MONTH, NORTHWIND, "SUB-8", M365, "New", 5, 5, D(2026, 10, 18)),
-        line(MONTH, NORTHWIND, "SUB-8", M365, "New", 5, 5, D(2026, 10, 18), charge_type="OneTime",
-             unit_cost="2.5000"),
+        line(MONTH, NORTHWIND, "SUB-8", M365, "New", 5, 5, D(2026, 10, 18), charge_type="OneTime", unit_cost="2.5000"),
         # SUB-9: new subscription of a product Autotask does not have
-        line(MONTH, CONTOSO, "SUB-9", POWERBI, "New", 2, 2, D(2026, 10, 1), unit_cost="11.0000",
-             unit_price="13.1000"),
+        line(MONTH, CONTOSO, "SUB-9", POWERBI, "New", 2, 2, D(2026, 10, 1), unit_cost="11.0000", unit_price="13.1000"),
         # SUB-10: a customer Autotask has never seen
         line(MONTH, ZETA, "SUB-10", EXCHANGE, "New", 1, 1, D(2026, 10, 7), unit_cost="4.0000"),
     ]
-    accounts = [account_row(*CONTOSO), account_row(*FABRIKAM), account_row(*NORTHWIND), account_row(*MULLER),
-                account_row(ZETA[0], ZETA[1], phone="+353 1 555 0199")]
+    accounts = [
+        account_row(*CONTOSO),
+        account_row(*FABRIKAM),
+        account_row(*NORTHWIND),
+        account_row(*MULLER),
+        account_row(ZETA[0], ZETA[1], phone="+353 1 555 0199"),
+    ]
     return lines, accounts
 
 
@@ -138,9 +141,17 @@ def _number(value: Decimal | None) -> str | None:
 
 
 def _projection(action) -> tuple:
-    return (str(action.kind), action.target, action.effective_date, str(action.status), _number(action.unit_change),
-            _number(action.units_before), _number(action.units_after), _number(action.unit_cost_after),
-            action.end_date_after)
+    return (
+        str(action.kind),
+        action.target,
+        action.effective_date,
+        str(action.status),
+        _number(action.unit_change),
+        _number(action.units_before),
+        _number(action.units_after),
+        _number(action.unit_cost_after),
+        action.end_date_after,
+    )
 
 
 @pytest.fixture
@@ -175,8 +186,10 @@ def test_golden_plan_matches_the_hand_written_plan(golden):
 def test_golden_links_are_made_by_key_name_remembered_and_manual(golden):
     warehouse, fake = golden
     mapping, _, _ = _run(warehouse, fake, "run-1")
-    resolutions = {(row["kind"], row["source_key"]): (row["target_id"], row["resolution"], row["flag"])
-                   for row in warehouse.query("SELECT * FROM month_links WHERE run_id = 'run-1'")}
+    resolutions = {
+        (row["kind"], row["source_key"]): (row["target_id"], row["resolution"], row["flag"])
+        for row in warehouse.query("SELECT * FROM month_links WHERE run_id = 'run-1'")
+    }
     assert resolutions[("company", "ACC-1")] == (101, "key", None)
     assert resolutions[("company", "ACC-2")] == (102, "name", None)
     assert resolutions[("company", "ACC-3")] == (None, "unlinked", None)
@@ -190,7 +203,8 @@ def test_golden_links_are_made_by_key_name_remembered_and_manual(golden):
     # the near miss is a suggestion with a score, not a link
     suggestions = warehouse.query("SELECT * FROM mapping_suggestions")
     assert [(s["kind"], s["source_key"], s["target_id"], s["status"]) for s in suggestions] == [
-        ("company", "ACC-3", 103, "open")]
+        ("company", "ACC-3", 103, "open")
+    ]
     assert 80 <= float(suggestions[0]["score"]) < 100
     assert ("company", "ACC-3") not in {(link["kind"], link["source_key"]) for link in stored_links(warehouse)}
     inactive = [link for link in stored_links(warehouse, "service") if link["source_key"] == "PRD-VEEAM"]
@@ -231,8 +245,9 @@ def test_rerun_on_the_same_inputs_gives_the_identical_plan(golden):
     warehouse, fake = golden
     _, _, first = _run(warehouse, fake, "run-1")
     _, _, second = _run(warehouse, fake, "run-2")
-    assert [(a.action_id, a.idempotency_key, a.status) for a in first] == \
-        [(a.action_id, a.idempotency_key, a.status) for a in second]
+    assert [(a.action_id, a.idempotency_key, a.status) for a in first] == [
+        (a.action_id, a.idempotency_key, a.status) for a in second
+    ]
     # the second run replaced the first run's machine-owned rows
     assert warehouse.scalar("SELECT COUNT(*) FROM plan_actions WHERE run_id = 'run-1'") == 0
 

@@ -42,8 +42,18 @@ def _lines(histories) -> list[dict]:
     rows = []
     for subscription, _, changes in histories:
         first_day, units = changes[0]
-        rows.append(line(MONTH, ACCOUNT, subscription, PRODUCT, "Cycle" if first_day == 1 else "New", units, units,
-                         date(2026, 10, first_day)))
+        rows.append(
+            line(
+                MONTH,
+                ACCOUNT,
+                subscription,
+                PRODUCT,
+                "Cycle" if first_day == 1 else "New",
+                units,
+                units,
+                date(2026, 10, first_day),
+            )
+        )
         for day, total in changes[1:]:
             delta = total - units
             action = "Cancellation" if total == 0 else "QuantityIncrease" if delta >= 0 else "QuantityDecrease"
@@ -64,11 +74,15 @@ def _bss_units(histories, day: date) -> int:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(histories=subscription_histories(), initial_units=st.integers(0, 30),
-       policy=st.sampled_from(list(EffectiveDatePolicy)))
+@given(
+    histories=subscription_histories(),
+    initial_units=st.integers(0, 30),
+    policy=st.sampled_from(list(EffectiveDatePolicy)),
+)
 def test_applied_plan_matches_bss_units_and_a_second_reconcile_is_empty(histories, initial_units, policy):
-    sync = SyncSettings(owner_resource_id=1, billing_code_id=2, effective_date_policy=policy,
-                        review_decreases_from_months=10_000)
+    sync = SyncSettings(
+        owner_resource_id=1, billing_code_id=2, effective_date_policy=policy, review_decreases_from_months=10_000
+    )
     fake = FakeAutotask()
     company = fake.add_company("Contoso Ltd", key="ACC-1")
     service = fake.add_service(PRODUCT[2], PRODUCT[1], 10.0, 12.0)

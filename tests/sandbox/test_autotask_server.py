@@ -21,8 +21,14 @@ USER = "api-user@demo.example"
 SECRET = "test-secret-3f9a"
 CODE = "DEMOINTEGRATION"
 HEADERS = {"ApiIntegrationCode": CODE, "UserName": USER, "Secret": SECRET, "Content-Type": "application/json"}
-FAULTS_OFF = {"latency_ms": 0, "error_rate": 0.0, "lost_response_rate": 0.0, "thread_limit": 3,
-              "thread_limit_status": 429, "hourly_limit": 10000}
+FAULTS_OFF = {
+    "latency_ms": 0,
+    "error_rate": 0.0,
+    "lost_response_rate": 0.0,
+    "thread_limit": 3,
+    "thread_limit_status": 429,
+    "hourly_limit": 10000,
+}
 MONTH_START = "2026-10-01T00:00:00"
 
 
@@ -92,18 +98,28 @@ def owner_id(api: Api) -> int:
 
 
 def new_company(api: Api, name: str) -> int:
-    response = api.post("Companies", {"companyName": name, "companyType": 1, "ownerResourceID": owner_id(api),
-                                      "phone": "+49 89 1234"})
+    response = api.post(
+        "Companies", {"companyName": name, "companyType": 1, "ownerResourceID": owner_id(api), "phone": "+49 89 1234"}
+    )
     assert response.status_code == 200, response.text
     return response.json()["itemId"]
 
 
-def new_recurring_contract(api: Api, company_id: int, start: str = "2026-01-01", end: str = "2026-12-31",
-                           contract_type: int = 7) -> int:
-    response = api.post("Contracts", {
-        "companyID": company_id, "contractName": "Cloud services", "contractType": contract_type,
-        "startDate": start, "endDate": end, "status": 1, "timeReportingRequiresStartAndStopTimes": 1,
-    })
+def new_recurring_contract(
+    api: Api, company_id: int, start: str = "2026-01-01", end: str = "2026-12-31", contract_type: int = 7
+) -> int:
+    response = api.post(
+        "Contracts",
+        {
+            "companyID": company_id,
+            "contractName": "Cloud services",
+            "contractType": contract_type,
+            "startDate": start,
+            "endDate": end,
+            "status": 1,
+            "timeReportingRequiresStartAndStopTimes": 1,
+        },
+    )
     assert response.status_code == 200, response.text
     return response.json()["itemId"]
 
@@ -152,8 +168,9 @@ def test_path_casing_is_accepted_both_ways(server: RunningServer, prefix: str) -
 @pytest.mark.parametrize("missing", ["ApiIntegrationCode", "UserName", "Secret"])
 def test_every_entity_call_needs_all_three_auth_headers(api: Api, missing: str) -> None:
     headers = {name: value for name, value in HEADERS.items() if name != missing}
-    response = httpx.post(f"{api.base}/Companies/query", headers=headers,
-                          json={"filter": [{"op": "exist", "field": "id"}]})
+    response = httpx.post(
+        f"{api.base}/Companies/query", headers=headers, json={"filter": [{"op": "exist", "field": "id"}]}
+    )
     assert response.status_code == 401
 
 
@@ -171,20 +188,23 @@ def test_an_unknown_entity_is_a_404(api: Api) -> None:
 # --- verbs and envelopes -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("verb", "path"), [
-    ("DELETE", "Companies/10001"),
-    ("DELETE", "Contracts/100001"),
-    ("POST", "ContractServices"),
-    ("PATCH", "ContractServices"),
-    ("POST", "ContractServiceAdjustments/query"),
-    ("GET", "ContractServiceAdjustments/query"),
-    ("GET", "ContractServiceAdjustments/900001"),
-    ("PATCH", "ContractServiceAdjustments"),
-    ("POST", "ContractServiceUnits"),
-    ("POST", "BillingCodes"),
-    ("PATCH", "Resources"),
-    ("GET", "Companies/query/next"),
-])
+@pytest.mark.parametrize(
+    ("verb", "path"),
+    [
+        ("DELETE", "Companies/10001"),
+        ("DELETE", "Contracts/100001"),
+        ("POST", "ContractServices"),
+        ("PATCH", "ContractServices"),
+        ("POST", "ContractServiceAdjustments/query"),
+        ("GET", "ContractServiceAdjustments/query"),
+        ("GET", "ContractServiceAdjustments/900001"),
+        ("PATCH", "ContractServiceAdjustments"),
+        ("POST", "ContractServiceUnits"),
+        ("POST", "BillingCodes"),
+        ("PATCH", "Resources"),
+        ("GET", "Companies/query/next"),
+    ],
+)
 def test_verbs_an_entity_does_not_allow_are_405(api: Api, verb: str, path: str) -> None:
     response = api.http.request(verb, f"{api.base}/{path}", json={"id": 1})
     assert response.status_code == 405
@@ -210,8 +230,13 @@ def test_create_answers_item_id_and_patch_changes_only_sent_fields(api: Api) -> 
 def test_put_replaces_the_record_so_unsent_optional_fields_are_cleared(api: Api) -> None:
     company_id = new_company(api, "Put Me Ltd")
     api.patch("Companies", {"id": company_id, "city": "Leeds"})
-    body = {"id": company_id, "companyName": "Put Me Ltd", "companyType": 1, "ownerResourceID": owner_id(api),
-            "phone": "1"}
+    body = {
+        "id": company_id,
+        "companyName": "Put Me Ltd",
+        "companyType": 1,
+        "ownerResourceID": owner_id(api),
+        "phone": "1",
+    }
     assert api.http.put(f"{api.base}/Companies", json=body).status_code == 200
     assert api.get(f"Companies/{company_id}").json()["item"]["city"] is None
 
@@ -265,10 +290,12 @@ def test_filter_operators_match_like_autotask(api: Api) -> None:
 
     assert matched({"op": "eq", "field": "companyName", "value": "contoso limited"}) == ["Contoso Limited"]
     assert matched({"op": "beginsWith", "field": "companyName", "value": "Contoso"}) == ["Contoso Limited"]
-    assert matched({"op": "endsWith", "field": "companyName", "value": "GmbH"}) == [n for n in names
-                                                                                   if n.lower().endswith("gmbh")]
-    assert matched({"op": "contains", "field": "companyName", "value": "sons"}) == [n for n in names
-                                                                                   if "sons" in n.lower()]
+    assert matched({"op": "endsWith", "field": "companyName", "value": "GmbH"}) == [
+        n for n in names if n.lower().endswith("gmbh")
+    ]
+    assert matched({"op": "contains", "field": "companyName", "value": "sons"}) == [
+        n for n in names if "sons" in n.lower()
+    ]
     assert len(matched({"op": "noteq", "field": "companyName", "value": "Contoso Limited"})) == len(names) - 1
     pivot = companies[10]["id"]
     assert len(matched({"op": "gt", "field": "id", "value": pivot})) == sum(c["id"] > pivot for c in companies)
@@ -282,11 +309,22 @@ def test_filter_operators_match_like_autotask(api: Api) -> None:
 def test_nested_and_or_groups(api: Api) -> None:
     companies = api.state("Companies")
     first, second, third = (c["id"] for c in companies[:3])
-    found = api.query("Companies", {"op": "or", "items": [
-        {"op": "eq", "field": "id", "value": first},
-        {"op": "and", "items": [{"op": "gte", "field": "id", "value": second},
-                                {"op": "lte", "field": "id", "value": third}]},
-    ]})["items"]
+    found = api.query(
+        "Companies",
+        {
+            "op": "or",
+            "items": [
+                {"op": "eq", "field": "id", "value": first},
+                {
+                    "op": "and",
+                    "items": [
+                        {"op": "gte", "field": "id", "value": second},
+                        {"op": "lte", "field": "id", "value": third},
+                    ],
+                },
+            ],
+        },
+    )["items"]
     assert [c["id"] for c in found] == [first, second, third]
 
 
@@ -294,9 +332,15 @@ def test_udf_filters_find_companies_by_bss_account_id(api: Api) -> None:
     fact = api.facts("company", "udf")[0]
     found = api.query("Companies", {"op": "eq", "field": "BSS Account ID", "udf": True, "value": fact["bssId"]})
     assert [c["id"] for c in found["items"]] == [fact["autotaskId"]]
-    two_udfs = api.post("Companies/query", {"filter": [
-        {"op": "eq", "field": "BSS Account ID", "udf": True, "value": "x"},
-        {"op": "eq", "field": "Billing Contact Email", "udf": True, "value": "y"}]})
+    two_udfs = api.post(
+        "Companies/query",
+        {
+            "filter": [
+                {"op": "eq", "field": "BSS Account ID", "udf": True, "value": "x"},
+                {"op": "eq", "field": "Billing Contact Email", "udf": True, "value": "y"},
+            ]
+        },
+    )
     assert two_udfs.status_code == 500 and "one user-defined field" in errors(two_udfs)
 
 
@@ -317,8 +361,10 @@ def test_more_than_500_in_values_or_or_conditions_are_rejected(api: Api) -> None
     assert too_many.status_code == 500 and "500" in errors(too_many)
     ors = [{"op": "eq", "field": "id", "value": value} for value in range(501)]
     assert api.post("Companies/query", {"filter": [{"op": "or", "items": ors}]}).status_code == 500
-    assert api.post("Companies/query", {"filter": [{"op": "in", "field": "id", "value": list(range(500))}]}) \
-        .status_code == 200
+    assert (
+        api.post("Companies/query", {"filter": [{"op": "in", "field": "id", "value": list(range(500))}]}).status_code
+        == 200
+    )
 
 
 def test_unknown_fields_and_operators_are_errors(api: Api) -> None:
@@ -385,8 +431,10 @@ def test_contract_services_only_on_recurring_contracts_and_hold_no_units(api: Ap
     refused = api.post(f"Contracts/{fixed}/Services", {"serviceID": service_id})
     assert refused.status_code == 500 and "Recurring Service" in errors(refused)
     recurring = new_recurring_contract(api, company_id)
-    created = api.post(f"Contracts/{recurring}/Services", {"contractID": recurring, "serviceID": service_id,
-                                                          "unitPrice": 10, "unitCost": 7})
+    created = api.post(
+        f"Contracts/{recurring}/Services",
+        {"contractID": recurring, "serviceID": service_id, "unitPrice": 10, "unitCost": 7},
+    )
     assert created.status_code == 200
     cs = api.get(f"ContractServices/{created.json()['itemId']}").json()["item"]
     assert "units" not in cs and "adjustedPrice" not in cs
@@ -422,10 +470,12 @@ def test_seeded_units_match_the_seed_facts_at_the_month_start(api: Api) -> None:
     assert expired and facts
     assert any(f["match"] == "differs" for f in facts) and any(f["match"] == "equal" for f in facts)
     ids = [f["autotaskId"] for f in facts]
-    rows = api.query("ContractServiceUnits",
-                     {"op": "in", "field": "contractServiceID", "value": ids},
-                     {"op": "lte", "field": "startDate", "value": "2026-10-01"},
-                     {"op": "gte", "field": "endDate", "value": "2026-10-01"})["items"]
+    rows = api.query(
+        "ContractServiceUnits",
+        {"op": "in", "field": "contractServiceID", "value": ids},
+        {"op": "lte", "field": "startDate", "value": "2026-10-01"},
+        {"op": "gte", "field": "endDate", "value": "2026-10-01"},
+    )["items"]
     by_cs = {row["contractServiceID"]: row for row in rows}
     assert set(by_cs) == set(ids)  # exactly one row covers the day
     for fact in facts:
@@ -438,12 +488,24 @@ def test_adjustment_splits_the_period_and_changes_units_from_its_date(api: Api) 
     contract_id = new_recurring_contract(api, company_id)
     service_id = monthly_service_id(api)
     # contractID + serviceID of a service not yet on the contract: Autotask adds it
-    response = api.post(f"Contracts/{contract_id}/ServiceAdjustments",
-                        {"serviceID": service_id, "effectiveDate": "2026-01-01", "unitChange": 10})
+    response = api.post(
+        f"Contracts/{contract_id}/ServiceAdjustments",
+        {"serviceID": service_id, "effectiveDate": "2026-01-01", "unitChange": 10},
+    )
     assert response.status_code == 200, response.text
     cs_id = api.get(f"Contracts/{contract_id}/Services").json()["items"][0]["id"]
-    assert api.post("ContractServiceAdjustments", {"contractServiceID": cs_id, "effectiveDate": "2026-10-18T00:00:00",
-                                                   "unitChange": -4, "adjustedUnitPrice": 12.5}).status_code == 200
+    assert (
+        api.post(
+            "ContractServiceAdjustments",
+            {
+                "contractServiceID": cs_id,
+                "effectiveDate": "2026-10-18T00:00:00",
+                "unitChange": -4,
+                "adjustedUnitPrice": 12.5,
+            },
+        ).status_code
+        == 200
+    )
     rows = units_rows(api, cs_id)
     assert len(rows) == 13  # 12 months, October split in two
     october = [r for r in rows if r["startDate"].startswith("2026-10")]
@@ -461,11 +523,14 @@ def test_adjustment_rules_dates_duplicates_and_negative_units(api: Api) -> None:
     company_id = new_company(api, "Strict GmbH")
     contract_id = new_recurring_contract(api, company_id)
     service_id = monthly_service_id(api)
-    outside = api.post("ContractServiceAdjustments", {"contractID": contract_id, "serviceID": service_id,
-                                                      "effectiveDate": "2027-01-01", "unitChange": 1})
+    outside = api.post(
+        "ContractServiceAdjustments",
+        {"contractID": contract_id, "serviceID": service_id, "effectiveDate": "2027-01-01", "unitChange": 1},
+    )
     assert errors(outside) == "effectiveDate must be between the start date and end date of the Contract"
-    no_date = api.post("ContractServiceAdjustments", {"contractID": contract_id, "serviceID": service_id,
-                                                      "unitChange": 1})
+    no_date = api.post(
+        "ContractServiceAdjustments", {"contractID": contract_id, "serviceID": service_id, "unitChange": 1}
+    )
     assert no_date.status_code == 500 and "effectiveDate" in errors(no_date)
     first = {"contractID": contract_id, "serviceID": service_id, "effectiveDate": "2026-03-01", "unitChange": 3}
     assert api.post("ContractServiceAdjustments", first).status_code == 200
@@ -481,30 +546,42 @@ def test_extending_the_contract_extends_the_units_rows(api: Api) -> None:
     company_id = new_company(api, "Renewal Ltd")
     contract_id = new_recurring_contract(api, company_id, end="2026-06-30")
     service_id = monthly_service_id(api)
-    api.post("ContractServiceAdjustments", {"contractID": contract_id, "serviceID": service_id,
-                                            "effectiveDate": "2026-01-01", "unitChange": 2})
+    api.post(
+        "ContractServiceAdjustments",
+        {"contractID": contract_id, "serviceID": service_id, "effectiveDate": "2026-01-01", "unitChange": 2},
+    )
     cs_id = api.get(f"Contracts/{contract_id}/Services").json()["items"][0]["id"]
     assert len(units_rows(api, cs_id)) == 6
-    refused = api.post("ContractServiceAdjustments", {"contractServiceID": cs_id, "effectiveDate": "2026-08-01",
-                                                      "unitChange": 1})
+    refused = api.post(
+        "ContractServiceAdjustments", {"contractServiceID": cs_id, "effectiveDate": "2026-08-01", "unitChange": 1}
+    )
     assert refused.status_code == 500
     assert api.patch("Contracts", {"id": contract_id, "endDate": "2026-12-31"}).status_code == 200
     assert len(units_rows(api, cs_id)) == 12
-    assert api.post("ContractServiceAdjustments", {"contractServiceID": cs_id, "effectiveDate": "2026-08-01",
-                                                   "unitChange": 1}).status_code == 200
+    assert (
+        api.post(
+            "ContractServiceAdjustments", {"contractServiceID": cs_id, "effectiveDate": "2026-08-01", "unitChange": 1}
+        ).status_code
+        == 200
+    )
 
 
 def test_services_periods_follow_the_service_period_type(api: Api) -> None:
     company_id = new_company(api, "Quarterly AG")
     contract_id = new_recurring_contract(api, company_id)
     quarterly = next(s["id"] for s in api.state("Services") if s["isActive"] and s["periodType"] == 3)
-    api.post("ContractServiceAdjustments", {"contractID": contract_id, "serviceID": quarterly,
-                                            "effectiveDate": "2026-01-01", "unitChange": 5})
+    api.post(
+        "ContractServiceAdjustments",
+        {"contractID": contract_id, "serviceID": quarterly, "effectiveDate": "2026-01-01", "unitChange": 5},
+    )
     cs_id = api.get(f"Contracts/{contract_id}/Services").json()["items"][0]["id"]
     rows = units_rows(api, cs_id)
     assert [(r["startDate"][:10], r["endDate"][:10]) for r in rows] == [
-        ("2026-01-01", "2026-03-31"), ("2026-04-01", "2026-06-30"), ("2026-07-01", "2026-09-30"),
-        ("2026-10-01", "2026-12-31")]
+        ("2026-01-01", "2026-03-31"),
+        ("2026-04-01", "2026-06-30"),
+        ("2026-07-01", "2026-09-30"),
+        ("2026-10-01", "2026-12-31"),
+    ]
 
 
 def test_inactive_services_cannot_join_a_contract(api: Api) -> None:
@@ -606,8 +683,9 @@ def test_latency_is_added_per_call(api: Api) -> None:
 def test_injected_errors_apply_nothing(api: Api) -> None:
     api.faults(error_rate=1.0)
     before = len(api.state("Companies"))
-    response = api.post("Companies", {"companyName": "Never", "companyType": 1, "ownerResourceID": owner_id(api),
-                                      "phone": "1"})
+    response = api.post(
+        "Companies", {"companyName": "Never", "companyType": 1, "ownerResourceID": owner_id(api), "phone": "1"}
+    )
     assert response.status_code >= 500
     assert len(api.state("Companies")) == before
     assert api.stats()["faults"]["errors"] == 1
@@ -615,8 +693,9 @@ def test_injected_errors_apply_nothing(api: Api) -> None:
 
 def test_a_lost_response_hides_a_write_that_was_applied(api: Api) -> None:
     api.faults(lost_response_rate=1.0)
-    response = api.post("Companies", {"companyName": "Lost Reply AG", "companyType": 1,
-                                      "ownerResourceID": owner_id(api), "phone": "1"})
+    response = api.post(
+        "Companies", {"companyName": "Lost Reply AG", "companyType": 1, "ownerResourceID": owner_id(api), "phone": "1"}
+    )
     assert response.status_code == 504
     assert "Lost Reply AG" in [c["companyName"] for c in api.state("Companies")]
     assert api.stats()["writes"] == 1
@@ -649,8 +728,13 @@ def test_acknowledged_writes_survive_a_sigterm_restart(tmp_path: Path) -> None:
         api = Api(first)
         company_id = new_company(api, "Survivor GmbH")
         contract_id = new_recurring_contract(api, company_id)
-        assert api.post(f"Contracts/{contract_id}/ServiceAdjustments", {
-            "serviceID": monthly_service_id(api), "effectiveDate": "2026-02-01", "unitChange": 4}).status_code == 200
+        assert (
+            api.post(
+                f"Contracts/{contract_id}/ServiceAdjustments",
+                {"serviceID": monthly_service_id(api), "effectiveDate": "2026-02-01", "unitChange": 4},
+            ).status_code
+            == 200
+        )
         first.process.send_signal(signal.SIGTERM)  # right after the acknowledgement
         first.process.wait(timeout=15)
     finally:

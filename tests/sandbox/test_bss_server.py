@@ -53,8 +53,7 @@ def fetch_all(http: httpx.Client, token: str, path: str, page_size: int = 200, *
     records: list[dict] = []
     page = 1
     while True:
-        response = http.get(path, headers=api_headers(token),
-                            params={**params, "page": page, "pageSize": page_size})
+        response = http.get(path, headers=api_headers(token), params={**params, "page": page, "pageSize": page_size})
         assert response.status_code == 200, response.text
         records.extend(response.json())
         if page >= json.loads(response.headers["X-Pagination"])["totalPages"]:
@@ -63,6 +62,7 @@ def fetch_all(http: httpx.Client, token: str, path: str, page_size: int = 200, *
 
 
 # --- health and auth --------------------------------------------------------------------------------
+
 
 def test_healthz_answers_without_authentication(client):
     assert client.get("/healthz").status_code == 200
@@ -77,13 +77,16 @@ def test_token_is_issued_for_the_right_client_and_user(client):
     assert len(body["access_token"]) >= 20
 
 
-@pytest.mark.parametrize(("auth", "form", "status", "error"), [
-    (("demo-client", "wrong-secret"), USER, 401, "invalid_client"),
-    (None, USER, 401, "invalid_client"),
-    (CLIENT, {**USER, "password": "wrong-password"}, 401, "invalid_grant"),
-    (CLIENT, {**USER, "username": "someone-else"}, 401, "invalid_grant"),
-    (CLIENT, {**USER, "grant_type": "client_credentials"}, 400, "unsupported_grant_type"),
-])
+@pytest.mark.parametrize(
+    ("auth", "form", "status", "error"),
+    [
+        (("demo-client", "wrong-secret"), USER, 401, "invalid_client"),
+        (None, USER, 401, "invalid_client"),
+        (CLIENT, {**USER, "password": "wrong-password"}, 401, "invalid_grant"),
+        (CLIENT, {**USER, "username": "someone-else"}, 401, "invalid_grant"),
+        (CLIENT, {**USER, "grant_type": "client_credentials"}, 400, "unsupported_grant_type"),
+    ],
+)
 def test_token_endpoint_rejects_bad_credentials_and_grants(client, auth, form, status, error):
     response = client.post("/oauth/token", auth=auth, data=form)
     assert response.status_code == status
@@ -115,10 +118,10 @@ def test_api_needs_a_supported_version_header(client):
 
 # --- charges, paging and filters -------------------------------------------------------------------
 
+
 def test_month_extract_in_pages_returns_exactly_the_universe_month(client, universe):
     token = get_token(client)
-    lines = fetch_all(client, token, "/api/charges", page_size=40,
-                      **{"$filter": OCTOBER, "$orderby": "id asc"})
+    lines = fetch_all(client, token, "/api/charges", page_size=40, **{"$filter": OCTOBER, "$orderby": "id asc"})
     assert lines == universe.charges_for_month("2026-10")
 
 
@@ -127,16 +130,28 @@ def test_pagination_header_describes_the_result(client, universe):
     total = len(universe.charges_for_month("2026-10"))
     response = get_charges(client, token, **{"$filter": OCTOBER, "page": 2, "pageSize": 25})
     assert json.loads(response.headers["X-Pagination"]) == {
-        "totalCount": total, "pageSize": 25, "currentPage": 2, "totalPages": -(-total // 25)}
+        "totalCount": total,
+        "pageSize": 25,
+        "currentPage": 2,
+        "totalPages": -(-total // 25),
+    }
     assert [line["id"] for line in response.json()] == [
-        line["id"] for line in universe.charges_for_month("2026-10")[25:50]]
+        line["id"] for line in universe.charges_for_month("2026-10")[25:50]
+    ]
     beyond = get_charges(client, token, **{"$filter": OCTOBER, "page": 999, "pageSize": 25})
     assert beyond.status_code == 200 and beyond.json() == []
 
 
-@pytest.mark.parametrize("params", [
-    {"pageSize": 201}, {"pageSize": 0}, {"pageSize": "ten"}, {"page": 0}, {"page": "first"},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"pageSize": 201},
+        {"pageSize": 0},
+        {"pageSize": "ten"},
+        {"page": 0},
+        {"page": "first"},
+    ],
+)
 def test_bad_paging_parameters_are_rejected(client, params):
     response = get_charges(client, get_token(client), **params)
     assert response.status_code == 400
@@ -153,52 +168,68 @@ def test_page_size_bounds_are_inclusive(client):
 def test_filters_on_dotted_fields_numbers_and_quoted_strings(client, universe):
     token = get_token(client)
     october = universe.charges_for_month("2026-10")
-    expected = [line for line in october if line["account"]["name"] == "O'Brien & Sons Ltd"
-                and line["quantity"] >= 5 and line["action"] != "Renewal"]
+    expected = [
+        line
+        for line in october
+        if line["account"]["name"] == "O'Brien & Sons Ltd" and line["quantity"] >= 5 and line["action"] != "Renewal"
+    ]
     assert expected
-    found = fetch_all(client, token, "/api/charges", **{
-        "$filter": f"{OCTOBER} and account.name eq 'O''Brien & Sons Ltd' and quantity ge 5 "
-                   "and action ne 'Renewal'"})
+    found = fetch_all(
+        client,
+        token,
+        "/api/charges",
+        **{"$filter": f"{OCTOBER} and account.name eq 'O''Brien & Sons Ltd' and quantity ge 5 and action ne 'Renewal'"},
+    )
     assert found == expected
 
 
 def test_negative_numbers_and_null_compare(client, universe):
     token = get_token(client)
-    found = fetch_all(client, token, "/api/charges",
-                      **{"$filter": f"{OCTOBER} and quantity lt 0 and invoiceId eq null"})
+    found = fetch_all(
+        client, token, "/api/charges", **{"$filter": f"{OCTOBER} and quantity lt 0 and invoiceId eq null"}
+    )
     assert found == [line for line in universe.charges_for_month("2026-10") if line["quantity"] < 0]
 
 
 def test_date_filters_select_across_months(client, universe):
     token = get_token(client)
-    found = fetch_all(client, token, "/api/charges", **{
-        "$filter": "effectiveDate gt 2026-10-15 and effectiveDate lt 2026-11-03"})
-    expected = [line for month in ("2026-10", "2026-11") for line in universe.charges_for_month(month)
-                if "2026-10-15" < line["effectiveDate"] < "2026-11-03"]
+    found = fetch_all(
+        client, token, "/api/charges", **{"$filter": "effectiveDate gt 2026-10-15 and effectiveDate lt 2026-11-03"}
+    )
+    expected = [
+        line
+        for month in ("2026-10", "2026-11")
+        for line in universe.charges_for_month(month)
+        if "2026-10-15" < line["effectiveDate"] < "2026-11-03"
+    ]
     assert found == expected
     assert {line["chargeStartDate"][:7] for line in found} == {"2026-10", "2026-11"}
 
 
 def test_orderby_sorts_descending_and_by_several_fields(client):
     token = get_token(client)
-    found = fetch_all(client, token, "/api/charges",
-                      **{"$filter": OCTOBER, "$orderby": "subscriptionQuantity desc, id asc"})
+    found = fetch_all(
+        client, token, "/api/charges", **{"$filter": OCTOBER, "$orderby": "subscriptionQuantity desc, id asc"}
+    )
     keys = [(-line["subscriptionQuantity"], line["id"]) for line in found]
     assert keys == sorted(keys)
     assert len(found) == 133
 
 
-@pytest.mark.parametrize(("expression", "named"), [
-    ("chargeDate ge 2026-10-01", "chargeDate"),
-    ("quantity eq 'three'", "quantity"),
-    ("chargeStartDate ge 2026-13-01", "2026-13-01"),
-    ("account eq 'ACC-1001'", "account"),
-    ("id eq 'CHG' or id eq 'X'", "or"),
-    ("id like 'CHG%'", "like"),
-    ("id eq", "incomplete"),
-    ("id eq 'unterminated", "unterminated"),
-    ("action eq Cycle", "Cycle"),
-])
+@pytest.mark.parametrize(
+    ("expression", "named"),
+    [
+        ("chargeDate ge 2026-10-01", "chargeDate"),
+        ("quantity eq 'three'", "quantity"),
+        ("chargeStartDate ge 2026-13-01", "2026-13-01"),
+        ("account eq 'ACC-1001'", "account"),
+        ("id eq 'CHG' or id eq 'X'", "or"),
+        ("id like 'CHG%'", "like"),
+        ("id eq", "incomplete"),
+        ("id eq 'unterminated", "unterminated"),
+        ("action eq Cycle", "Cycle"),
+    ],
+)
 def test_malformed_filters_are_rejected_naming_the_problem(client, expression, named):
     response = get_charges(client, get_token(client), **{"$filter": expression})
     assert response.status_code == 400
@@ -214,6 +245,7 @@ def test_bad_orderby_is_rejected(client):
 
 # --- accounts ----------------------------------------------------------------------------------------
 
+
 def test_accounts_are_paged_filtered_and_shaped_as_documented(client, universe):
     token = get_token(client)
     everyone = fetch_all(client, token, "/api/accounts", page_size=7)
@@ -223,10 +255,19 @@ def test_accounts_are_paged_filtered_and_shaped_as_documented(client, universe):
     assert len(british) == sum(1 for account in universe.accounts if account.country == "GB")
     one = client.get("/api/accounts/ACC-1004", headers=api_headers(token)).json()
     assert one == {
-        "id": "ACC-1004", "name": "Müller GmbH", "code": one["code"], "status": "Active",
-        "phone": one["phone"], "email": one["email"], "vatNumber": one["vatNumber"],
-        "address": {"street": one["address"]["street"], "city": one["address"]["city"],
-                    "postalCode": one["address"]["postalCode"], "country": "DE"},
+        "id": "ACC-1004",
+        "name": "Müller GmbH",
+        "code": one["code"],
+        "status": "Active",
+        "phone": one["phone"],
+        "email": one["email"],
+        "vatNumber": one["vatNumber"],
+        "address": {
+            "street": one["address"]["street"],
+            "city": one["address"]["city"],
+            "postalCode": one["address"]["postalCode"],
+            "country": "DE",
+        },
     }
     assert one["phone"].startswith("+49")
 
@@ -238,6 +279,7 @@ def test_unknown_account_is_a_404_with_a_message(client):
 
 
 # --- fault knobs -------------------------------------------------------------------------------------
+
 
 def set_faults(http: httpx.Client, **knobs) -> dict:
     response = http.post("/_admin/faults", json=knobs)
@@ -293,8 +335,7 @@ def test_tokens_expire_after_their_ttl_and_on_demand(client):
     assert get_charges(client, get_token(client), pageSize=1).status_code == 200
 
 
-@pytest.mark.parametrize("knobs", [
-    {"error_rate": 2}, {"latency_ms": -1}, {"speed": 3}, {"rate_limit_every": "x"}])
+@pytest.mark.parametrize("knobs", [{"error_rate": 2}, {"latency_ms": -1}, {"speed": 3}, {"rate_limit_every": "x"}])
 def test_invalid_fault_settings_are_rejected(client, knobs):
     response = client.post("/_admin/faults", json=knobs)
     assert response.status_code == 400
@@ -327,14 +368,17 @@ def test_reset_restores_the_start_up_faults(client):
 
 # --- overrides ---------------------------------------------------------------------------------------
 
+
 def test_overrides_replace_add_and_remove_lines_of_a_month(client, universe):
     token = get_token(client)
     october = universe.charges_for_month("2026-10")
     replaced_id, removed_id = october[3]["id"], october[4]["id"]
     broken = {**october[3], "quantity": "three", "unitPrice": None}
     extra = {"id": "CHG-2026-10-999999", "account": {"id": "ACC-0000"}}
-    response = client.post("/_admin/overrides", json={
-        "month": "2026-10", "replace": {replaced_id: broken}, "add": [extra, 42], "remove": [removed_id]})
+    response = client.post(
+        "/_admin/overrides",
+        json={"month": "2026-10", "replace": {replaced_id: broken}, "add": [extra, 42], "remove": [removed_id]},
+    )
     assert response.status_code == 200
     lines = fetch_all(client, token, "/api/charges", **{"$filter": OCTOBER, "$orderby": "id asc"})
     ids = [line["id"] if isinstance(line, dict) else line for line in lines]
@@ -343,8 +387,9 @@ def test_overrides_replace_add_and_remove_lines_of_a_month(client, universe):
     assert extra in lines and 42 in lines
     assert len(lines) == len(october) + 1
     # other months are untouched
-    november = fetch_all(client, token, "/api/charges",
-                         **{"$filter": "chargeStartDate ge 2026-11-01 and chargeStartDate le 2026-11-30"})
+    november = fetch_all(
+        client, token, "/api/charges", **{"$filter": "chargeStartDate ge 2026-11-01 and chargeStartDate le 2026-11-30"}
+    )
     assert november == universe.charges_for_month("2026-11")
     client.post("/_admin/reset")
     assert fetch_all(client, token, "/api/charges", **{"$filter": OCTOBER}) == october
@@ -359,7 +404,8 @@ def test_raw_body_override_serves_non_json_text(client):
     with pytest.raises(json.JSONDecodeError):
         json.loads(response.text)
     september = get_charges(
-        client, token, **{"$filter": "chargeStartDate ge 2026-09-01 and chargeStartDate le 2026-09-30"})
+        client, token, **{"$filter": "chargeStartDate ge 2026-09-01 and chargeStartDate le 2026-09-30"}
+    )
     assert september.status_code == 200 and isinstance(september.json(), list)
 
 
@@ -371,6 +417,7 @@ def test_bad_overrides_are_rejected(client, payload):
 
 
 # --- configuration -----------------------------------------------------------------------------------
+
 
 def test_flags_and_environment_configure_the_sandbox():
     running = start_server(
@@ -394,8 +441,7 @@ def test_flags_and_environment_configure_the_sandbox():
 
 def test_a_thousand_customer_month_starts_quickly_and_streams_fast():
     started = time.perf_counter()
-    running = start_server(
-        ["sandbox.bss_server", "--customers", "1000", "--subscriptions-per-customer", "20"])
+    running = start_server(["sandbox.bss_server", "--customers", "1000", "--subscriptions-per-customer", "20"])
     startup_s = time.perf_counter() - started
     try:
         with httpx.Client(base_url=running.url, timeout=60) as http:

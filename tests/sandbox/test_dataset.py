@@ -15,9 +15,23 @@ ALL_ACTIONS = {"Cycle", "New", "Renewal", "QuantityIncrease", "QuantityDecrease"
 ALL_CHARGE_TYPES = {"Recurring", "Prorated", "OneTime", "Credit"}
 RESTATING_ACTIONS = {"Cycle", "New", "Renewal"}
 CHARGE_KEYS = [
-    "id", "account", "subscription", "product", "billingPlan", "billingCycle", "chargeType", "action",
-    "quantity", "subscriptionQuantity", "unitCost", "unitPrice", "currency", "chargeStartDate",
-    "chargeEndDate", "effectiveDate", "invoiceId",
+    "id",
+    "account",
+    "subscription",
+    "product",
+    "billingPlan",
+    "billingCycle",
+    "chargeType",
+    "action",
+    "quantity",
+    "subscriptionQuantity",
+    "unitCost",
+    "unitPrice",
+    "currency",
+    "chargeStartDate",
+    "chargeEndDate",
+    "effectiveDate",
+    "invoiceId",
 ]
 
 
@@ -124,8 +138,9 @@ def test_charges_agree_with_the_subscription_history(universe):
             assert line["quantity"] == subscription.units_on(month_start)
             assert subscription.start_date < month_start
     cycled = {line["subscription"]["id"] for line in lines if line["action"] in RESTATING_ACTIONS}
-    in_force = {s.id for s in universe.subscriptions
-                if s.units_on(month_start) > 0 or month_start <= s.start_date <= month_end}
+    in_force = {
+        s.id for s in universe.subscriptions if s.units_on(month_start) > 0 or month_start <= s.start_date <= month_end
+    }
     assert cycled == in_force
 
 
@@ -162,8 +177,9 @@ def test_units_on_is_zero_before_the_start_and_follows_the_changes(universe):
 
 
 def test_renewals_happen_on_the_first_day_after_the_term_end(universe):
-    renewals = [line for line in universe.charges_between(date(2026, 1, 1), date(2027, 12, 31))
-                if line["action"] == "Renewal"]
+    renewals = [
+        line for line in universe.charges_between(date(2026, 1, 1), date(2027, 12, 31)) if line["action"] == "Renewal"
+    ]
     assert renewals
     for line in renewals:
         subscription = next(s for s in universe.subscriptions if s.id == line["subscription"]["id"])
@@ -184,15 +200,22 @@ def test_customer_base_is_realistic(universe):
     cycles = Counter(subscription.billing_cycle for subscription in universe.subscriptions)
     assert set(cycles) == {"Monthly", "Annual", "Biennial", "Triennial"}
     assert {product.billing_period for product in universe.products} == {
-        "Monthly", "Quarterly", "SemiAnnually", "Annually"}
+        "Monthly",
+        "Quarterly",
+        "SemiAnnually",
+        "Annually",
+    }
 
 
 def test_charges_between_selects_by_charge_start_date(universe):
     lines = universe.charges_between(date(2026, 10, 10), date(2026, 11, 5))
     assert lines
     assert all("2026-10-10" <= line["chargeStartDate"] <= "2026-11-05" for line in lines)
-    expected = [line for line in universe.charges_for_month("2026-10") + universe.charges_for_month("2026-11")
-                if "2026-10-10" <= line["chargeStartDate"] <= "2026-11-05"]
+    expected = [
+        line
+        for line in universe.charges_for_month("2026-10") + universe.charges_for_month("2026-11")
+        if "2026-10-10" <= line["chargeStartDate"] <= "2026-11-05"
+    ]
     assert lines == expected
 
 

@@ -19,15 +19,24 @@ from sandbox.odata_filter import (
 )
 
 LINES = build_universe().charges_for_month("2026-10")
-PYTHON_OPERATORS = {"eq": operator.eq, "ne": operator.ne, "gt": operator.gt, "ge": operator.ge,
-                    "lt": operator.lt, "le": operator.le}
+PYTHON_OPERATORS = {
+    "eq": operator.eq,
+    "ne": operator.ne,
+    "gt": operator.gt,
+    "ge": operator.ge,
+    "lt": operator.lt,
+    "le": operator.le,
+}
 ops = st.sampled_from(sorted(PYTHON_OPERATORS))
-number_clause = st.tuples(st.sampled_from(["quantity", "subscriptionQuantity", "unitPrice"]), ops,
-                          st.integers(-20, 60))
-string_clause = st.tuples(st.sampled_from(["action", "chargeType", "currency"]), ops,
-                          st.sampled_from(["Cycle", "New", "Prorated", "EUR", "GBP", "O'Brien"]))
-date_clause = st.tuples(st.just("effectiveDate"), ops,
-                        st.integers(0, 30).map(lambda day: date(2026, 10, 1) + timedelta(days=day)))
+number_clause = st.tuples(st.sampled_from(["quantity", "subscriptionQuantity", "unitPrice"]), ops, st.integers(-20, 60))
+string_clause = st.tuples(
+    st.sampled_from(["action", "chargeType", "currency"]),
+    ops,
+    st.sampled_from(["Cycle", "New", "Prorated", "EUR", "GBP", "O'Brien"]),
+)
+date_clause = st.tuples(
+    st.just("effectiveDate"), ops, st.integers(0, 30).map(lambda day: date(2026, 10, 1) + timedelta(days=day))
+)
 clauses = st.lists(st.one_of(number_clause, string_clause, date_clause), min_size=1, max_size=4)
 
 
@@ -47,20 +56,28 @@ def test_parsed_filter_selects_what_the_python_predicate_selects(generated):
     text = " and ".join(f"{field} {op} {literal(value)}" for field, op, value in generated)
     parsed = parse_filter(text, CHARGE_FIELDS)
     found = [line for line in LINES if all(clause.matches(line) for clause in parsed)]
-    expected = [line for line in LINES if all(
-        PYTHON_OPERATORS[op](line[field], python_value(value)) for field, op, value in generated)]
+    expected = [
+        line
+        for line in LINES
+        if all(PYTHON_OPERATORS[op](line[field], python_value(value)) for field, op, value in generated)
+    ]
     assert found == expected
 
 
 def test_keywords_and_operators_are_case_insensitive_and_spacing_is_free():
     parsed = parse_filter("  quantity  GT 3   AND action Eq 'Cycle' ", CHARGE_FIELDS)
     assert [(clause.field, clause.op, clause.value) for clause in parsed] == [
-        ("quantity", "gt", 3.0), ("action", "eq", "Cycle")]
+        ("quantity", "gt", 3.0),
+        ("action", "eq", "Cycle"),
+    ]
 
 
 def test_date_bounds_take_the_tightest_range():
-    parsed = parse_filter("chargeStartDate ge 2026-10-01 and chargeStartDate ge 2026-10-05 "
-                          "and effectiveDate le 2026-10-20 and quantity gt 1", CHARGE_FIELDS)
+    parsed = parse_filter(
+        "chargeStartDate ge 2026-10-01 and chargeStartDate ge 2026-10-05 "
+        "and effectiveDate le 2026-10-20 and quantity gt 1",
+        CHARGE_FIELDS,
+    )
     assert date_bounds(parsed, ("chargeStartDate", "effectiveDate")) == ("2026-10-05", "2026-10-20")
     assert date_bounds(parse_filter("id eq 'x'", CHARGE_FIELDS), ("chargeStartDate",)) == (None, None)
 
