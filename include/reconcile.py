@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -332,6 +332,23 @@ def _cost_changes(points: pd.DataFrame) -> None:
 # -- from the comparison to actions ----------------------------------------------------------------------
 
 
+class _AdjustmentRow(NamedTuple):
+    """The columns of a compared date `_adjustments` reads, as plain Python values."""
+
+    group: str
+    point: pd.Timestamp
+    unit_change: float
+    cost_change: float  # NaN: no cost change
+    cost_before: float
+    units_before: float
+    target: float
+    bss_point: bool
+    autotask_adjusted: bool
+    units_unknown: bool
+    ends_term: bool
+    starts_term: bool
+
+
 class _PlanBuilder:
     def __init__(
         self,
@@ -350,7 +367,10 @@ class _PlanBuilder:
         self.points = points
         self.accounts = accounts
         self.contracts = snapshot.contracts.set_index("contract_id")
-        self.contract_starts = self.contracts["start_date"].to_dict()
+        # numpy datetime64 values (NaT for none): a Timestamp per contract costs more than the lookups
+        starts = self.contracts["start_date"]
+        self.contract_starts = dict(zip(starts.index.tolist(), starts.to_numpy(), strict=True))
+        self.dates: dict[pd.Timestamp, date] = {}
         self.group_info: dict[str, dict[str, Any]] = {}
         self.actions: list[PlanAction] = []
         self.company_actions: dict[str, PlanAction] = {}
@@ -375,11 +395,13 @@ class _PlanBuilder:
         self.group_info = {
             values[0]: dict(zip(columns, values[1:], strict=True)) for values in zip(*values_of, strict=True)
         }
-        by_group: dict[str, list[Any]] = defaultdict(list)
-        for row in emitted.itertuples():
+        # the rows as plain Python values (floats, bools, Timestamps), column by column
+        rows = zip(*(emitted[column].tolist() for column in _AdjustmentRow._fields), strict=True)
+        by_group: dict[str, list[_AdjustmentRow]] = defaultdict(list)
+        for row in map(_AdjustmentRow._make, rows):
             by_group[row.group].append(row)
-        for group, rows in by_group.items():
-            self._adjustments(group, rows)
+        for group, group_rows in by_group.items():
+            self._adjustments(group, group_rows)
         return self.actions
 
     # extensions first: an adjustment after the contract's end needs the new end date
@@ -422,7 +444,7 @@ class _PlanBuilder:
             self.actions.append(action)
             self.groups_with_actions.update(contract_groups)
 
-    def _adjustments(self, group: str, rows: list[Any]) -> None:
+    def _adjustments(self, group: str, rows: list[_AdjustmentRow]) -> None:
         info = self.group_info[group]
         self.groups_with_actions.add(group)
         contract_id = _int_or_none(info["contract_id"])
@@ -435,12 +457,27 @@ class _PlanBuilder:
             cs_action = self._create_contract_service(group, info, contract_action, service_action)
         extend = self.extend_actions.get(contract_id) if contract_id is not None else None
         contract_start = self.contract_starts.get(contract_id) if contract_id is not None else None
+        contract_start = None if contract_start is None or np.isnat(contract_start) else pd.Timestamp(contract_start)
+        # what every adjustment of the group shares
+        month_key = self.month.key
+        target = f"cs:{group}"
+        account_id = info["account_id"]
+        subscription_ids = info["subscriptions"]
+        product_id = info["product_id"]
+        contract_action_id = _id_of(contract_action)
+        service_action_id = _id_of(service_action)
+        cs_action_id = _id_of(cs_action)
+        contract_flag = info["contract_flag"]
+        service_flag = info["service_flag"]
+        review_decreases = info["commitment_months"] >= self.settings.review_decreases_from_months
+        base_depends = [action for action in (cs_action, contract_action, service_action) if action]
         previous: PlanAction | None = None
         for row in rows:
             unit_change = _decimal(row.unit_change)
-            cost_after = None if pd.isna(row.cost_change) else _decimal(row.cost_change)
+            cost_change = row.cost_change
+            cost_after = None if cost_change != cost_change else _decimal(cost_change)  # NaN: no cost change
             kind = ActionKind.ADJUST_UNITS if unit_change != 0 else ActionKind.CHANGE_COST
-            effective = row.point.date()
+            effective = self._date_of(row.point)
             payload: dict[str, Any] = {
                 "contractID": contract_id,
                 "serviceID": service_id,
@@ -451,34 +488,35 @@ class _PlanBuilder:
             if cost_after is not None:
                 payload["adjustedUnitCost"] = cost_after
             # each unitChange is relative to the previous one of the same contract service: a chain
-            depends = [action for action in (cs_action, contract_action, service_action, previous) if action]
-            if extend is not None and pd.Timestamp(effective) > pd.Timestamp(extend.end_date_before):
-                depends.append(extend)
-            action = PlanAction(
+            depends = base_depends if previous is None else [*base_depends, previous]
+            if extend is not None and effective > extend.end_date_before:
+                depends = [*depends, extend]
+            cost_before = row.cost_before
+            action = PlanAction.build(
                 kind=kind,
-                month=self.month.key,
-                target=f"cs:{group}",
+                month=month_key,
+                target=target,
                 effective_date=effective,
-                account_id=info["account_id"],
-                subscription_ids=info["subscriptions"],
-                product_id=info["product_id"],
+                account_id=account_id,
+                subscription_ids=subscription_ids,
+                product_id=product_id,
                 contract_id=contract_id,
-                contract_action_id=_id_of(contract_action),
+                contract_action_id=contract_action_id,
                 service_id=service_id,
-                service_action_id=_id_of(service_action),
+                service_action_id=service_action_id,
                 contract_service_id=contract_service_id,
-                contract_service_action_id=_id_of(cs_action),
+                contract_service_action_id=cs_action_id,
                 units_before=_decimal(row.units_before),
                 units_after=_decimal(row.target),
                 unit_change=unit_change,
-                unit_cost_before=None if cost_after is None or pd.isna(row.cost_before) else _decimal(row.cost_before),
+                unit_cost_before=None if cost_after is None or cost_before != cost_before else _decimal(cost_before),
                 unit_cost_after=cost_after,
                 payload=payload,
                 charge_ids=self._charge_ids_at(group, row.point),
-                depends_on=tuple(sorted(action.action_id for action in depends)),
+                depends_on=tuple(sorted([action.action_id for action in depends])),
             )
-            action = self._held_by_link(action, info["contract_flag"], "contract", contract_id)
-            action = self._held_by_link(action, info["service_flag"], "service", service_id)
+            action = self._held_by_link(action, contract_flag, "contract", contract_id)
+            action = self._held_by_link(action, service_flag, "service", service_id)
             if not row.bss_point and row.autotask_adjusted:
                 action = action.held(
                     ActionStatus.FLAGGED,
@@ -491,16 +529,12 @@ class _PlanBuilder:
                     f"no ContractServiceUnits for contract service "
                     f"{contract_service_id} in the snapshot: its current units are unknown",
                 )
-            if (
-                unit_change < 0
-                and info["commitment_months"] >= self.settings.review_decreases_from_months
-                and not (row.ends_term or row.starts_term)
-            ):
+            if unit_change < 0 and review_decreases and not (row.ends_term or row.starts_term):
                 action = action.held(
                     ActionStatus.FLAGGED,
                     f"decrease of {-unit_change} units inside a {info['commitment_months']}-month commitment",
                 )
-            if contract_start is not None and not pd.isna(contract_start) and row.point < contract_start:
+            if contract_start is not None and row.point < contract_start:
                 action = action.held(ActionStatus.FLAGGED, "effective date is before the contract's start date")
             for dependency in depends:
                 if dependency.status is not ActionStatus.PROPOSED:
@@ -673,6 +707,12 @@ class _PlanBuilder:
             return action
         state = "no longer exists" if flag == "target_missing" else "is inactive"
         return action.held(ActionStatus.FLAGGED, f"the linked Autotask {kind} {target_id} {state}")
+
+    def _date_of(self, point: pd.Timestamp) -> date:
+        day = self.dates.get(point)
+        if day is None:
+            day = self.dates[point] = point.date()
+        return day
 
     def _charge_ids_at(self, group: str, point: pd.Timestamp) -> tuple[str, ...]:
         positions = self.charges_at.get((group, point))
