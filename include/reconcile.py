@@ -193,7 +193,7 @@ def _groups(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
     groups["subscriptions"] = pd.Series({group: tuple(values) for group, values in members.items()}, dtype=object)
     groups["commitment_months"] = by_group["commitment_months"].max()
     groups["billing_cycle"] = lines.sort_values("commitment_months").groupby("group")["billing_cycle"].last()
-    last_line = lines.groupby("group", sort=False).last()
+    last_line = lines.groupby("group", sort=False)[["unit_price", "unit_cost"]].last()
     groups["unit_price"] = last_line["unit_price"]
     groups["unit_cost"] = last_line["unit_cost"]
     groups["first_point"] = by_group["point"].min()
@@ -371,6 +371,7 @@ class _PlanBuilder:
         starts = self.contracts["start_date"]
         self.contract_starts = dict(zip(starts.index.tolist(), starts.to_numpy(), strict=True))
         self.dates: dict[pd.Timestamp, date] = {}
+        self.group_charge_ids: dict[str, tuple[str, ...]] = {}
         self.group_info: dict[str, dict[str, Any]] = {}
         self.actions: list[PlanAction] = []
         self.company_actions: dict[str, PlanAction] = {}
@@ -416,9 +417,10 @@ class _PlanBuilder:
         reach = reach[reach["end_date"].notna() & (reach["last_point"] > reach["end_date"])]
         if reach.empty:
             return
-        groups_of = linked[linked["contract_id"].isin(reach.index)].groupby("contract_id").groups
-        subscriptions_of = linked["subscriptions"].to_dict()
-        flag_of = linked["contract_flag"].to_dict()
+        extended = linked[linked["contract_id"].isin(reach.index)]
+        groups_of = extended.groupby("contract_id").groups
+        subscriptions_of = dict(zip(extended.index.tolist(), extended["subscriptions"].tolist(), strict=True))
+        flag_of = dict(zip(extended.index.tolist(), extended["contract_flag"].tolist(), strict=True))
         for contract_id, end, commitment_months, last_point in zip(
             reach.index, reach["end_date"], reach["commitment_months"], reach["last_point"], strict=True
         ):
@@ -427,7 +429,7 @@ class _PlanBuilder:
             new_end = renewed_end_date(end.date(), cycle, last_point.date(), self.settings.minimum_contract_months)
             contract_groups = list(groups_of[contract_id])
             charge_ids = self._charge_ids(contract_groups, after=end)
-            action = PlanAction(
+            action = PlanAction.build(
                 kind=ActionKind.EXTEND_CONTRACT,
                 month=self.month.key,
                 target=f"contract:C{contract_id}",
@@ -566,7 +568,7 @@ class _PlanBuilder:
             payload[self.settings.company_key_field] = account_id
         elif self.settings.company_key_udf:
             payload["userDefinedFields"] = [{"name": self.settings.company_key_udf, "value": account_id}]
-        action = PlanAction(
+        action = PlanAction.build(
             kind=ActionKind.CREATE_COMPANY,
             month=self.month.key,
             target=f"account:{account_id}",
@@ -600,7 +602,7 @@ class _PlanBuilder:
             "sku": (info["product_sku"] or None),
             "isActive": True,
         }
-        action = PlanAction(
+        action = PlanAction.build(
             kind=ActionKind.CREATE_SERVICE,
             month=self.month.key,
             target=f"product:{product_id}",
@@ -638,7 +640,7 @@ class _PlanBuilder:
             "timeReportingRequiresStartAndStopTimes": self.settings.time_reporting_requires_start_and_stop_times,
             "contractNumber": subscription_id[:50],
         }
-        action = PlanAction(
+        action = PlanAction.build(
             kind=ActionKind.CREATE_CONTRACT,
             month=self.month.key,
             target=f"subscription:{subscription_id}",
@@ -649,7 +651,7 @@ class _PlanBuilder:
             company_action_id=_id_of(company_action),
             end_date_after=end,
             payload=payload,
-            charge_ids=self._charge_ids([group]),
+            charge_ids=self._charge_ids_of(group),
             depends_on=tuple(filter(None, [_id_of(company_action)])),
         )
         if info["contract_suggestions"]:
@@ -671,7 +673,7 @@ class _PlanBuilder:
         contract_id = _int_or_none(info["contract_id"])
         service_id = _int_or_none(info["service_id"])
         dependencies = [action for action in (contract_action, service_action) if action]
-        action = PlanAction(
+        action = PlanAction.build(
             kind=ActionKind.CREATE_CONTRACT_SERVICE,
             month=self.month.key,
             target=f"cs:{group}",
@@ -688,7 +690,7 @@ class _PlanBuilder:
                 "unitPrice": _decimal(info["unit_price"]),
                 "unitCost": _decimal(info["unit_cost"]),
             },
-            charge_ids=self._charge_ids([group]),
+            charge_ids=self._charge_ids_of(group),
             depends_on=tuple(sorted(action.action_id for action in dependencies)),
         )
         action = self._held_by_link(action, info["contract_flag"], "contract", contract_id)
@@ -719,6 +721,13 @@ class _PlanBuilder:
         if positions is None:
             return ()
         return tuple(sorted(self.charge_id_array[positions]))
+
+    def _charge_ids_of(self, group: str) -> tuple[str, ...]:
+        """All charge ids of one group (a contract and its contract service both carry them)."""
+        found = self.group_charge_ids.get(group)
+        if found is None:
+            found = self.group_charge_ids[group] = self._charge_ids([group])
+        return found
 
     def _charge_ids(self, groups: Any, after: pd.Timestamp | None = None) -> tuple[str, ...]:
         found: set[str] = set()
