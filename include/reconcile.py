@@ -379,8 +379,16 @@ class _PlanBuilder:
         self.contract_actions: dict[str, PlanAction] = {}
         self.extend_actions: dict[int, PlanAction] = {}
         self.groups_with_actions: set[str] = set()
-        self.charges_at = lines.groupby(["group", "point"]).indices
-        self.charges_of_group = lines.groupby("group").indices
+        # `_prepare_lines` sorts the lines by group: each group's lines are one block of positions
+        codes = lines["group_code"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        ends = np.r_[starts[1:], len(codes)]
+        self.charges_of_group = {
+            group: np.arange(start, end)
+            for group, start, end in zip(
+                lines["group"].to_numpy()[starts].tolist(), starts.tolist(), ends.tolist(), strict=True
+            )
+        }
         self.charge_id_array = lines["charge_id"].to_numpy(dtype=object)
         self.point_array = lines["point"].to_numpy()
 
@@ -717,9 +725,10 @@ class _PlanBuilder:
         return day
 
     def _charge_ids_at(self, group: str, point: pd.Timestamp) -> tuple[str, ...]:
-        positions = self.charges_at.get((group, point))
+        positions = self.charges_of_group.get(group)
         if positions is None:
             return ()
+        positions = positions[self.point_array[positions] == point.to_datetime64()]
         return tuple(sorted(self.charge_id_array[positions]))
 
     def _charge_ids_of(self, group: str) -> tuple[str, ...]:
