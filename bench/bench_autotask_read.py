@@ -11,14 +11,12 @@ wall <= 1.3 x (calls x latency / 3).
 
 from __future__ import annotations
 
-import calendar
 import json
 import math
 import os
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +26,8 @@ os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="bench-airflow-"))
 import httpx  # noqa: E402
 
 from connectors.autotask_hook import AutotaskHook  # noqa: E402
+from include.models import BillingMonth  # noqa: E402
+from sandbox.local_stack import autotask_connection  # noqa: E402
 from tests.servers import start_server  # noqa: E402
 
 CONTRACT_SERVICES = 5000
@@ -86,19 +86,11 @@ def main() -> None:
             raise SystemExit(f"the seed holds only {len(contract_service_ids)} contract services")
 
         os.environ["AIRFLOW_CONN_AUTOTASK_BENCH"] = json.dumps(
-            {
-                "conn_type": "http",
-                "host": "127.0.0.1",
-                "port": server.port,
-                "schema": "http",
-                "login": "api-user@demo.example",
-                "password": SECRET,
-                "extra": {"integration_code": "DEMOINTEGRATION", "max_concurrent_per_endpoint": SLOTS},
-            }
+            {**autotask_connection(server.url, max_concurrent_per_endpoint=SLOTS), "password": SECRET}
         )
         hook = AutotaskHook("autotask_bench")
-        first_day = date(int(MONTH[:4]), int(MONTH[5:]), 1)
-        last_day = first_day.replace(day=calendar.monthrange(first_day.year, first_day.month)[1])
+        billing_month = BillingMonth.parse(MONTH)
+        first_day, last_day = billing_month.first_day, billing_month.last_day
         hook.api_base  # noqa: B018  # read the connection before the clock starts (no request is sent)
         call_seconds = time_calls(hook)
         admin.post("/_admin/stats/reset").raise_for_status()

@@ -16,6 +16,7 @@ sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "plugins")]
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 from sandbox.launcher import start_server  # noqa: E402
+from sandbox.local_stack import bss_connection  # noqa: E402
 
 CUSTOMERS = 1_000
 SUBSCRIPTIONS_PER_CUSTOMER = 23  # ≈ 20,000 lines in 2026-10 with seed 42
@@ -34,17 +35,7 @@ def main() -> None:
         timeout_s=120,
     )
     try:
-        os.environ["AIRFLOW_CONN_BSS_DEFAULT"] = json.dumps(
-            {
-                "conn_type": "http",
-                "host": "127.0.0.1",
-                "port": server.port,
-                "schema": "http",
-                "login": "demo-user",
-                "password": "demo-password",
-                "extra": {"client_id": "demo-client", "client_secret": "demo-client-secret"},
-            }
-        )
+        os.environ["AIRFLOW_CONN_BSS_DEFAULT"] = json.dumps(bss_connection(server.url))
         from connectors.bss_hook import BssHook
         from include.extract import extract_month
         from include.warehouse import Warehouse

@@ -18,7 +18,6 @@ import sys
 import tempfile
 import time
 from datetime import date, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -28,66 +27,16 @@ MONTH = "2026-10"
 
 
 def prepare(directory: Path, customers: int, subscriptions: int, seed: int) -> None:
-    from include.warehouse import Warehouse, utcnow
+    from include.extract import extract_month
+    from include.warehouse import Warehouse
+    from sandbox.bss_server import UniverseSource
     from sandbox.dataset import build_universe
     from tests.include.fake_autotask import FakeAutotask
 
     universe = build_universe(customers, subscriptions, seed)
-    charges = universe.charges_for_month(MONTH)
     warehouse = Warehouse(f"sqlite:///{directory / 'warehouse.db'}")
     warehouse.migrate()
-    rows = [
-        {
-            "month": MONTH,
-            "charge_id": c["id"],
-            "account_id": c["account"]["id"],
-            "account_name": c["account"]["name"],
-            "account_code": c["account"]["code"],
-            "subscription_id": c["subscription"]["id"],
-            "subscription_status": c["subscription"]["status"],
-            "product_id": c["product"]["id"],
-            "product_sku": c["product"]["sku"],
-            "product_name": c["product"]["name"],
-            "billing_plan_id": c["billingPlan"]["id"],
-            "billing_plan_name": c["billingPlan"]["name"],
-            "billing_period": c["billingPlan"]["billingPeriod"],
-            "billing_cycle": c["billingCycle"],
-            "charge_type": c["chargeType"],
-            "action": c["action"],
-            "quantity": Decimal(str(c["quantity"])),
-            "subscription_quantity": Decimal(str(c["subscriptionQuantity"])),
-            "unit_cost": Decimal(str(c["unitCost"])),
-            "unit_price": Decimal(str(c["unitPrice"])),
-            "currency": c["currency"],
-            "charge_start_date": date.fromisoformat(c["chargeStartDate"]),
-            "charge_end_date": date.fromisoformat(c["chargeEndDate"]),
-            "effective_date": date.fromisoformat(c["effectiveDate"]),
-            "invoice_id": None,
-            "run_id": "bench-extract",
-        }
-        for c in charges
-    ]
-    accounts = [
-        {
-            "account_id": a.id,
-            "name": a.name,
-            "code": a.code,
-            "status": a.status,
-            "phone": a.phone,
-            "email": a.email,
-            "vat_number": a.vat_number,
-            "street": a.street,
-            "city": a.city,
-            "postal_code": a.postal_code,
-            "country": a.country,
-            "run_id": "bench-extract",
-            "fetched_at": utcnow(),
-        }
-        for a in universe.accounts
-    ]
-    with warehouse.begin() as conn:
-        warehouse.insert(conn, "charge_lines", rows)
-        warehouse.insert(conn, "bss_accounts", accounts)
+    extracted = extract_month(UniverseSource(universe), warehouse, MONTH, "bench-extract")
 
     # Autotask as an MSP half-way through adoption: most records keyed, some only by name, some near misses,
     # some missing; units as of the end of the previous month, with a little drift in cost.
@@ -129,7 +78,15 @@ def prepare(directory: Path, customers: int, subscriptions: int, seed: int) -> N
         )
     with (directory / "autotask.pickle").open("wb") as handle:
         pickle.dump(fake, handle, protocol=pickle.HIGHEST_PROTOCOL)
-    print(json.dumps({"lines": len(rows), "accounts": len(accounts), "subscriptions": len(universe.subscriptions)}))
+    print(
+        json.dumps(
+            {
+                "lines": extracted.line_count,
+                "accounts": extracted.account_count,
+                "subscriptions": len(universe.subscriptions),
+            }
+        )
+    )
 
 
 def measure(directory: Path) -> dict:

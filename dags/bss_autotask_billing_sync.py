@@ -142,11 +142,12 @@ def bss_autotask_billing_sync() -> None:
 
 def _settings():
     """Sync settings: `BILLING_SYNC_*` environment defaults, overridden by this run's params."""
-    from include.sync_settings import SyncSettings
+    from dataclasses import replace
 
-    params = get_current_context()["params"]
-    base = SyncSettings.from_env()
-    return SyncSettings.from_mapping({**base.as_dict(), "effective_date_policy": params["effective_date_policy"]})
+    from include.sync_settings import EffectiveDatePolicy, SyncSettings
+
+    policy = EffectiveDatePolicy(get_current_context()["params"]["effective_date_policy"])
+    return replace(SyncSettings.from_env(), effective_date_policy=policy)
 
 
 bss_autotask_billing_sync()

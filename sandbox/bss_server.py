@@ -28,6 +28,7 @@ import random
 import secrets
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from datetime import date
 from typing import Any
@@ -359,6 +360,20 @@ def account_json(account: Account) -> dict[str, Any]:
             "country": account.country,
         },
     }
+
+
+class UniverseSource:
+    """The sandbox's data served in-process, in the BSS API's record shapes: a `BssChargeSource` for
+    `include.extract.extract_month` in benchmarks and tests that need no HTTP."""
+
+    def __init__(self, universe: Universe) -> None:
+        self.universe = universe
+
+    def iter_charges(self, start: date, end: date) -> Iterator[list[dict]]:
+        yield self.universe.charges_between(start, end)
+
+    def list_accounts(self) -> Iterator[list[dict]]:
+        yield [account_json(account) for account in self.universe.accounts]
 
 
 def _entry(sort_id: str, value: Any, injected: bool = False) -> _Entry:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import uuid
@@ -82,24 +83,6 @@ def warehouse(request: pytest.FixtureRequest) -> Iterator[Warehouse]:
 
 
 # -- sandboxes ------------------------------------------------------------------------------------
-def bss_connection_json(server_url: str, **extra: object) -> str:
-    """An Airflow connection (JSON form) for the BSS sandbox at `server_url`."""
-    import json
-
-    from sandbox.local_stack import bss_connection
-
-    return json.dumps(bss_connection(server_url, **extra))
-
-
-def autotask_connection_json(server_url: str, **extra: object) -> str:
-    """An Airflow connection (JSON form) for the Autotask sandbox at `server_url` (explicit host: no discovery)."""
-    import json
-
-    from sandbox.local_stack import autotask_connection
-
-    return json.dumps(autotask_connection(server_url, **extra))
-
-
 @pytest.fixture(scope="session")
 def bss_sandbox():
     """The BSS sandbox (50 customers × 3 subscriptions, seed 42), shared by the session; reset after each use."""
@@ -115,6 +98,8 @@ def bss(bss_sandbox, monkeypatch: pytest.MonkeyPatch):
     """The shared BSS sandbox, with `bss_default` pointing at it and faults/overrides cleared afterwards."""
     import httpx
 
-    monkeypatch.setenv("AIRFLOW_CONN_BSS_DEFAULT", bss_connection_json(bss_sandbox.url))
+    from sandbox.local_stack import bss_connection
+
+    monkeypatch.setenv("AIRFLOW_CONN_BSS_DEFAULT", json.dumps(bss_connection(bss_sandbox.url)))
     yield bss_sandbox
     httpx.post(bss_sandbox.url + "/_admin/reset", timeout=10)
