@@ -370,19 +370,27 @@ class _Schema(Generic[_Model]):
         self.id_field = id_field
         self.fields = fields
         self.readers = tuple((get, check) for _, _, get, check in fields)
+        self._lengths_cache: tuple[Mapping[str, int], tuple[tuple[int, str, int], ...]] | None = None
 
     def build(self, record: object, max_lengths: Mapping[str, int] | None = None) -> _Model:
         if type(record) is not dict:
             raise self.error(None, "<record>", f"expected a JSON object, got {_shown(record)}")
         try:
             # One comprehension, positional arguments: the fastest way to run the checks in CPython.
-            built = self.model(*[check(get(record)) for get, check in self.readers])
+            values = [check(get(record)) for get, check in self.readers]
         except _Invalid:
             pass
         else:
             if max_lengths:
-                self._check_lengths(record, built, max_lengths)
-            return built
+                for position, field, limit in self._length_checks(max_lengths):
+                    value = values[position]
+                    if type(value) is str and len(value) > limit:
+                        raise self.error(
+                            _record_id(record, self.id_field),
+                            field,
+                            f"{len(value)} characters, longer than the {limit} the warehouse keeps: {_shown(value)}",
+                        )
+            return self.model(*values)
         # Rare path: run the checks again one by one to learn which field failed.
         for _, field, get, check in self.fields:
             try:
@@ -392,17 +400,17 @@ class _Schema(Generic[_Model]):
                 raise self.error(record_id, invalid.field or field, invalid.reason) from None
         raise AssertionError("a field check failed once and then passed")  # checks are pure; unreachable
 
-    def _check_lengths(self, record: dict[str, Any], built: _Model, max_lengths: Mapping[str, int]) -> None:
-        """Text longer than its warehouse column is a typing error too, named like any other."""
-        for attribute, field, _, _ in self.fields:
-            limit = max_lengths.get(attribute)
-            value = getattr(built, attribute)
-            if limit is not None and type(value) is str and len(value) > limit:
-                raise self.error(
-                    _record_id(record, self.id_field),
-                    field,
-                    f"{len(value)} characters, longer than the {limit} the warehouse keeps: {_shown(value)}",
-                )
+    def _length_checks(self, max_lengths: Mapping[str, int]) -> tuple[tuple[int, str, int], ...]:
+        """(position, BSS field, most characters) of each sized attribute; built once per limits mapping."""
+        cached = self._lengths_cache
+        if cached is None or cached[0] is not max_lengths:
+            checks = tuple(
+                (position, field, max_lengths[attribute])
+                for position, (attribute, field, _, _) in enumerate(self.fields)
+                if attribute in max_lengths
+            )
+            cached = self._lengths_cache = (max_lengths, checks)
+        return cached[1]
 
 
 _CHARGE_SCHEMA = _Schema(ChargeLine, ChargeLineError, CHARGE_ID, _CHARGE_FIELDS)
