@@ -15,7 +15,7 @@ from urllib.parse import unquote
 import pytest
 
 from include import quality
-from include.extract import extract_month
+from include.extract import ExtractRejectedError, StaleRunError, extract_month
 from include.quality import (
     DataQualityError,
     SuiteConfigurationError,
@@ -526,3 +526,23 @@ def test_the_bss_timestamp_orders_one_days_lines_before_the_sequence(warehouse: 
         "CHG-9": "2026-10-15 09:00:00",
         "CHG-10": "2026-10-15 08:30:00",
     }
+
+
+def test_a_retried_extract_is_validated_on_its_latest_attempts_raw_records(warehouse: Warehouse, universe) -> None:
+    records = universe.charges_for_month(MONTH)
+    broken = [dict(records[0], currency=None), *records[1:]]
+    with pytest.raises(ExtractRejectedError):
+        _extract(warehouse, universe, MONTH, "run-retried", broken)
+    _extract(warehouse, universe, MONTH, "run-retried")  # the retry: same run id, next attempt
+    report = validate_charges(warehouse, MONTH, "run-retried")
+    assert report.critical == [], [str(failure) for failure in report.critical]
+    assert {suite.suite: suite.row_count for suite in report.suites}["bss_charges_raw"] == len(records)
+
+
+def test_validating_an_older_run_after_a_newer_extract_of_the_month_is_refused(warehouse: Warehouse, universe) -> None:
+    _extract(warehouse, universe, MONTH, "run-older")
+    _extract(warehouse, universe, MONTH, "run-newer")
+    with pytest.raises(StaleRunError, match="run-newer"):
+        validate_charges(warehouse, MONTH, "run-older")
+    assert warehouse.scalar("SELECT COUNT(*) FROM quality_results") == 0
+    assert validate_charges(warehouse, MONTH, "run-newer").passed
