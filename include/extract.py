@@ -181,29 +181,35 @@ def ensure_run_reads_own_lines(warehouse: Warehouse, month: str, run_id: str) ->
         holder_ids = [row["run_id"] for row in newest]
         if holder_ids in ([], [run_id]):
             return
-    raise StaleRunError(warehouse, billing_month.key, run_id, holder_ids, own[0]["finished_at"])
+    extracted = warehouse.query(
+        "SELECT run_id, MAX(finished_at) AS finished_at FROM extract_runs"
+        " WHERE month = :month AND status = 'succeeded' GROUP BY run_id",
+        {"month": billing_month.key},
+    )
+    extracted_at = {row["run_id"]: row["finished_at"] for row in extracted}
+    holders = {holder: extracted_at.get(holder) for holder in holder_ids}
+    raise StaleRunError(billing_month.key, run_id, holders, own[0]["finished_at"])
 
 
 class StaleRunError(RuntimeError):
-    """The month's charge lines now come from another run's extract: this run's later steps must not run."""
+    """The month's charge lines now come from another run's extract: this run's later steps must not run.
 
-    def __init__(
-        self, warehouse: Warehouse, month: str, run_id: str, holder_ids: list[str], own_extract_at: Any
-    ) -> None:
-        self.month, self.run_id, self.holder_ids = month, run_id, holder_ids
-        since = warehouse.query(
-            "SELECT run_id, MAX(finished_at) AS finished_at FROM extract_runs"
-            " WHERE month = :month AND status = 'succeeded' GROUP BY run_id",
-            {"month": month},
-        )
-        extracted_at = {row["run_id"]: row["finished_at"] for row in since}
-        holders = ", ".join(f"run {holder!r} (extracted {_when(extracted_at.get(holder))})" for holder in holder_ids)
+    `holders`: the run(s) whose lines the month holds, each with when its extract finished.
+    """
+
+    def __init__(self, month: str, run_id: str, holders: Mapping[str, Any], own_extract_at: Any) -> None:
+        self.month, self.run_id, self.holders, self.own_extract_at = month, run_id, dict(holders), own_extract_at
+        named = ", ".join(f"run {holder!r} (extracted {_when(at)})" for holder, at in self.holders.items())
         super().__init__(
-            f"{month} now holds the charge lines of {holders}, not those run {run_id!r} extracted "
+            f"{month} now holds the charge lines of {named}, not those run {run_id!r} extracted "
             f"{_when(own_extract_at)}; nothing was read or changed for run {run_id!r}. To bring this run up to "
             f"date, re-run it from its extract task (clear extract and everything after it); to act on the "
             f"newer lines, review the newer run instead."
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable despite the custom signature (XCom, multiprocessing).
+        return (type(self), (self.month, self.run_id, self.holders, self.own_extract_at))
 
 
 def _when(moment: Any) -> str:

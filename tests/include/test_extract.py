@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 import threading
 
@@ -244,5 +245,7 @@ def test_a_run_whose_month_was_extracted_again_by_a_newer_run_is_stopped(warehou
     assert "'manual__2026-11-03'" in message and "scheduled__2026-11-01" in message
     assert "re-run it from its extract task" in message and "review the newer run" in message
     assert re.search(r"extracted at \d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC", message)
+    assert list(stopped.value.holders) == ["manual__2026-11-03"]
+    assert str(pickle.loads(pickle.dumps(stopped.value))) == message
     ensure_run_reads_own_lines(warehouse, MONTH, "manual__2026-11-03")  # the newer run reads its own lines
     ensure_run_reads_own_lines(warehouse, MONTH, "lines-stored-by-hand")  # never extracted: nothing to check
