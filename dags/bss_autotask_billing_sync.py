@@ -11,7 +11,9 @@ Moves one billing month of recurring charges from the **interworks.cloud BSS** i
 4. **validate_plan** — the plan's own suites (never two adjustments on one date, no unit change unmapped).
 
 Trigger it with **month** = `YYYY-MM`; scheduled runs take the month of the run date (shifted by
-`BILLING_MONTH_OFFSET` months, default 0). Re-running a month is always safe.
+`BILLING_MONTH_OFFSET` months, default 0). Re-running a month is always safe; a later step of an older run
+stops (saying what to do) once a newer run has extracted the same month again: each run reads its own inputs.
+Reads retry (extract, snapshot_autotask); checks and rejected data fail at once.
 Connections: `bss_default`, `autotask_default`, `billing_warehouse` (see the README).
 """
 
@@ -94,7 +96,7 @@ def bss_autotask_billing_sync() -> None:
         report = run_charge_suites(get_warehouse(), month, extracted["run_id"])
         return raise_on_critical(report).as_dict()
 
-    @task(retries=0)
+    @task  # only reads Autotask: a burst of 5xx that outlasts the hook's own attempts is retried here
     def snapshot_autotask(month: str, extracted: dict[str, Any]) -> dict[str, Any]:
         """The Autotask state the month needs, read with batched queries and stored for this run."""
         from connectors.autotask_hook import AutotaskHook
@@ -106,18 +108,18 @@ def bss_autotask_billing_sync() -> None:
     @task
     def link_records(month: str, snapshot: dict[str, Any]) -> dict[str, Any]:
         """Link every BSS account, subscription and product to Autotask (remembered, by key, by name)."""
-        from connectors.warehouse_connection import get_warehouse
         from include.mapping import link_month
 
-        return link_month(get_warehouse(), month, snapshot["run_id"], _settings()).as_dict()
+        warehouse = _warehouse_holding_runs_own_lines(month, snapshot["run_id"])
+        return link_month(warehouse, month, snapshot["run_id"], _settings()).as_dict()
 
     @task
     def reconcile(month: str, links: dict[str, Any]) -> dict[str, Any]:
         """BSS units at each effective date against Autotask's contract service units: the change plan."""
-        from connectors.warehouse_connection import get_warehouse
         from include.reconcile import reconcile_month
 
-        return reconcile_month(get_warehouse(), month, links["run_id"], _settings()).as_dict()
+        warehouse = _warehouse_holding_runs_own_lines(month, links["run_id"])
+        return reconcile_month(warehouse, month, links["run_id"], _settings()).as_dict()
 
     @task(retries=0)
     def validate_plan(month: str, plan: dict[str, Any]) -> dict[str, Any]:
@@ -138,6 +140,23 @@ def bss_autotask_billing_sync() -> None:
     plan_checked = validate_plan(month, plan)
     chain(charges_checked, snapshot)
     chain(plan, plan_checked)
+
+
+def _warehouse_holding_runs_own_lines(month: str, run_id: str):
+    """The warehouse, once it is sure the month still holds this run's own charge lines.
+
+    Re-running an older run's step after a newer run extracted the month again would mix the two runs'
+    inputs and replace the newer run's rows: that fails at once, without retries, saying what to do.
+    """
+    from connectors.warehouse_connection import get_warehouse
+    from include.extract import StaleRunError, ensure_run_reads_own_lines
+
+    warehouse = get_warehouse()
+    try:
+        ensure_run_reads_own_lines(warehouse, month, run_id)
+    except StaleRunError as error:
+        raise AirflowFailException(str(error)) from error
+    return warehouse
 
 
 def _settings():

@@ -13,8 +13,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Callable
-from datetime import date
+from collections.abc import Callable, Mapping
+from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, Generic, TypeVar
@@ -57,6 +57,7 @@ CHARGE_START_DATE = "chargeStartDate"
 CHARGE_END_DATE = "chargeEndDate"
 EFFECTIVE_DATE = "effectiveDate"
 INVOICE_ID = "invoiceId"
+CREATED_DATE = "createdDate"  # the BSS's own timestamp of the charge: ISO 8601 datetime, optional
 
 ACCOUNT_RECORD_ID = "id"
 ACCOUNT_RECORD_NAME = "name"
@@ -76,6 +77,9 @@ MONEY_MAX_DECIMALS = 4
 _MONEY_QUANTUM = Decimal(1).scaleb(-MONEY_MAX_DECIMALS)
 _DATE_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _CURRENCY_PATTERN = re.compile(r"^[A-Za-z]{3}$")
+_DATETIME_PATTERN = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+_TRAILING_DIGITS = re.compile(r"(\d+)$")
+_SEQUENCE_MAX_DIGITS = 18
 _REPR_LIMIT = 60
 
 
@@ -206,6 +210,30 @@ def _day(value: Any) -> date:
     raise _Invalid(f"expected a date YYYY-MM-DD, got {_shown(value)}")
 
 
+def _optional_timestamp(value: Any) -> datetime | None:
+    """An ISO 8601 date and time, as naive UTC like every timestamp in the warehouse; absent is None."""
+    if value is None or value is _MISSING:
+        return None
+    if type(value) is str and _DATETIME_PATTERN.match(value):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise _Invalid(f"not a date and time: {_shown(value)}") from None
+        return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+    raise _Invalid(f"expected an ISO 8601 date and time, got {_shown(value)}")
+
+
+def _charge_sequence(value: Any) -> int | None:
+    """The numeric tail of the charge id (`CHG-2026-10-9` -> 9); None when the id ends in no digits.
+
+    Never rejects: the id itself is checked by its own field.
+    """
+    match = _TRAILING_DIGITS.search(value) if type(value) is str else None
+    if not match or len(match.group(1).lstrip("0")) > _SEQUENCE_MAX_DIGITS:
+        return None  # beyond a BIGINT the text of the id orders the line
+    return int(match.group(1))
+
+
 def _currency(value: Any) -> str:
     if type(value) is str and _CURRENCY_PATTERN.match(value):
         return value.upper()
@@ -292,6 +320,8 @@ _CHARGE_FIELDS = _fields(
     ("charge_end_date", CHARGE_END_DATE, _day),
     ("effective_date", EFFECTIVE_DATE, _day),
     ("invoice_id", INVOICE_ID, _optional_text),
+    ("charged_at", CREATED_DATE, _optional_timestamp),
+    ("charge_sequence", CHARGE_ID, _charge_sequence),
 )
 
 _ACCOUNT_FIELDS = _fields(
@@ -340,15 +370,27 @@ class _Schema(Generic[_Model]):
         self.id_field = id_field
         self.fields = fields
         self.readers = tuple((get, check) for _, _, get, check in fields)
+        self._lengths_cache: tuple[Mapping[str, int], tuple[tuple[int, str, int], ...]] | None = None
 
-    def build(self, record: object) -> _Model:
+    def build(self, record: object, max_lengths: Mapping[str, int] | None = None) -> _Model:
         if type(record) is not dict:
             raise self.error(None, "<record>", f"expected a JSON object, got {_shown(record)}")
         try:
             # One comprehension, positional arguments: the fastest way to run the checks in CPython.
-            return self.model(*[check(get(record)) for get, check in self.readers])
+            values = [check(get(record)) for get, check in self.readers]
         except _Invalid:
             pass
+        else:
+            if max_lengths:
+                for position, field, limit in self._length_checks(max_lengths):
+                    value = values[position]
+                    if type(value) is str and len(value) > limit:
+                        raise self.error(
+                            _record_id(record, self.id_field),
+                            field,
+                            f"{len(value)} characters, longer than the {limit} the warehouse keeps: {_shown(value)}",
+                        )
+            return self.model(*values)
         # Rare path: run the checks again one by one to learn which field failed.
         for _, field, get, check in self.fields:
             try:
@@ -358,16 +400,32 @@ class _Schema(Generic[_Model]):
                 raise self.error(record_id, invalid.field or field, invalid.reason) from None
         raise AssertionError("a field check failed once and then passed")  # checks are pure; unreachable
 
+    def _length_checks(self, max_lengths: Mapping[str, int]) -> tuple[tuple[int, str, int], ...]:
+        """(position, BSS field, most characters) of each sized attribute; built once per limits mapping."""
+        cached = self._lengths_cache
+        if cached is None or cached[0] is not max_lengths:
+            checks = tuple(
+                (position, field, max_lengths[attribute])
+                for position, (attribute, field, _, _) in enumerate(self.fields)
+                if attribute in max_lengths
+            )
+            cached = self._lengths_cache = (max_lengths, checks)
+        return cached[1]
+
 
 _CHARGE_SCHEMA = _Schema(ChargeLine, ChargeLineError, CHARGE_ID, _CHARGE_FIELDS)
 _ACCOUNT_SCHEMA = _Schema(BssAccount, AccountRecordError, ACCOUNT_RECORD_ID, _ACCOUNT_FIELDS)
 
 
-def to_charge_line(record: object) -> ChargeLine:
-    """Type one raw charge record; raises `ChargeLineError` naming the charge id and the field."""
-    return _CHARGE_SCHEMA.build(record)
+def to_charge_line(record: object, max_lengths: Mapping[str, int] | None = None) -> ChargeLine:
+    """Type one raw charge record; raises `ChargeLineError` naming the charge id and the field.
+
+    `max_lengths` (ChargeLine attribute -> characters, from the warehouse's columns) rejects text the
+    warehouse could not store.
+    """
+    return _CHARGE_SCHEMA.build(record, max_lengths)
 
 
-def to_account(record: object) -> BssAccount:
+def to_account(record: object, max_lengths: Mapping[str, int] | None = None) -> BssAccount:
     """Type one raw account record; raises `AccountRecordError` naming the account id and the field."""
-    return _ACCOUNT_SCHEMA.build(record)
+    return _ACCOUNT_SCHEMA.build(record, max_lengths)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 
@@ -117,6 +117,11 @@ class ChargeLine:
     charge_end_date: date
     effective_date: date
     invoice_id: str | None
+    # The BSS's own order of charges: its timestamp of the charge (UTC, when it sends one) and the numeric
+    # sequence of the charge id (`CHG-2026-10-9` -> 9). Lines of one subscription and date follow
+    # (effective_date, charged_at, charge_sequence, charge_id), never the text order of the ids.
+    charged_at: datetime | None = None
+    charge_sequence: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,8 +37,9 @@ import sqlalchemy as sa
 
 from include import bss_adapter as bss
 from include import report_assets
+from include.extract import ensure_run_reads_own_lines
 from include.models import BillingMonth
-from include.warehouse import Warehouse, utcnow
+from include.warehouse import Warehouse, sql, utcnow
 
 # Before GX is ever imported: no usage statistics, and none of the hundreds of INFO lines GX's API
 # registry logs at import ("Skipping registering function ...") in Airflow task logs.
@@ -222,12 +223,16 @@ class DataQualityError(RuntimeError):
 
 
 def validate_charges(warehouse: Warehouse, month: str, run_id: str) -> QualityReport:
-    """Validate the run's raw BSS records and the month's typed lines; never raises for bad data."""
+    """Validate the run's raw BSS records and the month's typed lines; never raises for bad data.
+
+    Raises `StaleRunError` when the month's lines are no longer the ones this run extracted.
+    """
     billing_month = BillingMonth.parse(month)
+    ensure_run_reads_own_lines(warehouse, billing_month.key, run_id)
     parameters = charge_parameters(warehouse, billing_month)
     frames = {
         "bss_charges_raw": raw_charges_frame(warehouse, billing_month.key, run_id),
-        "charge_lines": _frame(warehouse, "quality_charge_lines", {"month": billing_month.key}, "charge_lines"),
+        "charge_lines": _frame(warehouse, charge_lines_query(), {"month": billing_month.key}, "charge_lines"),
     }
     return _run_gate(warehouse, Stage.CHARGES, billing_month.key, run_id, frames, parameters)
 
@@ -241,6 +246,13 @@ def validate_plan(warehouse: Warehouse, month: str, run_id: str) -> QualityRepor
         "change_plan": _frame(warehouse, "quality_plan_actions", {"month": billing_month.key}, "change_plan"),
     }
     return _run_gate(warehouse, Stage.PLAN, billing_month.key, run_id, frames, parameters)
+
+
+def charge_lines_query() -> str:
+    """`quality_charge_lines.sql` with `subscription_history.sql` composed in: the suite checks a first line
+    of the month against the same previous total reconciliation starts from."""
+    history = sql("subscription_history").strip().removesuffix(";")
+    return sql("quality_charge_lines").replace("{subscription_history}", history)
 
 
 def raise_on_critical(report: QualityReport) -> QualityReport:
@@ -597,10 +609,10 @@ def _exception_message(info: Any) -> str | None:
 # --- frames ------------------------------------------------------------------------------------------------
 
 
-def _frame(warehouse: Warehouse, sql_name: str, params: Mapping[str, Any], suite_name: str) -> pd.DataFrame:
+def _frame(warehouse: Warehouse, statement: str, params: Mapping[str, Any], suite_name: str) -> pd.DataFrame:
     import pandas as pd
 
-    frame = warehouse.read_frame(sql_name, params)
+    frame = warehouse.read_frame(statement, params)
     # SQLite hands dates back as text, PostgreSQL as date objects: make both datetime64 so suites compare them.
     for column in _DATE_COLUMNS.get(suite_name, ()):
         frame[column] = pd.to_datetime(frame[column], errors="coerce")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -17,11 +18,10 @@ from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote_plus
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import SAWarning
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ MIGRATIONS_DIR = SQL_DIR / "migrations"
 DEFAULT_SQLITE_PATH = Path(__file__).resolve().parent.parent / "var" / "warehouse.db"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _INSERT_BATCH = 5_000
+# First key of the PostgreSQL advisory locks that serialise writers of one month ("BILL" in ASCII).
+_MONTH_LOCK_NAMESPACE = 0x42494C4C
 
 # SQLite keeps NUMERIC as REAL; 4-decimal money round-trips exactly at our magnitudes, so the warning
 # about Decimal emulation is noise here. PostgreSQL stores exact NUMERIC.
@@ -65,23 +67,27 @@ def url_from_connection_fields(
     password: str | None = None,
     schema: str | None = None,
     extra: Mapping[str, Any] | None = None,
-) -> str:
+) -> URL:
     """A SQLAlchemy URL from an Airflow connection's fields (`billing_warehouse`).
 
     `extra.sqlalchemy_url` wins; conn_type `sqlite` takes the file path in host; `postgres` the usual fields.
+    Built as a URL object, never as escaped text: a password like "p@ss word/+%:" reaches the server as is.
     """
     extra = extra or {}
     if extra.get("sqlalchemy_url"):
-        return str(extra["sqlalchemy_url"])
+        return sa.make_url(str(extra["sqlalchemy_url"]))
     kind = (conn_type or "").lower()
     if kind == "sqlite":
-        path = host or schema or str(DEFAULT_SQLITE_PATH)
-        return f"sqlite:///{path}"
+        return URL.create("sqlite", database=host or schema or str(DEFAULT_SQLITE_PATH))
     if kind in {"postgres", "postgresql"}:
-        auth = ""
-        if login:
-            auth = quote_plus(login) + (f":{quote_plus(password)}" if password else "") + "@"
-        return f"postgresql+psycopg2://{auth}{host or '127.0.0.1'}:{port or 5432}/{schema or 'postgres'}"
+        return URL.create(
+            "postgresql+psycopg2",
+            username=login or None,
+            password=password or None,
+            host=host or "127.0.0.1",
+            port=port or 5432,
+            database=schema or "postgres",
+        )
     raise WarehouseError(f"billing_warehouse connection type {conn_type!r} is not supported (sqlite, postgres)")
 
 
@@ -97,16 +103,17 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 class Warehouse:
     """A handle on the staging warehouse. Cheap to create; create one per task."""
 
-    def __init__(self, url: str | None = None, engine: Engine | None = None) -> None:
+    def __init__(self, url: str | URL | None = None, engine: Engine | None = None) -> None:
         if engine is None:
-            url = url or f"sqlite:///{DEFAULT_SQLITE_PATH}"
-            if url.startswith("sqlite:///") and not url.startswith("sqlite:///:memory:"):
-                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            url = sa.make_url(url or f"sqlite:///{DEFAULT_SQLITE_PATH}")
+            if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
             engine = sa.create_engine(url, future=True, pool_pre_ping=True)
             if engine.dialect.name == "sqlite":
                 event.listen(engine, "connect", _sqlite_pragmas)
         self.engine = engine
         self._metadata = sa.MetaData()
+        self._reflecting = threading.Lock()  # tasks may share a handle across threads (concurrent extracts)
 
     @property
     def dialect(self) -> str:
@@ -116,9 +123,9 @@ class Warehouse:
         return f"Warehouse({self.engine.url.render_as_string(hide_password=True)})"
 
     # -- schema ---------------------------------------------------------------------------------
-    def migrations(self) -> list[tuple[str, Path]]:
+    def migrations(self, directory: Path = MIGRATIONS_DIR) -> list[tuple[str, Path]]:
         found = []
-        for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+        for path in sorted(directory.glob("*.sql")):
             match = _MIGRATION_NAME.match(path.name)
             if not match:
                 raise WarehouseError(f"migration file {path.name} must be named NNNN_lowercase_name.sql")
@@ -134,9 +141,13 @@ class Warehouse:
                 return set()
             return {row[0] for row in conn.execute(sa.text("SELECT version FROM schema_migrations"))}
 
-    def migrate(self) -> list[str]:
-        """Apply the migrations not yet applied, each in its own transaction. Returns what was applied."""
-        with self.engine.begin() as conn:
+    def migrate(self, directory: Path = MIGRATIONS_DIR) -> list[str]:
+        """Apply the migrations not yet applied, each all or nothing in its own transaction.
+
+        Returns what was applied. A migration that fails leaves nothing of itself behind (no half-made
+        table), so fixing it and migrating again succeeds.
+        """
+        with self._ddl_transaction() as conn:
             conn.execute(
                 sa.text(
                     "CREATE TABLE IF NOT EXISTS schema_migrations ("
@@ -145,29 +156,69 @@ class Warehouse:
             )
         applied = self.applied_versions()
         newly_applied = []
-        for version, path in self.migrations():
-            if version in applied:
-                continue
-            with self.engine.begin() as conn:
-                for statement in split_statements(path.read_text()):
-                    conn.execute(sa.text(statement))
-                conn.execute(
-                    sa.text("INSERT INTO schema_migrations (version, name, applied_at) VALUES (:v, :n, :t)"),
-                    {"v": version, "n": path.name, "t": utcnow()},
-                )
-            log.info("warehouse: applied migration %s", path.name)
-            newly_applied.append(path.name)
-        self._metadata = sa.MetaData()
+        try:
+            for version, path in self.migrations(directory):
+                if version in applied:
+                    continue
+                with self._ddl_transaction() as conn:
+                    for statement in split_statements(path.read_text()):
+                        conn.execute(sa.text(statement))
+                    conn.execute(
+                        sa.text("INSERT INTO schema_migrations (version, name, applied_at) VALUES (:v, :n, :t)"),
+                        {"v": version, "n": path.name, "t": utcnow()},
+                    )
+                log.info("warehouse: applied migration %s", path.name)
+                newly_applied.append(path.name)
+        finally:
+            self._metadata = sa.MetaData()
         return newly_applied
+
+    @contextmanager
+    def _ddl_transaction(self) -> Iterator[Connection]:
+        """A transaction that DDL is part of, on both databases.
+
+        PostgreSQL's DDL is transactional as is. Python's sqlite3 driver opens its own transactions only
+        before INSERT/UPDATE/DELETE, so a CREATE TABLE commits by itself and a failing migration would leave
+        half its tables behind. SQLAlchemy's documented fix ("Serializable isolation / Savepoints /
+        Transactional DDL" in its SQLite dialect notes) switches the driver's own handling off and emits
+        BEGIN; here only for this connection and only for the migration, so normal use is unchanged.
+        """
+        with self.engine.connect() as conn:
+            if self.dialect != "sqlite":
+                with conn.begin():
+                    yield conn
+                return
+            dbapi = conn.connection.driver_connection
+            driver_isolation = dbapi.isolation_level
+            dbapi.isolation_level = None  # the driver now leaves BEGIN/COMMIT to us
+            try:
+                with conn.begin():
+                    conn.exec_driver_sql("BEGIN")
+                    yield conn
+            finally:
+                dbapi.isolation_level = driver_isolation
 
     def table(self, name: str) -> sa.Table:
         """The reflected table (cached): inserts through it get each dialect's typing right."""
-        if name not in self._metadata.tables:
-            try:
-                sa.Table(name, self._metadata, autoload_with=self.engine)
-            except sa.exc.NoSuchTableError as error:
-                raise WarehouseError(f"warehouse table {name!r} does not exist: run migrate() first") from error
-        return self._metadata.tables[name]
+        with self._reflecting:
+            if name not in self._metadata.tables:
+                try:
+                    sa.Table(name, self._metadata, autoload_with=self.engine)
+                except sa.exc.NoSuchTableError as error:
+                    raise WarehouseError(f"warehouse table {name!r} does not exist: run migrate() first") from error
+            return self._metadata.tables[name]
+
+    def text_lengths(self, table_name: str) -> dict[str, int]:
+        """The most characters each sized text column of a table keeps (e.g. account_name: 255).
+
+        The migrations are the one place that sizes columns; typing checks values against this before
+        writing, so an overlong value is named by record and field instead of failing in the driver.
+        """
+        return {
+            column.name: column.type.length
+            for column in self.table(table_name).columns
+            if isinstance(column.type, sa.String) and column.type.length
+        }
 
     # -- data -----------------------------------------------------------------------------------
     @contextmanager
@@ -220,6 +271,22 @@ class Warehouse:
                 conn.execute(table.insert(), batch)
             count += len(batch)
         return count
+
+    def lock_month(self, conn: Connection, month: str) -> None:
+        """Hold the month for writing until `conn`'s transaction ends: concurrent writers of a month queue.
+
+        PostgreSQL: a transaction-scoped advisory lock on the month. SQLite: the database's write lock,
+        taken now by a write that changes nothing (WAL lets only one writer in; busy_timeout makes the
+        others wait rather than fail).
+        """
+        if self.dialect == "postgresql":
+            year, number = (int(part) for part in month.split("-"))
+            conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:namespace, :month)"),
+                {"namespace": _MONTH_LOCK_NAMESPACE, "month": year * 100 + number},
+            )
+        elif self.dialect == "sqlite":
+            conn.execute(sa.text("UPDATE schema_migrations SET version = version WHERE 1 = 0"))
 
     def query(self, statement: str | sa.TextClause, params: Mapping[str, Any] | None = None) -> list[dict]:
         """Run a read query (SQL text or the name of an `include/sql` file) and return rows as dicts."""

@@ -2,20 +2,35 @@
 -- Numbers are cast to DOUBLE PRECISION so both dialects hand pandas floats (PostgreSQL NUMERIC would come
 -- back as Decimal objects, which are slow to validate). Helper columns:
 --   quantity_fraction, subscription_quantity_fraction: the non-integral part (0 for whole units);
---   previous_subscription_quantity: the total on the subscription's previous line this month, lines in
---     (effective_date, charge_id) order;
+--   previous_subscription_quantity: the total before the line: the subscription's previous line this month,
+--     else (its first line of the month) the previous total the warehouse's earlier months left it with
+--     (`include/sql/subscription_history.sql`, the same total reconciliation starts from); NULL when neither
+--     is known (the first month in this warehouse: the previous total then comes from Autotask).
+--     Lines of one subscription are in the BSS's order: effective date, then its timestamp, then the
+--     numeric sequence of the charge id, never the id's text ("CHG-9" before "CHG-10");
 --   expected_subscription_quantity: what subscription_quantity must be. Restating lines (Cycle, Renewal,
 --     New) state the total themselves; a OneTime line (setup fee) leaves the total as it was; every other
---     line (increase, decrease, cancellation) moves the previous total by its signed quantity;
+--     line (increase, decrease, cancellation) moves the previous total by its signed quantity. Where the
+--     previous total is unknown, the line's own total stands (nothing to compare it with);
 --   account_mixed_currency: 1 when the line's account is billed in more than one currency this month;
 --   subscription_mixed_account: 1 when the line's subscription appears under more than one account.
 -- (Window MIN/MAX rather than COUNT(DISTINCT) joins: PostgreSQL has no DISTINCT in window functions, and
 -- SQLite joins un-indexed CTEs row by row, which took minutes at 100,000 lines.)
-WITH ordered AS (
+-- The history CTE is the text of subscription_history.sql, composed in by include/quality.py (charge_lines_query).
+WITH history AS (
+{subscription_history}
+),
+ordered AS (
     SELECT
         lines.*,
-        LAG(lines.subscription_quantity) OVER (
-            PARTITION BY lines.subscription_id ORDER BY lines.effective_date, lines.charge_id
+        COALESCE(
+            LAG(lines.subscription_quantity) OVER (
+                PARTITION BY lines.subscription_id
+                ORDER BY lines.effective_date,
+                         CASE WHEN lines.charged_at IS NULL THEN 0 ELSE 1 END, lines.charged_at,
+                         COALESCE(lines.charge_sequence, 0), lines.charge_id
+            ),
+            history.previous_total
         ) AS previous_subscription_quantity,
         CASE
             WHEN MIN(lines.currency) OVER (PARTITION BY lines.account_id)
@@ -28,6 +43,7 @@ WITH ordered AS (
             THEN 1 ELSE 0
         END AS subscription_mixed_account
     FROM charge_lines lines
+    LEFT JOIN history ON history.subscription_id = lines.subscription_id
     WHERE lines.month = :month
 )
 SELECT
@@ -54,12 +70,15 @@ SELECT
     CAST(
         CASE
             WHEN ordered.charge_type = 'OneTime'
-                THEN COALESCE(ordered.previous_subscription_quantity, ordered.quantity)
+                THEN COALESCE(ordered.previous_subscription_quantity, ordered.subscription_quantity)
             WHEN ordered.action IN ('Cycle', 'Renewal', 'New') THEN ordered.quantity
-            ELSE COALESCE(ordered.previous_subscription_quantity, 0) + ordered.quantity
+            WHEN ordered.previous_subscription_quantity IS NULL THEN ordered.subscription_quantity
+            ELSE ordered.previous_subscription_quantity + ordered.quantity
         END AS DOUBLE PRECISION
     ) AS expected_subscription_quantity,
     ordered.account_mixed_currency,
     ordered.subscription_mixed_account
 FROM ordered
-ORDER BY ordered.charge_id
+ORDER BY ordered.subscription_id, ordered.effective_date,
+         CASE WHEN ordered.charged_at IS NULL THEN 0 ELSE 1 END, ordered.charged_at,
+         COALESCE(ordered.charge_sequence, 0), ordered.charge_id

@@ -431,18 +431,8 @@ class AutotaskHook(HttpHook):
             cached = ZONE_CACHE.get(user, discovery_url)
             if cached:
                 return cached
-            response = None
-            for attempt in range(3):
-                try:
-                    response = requests.get(discovery_url, params={"user": user}, timeout=self._settings.timeout_s)
-                    break
-                except requests.RequestException as exc:
-                    if attempt == 2:
-                        raise AutotaskZoneError("zoneInformation", "GET", None, [self._describe(exc)]) from None
-                    self._sleep(self._settings.retry_wait_s * (2**attempt))
-            assert response is not None
-            if response.status_code != 200:
-                raise AutotaskZoneError("zoneInformation", "GET", response.status_code, self._error_texts(response))
+            # zoneInformation is a read like any other: retried on connection errors, 5xx and 429 alike.
+            response = self._retrying()(self._fetch_zone_information, discovery_url, user)
             try:
                 zone_url = response.json().get("url")
             except (ValueError, AttributeError):
@@ -453,6 +443,25 @@ class AutotaskHook(HttpHook):
             ZONE_CACHE.put(user, discovery_url, base)
             log.info("Autotask zone for this API user: %s", base)
             return base
+
+    def _fetch_zone_information(self, discovery_url: str, user: str) -> requests.Response:
+        """One zoneInformation call (no auth); a retryable AutotaskZoneError when it may succeed next time."""
+        assert self._settings is not None
+        try:
+            response = requests.get(discovery_url, params={"user": user}, timeout=self._settings.timeout_s)
+        except requests.RequestException as exc:
+            error = AutotaskZoneError("zoneInformation", "GET", None, [self._describe(exc)])
+            error.retryable = True
+            raise error from None
+        if response.status_code == 200:
+            return response
+        error = AutotaskZoneError("zoneInformation", "GET", response.status_code, self._error_texts(response))
+        if response.status_code == 429:
+            error.retryable = True
+            error.retry_after_s = retry_after_seconds(response.headers.get("Retry-After"))
+        elif response.status_code >= 500:
+            error.retryable = True
+        raise error
 
     def _rediscover_zone(self, stale_base: str) -> None:
         assert self._settings is not None and self._credentials is not None
@@ -545,7 +554,14 @@ class AutotaskHook(HttpHook):
         paced: bool,
         endpoints: Sequence[str],
     ) -> dict[str, Any]:
-        settings = self.settings
+        return self._retrying()(self._attempt, verb, entity, path, body, write, paced, endpoints)
+
+    def _retrying(self) -> tenacity.Retrying:
+        """The retry policy of every call: errors marked retryable are sent again after a jittered exponential
+        backoff (or the server's Retry-After), up to `max_attempts` for rate limits (429, thread limit) and
+        `read_attempts` for everything else (5xx on reads, connection errors)."""
+        settings = self._settings
+        assert settings is not None
         backoff = tenacity.wait_random_exponential(multiplier=settings.retry_wait_s, max=settings.retry_max_wait_s)
 
         def wait(state: tenacity.RetryCallState) -> float:
@@ -557,7 +573,8 @@ class AutotaskHook(HttpHook):
 
         def stop(state: tenacity.RetryCallState) -> bool:
             exc = state.outcome.exception() if state.outcome else None
-            limit = settings.max_attempts if isinstance(exc, AutotaskRateLimitError) else settings.read_attempts
+            rate_limited = isinstance(exc, AutotaskRateLimitError) or getattr(exc, "status", None) == 429
+            limit = settings.max_attempts if rate_limited else settings.read_attempts
             return state.attempt_number >= limit
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
@@ -569,7 +586,7 @@ class AutotaskHook(HttpHook):
                 state.next_action.sleep if state.next_action else 0.0,
             )
 
-        retrying = tenacity.Retrying(
+        return tenacity.Retrying(
             retry=tenacity.retry_if_exception(lambda exc: bool(getattr(exc, "retryable", False))),
             wait=wait,
             stop=stop,
@@ -577,7 +594,6 @@ class AutotaskHook(HttpHook):
             before_sleep=before_sleep,
             reraise=True,
         )
-        return retrying(self._attempt, verb, entity, path, body, write, paced, endpoints)
 
     def _attempt(
         self,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+from sqlalchemy.engine import URL
+
 from include.warehouse import Warehouse, url_from_connection_fields
 
 log = logging.getLogger(__name__)
@@ -12,8 +14,11 @@ log = logging.getLogger(__name__)
 WAREHOUSE_CONN_ID = "billing_warehouse"
 
 
-def warehouse_url(conn_id: str = WAREHOUSE_CONN_ID) -> str:
-    """The SQLAlchemy URL of the warehouse: the connection if defined, else `BILLING_WAREHOUSE_URL`, else SQLite."""
+def warehouse_url(conn_id: str = WAREHOUSE_CONN_ID) -> str | URL:
+    """The SQLAlchemy URL of the warehouse: the connection if defined, else `BILLING_WAREHOUSE_URL`, else SQLite.
+
+    From a connection it is a URL object, so the password reaches the driver exactly as stored.
+    """
     from airflow.sdk import BaseHook
     from airflow.sdk.exceptions import AirflowNotFoundException
 

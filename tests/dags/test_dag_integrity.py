@@ -56,3 +56,80 @@ def test_dag_files_do_no_heavy_work_at_parse_time() -> None:
     header = source.split("def bss_autotask_billing_sync", 1)[0]
     for heavy in ("import pandas", "great_expectations", "sqlalchemy", "from include", "from connectors"):
         assert heavy not in header, f"{heavy} imported at module level of the DAG file"
+
+
+def test_reads_retry_and_checks_fail_at_once(dag_bag) -> None:
+    dag = dag_bag.dags[DAG_ID]
+    for reading in ("extract", "snapshot_autotask"):
+        assert dag.get_task(reading).retries >= 1, reading
+    for check in ("validate_charges", "validate_plan"):
+        assert dag.get_task(check).retries == 0, check
+
+
+# --- each run reads its own inputs ---------------------------------------------------------------------------
+
+
+class _ListSource:
+    def __init__(self, records: list[dict]) -> None:
+        self.records = records
+
+    def iter_charges(self, start, end):
+        yield list(self.records)
+
+    def list_accounts(self):
+        yield []
+
+
+@pytest.mark.parametrize("step", ["link_records", "reconcile"])
+def test_rerunning_an_older_runs_step_after_a_newer_extract_fails_and_changes_nothing(
+    dag_bag, step: str, warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import datetime
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from include.extract import extract_month
+    from sandbox.dataset import build_universe
+
+    month, older, newer = "2026-10", "scheduled__2026-11-01T00:00:00+00:00", "manual__2026-11-03T08:00:00+00:00"
+    records = build_universe(customers=5, subscriptions_per_customer=2, seed=3).charges_for_month(month)
+    extract_month(_ListSource(records), warehouse, month, older)
+    extract_month(_ListSource(records), warehouse, month, newer)
+    newer_plan = {
+        "action_id": "a-newer-1",
+        "idempotency_key": f"{month}|adjust_units|1",
+        "month": month,
+        "run_id": newer,
+        "seq": 1,
+        "kind": "adjust_units",
+        "status": "proposed",
+        "payload": "{}",
+        "charge_ids": "[]",
+        "depends_on": "[]",
+        "created_at": datetime(2026, 11, 3, 8, 5),
+    }
+    newer_link = {
+        "run_id": newer,
+        "month": month,
+        "kind": "company",
+        "source_key": records[0]["account"]["id"],
+        "target_id": 31,
+        "resolution": "name",
+        "suggestions": 0,
+    }
+    with warehouse.begin() as conn:
+        warehouse.insert(conn, "plan_actions", [newer_plan])
+        warehouse.insert(conn, "month_links", [newer_link])
+    monkeypatch.setenv("BILLING_WAREHOUSE_URL", warehouse.engine.url.render_as_string(hide_password=False))
+
+    older_step = dag_bag.dags[DAG_ID].get_task(step).python_callable
+    with pytest.raises(AirflowFailException, match="re-run it from its extract task") as stopped:
+        older_step(month, {"run_id": older})
+    assert newer in str(stopped.value)
+    assert warehouse.query("SELECT action_id, run_id FROM plan_actions") == [
+        {"action_id": "a-newer-1", "run_id": newer}
+    ]
+    assert warehouse.query("SELECT run_id, source_key FROM month_links") == [
+        {"run_id": newer, "source_key": records[0]["account"]["id"]}
+    ]
+    assert warehouse.scalar("SELECT COUNT(DISTINCT run_id) FROM charge_lines") == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 import time
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -39,6 +39,7 @@ GOOD_CHARGE: dict[str, Any] = {
     "chargeEndDate": "2026-10-31",
     "effectiveDate": "2026-10-18",
     "invoiceId": None,
+    "createdDate": "2026-10-18T09:15:00+02:00",
 }
 
 EXPECTED_LINE = ChargeLine(
@@ -66,6 +67,8 @@ EXPECTED_LINE = ChargeLine(
     charge_end_date=date(2026, 10, 31),
     effective_date=date(2026, 10, 18),
     invoice_id=None,
+    charged_at=datetime(2026, 10, 18, 7, 15),  # the BSS's timestamp in UTC
+    charge_sequence=123,
 )
 
 _DELETE = object()
@@ -115,6 +118,43 @@ def test_negative_and_fractional_quantities_are_left_to_the_quality_suites() -> 
     assert line.quantity == Decimal("-2.5")
 
 
+def test_the_bss_timestamp_is_optional_and_kept_in_utc() -> None:
+    assert to_charge_line(charge_with("createdDate", _DELETE)).charged_at is None
+    assert to_charge_line(charge_with("createdDate", None)).charged_at is None
+    assert to_charge_line(charge_with("createdDate", "2026-10-18T23:30:00Z")).charged_at == datetime(
+        2026, 10, 18, 23, 30
+    )
+    naive = to_charge_line(charge_with("createdDate", "2026-10-18 08:00:00.250"))
+    assert naive.charged_at == datetime(2026, 10, 18, 8, 0, 0, 250000)
+
+
+@pytest.mark.parametrize(
+    ("charge_id", "sequence"),
+    [("CHG-9", 9), ("CHG-10", 10), ("CHG-2026-10-000123", 123), ("chg-007", 7), ("CHG-ABC", None), ("9" * 25, None)],
+)
+def test_the_charge_sequence_is_the_numeric_tail_of_the_id(charge_id: str, sequence: int | None) -> None:
+    assert to_charge_line(charge_with("id", charge_id)).charge_sequence == sequence
+
+
+def test_charge_nine_comes_before_charge_ten_although_its_id_sorts_after() -> None:
+    nine, ten = (to_charge_line(charge_with("id", charge_id)) for charge_id in ("CHG-9", "CHG-10"))
+    assert sorted([nine, ten], key=lambda line: line.charge_id) == [ten, nine]  # the id's text: wrong
+    assert sorted([ten, nine], key=lambda line: line.charge_sequence) == [nine, ten]
+
+
+def test_text_longer_than_its_warehouse_column_names_the_charge_and_the_field() -> None:
+    limits = {"account_name": 255, "product_name": 255, "charge_id": 100}
+    long_name = "Kowalski Bäckerei & Konditorei Sp. z o.o. " * 8  # 336 characters, accents included
+    with pytest.raises(ChargeLineError) as caught:
+        to_charge_line(charge_with("account.name", long_name[:300]), limits)
+    error = caught.value
+    assert (error.charge_id, error.field) == ("CHG-2026-10-000123", "account.name")
+    assert "300 characters" in error.reason and "255" in error.reason
+    assert to_charge_line(charge_with("account.name", long_name[:255]), limits).account_name == long_name[:255]
+    with pytest.raises(AccountRecordError, match="field 'name': 300 characters"):
+        to_account(GOOD_ACCOUNT | {"name": long_name[:300]}, {"name": 255})
+
+
 def test_a_lowercase_currency_code_is_normalised() -> None:
     assert to_charge_line(charge_with("currency", "eur")).currency == "EUR"
 
@@ -151,6 +191,10 @@ BAD_CHARGES = [
     ("effectiveDate", "20261018", "effectiveDate", "expected a date YYYY-MM-DD"),
     ("effectiveDate", 20261018, "effectiveDate", "expected a date"),
     ("invoiceId", 5, "invoiceId", "expected a string, got 5"),
+    ("createdDate", "yesterday", "createdDate", "expected an ISO 8601 date and time"),
+    ("createdDate", "2026-10-18", "createdDate", "expected an ISO 8601 date and time"),
+    ("createdDate", "2026-10-18T25:00:00", "createdDate", "not a date and time"),
+    ("createdDate", 1792300500, "createdDate", "expected an ISO 8601 date and time"),
 ]
 
 

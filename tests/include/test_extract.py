@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+import re
+import threading
+
 import httpx
 import pytest
+import sqlalchemy as sa
 
-from include.extract import ExtractRejectedError, extract_month
+from include.extract import ExtractRejectedError, StaleRunError, ensure_run_reads_own_lines, extract_month
 from include.warehouse import Warehouse
 from sandbox.dataset import build_universe
 
@@ -117,3 +122,130 @@ def test_a_bad_month_is_refused_before_any_call(bss, sqlite_url: str) -> None:
     warehouse.migrate()
     with pytest.raises(ValueError, match="YYYY-MM"):
         extract_month(_hook(), warehouse, "2026-13", "run-x")
+
+
+# --- every attempt ends in a final status; one month, one complete set of lines --------------------------
+
+
+class ListSource:
+    """The BSS as the extract sees it, from a list; `before_charges` runs first (a barrier, a failure)."""
+
+    def __init__(self, records: list[dict], before_charges=None, accounts: list[dict] | None = None) -> None:
+        self.records = records
+        self.before_charges = before_charges
+        self.accounts = accounts or []
+
+    def iter_charges(self, start, end):
+        if self.before_charges:
+            self.before_charges()
+        yield [dict(record) for record in self.records]
+
+    def list_accounts(self):
+        yield list(self.accounts)
+
+
+def _unreachable_bss() -> None:
+    raise httpx.ConnectError("BSS unreachable")
+
+
+def test_a_retried_extract_keeps_each_attempt_and_its_raw_records(warehouse: Warehouse, universe) -> None:
+    records = universe.charges_for_month(MONTH)
+    with pytest.raises(httpx.ConnectError):
+        extract_month(ListSource(records, _unreachable_bss), warehouse, MONTH, "run-retried")
+    broken = [dict(records[0], quantity="three"), *records[1:]]
+    with pytest.raises(ExtractRejectedError):
+        extract_month(ListSource(broken), warehouse, MONTH, "run-retried")
+    result = extract_month(ListSource(records), warehouse, MONTH, "run-retried")
+
+    assert result.attempt == 3
+    attempts = warehouse.query(
+        "SELECT attempt, status, message FROM extract_runs WHERE run_id = 'run-retried' ORDER BY attempt"
+    )
+    assert [(row["attempt"], row["status"]) for row in attempts] == [(1, "failed"), (2, "rejected"), (3, "succeeded")]
+    assert "BSS unreachable" in attempts[0]["message"] and records[0]["id"] in attempts[1]["message"]
+    raw = warehouse.query(
+        "SELECT attempt, COUNT(*) AS n, COUNT(reject_reason) AS rejected FROM bss_charges_raw"
+        " WHERE run_id = 'run-retried' GROUP BY attempt ORDER BY attempt"
+    )
+    assert [(row["attempt"], row["n"], row["rejected"]) for row in raw] == [
+        (2, len(records), 1),
+        (3, len(records), 0),
+    ]
+
+
+def test_an_overlong_account_name_is_rejected_by_charge_and_field(warehouse: Warehouse, universe) -> None:
+    records = [dict(record) for record in universe.charges_for_month(MONTH)]
+    victim = records[5]["id"]
+    records[5]["account"] = dict(records[5]["account"], name="Société Générale de Boulangerie SARL " * 9)  # 333
+    with pytest.raises(ExtractRejectedError) as caught:
+        extract_month(ListSource(records), warehouse, MONTH, "run-long")
+    assert [(reject.charge_id, reject.field) for reject in caught.value.rejects] == [(victim, "account.name")]
+    assert "333 characters" in str(caught.value) and "255" in str(caught.value)
+    assert warehouse.query("SELECT status FROM extract_runs WHERE run_id = 'run-long'") == [{"status": "rejected"}]
+    assert warehouse.scalar("SELECT COUNT(*) FROM charge_lines") == 0
+
+
+def test_a_warehouse_error_while_writing_ends_the_attempt_failed_and_keeps_the_month(
+    warehouse: Warehouse, universe
+) -> None:
+    records = universe.charges_for_month(MONTH)
+    accounts = list({record["account"]["id"]: dict(record["account"]) for record in records}.values())
+    extract_month(ListSource(records, accounts=accounts), warehouse, MONTH, "run-good")
+    warehouse.table("bss_accounts")  # known to this handle: the extract writes to it without looking again
+    with warehouse.begin() as conn:
+        conn.execute(sa.text("DROP TABLE bss_accounts"))
+
+    with pytest.raises(sa.exc.DBAPIError):
+        extract_month(ListSource(records, accounts=accounts), warehouse, MONTH, "run-broken")
+    run = warehouse.query("SELECT status, message FROM extract_runs WHERE run_id = 'run-broken'")
+    assert run[0]["status"] == "failed" and "bss_accounts" in run[0]["message"]
+    assert warehouse.scalar("SELECT COUNT(DISTINCT run_id) FROM charge_lines") == 1
+    assert warehouse.scalar("SELECT MIN(run_id) FROM charge_lines") == "run-good"
+
+
+def test_two_concurrent_extracts_of_a_month_both_finish_and_leave_one_complete_set(
+    warehouse: Warehouse, universe
+) -> None:
+    records = universe.charges_for_month(MONTH)
+    both_fetched = threading.Barrier(2, timeout=30)
+    outcomes: dict[str, object] = {}
+
+    def extract(run_id: str) -> None:
+        try:
+            outcomes[run_id] = extract_month(ListSource(records, both_fetched.wait), warehouse, MONTH, run_id)
+        except Exception as error:  # reported below with the run it belongs to
+            outcomes[run_id] = error
+
+    threads = [threading.Thread(target=extract, args=(run_id,)) for run_id in ("run-a", "run-b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert all(not isinstance(outcome, Exception) for outcome in outcomes.values()), outcomes
+    statuses = warehouse.query("SELECT run_id, status FROM extract_runs ORDER BY run_id")
+    assert statuses == [{"run_id": "run-a", "status": "succeeded"}, {"run_id": "run-b", "status": "succeeded"}]
+    holders = warehouse.query(
+        "SELECT run_id, COUNT(*) AS n FROM charge_lines WHERE month = :m GROUP BY run_id", {"m": MONTH}
+    )
+    assert len(holders) == 1 and holders[0]["n"] == len(records)
+
+
+# --- each run reads its own inputs ---------------------------------------------------------------------------
+
+
+def test_a_run_whose_month_was_extracted_again_by_a_newer_run_is_stopped(warehouse: Warehouse, universe) -> None:
+    records = universe.charges_for_month(MONTH)
+    extract_month(ListSource(records), warehouse, MONTH, "scheduled__2026-11-01")
+    extract_month(ListSource(records), warehouse, MONTH, "manual__2026-11-03")
+
+    with pytest.raises(StaleRunError) as stopped:
+        ensure_run_reads_own_lines(warehouse, MONTH, "scheduled__2026-11-01")
+    message = str(stopped.value)
+    assert "'manual__2026-11-03'" in message and "scheduled__2026-11-01" in message
+    assert "re-run it from its extract task" in message and "review the newer run" in message
+    assert re.search(r"extracted at \d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} UTC", message)
+    assert list(stopped.value.holders) == ["manual__2026-11-03"]
+    assert str(pickle.loads(pickle.dumps(stopped.value))) == message
+    ensure_run_reads_own_lines(warehouse, MONTH, "manual__2026-11-03")  # the newer run reads its own lines
+    ensure_run_reads_own_lines(warehouse, MONTH, "lines-stored-by-hand")  # never extracted: nothing to check

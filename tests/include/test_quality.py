@@ -15,7 +15,7 @@ from urllib.parse import unquote
 import pytest
 
 from include import quality
-from include.extract import extract_month
+from include.extract import ExtractRejectedError, StaleRunError, extract_month
 from include.quality import (
     DataQualityError,
     SuiteConfigurationError,
@@ -419,3 +419,130 @@ def test_importing_gx_through_the_gate_does_not_flood_the_log() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "imported" in done.stdout
     assert "Skipping registering function" not in done.stderr
+
+
+# --- the previous total and the BSS's order of one day's lines ---------------------------------------------
+
+
+def _charge(
+    charge_id: str,
+    action: str,
+    quantity: int,
+    total: int,
+    day: str,
+    *,
+    subscription_id: str = "SUB-ANNUAL-1",
+    created: str | None = None,
+    charge_type: str = "Prorated",
+) -> dict:
+    """A charge of Zürcher Treuhand AG's annually billed plan (no Cycle line every month)."""
+    month_end = {"09": "30", "10": "31"}[day[5:7]]
+    record = {
+        "id": charge_id,
+        "account": {"id": "ACC-ZH-1", "name": "Zürcher Treuhand AG", "code": "ZTAG"},
+        "subscription": {"id": subscription_id, "status": "Active"},
+        "product": {"id": "PRD-M365-BP", "sku": "CFQ7TTC0LCHC:0002", "name": "Microsoft 365 Business Premium"},
+        "billingPlan": {"id": "BP-Y", "name": "Annual billing", "billingPeriod": "Annually"},
+        "billingCycle": "Annual",
+        "chargeType": charge_type,
+        "action": action,
+        "quantity": quantity,
+        "subscriptionQuantity": total,
+        "unitCost": 18.5,
+        "unitPrice": 22.0,
+        "currency": "CHF",
+        "chargeStartDate": day,
+        "chargeEndDate": f"{day[:8]}{month_end}",
+        "effectiveDate": day,
+        "invoiceId": None,
+    }
+    if created:
+        record["createdDate"] = created
+    return record
+
+
+SEPTEMBER_CYCLE = _charge("CHG-2026-09-7", "Renewal", 10, 10, "2026-09-01", charge_type="Recurring")
+
+
+def _follows_changes_failure(report) -> object | None:
+    return next((f for f in report.critical if f.name == "subscription_quantity_follows_changes"), None)
+
+
+def test_a_first_line_that_is_an_increase_follows_the_total_of_the_earlier_month(warehouse: Warehouse) -> None:
+    _extract(warehouse, None, PREVIOUS_MONTH, "run-09", [SEPTEMBER_CYCLE])
+    _extract(warehouse, None, MONTH, "run-10", [_charge("CHG-2026-10-3", "QuantityIncrease", 2, 12, "2026-10-15")])
+    report = validate_charges(warehouse, MONTH, "run-10")
+    assert report.critical == [], [str(failure) for failure in report.critical]
+
+
+def test_a_first_increase_without_an_earlier_month_stands_on_its_own_total(warehouse: Warehouse) -> None:
+    # The first month in this warehouse: the previous total comes from Autotask at reconciliation.
+    _extract(warehouse, None, MONTH, "run-10", [_charge("CHG-2026-10-3", "QuantityIncrease", 2, 12, "2026-10-15")])
+    report = validate_charges(warehouse, MONTH, "run-10")
+    assert report.critical == [], [str(failure) for failure in report.critical]
+
+
+def test_a_first_increase_that_contradicts_the_earlier_month_fails_critically_by_charge_id(
+    warehouse: Warehouse,
+) -> None:
+    _extract(warehouse, None, PREVIOUS_MONTH, "run-09", [SEPTEMBER_CYCLE])
+    wrong = _charge("CHG-2026-10-3", "QuantityIncrease", 2, 14, "2026-10-15")  # 10 + 2 is 12, not 14
+    fine = _charge("CHG-2026-10-4", "QuantityDecrease", -1, 4, "2026-10-15", subscription_id="SUB-OTHER")
+    _extract(warehouse, None, MONTH, "run-10", [wrong, fine])
+    report = validate_charges(warehouse, MONTH, "run-10")
+    failure = _follows_changes_failure(report)
+    assert failure is not None and failure.example_keys("charge_id") == ["CHG-2026-10-3"]
+    assert float(failure.examples[0]["expected_subscription_quantity"]) == 12
+    with pytest.raises(DataQualityError, match="CHG-2026-10-3"):
+        raise_on_critical(report)
+
+
+def test_lines_of_one_day_follow_the_charge_sequence_not_the_text_of_the_ids(warehouse: Warehouse) -> None:
+    _extract(warehouse, None, PREVIOUS_MONTH, "run-09", [SEPTEMBER_CYCLE])
+    # CHG-9 then CHG-10 on the 15th: by the ids' text CHG-10 would come first and its total look wrong.
+    day = [
+        _charge("CHG-10", "QuantityIncrease", 3, 15, "2026-10-15"),
+        _charge("CHG-9", "QuantityIncrease", 2, 12, "2026-10-15"),
+    ]
+    _extract(warehouse, None, MONTH, "run-10", day)
+    report = validate_charges(warehouse, MONTH, "run-10")
+    assert _follows_changes_failure(report) is None, [str(failure) for failure in report.critical]
+    stored = warehouse.query("SELECT charge_id, charge_sequence FROM charge_lines WHERE month = :m", {"m": MONTH})
+    assert {row["charge_id"]: row["charge_sequence"] for row in stored} == {"CHG-9": 9, "CHG-10": 10}
+
+
+def test_the_bss_timestamp_orders_one_days_lines_before_the_sequence(warehouse: Warehouse) -> None:
+    _extract(warehouse, None, PREVIOUS_MONTH, "run-09", [SEPTEMBER_CYCLE])
+    # The BSS created CHG-10 before CHG-9 (its timestamp says so): CHG-10 moves 10 to 13, CHG-9 13 to 15.
+    day = [
+        _charge("CHG-9", "QuantityIncrease", 2, 15, "2026-10-15", created="2026-10-15T11:00:00+02:00"),
+        _charge("CHG-10", "QuantityIncrease", 3, 13, "2026-10-15", created="2026-10-15T08:30:00Z"),
+    ]
+    _extract(warehouse, None, MONTH, "run-10", day)
+    report = validate_charges(warehouse, MONTH, "run-10")
+    assert _follows_changes_failure(report) is None, [str(failure) for failure in report.critical]
+    stored = warehouse.query("SELECT charge_id, charged_at FROM charge_lines WHERE month = :m", {"m": MONTH})
+    assert {row["charge_id"]: str(row["charged_at"])[:19] for row in stored} == {
+        "CHG-9": "2026-10-15 09:00:00",
+        "CHG-10": "2026-10-15 08:30:00",
+    }
+
+
+def test_a_retried_extract_is_validated_on_its_latest_attempts_raw_records(warehouse: Warehouse, universe) -> None:
+    records = universe.charges_for_month(MONTH)
+    broken = [dict(records[0], currency=None), *records[1:]]
+    with pytest.raises(ExtractRejectedError):
+        _extract(warehouse, universe, MONTH, "run-retried", broken)
+    _extract(warehouse, universe, MONTH, "run-retried")  # the retry: same run id, next attempt
+    report = validate_charges(warehouse, MONTH, "run-retried")
+    assert report.critical == [], [str(failure) for failure in report.critical]
+    assert {suite.suite: suite.row_count for suite in report.suites}["bss_charges_raw"] == len(records)
+
+
+def test_validating_an_older_run_after_a_newer_extract_of_the_month_is_refused(warehouse: Warehouse, universe) -> None:
+    _extract(warehouse, universe, MONTH, "run-older")
+    _extract(warehouse, universe, MONTH, "run-newer")
+    with pytest.raises(StaleRunError, match="run-newer"):
+        validate_charges(warehouse, MONTH, "run-older")
+    assert warehouse.scalar("SELECT COUNT(*) FROM quality_results") == 0
+    assert validate_charges(warehouse, MONTH, "run-newer").passed

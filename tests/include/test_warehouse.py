@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 from pathlib import Path
 
@@ -91,12 +92,124 @@ def test_unknown_table_names_the_fix(sqlite_url: str) -> None:
 
 
 def test_connection_fields_become_urls(tmp_path: Path) -> None:
-    assert url_from_connection_fields("sqlite", host=str(tmp_path / "w.db")) == f"sqlite:///{tmp_path / 'w.db'}"
+    sqlite = url_from_connection_fields("sqlite", host=str(tmp_path / "w.db"))
+    assert sqlite.render_as_string() == f"sqlite:///{tmp_path / 'w.db'}"
     url = url_from_connection_fields("postgres", "db.example", 5433, "user", "p@ss word", "billing")
-    assert url == "postgresql+psycopg2://user:p%40ss+word@db.example:5433/billing"
-    assert url_from_connection_fields("http", extra={"sqlalchemy_url": "sqlite://"}) == "sqlite://"
+    assert (url.drivername, url.host, url.port, url.database) == ("postgresql+psycopg2", "db.example", 5433, "billing")
+    assert (url.username, url.password) == ("user", "p@ss word")  # not "p@ss+word"
+    assert str(url_from_connection_fields("http", extra={"sqlalchemy_url": "sqlite://"})) == "sqlite://"
     with pytest.raises(WarehouseError, match="not supported"):
         url_from_connection_fields("mysql")
+
+
+HOSTILE_PASSWORD = "p@ss word+/%:#?50%"
+
+
+def test_a_password_with_url_characters_survives_the_url_as_text() -> None:
+    url = url_from_connection_fields("postgres", "127.0.0.1", 5432, "bill@ing user", HOSTILE_PASSWORD, "billing")
+    assert url.password == HOSTILE_PASSWORD
+    # The text form (what an env var or a log would carry, password shown) parses back to the same password.
+    reparsed = sa.make_url(url.render_as_string(hide_password=False))
+    assert (reparsed.username, reparsed.password) == ("bill@ing user", HOSTILE_PASSWORD)
+
+
+def test_a_role_with_url_characters_in_name_and_password_connects_to_postgres(postgres_url: str) -> None:
+    role = f"bill@ing user/+%:{uuid.uuid4().hex[:8]}"  # roles are server-wide: one per test run
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+
+    def as_admin(statement: str) -> None:
+        # Straight to the driver, without parameters: "%" in the name and password is not a placeholder.
+        with admin.connect() as conn, conn.connection.driver_connection.cursor() as cursor:
+            cursor.execute(statement)
+
+    as_admin(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{HOSTILE_PASSWORD}'")
+    try:
+        server = sa.make_url(postgres_url)
+        url = url_from_connection_fields("postgres", server.host, server.port, role, HOSTILE_PASSWORD, server.database)
+        warehouse = Warehouse(url)
+        try:
+            assert warehouse.scalar("SELECT current_user") == role
+        finally:
+            warehouse.dispose()
+    finally:
+        as_admin(f'DROP OWNED BY "{role}"')
+        as_admin(f'DROP ROLE "{role}"')
+        admin.dispose()
+
+
+# --- migrations apply all or nothing ------------------------------------------------------------------------
+
+
+def _migrations_dir(tmp_path: Path, second: str) -> Path:
+    directory = tmp_path / "migrations"
+    directory.mkdir(exist_ok=True)
+    (directory / "0001_first.sql").write_text("CREATE TABLE first_table (id INTEGER PRIMARY KEY);\n")
+    (directory / "0002_second.sql").write_text(second)
+    return directory
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_a_failing_migration_leaves_nothing_behind_and_a_fixed_retry_succeeds(
+    database: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("sqlite_url" if database == "sqlite" else "postgres_url")
+    warehouse = Warehouse(url)
+    broken = (
+        "CREATE TABLE second_table (id INTEGER PRIMARY KEY, name VARCHAR(20));\n"
+        "CREATE INDEX ix_second_name ON second_table (name);\n"
+        "CREATE TABLE third_table (id INTEGER PRIMARY KEY, second_id INTEGER REFERENCES missing_table (id) x);\n"
+    )
+    try:
+        with pytest.raises(sa.exc.DBAPIError):
+            warehouse.migrate(_migrations_dir(tmp_path, broken))
+        with warehouse.engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+        assert "first_table" in tables and not tables & {"second_table", "third_table"}
+        assert warehouse.applied_versions() == {"0001"}
+
+        fixed = broken.replace(" REFERENCES missing_table (id) x", "")
+        assert warehouse.migrate(_migrations_dir(tmp_path, fixed)) == ["0002_second.sql"]
+        with warehouse.begin() as conn:
+            conn.execute(sa.text("INSERT INTO second_table (id, name) VALUES (1, 'Société')"))
+        assert warehouse.applied_versions() == {"0001", "0002"}
+        # Normal use keeps the driver's own transactions: a failed transaction still leaves nothing.
+        with pytest.raises(RuntimeError), warehouse.begin() as conn:
+            conn.execute(sa.text("INSERT INTO second_table (id, name) VALUES (2, 'Müller')"))
+            raise RuntimeError("boom")
+        assert warehouse.scalar("SELECT COUNT(*) FROM second_table") == 1
+    finally:
+        warehouse.dispose()
+
+
+def test_attempts_migration_keeps_existing_runs_as_first_attempts(sqlite_url: str, tmp_path: Path) -> None:
+    directory = tmp_path / "before_0006"
+    directory.mkdir()
+    for path in MIGRATIONS_DIR.glob("*.sql"):
+        if path.name < "0006":
+            (directory / path.name).write_text(path.read_text())
+    warehouse = Warehouse(sqlite_url)
+    warehouse.migrate(directory)
+    with warehouse.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO extract_runs (run_id, month, status, started_at) "
+                "VALUES ('old-run', '2026-09', 'succeeded', CURRENT_TIMESTAMP)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO bss_charges_raw (run_id, seq, month, charge_id, payload) "
+                "VALUES ('old-run', 0, '2026-09', 'CHG-1', '{}')"
+            )
+        )
+    assert warehouse.migrate() == [path.name for path in sorted(MIGRATIONS_DIR.glob("*.sql")) if path.name >= "0006"]
+    assert warehouse.query("SELECT run_id, attempt, status FROM extract_runs") == [
+        {"run_id": "old-run", "attempt": 1, "status": "succeeded"}
+    ]
+    assert warehouse.query("SELECT run_id, attempt, seq FROM bss_charges_raw") == [
+        {"run_id": "old-run", "attempt": 1, "seq": 0}
+    ]
+    warehouse.dispose()
 
 
 def test_repr_hides_the_password() -> None:

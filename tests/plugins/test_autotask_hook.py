@@ -246,6 +246,81 @@ def test_a_401_from_a_stale_cached_zone_rediscovers_once_and_retries(
         other.stop()
 
 
+class FlakyZoneLookup:
+    """zoneInformation in front of the sandbox that first answers with the given failures (status, headers)."""
+
+    def __init__(self, target: RunningServer, failures: list[tuple[int, dict[str, str]]]) -> None:
+        self.requests = 0
+        target_zone = discovery_url(target)
+        lookup = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                lookup.requests += 1
+                if failures:
+                    status, headers = failures.pop(0)
+                    content = json.dumps({"Message": f"injected {status}"}).encode()
+                else:
+                    query = self.path.split("?", 1)[1] if "?" in self.path else ""
+                    answer = httpx.get(f"{target_zone}?{query}")
+                    status, headers, content = answer.status_code, {}, answer.content
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/atservicesrest/v1.0/zoneInformation"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("failures", "least_wait"),
+    [([(503, {})], 0.0), ([(502, {}), (503, {})], 0.0), ([(429, {"Retry-After": "2"})], 2.0)],
+    ids=["one-503", "502-then-503", "429-retry-after"],
+)
+def test_the_zone_lookup_is_retried_on_server_errors_and_rate_limits_like_any_read(
+    monkeypatch: pytest.MonkeyPatch, sandbox: RunningServer, admin: Admin, failures: list, least_wait: float
+) -> None:
+    ZONE_CACHE.clear()
+    lookup = FlakyZoneLookup(sandbox, list(failures))
+    try:
+        recorder = SleepRecorder()
+        hook = make_hook(monkeypatch, None, sleep=recorder, zone_discovery_url=lookup.url)
+        assert hook.count("Companies") == len(admin.state("Companies"))
+        assert hook.api_base.lower() == f"{sandbox.url}/atservicesrest/v1.0/"
+        assert lookup.requests == len(failures) + 1
+        assert len(recorder.waits) == len(failures) and recorder.waits[0] >= least_wait
+    finally:
+        lookup.close()
+        ZONE_CACHE.clear()
+
+
+def test_a_zone_lookup_that_keeps_failing_gives_up_after_the_read_attempts(
+    monkeypatch: pytest.MonkeyPatch, sandbox: RunningServer
+) -> None:
+    ZONE_CACHE.clear()
+    lookup = FlakyZoneLookup(sandbox, [(503, {})] * 10)
+    try:
+        hook = make_hook(monkeypatch, None, zone_discovery_url=lookup.url, read_attempts=3)
+        with pytest.raises(AutotaskZoneError) as caught:
+            hook.count("Companies")
+        assert caught.value.status == 503 and "injected 503" in str(caught.value)
+        assert lookup.requests == 3
+    finally:
+        lookup.close()
+
+
 def test_an_explicit_host_skips_zone_discovery(monkeypatch: pytest.MonkeyPatch, sandbox: RunningServer) -> None:
     hook = make_hook(monkeypatch, sandbox, zone_discovery_url=f"http://127.0.0.1:{free_port()}/unreachable")
     assert hook.api_base == f"http://127.0.0.1:{sandbox.port}/atservicesrest/v1.0/"
