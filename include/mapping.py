@@ -239,12 +239,14 @@ def confirm_suggestion(warehouse: Warehouse, kind: str, source_key: str, target_
     """Apply a suggestion a person confirmed; the source's other open suggestions become stale."""
     kind = LinkKind(kind)
     rows = warehouse.query(
-        "SELECT score FROM mapping_suggestions WHERE kind = :kind AND source_key = :source AND target_id = :target",
+        "SELECT score, reason FROM mapping_suggestions"
+        " WHERE kind = :kind AND source_key = :source AND target_id = :target",
         {"kind": str(kind), "source": source_key, "target": int(target_id)},
     )
     if not rows:
         raise LookupError(f"no suggestion {kind}:{source_key} -> {target_id}")
-    note = f"suggestion score {float(rows[0]['score']):.1f}"
+    reason = f": {rows[0]['reason']}" if rows[0]["reason"] else ""
+    note = f"suggestion score {float(rows[0]['score']):.1f}{reason}"
     _write_link(
         warehouse,
         kind,
@@ -378,9 +380,10 @@ def _links_made_by_loose_names(linking: _Month) -> dict[tuple[str, str], str]:
             source_names = {exact_name(source_name), exact_name(source.key)}
             label = f"{_SOURCE_NOUN[str(kind)]} {source.key}"
             if target_name is None or exact_name(target_name) not in source_names:
+                named = f'{kind} {link["target_id"]} "{target_name}"' if target_name else f"{kind} {link['target_id']}"
                 demoted[(str(kind), source.key)] = (
-                    f'made by the old loose-name rule: {label} "{source_name}" is not exactly'
-                    f' {kind} {link["target_id"]} "{target_name}"; now a suggestion for a person'
+                    f'made by the old loose-name rule: {label} "{source_name}" is not exactly named like'
+                    f" {named}; now a suggestion for a person"
                 )
             elif _numbered_for_another_subscription(kind, target, source, linking.subscription_ids):
                 demoted[(str(kind), source.key)] = (
@@ -636,13 +639,11 @@ def _suggest(
     for target in keyed:
         reason = f'{_counted(len(keyed), str(kind), plural)} carry the key "{source.external_key}"'
         shared[target.id] = Suggestion(target.id, 100.0, target.name, reason)
+    one_name = len({exact_name(target.name) for target in exact}) == 1
+    shared_how = "share this exact name" if one_name else f"carry its exact name or the {_SOURCE_NOUN[str(kind)]} id"
     for target in exact:
-        shared.setdefault(
-            target.id,
-            Suggestion(
-                target.id, 100.0, target.name, f"{_counted(len(exact), str(kind), plural)} share this exact name"
-            ),
-        )
+        reason = f"{_counted(len(exact), str(kind), plural)} {shared_how}"
+        shared.setdefault(target.id, Suggestion(target.id, 100.0, target.name, reason))
     looser: dict[int, Suggestion] = {}
     query = loose_name(source.name)
     if query and index.names:
@@ -855,12 +856,15 @@ def _store(
             suggestion_rows,
         )
         warehouse.insert(conn, "mapping_suggestions", suggestion_rows, ignore_conflicts=True)
-    # the run's month_links rows are exactly `results`: one set-based statement instead of one per linked source
+    # the run's month_links rows are exactly `results`: set-based statements instead of one per source. Open
+    # suggestions go stale when their source is now linked, or when this run no longer offers them (an old
+    # run's candidate that today's rules drop, e.g. a contract numbered for another subscription)
     conn.execute(
         sa.text(
             "UPDATE mapping_suggestions SET status = 'stale' WHERE status = 'open' AND EXISTS (SELECT 1 FROM"
             " month_links m WHERE m.run_id = :run_id AND m.kind = mapping_suggestions.kind"
-            " AND m.source_key = mapping_suggestions.source_key AND m.target_id IS NOT NULL)"
+            " AND m.source_key = mapping_suggestions.source_key"
+            " AND (m.target_id IS NOT NULL OR mapping_suggestions.run_id <> :run_id))"
         ),
         {"run_id": run_id},
     )

@@ -81,6 +81,7 @@ SPELLING_ONLY_SCORE = 96.0
 SIMILAR_NAME_CAP = 94.0
 LEGAL_FORM_ON_ONE_SIDE_PENALTY = 6.0
 LEGAL_FORM_DIFFERS_PENALTY = 15.0
+NUMBERS_DIFFER_PENALTY = 15.0
 
 
 def _strip_accents(text: str) -> str:
@@ -167,6 +168,10 @@ class NameComparison:
     reason: str
 
 
+def _numbers(tokens: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted(token for token in tokens if token.isdigit()))
+
+
 def similarity(left_loose: str, right_loose: str) -> float:
     """The fuzzy ratio of two loose names, word order ignored (rapidfuzz token sort ratio)."""
     return float(fuzz.token_sort_ratio(left_loose, right_loose))
@@ -205,4 +210,10 @@ def compare_names(name: str, other: str) -> NameComparison:
     elif form_key != other_form_key:
         score -= LEGAL_FORM_ON_ONE_SIDE_PENALTY
         reasons.append(f'but the legal form "{legal_form(name) or legal_form(other)}" is on one side only')
+    numbers, other_numbers = _numbers(core), _numbers(other_core)
+    if numbers != other_numbers:
+        # "Woodgrove Amsterdam (2)" and "(4)" are two customers however alike the rest reads
+        score -= NUMBERS_DIFFER_PENALTY
+        shown = [f'"{" ".join(found)}"' if found else "none" for found in (numbers, other_numbers)]
+        reasons.append(f"and the numbers differ: {shown[0]} vs {shown[1]}")
     return NameComparison(round(max(score, 0.0), 2), ", ".join(reasons))

@@ -90,6 +90,11 @@ def test_a_typo_ranks_below_accents_and_punctuation():
     assert compare_names("Kowalsky Bäckerei SARL", "Kowalski Bäckerei ApS").score < 80
 
 
+def test_names_with_different_numbers_score_below_the_default_threshold():
+    numbered = compare_names("Woodgrove Amsterdam B.V. (2)", "Woodgrove Amsterdam B.V. (4)")
+    assert numbered.score < 80 and 'numbers differ: "2" vs "4"' in numbered.reason
+
+
 def test_legal_form_is_read_as_the_name_writes_it():
     assert legal_form("Muller G.m.b.H.") == "G.m.b.H."
     assert legal_form("Acme GmbH & Co. KG") == "GmbH & Co. KG"

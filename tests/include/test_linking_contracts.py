@@ -36,6 +36,21 @@ def month_link(warehouse: Warehouse, kind: str, source: str, run_id: str = "run-
     )[0]
 
 
+def _old_suggestion(source_key: str, target_id: int) -> dict:
+    return {
+        "kind": "contract",
+        "source_key": source_key,
+        "target_id": target_id,
+        "score": 100,
+        "source_name": M365[2],
+        "target_name": M365[2],
+        "month": "2026-09",
+        "run_id": "old-run",
+        "status": "open",
+        "created_at": date(2026, 9, 1),
+    }
+
+
 def test_a_second_subscription_never_gets_the_contract_numbered_for_the_first(warehouse):
     fake = FakeAutotask()
     contoso = fake.add_company("Contoso Ltd", key="ACC-1")
@@ -48,12 +63,18 @@ def test_a_second_subscription_never_gets_the_contract_numbered_for_the_first(wa
         line(MONTH, contoso_account, "SUB-1", M365, "Cycle", 10, 10, date(2026, 10, 1)),
         line(MONTH, contoso_account, "SUB-2", M365, "New", 3, 3, date(2026, 10, 12)),
     ]
+    store_month(warehouse, MONTH, lines, [account_row(*contoso_account)])
+    with warehouse.begin() as conn:  # what the old linker offered SUB-2, still open
+        warehouse.insert(conn, "mapping_suggestions", [_old_suggestion("SUB-2", first)])
     run_month(warehouse, fake, lines)
     # SUB-1 has two contracts numbered for it: a person picks between them
     assert month_link(warehouse, "contract", "SUB-1")["suggestions"] == 2
     sub2 = month_link(warehouse, "contract", "SUB-2")
     assert (sub2["target_id"], sub2["resolution"], sub2["suggestions"]) == (None, "unlinked", 0)
-    assert warehouse.query("SELECT * FROM mapping_suggestions WHERE source_key = 'SUB-2'") == []
+    # the old offer is withdrawn, nothing new is offered
+    assert warehouse.query("SELECT target_id, status FROM mapping_suggestions WHERE source_key = 'SUB-2'") == [
+        {"target_id": first, "status": "stale"}
+    ]
 
     # reconciliation plans SUB-2 its own contract, stamped with its id, without waiting for a person
     reconcile_month(warehouse, MONTH, "run-1", SETTINGS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import date
 
-from include.mapping import link_month, reject_suggestion, set_manual_link, stored_links
+from include.mapping import confirm_suggestion, link_month, reject_suggestion, set_manual_link, stored_links
 from include.snapshot import take_snapshot
 from include.warehouse import Warehouse
 from tests.include.fake_autotask import FakeAutotask
@@ -55,6 +55,11 @@ def test_a_different_legal_form_is_a_suggestion_that_says_so_never_a_link(wareho
     assert 80 <= suggestion["score"] < 95
     assert '"SARL" vs "ApS"' in suggestion["reason"] and "different legal entity" in suggestion["reason"]
     assert stored_links(warehouse, "company") == []
+
+    # a person who confirms it anyway leaves the reason in the audit trail
+    confirm_suggestion(warehouse, "company", "ACC-1", aps, by="judy")
+    note = warehouse.scalar("SELECT note FROM mapping_link_events WHERE source_key = 'ACC-1' AND changed_by = 'judy'")
+    assert note.startswith("suggestion score 85.0: same name, but the legal form differs")
 
 
 def test_an_accent_folded_twin_is_a_high_scoring_suggestion_never_a_link(warehouse):
