@@ -74,8 +74,6 @@ class LinkEvent(StrEnum):
 
 
 UNLINKED = "unlinked"
-# Links a person made or confirmed, or that a key or the loader made: never demoted.
-_TRUSTED_METHODS = frozenset({LinkMethod.MANUAL, LinkMethod.CONFIRMED_SUGGESTION, LinkMethod.CREATED, LinkMethod.KEY})
 # Suggestions that are evidence rather than name likeness rank with this score: the company owning the
 # subscription's keyed or remembered contract.
 CONTRACT_OWNER_SCORE = 90.0
@@ -712,6 +710,7 @@ def _store(
     settings: SyncSettings,
     summary: MappingSummary,
 ) -> None:
+    """Write the run's resolution, the remembered links it changes with their audit events, and suggestions."""
     now = utcnow()
     month_links = warehouse.table("month_links")
     conn.execute(month_links.delete().where(month_links.c.run_id == run_id))
@@ -734,89 +733,8 @@ def _store(
             for result in results
         ],
     )
-
-    events = []
-    for (kind, source_key), why in demoted.items():
-        link = linking.stored[(kind, source_key)]
-        events.append(
-            _event(kind, source_key, int(link["target_id"]), None, LinkEvent.DEMOTED, settings.linked_by, now, why)
-        )
-    if demoted:
-        conn.execute(
-            sa.text("DELETE FROM mapping_links WHERE kind = :kind AND source_key = :source"),
-            [{"kind": kind, "source": source_key} for kind, source_key in demoted],
-        )
-
-    new_links = []
-    flag_changes = []
-    for result in results:
-        stored_link = (
-            None
-            if (str(result.kind), result.source_key) in demoted
-            else linking.stored.get((str(result.kind), result.source_key))
-        )
-        flag = str(result.flag) if result.flag else None
-        if result.target_id is not None and stored_link is None:
-            target = linking.targets[result.kind].get(result.target_id)
-            new_links.append(
-                {
-                    "kind": str(result.kind),
-                    "source_key": result.source_key,
-                    "target_id": result.target_id,
-                    "method": result.link_method,
-                    "linked_by": settings.linked_by,
-                    "linked_at": now,
-                    "source_name": linking.source_names[result.kind].get(result.source_key),
-                    "target_name": target.name if target else None,
-                    "first_month": month,
-                    "last_month": month,
-                    "flag": flag,
-                    "flagged_at": now if flag else None,
-                }
-            )
-            note = result.note if not flag else f"{result.note}; flagged {flag}: {result.detail}"
-            events.append(
-                _event(
-                    str(result.kind),
-                    result.source_key,
-                    None,
-                    result.target_id,
-                    str(result.link_method),
-                    settings.linked_by,
-                    now,
-                    note,
-                )
-            )
-        elif stored_link is not None and (stored_link["flag"] or None) != flag:
-            flag_changes.append(
-                {"kind": str(result.kind), "source": result.source_key, "flag": flag, "at": now if flag else None}
-            )
-            event, note = (
-                (LinkEvent.FLAGGED, f"flagged {flag}: {result.detail}")
-                if flag
-                else (LinkEvent.FLAG_CLEARED, f"flag {stored_link['flag']} cleared: the target is fine again")
-            )
-            events.append(
-                _event(
-                    str(result.kind),
-                    result.source_key,
-                    result.target_id,
-                    result.target_id,
-                    event,
-                    settings.linked_by,
-                    now,
-                    note,
-                )
-            )
-    warehouse.insert(conn, "mapping_links", new_links, ignore_conflicts=True)
-    if flag_changes:
-        conn.execute(
-            sa.text(
-                "UPDATE mapping_links SET flag = :flag, flagged_at = :at WHERE kind = :kind AND source_key = :source"
-            ),
-            flag_changes,
-        )
-    warehouse.insert(conn, "mapping_link_events", events, ignore_conflicts=True)
+    summary.new_links, summary.events = _store_links(conn, warehouse, month, results, linking, demoted, settings, now)
+    summary.demoted_links = len(demoted)
     # every link the month used is still in use
     conn.execute(
         sa.text(
@@ -826,9 +744,102 @@ def _store(
         ),
         {"month": month, "run_id": run_id},
     )
+    _store_suggestions(conn, warehouse, month, run_id, results, linking, now)
+    suggestions = warehouse.table("mapping_suggestions")
+    summary.open_suggestions = conn.execute(
+        sa.select(sa.func.count()).select_from(suggestions).where(suggestions.c.status == "open")
+    ).scalar_one()
 
-    # suggestions: fresh candidates are (re)opened; those of sources now linked go stale
-    suggestion_rows = [
+
+def _store_links(
+    conn: Connection,
+    warehouse: Warehouse,
+    month: str,
+    results: Sequence[Resolution],
+    linking: _Month,
+    demoted: Mapping[tuple[str, str], str],
+    settings: SyncSettings,
+    now: Any,
+) -> tuple[int, int]:
+    """Demote, add and (un)flag remembered links, each with its `mapping_link_events` row.
+
+    Returns how many links were added and how many events written.
+    """
+    by = settings.linked_by
+    events = [
+        _event(
+            kind,
+            source_key,
+            int(linking.stored[(kind, source_key)]["target_id"]),
+            None,
+            LinkEvent.DEMOTED,
+            by,
+            now,
+            why,
+        )
+        for (kind, source_key), why in demoted.items()
+    ]
+    if demoted:
+        conn.execute(
+            sa.text("DELETE FROM mapping_links WHERE kind = :kind AND source_key = :source"),
+            [{"kind": kind, "source": source_key} for kind, source_key in demoted],
+        )
+    new_links = []
+    flag_changes = []
+    for result in results:
+        kind, source_key = str(result.kind), result.source_key
+        stored_link = None if (kind, source_key) in demoted else linking.stored.get((kind, source_key))
+        flag = str(result.flag) if result.flag else None
+        if result.target_id is not None and stored_link is None:
+            target = linking.targets[result.kind].get(result.target_id)
+            new_links.append(
+                {
+                    "kind": kind,
+                    "source_key": source_key,
+                    "target_id": result.target_id,
+                    "method": result.link_method,
+                    "linked_by": by,
+                    "linked_at": now,
+                    "source_name": linking.source_names[result.kind].get(source_key),
+                    "target_name": target.name if target else None,
+                    "first_month": month,
+                    "last_month": month,
+                    "flag": flag,
+                    "flagged_at": now if flag else None,
+                }
+            )
+            note = f"{result.note}; flagged {flag}: {result.detail}" if flag else result.note
+            events.append(_event(kind, source_key, None, result.target_id, str(result.link_method), by, now, note))
+        elif stored_link is not None and (stored_link["flag"] or None) != flag:
+            flag_changes.append({"kind": kind, "source": source_key, "flag": flag, "at": now if flag else None})
+            if flag:
+                event, note = LinkEvent.FLAGGED, f"flagged {flag}: {result.detail}"
+            else:
+                event, note = LinkEvent.FLAG_CLEARED, f"flag {stored_link['flag']} cleared"
+            events.append(_event(kind, source_key, result.target_id, result.target_id, event, by, now, note))
+    warehouse.insert(conn, "mapping_links", new_links, ignore_conflicts=True)
+    if flag_changes:
+        conn.execute(
+            sa.text(
+                "UPDATE mapping_links SET flag = :flag, flagged_at = :at WHERE kind = :kind AND source_key = :source"
+            ),
+            flag_changes,
+        )
+    warehouse.insert(conn, "mapping_link_events", events, ignore_conflicts=True)
+    return len(new_links), len(events)
+
+
+def _store_suggestions(
+    conn: Connection,
+    warehouse: Warehouse,
+    month: str,
+    run_id: str,
+    results: Sequence[Resolution],
+    linking: _Month,
+    now: Any,
+) -> None:
+    """Fresh candidates are (re)opened with their score and reason; a rejected or confirmed one never reopens."""
+    rows = [
         {
             "kind": str(result.kind),
             "source_key": result.source_key,
@@ -845,20 +856,18 @@ def _store(
         for result in results
         for suggestion in result.suggestions
     ]
-    suggestions = warehouse.table("mapping_suggestions")
-    if suggestion_rows:
-        # refresh the score and reason of open ones; never reopen a rejected or confirmed suggestion
+    if rows:
         conn.execute(
             sa.text(
                 "UPDATE mapping_suggestions SET score = :score, reason = :reason, month = :month, run_id = :run_id"
                 " WHERE kind = :kind AND source_key = :source_key AND target_id = :target_id AND status = 'open'"
             ),
-            suggestion_rows,
+            rows,
         )
-        warehouse.insert(conn, "mapping_suggestions", suggestion_rows, ignore_conflicts=True)
-    # the run's month_links rows are exactly `results`: set-based statements instead of one per source. Open
+        warehouse.insert(conn, "mapping_suggestions", rows, ignore_conflicts=True)
+    # The run's month_links rows are exactly `results`: set-based statements instead of one per source. Open
     # suggestions go stale when their source is now linked, or when this run no longer offers them (an old
-    # run's candidate that today's rules drop, e.g. a contract numbered for another subscription)
+    # run's candidate that today's rules drop, e.g. a contract numbered for another subscription).
     conn.execute(
         sa.text(
             "UPDATE mapping_suggestions SET status = 'stale' WHERE status = 'open' AND EXISTS (SELECT 1 FROM"
@@ -868,12 +877,6 @@ def _store(
         ),
         {"run_id": run_id},
     )
-    summary.new_links = len(new_links)
-    summary.demoted_links = len(demoted)
-    summary.events = len(events)
-    summary.open_suggestions = conn.execute(
-        sa.select(sa.func.count()).select_from(suggestions).where(suggestions.c.status == "open")
-    ).scalar_one()
 
 
 def _write_link(
