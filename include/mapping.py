@@ -565,15 +565,19 @@ def _suggest_owners_of_linked_contracts(
             if (str(LinkKind.COMPANY), result.source_key, company_id) in linking.rejected:
                 continue
             company = companies.get(company_id)
-            reason = "; ".join(reasons)
+            if company is None:  # the snapshot does not hold it: nothing a person could confirm
+                continue
+            reason = "; ".join(reasons[:2])
+            if len(reasons) > 2:
+                reason += f"; and {_counted(len(reasons) - 2, 'more contract', 'more contracts')} of this account"
+            reason += "" if company.active else "; the company is inactive in Autotask"
             if company_id in suggestions:
                 known = suggestions[company_id]
                 suggestions[company_id] = replace(
                     known, score=max(known.score, CONTRACT_OWNER_SCORE), reason=f"{known.reason}; {reason}"
                 )
             else:
-                name = company.name if company else ""
-                suggestions[company_id] = Suggestion(company_id, CONTRACT_OWNER_SCORE, name, reason)
+                suggestions[company_id] = Suggestion(company_id, CONTRACT_OWNER_SCORE, company.name, reason)
         ranked = tuple(sorted(suggestions.values(), key=lambda item: (-item.score, item.target_id)))
         updated.append(replace(result, suggestions=ranked))
     return updated

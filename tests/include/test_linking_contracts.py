@@ -140,8 +140,17 @@ def test_an_unlinked_account_is_offered_the_company_owning_its_keyed_contract(wa
     fake = FakeAutotask()
     owner = fake.add_company("Tailspin Toys Holding")  # a name nothing like the account's
     contract = fake.add_contract(owner, "M365", "SUB-5", *YEAR)
+    # another account whose three subscriptions are all keyed to contracts of one company
+    lakeshore = fake.add_company("Lakeshore Retail", active=False)
+    theirs = [fake.add_contract(lakeshore, "M365", f"SUB-{n}", *YEAR) for n in (6, 7, 8)]
+    wingtip, fourth = ("ACC-5", "Wingtip Ventures"), ("ACC-6", "Fourth Coffee")
     run_month(
-        warehouse, fake, [line(MONTH, ("ACC-5", "Wingtip Ventures"), "SUB-5", M365, "Cycle", 3, 3, date(2026, 10, 1))]
+        warehouse,
+        fake,
+        [
+            line(MONTH, wingtip, "SUB-5", M365, "Cycle", 3, 3, date(2026, 10, 1)),
+            *(line(MONTH, fourth, f"SUB-{n}", M365, "Cycle", 1, 1, date(2026, 10, 1)) for n in (6, 7, 8)),
+        ],
     )
     sub5 = month_link(warehouse, "contract", "SUB-5")
     # no company to compare with: the keyed contract stays linked, unflagged
@@ -154,6 +163,13 @@ def test_an_unlinked_account_is_offered_the_company_owning_its_keyed_contract(wa
         "target_id": owner,
         "reason": f"owns contract {contract} keyed to SUB-5",
         "status": "open",
+    }
+
+    [many] = warehouse.query("SELECT target_id, reason FROM mapping_suggestions WHERE source_key = 'ACC-6'")
+    assert many == {
+        "target_id": lakeshore,
+        "reason": f"owns contract {theirs[0]} keyed to SUB-6; owns contract {theirs[1]} keyed to SUB-7;"
+        " and 1 more contract of this account; the company is inactive in Autotask",
     }
 
     # rejected, it is not offered again
