@@ -3,6 +3,7 @@ suggestion with a reason a person can act on. Each test runs on SQLite and Postg
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import date
 
 from include.mapping import confirm_suggestion, link_month, reject_suggestion, set_manual_link, stored_links
@@ -213,3 +214,20 @@ def test_every_automatic_link_writes_an_audit_event_once(warehouse):
     assert "inactive in Autotask" in later[0]["note"]
     detail = warehouse.scalar("SELECT detail FROM month_links WHERE run_id = 'run-2' AND source_key = 'ACC-2'")
     assert detail.startswith(f'company {named} "Fabrikam Inc" is inactive in Autotask; account ACC-2')
+
+
+def test_the_limit_caps_looser_candidates_but_every_exact_twin_is_listed(warehouse):
+    fake = FakeAutotask()
+    twins = [fake.add_company("Alpenblick Hotel GmbH") for _ in range(3)]
+    near = [fake.add_company(name) for name in ("Alpenblick Hotels GmbH", "Alpenblick-Hotel AG", "Alpenblik Hotel")]
+    lines = [
+        line(MONTH, ("ACC-1", "Alpenblick Hotel GmbH"), "SUB-1", M365, "Cycle", 1, 1, date(2026, 10, 1)),
+        line(MONTH, ("ACC-2", "Alpenblick Hotel Gmbh."), "SUB-2", M365, "Cycle", 1, 1, date(2026, 10, 1)),
+    ]
+    store_month(warehouse, MONTH, lines, [account_row("ACC-1", "a"), account_row("ACC-2", "b")])
+    take_snapshot(fake, warehouse, MONTH, "run-1", SETTINGS)
+    link_month(warehouse, MONTH, "run-1", replace(SETTINGS, suggestion_limit=2))
+    assert [s["target_id"] for s in suggestions_for(warehouse, "ACC-1")] == twins
+    looser = suggestions_for(warehouse, "ACC-2")
+    assert len(looser) == 2 and {s["target_id"] for s in looser} <= {*twins, *near}
+    assert all(80 <= s["score"] < 100 for s in looser)
