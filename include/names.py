@@ -172,7 +172,7 @@ def _numbers(tokens: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(sorted(token for token in tokens if token.isdigit()))
 
 
-def similarity(left_loose: str, right_loose: str) -> float:
+def _similarity(left_loose: str, right_loose: str) -> float:
     """The fuzzy ratio of two loose names, word order ignored (rapidfuzz token sort ratio)."""
     return float(fuzz.token_sort_ratio(left_loose, right_loose))
 
@@ -181,9 +181,10 @@ def compare_names(name: str, other: str) -> NameComparison:
     """Score `other` as a candidate for `name`.
 
     100 only for the same exact name. Accents only: 98. Punctuation or the spelling of the same legal form
-    ("Inc." / "Inc", "Ltd" / "Limited"): 96. Otherwise the fuzzy ratio, at most 94, less 6 for a legal form on
-    one side only and less 15 for a different legal form (usually a different legal entity): "Kowalski
-    Bäckerei SARL" vs "Kowalski Bäckerei ApS" scores 85.
+    ("Inc." / "Inc", "Ltd" / "Limited"): 96. Otherwise the fuzzy ratio of the names without their legal forms
+    (100 when equal, at most 94 when not), less 6 for a legal form on one side only, less 15 for a different
+    legal form (usually a different legal entity: "Kowalski Bäckerei SARL" vs "Kowalski Bäckerei ApS" scores
+    85) and less 15 when the numbers in the names differ.
     """
     if exact_name(name) == exact_name(other):
         return NameComparison(100.0, "exact name")
@@ -199,7 +200,7 @@ def compare_names(name: str, other: str) -> NameComparison:
     if core == other_core:
         score, reasons = 100.0, ["same name"]
     else:
-        ratio = similarity(" ".join(core), " ".join(other_core))
+        ratio = _similarity(" ".join(core), " ".join(other_core))
         score, reasons = min(ratio, SIMILAR_NAME_CAP), [f"similar name ({ratio:.0f}% alike)"]
     if form_key != other_form_key and form_key and other_form_key:
         score -= LEGAL_FORM_DIFFERS_PENALTY
