@@ -1,4 +1,5 @@
-"""The brief's field mapping (commitment terms, effective-date policy, period types) and name normalisation."""
+"""The brief's field mapping (commitment terms, effective-date policy, period types) and the two name keys:
+the exact name (automatic links) and the loose name (candidates for a person), with the scores of candidates."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import date
 import pytest
 
 from include.field_mapping import autotask_effective_date, commitment_term, renewed_end_date
-from include.names import normalise_name
+from include.names import compare_names, exact_name, legal_form, loose_name, normalise_name
 from include.sync_settings import EffectiveDatePolicy, SyncSettings
 
 
@@ -22,13 +23,84 @@ from include.sync_settings import EffectiveDatePolicy, SyncSettings
         ("Ångström S.L.", "Angstrom SL"),
     ],
 )
-def test_same_customer_spelled_differently_normalises_equal(left, right):
-    assert normalise_name(left) == normalise_name(right) != ""
+def test_same_customer_spelled_differently_is_a_candidate_but_never_the_same_exact_name(left, right):
+    # the loose key finds the candidate ...
+    assert loose_name(left) == loose_name(right) != ""
+    # ... but only the exact name links, so each of these waits for a person
+    assert exact_name(left) != exact_name(right)
+    assert 95 <= compare_names(left, right).score < 100
 
 
 def test_different_customers_stay_different_and_a_lone_legal_word_is_kept():
-    assert normalise_name("Northwind Trading Ltd") != normalise_name("Northwind Traders Ltd")
-    assert normalise_name("Company") == "company"
+    assert loose_name("Northwind Trading Ltd") != loose_name("Northwind Traders Ltd")
+    assert loose_name("Company") == "company"
+    # the old name of the loose key still works for callers outside mapping
+    assert normalise_name("Müller GmbH") == loose_name("Müller GmbH") == "muller"
+
+
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [
+        # NFC (one code point é) and NFD (e + combining acute) spellings of one name
+        ("Caf\u00e9 de l'Horloge SARL", "Cafe\u0301 de l'Horloge SARL"),
+        ("  Müller   &  Söhne\tGmbH ", "müller & söhne gmbh"),
+        ("KOWALSKI BÄCKEREI SARL", "Kowalski\u00a0Bäckerei SARL"),
+        ("Straße Holding AG", "STRASSE HOLDING AG"),
+    ],
+)
+def test_exact_name_ignores_only_unicode_form_case_and_whitespace(left, right):
+    assert exact_name(left) == exact_name(right)
+    assert compare_names(left, right).score == 100
+
+
+@pytest.mark.parametrize(
+    ("left", "right"),
+    [
+        ("Kowalski Bäckerei SARL", "Kowalski Bäckerei ApS"),
+        ("Müller & Söhne GmbH", "Muller & Sohne GmbH"),
+        ("Fabrikam, Inc.", "Fabrikam Inc"),
+        ("Contoso Ltd", "Contoso"),
+    ],
+)
+def test_exact_name_keeps_legal_form_accents_and_punctuation(left, right):
+    assert exact_name(left) != exact_name(right)
+
+
+def test_an_accent_only_difference_scores_high_and_says_so():
+    comparison = compare_names("Müller & Söhne GmbH", "Muller & Sohne GmbH")
+    assert comparison.score >= 95
+    assert "accents" in comparison.reason
+
+
+def test_a_different_legal_form_scores_clearly_lower_and_names_both_forms():
+    comparison = compare_names("Kowalski Bäckerei SARL", "Kowalski Bäckerei ApS")
+    accents_only = compare_names("Kowalski Bäckerei SARL", "Kowalski Backerei SARL")
+    assert 80 <= comparison.score <= accents_only.score - 10
+    assert '"SARL" vs "ApS"' in comparison.reason and "different legal entity" in comparison.reason
+    # a legal form written differently is the same form, not a different one
+    assert "legal form differs" not in compare_names("Contoso Ltd", "Contoso Limited").reason
+    assert "GmbH & Co. KG" in compare_names("Acme GmbH & Co. KG", "Acme GmbH").reason
+
+
+def test_a_typo_ranks_below_accents_and_punctuation():
+    typo = compare_names("Northwind Trading Ltd", "Northwind Traders Ltd")
+    assert 80 <= typo.score < compare_names("Fabrikam, Inc.", "Fabrikam Inc").score
+    assert "similar name" in typo.reason
+    # a typo and a different legal form together fall below the default threshold of 80
+    assert compare_names("Kowalsky Bäckerei SARL", "Kowalski Bäckerei ApS").score < 80
+
+
+def test_names_with_different_numbers_score_below_the_default_threshold():
+    numbered = compare_names("Woodgrove Amsterdam B.V. (2)", "Woodgrove Amsterdam B.V. (4)")
+    assert numbered.score < 80 and 'numbers differ: "2" vs "4"' in numbered.reason
+
+
+def test_legal_form_is_read_as_the_name_writes_it():
+    assert legal_form("Muller G.m.b.H.") == "G.m.b.H."
+    assert legal_form("Acme GmbH & Co. KG") == "GmbH & Co. KG"
+    assert legal_form("Fabrikam, Inc.") == "Inc."
+    assert legal_form("Company") == ""
+    assert legal_form("Company Ltd") == "Ltd"
 
 
 def test_commitment_term_and_renewal_follow_the_billing_cycle():

@@ -89,10 +89,14 @@ def test_links_are_remembered_next_month_and_a_manual_link_is_never_overwritten(
     assert links[("company", "ACC-3")]["linked_by"] == "carol"
     assert links[("contract", "SUB-2")]["method"] == "manual"
     assert links[("company", "ACC-1")]["last_month"] == "2026-11"
-    events = warehouse.query("SELECT kind, source_key, changed_by FROM mapping_link_events ORDER BY kind")
-    assert {(e["kind"], e["source_key"], e["changed_by"]) for e in events} == {
-        ("company", "ACC-3", "carol"),
-        ("contract", "SUB-2", "carol"),
+    # the audit trail holds every link made: the auto-links of October and the two decisions of carol
+    events = warehouse.query("SELECT kind, source_key, method, changed_by FROM mapping_link_events ORDER BY kind")
+    assert {(e["kind"], e["source_key"], e["method"], e["changed_by"]) for e in events} == {
+        ("company", "ACC-1", "name", "auto-linker"),
+        ("contract", "SUB-1", "key", "auto-linker"),
+        ("service", "PRD-M365", "key", "auto-linker"),
+        ("company", "ACC-3", "confirmed_suggestion", "carol"),
+        ("contract", "SUB-2", "manual", "carol"),
     }
 
     # the created contract service for the pinned contract is planned against the manual link
