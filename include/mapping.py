@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from rapidfuzz import fuzz, process
 from sqlalchemy.engine import Connection
 
+from include.extract import ensure_run_reads_own_lines
 from include.models import BillingMonth
 from include.names import compare_names, exact_name, loose_name
 from include.sync_settings import SyncSettings
@@ -180,6 +181,7 @@ def link_month(warehouse: Warehouse, month: str, run_id: str, settings: SyncSett
     `mapping_suggestions`, and an audit row per link made, demoted or (un)flagged in `mapping_link_events`.
     Re-running replaces the run's resolution; stored links are only added to (or demoted, see the module).
     """
+    ensure_run_reads_own_lines(warehouse, month, run_id)
     settings = settings or SyncSettings()
     billing_month = BillingMonth.parse(month).key
     linking = _read_month(warehouse, billing_month, run_id)
