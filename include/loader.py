@@ -43,6 +43,8 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from connectors.autotask_errors import AutotaskApiError, AutotaskOutcomeUnknownError, AutotaskRateLimitError
+from connectors.autotask_query import to_api_value
 from include.autotask_reader import api_date, udf_value
 from include.plan import ActionKind, ActionStatus, PlanAction, load_plan
 from include.sync_settings import SyncSettings
@@ -114,12 +116,14 @@ ASK_FIRST = frozenset({LedgerState.SENT, LedgerState.UNKNOWN, LedgerState.RESENT
 
 
 class BudgetExhausted(Exception):
-    """Autotask's hourly request budget is too low to go on; the load stopped cleanly and can resume."""
+    """Autotask's hourly request budget is too low to go on; the load stopped cleanly and can resume.
+    The message says it in plain words: why, how much this load used, and when it can go on."""
 
-    def __init__(self, resume_at: datetime, used: int, message: str) -> None:
+    def __init__(self, resume_at: datetime, used: int, message: str, reason: str = "") -> None:
         super().__init__(message)
         self.resume_at = resume_at
         self.used = used
+        self.reason = reason or message
 
 
 class AutotaskUnreachable(Exception):
@@ -263,9 +267,12 @@ class _Loader:
             self.summary.status = "incomplete" if self.summary.waiting else "succeeded"
             message = None
         except BudgetExhausted as stop:
+            # said once every write on its way has ended, so the counts are final
+            final = self._budget_message(stop.reason, stop.resume_at)
             self.summary.status = "paused"
-            self._finish_load_run(started, str(stop), stop.resume_at)
-            raise
+            self._finish_load_run(started, final, stop.resume_at)
+            log.warning(final)
+            raise BudgetExhausted(stop.resume_at, self._used(), final, stop.reason) from None
         except BaseException as error:
             self.summary.status = "failed"
             self._finish_load_run(started, f"{type(error).__name__}: {error}")
@@ -572,6 +579,13 @@ class _Loader:
             if row is not None and _adjustment_shows(action, row):
                 note = f"found applied in Autotask: {row.get('units')} units from {action.effective_date}"
                 results.append((action, None, note))
+            elif row is not None and not _units_are(row, action.units_before) and action.unit_change:
+                reason = (
+                    f"Autotask holds {row.get('units')} units on {action.effective_date}, neither the "
+                    f"{action.units_before} before nor the {action.units_after} after this change: not sent "
+                    "again; a person checks the contract service"
+                )
+                results.append((action, _Refusal(reason), ""))
             else:
                 results.append((action, _NOT_FOUND, ""))
         return results
@@ -579,29 +593,27 @@ class _Loader:
     # -- sending ---------------------------------------------------------------------------------------
 
     def _send(self, actions: Sequence[PlanAction]) -> None:
-        """Send what is not settled, in budget-sized batches; chains of one contract service in order."""
+        """Send what is not settled: chains of one contract service in date order, independent chains at once.
+        Every write gets its ledger row (pending) before any is sent; the budget gate reads the budget every
+        `write_batch_size` writes while the writes already on their way go on (no pause between batches)."""
         chains = self._chains([action for action in actions if not self._settled(action)])
-        while chains:
-            wanted = sum(len(chain) for chain in chains)
-            allowed = self._allowance(min(wanted, self.load_settings.write_batch_size))
-            batch: list[list[PlanAction]] = []
-            taken = 0
-            while chains and taken < allowed:
-                chain = chains.pop(0)
-                room = allowed - taken
-                if len(chain) > room:
-                    chains.insert(0, chain[room:])
-                    chain = chain[:room]
-                batch.append(chain)
-                taken += len(chain)
-            self._record_pending([action for chain in batch for action in chain])
-            if len(batch) == 1 or self.load_settings.workers == 1:
-                for chain in batch:
-                    self._send_chain(chain)
-            else:
-                with ThreadPoolExecutor(self.load_settings.workers, thread_name_prefix="autotask-load") as pool:
-                    for future in [pool.submit(self._send_chain, chain) for chain in batch]:
-                        future.result()  # re-raises a stop (budget, unreachable) or a bug here
+        if not chains:
+            return
+        self._record_pending([action for chain in chains for action in chain])
+        gate = _BudgetGate(self, sum(len(chain) for chain in chains))
+        if len(chains) == 1 or self.load_settings.workers == 1:
+            for chain in chains:
+                self._send_chain(chain, gate)
+            return
+        errors: list[BaseException] = []
+        with ThreadPoolExecutor(self.load_settings.workers, thread_name_prefix="autotask-load") as pool:
+            for future in [pool.submit(self._send_chain, chain, gate) for chain in chains]:
+                try:
+                    future.result()
+                except BaseException as error:  # every chain ends first: nothing is left on the wire
+                    errors.append(error)
+        if errors:
+            raise errors[0]
 
     def _chains(self, actions: Sequence[PlanAction]) -> list[list[PlanAction]]:
         """One chain per contract service for adjustments (date order), one per action otherwise."""
@@ -610,13 +622,19 @@ class _Loader:
             chains[action.target if action.kind in ADJUSTING_KINDS else action.action_id].append(action)
         return list(chains.values())
 
-    def _send_chain(self, chain: Sequence[PlanAction]) -> None:
+    def _send_chain(self, chain: Sequence[PlanAction], gate: _BudgetGate) -> None:
         for action in chain:
             if self._settled(action):
                 continue
             if not self._dependencies_met(action):
                 return  # an earlier one of the chain is failed or unknown: the next pass decides
-            if self._send_one(action) is not _Outcome.CONFIRMED:
+            gate.take()
+            try:
+                outcome = self._send_one(action)
+            except BudgetExhausted as stop:  # Autotask refused a write for its request limit
+                gate.stop(stop)
+                raise
+            if outcome is not _Outcome.CONFIRMED:
                 return
 
     def _send_one(self, action: PlanAction) -> _Outcome:
@@ -626,13 +644,13 @@ class _Loader:
         self._mark_sent(write, resend)
         try:
             autotask_id = self._call(write)
-        except _OUTCOME_UNKNOWN as error:
+        except AutotaskOutcomeUnknownError as error:
             self._mark_unknown(write, str(error))
             return _Outcome.UNKNOWN
-        except _RATE_LIMITED as error:
+        except AutotaskRateLimitError as error:
             self._back_to_pending(write, str(error))
             raise self._budget_stop(f"Autotask rejected a write for the request limit: {error}") from error
-        except _API_ERROR as error:
+        except AutotaskApiError as error:
             if error.status is None and getattr(error, "retryable", False):
                 self._back_to_pending(write, str(error))
                 raise AutotaskUnreachable(f"Autotask is unreachable, nothing was sent: {error}") from error
@@ -695,7 +713,10 @@ class _Loader:
 
     def _allowance(self, wanted: int) -> int:
         """How many writes the next batch may send, keeping the reserve free; raises BudgetExhausted."""
-        information = self.writer.threshold_information()
+        try:
+            information = self.writer.threshold_information()
+        except AutotaskRateLimitError as error:
+            raise self._budget_stop(f"Autotask refused even the budget read: {error}") from error
         with self.lock:
             self.own_requests += 1
         self.checkpoints.append((datetime.now(UTC), self._used()))
@@ -717,18 +738,18 @@ class _Loader:
         return min(wanted, room)
 
     def _budget_stop(self, reason: str, needed: int = 1, minutes: int = 60) -> BudgetExhausted:
-        used = self._used()
         resume_at = self._resume_at(max(1, needed), minutes)
+        return BudgetExhausted(resume_at, self._used(), self._budget_message(reason, resume_at), reason)
+
+    def _budget_message(self, reason: str, resume_at: datetime) -> str:
         self._count_waiting()
         done = self.summary.written + self.summary.found_applied + self.summary.already_applied
-        message = (
-            f"Stopped loading {self.month}: {reason}. This load used {used:,} requests and applied {done:,} of "
-            f"{self.summary.approved:,} approved changes ({self.summary.written:,} written now); nothing is "
-            f"half-done. It will go on at about {resume_at:%Y-%m-%d %H:%M} UTC, when the rolling hour has freed "
-            "enough requests; the next load resumes where this one stopped."
+        return (
+            f"Stopped loading {self.month}: {reason}. This load used {self._used():,} requests and applied "
+            f"{done:,} of {self.summary.approved:,} approved changes ({self.summary.written:,} written now); "
+            f"nothing is half-done. It will go on at about {resume_at:%Y-%m-%d %H:%M} UTC, when the rolling hour "
+            "has freed enough requests; the next load resumes where this one stopped."
         )
-        log.warning(message)
-        return BudgetExhausted(resume_at, used, message)
 
     def _resume_at(self, needed: int, minutes: int) -> datetime:
         """When at least `needed` requests have left the rolling window. Only this load's own requests have
@@ -1034,6 +1055,36 @@ class _Loader:
 # -- helpers ---------------------------------------------------------------------------------------------
 
 
+class _BudgetGate:
+    """Grants writes as the budget allows: a ThresholdInformation read per `write_batch_size` writes, taken
+    by one thread while the writes already granted go on; once the budget is low, every chain stops."""
+
+    def __init__(self, loader: _Loader, wanted: int) -> None:
+        self.loader = loader
+        self.wanted = wanted
+        self.granted = 0
+        self.stopped: BudgetExhausted | None = None
+        self.lock = threading.Lock()
+
+    def take(self) -> None:
+        with self.lock:
+            if self.stopped is not None:
+                raise self.stopped
+            if self.granted <= 0:
+                batch = min(max(1, self.wanted), self.loader.load_settings.write_batch_size)
+                try:
+                    self.granted = self.loader._allowance(batch)
+                except BudgetExhausted as stop:
+                    self.stopped = stop
+                    raise
+            self.granted -= 1
+            self.wanted -= 1
+
+    def stop(self, stop: BudgetExhausted) -> None:
+        with self.lock:
+            self.stopped = self.stopped or stop
+
+
 class _Refusal:
     """Autotask holds something under the key that this action must not take over: a person decides."""
 
@@ -1064,12 +1115,14 @@ def _row_covering(rows: Sequence[Mapping[str, Any]], day: date | None) -> Mappin
     return None
 
 
+def _units_are(row: Mapping[str, Any], units: Any) -> bool:
+    return units is not None and row.get("units") is not None and abs(float(row["units"]) - float(units)) <= 1e-6
+
+
 def _adjustment_shows(action: PlanAction, row: Mapping[str, Any]) -> bool:
     """The units row on the effective date shows this adjustment: the units it leads to and, when the
     units do not change (a cost change), its cost on a row that starts that day."""
-    if action.units_after is None or row.get("units") is None:
-        return False
-    if abs(float(row["units"]) - float(action.units_after)) > 1e-6:
+    if not _units_are(row, action.units_after):
         return False
     if action.unit_change is not None and action.unit_change != 0:
         return True
@@ -1091,15 +1144,4 @@ def _describe(action: PlanAction, why: str) -> dict[str, Any]:
 
 
 def _jsonable(body: Mapping[str, Any]) -> dict[str, Any]:
-    from connectors.autotask_query import to_api_value
-
     return to_api_value(dict(body))
-
-
-def _error_types() -> tuple[type[BaseException], type[BaseException], type[BaseException]]:
-    from connectors.autotask_errors import AutotaskApiError, AutotaskOutcomeUnknownError, AutotaskRateLimitError
-
-    return AutotaskOutcomeUnknownError, AutotaskRateLimitError, AutotaskApiError
-
-
-_OUTCOME_UNKNOWN, _RATE_LIMITED, _API_ERROR = _error_types()

@@ -68,7 +68,7 @@ def test_a_low_budget_pauses_the_load_with_a_reason_and_a_later_load_finishes_it
     threshold = hook.threshold_information()
     assert threshold["currentTimeframeRequestCount"] <= 0.8 * limit + 2
     states = ledger_states(warehouse)
-    assert set(states) == {"confirmed"} and states["confirmed"] > 0
+    assert states["confirmed"] > 0 and not {"sent", "resent", "unknown", "failed"} & set(states)
     assert plan_statuses(warehouse)["approved"] > 0
     (paused,) = warehouse.query("SELECT status, resume_at, message, requests_used FROM load_runs")
     assert paused["status"] == "paused" and paused["resume_at"] is not None
