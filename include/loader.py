@@ -407,7 +407,9 @@ class _Loader:
         asking = []
         for action in actions:
             row = self.ledger.get(action.idempotency_key)
-            if row is not None and row.action_id != action.action_id and row.state != LedgerState.FAILED:
+            provably_unwritten = (LedgerState.PENDING, LedgerState.FAILED)
+            if row is not None and row.action_id != action.action_id and row.state not in provably_unwritten:
+                # another decision for the same Autotask slot may have reached it: a person compares the two
                 self._fail_without_write(
                     action, f"the Autotask slot {action.idempotency_key} was already written by action {row.action_id}"
                 )
@@ -454,8 +456,12 @@ class _Loader:
                     ["id", "userDefinedFields"],
                 )
             key_of = {record["id"]: udf_value(record, udf) for record in records}
-        else:
-            return []
+        else:  # no key to look a company up by: an unknown outcome cannot be settled by the loader
+            reason = "no company key is configured, so whether Autotask created it cannot be checked: a person looks"
+            return [
+                (action, _Refusal(reason) if self._outcome_unknown(action) else _NOT_FOUND, "")
+                for action in keys.values()
+            ]
         ids_by_key: dict[str, list[int]] = defaultdict(list)
         for record_id, key in key_of.items():
             ids_by_key[str(key)].append(int(record_id))
@@ -476,6 +482,10 @@ class _Loader:
             else:
                 results.append((action, _NOT_FOUND, ""))
         return results
+
+    def _outcome_unknown(self, action: PlanAction) -> bool:
+        row = self.ledger.get(action.idempotency_key)
+        return row is not None and row.state in ASK_FIRST
 
     def _find_services(self, actions: Sequence[PlanAction]) -> Iterable[tuple[PlanAction, Any, str]]:
         by_sku = {action.payload.get("sku"): action for action in actions if action.payload.get("sku")}
