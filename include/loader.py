@@ -252,6 +252,7 @@ class _Loader:
         self.requests_at_start = self._requests_sent()
         self.own_requests = 0  # for a writer that does not count its requests
         self.checkpoints: list[tuple[datetime, int]] = []  # (when, requests used so far): for resume_at
+        self.tables = _reflected(warehouse, ("plan_actions", "load_ledger", "load_runs"))
 
     # -- the run ----------------------------------------------------------------------------------------
 
@@ -284,7 +285,7 @@ class _Loader:
     def _read_state(self) -> None:
         plan = load_plan(self.warehouse, self.month)
         self.plan = {action.action_id: action for action in plan}
-        table = self.warehouse.table("plan_actions")
+        table = self.tables["plan_actions"]
         with self.warehouse.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(table.c.action_id, table.c.status, table.c.applied_entity_id, table.c.error).where(
@@ -298,7 +299,7 @@ class _Loader:
                     self.resolved[row.action_id] = int(row.applied_entity_id)
             elif row.status == ActionStatus.FAILED:
                 self.failed[row.action_id] = row.error or "failed"
-        ledger = self.warehouse.table("load_ledger")
+        ledger = self.tables["load_ledger"]
         with self.warehouse.engine.connect() as conn:
             for row in conn.execute(sa.select(ledger).where(ledger.c.month == self.month)).mappings():
                 self.ledger[row["idempotency_key"]] = _LedgerRow(
@@ -651,7 +652,8 @@ class _Loader:
         write = self._write_for(action)
         row = self.ledger[write.key]
         resend = row.state != LedgerState.PENDING
-        self._mark_sent(write, resend)
+        if not self._mark_sent(write, resend):
+            return _Outcome.UNKNOWN  # taken by another load; the next load reads what became of it
         try:
             autotask_id = self._call(write)
         except AutotaskOutcomeUnknownError as error:
@@ -826,30 +828,44 @@ class _Loader:
             self.ledger[write.key] = _LedgerRow(action.action_id, LedgerState.PENDING, None, write.body, 0)
         if rows:
             with self.warehouse.begin() as conn:
-                conn.execute(self.warehouse.table("load_ledger").insert(), rows)
+                # a row another load inserted meanwhile stays theirs (the claim in _mark_sent sees it)
+                self.warehouse.insert(conn, "load_ledger", rows, ignore_conflicts=True)
 
     def _update_ledger(self, conn: sa.Connection, key: str, **values: Any) -> None:
-        table = self.warehouse.table("load_ledger")
+        table = self.tables["load_ledger"]
         conn.execute(table.update().where(table.c.idempotency_key == key).values(**values))
 
-    def _mark_sent(self, write: _Write, resend: bool) -> None:
+    def _mark_sent(self, write: _Write, resend: bool) -> bool:
+        """Claim the write: move its row from the state this load last saw to sent (or resent). A row another
+        load moved meanwhile is not claimed, so two loads of one month never send the same write."""
         row = self.ledger[write.key]
         state = LedgerState.RESENT if resend else LedgerState.SENT
+        table = self.tables["load_ledger"]
         with self.warehouse.begin() as conn:
-            self._update_ledger(
-                conn,
-                write.key,
-                state=str(state),
-                action_id=write.action.action_id,
-                payload=json.dumps(write.body, sort_keys=True),
-                load_id=self.load_id,
-                attempts=row.attempts + 1,
-                sent_at=utcnow(),
-                error=None,
-            )
+            claimed = conn.execute(
+                table.update()
+                .where(
+                    table.c.idempotency_key == write.key,
+                    table.c.state == str(row.state),
+                    table.c.attempts == row.attempts,
+                )
+                .values(
+                    state=str(state),
+                    action_id=write.action.action_id,
+                    payload=json.dumps(write.body, sort_keys=True),
+                    load_id=self.load_id,
+                    attempts=row.attempts + 1,
+                    sent_at=utcnow(),
+                    error=None,
+                )
+            ).rowcount
+        if claimed != 1:
+            log.warning("another load holds the write %s: this load leaves it alone", write.key)
+            return False
         with self.lock:
             row.state, row.attempts, row.payload = state, row.attempts + 1, write.body
             row.action_id = write.action.action_id
+        return True
 
     def _mark_unknown(self, write: _Write, error: str) -> None:
         with self.warehouse.begin() as conn:
@@ -913,7 +929,7 @@ class _Loader:
             else:  # found in Autotask before this load ever sent it (a create matched by its key)
                 write = self._write_for(action)
                 conn.execute(
-                    self.warehouse.table("load_ledger").insert(),
+                    self.tables["load_ledger"].insert(),
                     [
                         {
                             "idempotency_key": key,
@@ -959,7 +975,7 @@ class _Loader:
         self, conn: sa.Connection, action_id: str, status: ActionStatus, entity_id: int | None, error: str | None
     ) -> None:
         """Move an approved plan row to applied / failed; who approved it and when stay as they were."""
-        table = self.warehouse.table("plan_actions")
+        table = self.tables["plan_actions"]
         values: dict[str, Any] = {"status": str(status), "error": None if error is None else error[:4000]}
         if entity_id is not None:
             values["applied_entity_id"] = entity_id
@@ -983,7 +999,7 @@ class _Loader:
         contract_ids = sorted({pair[0] for pair in missing.values()})
         records = self._query_in("ContractServices", "contractID", contract_ids, ["id", "contractID", "serviceID"])
         ids = {(int(record["contractID"]), int(record["serviceID"])): int(record["id"]) for record in records}
-        table = self.warehouse.table("plan_actions")
+        table = self.tables["plan_actions"]
         with self.warehouse.begin() as conn:
             for cs_action_id, pair in missing.items():
                 if pair in ids:
@@ -1014,7 +1030,7 @@ class _Loader:
     # -- load_runs -------------------------------------------------------------------------------------
 
     def _start_load_run(self) -> None:
-        table = self.warehouse.table("load_runs")
+        table = self.tables["load_runs"]
         with self.warehouse.begin() as conn:
             conn.execute(
                 table.update()
@@ -1039,7 +1055,7 @@ class _Loader:
     def _finish_load_run(self, started: float, message: str | None, resume_at: datetime | None = None) -> None:
         self.summary.seconds = round(time.monotonic() - started, 3)
         self.summary.requests_used = self._used()
-        table = self.warehouse.table("load_runs")
+        table = self.tables["load_runs"]
         with self.warehouse.begin() as conn:
             conn.execute(
                 table.update()
@@ -1063,6 +1079,16 @@ class _Loader:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
+
+
+# Warehouse.table() reflects into a shared MetaData on first use; two threads reflecting at once can see a
+# table without its columns. Loads running side by side in one process reflect one at a time.
+_REFLECTING = threading.Lock()
+
+
+def _reflected(warehouse: Warehouse, names: Sequence[str]) -> dict[str, sa.Table]:
+    with _REFLECTING:
+        return {name: warehouse.table(name) for name in names}
 
 
 class _BudgetGate:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -120,6 +121,37 @@ def test_a_loader_killed_mid_load_resumes_without_repeating_or_losing_a_write(au
     assert "approved" not in plan_statuses(warehouse)
     runs = warehouse.query("SELECT status FROM load_runs ORDER BY started_at")
     assert [row["status"] for row in runs] == ["interrupted", "succeeded"]
+
+
+def test_two_loads_of_one_month_at_once_never_send_the_same_write(autotask, admin, warehouse, monkeypatch):
+    """An operator re-triggers the load while one is running: each write is claimed by one of them."""
+    hook = make_hook(autotask, monkeypatch)
+    approved = plan_month(hook, warehouse)
+    seeded = seeded_adjustment_ids(admin)
+    admin.faults(latency_ms=40)
+    admin.reset_stats()
+    with ThreadPoolExecutor(2) as pool:
+        loads = [
+            pool.submit(
+                load_plan_actions,
+                make_hook(autotask, monkeypatch, f"autotask_twin_{n}"),
+                warehouse,
+                MONTH,
+                "run-1",
+                SETTINGS,
+            )
+            for n in range(2)
+        ]
+        summaries = [load.result() for load in loads]
+    admin.faults(latency_ms=0)
+    sent = sum(summary.write_requests for summary in summaries)
+    assert all(summary.failed == 0 for summary in summaries)  # a duplicate adjustment would be refused
+    assert sent == admin.write_requests()  # no write went out twice: Autotask stored each one it was sent
+    # whatever one load left to the other is finished by the next load, which sends only what is missing
+    final = load_plan_actions(hook, warehouse, MONTH, "run-1", SETTINGS)
+    assert final.status == "succeeded" and final.failed == 0, final.waits
+    assert_each_applied_exactly_once(admin, approved, seeded)
+    assert sent + final.write_requests == len(warehouse.query("SELECT 1 FROM load_ledger"))
 
 
 _CHILD = textwrap.dedent(
