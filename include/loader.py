@@ -668,7 +668,7 @@ class _Loader:
                 raise AutotaskUnreachable(f"Autotask is unreachable, nothing was sent: {error}") from error
             self._fail(write, "; ".join(error.errors) or str(error))
             return _Outcome.FAILED
-        self._confirm(action, autotask_id, "written", counter="written")
+        self._confirm(action, autotask_id, f"written: Autotask answered itemId {autotask_id}", counter="written")
         return _Outcome.CONFIRMED
 
     def _call(self, write: _Write) -> int:
