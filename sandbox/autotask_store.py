@@ -40,6 +40,7 @@ from sandbox.autotask_schema import (
 
 STORED_ENTITIES = (
     "Resources",
+    "Currencies",
     "BillingCodes",
     "Companies",
     "Contracts",
