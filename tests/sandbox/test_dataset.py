@@ -9,7 +9,7 @@ from decimal import Decimal
 
 import pytest
 
-from sandbox.dataset import build_universe
+from sandbox.dataset import BILLING_PERIOD_MONTHS, build_universe
 
 ALL_ACTIONS = {"Cycle", "New", "Renewal", "QuantityIncrease", "QuantityDecrease", "Cancellation"}
 ALL_CHARGE_TYPES = {"Recurring", "Prorated", "OneTime", "Credit"}
@@ -32,6 +32,7 @@ CHARGE_KEYS = [
     "chargeEndDate",
     "effectiveDate",
     "invoiceId",
+    "createdDate",
 ]
 
 
@@ -83,19 +84,28 @@ def test_charge_lines_have_the_documented_shape(universe):
     assert line["invoiceId"] is None
 
 
-def test_ids_are_unique_sorted_and_dates_lie_inside_the_month(universe):
+def charge_number(line: dict) -> int:
+    return int(line["id"].rsplit("-", 1)[1])
+
+
+def test_ids_are_numbered_in_the_bss_order_and_start_and_effective_dates_lie_inside_the_month(universe):
     seen: set[str] = set()
     for month in ("2026-01", "2026-10", "2027-02", "2027-12"):
         lines = universe.charges_for_month(month)
-        ids = [line["id"] for line in lines]
-        assert ids == sorted(ids)
-        assert all(charge_id.startswith(f"CHG-{month}-") for charge_id in ids)
-        assert not seen & set(ids)
-        seen |= set(ids)
+        assert [charge_number(line) for line in lines] == list(range(1, len(lines) + 1))
+        assert all(line["id"] == f"CHG-{month}-{charge_number(line)}" for line in lines)  # no zero padding
+        created = [line["createdDate"] for line in lines]
+        assert all(text.endswith("Z") for text in created)
+        assert created == sorted(created) and len(set(created)) == len(created)
+        assert all(line["createdDate"][:10] == line["effectiveDate"] for line in lines)
+        assert [line["effectiveDate"] for line in lines] == sorted(line["effectiveDate"] for line in lines)
+        assert not seen & {line["id"] for line in lines}
+        seen |= {line["id"] for line in lines}
         for line in lines:
             assert line["chargeStartDate"][:7] == month
-            assert line["chargeEndDate"][:7] == month
             assert line["chargeStartDate"] <= line["effectiveDate"] <= line["chargeEndDate"]
+            if line["billingPlan"]["billingPeriod"] == "Monthly" and line["action"] != "Renewal":
+                assert line["chargeEndDate"][:7] == month
 
 
 def test_money_has_at_most_four_decimals_and_matches_the_account_currency(universe):
@@ -109,39 +119,65 @@ def test_money_has_at_most_four_decimals_and_matches_the_account_currency(univer
         assert line["unitCost"] <= line["unitPrice"]
 
 
-def test_quantity_chain_is_consistent_within_each_subscription_and_month(universe):
+def lines_by_subscription(lines: list[dict]) -> dict[str, list[dict]]:
+    by_subscription: dict[str, list[dict]] = defaultdict(list)
+    for line in sorted(lines, key=charge_number):
+        by_subscription[line["subscription"]["id"]].append(line)
+    return by_subscription
+
+
+def test_quantity_chain_is_consistent_from_the_previous_total(universe):
+    """A restating line states the total; every change moves the previous total (this month's previous line,
+    or the total the subscription held before the month), in the BSS's order."""
+    subscriptions = {s.id: s for s in universe.subscriptions}
     for month in ("2026-03", "2026-10", "2027-07"):
-        by_subscription: dict[str, list[dict]] = defaultdict(list)
-        for line in universe.charges_for_month(month):
-            by_subscription[line["subscription"]["id"]].append(line)
-        for lines in by_subscription.values():
-            lines.sort(key=lambda line: (line["effectiveDate"], line["id"]))
-            assert lines[0]["action"] in RESTATING_ACTIONS
-            total = None
+        first = date.fromisoformat(f"{month}-01")
+        for subscription_id, lines in lines_by_subscription(universe.charges_for_month(month)).items():
+            total = subscriptions[subscription_id].units_before(first)
             for line in lines:
+                if line["chargeType"] == "OneTime":
+                    continue
                 if line["action"] in RESTATING_ACTIONS:
                     assert line["quantity"] == line["subscriptionQuantity"] > 0
-                    assert total is None or total == line["subscriptionQuantity"]
                 else:
-                    assert line["subscriptionQuantity"] == total + line["quantity"]
+                    assert line["quantity"] != 0
+                    assert line["subscriptionQuantity"] == total + line["quantity"], line["id"]
                 total = line["subscriptionQuantity"]
 
 
 def test_charges_agree_with_the_subscription_history(universe):
     month_start, month_end = date(2026, 10, 1), date(2026, 10, 31)
     lines = universe.charges_for_month("2026-10")
-    for line in lines:
-        subscription = next(s for s in universe.subscriptions if s.id == line["subscription"]["id"])
-        effective = date.fromisoformat(line["effectiveDate"])
-        assert line["subscriptionQuantity"] == subscription.units_on(effective)
-        if line["action"] == "Cycle":
-            assert line["quantity"] == subscription.units_on(month_start)
-            assert subscription.start_date < month_start
-    cycled = {line["subscription"]["id"] for line in lines if line["action"] in RESTATING_ACTIONS}
-    in_force = {
-        s.id for s in universe.subscriptions if s.units_on(month_start) > 0 or month_start <= s.start_date <= month_end
+    subscriptions = {s.id: s for s in universe.subscriptions}
+    for subscription_id, subscription_lines in lines_by_subscription(lines).items():
+        subscription = subscriptions[subscription_id]
+        last_of_day = {line["effectiveDate"]: line for line in subscription_lines if line["chargeType"] != "OneTime"}
+        for day, line in last_of_day.items():
+            assert line["subscriptionQuantity"] == subscription.units_on(date.fromisoformat(day))
+        for line in subscription_lines:
+            assert line["account"]["id"] == subscription.account_on(month_start)
+            if line["action"] == "Cycle":
+                assert line["quantity"] == subscription.units_before(date.fromisoformat(line["effectiveDate"]))
+                assert subscription.start_date < month_start
+    restated = {line["subscription"]["id"] for line in lines if line["action"] in RESTATING_ACTIONS}
+    monthly_in_force = {
+        s.id
+        for s in universe.subscriptions
+        if universe.product(s.product_id).billing_period == "Monthly"
+        and (s.units_before(month_start) > 0 or month_start <= s.start_date <= month_end)
+        and (s.stops_billing_on is None or s.stops_billing_on > month_start)
     }
-    assert cycled == in_force
+    assert monthly_in_force <= restated
+    billed_rarely = {
+        line["subscription"]["id"]
+        for line in lines
+        if line["action"] == "Cycle" and line["billingPlan"]["billingPeriod"] != "Monthly"
+    }
+    for subscription_id in billed_rarely:
+        subscription = subscriptions[subscription_id]
+        months = BILLING_PERIOD_MONTHS[universe.product(subscription.product_id).billing_period]
+        elapsed = (2026 - subscription.start_date.year) * 12 + 10 - subscription.start_date.month
+        assert elapsed % months == 0  # only in its billing months
 
 
 def test_changes_and_cancellations_carry_signed_quantities(universe):
@@ -172,22 +208,25 @@ def test_units_on_is_zero_before_the_start_and_follows_the_changes(universe):
     subscription = max(universe.subscriptions, key=lambda s: len(s.quantity_changes))
     assert len(subscription.quantity_changes) > 2
     assert subscription.units_on(date(2000, 1, 1)) == 0
-    for day, total in subscription.quantity_changes:
+    last_of_day = dict(subscription.quantity_changes)  # several changes on one day: the last one counts
+    for day, total in last_of_day.items():
         assert subscription.units_on(day) == total
 
 
-def test_renewals_happen_on_the_first_day_after_the_term_end(universe):
+def test_renewals_happen_on_the_anniversary_and_run_to_the_renewed_term_end(universe):
     renewals = [
         line for line in universe.charges_between(date(2026, 1, 1), date(2027, 12, 31)) if line["action"] == "Renewal"
     ]
     assert renewals
+    subscriptions = {s.id: s for s in universe.subscriptions}
     for line in renewals:
-        subscription = next(s for s in universe.subscriptions if s.id == line["subscription"]["id"])
+        subscription = subscriptions[line["subscription"]["id"]]
         assert subscription.billing_cycle in {"Annual", "Biennial", "Triennial"}
         effective = date.fromisoformat(line["effectiveDate"])
-        assert effective.day == 1
+        assert effective.day == subscription.start_date.day
         assert effective in subscription.renewal_dates(date(2027, 12, 31))
-        assert subscription.term_end_on(effective) > effective
+        assert line["chargeEndDate"] == subscription.term_end_on(effective).isoformat() > line["effectiveDate"]
+    assert any(date.fromisoformat(line["effectiveDate"]).day != 1 for line in renewals)
 
 
 def test_customer_base_is_realistic(universe):
@@ -224,7 +263,7 @@ def test_large_universe_month_is_generated_quickly_and_cached():
     universe = build_universe(customers=1000, subscriptions_per_customer=20)
     lines = universe.charges_for_month("2026-10")
     elapsed = time.perf_counter() - started
-    assert len(lines) > 15_000
+    assert len(lines) > 10_000
     assert elapsed < 5.0
     assert universe.charges_for_month("2026-10") is lines
     assert len({line["id"] for line in lines}) == len(lines)
