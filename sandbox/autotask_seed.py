@@ -491,10 +491,13 @@ class _Builder:
         for subscription, day, bss_change in candidates[:count]:
             cs_id, contract, units = self.seeded_services[subscription.id]
             same = _fraction("hand-adjustment-units", subscription.id) < 0.5
-            unit_change = bss_change if same or units + bss_change - 1 < 0 else bss_change - 1 or 1
-            same = unit_change == bss_change
+            # a person typed the BSS's change, or a unit more than it
+            unit_change = bss_change if same else bss_change + (1 if bss_change > 0 else -1)
+            if units + unit_change < 0:
+                unit_change = bss_change
             if units + unit_change < 0:
                 continue
+            same = unit_change == bss_change
             record_id = self._new_id("ContractServiceAdjustments")
             service_id = self.service_of_contract_service[cs_id]
             self.state["ContractServiceAdjustments"].append(

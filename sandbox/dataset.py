@@ -39,6 +39,7 @@ import hashlib
 import random
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -571,7 +572,7 @@ def build_universe(
     # what the shapes must not disturb: the annual subscriptions that renew every month, and the
     # month of each guaranteed increase or decrease
     renewal_anchors: set[str] = set()
-    forced_months: dict[str, date] = {}
+    forced_months: dict[str, tuple[date, int]] = {}
     new_count = 0
     old_count = 0
     steady_count = 0
@@ -610,7 +611,7 @@ def build_universe(
                 # has both, whatever the seed
                 sign = 1 if steady_count % 2 == 0 else -1
                 forced = (window_months[(steady_count // 2) % len(window_months)], sign)
-                forced_months[subscription_id] = forced[0]
+                forced_months[subscription_id] = forced
                 steady_count += 1
             changes = _quantity_changes(rng, start, window_months, cancelled_on, forced)
             subscriptions.append(
@@ -626,8 +627,11 @@ def build_universe(
                 )
             )
     showcase = _parse_month(showcase_month) if months[0] <= showcase_month <= months[1] else None
-    _Shapes(accounts, products, subscriptions, window_months, showcase, renewal_anchors, forced_months).apply()
-    return Universe(accounts=accounts, products=products, subscriptions=subscriptions, months=months)
+    shapes = _Shapes(accounts, products, subscriptions, window_months, showcase, renewal_anchors, forced_months)
+    shapes.apply()
+    universe = Universe(accounts=accounts, products=products, subscriptions=subscriptions, months=months)
+    shapes.show_ids_out_of_text_order(universe)
+    return universe
 
 
 class _Shapes:
@@ -646,7 +650,7 @@ class _Shapes:
         window_months: list[date],
         showcase: date | None,
         renewal_anchors: set[str],
-        forced_months: dict[str, date],
+        forced_months: dict[str, tuple[date, int]],
     ) -> None:
         self.accounts = accounts
         self.products = {product.id: product for product in products}
@@ -657,11 +661,19 @@ class _Shapes:
         self.showcase = showcase
         self.anchors = renewal_anchors
         self.forced_months = forced_months
+        self.forced_left = Counter(forced_months.values())  # guaranteed changes per (month, sign)
         self.taken: set[str] = set()
         self.accounts_by_currency: dict[str, list[Account]] = {}
         for account in accounts:
             self.accounts_by_currency.setdefault(account.currency, []).append(account)
         self.account_index = {account.id: index for index, account in enumerate(accounts)}
+        # the fixed customers keep their subscriptions, so each shows its own oddity (names, currency) every month
+        self.fixed_accounts = {account.id for account in accounts[: len(_FIXED_CUSTOMERS)]}
+        self.currency_position = {
+            account.id: position
+            for same_currency in self.accounts_by_currency.values()
+            for position, account in enumerate(same_currency)
+        }
 
     def apply(self) -> None:
         monthly = [subscription for subscription in self.subscriptions if self._billing_months(subscription) == 1]
@@ -716,17 +728,20 @@ class _Shapes:
                     wanted -= 1
 
     def _old_and_steady(self, subscription: Subscription, month: date) -> bool:
-        """Bought before the month before and never cancelled; outside the showcase month, its guaranteed
-        change (if any) comes before `month`, so every month keeps its guaranteed increase and decrease."""
-        forced = self.forced_months.get(subscription.id)
-        return (
+        """Bought before the month before, never cancelled, and no other shape yet. A shape that ends the
+        subscription's lines before its guaranteed change may only take it where enough other guaranteed
+        changes of that month and sign remain (every month keeps its increase and decrease)."""
+        if not (
             subscription.start_date < _add_months(month, -1)
             and subscription.cancelled_on is None
             and subscription.stops_billing_on is None
             and subscription.moved_on is None
             and subscription.id not in self.anchors
-            and (forced is None or forced < month or month == self.showcase)
-        )
+            and subscription.account_id not in self.fixed_accounts
+        ):
+            return False
+        forced = self.forced_months.get(subscription.id)
+        return forced is None or forced[0] < month or month == self.showcase or self.forced_left[forced] > 3
 
     def _billing_months(self, subscription: Subscription) -> int:
         return BILLING_PERIOD_MONTHS[self.products[subscription.product_id].billing_period]
@@ -736,14 +751,14 @@ class _Shapes:
     def _can_move(self, subscription: Subscription, month: date) -> object:
         if not self._old_and_steady(subscription, month):
             return None
-        if month in subscription.renewal_dates(_month_end(month)):
-            return None
+        if subscription.start_date.day == 1 and month in subscription.renewal_dates(month):
+            return None  # a renewal on the move day: keep the shapes apart
         owner = self.accounts[self.account_index[subscription.account_id]]
         same_currency = self.accounts_by_currency[owner.currency]
         if len(same_currency) < 2:
             return None
         # the next account (in id order) billed in the same currency
-        position = same_currency.index(owner)
+        position = self.currency_position[owner.id]
         return same_currency[(position + 1) % len(same_currency)].id
 
     def _move(self, subscription: Subscription, month: date, new_account: object) -> None:
@@ -790,8 +805,10 @@ class _Shapes:
         assert isinstance(renewal, date)
         self._stop(subscription, renewal, "lapsed")
 
-    @staticmethod
-    def _stop(subscription: Subscription, day: date, reason: str) -> None:
+    def _stop(self, subscription: Subscription, day: date, reason: str) -> None:
+        forced = self.forced_months.get(subscription.id)
+        if forced is not None and forced[0] >= day.replace(day=1):
+            self.forced_left[forced] -= 1
         subscription.set_changes([change for change in subscription.quantity_changes if change[0] < day])
         subscription.stops_billing_on = day
         subscription.stop_reason = reason
@@ -820,7 +837,9 @@ class _Shapes:
             return None
         if subscription.ends_on is not None and subscription.ends_on <= _month_end(month):
             return None
-        if subscription.moved_on == month or month in subscription.renewal_dates(month):
+        if subscription.moved_on == month or (
+            subscription.start_date.day == 1 and month in subscription.renewal_dates(month)
+        ):
             return None
         return month not in subscription._change_days
 
@@ -852,6 +871,31 @@ class _Shapes:
         overshoot = max(total, changes[found - 1][1]) + 1
         changes.insert(found, (day, overshoot))
         subscription.set_changes(changes)
+
+    def show_ids_out_of_text_order(self, universe: Universe) -> None:
+        """Large months hold same-day lines of a subscription whose ids sort differently as text than by
+        number (CHG-…-9 before CHG-…-10); a small showcase month may not. Then one subscription whose Cycle
+        line's number sorts after (as text) the number a change on the 1st would get is given that change."""
+        if self.showcase is None:
+            return
+        month = self.showcase.strftime("%Y-%m")
+        if ids_out_of_text_order(universe.charges_for_month(month)):
+            return
+        day_one = [line for line in universe.charges_for_month(month) if line["effectiveDate"] == f"{month}-01"]
+        billing_run = [line["subscription"]["id"] for line in day_one if line["action"] in ("Cycle", "Renewal")]
+        orders = sorted(line["subscription"]["id"] for line in day_one if line["action"] not in ("Cycle", "Renewal"))
+        subscriptions = {subscription.id: subscription for subscription in self.subscriptions}
+        for number, subscription_id in enumerate(billing_run, start=1):
+            subscription = subscriptions[subscription_id]
+            # the change comes after the billing run and the orders of the 1st of subscriptions before it
+            change_number = len(billing_run) + bisect.bisect_left(orders, subscription_id) + 1
+            if str(change_number) >= str(number) or subscription_id in self.taken:
+                continue
+            if self._can_change_on_the_first(subscription, self.showcase):
+                self._change_on_the_first(subscription, self.showcase, None)
+                self.taken.add(subscription_id)
+                universe._month_cache.clear()
+                return
 
     # --- a second subscription to a product the account holds ------------------------------------------
 
@@ -887,6 +931,14 @@ class _Shapes:
             subscription.second_of = first.id
             self.taken.update((subscription.id, first.id))
             showcase_picks += in_showcase
+
+
+def ids_out_of_text_order(lines: list[dict]) -> list[list[str]]:
+    """Groups of one subscription's lines on one date whose ids sort differently as text than by number."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for line in lines:
+        groups.setdefault((line["subscription"]["id"], line["effectiveDate"]), []).append(line["id"])
+    return [ids for ids in groups.values() if len(ids) > 1 and sorted(ids) != ids]
 
 
 def _shift_units(subscription: Subscription, day: date, step: int) -> None:
@@ -1065,7 +1117,9 @@ def _month_end(day: date) -> date:
 def _add_months(day: date, months: int) -> date:
     index = day.year * 12 + day.month - 1 + months
     year, month = divmod(index, 12)
-    return day.replace(year=year, month=month + 1, day=min(day.day, calendar.monthrange(year, month + 1)[1]))
+    if day.day <= 28:  # every month has the day (start dates are 1..28): no month length needed
+        return date(year, month + 1, day.day)
+    return date(year, month + 1, min(day.day, calendar.monthrange(year, month + 1)[1]))
 
 
 def _month_starts(first: date, last: date) -> list[date]:

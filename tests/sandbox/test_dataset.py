@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
 
-from sandbox.dataset import BILLING_PERIOD_MONTHS, build_universe
+from sandbox.dataset import BILLING_PERIOD_MONTHS, build_universe, ids_out_of_text_order
 
 ALL_ACTIONS = {"Cycle", "New", "Renewal", "QuantityIncrease", "QuantityDecrease", "Cancellation"}
 ALL_CHARGE_TYPES = {"Recurring", "Prorated", "OneTime", "Credit"}
 RESTATING_ACTIONS = {"Cycle", "New", "Renewal"}
+ONE_DAY = timedelta(days=1)
 CHARGE_KEYS = [
     "id",
     "account",
@@ -267,3 +268,133 @@ def test_large_universe_month_is_generated_quickly_and_cached():
     assert elapsed < 5.0
     assert universe.charges_for_month("2026-10") is lines
     assert len({line["id"] for line in lines}) == len(lines)
+
+
+# --- the shapes real BSS months take (issue 8) -----------------------------------------------------------
+
+
+def shapes_of_month(universe, month: str) -> dict[str, list]:
+    """Each shape's occurrences in a month, found from the lines (and the truth where lines cannot say)."""
+    first = date.fromisoformat(f"{month}-01")
+    lines = universe.charges_for_month(month)
+    by_subscription = lines_by_subscription(lines)
+    subscriptions = {s.id: s for s in universe.subscriptions}
+    previous_month = lines_by_subscription(
+        universe.charges_for_month(f"{first.year - (first.month == 1)}-{(first.month - 2) % 12 + 1:02d}")
+    )
+    shapes: dict[str, list] = defaultdict(list)
+    for subscription_id, subscription_lines in by_subscription.items():
+        subscription = subscriptions[subscription_id]
+        for line in subscription_lines:
+            if line["action"] == "Renewal":
+                if not line["effectiveDate"].endswith("-01"):
+                    shapes["renewal_not_on_the_1st"].append(line["id"])
+                before = subscription.units_before(date.fromisoformat(line["effectiveDate"]))
+                if line["subscriptionQuantity"] != before:
+                    shapes["renewal_changes_the_total"].append(line["id"])
+        if subscription_lines[0]["action"] not in RESTATING_ACTIONS:
+            shapes["first_line_is_a_change"].append(subscription_id)
+        days = Counter(line["effectiveDate"] for line in subscription_lines if line["chargeType"] != "OneTime")
+        if any(count > 1 for count in days.values()):
+            shapes["several_lines_on_one_day"].append(subscription_id)
+        if subscription.moved_on == first:
+            shapes["moved"].append(subscription_id)
+            assert subscription_lines[0]["action"] in RESTATING_ACTIONS
+            assert {line["account"]["id"] for line in subscription_lines} == {subscription.moved_to}
+            assert {line["account"]["id"] for line in previous_month[subscription_id]} == {subscription.account_id}
+        if subscription.second_of and subscription.start_date >= first:
+            earlier = subscriptions[subscription.second_of]
+            assert (earlier.account_id, earlier.product_id) == (subscription.account_id, subscription.product_id)
+            assert earlier.units_on(subscription.start_date) > 0
+            shapes["second_subscription"].append(subscription_id)
+    for subscription in universe.subscriptions:
+        stops = subscription.stops_billing_on
+        if stops is not None and stops.strftime("%Y-%m") == month:
+            assert subscription.id not in by_subscription or stops > first
+            assert all(
+                line["action"] != "Cancellation" for line in by_subscription.get(subscription.id, [])
+            )  # no cancellation line: the BSS just stops
+            shapes[subscription.stop_reason or "?"].append(subscription.id)
+    shapes["ids_out_of_text_order"] = ids_out_of_text_order(lines)
+    rarely = [line for line in lines if line["billingPlan"]["billingPeriod"] != "Monthly"]
+    shapes["billed_rarely_without_a_line"] = [
+        s.id
+        for s in universe.subscriptions
+        if universe.product(s.product_id).billing_period != "Monthly"
+        and s.units_before(first) > 0
+        and s.id not in by_subscription
+        and s.stops_billing_on is None
+    ]
+    assert rarely
+    return shapes
+
+
+SHAPES = [
+    "renewal_not_on_the_1st",
+    "renewal_changes_the_total",
+    "first_line_is_a_change",
+    "several_lines_on_one_day",
+    "moved",
+    "second_subscription",
+    "vanished",
+    "lapsed",
+    "ids_out_of_text_order",
+    "billed_rarely_without_a_line",
+]
+
+
+def test_the_demo_month_shows_a_few_of_every_shape(universe):
+    shapes = shapes_of_month(universe, "2026-10")
+    assert {name: len(shapes[name]) > 0 for name in SHAPES} == dict.fromkeys(SHAPES, True)
+    for name in ("moved", "vanished", "second_subscription"):
+        assert len(shapes[name]) >= 2, name
+    # most of the month stays ordinary
+    for name in ("moved", "vanished", "lapsed", "second_subscription", "several_lines_on_one_day"):
+        assert len(shapes[name]) <= 0.05 * len(universe.subscriptions), name
+
+
+@pytest.fixture(scope="module")
+def large_universe():
+    return build_universe(customers=400, subscriptions_per_customer=10, seed=5)
+
+
+@pytest.mark.parametrize("month", ["2026-05", "2027-04"])
+def test_a_generated_month_holds_every_shape_at_a_small_share(large_universe, month):
+    shapes = shapes_of_month(large_universe, month)
+    present = [name for name in SHAPES if name != "ids_out_of_text_order"]  # by chance, not in every month
+    assert {name: len(shapes[name]) > 0 for name in present} == dict.fromkeys(present, True)
+    subscriptions = len(large_universe.subscriptions)
+    for name in ("moved", "vanished", "lapsed", "second_subscription", "several_lines_on_one_day"):
+        assert len(shapes[name]) <= 0.03 * subscriptions, (name, len(shapes[name]))
+    # an annually billed subscription between its yearly charges stays the normal case
+    assert len(shapes["billed_rarely_without_a_line"]) > 10 * len(shapes["lapsed"])
+
+
+def test_a_large_month_holds_same_day_ids_whose_text_order_differs():
+    lines = build_universe(customers=1000, subscriptions_per_customer=20).charges_for_month("2026-10")
+    assert ids_out_of_text_order(lines)
+
+
+@pytest.mark.parametrize("seed", [1, 42])
+def test_every_month_bills_a_subscription_under_one_account(seed):
+    universe = build_universe(seed=seed)
+    moved = [s for s in universe.subscriptions if s.moved_on is not None]
+    assert moved
+    for year in (2026, 2027):
+        for month in range(1, 13):
+            accounts: dict[str, set[str]] = defaultdict(set)
+            for line in universe.charges_for_month(f"{year}-{month:02d}"):
+                accounts[line["subscription"]["id"]].add(line["account"]["id"])
+                assert line["currency"] == universe.account(line["account"]["id"]).currency
+            assert all(len(found) == 1 for found in accounts.values()), (year, month)
+
+
+def test_a_subscription_no_longer_billed_has_no_line_from_its_stop_on(universe):
+    stopped = [s for s in universe.subscriptions if s.stops_billing_on is not None]
+    assert {s.stop_reason for s in stopped} == {"vanished", "lapsed"}
+    for subscription in stopped:
+        later = universe.charges_between(subscription.stops_billing_on, date(2027, 12, 31))
+        assert not [line for line in later if line["subscription"]["id"] == subscription.id]
+        assert subscription.units_on(subscription.stops_billing_on) == 0
+        if subscription.stop_reason == "lapsed":
+            assert subscription.stops_billing_on == subscription.term_end_on(subscription.stops_billing_on) + ONE_DAY
