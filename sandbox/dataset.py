@@ -551,7 +551,10 @@ _LAPSE_SHARE = 0.0015  # an annual term ended without renewal
 _SAME_DAY_SHARE = 0.004  # two changes on one day
 _FIRST_DAY_CHANGE_SHARE = 0.003  # a change on the 1st, after the Cycle line of that day
 _RENEWAL_CHANGE_SHARE = 0.3  # of renewals: the renewed term has another total
-_SECOND_SUBSCRIPTION_SHARE = 0.1  # of subscriptions bought in the window: a second one to a product held
+_SECOND_SUBSCRIPTION_SHARE = 0.1
+# Universes up to this many subscriptions make sure their showcase month holds ids out of text order;
+# larger months hold them anyway (and generating the month to check would slow the sandbox's start).
+_SHOWCASE_TEXT_ORDER_UP_TO = 3000  # of subscriptions bought in the window: a second one to a product held
 
 
 def build_universe(
@@ -686,7 +689,14 @@ class _Shapes:
         self._pick("move", _MOVE_SHARE, monthly, self._can_move, self._move)
         self._pick("vanish", _VANISH_SHARE, monthly, self._can_vanish, self._vanish)
         self._renew_in_the_showcase(annual_terms_billed_rarely)
-        self._pick("lapse", _LAPSE_SHARE, annual_terms_billed_rarely, self._can_lapse, self._lapse)
+        self._pick(
+            "lapse",
+            _LAPSE_SHARE,
+            annual_terms_billed_rarely,
+            self._can_lapse,
+            self._lapse,
+            lambda subscription: {renewal.replace(day=1) for renewal in subscription.renewal_dates(self.window_end)},
+        )
         self._renewal_changes()
         self._pick(
             "first-day-change",
@@ -695,7 +705,14 @@ class _Shapes:
             self._can_change_on_the_first,
             self._change_on_the_first,
         )
-        self._pick("same-day", _SAME_DAY_SHARE, self.subscriptions, self._same_day_change, self._add_same_day_change)
+        self._pick(
+            "same-day",
+            _SAME_DAY_SHARE,
+            self.subscriptions,
+            self._same_day_change,
+            self._add_same_day_change,
+            lambda subscription: {day.replace(day=1) for day, _ in subscription.quantity_changes[1:]},
+        )
 
     # --- choosing -------------------------------------------------------------------------------------
 
@@ -711,12 +728,19 @@ class _Shapes:
         candidates: list[Subscription],
         eligible: Callable[[Subscription, date], object],
         change: Callable[[Subscription, date, object], None],
+        months_of: Callable[[Subscription], set[date]] | None = None,
     ) -> None:
-        """Month by month, the candidates first in `kind`'s hash order that are eligible get the shape."""
+        """Month by month, the candidates first in `kind`'s hash order that are eligible get the shape;
+        `months_of` (the months a candidate can take it in) spares looking at the others."""
         order = sorted(candidates, key=lambda subscription: _fraction(kind, subscription.id))
+        by_month: dict[date, list[Subscription]] = {}
+        if months_of is not None:
+            for subscription in order:
+                for month in months_of(subscription):
+                    by_month.setdefault(month, []).append(subscription)
         for month in self.window_months[1:]:  # the first month of the window has no month before it
             wanted = self._quota(kind, share, month)
-            for subscription in order:
+            for subscription in order if months_of is None else by_month.get(month, []):
                 if wanted <= 0:
                     break
                 if subscription.id in self.taken:
@@ -774,6 +798,8 @@ class _Shapes:
         self._stop(subscription, month, "vanished")
 
     def _can_lapse(self, subscription: Subscription, month: date) -> object:
+        if subscription.start_date.month != month.month:
+            return None  # an annual term renews in the month it started
         if not self._old_and_steady(subscription, month):
             return None
         renewals = [day for day in subscription.renewal_dates(_month_end(month)) if day >= month]
@@ -816,17 +842,19 @@ class _Shapes:
     # --- renewals that change the total ----------------------------------------------------------------
 
     def _renewal_changes(self) -> None:
-        showcase_picks = 0
-        for subscription in sorted(self.subscriptions, key=lambda item: _fraction("renewal-units", item.id)):
-            for renewal in subscription.renewal_dates(self.window_end):
-                if renewal < self.window_start:
-                    continue
-                key = f"{subscription.id}:{renewal.isoformat()}"
-                in_showcase = self.showcase is not None and renewal.replace(day=1) == self.showcase
-                if in_showcase and showcase_picks < SHOWCASE_MIN:
-                    showcase_picks += 1
-                elif _fraction("renewal-units", key) >= _RENEWAL_CHANGE_SHARE:
-                    continue
+        renewals = [
+            (subscription, renewal)
+            for subscription in self.subscriptions
+            if subscription.billing_cycle != "Monthly"
+            for renewal in subscription.renewal_dates(self.window_end)
+            if renewal >= self.window_start
+        ]
+        showcase = [item for item in renewals if item[1].replace(day=1) == self.showcase]
+        showcase.sort(key=lambda item: _fraction("renewal-units", item[0].id))
+        picked = {(subscription.id, renewal) for subscription, renewal in showcase[:SHOWCASE_MIN]}
+        for subscription, renewal in renewals:
+            key = f"{subscription.id}:{renewal.isoformat()}"
+            if (subscription.id, renewal) in picked or _fraction("renewal-units", key) < _RENEWAL_CHANGE_SHARE:
                 step = [2, 1, 3, -1][int(_fraction("renewal-step", key) * 4)]
                 _shift_units(subscription, renewal, step)
 
@@ -876,7 +904,7 @@ class _Shapes:
         """Large months hold same-day lines of a subscription whose ids sort differently as text than by
         number (CHG-…-9 before CHG-…-10); a small showcase month may not. Then one subscription whose Cycle
         line's number sorts after (as text) the number a change on the 1st would get is given that change."""
-        if self.showcase is None:
+        if self.showcase is None or len(self.subscriptions) > _SHOWCASE_TEXT_ORDER_UP_TO:
             return
         month = self.showcase.strftime("%Y-%m")
         if ids_out_of_text_order(universe.charges_for_month(month)):
