@@ -488,9 +488,9 @@ class _Builder:
             return
         count = max(_HAND_ADJUSTMENT_MIN, math.ceil(_HAND_ADJUSTMENT_SHARE * len(candidates)))
         candidates.sort(key=lambda item: _fraction("hand-adjustment", item[0].id))
-        for subscription, day, bss_change in candidates[:count]:
+        for position, (subscription, day, bss_change) in enumerate(candidates[:count]):
             cs_id, contract, units = self.seeded_services[subscription.id]
-            same = _fraction("hand-adjustment-units", subscription.id) < 0.5
+            same = position % 2 == 0
             # a person typed the BSS's change, or a unit more than it
             unit_change = bss_change if same else bss_change + (1 if bss_change > 0 else -1)
             if units + unit_change < 0:

@@ -732,7 +732,7 @@ class _Shapes:
     ) -> None:
         """Month by month, the candidates first in `kind`'s hash order that are eligible get the shape;
         `months_of` (the months a candidate can take it in) spares looking at the others."""
-        order = sorted(candidates, key=lambda subscription: _fraction(kind, subscription.id))
+        order = _shuffled(candidates, kind)
         by_month: dict[date, list[Subscription]] = {}
         if months_of is not None:
             for subscription in order:
@@ -812,7 +812,7 @@ class _Shapes:
             return
         showcase = self.showcase
         able = [item for item in candidates if self._can_lapse(item, showcase)]
-        for subscription in sorted(candidates, key=lambda item: _fraction("lapse-anniversary", item.id)):
+        for subscription in _shuffled(candidates, "lapse-anniversary"):
             if len(able) >= SHOWCASE_MIN:
                 return
             start = subscription.start_date
@@ -849,13 +849,12 @@ class _Shapes:
             for renewal in subscription.renewal_dates(self.window_end)
             if renewal >= self.window_start
         ]
-        showcase = [item for item in renewals if item[1].replace(day=1) == self.showcase]
-        showcase.sort(key=lambda item: _fraction("renewal-units", item[0].id))
+        showcase = _shuffled([item for item in renewals if item[1].replace(day=1) == self.showcase], "renewal-units")
         picked = {(subscription.id, renewal) for subscription, renewal in showcase[:SHOWCASE_MIN]}
+        draws = random.Random("renewal-units")
         for subscription, renewal in renewals:
-            key = f"{subscription.id}:{renewal.isoformat()}"
-            if (subscription.id, renewal) in picked or _fraction("renewal-units", key) < _RENEWAL_CHANGE_SHARE:
-                step = [2, 1, 3, -1][int(_fraction("renewal-step", key) * 4)]
+            changes, step = draws.random() < _RENEWAL_CHANGE_SHARE, draws.choice([2, 1, 3, -1])
+            if changes or (subscription.id, renewal) in picked:
                 _shift_units(subscription, renewal, step)
 
     # --- several lines on one day ----------------------------------------------------------------------
@@ -932,14 +931,14 @@ class _Shapes:
         for subscription in self.subscriptions:
             by_account.setdefault(subscription.account_id, []).append(subscription)
         showcase_picks = 0
-        for subscription in sorted(self.subscriptions, key=lambda item: _fraction("second", item.id)):
+        draws = random.Random("second-pick")
+        for subscription in _shuffled(self.subscriptions, "second"):
+            chance = draws.random()
             start = subscription.start_date
             if start < self.window_start or subscription.id in self.taken or subscription.ends_on is not None:
                 continue
             in_showcase = self.showcase is not None and start.replace(day=1) == self.showcase
-            if not (in_showcase and showcase_picks < SHOWCASE_MIN + 1) and (
-                _fraction("second-pick", subscription.id) >= _SECOND_SUBSCRIPTION_SHARE
-            ):
+            if not (in_showcase and showcase_picks < SHOWCASE_MIN + 1) and (chance >= _SECOND_SUBSCRIPTION_SHARE):
                 continue
             first = next(
                 (
@@ -978,6 +977,13 @@ def _shift_units(subscription: Subscription, day: date, step: int) -> None:
     before = changes[position - 1][1]
     shifted = changes[:position] + [(day, before + step)] + [(when, total + step) for when, total in changes[position:]]
     subscription.set_changes(shifted)
+
+
+def _shuffled(items: list, kind: str) -> list:
+    """`items` in a fixed random order per `kind` (each shape draws its subscriptions in its own order)."""
+    order = list(items)
+    random.Random(kind).shuffle(order)
+    return order
 
 
 def _fraction(kind: str, key: str) -> float:

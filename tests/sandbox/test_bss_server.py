@@ -163,9 +163,11 @@ def test_bad_paging_parameters_are_rejected(client, params):
     assert name in response.json()["message"]
 
 
-def test_page_size_bounds_are_inclusive(client):
+def test_page_size_bounds_are_inclusive(client, universe):
     token = get_token(client)
-    assert len(get_charges(client, token, **{"$filter": OCTOBER, "pageSize": 200}).json()) == 103
+    october = len(universe.charges_for_month("2026-10"))
+    assert october < 200
+    assert len(get_charges(client, token, **{"$filter": OCTOBER, "pageSize": 200}).json()) == october
     assert len(get_charges(client, token, **{"$filter": OCTOBER, "pageSize": 1}).json()) == 1
 
 
@@ -212,14 +214,14 @@ def test_date_filters_select_across_months(client, universe):
     assert {line["chargeStartDate"][:7] for line in found} == {"2026-10", "2026-11"}
 
 
-def test_orderby_sorts_descending_and_by_several_fields(client):
+def test_orderby_sorts_descending_and_by_several_fields(client, universe):
     token = get_token(client)
     found = fetch_all(
         client, token, "/api/charges", **{"$filter": OCTOBER, "$orderby": "subscriptionQuantity desc, id asc"}
     )
     keys = [(-line["subscriptionQuantity"], line["id"]) for line in found]
     assert keys == sorted(keys)
-    assert len(found) == 103
+    assert len(found) == len(universe.charges_for_month("2026-10"))
 
 
 @pytest.mark.parametrize(
