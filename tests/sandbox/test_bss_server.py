@@ -214,6 +214,18 @@ def test_date_filters_select_across_months(client, universe):
     assert {line["chargeStartDate"][:7] for line in found} == {"2026-10", "2026-11"}
 
 
+def test_a_charge_period_running_past_its_month_is_found_by_its_end_date(client, universe):
+    """Quarterly, semi-annual and annual plans and renewals charge to the end of their period: a filter on the
+    end date must still find them in the month they start."""
+    token = get_token(client)
+    found = fetch_all(
+        client, token, "/api/charges", **{"$filter": "chargeEndDate ge 2027-01-01 and chargeStartDate le 2026-10-31"}
+    )
+    october = [line for line in universe.charges_for_month("2026-10") if line["chargeEndDate"] >= "2027-01-01"]
+    assert october and {line["action"] for line in october} >= {"Renewal"}
+    assert [line for line in found if line["chargeStartDate"][:7] == "2026-10"] == october
+
+
 def test_orderby_sorts_descending_and_by_several_fields(client, universe):
     token = get_token(client)
     found = fetch_all(
