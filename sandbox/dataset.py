@@ -640,9 +640,9 @@ def build_universe(
 class _Shapes:
     """Gives a few subscriptions of every month the shapes real BSS months take (issue 8).
 
-    Choices are made per subscription with a stable hash, month by month, at the shares above; a
+    Each shape draws subscriptions in its own fixed random order, month by month, at the shares above; a
     subscription takes at most one of the month-bound shapes (moved, vanished, lapsed, a change on the
-    1st, two changes on one day).
+    1st, two changes on one day, a second subscription or the first one it joins).
     """
 
     def __init__(
@@ -730,7 +730,7 @@ class _Shapes:
         change: Callable[[Subscription, date, object], None],
         months_of: Callable[[Subscription], set[date]] | None = None,
     ) -> None:
-        """Month by month, the candidates first in `kind`'s hash order that are eligible get the shape;
+        """Month by month, the candidates first in `kind`'s order that are eligible get the shape;
         `months_of` (the months a candidate can take it in) spares looking at the others."""
         order = _shuffled(candidates, kind)
         by_month: dict[date, list[Subscription]] = {}
@@ -807,7 +807,8 @@ class _Shapes:
 
     def _renew_in_the_showcase(self, candidates: list[Subscription]) -> None:
         """Few annual plans renew in any one month of a small universe: when fewer than SHOWCASE_MIN could
-        lapse in the showcase month, the next ones (in hash order) were bought in its calendar month."""
+        lapse in the showcase month, the next ones (in a fixed random order) were bought in its calendar
+        month of an earlier year."""
         if self.showcase is None:
             return
         showcase = self.showcase
