@@ -841,3 +841,17 @@ def test_acknowledged_writes_survive_a_sigterm_restart(tmp_path: Path) -> None:
         assert new_company(api, "Next One") == company_id + 1  # ids keep counting up
     finally:
         second.stop()
+
+
+def test_a_state_file_an_older_sandbox_saved_is_seeded_afresh(tmp_path: Path) -> None:
+    state_file = tmp_path / "autotask-state.json"
+    # format 1 had no Currencies: keeping it would leave every company without a currency
+    state_file.write_text(json.dumps({"format": 1, "tables": {"Companies": {"next_id": 10002, "records": []}}}))
+    server = start_server(_args("--seed-customers", "5", "--state-file", str(state_file)))
+    try:
+        api = Api(server)
+        assert [c["name"] for c in api.state("Currencies") if c["isInternalCurrency"]] == ["EUR"]
+        assert api.state("Companies")
+    finally:
+        server.stop()
+    assert json.loads(state_file.read_text())["format"] == 2
