@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sandbox.dataset import build_universe
 from tests.servers import RunningServer, start_server
 
 USER = "api-user@demo.example"
@@ -704,6 +705,13 @@ def test_contracts_of_moved_and_unbilled_subscriptions_stay_where_they_were(api:
         contract = contracts[fact["autotaskId"]]
         assert contract["contractNumber"] == fact["bssId"]
         assert contract["companyID"] == own[fact["accountId"]] != own[fact["accountInMonth"]]
+    # a second subscription to a product starts this month while the first one's contract is keyed
+    universe = build_universe(60, 3, 42)  # the universe the server seeded from
+    seconds = [s for s in universe.subscriptions if s.second_of and s.start_date.strftime("%Y-%m") == "2026-10"]
+    assert seconds
+    keyed = {c["contractNumber"]: c for c in contracts.values() if c["contractNumber"]}
+    for subscription in seconds:
+        assert subscription.second_of in keyed and subscription.id not in keyed
     unbilled = api.facts("contractService", "not-billed")
     assert unbilled and {f["stopReason"] for f in unbilled} <= {"vanished", "lapsed"}
     assert all(f["units"] > 0 and f["bssUnits"] == 0 for f in unbilled)
