@@ -19,7 +19,8 @@ from sandbox.launcher import start_server  # noqa: E402
 from sandbox.local_stack import bss_connection  # noqa: E402
 
 CUSTOMERS = 1_000
-SUBSCRIPTIONS_PER_CUSTOMER = 23  # ≈ 20,000 lines in 2026-10 with seed 42
+# ≈ 20,000 lines in 2026-10 with seed 42 (quarterly, semi-annual and annual plans have no line in most months)
+SUBSCRIPTIONS_PER_CUSTOMER = 31
 MONTH = "2026-10"
 
 

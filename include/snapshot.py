@@ -2,7 +2,9 @@
 stored per run, so review and load work from exactly what reconciliation compared.
 
 What is fetched (every read is a paged query or a `query_in` of at most 500 ids; never a GET per line):
-- all companies (linking by key or name needs the whole list; a few pages even for large tenants);
+- all companies (linking by key or name needs the whole list; a few pages even for large tenants), and the
+  currencies once, so each company's currency is stored as an ISO code (`currencyID` → `Currencies.name`;
+  a company without one bills in the tenant's internal currency);
 - all recurring-service contracts (contractType 7), the services catalogue;
 - the contract services of those contracts, and their ContractServiceUnits overlapping the window
   [first day of the previous month, first day of the next month]: the previous month so a renewal can
@@ -52,6 +54,7 @@ _RECORD_KEYS = {
     "at_contract_services": "contract_service_id",
     "at_contract_service_units": "contract_service_unit_id",
 }
+CURRENCY_FIELDS = ["id", "name", "isInternalCurrency", "isActive"]
 SERVICE_FIELDS = ["id", "name", "sku", "periodType", "unitPrice", "unitCost", "billingCodeID", "isActive"]
 CONTRACT_SERVICE_FIELDS = ["id", "contractID", "serviceID", "unitPrice", "unitCost"]
 
@@ -125,6 +128,7 @@ def take_snapshot(
     counting = _CountingReader(reader)
 
     companies = counting.query("Companies")
+    company_currency = CompanyCurrency(counting.query("Currencies", None, CURRENCY_FIELDS))
     contracts = counting.query(
         "Contracts",
         [{"op": "eq", "field": "contractType", "value": RECURRING_SERVICE_CONTRACT_TYPE}],
@@ -144,7 +148,7 @@ def take_snapshot(
     )
 
     rows = {
-        "at_companies": [_company_row(run_id, record, settings) for record in companies],
+        "at_companies": [_company_row(run_id, record, settings, company_currency) for record in companies],
         "at_contracts": [_contract_row(run_id, record) for record in contracts],
         "at_services": [_service_row(run_id, record) for record in services],
         "at_contract_services": [_contract_service_row(run_id, record) for record in contract_services],
@@ -195,7 +199,23 @@ def _dedupe(table: str, rows: list[dict]) -> list[dict]:
     return list({row[key]: row for row in rows}.values())
 
 
-def _company_row(run_id: str, record: dict, settings: SyncSettings) -> dict:
+class CompanyCurrency:
+    """A company's Autotask currency as an ISO code, from the tenant's Currencies."""
+
+    def __init__(self, currencies: list[dict]) -> None:
+        self._codes = {int(record["id"]): str(record["name"]).strip().upper() for record in currencies}
+        internal = [record for record in currencies if record.get("isInternalCurrency") is True]
+        self.internal = str(internal[0]["name"]).strip().upper() if len(internal) == 1 else None
+
+    def of(self, company: dict) -> str | None:
+        """The code of the company's currencyID; the internal currency when it has none; None when unknown."""
+        currency_id = company.get("currencyID")
+        if currency_id in (None, ""):
+            return self.internal
+        return self._codes.get(int(currency_id))
+
+
+def _company_row(run_id: str, record: dict, settings: SyncSettings, currency: CompanyCurrency) -> dict:
     if settings.company_key_field:
         key = record.get(settings.company_key_field)
     elif settings.company_key_udf:
@@ -211,6 +231,7 @@ def _company_row(run_id: str, record: dict, settings: SyncSettings) -> dict:
         "is_active": record.get("isActive") is not False,
         "phone": record.get("phone"),
         "external_key": key or None,
+        "currency": currency.of(record),
     }
 
 

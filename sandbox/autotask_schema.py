@@ -45,6 +45,7 @@ PICKLISTS: dict[str, dict[int, str]] = {
 # First ids per entity: distinct ranges make an id used for the wrong entity fail loudly.
 FIRST_IDS = {
     "Resources": 29682885,
+    "Currencies": 701,
     "BillingCodes": 29682801,
     "Companies": 10001,
     "Contracts": 100001,
@@ -120,6 +121,7 @@ _register(
             _f("state", STRING, length=25),
             _f("postalCode", STRING, length=20),
             _f("countryID", INTEGER),
+            _f("currencyID", INTEGER, reference="Currencies"),
             _f("webAddress", STRING, length=255),
             _f("taxID", STRING, length=50),
             _f("isActive", BOOLEAN),
@@ -268,6 +270,21 @@ _register(
             _f("isActive", BOOLEAN, read_only=True),
             _f("resourceType", INTEGER, read_only=True, picklist="resourceType"),
             _f("title", STRING, read_only=True, length=50),
+        ),
+    )
+)
+
+_register(
+    EntitySpec(
+        "Currencies",
+        (
+            _f("id", LONG, read_only=True),
+            _f("name", STRING, read_only=True, length=3),  # the ISO 4217 code
+            _f("description", STRING, read_only=True, length=100),
+            _f("displaySymbol", STRING, read_only=True, length=10),
+            _f("exchangeRate", DECIMAL, read_only=True),
+            _f("isInternalCurrency", BOOLEAN, read_only=True),
+            _f("isActive", BOOLEAN, read_only=True),
         ),
     )
 )

@@ -1,15 +1,23 @@
 """Seed data of the Autotask sandbox, derived from the same `Universe` the BSS sandbox serves.
 
 The MSP's Autotask already knows most of its customers, but not cleanly: some companies carry the
-"BSS Account ID" UDF, others only match by name or almost by name, a few are missing. Decisions are
-made per BSS key with a stable hash, so a customer keeps its fate whatever the universe size.
-`SeedFacts` (not an entity) records every decision, for tests that need the truth.
+"BSS Account ID" UDF, others only match by name or almost by name, a few are missing. Legal forms and
+accents are identity: Autotask also holds look-alikes that are *other* companies (the same name with
+another legal form, "Kowalski Bäckerei ApS" next to the customer "Kowalski Bäckerei SARL"; or the very
+same name twice). Companies carry their currency (`currencyID` → `Currencies`; none = the internal
+EUR); a few GBP customers' companies are EUR in Autotask. Contracts of subscriptions that moved to
+another customer stay under the old customer's company; contracts of subscriptions the BSS no longer
+bills still hold their units; a few contract services already have an adjustment a person typed by
+hand on the day the BSS changes the units this month. Decisions are made per BSS key with a stable
+hash, so a customer keeps its fate whatever the universe size. `SeedFacts` (not an entity) records
+every decision, for tests that need the truth.
 """
 
 from __future__ import annotations
 
 import calendar
 import hashlib
+import math
 import unicodedata
 from datetime import date, datetime, timedelta
 
@@ -38,7 +46,64 @@ _FIXED_COMPANY_FATES = {
     "Ångström Ingeniería S.L.": ("missing", None),
     "Smith & Wesson Consulting": ("udf", "Smith and Wesson Consulting Group"),  # renamed in Autotask
     "Papadopoulos & Υιοί Α.Ε.": ("name", None),
+    "Kowalski Bäckerei SARL": ("missing", None),
+    "Nordlicht GmbH": ("name", None),
+    "Müller & Söhne GmbH": ("near", "Muller & Sohne GmbH"),
+    "Hart & Hale Ltd": ("name", None),
+    "Brücke Logistik GmbH": ("udf", None),
 }
+# Other companies Autotask holds that look like a customer: (customer, look-alike name); the look-alike
+# is never that customer. The same name twice: the look-alike is created first (a lower id).
+_FIXED_LOOKALIKES = {
+    "Kowalski Bäckerei SARL": "Kowalski Bäckerei ApS",
+    "Nordlicht GmbH": "Nordlicht AG",
+    "Brücke Logistik GmbH": "Brücke Logistik AG",
+    "Hart & Hale Ltd": "Hart & Hale Ltd",
+}
+# Shares of customers with a look-alike company of another legal form, or of the very same name.
+_LOOKALIKE_SHARE = 0.04
+_TWIN_SHARE = 0.01
+# Share of GBP customers whose Autotask company is in EUR (the internal currency) instead.
+_CURRENCY_MISMATCH_SHARE = 0.2
+_FIXED_CURRENCY_MISMATCH = {"Smith & Wesson Consulting"}
+# Contract services with a hand-made adjustment on a BSS change day of the month: this share of the
+# month's changes, at least this many.
+_HAND_ADJUSTMENT_SHARE = 0.03
+_HAND_ADJUSTMENT_MIN = 3
+_LEGAL_FORMS = [
+    "GmbH & Co. KG",
+    "Holdings Ltd",
+    "Group plc",
+    "Teoranta",
+    "GmbH",
+    "SARL",
+    "S.r.l.",
+    "S.p.A.",
+    "B.V.",
+    "N.V.",
+    "S.L.",
+    "S.A.",
+    "SAS",
+    "LLP",
+    "LLC",
+    "Ltd",
+    "Inc",
+    "Corp",
+    "DAC",
+    "ApS",
+    "AG",
+    "KG",
+    "SA",
+    "Α.Ε.",
+    "Ε.Π.Ε.",
+]
+# (ISO code, description, symbol, rate to EUR, active); EUR is the internal currency.
+_CURRENCIES = [
+    ("EUR", "Euro", "€", 1.0, True),
+    ("GBP", "Pound Sterling", "£", 0.8571, True),
+    ("USD", "US Dollar", "$", 1.0843, True),
+    ("CHF", "Swiss Franc", "CHF", 0.9412, False),
+]
 _NEAR_MISS_REPLACEMENTS = [
     (" Ltd", " Limited"),
     (" Inc", ", Inc."),
@@ -78,6 +143,7 @@ class _Builder:
         self.first = first
         self.state: dict[str, list[dict]] = {
             "Resources": _resources(),
+            "Currencies": _currencies(),
             "BillingCodes": _billing_codes(),
             "Companies": [],
             "Contracts": [],
@@ -88,7 +154,29 @@ class _Builder:
         }
         self.next_ids = dict(FIRST_IDS)
         self.company_of_account: dict[str, dict] = {}
+        self.seeded_services: dict[str, tuple[int, dict, int]] = {}  # subscription → (id, contract, units)
+        self.service_of_contract_service: dict[int, int] = {}
         self.service_of_product: dict[str, dict] = {}
+        self.currency_ids = {record["name"]: record["id"] for record in self.state["Currencies"]}
+        # accounts and subscriptions a shape of this month needs in Autotask: their company exists and
+        # their contract is keyed (contractNumber = subscription id) with its units
+        self.needs_company: set[str] = set()
+        self.needs_keyed_contract: set[str] = set()
+        last = _month_end(first)
+        subscriptions = {subscription.id: subscription for subscription in universe.subscriptions}
+        for subscription in universe.subscriptions:
+            shaped = []
+            if subscription.moved_on == first:
+                shaped.append(subscription)
+                self.needs_company.add(str(subscription.moved_to))
+            stops = subscription.stops_billing_on
+            if stops is not None and first <= stops <= last:
+                shaped.append(subscription)
+            if subscription.second_of and first <= subscription.start_date <= last:
+                shaped.append(subscriptions[subscription.second_of])
+            for item in shaped:
+                self.needs_keyed_contract.add(item.id)
+                self.needs_company.add(item.account_id)
 
     def _new_id(self, entity: str) -> int:
         self.next_ids[entity] += 1
@@ -106,6 +194,7 @@ class _Builder:
         self._extra_services()
         for subscription in self.universe.subscriptions:
             self._contract(subscription)
+        self._hand_made_adjustments()
 
     # --- companies -------------------------------------------------------------------------------------
 
@@ -114,9 +203,25 @@ class _Builder:
         if fate is None:
             draw = _fraction("company", account.id)
             fate = "missing" if draw < 0.10 else "near" if draw < 0.20 else "name" if draw < 0.45 else "udf"
+            if fate == "missing" and account.id in self.needs_company:
+                fate = "udf"
+        lookalike = _FIXED_LOOKALIKES.get(account.name)
+        if lookalike is None and account.name not in _FIXED_COMPANY_FATES and fate != "near":
+            draw = _fraction("lookalike", account.id)
+            if draw < _TWIN_SHARE:
+                lookalike = account.name
+            elif draw < _LOOKALIKE_SHARE:
+                lookalike = other_legal_form(account.name)
+        if lookalike == account.name:
+            self._lookalike(account, lookalike)  # the twin first: a lower id than the customer's own
         if fate == "missing":
             self._fact(kind="company", bssId=account.id, bssName=account.name, autotaskId=None, match="missing")
-            return
+        else:
+            self._own_company(account, fate, autotask_name)
+        if lookalike is not None and lookalike != account.name:
+            self._lookalike(account, lookalike)
+
+    def _own_company(self, account: Account, fate: str, autotask_name: str | None) -> None:
         if autotask_name is None:
             autotask_name = near_miss(account.name) if fate == "near" else account.name
         record = _company_record(
@@ -127,6 +232,15 @@ class _Builder:
             account.city,
             account.postal_code,
         )
+        currency = account.currency
+        if account.currency == "GBP" and (
+            account.name in _FIXED_CURRENCY_MISMATCH
+            or (account.id not in self.needs_company and _fraction("currency", account.id) < _CURRENCY_MISMATCH_SHARE)
+        ):
+            currency = "EUR"  # the mismatch: a GBP customer's company bills in EUR in Autotask
+        # a EUR company often has no currency of its own (it then bills in the internal currency)
+        internal_by_default = currency == "EUR" and _fraction("currency-id", account.id) < 0.5
+        record["currencyID"] = None if internal_by_default else self.currency_ids[currency]
         record["userDefinedFields"] = [
             {"name": COMPANY_UDF_BSS_ACCOUNT_ID, "value": account.id if fate == "udf" else None},
             {"name": "Billing Contact Email", "value": account.email},
@@ -140,6 +254,27 @@ class _Builder:
             autotaskId=record["id"],
             autotaskName=record["companyName"],
             match=fate,
+            bssCurrency=account.currency,
+            currency=currency,
+        )
+
+    def _lookalike(self, account: Account, name: str) -> None:
+        """Another company whose name is the customer's or differs only in the legal form: not the customer."""
+        record = _company_record(self._new_id("Companies"), name[:100], "+00 000 0000", None, account.city, None)
+        record["currencyID"] = None
+        record["userDefinedFields"] = [
+            {"name": COMPANY_UDF_BSS_ACCOUNT_ID, "value": None},
+            {"name": "Billing Contact Email", "value": None},
+        ]
+        self.state["Companies"].append(record)
+        self._fact(
+            kind="lookalike",
+            bssId=None,
+            looksLike=account.id,
+            bssName=account.name,
+            autotaskId=record["id"],
+            autotaskName=record["companyName"],
+            match="same-name" if name == account.name else "other-legal-form",
         )
 
     def _extra_companies(self) -> None:
@@ -151,6 +286,7 @@ class _Builder:
             name = f"{stem} IT Services" + (f" {serial + 1}" if serial else "")
             record = _company_record(self._new_id("Companies"), name, "+1 555 0100", None, None, None)
             record["companyType"] = 2 if number % 3 == 2 else 1
+            record["currencyID"] = None
             record["userDefinedFields"] = [
                 {"name": COMPANY_UDF_BSS_ACCOUNT_ID, "value": None},
                 {"name": "Billing Contact Email", "value": None},
@@ -199,6 +335,8 @@ class _Builder:
             return
         draw = _fraction("contract", subscription.id)
         fate = "missing" if draw < 0.05 else "name" if draw < 0.15 else "number"
+        if subscription.id in self.needs_keyed_contract:
+            fate = "number"
         if fate == "missing":
             self._fact(kind="contract", bssId=subscription.id, autotaskId=None, match="missing")
             return
@@ -239,13 +377,17 @@ class _Builder:
             companyId=company["id"],
             startDate=contract["startDate"],
             endDate=contract["endDate"],
+            companyOfAccount=company["id"],
+            accountId=subscription.account_id,
+            accountInMonth=subscription.account_on(first),
         )
         self._contract_service(subscription, account, product, contract)
 
     def _contract_service(self, subscription: Subscription, account: Account, product: Product, contract: dict) -> None:
         service = self.service_of_product.get(product.id)
         bss_units = subscription.units_on(self.first)
-        if service is None or _fraction("contract-service", subscription.id) < 0.03:
+        keyed = subscription.id in self.needs_keyed_contract
+        if service is None or (not keyed and _fraction("contract-service", subscription.id) < 0.03):
             self._fact(
                 kind="contractService",
                 bssId=subscription.id,
@@ -260,7 +402,12 @@ class _Builder:
         unit_cost, unit_price = self.universe.prices_for(product, account.currency)
         units = bss_units
         match = "equal"
-        if _fraction("units", subscription.id) < 0.10:
+        stops = subscription.stops_billing_on
+        if stops is not None and stops <= self.first:
+            # the BSS no longer bills it; Autotask still holds the units it last billed
+            units = subscription.units_on(stops - timedelta(days=1))
+            match = "not-billed"
+        elif not keyed and _fraction("units", subscription.id) < 0.10:
             delta = [-3, -2, -1, 1, 2, 5][int(_fraction("units-delta", subscription.id) * 6)]
             units = bss_units + delta if bss_units + delta >= 0 else bss_units + abs(delta)
             match = "differs"
@@ -303,7 +450,89 @@ class _Builder:
             bssUnits=bss_units,
             units=units,
             match=match,
+            stopReason=subscription.stop_reason,
         )
+        self.seeded_services[subscription.id] = (cs_id, contract, units)
+        self.service_of_contract_service[cs_id] = service["id"]
+
+    # --- adjustments a person made by hand --------------------------------------------------------------
+
+    def _hand_made_adjustments(self) -> None:
+        """On a day the BSS changes a subscription's units this month, Autotask already has an adjustment
+        (same day; the same change, or another): a second adjustment on that day would be refused."""
+        first = self.first
+        last = _month_end(first)
+        candidates: list[tuple[Subscription, date, int]] = []
+        for subscription in self.universe.subscriptions:
+            seeded = self.seeded_services.get(subscription.id)
+            if seeded is None or subscription.account_on(first) != subscription.account_id:
+                continue
+            days = [day for day, _ in subscription.quantity_changes[1:] if first < day <= last]
+            if not days:
+                continue
+            _, contract, _ = seeded
+            contract_end = date.fromisoformat(contract["endDate"][:10])
+            renewals = set(subscription.renewal_dates(last))
+            ends_on = subscription.ends_on
+            for day in sorted(set(days)):
+                if (
+                    first < day <= min(last, contract_end)
+                    and day not in renewals
+                    and (ends_on is None or day < ends_on)
+                ):
+                    change = subscription.units_on(day) - subscription.units_before(day)
+                    if change:
+                        candidates.append((subscription, day, change))
+                    break
+        if not candidates:
+            return
+        count = max(_HAND_ADJUSTMENT_MIN, math.ceil(_HAND_ADJUSTMENT_SHARE * len(candidates)))
+        candidates.sort(key=lambda item: _fraction("hand-adjustment", item[0].id))
+        for position, (subscription, day, bss_change) in enumerate(candidates[:count]):
+            cs_id, contract, units = self.seeded_services[subscription.id]
+            same = position % 2 == 0
+            # a person typed the BSS's change, or a unit more than it
+            unit_change = bss_change if same else bss_change + (1 if bss_change > 0 else -1)
+            if units + unit_change < 0:
+                unit_change = bss_change
+            if units + unit_change < 0:
+                continue
+            same = unit_change == bss_change
+            record_id = self._new_id("ContractServiceAdjustments")
+            service_id = self.service_of_contract_service[cs_id]
+            self.state["ContractServiceAdjustments"].append(
+                {
+                    "id": record_id,
+                    "contractID": contract["id"],
+                    "serviceID": service_id,
+                    "contractServiceID": cs_id,
+                    "effectiveDate": format_date(day),
+                    "unitChange": unit_change,
+                    "adjustedUnitPrice": None,
+                    "adjustedUnitCost": None,
+                    "allowRepeatService": False,
+                }
+            )
+            self._fact(
+                kind="handAdjustment",
+                bssId=subscription.id,
+                autotaskId=record_id,
+                contractServiceId=cs_id,
+                effectiveDate=day.isoformat(),
+                unitChange=unit_change,
+                bssChange=bss_change,
+                match="same-units" if same else "other-units",
+            )
+
+
+def other_legal_form(name: str) -> str:
+    """The name with another legal form ("Nordlicht GmbH" → "Nordlicht AG"): another company."""
+    for form in _LEGAL_FORMS:
+        if name.endswith(" " + form):
+            stem = name[: -len(form) - 1]
+            others = [other for other in ("AG", "ApS", "Ltd", "SARL", "B.V.", "GmbH") if other != form]
+            return f"{stem} {others[int(_fraction('legal-form', name) * len(others))]}"
+    return name + " Holding"
 
 
 def near_miss(name: str) -> str:
@@ -365,6 +594,21 @@ def _service_record(
         "createDate": _SEEDED_AT,
         "lastModifiedDate": _SEEDED_AT,
     }
+
+
+def _currencies() -> list[dict]:
+    return [
+        {
+            "id": FIRST_IDS["Currencies"] + offset,
+            "name": code,
+            "description": description,
+            "displaySymbol": symbol,
+            "exchangeRate": rate,
+            "isInternalCurrency": code == "EUR",
+            "isActive": active,
+        }
+        for offset, (code, description, symbol, rate, active) in enumerate(_CURRENCIES)
+    ]
 
 
 def _resources() -> list[dict]:

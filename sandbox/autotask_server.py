@@ -40,7 +40,7 @@ from sandbox.autotask_schema import (
     user_defined_fields,
 )
 from sandbox.autotask_seed import seed_state
-from sandbox.autotask_store import Store
+from sandbox.autotask_store import STATE_FORMAT, Store
 
 log = logging.getLogger("sandbox.autotask_server")
 
@@ -110,10 +110,13 @@ class Sandbox:
         self.store = Store()
         self._last_save = 0.0
         self._save_cost = 0.0
+        saved = None
         if self.state_path is not None and self.state_path.exists():
-            self.store.load(json.loads(self.state_path.read_text(encoding="utf-8")))
+            saved = json.loads(self.state_path.read_text(encoding="utf-8"))
+        if saved is not None and saved.get("format") == STATE_FORMAT:
+            self.store.load(saved)
         else:
-            self.reset()
+            self.reset()  # no state yet, or one an older sandbox saved: start from the seed
 
     @property
     def facts(self) -> list[dict]:

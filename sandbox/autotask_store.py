@@ -40,6 +40,7 @@ from sandbox.autotask_schema import (
 
 STORED_ENTITIES = (
     "Resources",
+    "Currencies",
     "BillingCodes",
     "Companies",
     "Contracts",
@@ -49,7 +50,8 @@ STORED_ENTITIES = (
 )
 # Units rows get ids derived from their contract service: contractServiceID * UNIT_ID_FACTOR + row number.
 UNIT_ID_FACTOR = 1000
-STATE_FORMAT = 1
+# The saved state's format; 2: Currencies and Companies.currencyID (a state file of another format is seeded afresh).
+STATE_FORMAT = 2
 CONTRACT_SERVICE_WRITABLE = {"adjustedPrice", "invoiceDescription"}
 
 

@@ -301,11 +301,13 @@ class BssSandbox:
         return entry.body if entry else None
 
     def _months_for(self, clauses: list[Clause]) -> list[str]:
-        lower, upper = date_bounds(clauses, CHARGE_DATE_FIELDS)
+        # a charge's start and effective dates lie in its month; its end date can lie later (a charge
+        # period to the end of an annual billing period or a renewed term), so it bounds only from above
+        lower, _ = date_bounds(clauses, ("chargeStartDate", "effectiveDate"))
+        _, upper = date_bounds(clauses, CHARGE_DATE_FIELDS)
         chosen = []
         for first in self._months:
             month_key = first.strftime("%Y-%m")
-            # every date of a charge lies in the month of its chargeStartDate
             if lower is not None and lower[:7] > month_key:
                 continue
             if upper is not None and upper[:7] < month_key:

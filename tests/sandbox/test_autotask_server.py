@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from sandbox.dataset import build_universe
 from tests.servers import RunningServer, start_server
 
 USER = "api-user@demo.example"
@@ -202,6 +203,8 @@ def test_an_unknown_entity_is_a_404(api: Api) -> None:
         ("POST", "ContractServiceUnits"),
         ("POST", "BillingCodes"),
         ("PATCH", "Resources"),
+        ("POST", "Currencies"),
+        ("PATCH", "Currencies"),
         ("GET", "Companies/query/next"),
     ],
 )
@@ -617,6 +620,103 @@ def test_seed_holds_every_matching_case(api: Api) -> None:
     assert sum(not s["isActive"] for s in api.state("Services")) >= 1
 
 
+def test_currencies_are_an_entity_and_companies_carry_their_currency(api: Api) -> None:
+    info = api.get("Currencies/entityInformation").json()["info"]
+    assert info["canQuery"] and not info["canCreate"] and not info["canUpdate"]
+    fields = {f["name"]: f for f in api.get("Currencies/entityInformation/fields").json()["fields"]}
+    assert {"id", "name", "isInternalCurrency", "isActive"} <= set(fields)
+    company_fields = {f["name"]: f for f in api.get("Companies/entityInformation/fields").json()["fields"]}
+    assert company_fields["currencyID"]["referenceEntityType"] == "Currencies"
+
+    currencies = api.query("Currencies", {"op": "gte", "field": "id", "value": 0})["items"]
+    by_code = {c["name"]: c for c in currencies}
+    assert {"EUR", "GBP", "USD"} <= set(by_code)
+    assert [c["name"] for c in currencies if c["isInternalCurrency"]] == ["EUR"]
+    assert any(not c["isActive"] for c in currencies)  # an inactive currency is no company's currency
+    gbp = api.query("Companies", {"op": "eq", "field": "currencyID", "value": by_code["GBP"]["id"]})["items"]
+    assert gbp
+    narrowed = api.query(
+        "Currencies", {"op": "eq", "field": "name", "value": "GBP"}, includeFields=["id", "isInternalCurrency"]
+    )["items"]
+    assert narrowed == [{"id": by_code["GBP"]["id"], "isInternalCurrency": False}]
+
+    companies = {c["id"]: c for c in api.state("Companies")}
+    code_of = {c["id"]: c["name"] for c in currencies}
+    facts = [f for f in api.facts("company") if f["autotaskId"]]
+    for fact in facts:
+        currency_id = companies[fact["autotaskId"]]["currencyID"]
+        assert (code_of[currency_id] if currency_id is not None else "EUR") == fact["currency"]
+    # most GBP/USD customers' companies carry their currency; a few GBP ones are EUR in Autotask
+    mismatched = [f for f in facts if f["currency"] != f["bssCurrency"]]
+    assert mismatched and all((f["bssCurrency"], f["currency"]) == ("GBP", "EUR") for f in mismatched)
+    assert sum(f["bssCurrency"] in ("GBP", "USD") and f["currency"] == f["bssCurrency"] for f in facts) > len(
+        mismatched
+    )
+    assert any(c["currencyID"] is None for c in companies.values())  # the internal currency by default
+
+    created = new_company(api, "Pound Ltd")
+    assert api.patch("Companies", {"id": created, "currencyID": by_code["GBP"]["id"]}).status_code == 200
+    assert api.get(f"Companies/{created}").json()["item"]["currencyID"] == by_code["GBP"]["id"]
+    assert "currencyID" in errors(api.patch("Companies", {"id": created, "currencyID": 424242}))
+
+
+def test_seed_holds_look_alike_companies_that_are_other_companies(api: Api) -> None:
+    companies = api.state("Companies")
+    names = [c["companyName"] for c in companies]
+    assert "Kowalski Bäckerei ApS" in names and "Kowalski Bäckerei SARL" not in names  # the customer's own is missing
+    assert {"Nordlicht GmbH", "Nordlicht AG", "Muller & Sohne GmbH"} <= set(names)
+    assert "Müller & Söhne GmbH" not in names
+    assert names.count("Hart & Hale Ltd") == 2
+    lookalikes = api.facts("lookalike")
+    assert {f["match"] for f in lookalikes} == {"same-name", "other-legal-form"}
+    own = {f["bssId"]: f["autotaskId"] for f in api.facts("company")}
+    for fact in lookalikes:
+        assert fact["bssId"] is None and fact["autotaskId"] != own[fact["looksLike"]]
+    twin = next(f for f in lookalikes if f["match"] == "same-name")
+    assert twin["autotaskId"] < own[twin["looksLike"]]  # the impostor comes first
+    keyed = next(f for f in api.facts("company") if f["bssName"] == "Brücke Logistik GmbH")
+    assert keyed["match"] == "udf" and "Brücke Logistik AG" in names
+
+
+def test_hand_made_adjustments_make_a_second_one_on_that_day_a_duplicate(api: Api) -> None:
+    facts = api.facts("handAdjustment")
+    assert {f["match"] for f in facts} == {"same-units", "other-units"}
+    for fact in facts:
+        assert fact["effectiveDate"].startswith("2026-10") and fact["effectiveDate"] != "2026-10-01"
+        assert (fact["unitChange"] == fact["bssChange"]) == (fact["match"] == "same-units")
+    fact = facts[0]
+    again = api.post(
+        "ContractServiceAdjustments",
+        {"contractServiceID": fact["contractServiceId"], "effectiveDate": fact["effectiveDate"], "unitChange": 1},
+    )
+    assert errors(again) == "Attempt to insert duplicate data into contract_service_period"
+    rows = units_rows(api, fact["contractServiceId"])
+    from_day = [r for r in rows if r["startDate"][:10] == fact["effectiveDate"]]
+    before = [r for r in rows if r["endDate"][:10] < fact["effectiveDate"]][-1]
+    assert from_day[0]["units"] == before["units"] + fact["unitChange"]
+
+
+def test_contracts_of_moved_and_unbilled_subscriptions_stay_where_they_were(api: Api) -> None:
+    contracts = {c["id"]: c for c in api.state("Contracts")}
+    moved = [f for f in api.facts("contract") if f.get("accountInMonth") and f["accountInMonth"] != f["accountId"]]
+    assert moved
+    own = {f["bssId"]: f["autotaskId"] for f in api.facts("company")}
+    for fact in moved:
+        contract = contracts[fact["autotaskId"]]
+        assert contract["contractNumber"] == fact["bssId"]
+        assert contract["companyID"] == own[fact["accountId"]] != own[fact["accountInMonth"]]
+    # a second subscription to a product starts this month while the first one's contract is keyed
+    universe = build_universe(60, 3, 42)  # the universe the server seeded from
+    seconds = [s for s in universe.subscriptions if s.second_of and s.start_date.strftime("%Y-%m") == "2026-10"]
+    assert seconds
+    keyed = {c["contractNumber"]: c for c in contracts.values() if c["contractNumber"]}
+    for subscription in seconds:
+        assert subscription.second_of in keyed and subscription.id not in keyed
+    unbilled = api.facts("contractService", "not-billed")
+    assert unbilled and {f["stopReason"] for f in unbilled} <= {"vanished", "lapsed"}
+    assert all(f["units"] > 0 and f["bssUnits"] == 0 for f in unbilled)
+
+
 def test_seed_is_deterministic_across_servers(server: RunningServer) -> None:
     other = start_server(_args("--seed-customers", "60"))
     try:
@@ -749,3 +849,17 @@ def test_acknowledged_writes_survive_a_sigterm_restart(tmp_path: Path) -> None:
         assert new_company(api, "Next One") == company_id + 1  # ids keep counting up
     finally:
         second.stop()
+
+
+def test_a_state_file_an_older_sandbox_saved_is_seeded_afresh(tmp_path: Path) -> None:
+    state_file = tmp_path / "autotask-state.json"
+    # format 1 had no Currencies: keeping it would leave every company without a currency
+    state_file.write_text(json.dumps({"format": 1, "tables": {"Companies": {"next_id": 10002, "records": []}}}))
+    server = start_server(_args("--seed-customers", "5", "--state-file", str(state_file)))
+    try:
+        api = Api(server)
+        assert [c["name"] for c in api.state("Currencies") if c["isInternalCurrency"]] == ["EUR"]
+        assert api.state("Companies")
+    finally:
+        server.stop()
+    assert json.loads(state_file.read_text())["format"] == 2
