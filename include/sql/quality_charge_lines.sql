@@ -14,6 +14,8 @@
 --     previous total is unknown, the line's own total stands (nothing to compare it with);
 --   account_mixed_currency: 1 when the line's account is billed in more than one currency this month;
 --   subscription_mixed_account: 1 when the line's subscription appears under more than one account.
+--   billed_for_the_month: 1 for a monthly-billed line other than a renewal, whose charge period ends in the month
+--     (quarterly, semi-annual and annual charges and renewals run to the end of their billing period or term);
 -- (Window MIN/MAX rather than COUNT(DISTINCT) joins: PostgreSQL has no DISTINCT in window functions, and
 -- SQLite joins un-indexed CTEs row by row, which took minutes at 100,000 lines.)
 -- The history CTE is the text of subscription_history.sql, composed in by include/quality.py (charge_lines_query).
@@ -77,7 +79,9 @@ SELECT
         END AS DOUBLE PRECISION
     ) AS expected_subscription_quantity,
     ordered.account_mixed_currency,
-    ordered.subscription_mixed_account
+    ordered.subscription_mixed_account,
+    CASE WHEN ordered.billing_period = 'Monthly' AND ordered.action <> 'Renewal' THEN 1 ELSE 0 END
+        AS billed_for_the_month
 FROM ordered
 ORDER BY ordered.subscription_id, ordered.effective_date,
          CASE WHEN ordered.charged_at IS NULL THEN 0 ELSE 1 END, ordered.charged_at,

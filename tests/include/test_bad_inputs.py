@@ -11,6 +11,7 @@ no write when the gate is done (the loader is wired after the gate; this guards 
 from __future__ import annotations
 
 import copy
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -153,12 +154,21 @@ def _period_ends_before_start(charges: list[dict]) -> tuple[dict, str]:
 
 
 def _period_ends_after_month(charges: list[dict]) -> tuple[dict, str]:
-    line = _first(charges, "Cycle")
+    # a monthly-billed line: quarterly and annual charges run past the month by nature
+    line = next(
+        charge
+        for charge in charges
+        if charge["action"] == "Cycle" and charge["billingPlan"]["billingPeriod"] == "Monthly"
+    )
     return _replace(_changed(line, chargeEndDate="2026-11-30")), line["id"]
 
 
 def _two_currencies(charges: list[dict]) -> tuple[dict, str]:
-    line = _first(charges, "Cycle")
+    # a customer with more than one line this month: one of them switches currency
+    lines_per_account = Counter(charge["account"]["id"] for charge in charges)
+    line = next(
+        charge for charge in charges if charge["action"] == "Cycle" and lines_per_account[charge["account"]["id"]] > 1
+    )
     other = "USD" if line["currency"] != "USD" else "EUR"
     return _replace(_changed(line, currency=other)), line["id"]
 
