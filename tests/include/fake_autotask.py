@@ -44,6 +44,12 @@ class FakeAutotask:
         self.contracts: dict[int, dict] = {}
         self.services: dict[int, dict] = {}
         self.contract_services: dict[int, _ContractService] = {}
+        # the tenant's currencies; the internal one is what a company without currencyID bills in
+        self.currencies: dict[int, dict] = {
+            1: {"id": 1, "name": "EUR", "isInternalCurrency": True, "isActive": True},
+            2: {"id": 2, "name": "GBP", "isInternalCurrency": False, "isActive": True},
+            3: {"id": 3, "name": "USD", "isInternalCurrency": False, "isActive": True},
+        }
         self.calls: list[tuple[str, str, int]] = []  # (method, entity, values)
         self._next_id = {"Companies": 100, "Contracts": 1000, "Services": 500, "ContractServices": 5000}
 
@@ -59,7 +65,10 @@ class FakeAutotask:
         active: bool = True,
         phone: str = "+1 555 0100",
         udf_name: str = "BSS Account ID",
+        currency: str | None = None,
     ) -> int:
+        """A company; `currency` (an ISO code of `self.currencies`) sets its currencyID, None leaves it
+        unset (the tenant's internal currency)."""
         company_id = self._new_id("Companies")
         udfs = [{"name": udf_name, "value": key}] if key is not None else []
         self.companies[company_id] = {
@@ -69,8 +78,19 @@ class FakeAutotask:
             "isActive": active,
             "phone": phone,
             "userDefinedFields": udfs,
+            "currencyID": self.currency_id(currency) if currency else None,
         }
         return company_id
+
+    def currency_id(self, iso_code: str) -> int:
+        return next(record["id"] for record in self.currencies.values() if record["name"] == iso_code)
+
+    def company_currency(self, company_id: int) -> str:
+        """The ISO code a company bills in: its currencyID, else the internal currency."""
+        currency_id = self.companies[company_id].get("currencyID")
+        if currency_id is None:
+            return next(record["name"] for record in self.currencies.values() if record["isInternalCurrency"])
+        return self.currencies[currency_id]["name"]
 
     def add_contract(
         self,
@@ -209,6 +229,8 @@ class FakeAutotask:
             return list(self.contracts.values())
         if entity == "Services":
             return list(self.services.values())
+        if entity == "Currencies":
+            return list(self.currencies.values())
         if entity == "ContractServices":
             return [
                 {
@@ -280,6 +302,8 @@ class FakeAutotask:
             return created[action_id][1]
 
         for action in actions:
+            if action.kind is ActionKind.REVIEW_UNBILLED:
+                continue  # writes nothing unless a person chooses a change
             payload = json.loads(json.dumps(dict(action.payload)))
             if action.kind is ActionKind.CREATE_COMPANY:
                 key = next((udf["value"] for udf in payload.get("userDefinedFields", [])), None)
