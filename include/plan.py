@@ -128,8 +128,9 @@ class PlanAction:
     payload: Mapping[str, Any] = field(default_factory=dict)
     charge_ids: tuple[str, ...] = ()
     depends_on: tuple[str, ...] = ()
-    # the id a stored row carries (JSON does not give back Decimal/date types to re-hash exactly)
-    stored_id: str | None = field(default=None, repr=False, compare=False)
+    # the id when it is already known: a stored row's (JSON does not give back Decimal/date types to re-hash
+    # exactly), or that of the action this one holds back (same content, same id)
+    known_id: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def family(self) -> str:
@@ -146,8 +147,8 @@ class PlanAction:
         """A hash of the slot and the content (never the status or reason): the same inputs, the same id.
         repr() of the content fields is deterministic: Decimals keep their 4 places, payloads are built in a
         fixed key order."""
-        if self.stored_id is not None:
-            return self.stored_id
+        if self.known_id is not None:
+            return self.known_id
         content = tuple(getattr(self, name) for name in _CONTENT_FIELDS)
         text = self.idempotency_key + "\n" + repr(content)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -164,6 +165,7 @@ class PlanAction:
             self,
             status=stricter(self.status, status),
             reason="; ".join(dict.fromkeys(reasons)) or None,
+            known_id=self.action_id,
         )
 
     def to_row(self, run_id: str, seq: int, created_at: Any) -> dict[str, Any]:
@@ -241,7 +243,7 @@ class PlanAction:
             payload=json.loads(row["payload"]),
             charge_ids=tuple(json.loads(row["charge_ids"])),
             depends_on=tuple(json.loads(row["depends_on"])),
-            stored_id=row["action_id"],
+            known_id=row["action_id"],
         )
 
 
@@ -345,7 +347,7 @@ def set_action_status(warehouse: Warehouse, action_ids: Iterable[str], status: s
     return result.rowcount
 
 
-_CONTENT_FIELDS = tuple(item.name for item in fields(PlanAction) if item.name not in ("status", "reason", "stored_id"))
+_CONTENT_FIELDS = tuple(item.name for item in fields(PlanAction) if item.name not in ("status", "reason", "known_id"))
 
 
 def _target_of(idempotency_key: str) -> str:

@@ -33,7 +33,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -42,10 +42,8 @@ import pandas as pd
 
 from include.field_mapping import (
     COMMITMENT_MONTHS,
-    add_months,
     autotask_effective_date,
     commitment_term,
-    month_end,
     renewed_end_date,
 )
 from include.models import BillingMonth, ChargeAction
@@ -353,8 +351,11 @@ def _groups(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
         ]
     ].set_index("group")
     by_group = lines.groupby("group", sort=False)
-    members = lines[["group", "subscription_id"]].drop_duplicates().groupby("group")["subscription_id"]
-    groups["subscriptions"] = members.agg(lambda ids: tuple(sorted(ids)))
+    members: dict[str, list[str]] = defaultdict(list)
+    pairs = lines[["group", "subscription_id"]].drop_duplicates().sort_values(["group", "subscription_id"])
+    for group, subscription_id in zip(pairs["group"].tolist(), pairs["subscription_id"].tolist(), strict=True):
+        members[group].append(subscription_id)
+    groups["subscriptions"] = pd.Series({group: tuple(ids) for group, ids in members.items()}, dtype=object)
     groups["only_zeroing"] = by_group["zeroing"].all()
     groups["commitment_months"] = by_group["commitment_months"].max()
     groups["billing_cycle"] = lines.sort_values("commitment_months").groupby("group")["billing_cycle"].last()
@@ -365,8 +366,8 @@ def _groups(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
     groups["last_point"] = billed.groupby("group")["point"].max()
     groups["last_charge_end"] = billed.groupby("group")["charge_end_date"].max()
     groups["currency_mismatch"] = by_group["currency_mismatch"].any()
-    currencies = billed.groupby("group")["currency"].agg(lambda values: ", ".join(sorted(set(map(str, values)))))
-    groups["currencies"] = currencies
+    mismatched = billed[billed["group"].isin(groups.index[groups["currency_mismatch"]])]
+    groups["currencies"] = mismatched.groupby("group")["currency"].agg(lambda values: ", ".join(sorted(set(values))))
     groups["company_currency"] = by_group["company_currency"].first()
     moved = lines[lines["move_reason"].notna()]
     groups["move_reason"] = moved.groupby("group")["move_reason"].first()
@@ -413,6 +414,8 @@ def _autotask_points(units: pd.DataFrame, groups: pd.DataFrame, snapshot: Snapsh
 
 def _mark_adjusted_rows(units: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
     """`adjusted_here`: an adjustment (made in Autotask) starts this ContractServiceUnits row."""
+    if units.empty:
+        return units.assign(adjusted_here=pd.Series(dtype=bool))
     units = units.sort_values(["contract_service_id", "start_date"], kind="stable", ignore_index=True)
     cs = snapshot.contract_services.drop_duplicates("contract_service_id").set_index("contract_service_id")
     contract_start = cs["contract_id"].map(snapshot.contracts.set_index("contract_id")["start_date"])
@@ -695,23 +698,26 @@ class _PlanBuilder:
         )
         reach = reach.join(self.contracts[["end_date"]], how="inner")
         reach = reach[reach["end_date"].notna() & (reach["last_point"] > reach["end_date"])]
+        if reach.empty:
+            return
+        # the lines past each contract's end, and how far each one's term reaches
+        lines = self.lines[~self.lines["zeroing"] & self.lines["contract_id"].isin(reach.index)]
+        lines = lines[lines["point"] > lines["contract_id"].astype("int64").map(reach["end_date"])]
+        lines = lines.assign(term_end=self._term_ends(lines), contract_id=lines["contract_id"].astype("int64"))
+        term_end = lines.groupby("contract_id")["term_end"].max()
+        charge_ids = lines.groupby("contract_id")["charge_id"].agg(lambda ids: tuple(sorted(set(ids))))
+        extended = linked[linked["contract_id"].isin(reach.index)]
+        groups_of: dict[int, list[str]] = defaultdict(list)
+        for group, contract_id in zip(extended.index.tolist(), extended["contract_id"].tolist(), strict=True):
+            groups_of[int(contract_id)].append(group)
         for contract_id, end, commitment_months, last_point in zip(
             reach.index, reach["end_date"], reach["commitment_months"], reach["last_point"], strict=True
         ):
             contract_id = int(contract_id)
-            contract_groups = linked.index[linked["contract_id"] == contract_id].tolist()
-            renewed = self.lines[
-                self.lines["group"].isin(contract_groups) & ~self.lines["zeroing"] & (self.lines["point"] > end)
-            ]
-            new_end = max(
-                renewed_end_date(
-                    end.date(),
-                    _cycle_of(int(commitment_months)),
-                    last_point.date(),
-                    self.settings.minimum_contract_months,
-                ),
-                *(self._term_end(line) for line in renewed.itertuples()),
-            )
+            contract_groups = groups_of[contract_id]
+            cycle = _cycle_of(int(commitment_months))
+            covering = renewed_end_date(end.date(), cycle, last_point.date(), self.settings.minimum_contract_months)
+            new_end = max(covering, term_end[contract_id].date())
             action = PlanAction(
                 kind=ActionKind.EXTEND_CONTRACT,
                 month=self.month.key,
@@ -723,29 +729,31 @@ class _PlanBuilder:
                 end_date_before=end.date(),
                 end_date_after=new_end,
                 payload={"id": contract_id, "endDate": _api_date(new_end)},
-                charge_ids=self._charge_ids(contract_groups, after=end),
+                charge_ids=charge_ids[contract_id],
             )
-            action = self._held_by_link(
-                action, self.groups.at[contract_groups[0], "contract_flag"], "contract", contract_id
-            )
+            flag = self.groups.at[contract_groups[0], "contract_flag"]
+            action = self._held_by_link(action, flag, "contract", contract_id)
             self.extend_actions[contract_id] = action
             self.actions.append(action)
             self.groups_with_actions.update(contract_groups)
 
-    def _term_end(self, line: Any) -> date:
-        """How far a line's term reaches: its charge period's end; for a line that restates or starts a term,
-        its effective date plus the commitment less a day; for a month-to-month commitment, the month end
-        `minimum_contract_months` ahead (a rolling subscription would otherwise need a write every month)."""
-        charge_end = line.charge_end_date.date()
-        if line.action not in (*_RESTATING, ChargeAction.NEW):
-            return charge_end
-        effective = line.effective_date.date()
-        term_end = add_months(effective, int(line.commitment_months)) - timedelta(days=1)
-        if line.commitment_months == 1:
-            term_end = max(
-                term_end, month_end(add_months(effective, self.settings.minimum_contract_months) - timedelta(days=1))
-            )
-        return max(charge_end, term_end)
+    def _term_ends(self, lines: pd.DataFrame) -> pd.Series:
+        """How far each line's term reaches: its charge period's end; for a line that restates or starts a
+        term, its effective date plus the commitment less a day; for a month-to-month commitment, the month
+        end `minimum_contract_months` ahead (a rolling subscription would otherwise need a write every month)."""
+        effective = lines["effective_date"]
+        term_end = lines["charge_end_date"].copy()
+        restating = lines["action"].isin([*_RESTATING, ChargeAction.NEW])
+        one_day = pd.Timedelta(days=1)
+        for months, same_commitment in lines.groupby("commitment_months").groups.items():
+            rows = same_commitment[restating[same_commitment].to_numpy()]
+            commitment_end = effective[rows] + pd.DateOffset(months=int(months)) - one_day
+            term_end[rows] = np.maximum(term_end[rows], commitment_end)
+        monthly = lines["commitment_months"] == 1
+        minimum = self.settings.minimum_contract_months
+        minimum_end = effective[monthly] + pd.DateOffset(months=minimum) - one_day + pd.offsets.MonthEnd(0)
+        term_end[monthly] = np.maximum(term_end[monthly], minimum_end)
+        return term_end
 
     def _adjustments(self, group: str, rows: list[_AdjustmentRow]) -> None:
         info = self.group_info[group]
@@ -869,7 +877,7 @@ class _PlanBuilder:
         if info["company_suggestions"]:
             action = action.held(
                 ActionStatus.NEEDS_MAPPING,
-                f"{_suggested(info['company_suggestions'], 'company', 'companies')} wait for a person: "
+                f"{_suggested(info['company_suggestions'], 'company', 'companies')} for a person: "
                 "confirm one, or approve creating a new one",
             )
         if self.settings.owner_resource_id is None:
@@ -903,7 +911,7 @@ class _PlanBuilder:
         if info["service_suggestions"]:
             action = action.held(
                 ActionStatus.NEEDS_MAPPING,
-                f"{_suggested(info['service_suggestions'], 'service', 'services')} wait for a person: "
+                f"{_suggested(info['service_suggestions'], 'service', 'services')} for a person: "
                 "confirm one, or approve creating a new one",
             )
         if self.settings.billing_code_id is None:
@@ -950,7 +958,7 @@ class _PlanBuilder:
         if info["contract_suggestions"]:
             action = action.held(
                 ActionStatus.NEEDS_MAPPING,
-                f"{_suggested(info['contract_suggestions'], 'contract', 'contracts')} wait for a person: "
+                f"{_suggested(info['contract_suggestions'], 'contract', 'contracts')} for a person: "
                 "confirm one, or approve creating a new one",
             )
         action = self._held_by_group(action, info)
@@ -1081,14 +1089,14 @@ def _unbilled_reviews(
         return []
     units = snapshot.units.sort_values("start_date")
     held = pd.merge_asof(
-        services.assign(point=first_day).sort_values("point"),
-        units[["contract_service_id", "start_date", "units"]].sort_values("start_date"),
+        services.assign(point=first_day).astype({"point": _DATETIME}).sort_values("point"),
+        units[["contract_service_id", "start_date", "end_date", "units"]].sort_values("start_date"),
         left_on="point",
         right_on="start_date",
         by="contract_service_id",
         direction="backward",
     )
-    held = held[held["units"].fillna(0.0) > _UNITS_EPSILON]
+    held = held[(held["units"].fillna(0.0) > _UNITS_EPSILON) & (held["end_date"] >= first_day)]
     described = history.set_index("subscription_id")
     actions = []
     for row in held.itertuples(index=False):
@@ -1119,7 +1127,8 @@ def _unbilled_reviews(
 
 
 def _suggested(count: int, singular: str, plural: str) -> str:
-    return f"{count} suggested {singular if count == 1 else plural}"
+    """ "1 suggested contract waits", "2 suggested contracts wait"."""
+    return f"{count} suggested {singular} waits" if count == 1 else f"{count} suggested {plural} wait"
 
 
 def _cycle_of(months: int) -> str:
