@@ -733,6 +733,9 @@ class _PlanBuilder:
             )
             flag = self.groups.at[contract_groups[0], "contract_flag"]
             action = self._held_by_link(action, flag, "contract", contract_id)
+            if self.groups.loc[contract_groups, "currency_mismatch"].all():
+                # the extension serves only adjustments that are blocked for their currency
+                action = self._held_by_group(action, self.groups.loc[contract_groups[0]].to_dict())
             self.extend_actions[contract_id] = action
             self.actions.append(action)
             self.groups_with_actions.update(contract_groups)
