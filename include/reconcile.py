@@ -999,7 +999,14 @@ class _PlanBuilder:
             depends_on=tuple(sorted(action.action_id for action in dependencies)),
         )
         action = self._held_by_group(action, info)
-        action = self._held_by_link(action, info["service_flag"], "service", service_id)
+        if pd.notna(info["service_flag"]):
+            # Autotask refuses to add an inactive (or deleted) service to a contract
+            action = action.held(
+                ActionStatus.BLOCKED,
+                f"the linked Autotask service {service_id} "
+                f"{'no longer exists' if info['service_flag'] == 'target_missing' else 'is inactive'}: Autotask "
+                "refuses to add it to a contract; activate it in Autotask, or link the product to another service",
+            )
         for dependency in dependencies:
             if dependency.status is not ActionStatus.PROPOSED:
                 action = action.held(dependency.status, f"depends on {dependency.kind} ({dependency.status})")
