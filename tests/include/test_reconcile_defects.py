@@ -448,3 +448,19 @@ def test_the_effective_date_policy_applies_to_restating_lines(warehouse):
     )
     plan = _plan(warehouse, fake, october, settings=settings, earlier=september)
     assert _writes(plan) == [("adjust_units", f"cs:C{contract}/V{service}", D(2026, 11, 1), "proposed", "2")]
+
+
+def test_a_new_contract_service_on_an_inactive_service_is_blocked_not_flagged(warehouse):
+    # Autotask refuses to add an inactive service to a contract: approving it could only fail
+    fake = FakeAutotask()
+    company = fake.add_company(ACME[1], key=ACME[0])
+    inactive = fake.add_service(M365[2], M365[1], 10.0, 12.0, active=False)
+    october = [line(MONTH, ACME, "SUB-1", M365, "New", 3, 3, D(2026, 10, 5))]
+    plan = _plan(warehouse, fake, october)
+    assert _writes(plan) == [
+        ("create_contract", "subscription:SUB-1", None, "proposed", None),
+        ("create_contract_service", f"cs:S:SUB-1/V{inactive}", None, "blocked", None),
+        ("adjust_units", f"cs:S:SUB-1/V{inactive}", D(2026, 10, 5), "blocked", "3"),
+    ]
+    assert "activate it in Autotask" in plan[1].reason
+    assert plan[0].company_id == company
