@@ -197,7 +197,7 @@ class PlanAction:
             "unit_cost_after": self.unit_cost_after,
             "end_date_before": self.end_date_before,
             "end_date_after": self.end_date_after,
-            "payload": json.dumps(_jsonable(self.payload), sort_keys=True),
+            "payload": json.dumps(self.payload, sort_keys=True, default=_jsonable),
             "charge_ids": json.dumps(list(self.charge_ids)),
             "depends_on": json.dumps(list(self.depends_on)),
             "created_at": created_at,
