@@ -309,6 +309,14 @@ def _add_zeroing_lines(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataF
     contract_end = snapshot.contracts.set_index("contract_id")["end_date"]
     ends = first["moved_from"].astype("int64").map(contract_end)
     first = first[ends.isna() | (first["effective_date"] <= ends)]
+    # only an existing contract service of the old contract is zeroed: nothing is ever created there
+    existing = snapshot.contract_services[["contract_id", "service_id"]].astype("int64")
+    on_old_contract = (
+        first[["moved_from", "service_id"]]
+        .astype("Int64")
+        .merge(existing.rename(columns={"contract_id": "moved_from"}).astype("Int64"), how="left", indicator=True)
+    )
+    first = first[(on_old_contract["_merge"] == "both").to_numpy()]
     # the moved subscription's own lines start from nothing on their new contract
     lines.loc[lines["moved_from"].notna(), "units_before_month"] = 0.0
     zeroing = first.assign(

@@ -464,3 +464,19 @@ def test_a_new_contract_service_on_an_inactive_service_is_blocked_not_flagged(wa
     ]
     assert "activate it in Autotask" in plan[1].reason
     assert plan[0].company_id == company
+
+
+def test_a_moved_subscription_never_creates_anything_on_the_old_customers_contract(warehouse):
+    fake, acme, service = _autotask()
+    sarl = fake.add_company(ACME_SARL[1], key=ACME_SARL[0])
+    other_service = fake.add_service("Exchange Online (Plan 1)", "EXO-P1", 4.0, 5.0)
+    old = fake.add_contract(acme, "M365 (SUB-9)", "SUB-9", D(2026, 1, 1), D(2026, 12, 31))
+    fake.add_contract_service(old, other_service, 3)  # the old contract bills another service only
+    october = [line(MONTH, ACME_SARL, "SUB-9", M365, "Cycle", 10, 10, D(2026, 10, 1))]
+    plan = _plan(warehouse, fake, october, accounts=[account_row(*ACME_SARL)])
+    assert _writes(plan) == [
+        ("create_contract", "subscription:SUB-9", None, "flagged", None),
+        ("create_contract_service", f"cs:S:SUB-9/V{service}", None, "flagged", None),
+        ("adjust_units", f"cs:S:SUB-9/V{service}", D(2026, 10, 1), "flagged", "10"),
+    ]
+    assert plan[0].company_id == sarl
