@@ -364,7 +364,6 @@ def _groups(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
     for group, subscription_id in zip(pairs["group"].tolist(), pairs["subscription_id"].tolist(), strict=True):
         members[group].append(subscription_id)
     groups["subscriptions"] = pd.Series({group: tuple(ids) for group, ids in members.items()}, dtype=object)
-    groups["only_zeroing"] = by_group["zeroing"].all()
     groups["commitment_months"] = by_group["commitment_months"].max()
     groups["billing_cycle"] = lines.sort_values("commitment_months").groupby("group")["billing_cycle"].last()
     last_line = billed.groupby("group", sort=False)[["unit_price", "unit_cost"]].last()
@@ -400,7 +399,7 @@ def _holdings(lines: pd.DataFrame) -> pd.DataFrame:
     return holdings.assign(delta=holdings["subscription_quantity"] - previous.fillna(start))
 
 
-def _autotask_points(units: pd.DataFrame, groups: pd.DataFrame, snapshot: SnapshotState, month: BillingMonth):
+def _autotask_points(units: pd.DataFrame, groups: pd.DataFrame, month: BillingMonth) -> pd.DataFrame:
     """Autotask's own row starts inside the month, per group, and whether an adjustment already starts there:
     a row that is not a plain billing-period start of its contract, or whose units differ from the row
     before (or from nothing, at the contract's start). Autotask refuses a second adjustment on such a date."""
@@ -450,14 +449,13 @@ def _compare(lines: pd.DataFrame, groups: pd.DataFrame, snapshot: SnapshotState,
         ends_term=("ends_term", "max"), starts_term=("starts_term", "max")
     )
     bss["delta"] = holdings.groupby(["group", "point"])["delta"].sum()
-    bss["bss_point"] = True
 
     units = _mark_adjusted_rows(snapshot.units, snapshot)
-    autotask_points = _autotask_points(units, groups, snapshot, month).set_index(["group", "point"])
+    autotask_points = _autotask_points(units, groups, month).set_index(["group", "point"])
     points = bss.join(autotask_points, how="outer") if len(autotask_points) else bss
     points = points.reset_index().sort_values(["group", "point"], kind="stable").reset_index(drop=True)
     points["delta"] = points["delta"].fillna(0.0)
-    for column in ("bss_point", "ends_term", "starts_term"):
+    for column in ("ends_term", "starts_term"):
         points[column] = points[column].fillna(False).astype(bool)
     if "autotask_adjusted" not in points:
         points["autotask_adjusted"] = False
@@ -632,8 +630,6 @@ class _AdjustmentRow(NamedTuple):
     cost_conflict: str | None
     units_before: float
     target: float
-    bss_point: bool
-    autotask_adjusted: bool
     blocked_here: bool
     units_unknown: bool
     ends_term: bool
