@@ -5,7 +5,11 @@ Units model (what autotask-api.md §5–6 describes): a contract service's units
 adjustments; an adjustment changes the units from its effective date on and splits the billing period it
 falls in; `ContractServiceUnits` are the periods (by the service's periodType, from the contract's start)
 split at adjustment dates, for the contract's term. Two adjustments on one date, or one outside the
-contract's dates, are refused as Autotask refuses them.
+contract's dates, are refused as Autotask refuses them (here the initial units, an adjustment at the
+contract's start, count as one; the HTTP sandbox exempts them).
+
+Currencies: `Companies.currencyID` and a `Currencies` entity (id, name = ISO code, isInternalCurrency,
+isActive), as the sandbox serves them; a company without currencyID bills in the internal currency.
 """
 
 from __future__ import annotations
