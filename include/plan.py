@@ -5,7 +5,12 @@ effective date); the two adjustment kinds share the family `adjust`, because Aut
 adjustment of one contract service on one date. `action_id` hashes the key with the action's content
 (values, references, inputs, not its status), so the same inputs always give the same ids.
 
-Re-running a month (`replace_plan`). Machine-owned rows (proposed / needs-mapping / flagged) of the month
+Statuses say what a reviewer can do: proposed (loads on approval), flagged (loads when a person approves the
+flagged lines), needs-mapping (waits for a mapping decision), blocked (never loads as it stands: Autotask would
+refuse it or it would write a wrong figure; the reason says what a person can do), excluded; the loader then
+moves approved rows to applied or failed.
+
+Re-running a month (`replace_plan`). Machine-owned rows (proposed / flagged / needs-mapping / blocked) of the month
 are replaced by the new run's rows: they were computed from an older comparison and nobody acted on them.
 Rows a person or the loader owns (approved / excluded / applied / failed) are never touched:
 - a new action with the same action_id as such a row is the same decision; it is not inserted again;
@@ -19,12 +24,11 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 from functools import cached_property
-from operator import attrgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -40,30 +44,56 @@ class ActionKind(StrEnum):
     EXTEND_CONTRACT = "extend_contract"
     ADJUST_UNITS = "adjust_units"
     CHANGE_COST = "change_cost"
+    # a contract service the BSS no longer bills: shown for review, writes nothing (the loader skips it)
+    REVIEW_UNBILLED = "review_unbilled"
 
 
 # The order a loader applies kinds in: what an action references is created before it. Both adjustment
-# kinds rank the same, so a contract service's adjustments read in date order.
-KIND_ORDER = {kind: min(index, 5) for index, kind in enumerate(ActionKind)}
+# kinds rank the same, so a contract service's adjustments read in date order; reviews come last.
+KIND_ORDER = {
+    ActionKind.CREATE_COMPANY: 0,
+    ActionKind.CREATE_SERVICE: 1,
+    ActionKind.CREATE_CONTRACT: 2,
+    ActionKind.CREATE_CONTRACT_SERVICE: 3,
+    ActionKind.EXTEND_CONTRACT: 4,
+    ActionKind.ADJUST_UNITS: 5,
+    ActionKind.CHANGE_COST: 5,
+    ActionKind.REVIEW_UNBILLED: 6,
+}
+# The kinds the loader writes to Autotask (a review writes nothing unless a person chooses a change)
+WRITING_KINDS = frozenset(KIND_ORDER) - {ActionKind.REVIEW_UNBILLED}
 
 
 class ActionStatus(StrEnum):
-    PROPOSED = "proposed"
-    NEEDS_MAPPING = "needs-mapping"
-    FLAGGED = "flagged"
+    """What a reviewer can do with an action (the first five are the plan's; the rest the loader's)."""
+
+    PROPOSED = "proposed"  # loads on approval
+    FLAGGED = "flagged"  # loads when a person approves the flagged lines
+    NEEDS_MAPPING = "needs-mapping"  # waits for a mapping decision
+    BLOCKED = "blocked"  # never loads as it stands; the reason says why and what a person can do
     EXCLUDED = "excluded"
     APPROVED = "approved"
     APPLIED = "applied"
     FAILED = "failed"
 
 
-MACHINE_STATUSES = frozenset({ActionStatus.PROPOSED, ActionStatus.NEEDS_MAPPING, ActionStatus.FLAGGED})
+MACHINE_STATUSES = frozenset(
+    {ActionStatus.PROPOSED, ActionStatus.FLAGGED, ActionStatus.NEEDS_MAPPING, ActionStatus.BLOCKED}
+)
 DECIDED_STATUSES = frozenset({ActionStatus.EXCLUDED, ActionStatus.APPROVED, ActionStatus.APPLIED, ActionStatus.FAILED})
+# Statuses whose actions may be loaded (proposed on approval, flagged when a person approves flagged lines)
+LOADABLE_STATUSES = frozenset({ActionStatus.PROPOSED, ActionStatus.FLAGGED})
 # How much a status holds an action back; a dependent action is held at least as much as what it needs.
-_STATUS_WEIGHT = {ActionStatus.PROPOSED: 0, ActionStatus.FLAGGED: 1, ActionStatus.NEEDS_MAPPING: 2}
+_STATUS_WEIGHT = {
+    ActionStatus.PROPOSED: 0,
+    ActionStatus.FLAGGED: 1,
+    ActionStatus.NEEDS_MAPPING: 2,
+    ActionStatus.BLOCKED: 3,
+}
 
 
 def stricter(first: ActionStatus, second: ActionStatus) -> ActionStatus:
+    """The status that holds an action back more (blocked > needs-mapping > flagged > proposed)."""
     return first if _STATUS_WEIGHT.get(first, 0) >= _STATUS_WEIGHT.get(second, 0) else second
 
 
@@ -98,6 +128,9 @@ class PlanAction:
     payload: Mapping[str, Any] = field(default_factory=dict)
     charge_ids: tuple[str, ...] = ()
     depends_on: tuple[str, ...] = ()
+    # the id when it is already known: a stored row's (JSON does not give back Decimal/date types to re-hash
+    # exactly), or that of the action this one holds back (same content, same id)
+    known_id: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def family(self) -> str:
@@ -109,38 +142,31 @@ class PlanAction:
         day = self.effective_date.isoformat() if self.effective_date else "-"
         return f"{self.month}|{self.family}|{self.target}|{day}"
 
-    @classmethod
-    def build(cls, **values: Any) -> PlanAction:
-        """`PlanAction(**values)` without the frozen dataclass's per-field `object.__setattr__` (a plan builds
-        tens of thousands of actions). The same fields and defaults; no validation happens in either."""
-        action = object.__new__(cls)
-        state = action.__dict__
-        state.update(_DEFAULTS)
-        state["payload"] = {}
-        if not _REQUIRED_FIELDS <= values.keys() <= _FIELD_NAMES:
-            raise TypeError(f"PlanAction fields: {sorted(values)} (required {sorted(_REQUIRED_FIELDS)})")
-        state.update(values)
-        return action
-
     @cached_property
     def action_id(self) -> str:
-        # computed once per (immutable) action; `held` builds a new action, whose content hash is the same
-        # repr() of the content fields is deterministic: Decimals keep their 4 places, payloads are built
-        # in a fixed key order
-        text = self.idempotency_key + "\n" + repr(_content_of(self))
+        """A hash of the slot and the content (never the status or reason): the same inputs, the same id.
+        repr() of the content fields is deterministic: Decimals keep their 4 places, payloads are built in a
+        fixed key order."""
+        if self.known_id is not None:
+            return self.known_id
+        content = tuple(getattr(self, name) for name in _CONTENT_FIELDS)
+        text = self.idempotency_key + "\n" + repr(content)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    @property
+    def loadable(self) -> bool:
+        """Whether the loader may write it (once approved): proposed or flagged, and a kind that writes."""
+        return self.status in LOADABLE_STATUSES and self.kind in WRITING_KINDS
 
     def held(self, status: ActionStatus, reason: str | None) -> PlanAction:
         """This action held back at least as much as `status`, with the reason added."""
         reasons = [text for text in (self.reason, reason) if text]
-        new_status = stricter(self.status, status)
-        # a field-for-field copy (what `dataclasses.replace` gives, without re-running __init__); the content
-        # fields are unchanged, so a cached action_id stays valid
-        copy = object.__new__(PlanAction)
-        copy.__dict__.update(self.__dict__)
-        copy.__dict__["status"] = new_status
-        copy.__dict__["reason"] = "; ".join(dict.fromkeys(reasons)) or None
-        return copy
+        return replace(
+            self,
+            status=stricter(self.status, status),
+            reason="; ".join(dict.fromkeys(reasons)) or None,
+            known_id=self.action_id,
+        )
 
     def to_row(self, run_id: str, seq: int, created_at: Any) -> dict[str, Any]:
         return {
@@ -149,11 +175,11 @@ class PlanAction:
             "month": self.month,
             "run_id": run_id,
             "seq": seq,
-            "kind": _TEXT[self.kind],
-            "status": _TEXT[self.status],
+            "kind": str(self.kind),
+            "status": str(self.status),
             "reason": self.reason,
             "account_id": self.account_id,
-            "subscription_ids": _json_list(self.subscription_ids),
+            "subscription_ids": json.dumps(list(self.subscription_ids)),
             "product_id": self.product_id,
             "company_id": self.company_id,
             "company_action_id": self.company_action_id,
@@ -171,9 +197,9 @@ class PlanAction:
             "unit_cost_after": self.unit_cost_after,
             "end_date_before": self.end_date_before,
             "end_date_after": self.end_date_after,
-            "payload": _json_payload(self.payload),
-            "charge_ids": _json_list(self.charge_ids),
-            "depends_on": _json_list(self.depends_on),
+            "payload": json.dumps(self.payload, sort_keys=True, default=_jsonable),
+            "charge_ids": json.dumps(list(self.charge_ids)),
+            "depends_on": json.dumps(list(self.depends_on)),
             "created_at": created_at,
             "decided_by": None,
             "decided_at": None,
@@ -189,7 +215,7 @@ class PlanAction:
         def day(value: Any) -> date | None:
             return None if value is None else value if isinstance(value, date) else date.fromisoformat(str(value))
 
-        action = cls(
+        return cls(
             kind=ActionKind(row["kind"]),
             month=row["month"],
             target=_target_of(row["idempotency_key"]),
@@ -217,10 +243,8 @@ class PlanAction:
             payload=json.loads(row["payload"]),
             charge_ids=tuple(json.loads(row["charge_ids"])),
             depends_on=tuple(json.loads(row["depends_on"])),
+            known_id=row["action_id"],
         )
-        # the stored id is the identity (JSON does not give back Decimal/date types to re-hash exactly)
-        action.__dict__["action_id"] = row["action_id"]
-        return action
 
 
 @dataclass
@@ -323,33 +347,7 @@ def set_action_status(warehouse: Warehouse, action_ids: Iterable[str], status: s
     return result.rowcount
 
 
-# str() of an enum member goes through Enum.__str__; the row writer reads the text from here
-_TEXT: dict[Any, str] = {member: str(member) for member in (*ActionKind, *ActionStatus)}
-_FIELD_NAMES = frozenset(item.name for item in fields(PlanAction))
-_REQUIRED_FIELDS = frozenset(
-    item.name for item in fields(PlanAction) if item.default is MISSING and item.default_factory is MISSING
-)
-_DEFAULTS = {item.name: item.default for item in fields(PlanAction) if item.default is not MISSING}
-_CONTENT_FIELDS = tuple(item.name for item in fields(PlanAction) if item.name not in ("status", "reason"))
-_content_of = attrgetter(*_CONTENT_FIELDS)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (Decimal, date, StrEnum)):
-        return _jsonable(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
-# built once: what `json.dumps(list(values))` and `json.dumps(payload, sort_keys=True, default=...)` write
-_json_payload = json.JSONEncoder(sort_keys=True, default=_json_default).encode
-_json_string = json.encoder.encode_basestring_ascii
-
-
-def _json_list(values: Sequence[Any]) -> str:
-    # ids are strings: the encoder's own string escaping, without setting up an encoder per call
-    if all(type(value) is str for value in values):
-        return "[" + ", ".join(map(_json_string, values)) + "]"
-    return json.dumps(list(values))
+_CONTENT_FIELDS = tuple(item.name for item in fields(PlanAction) if item.name not in ("status", "reason", "known_id"))
 
 
 def _target_of(idempotency_key: str) -> str:

@@ -3,13 +3,26 @@ derive the change plan.
 
 The comparison, per contract service (all subscriptions linked to one contract and one service add up):
 - BSS units are a step function: each subscription holds the `subscriptionQuantity` of its last line of an
-  effective date from that date on (before its first line, `subscriptionQuantity - quantity`: 0 for a new
-  subscription). The effective-date policy moves each BSS date to the Autotask date it is posted at.
+  effective date from that date on. Same-date lines are ordered as the BSS ordered them (its timestamp, then
+  the numeric sequence of the charge id), never by the text of the id.
+- Before its first line of the month a subscription holds: nothing for a `New` line; else its previous
+  total from the warehouse's earlier months (`subscription_history.sql`); else, for a change line, what the
+  line itself states (`subscriptionQuantity - quantity`); else (a restating `Cycle`/`Renewal` line and
+  nothing known) the BSS says nothing about the days before the line, so the plan proposes no change there:
+  the unknown part is what Autotask holds beyond the known subscriptions.
+- The effective-date policy moves each BSS date to the Autotask date it is posted at.
 - Autotask units at a date are those of the ContractServiceUnits row starting on or before it (a row that
   ended still tells the units a renewal carries on with). Autotask's own period starts inside the month are
   compared too, so a change made only in Autotask is corrected as well.
 - An adjustment changes the units from its date on, so the signed `unitChange` at each compared date is the
   change of (BSS - Autotask) since the previous compared date: same-date changes are netted by construction.
+- The unit cost is decided once per contract service and date, from the subscriptions in force there; when
+  they disagree no cost change is proposed and a person is asked.
+
+What a reviewer sees held back: `needs-mapping` (a link waits for a person), `flagged` (a person approves:
+decreases inside commitments, inactive or missing links, a subscription that moved to another customer, a
+contract service the BSS no longer bills), `blocked` (never loads as it stands: Autotask already has an
+adjustment on that date, or the BSS line is in another currency than the company's Autotask currency).
 Everything that is a set operation over lines runs in pandas; Python loops only over the actions.
 """
 
@@ -44,26 +57,34 @@ _UNITS_EPSILON = 1e-9
 _MONEY_EPSILON = 0.00005
 _FOUR_PLACES = Decimal("0.0001")
 _DATETIME = "datetime64[ns]"
+# months per Autotask Services.periodType (2 Monthly, 3 Quarterly, 4 Semi-Annual, 5 Yearly)
+_PERIOD_MONTHS = {2: 1, 3: 3, 4: 6, 5: 12}
+# the mapping part's flag for a contract that belongs to another company than the account's
+OTHER_COMPANY_FLAG = "other_company"
+_RESTATING = (ChargeAction.CYCLE, ChargeAction.RENEWAL)
+_CHANGES = (ChargeAction.QUANTITY_INCREASE, ChargeAction.QUANTITY_DECREASE, ChargeAction.CANCELLATION)
 
 
 @dataclass(frozen=True)
 class SnapshotState:
     """The parts of a run's Autotask snapshot reconciliation reads."""
 
-    contracts: pd.DataFrame  # contract_id, company_id, status, start_date, end_date
-    services: pd.DataFrame  # service_id, is_active, unit_cost
+    contracts: pd.DataFrame  # contract_id, company_id, contract_number, status, start_date, end_date
+    services: pd.DataFrame  # service_id, is_active, unit_cost, period_type
     contract_services: pd.DataFrame  # contract_service_id, contract_id, service_id, unit_cost
     units: pd.DataFrame  # contract_service_id, start_date, end_date, units, cost
+    companies: pd.DataFrame  # company_id, company_name, currency (ISO code; None when unknown)
 
     @classmethod
     def load(cls, warehouse: Warehouse, run_id: str) -> SnapshotState:
         params = {"run_id": run_id}
         contracts = warehouse.read_frame(
-            "SELECT contract_id, company_id, status, start_date, end_date FROM at_contracts WHERE run_id = :run_id",
+            "SELECT contract_id, company_id, contract_number, status, start_date, end_date FROM at_contracts"
+            " WHERE run_id = :run_id",
             params,
         )
         services = warehouse.read_frame(
-            "SELECT service_id, is_active, unit_cost FROM at_services WHERE run_id = :run_id", params
+            "SELECT service_id, is_active, unit_cost, period_type FROM at_services WHERE run_id = :run_id", params
         )
         contract_services = warehouse.read_frame(
             "SELECT contract_service_id, contract_id, service_id, unit_cost FROM at_contract_services"
@@ -71,17 +92,24 @@ class SnapshotState:
             params,
         )
         units = warehouse.read_frame("snapshot_units", params)
-        for frame, columns in ((contracts, ("start_date", "end_date")), (units, ("start_date", "end_date"))):
+        companies = warehouse.read_frame(
+            "SELECT company_id, company_name, currency FROM at_companies WHERE run_id = :run_id", params
+        )
+        return cls(contracts, services, contract_services, units, companies).typed()
+
+    def typed(self) -> SnapshotState:
+        """The same frames with the column types the comparison relies on (dates, floats)."""
+        for frame, columns in ((self.contracts, ("start_date", "end_date")), (self.units, ("start_date", "end_date"))):
             for column in columns:
                 frame[column] = pd.to_datetime(frame[column]).astype(_DATETIME)
         for frame, columns in (
-            (services, ("unit_cost",)),
-            (contract_services, ("unit_cost",)),
-            (units, ("units", "cost")),
+            (self.services, ("unit_cost",)),
+            (self.contract_services, ("unit_cost",)),
+            (self.units, ("units", "cost")),
         ):
             for column in columns:
                 frame[column] = frame[column].astype("float64")
-        return cls(contracts, services, contract_services, units)
+        return self
 
 
 def reconcile_month(warehouse: Warehouse, month: str, run_id: str, settings: SyncSettings | None = None) -> PlanSummary:
@@ -92,9 +120,11 @@ def reconcile_month(warehouse: Warehouse, month: str, run_id: str, settings: Syn
     params = {"month": billing_month.key, "run_id": run_id}
     lines = warehouse.read_frame("reconcile_lines", params)
     accounts = {row["account_id"]: row for row in warehouse.query("reconcile_accounts", params)}
+    history = warehouse.read_frame("subscription_history", {"month": billing_month.key})
+    contract_links = warehouse.read_frame("reconcile_contract_links", {"run_id": run_id})
     snapshot = SnapshotState.load(warehouse, run_id)
     summary = PlanSummary(run_id=run_id, month=billing_month.key)
-    actions = compute_plan(lines, snapshot, accounts, billing_month, settings, summary)
+    actions = compute_plan(lines, snapshot, accounts, billing_month, settings, summary, history, contract_links)
     replace_plan(warehouse, billing_month.key, run_id, actions, summary)
     summary.seconds = round(time.monotonic() - started, 3)
     log.info("reconcile %s for %s: %s", run_id, billing_month, summary.as_dict())
@@ -108,34 +138,102 @@ def compute_plan(
     month: BillingMonth,
     settings: SyncSettings,
     summary: PlanSummary | None = None,
+    history: pd.DataFrame | None = None,
+    contract_links: pd.DataFrame | None = None,
 ) -> list[PlanAction]:
-    """The plan for `lines` (rows of `reconcile_lines.sql`) against `snapshot`, in apply order. Pure."""
+    """The plan for `lines` (rows of `reconcile_lines.sql`) against `snapshot`, in apply order. Pure.
+
+    `history` (rows of `subscription_history.sql`) tells what each subscription held before the month;
+    `contract_links` (rows of `reconcile_contract_links.sql`) find the contracts of subscriptions without a
+    line this month."""
     summary = summary or PlanSummary(run_id="", month=month.key)
-    if lines.empty:
-        return []
-    lines = _prepare_lines(lines, settings)
-    groups = _groups(lines, snapshot)
-    points = _compare(lines, groups, snapshot, month)
-    summary.contract_services = len(groups)
-    builder = _PlanBuilder(month, settings, lines, groups, points, snapshot, accounts)
-    actions = builder.build()
-    summary.contract_services_in_sync = len(groups) - len(builder.groups_with_actions)
+    history = history if history is not None else _empty_history()
+    actions: list[PlanAction] = []
+    groups = pd.DataFrame()
+    if not lines.empty:
+        lines = _prepare_lines(lines, settings, history, snapshot)
+        groups = _groups(lines, snapshot)
+        points = _compare(lines, groups, snapshot, month)
+        builder = _PlanBuilder(month, settings, lines, groups, points, snapshot, accounts)
+        actions = builder.build()
+        summary.contract_services = len(groups)
+        summary.contract_services_in_sync = len(groups) - len(builder.groups_with_actions)
+    billed = set(lines["subscription_id"]) if not lines.empty else set()
+    # a contract with lines this month is reconciled from them
+    reconciled = set(groups["contract_id"].dropna().astype("int64")) if not groups.empty else set()
+    actions += _unbilled_reviews(month, history, contract_links, snapshot, billed, reconciled)
     return order_actions(actions)
 
 
 # -- the comparison, as set operations -------------------------------------------------------------------
 
 
-def _prepare_lines(lines: pd.DataFrame, settings: SyncSettings) -> pd.DataFrame:
+def _empty_history() -> pd.DataFrame:
+    return pd.DataFrame(
+        columns=[
+            "subscription_id",
+            "last_month",
+            "last_effective_date",
+            "previous_total",
+            "account_id",
+            "product_id",
+            "billing_period",
+            "billing_cycle",
+            "last_charge_end_date",
+            "last_action",
+        ]
+    )
+
+
+def _charge_order(lines: pd.DataFrame) -> pd.DataFrame:
+    """The BSS's own order of a subscription's same-date lines: its timestamp (missing ones first, as
+    `subscription_history.sql` reads them), then the charge id's numeric sequence (its trailing digits
+    where the warehouse has none), then the id."""
+    charged_at = pd.to_datetime(lines["charged_at"], errors="coerce") if "charged_at" in lines else pd.NaT
+    tail = pd.to_numeric(lines["charge_id"].str.extract(r"(\d+)\D*$")[0], errors="coerce")
+    sequence = lines["charge_sequence"] if "charge_sequence" in lines else pd.Series(np.nan, index=lines.index)
+    return lines.assign(
+        charged_at=charged_at,
+        charge_sequence=pd.to_numeric(sequence, errors="coerce").fillna(tail).fillna(-1).astype("float64"),
+    )
+
+
+def _prepare_lines(
+    lines: pd.DataFrame, settings: SyncSettings, history: pd.DataFrame, snapshot: SnapshotState
+) -> pd.DataFrame:
+    """The lines typed, grouped by contract service, in BSS order, each with the Autotask date it posts at;
+    a moved subscription's lines regrouped under a contract of its own plus a zeroing line for the old one."""
     lines = lines.copy()
     # one resolution for every date column: merge_asof refuses to compare s with us
     lines["effective_date"] = pd.to_datetime(lines["effective_date"]).astype(_DATETIME)
+    lines["charge_end_date"] = pd.to_datetime(lines["charge_end_date"]).astype(_DATETIME)
     for column in ("quantity", "subscription_quantity", "unit_cost", "unit_price"):
         lines[column] = lines[column].astype("float64")
     for column in ("company_id", "contract_id", "service_id"):
         lines[column] = lines[column].astype("Int64")
     for column in ("company_suggestions", "contract_suggestions", "service_suggestions"):
         lines[column] = lines[column].fillna(0).astype("int64")
+    for column in ("contract_detail", "company_currency", "currency"):
+        if column not in lines:
+            lines[column] = None
+    lines = _charge_order(lines)
+    lines = _regroup_moved(lines, snapshot)
+
+    # what each subscription held before its first line of the month
+    lines = lines.sort_values(
+        ["subscription_id", "effective_date", "charged_at", "charge_sequence", "charge_id"],
+        kind="stable",
+        na_position="first",
+        ignore_index=True,
+    )
+    previous_total = history.set_index("subscription_id")["previous_total"].astype("float64")
+    first = lines.drop_duplicates("subscription_id")
+    from_history = first["subscription_id"].map(previous_total)
+    stated = (first["subscription_quantity"] - first["quantity"]).where(first["action"].isin(_CHANGES))
+    before = from_history.fillna(stated).where(first["action"] != ChargeAction.NEW, 0.0)
+    lines["units_before_month"] = lines["subscription_id"].map(pd.Series(before.to_numpy(), first["subscription_id"]))
+
+    lines = _add_zeroing_lines(lines, snapshot)
     lines["contract_ref"] = np.where(
         lines["contract_id"].notna(), "C" + lines["contract_id"].astype(str), "S:" + lines["subscription_id"]
     )
@@ -143,27 +241,102 @@ def _prepare_lines(lines: pd.DataFrame, settings: SyncSettings) -> pd.DataFrame:
         lines["service_id"].notna(), "V" + lines["service_id"].astype(str), "P:" + lines["product_id"]
     )
     lines["group"] = lines["contract_ref"] + "/" + lines["service_ref"]
-    # One numeric sort serves every step: per group by date then charge id (the SQL returns charge id
-    # order, so the row number is that rank). A subscription lives in one group, so its lines are in
-    # (date, charge id) order too.
-    lines["charge_rank"] = np.arange(len(lines))
+    # a subscription's part in one contract service (a moved subscription has a part in two)
+    lines["holding"] = lines["group"] + "|" + lines["subscription_id"]
     lines["group_code"] = pd.factorize(lines["group"], sort=True)[0]
-    lines = lines.sort_values(["group_code", "effective_date", "charge_rank"], kind="stable", ignore_index=True)
+    # one sort serves every step: each group's lines are one block, each holding's lines in BSS order
+    lines = lines.sort_values(
+        ["group_code", "subscription_id", "effective_date", "charged_at", "charge_sequence", "charge_id"],
+        kind="stable",
+        na_position="first",
+        ignore_index=True,
+    )
     # the policy is defined once, on dates (field_mapping); a month has at most ~31 distinct ones
-    distinct = {
+    posted_at = {
         day: pd.Timestamp(autotask_effective_date(day.date(), settings.effective_date_policy))
         for day in lines["effective_date"].unique()
     }
-    lines["point"] = lines["effective_date"].map(distinct).astype(_DATETIME)
+    lines["point"] = lines["effective_date"].map(posted_at).astype(_DATETIME)
     lines["commitment_months"] = lines["billing_cycle"].map(COMMITMENT_MONTHS).fillna(1).astype("int64")
     lines["ends_term"] = lines["action"] == ChargeAction.CANCELLATION
     lines["starts_term"] = lines["action"].isin([ChargeAction.NEW, ChargeAction.RENEWAL])
+    lines["currency_mismatch"] = (
+        lines["company_currency"].notna()
+        & lines["currency"].notna()
+        & (lines["currency"].astype(str).str.upper() != lines["company_currency"].astype(str).str.upper())
+    )
     return lines
+
+
+def _regroup_moved(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
+    """A subscription whose contract belongs to another company than its account's (the mapping part flags it
+    `other_company`; a company mismatch found here counts the same) gets a contract of its own under the
+    account's company; `moved_from` keeps the old contract, `move_reason` says why for the reviewer."""
+    contract_company = snapshot.contracts.set_index("contract_id")["company_id"]
+    owner = lines["contract_id"].map(contract_company).astype("Int64")
+    mismatch = (owner.notna() & lines["company_id"].notna() & (owner != lines["company_id"])).fillna(False)
+    moved = (lines["contract_flag"] == OTHER_COMPANY_FLAG).fillna(False) | mismatch
+    lines["moved_from"] = lines["contract_id"].where(moved).astype("Int64")
+    generated = (
+        "contract "
+        + lines["contract_id"].astype(str)
+        + " belongs to company "
+        + owner.astype(str)
+        + "; account "
+        + lines["account_id"]
+        + " is linked to company "
+        + lines["company_id"].astype(str)
+    )
+    lines["move_reason"] = None
+    if moved.any():
+        detail = lines["contract_detail"].where(lines["contract_detail"].notna(), generated)
+        lines.loc[moved, "move_reason"] = "subscription moved to another customer: " + detail[moved]
+        lines.loc[moved, "contract_id"] = pd.NA
+        lines.loc[moved, "contract_flag"] = None
+        lines.loc[moved, "contract_suggestions"] = 0
+    return lines
+
+
+def _add_zeroing_lines(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
+    """For each moved subscription, a line on its old contract service that takes its units to 0 from the move
+    date (its first line of the month), unless the old contract ended before then (Autotask bills nothing
+    after a contract's end, and refuses an adjustment there)."""
+    moved = lines[lines["moved_from"].notna()]
+    lines["zeroing"] = False
+    if moved.empty:
+        return lines
+    first = moved.drop_duplicates("subscription_id").copy()
+    contract_end = snapshot.contracts.set_index("contract_id")["end_date"]
+    ends = first["moved_from"].astype("int64").map(contract_end)
+    first = first[ends.isna() | (first["effective_date"] <= ends)]
+    # only an existing contract service of the old contract is zeroed: nothing is ever created there
+    existing = snapshot.contract_services[["contract_id", "service_id"]].astype("int64")
+    on_old_contract = (
+        first[["moved_from", "service_id"]]
+        .astype("Int64")
+        .merge(existing.rename(columns={"contract_id": "moved_from"}).astype("Int64"), how="left", indicator=True)
+    )
+    first = first[(on_old_contract["_merge"] == "both").to_numpy()]
+    # the moved subscription's own lines start from nothing on their new contract
+    lines.loc[lines["moved_from"].notna(), "units_before_month"] = 0.0
+    zeroing = first.assign(
+        contract_id=first["moved_from"],
+        contract_flag=None,
+        contract_suggestions=0,
+        action=ChargeAction.CANCELLATION.value,
+        quantity=np.nan,
+        subscription_quantity=0.0,
+        unit_cost=np.nan,
+        zeroing=True,
+    )
+    return pd.concat([lines, zeroing], ignore_index=True)
 
 
 def _groups(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
     """One row per contract service of the month (existing or to be created), indexed by group."""
-    first = lines.drop_duplicates("group")
+    billed = lines[~lines["zeroing"]]
+    # a group's own subscriptions describe it, before a zeroing line of a subscription that moved away
+    first = lines.sort_values("zeroing", kind="stable").drop_duplicates("group")
     groups = first[
         [
             "group",
@@ -190,14 +363,21 @@ def _groups(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
     pairs = lines[["group", "subscription_id"]].drop_duplicates().sort_values(["group", "subscription_id"])
     for group, subscription_id in zip(pairs["group"].tolist(), pairs["subscription_id"].tolist(), strict=True):
         members[group].append(subscription_id)
-    groups["subscriptions"] = pd.Series({group: tuple(values) for group, values in members.items()}, dtype=object)
+    groups["subscriptions"] = pd.Series({group: tuple(ids) for group, ids in members.items()}, dtype=object)
     groups["commitment_months"] = by_group["commitment_months"].max()
     groups["billing_cycle"] = lines.sort_values("commitment_months").groupby("group")["billing_cycle"].last()
-    last_line = lines.groupby("group", sort=False)[["unit_price", "unit_cost"]].last()
+    last_line = billed.groupby("group", sort=False)[["unit_price", "unit_cost"]].last()
     groups["unit_price"] = last_line["unit_price"]
     groups["unit_cost"] = last_line["unit_cost"]
     groups["first_point"] = by_group["point"].min()
-    groups["last_point"] = by_group["point"].max()
+    groups["last_point"] = billed.groupby("group")["point"].max()
+    groups["last_charge_end"] = billed.groupby("group")["charge_end_date"].max()
+    groups["currency_mismatch"] = by_group["currency_mismatch"].any()
+    mismatched = billed[billed["group"].isin(groups.index[groups["currency_mismatch"]])]
+    groups["currencies"] = mismatched.groupby("group")["currency"].agg(lambda values: ", ".join(sorted(set(values))))
+    groups["company_currency"] = by_group["company_currency"].first()
+    moved = lines[lines["move_reason"].notna()]
+    groups["move_reason"] = moved.groupby("group")["move_reason"].first()
     pairs = snapshot.contract_services.drop_duplicates(["contract_id", "service_id"], keep="first")
     pairs = pairs.astype({"contract_id": "Int64", "service_id": "Int64"})
     groups = (
@@ -209,63 +389,96 @@ def _groups(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
     return groups
 
 
-def _compare(lines: pd.DataFrame, groups: pd.DataFrame, snapshot: SnapshotState, month: BillingMonth) -> pd.DataFrame:
-    """One row per (group, compared date): BSS target units and cost, Autotask units and cost, the change."""
-    # per subscription: the units in force before its first line, and the change at each of its dates
-    first = lines.drop_duplicates("subscription_id", keep="first")
-    base = (first["subscription_quantity"] - first["quantity"]).groupby(first["group"]).sum()
-    last = lines.drop_duplicates(["subscription_id", "effective_date"], keep="last")
-    previous = last.groupby("subscription_id", sort=False)["subscription_quantity"].shift()
-    before_first = last["subscription_id"].map(
-        (first["subscription_quantity"] - first["quantity"]).set_axis(first["subscription_id"])
-    )
-    last = last.assign(delta=last["subscription_quantity"] - previous.fillna(before_first))
+def _holdings(lines: pd.DataFrame) -> pd.DataFrame:
+    """One row per (holding, compared date): the subscription's units and unit cost after its last line there,
+    and the change since its previous date (from what it held before the month; 0 when that is unknown)."""
+    last = lines.drop_duplicates(["holding", "point"], keep="last")
+    holdings = last[["group", "holding", "point", "subscription_quantity", "unit_cost", "units_before_month"]]
+    previous = holdings.groupby("holding", sort=False)["subscription_quantity"].shift()
+    start = holdings["units_before_month"].fillna(0.0)
+    return holdings.assign(delta=holdings["subscription_quantity"] - previous.fillna(start))
 
-    bss = lines.groupby(["group", "point"], sort=False).agg(
-        bss_cost=("unit_cost", "last"), ends_term=("ends_term", "max"), starts_term=("starts_term", "max")
-    )
-    bss["delta"] = last.groupby(["group", "point"])["delta"].sum()
-    bss["delta"] = bss["delta"].fillna(0.0)
-    bss["bss_point"] = True
 
-    # Autotask's own period starts inside the month are compared too
+def _autotask_points(units: pd.DataFrame, groups: pd.DataFrame, month: BillingMonth) -> pd.DataFrame:
+    """Autotask's own row starts inside the month, per group, and whether an adjustment already starts there:
+    a row that is not a plain billing-period start of its contract, or whose units differ from the row
+    before (or from nothing, at the contract's start). Autotask refuses a second adjustment on such a date."""
     known = groups["contract_service_id"].dropna()
     group_of_cs = pd.Series(known.index, index=known.astype("int64").to_numpy())
-    units = snapshot.units.sort_values(["contract_service_id", "start_date"], kind="stable")
-    # a row whose units differ from the previous row's starts with an adjustment (made in Autotask);
-    # otherwise it is a plain period start, where an adjustment may go
-    previous_units = units.groupby("contract_service_id")["units"].shift()
-    units = units.assign(adjusted_here=previous_units.notna() & (previous_units != units["units"]))
     in_month = units[
         (units["start_date"] >= pd.Timestamp(month.first_day))
         & (units["start_date"] <= pd.Timestamp(month.last_day))
         & units["contract_service_id"].isin(group_of_cs.index)
     ]
-    autotask_points = (
-        pd.DataFrame(
-            {
-                "group": in_month["contract_service_id"].map(group_of_cs).to_numpy(),
-                "point": in_month["start_date"].to_numpy(),
-                "autotask_adjusted": in_month["adjusted_here"].to_numpy(),
-            }
-        )
-        .drop_duplicates(["group", "point"])
-        .set_index(["group", "point"])
+    return pd.DataFrame(
+        {
+            "group": in_month["contract_service_id"].map(group_of_cs).to_numpy(),
+            "point": in_month["start_date"].to_numpy(),
+            "autotask_adjusted": in_month["adjusted_here"].to_numpy(),
+        }
+    ).drop_duplicates(["group", "point"])
+
+
+def _mark_adjusted_rows(units: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
+    """`adjusted_here`: an adjustment (made in Autotask) starts this ContractServiceUnits row."""
+    if units.empty:
+        return units.assign(adjusted_here=pd.Series(dtype=bool))
+    units = units.sort_values(["contract_service_id", "start_date"], kind="stable", ignore_index=True)
+    cs = snapshot.contract_services.drop_duplicates("contract_service_id").set_index("contract_service_id")
+    contract_start = cs["contract_id"].map(snapshot.contracts.set_index("contract_id")["start_date"])
+    period_type = cs["service_id"].map(snapshot.services.set_index("service_id")["period_type"])
+    period_months = period_type.map(_PERIOD_MONTHS).fillna(1).astype("int64")
+    term_start = units["contract_service_id"].map(contract_start).astype(_DATETIME)
+    months = units["contract_service_id"].map(period_months).fillna(1).astype("int64")
+    start = units["start_date"]
+    elapsed = (start.dt.year - term_start.dt.year) * 12 + (start.dt.month - term_start.dt.month)
+    expected_day = np.minimum(term_start.dt.day, start.dt.days_in_month)
+    on_period_start = (elapsed >= 0) & (elapsed % months == 0) & (start.dt.day == expected_day)
+    # without the contract's start date, billing months are the periods
+    on_period_start = on_period_start.where(term_start.notna(), start.dt.day == 1)
+    previous_units = units.groupby("contract_service_id")["units"].shift()
+    changed = previous_units.notna() & ((previous_units - units["units"]).abs() > _UNITS_EPSILON)
+    opened_with_units = previous_units.isna() & (start == term_start) & (units["units"].abs() > _UNITS_EPSILON)
+    return units.assign(adjusted_here=(~on_period_start.astype(bool)) | changed | opened_with_units)
+
+
+def _compare(lines: pd.DataFrame, groups: pd.DataFrame, snapshot: SnapshotState, month: BillingMonth) -> pd.DataFrame:
+    """One row per (group, compared date): BSS target units and cost, Autotask units and cost, the change."""
+    holdings = _holdings(lines)
+    bss = lines.groupby(["group", "point"], sort=False).agg(
+        ends_term=("ends_term", "max"), starts_term=("starts_term", "max")
     )
+    bss["delta"] = holdings.groupby(["group", "point"])["delta"].sum()
+
+    units = _mark_adjusted_rows(snapshot.units, snapshot)
+    autotask_points = _autotask_points(units, groups, month).set_index(["group", "point"])
     points = bss.join(autotask_points, how="outer") if len(autotask_points) else bss
     points = points.reset_index().sort_values(["group", "point"], kind="stable").reset_index(drop=True)
     points["delta"] = points["delta"].fillna(0.0)
-    points["bss_point"] = points["bss_point"].fillna(False).astype(bool)
+    for column in ("ends_term", "starts_term"):
+        points[column] = points[column].fillna(False).astype(bool)
     if "autotask_adjusted" not in points:
         points["autotask_adjusted"] = False
     points["autotask_adjusted"] = points["autotask_adjusted"].fillna(False).astype(bool)
-    points["ends_term"] = points["ends_term"].fillna(False).astype(bool)
-    points["starts_term"] = points["starts_term"].fillna(False).astype(bool)
-    points["target"] = points["group"].map(base).fillna(0.0) + points.groupby("group")["delta"].cumsum()
-    points["bss_cost"] = points.groupby("group")["bss_cost"].ffill()
     points["contract_service_id"] = points["group"].map(groups["contract_service_id"])
 
-    # Autotask units and cost at each compared date: the row starting on or before it
+    _autotask_units_and_cost(points, groups, units, snapshot)
+    points["target"] = _bss_target(points, holdings)
+    _bss_cost(points, holdings)
+    points["cost_change"] = np.nan
+    points["cost_before"] = np.nan
+    blocked_groups = groups.index[groups["currency_mismatch"]]
+    # never a cost change to a figure in another currency
+    points.loc[points["group"].isin(blocked_groups), "bss_cost"] = np.nan
+    _cost_changes(points)
+    _unit_changes(points)
+    return points
+
+
+def _autotask_units_and_cost(
+    points: pd.DataFrame, groups: pd.DataFrame, units: pd.DataFrame, snapshot: SnapshotState
+) -> None:
+    """Autotask's units and cost at each compared date: the row starting on or before it."""
     points["at_units"] = np.nan
     points["at_cost"] = np.nan
     existing = points["contract_service_id"].notna()
@@ -290,14 +503,68 @@ def _compare(lines: pd.DataFrame, groups: pd.DataFrame, snapshot: SnapshotState,
     fallback_cost = fallback_cost.fillna(points["group"].map(groups["service_id"]).map(service_cost))
     points["at_cost"] = points["at_cost"].fillna(fallback_cost.where(existing))
 
-    difference = points["target"] - points["at_units"]
-    previous_difference = difference.groupby(points["group"]).shift().fillna(0.0)
-    points["unit_change"] = (difference - previous_difference).round(4)
-    points["units_before"] = (points["at_units"] + previous_difference).round(4)
-    points["cost_change"] = np.nan
-    points["cost_before"] = np.nan
-    _cost_changes(points)
-    return points
+
+def _bss_target(points: pd.DataFrame, holdings: pd.DataFrame) -> pd.Series:
+    """The BSS units of each group at each compared date.
+
+    known part: the subscriptions whose units before the month are known, plus every change since;
+    unknown part: before a restating line of a subscription nothing is known about, the BSS says nothing, so
+    the target there is what Autotask holds beyond the known subscriptions (not below 0). Each unknown
+    subscription, when it restates its total, takes that much of the unknown part."""
+    first = holdings.drop_duplicates("holding")
+    known = first[first["units_before_month"].notna()]
+    unknown = first[first["units_before_month"].isna()]
+    known_base = known.groupby("group")["units_before_month"].sum()
+    target = points["group"].map(known_base).fillna(0.0) + points.groupby("group")["delta"].cumsum()
+    if unknown.empty:
+        return target
+    # per compared date: how many unknown subscriptions have not restated yet, and what those that have took
+    restated = unknown.groupby(["group", "point"]).agg(
+        restated=("holding", "size"), restated_units=("subscription_quantity", "sum")
+    )
+    at_point = points[["group", "point"]].join(restated, on=["group", "point"]).fillna(0.0)
+    restated_count = at_point.groupby("group")["restated"].cumsum()
+    restated_units = at_point.groupby("group")["restated_units"].cumsum()
+    pending = points["group"].map(unknown.groupby("group").size()).fillna(0) - restated_count
+    beyond_known = points["at_units"] - points["group"].map(known_base).fillna(0.0) - restated_units
+    return target + beyond_known.clip(lower=0.0).where(pending > 0, 0.0)
+
+
+def _bss_cost(points: pd.DataFrame, holdings: pd.DataFrame) -> None:
+    """The unit cost the BSS bills at each compared date, decided once per contract service and date from the
+    subscriptions in force there (their latest line at or before the date, with units). `cost_conflict`
+    names the costs when those subscriptions disagree; no cost is proposed then."""
+    # every compared date of a group against every subscription of the group, as of that date
+    state = holdings.loc[holdings["unit_cost"].notna(), ["group", "holding", "point", "unit_cost"]]
+    state = state.assign(units_after=holdings["subscription_quantity"])
+    grid = (
+        points[["group", "point"]]
+        .reset_index()
+        .merge(state[["group", "holding"]].drop_duplicates(), on="group", how="inner")
+    )
+    as_of = pd.merge_asof(
+        grid.sort_values("point"),
+        state.sort_values("point")[["holding", "point", "unit_cost", "units_after"]],
+        on="point",
+        by="holding",
+        direction="backward",
+    )
+    in_force = as_of[as_of["unit_cost"].notna() & (as_of["units_after"] > _UNITS_EPSILON)]
+    costs = in_force.groupby("index")["unit_cost"].agg(["min", "max"])
+    agreed = (costs["max"] - costs["min"]) <= _MONEY_EPSILON
+    points["bss_cost"] = costs["min"].where(agreed)
+    points["cost_conflict"] = None
+    if (~agreed).any():
+        conflicting = in_force[in_force["index"].isin(costs.index[~agreed])]
+        for index, rows in conflicting.groupby("index"):
+            named = ", ".join(
+                f"{holding.split('|', 1)[1]} at {cost:.4f}"
+                for holding, cost in sorted(zip(rows["holding"], rows["unit_cost"], strict=True))
+            )
+            points.at[index, "cost_conflict"] = (
+                f"the subscriptions on this contract service are billed at different unit costs ({named}): "
+                "no cost change is proposed; set the unit cost in Autotask by hand"
+            )
 
 
 def _cost_changes(points: pd.DataFrame) -> None:
@@ -308,25 +575,45 @@ def _cost_changes(points: pd.DataFrame) -> None:
     if len(candidates) == 0:
         return
     subset = points[points["group"].isin(candidates)]
-    changes: dict[int, tuple[float, float]] = {}
-    current_group = None
-    override: float | None = None
-    for index, group, target, autotask in zip(
-        subset.index, subset["group"], subset["bss_cost"], subset["at_cost"], strict=True
-    ):
-        if group != current_group:
-            current_group, override = group, None
-        in_force = override if override is not None else autotask
-        if np.isnan(target) or (
-            in_force is not None and not np.isnan(in_force) and abs(target - in_force) <= _MONEY_EPSILON
+    for _, group_points in subset.groupby("group", sort=False):
+        override: float | None = None
+        for index, target, autotask in zip(
+            group_points.index, group_points["bss_cost"], group_points["at_cost"], strict=True
         ):
-            continue
-        changes[index] = (target, in_force)
-        override = target
-    if changes:
-        index = list(changes)
-        points.loc[index, "cost_change"] = [value[0] for value in changes.values()]
-        points.loc[index, "cost_before"] = [value[1] for value in changes.values()]
+            in_force = override if override is not None else autotask
+            if pd.isna(target) or (pd.notna(in_force) and abs(target - in_force) <= _MONEY_EPSILON):
+                continue
+            points.at[index, "cost_change"] = target
+            points.at[index, "cost_before"] = in_force
+            override = target
+
+
+def _unit_changes(points: pd.DataFrame) -> None:
+    """The signed unitChange at each compared date: the change of (BSS - Autotask) since the previous date
+    whose adjustment can be written. Where Autotask already has an adjustment on a date the plan would
+    adjust, Autotask refuses a second one: that date is `blocked_here` and its change rolls into the next."""
+    difference = points["target"] - points["at_units"]
+    previous_difference = difference.groupby(points["group"]).shift().fillna(0.0)
+    points["unit_change"] = (difference - previous_difference).round(4)
+    points["units_before"] = (points["at_units"] + previous_difference).round(4)
+    points["blocked_here"] = False
+    adjusted_groups = points.loc[points["autotask_adjusted"], "group"].unique()
+    for _, group_points in points[points["group"].isin(adjusted_groups)].groupby("group", sort=False):
+        written = 0.0  # the difference the last writable adjustment leaves
+        for index, diff, adjusted, cost_change in zip(
+            group_points.index,
+            difference[group_points.index],
+            group_points["autotask_adjusted"],
+            group_points["cost_change"],
+            strict=True,
+        ):
+            change = round(diff - written, 4)
+            points.at[index, "unit_change"] = change
+            points.at[index, "units_before"] = round(points.at[index, "at_units"] + written, 4)
+            if adjusted and (abs(change) > _UNITS_EPSILON or pd.notna(cost_change)):
+                points.at[index, "blocked_here"] = True
+            else:
+                written = diff
 
 
 # -- from the comparison to actions ----------------------------------------------------------------------
@@ -340,10 +627,10 @@ class _AdjustmentRow(NamedTuple):
     unit_change: float
     cost_change: float  # NaN: no cost change
     cost_before: float
+    cost_conflict: str | None
     units_before: float
     target: float
-    bss_point: bool
-    autotask_adjusted: bool
+    blocked_here: bool
     units_unknown: bool
     ends_term: bool
     starts_term: bool
@@ -367,10 +654,7 @@ class _PlanBuilder:
         self.points = points
         self.accounts = accounts
         self.contracts = snapshot.contracts.set_index("contract_id")
-        # numpy datetime64 values (NaT for none): a Timestamp per contract costs more than the lookups
-        starts = self.contracts["start_date"]
-        self.contract_starts = dict(zip(starts.index.tolist(), starts.to_numpy(), strict=True))
-        self.dates: dict[pd.Timestamp, date] = {}
+        self.contract_starts = self.contracts["start_date"].dropna().to_dict()
         self.group_charge_ids: dict[str, tuple[str, ...]] = {}
         self.group_info: dict[str, dict[str, Any]] = {}
         self.actions: list[PlanAction] = []
@@ -396,26 +680,21 @@ class _PlanBuilder:
         emitted = self.points[(self.points["unit_change"].abs() > _UNITS_EPSILON) | self.points["cost_change"].notna()]
         emitted = emitted.sort_values(["group", "point"], kind="stable")
         self._extensions()
-        # plain dicts: a pandas row lookup per group costs more than the whole comparison
+        # one dict per group that has something to write: a pandas row lookup per action costs more than
+        # the whole comparison
         needed = self.groups.loc[emitted["group"].unique()]
-        columns = list(needed.columns)
-        # column by column (`tolist` boxes the values as iterating the rows would, in bulk)
-        values_of = [needed.index.tolist(), *(needed[column].tolist() for column in columns)]
-        self.group_info = {
-            values[0]: dict(zip(columns, values[1:], strict=True)) for values in zip(*values_of, strict=True)
-        }
-        # the rows as plain Python values (floats, bools, Timestamps), column by column
-        rows = zip(*(emitted[column].tolist() for column in _AdjustmentRow._fields), strict=True)
+        self.group_info = dict(zip(needed.index, needed.to_dict("records"), strict=True))
         by_group: dict[str, list[_AdjustmentRow]] = defaultdict(list)
-        for row in map(_AdjustmentRow._make, rows):
-            by_group[row.group].append(row)
+        for row in emitted[list(_AdjustmentRow._fields)].itertuples(index=False, name=None):
+            adjustment = _AdjustmentRow._make(row)
+            by_group[adjustment.group].append(adjustment)
         for group, group_rows in by_group.items():
             self._adjustments(group, group_rows)
         return self.actions
 
     # extensions first: an adjustment after the contract's end needs the new end date
     def _extensions(self) -> None:
-        linked = self.groups[self.groups["contract_id"].notna()]
+        linked = self.groups[self.groups["contract_id"].notna() & self.groups["last_point"].notna()]
         if linked.empty:
             return
         reach = linked.groupby("contract_id").agg(
@@ -425,34 +704,63 @@ class _PlanBuilder:
         reach = reach[reach["end_date"].notna() & (reach["last_point"] > reach["end_date"])]
         if reach.empty:
             return
+        # the lines past each contract's end, and how far each one's term reaches
+        lines = self.lines[~self.lines["zeroing"] & self.lines["contract_id"].isin(reach.index)]
+        lines = lines[lines["point"] > lines["contract_id"].astype("int64").map(reach["end_date"])]
+        lines = lines.assign(term_end=self._term_ends(lines), contract_id=lines["contract_id"].astype("int64"))
+        term_end = lines.groupby("contract_id")["term_end"].max()
+        charge_ids = lines.groupby("contract_id")["charge_id"].agg(lambda ids: tuple(sorted(set(ids))))
         extended = linked[linked["contract_id"].isin(reach.index)]
-        groups_of = extended.groupby("contract_id").groups
-        subscriptions_of = dict(zip(extended.index.tolist(), extended["subscriptions"].tolist(), strict=True))
-        flag_of = dict(zip(extended.index.tolist(), extended["contract_flag"].tolist(), strict=True))
+        groups_of: dict[int, list[str]] = defaultdict(list)
+        for group, contract_id in zip(extended.index.tolist(), extended["contract_id"].tolist(), strict=True):
+            groups_of[int(contract_id)].append(group)
         for contract_id, end, commitment_months, last_point in zip(
             reach.index, reach["end_date"], reach["commitment_months"], reach["last_point"], strict=True
         ):
             contract_id = int(contract_id)
+            contract_groups = groups_of[contract_id]
             cycle = _cycle_of(int(commitment_months))
-            new_end = renewed_end_date(end.date(), cycle, last_point.date(), self.settings.minimum_contract_months)
-            contract_groups = list(groups_of[contract_id])
-            charge_ids = self._charge_ids(contract_groups, after=end)
-            action = PlanAction.build(
+            covering = renewed_end_date(end.date(), cycle, last_point.date(), self.settings.minimum_contract_months)
+            new_end = max(covering, term_end[contract_id].date())
+            action = PlanAction(
                 kind=ActionKind.EXTEND_CONTRACT,
                 month=self.month.key,
                 target=f"contract:C{contract_id}",
-                effective_date=None,
                 contract_id=contract_id,
-                subscription_ids=tuple(sorted({s for group in contract_groups for s in subscriptions_of[group]})),
+                subscription_ids=tuple(
+                    sorted({s for group in contract_groups for s in self.groups.at[group, "subscriptions"]})
+                ),
                 end_date_before=end.date(),
                 end_date_after=new_end,
                 payload={"id": contract_id, "endDate": _api_date(new_end)},
-                charge_ids=charge_ids,
+                charge_ids=charge_ids[contract_id],
             )
-            action = self._held_by_link(action, flag_of[contract_groups[0]], "contract", contract_id)
+            flag = self.groups.at[contract_groups[0], "contract_flag"]
+            action = self._held_by_link(action, flag, "contract", contract_id)
+            if self.groups.loc[contract_groups, "currency_mismatch"].all():
+                # the extension serves only adjustments that are blocked for their currency
+                action = self._held_by_group(action, self.groups.loc[contract_groups[0]].to_dict())
             self.extend_actions[contract_id] = action
             self.actions.append(action)
             self.groups_with_actions.update(contract_groups)
+
+    def _term_ends(self, lines: pd.DataFrame) -> pd.Series:
+        """How far each line's term reaches: its charge period's end; for a line that restates or starts a
+        term, its effective date plus the commitment less a day; for a month-to-month commitment, the month
+        end `minimum_contract_months` ahead (a rolling subscription would otherwise need a write every month)."""
+        effective = lines["effective_date"]
+        term_end = lines["charge_end_date"].copy()
+        restating = lines["action"].isin([*_RESTATING, ChargeAction.NEW])
+        one_day = pd.Timedelta(days=1)
+        for months, same_commitment in lines.groupby("commitment_months").groups.items():
+            rows = same_commitment[restating[same_commitment].to_numpy()]
+            commitment_end = effective[rows] + pd.DateOffset(months=int(months)) - one_day
+            term_end[rows] = np.maximum(term_end[rows], commitment_end)
+        monthly = lines["commitment_months"] == 1
+        minimum = self.settings.minimum_contract_months
+        minimum_end = effective[monthly] + pd.DateOffset(months=minimum) - one_day + pd.offsets.MonthEnd(0)
+        term_end[monthly] = np.maximum(term_end[monthly], minimum_end)
+        return term_end
 
     def _adjustments(self, group: str, rows: list[_AdjustmentRow]) -> None:
         info = self.group_info[group]
@@ -467,27 +775,13 @@ class _PlanBuilder:
             cs_action = self._create_contract_service(group, info, contract_action, service_action)
         extend = self.extend_actions.get(contract_id) if contract_id is not None else None
         contract_start = self.contract_starts.get(contract_id) if contract_id is not None else None
-        contract_start = None if contract_start is None or np.isnat(contract_start) else pd.Timestamp(contract_start)
-        # what every adjustment of the group shares
-        month_key = self.month.key
-        target = f"cs:{group}"
-        account_id = info["account_id"]
-        subscription_ids = info["subscriptions"]
-        product_id = info["product_id"]
-        contract_action_id = _id_of(contract_action)
-        service_action_id = _id_of(service_action)
-        cs_action_id = _id_of(cs_action)
-        contract_flag = info["contract_flag"]
-        service_flag = info["service_flag"]
         review_decreases = info["commitment_months"] >= self.settings.review_decreases_from_months
-        base_depends = [action for action in (cs_action, contract_action, service_action) if action]
-        previous: PlanAction | None = None
+        creates = [action for action in (cs_action, contract_action, service_action) if action]
+        previous: PlanAction | None = None  # the last adjustment of this contract service that can be written
         for row in rows:
             unit_change = _decimal(row.unit_change)
-            cost_change = row.cost_change
-            cost_after = None if cost_change != cost_change else _decimal(cost_change)  # NaN: no cost change
-            kind = ActionKind.ADJUST_UNITS if unit_change != 0 else ActionKind.CHANGE_COST
-            effective = self._date_of(row.point)
+            cost_after = None if pd.isna(row.cost_change) else _decimal(row.cost_change)
+            effective = row.point.date()
             payload: dict[str, Any] = {
                 "contractID": contract_id,
                 "serviceID": service_id,
@@ -498,41 +792,44 @@ class _PlanBuilder:
             if cost_after is not None:
                 payload["adjustedUnitCost"] = cost_after
             # each unitChange is relative to the previous one of the same contract service: a chain
-            depends = base_depends if previous is None else [*base_depends, previous]
+            depends = creates if previous is None else [*creates, previous]
             if extend is not None and effective > extend.end_date_before:
                 depends = [*depends, extend]
-            cost_before = row.cost_before
-            action = PlanAction.build(
-                kind=kind,
-                month=month_key,
-                target=target,
+            action = PlanAction(
+                kind=ActionKind.ADJUST_UNITS if unit_change != 0 else ActionKind.CHANGE_COST,
+                month=self.month.key,
+                target=f"cs:{group}",
                 effective_date=effective,
-                account_id=account_id,
-                subscription_ids=subscription_ids,
-                product_id=product_id,
+                account_id=info["account_id"],
+                subscription_ids=info["subscriptions"],
+                product_id=info["product_id"],
                 contract_id=contract_id,
-                contract_action_id=contract_action_id,
+                contract_action_id=_id_of(contract_action),
                 service_id=service_id,
-                service_action_id=service_action_id,
+                service_action_id=_id_of(service_action),
                 contract_service_id=contract_service_id,
-                contract_service_action_id=cs_action_id,
+                contract_service_action_id=_id_of(cs_action),
                 units_before=_decimal(row.units_before),
-                units_after=_decimal(row.target),
+                units_after=_decimal(row.units_before + row.unit_change),
                 unit_change=unit_change,
-                unit_cost_before=None if cost_after is None or cost_before != cost_before else _decimal(cost_before),
+                unit_cost_before=None if cost_after is None or pd.isna(row.cost_before) else _decimal(row.cost_before),
                 unit_cost_after=cost_after,
                 payload=payload,
                 charge_ids=self._charge_ids_at(group, row.point),
-                depends_on=tuple(sorted([action.action_id for action in depends])),
+                depends_on=tuple(sorted(action.action_id for action in depends)),
             )
-            action = self._held_by_link(action, contract_flag, "contract", contract_id)
-            action = self._held_by_link(action, service_flag, "service", service_id)
-            if not row.bss_point and row.autotask_adjusted:
+            action = self._held_by_group(action, info)
+            action = self._held_by_link(action, info["service_flag"], "service", service_id)
+            if row.blocked_here:
                 action = action.held(
-                    ActionStatus.FLAGGED,
-                    "Autotask's units were adjusted on this date without a "
-                    "BSS change (Autotask refuses a second adjustment on one date)",
+                    ActionStatus.BLOCKED,
+                    f"Autotask already has an adjustment of contract service {contract_service_id} on "
+                    f"{effective.isoformat()} (made in Autotask) and refuses a second one on that date: change "
+                    f"the units to {_decimal(row.target).normalize():f} by hand in Autotask, or re-run with "
+                    "another effective-date policy",
                 )
+            if row.cost_conflict:
+                action = action.held(ActionStatus.FLAGGED, row.cost_conflict)
             if row.units_unknown:
                 action = action.held(
                     ActionStatus.FLAGGED,
@@ -550,7 +847,8 @@ class _PlanBuilder:
                 if dependency.status is not ActionStatus.PROPOSED:
                     action = action.held(dependency.status, f"depends on {dependency.kind} ({dependency.status})")
             self.actions.append(action)
-            previous = action
+            if action.status is not ActionStatus.BLOCKED:
+                previous = action
 
     # -- creates -----------------------------------------------------------------------------------------
 
@@ -576,7 +874,7 @@ class _PlanBuilder:
             payload[self.settings.company_key_field] = account_id
         elif self.settings.company_key_udf:
             payload["userDefinedFields"] = [{"name": self.settings.company_key_udf, "value": account_id}]
-        action = PlanAction.build(
+        action = PlanAction(
             kind=ActionKind.CREATE_COMPANY,
             month=self.month.key,
             target=f"account:{account_id}",
@@ -586,8 +884,8 @@ class _PlanBuilder:
         if info["company_suggestions"]:
             action = action.held(
                 ActionStatus.NEEDS_MAPPING,
-                f"{info['company_suggestions']} suggested "
-                "companies wait for a person: confirm one, or approve creating a new one",
+                f"{_suggested(info['company_suggestions'], 'company', 'companies')} for a person: "
+                "confirm one, or approve creating a new one",
             )
         if self.settings.owner_resource_id is None:
             action = action.held(ActionStatus.FLAGGED, "owner_resource_id is not configured")
@@ -610,7 +908,7 @@ class _PlanBuilder:
             "sku": (info["product_sku"] or None),
             "isActive": True,
         }
-        action = PlanAction.build(
+        action = PlanAction(
             kind=ActionKind.CREATE_SERVICE,
             month=self.month.key,
             target=f"product:{product_id}",
@@ -620,8 +918,8 @@ class _PlanBuilder:
         if info["service_suggestions"]:
             action = action.held(
                 ActionStatus.NEEDS_MAPPING,
-                f"{info['service_suggestions']} suggested services "
-                "wait for a person: confirm one, or approve creating a new one",
+                f"{_suggested(info['service_suggestions'], 'service', 'services')} for a person: "
+                "confirm one, or approve creating a new one",
             )
         if self.settings.billing_code_id is None:
             action = action.held(ActionStatus.FLAGGED, "billing_code_id is not configured")
@@ -638,6 +936,8 @@ class _PlanBuilder:
         months = self.settings.minimum_contract_months
         start, end = commitment_term(info["billing_cycle"], info["first_point"].date(), months)
         end = renewed_end_date(end, info["billing_cycle"], info["last_point"].date(), months)
+        if pd.notna(info["last_charge_end"]):
+            end = max(end, info["last_charge_end"].date())
         payload = {
             "companyID": company_id,
             "contractName": f"{info['product_name']} ({subscription_id})"[:100],
@@ -648,7 +948,7 @@ class _PlanBuilder:
             "timeReportingRequiresStartAndStopTimes": self.settings.time_reporting_requires_start_and_stop_times,
             "contractNumber": subscription_id[:50],
         }
-        action = PlanAction.build(
+        action = PlanAction(
             kind=ActionKind.CREATE_CONTRACT,
             month=self.month.key,
             target=f"subscription:{subscription_id}",
@@ -665,9 +965,10 @@ class _PlanBuilder:
         if info["contract_suggestions"]:
             action = action.held(
                 ActionStatus.NEEDS_MAPPING,
-                f"{info['contract_suggestions']} suggested "
-                "contracts wait for a person: confirm one, or approve creating a new one",
+                f"{_suggested(info['contract_suggestions'], 'contract', 'contracts')} for a person: "
+                "confirm one, or approve creating a new one",
             )
+        action = self._held_by_group(action, info)
         action = self._held_by_link(action, info["company_flag"], "company", company_id)
         if company_action is not None and company_action.status is not ActionStatus.PROPOSED:
             action = action.held(company_action.status, f"depends on create_company ({company_action.status})")
@@ -681,7 +982,7 @@ class _PlanBuilder:
         contract_id = _int_or_none(info["contract_id"])
         service_id = _int_or_none(info["service_id"])
         dependencies = [action for action in (contract_action, service_action) if action]
-        action = PlanAction.build(
+        action = PlanAction(
             kind=ActionKind.CREATE_CONTRACT_SERVICE,
             month=self.month.key,
             target=f"cs:{group}",
@@ -701,8 +1002,15 @@ class _PlanBuilder:
             charge_ids=self._charge_ids_of(group),
             depends_on=tuple(sorted(action.action_id for action in dependencies)),
         )
-        action = self._held_by_link(action, info["contract_flag"], "contract", contract_id)
-        action = self._held_by_link(action, info["service_flag"], "service", service_id)
+        action = self._held_by_group(action, info)
+        if pd.notna(info["service_flag"]):
+            # Autotask refuses to add an inactive (or deleted) service to a contract
+            action = action.held(
+                ActionStatus.BLOCKED,
+                f"the linked Autotask service {service_id} "
+                f"{'no longer exists' if info['service_flag'] == 'target_missing' else 'is inactive'}: Autotask "
+                "refuses to add it to a contract; activate it in Autotask, or link the product to another service",
+            )
         for dependency in dependencies:
             if dependency.status is not ActionStatus.PROPOSED:
                 action = action.held(dependency.status, f"depends on {dependency.kind} ({dependency.status})")
@@ -711,18 +1019,27 @@ class _PlanBuilder:
 
     # -- helpers -----------------------------------------------------------------------------------------
 
+    def _held_by_group(self, action: PlanAction, info: Mapping[str, Any]) -> PlanAction:
+        """What holds back every action of one contract service: its contract link, a move to another
+        customer, a currency other than the company's."""
+        action = self._held_by_link(action, info["contract_flag"], "contract", _int_or_none(info["contract_id"]))
+        if pd.notna(info["move_reason"]):
+            action = action.held(ActionStatus.FLAGGED, info["move_reason"])
+        if info["currency_mismatch"]:
+            action = action.held(
+                ActionStatus.BLOCKED,
+                f"the BSS bills this in {info['currencies']} but the company's Autotask currency is "
+                f"{info['company_currency']}: never written as it stands; convert the price and set the units "
+                "by hand, or change the company's currency in Autotask",
+            )
+        return action
+
     @staticmethod
     def _held_by_link(action: PlanAction, flag: Any, kind: str, target_id: int | None) -> PlanAction:
-        if flag is None or (isinstance(flag, float) and np.isnan(flag)) or pd.isna(flag):
+        if flag is None or pd.isna(flag):
             return action
         state = "no longer exists" if flag == "target_missing" else "is inactive"
         return action.held(ActionStatus.FLAGGED, f"the linked Autotask {kind} {target_id} {state}")
-
-    def _date_of(self, point: pd.Timestamp) -> date:
-        day = self.dates.get(point)
-        if day is None:
-            day = self.dates[point] = point.date()
-        return day
 
     def _charge_ids_at(self, group: str, point: pd.Timestamp) -> tuple[str, ...]:
         positions = self.charges_of_group.get(group)
@@ -750,9 +1067,87 @@ class _PlanBuilder:
         return tuple(sorted(found))
 
 
+# -- contract services the BSS no longer bills -------------------------------------------------------------
+
+
+def _unbilled_reviews(
+    month: BillingMonth,
+    history: pd.DataFrame,
+    contract_links: pd.DataFrame | None,
+    snapshot: SnapshotState,
+    billed_subscriptions: set[str],
+    reconciled_contracts: set[int],
+) -> list[PlanAction]:
+    """A review line (writes nothing) for each contract service linked to a subscription the warehouse billed
+    before but not this month, that still holds units in Autotask: a missed cancellation would be billed
+    forever. Only when the absence means something: the subscription is billed monthly, or its last charge
+    period or its contract ended before the month. An annually billed subscription between its yearly
+    charges is normal and stays quiet."""
+    if contract_links is None or contract_links.empty or history.empty:
+        return []
+    first_day = pd.Timestamp(month.first_day)
+    missing = history[~history["subscription_id"].isin(billed_subscriptions)]
+    # the remembered link wins over a contractNumber match (the SQL lists it first)
+    links = contract_links.drop_duplicates("subscription_id", keep="first")
+    missing = missing.merge(links[["subscription_id", "contract_id"]], on="subscription_id", how="inner")
+    if missing.empty:
+        return []
+    contracts = snapshot.contracts.set_index("contract_id")
+    missing = missing[missing["contract_id"].isin(contracts.index) & ~missing["contract_id"].isin(reconciled_contracts)]
+    missing = missing.assign(contract_end=missing["contract_id"].map(contracts["end_date"]))
+    last_charge_end = pd.to_datetime(missing["last_charge_end_date"]).astype(_DATETIME)
+    past_term = (last_charge_end < first_day) | (missing["contract_end"] < first_day)
+    missing = missing[(missing["billing_period"] == "Monthly") | past_term]
+    services = snapshot.contract_services.merge(missing[["subscription_id", "contract_id"]], on="contract_id")
+    if services.empty:
+        return []
+    units = snapshot.units.sort_values("start_date")
+    held = pd.merge_asof(
+        services.assign(point=first_day).astype({"point": _DATETIME}).sort_values("point"),
+        units[["contract_service_id", "start_date", "end_date", "units"]].sort_values("start_date"),
+        left_on="point",
+        right_on="start_date",
+        by="contract_service_id",
+        direction="backward",
+    )
+    held = held[(held["units"].fillna(0.0) > _UNITS_EPSILON) & (held["end_date"] >= first_day)]
+    described = history.set_index("subscription_id")
+    actions = []
+    for row in held.itertuples(index=False):
+        past = described.loc[row.subscription_id]
+        how = "billed monthly" if past["billing_period"] == "Monthly" else "past its term"
+        actions.append(
+            PlanAction(
+                kind=ActionKind.REVIEW_UNBILLED,
+                month=month.key,
+                target=f"cs:C{int(row.contract_id)}/V{int(row.service_id)}",
+                status=ActionStatus.FLAGGED,
+                reason=(
+                    f"subscription {row.subscription_id} ({how}, last billed in {past['last_month']}) has no "
+                    f"line in {month.key}, but contract service {int(row.contract_service_id)} still holds "
+                    f"{_decimal(row.units).normalize():f} units: if it was cancelled, set its units to 0; "
+                    "nothing is written unless a person chooses a change"
+                ),
+                account_id=past["account_id"],
+                subscription_ids=(row.subscription_id,),
+                product_id=past["product_id"],
+                contract_id=int(row.contract_id),
+                service_id=int(row.service_id),
+                contract_service_id=int(row.contract_service_id),
+                units_before=_decimal(row.units),
+            )
+        )
+    return actions
+
+
+def _suggested(count: int, singular: str, plural: str) -> str:
+    """ "1 suggested contract waits", "2 suggested contracts wait"."""
+    return f"{count} suggested {singular} waits" if count == 1 else f"{count} suggested {plural} wait"
+
+
 def _cycle_of(months: int) -> str:
-    by_months = defaultdict(str, {value: key for key, value in COMMITMENT_MONTHS.items()})
-    return by_months[months] or "Monthly"
+    by_months = {value: key for key, value in COMMITMENT_MONTHS.items()}
+    return by_months.get(months, "Monthly")
 
 
 def _id_of(action: PlanAction | None) -> str | None:

@@ -5,7 +5,11 @@ Units model (what autotask-api.md §5–6 describes): a contract service's units
 adjustments; an adjustment changes the units from its effective date on and splits the billing period it
 falls in; `ContractServiceUnits` are the periods (by the service's periodType, from the contract's start)
 split at adjustment dates, for the contract's term. Two adjustments on one date, or one outside the
-contract's dates, are refused as Autotask refuses them.
+contract's dates, are refused as Autotask refuses them (here the initial units, an adjustment at the
+contract's start, count as one; the HTTP sandbox exempts them).
+
+Currencies: `Companies.currencyID` and a `Currencies` entity (id, name = ISO code, isInternalCurrency,
+isActive), as the sandbox serves them; a company without currencyID bills in the internal currency.
 """
 
 from __future__ import annotations
@@ -44,6 +48,12 @@ class FakeAutotask:
         self.contracts: dict[int, dict] = {}
         self.services: dict[int, dict] = {}
         self.contract_services: dict[int, _ContractService] = {}
+        # the tenant's currencies; the internal one is what a company without currencyID bills in
+        self.currencies: dict[int, dict] = {
+            1: {"id": 1, "name": "EUR", "isInternalCurrency": True, "isActive": True},
+            2: {"id": 2, "name": "GBP", "isInternalCurrency": False, "isActive": True},
+            3: {"id": 3, "name": "USD", "isInternalCurrency": False, "isActive": True},
+        }
         self.calls: list[tuple[str, str, int]] = []  # (method, entity, values)
         self._next_id = {"Companies": 100, "Contracts": 1000, "Services": 500, "ContractServices": 5000}
 
@@ -59,7 +69,10 @@ class FakeAutotask:
         active: bool = True,
         phone: str = "+1 555 0100",
         udf_name: str = "BSS Account ID",
+        currency: str | None = None,
     ) -> int:
+        """A company; `currency` (an ISO code of `self.currencies`) sets its currencyID, None leaves it
+        unset (the tenant's internal currency)."""
         company_id = self._new_id("Companies")
         udfs = [{"name": udf_name, "value": key}] if key is not None else []
         self.companies[company_id] = {
@@ -69,8 +82,19 @@ class FakeAutotask:
             "isActive": active,
             "phone": phone,
             "userDefinedFields": udfs,
+            "currencyID": self.currency_id(currency) if currency else None,
         }
         return company_id
+
+    def currency_id(self, iso_code: str) -> int:
+        return next(record["id"] for record in self.currencies.values() if record["name"] == iso_code)
+
+    def company_currency(self, company_id: int) -> str:
+        """The ISO code a company bills in: its currencyID, else the internal currency."""
+        currency_id = self.companies[company_id].get("currencyID")
+        if currency_id is None:
+            return next(record["name"] for record in self.currencies.values() if record["isInternalCurrency"])
+        return self.currencies[currency_id]["name"]
 
     def add_contract(
         self,
@@ -209,6 +233,8 @@ class FakeAutotask:
             return list(self.contracts.values())
         if entity == "Services":
             return list(self.services.values())
+        if entity == "Currencies":
+            return list(self.currencies.values())
         if entity == "ContractServices":
             return [
                 {
@@ -280,6 +306,8 @@ class FakeAutotask:
             return created[action_id][1]
 
         for action in actions:
+            if action.kind is ActionKind.REVIEW_UNBILLED:
+                continue  # writes nothing unless a person chooses a change
             payload = json.loads(json.dumps(dict(action.payload)))
             if action.kind is ActionKind.CREATE_COMPANY:
                 key = next((udf["value"] for udf in payload.get("userDefinedFields", [])), None)

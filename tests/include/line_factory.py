@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -29,6 +29,10 @@ def line(
     unit_price: str = "12.0000",
     charge_id: str | None = None,
     charge_type: str | None = None,
+    currency: str = "EUR",
+    charge_end: date | None = None,
+    charged_at: datetime | None = None,
+    charge_sequence: int | None = None,
 ) -> dict[str, Any]:
     """One `charge_lines` row. account = (id, name); product = (id, sku, name)."""
     charge_type = charge_type or RESTATING.get(action) or CHANGE_TYPES[action]
@@ -55,12 +59,14 @@ def line(
         "subscription_quantity": Decimal(str(total)),
         "unit_cost": Decimal(unit_cost),
         "unit_price": Decimal(unit_price),
-        "currency": "EUR",
+        "currency": currency,
         "charge_start_date": effective,
-        "charge_end_date": effective.replace(day=28),
+        "charge_end_date": charge_end or effective.replace(day=28),
         "effective_date": effective,
         "invoice_id": None,
         "run_id": "extract-test",
+        "charged_at": charged_at,
+        "charge_sequence": charge_sequence,
     }
 
 

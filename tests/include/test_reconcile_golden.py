@@ -124,7 +124,7 @@ EXPECTED = [
     ("extend_contract", "contract:C1003", None, "proposed", None, None, None, None, D(2027, 9, 30)),
     ("change_cost", "cs:C1001/V501", D(2026, 10, 1), "proposed", "0", "10", "10", "9.5", None),
     ("adjust_units", "cs:C1001/V501", D(2026, 10, 8), "proposed", "2", "10", "12", None, None),
-    ("adjust_units", "cs:C1001/V501", D(2026, 10, 15), "flagged", "-1", "13", "12", None, None),
+    ("adjust_units", "cs:C1001/V501", D(2026, 10, 15), "blocked", "-1", "13", "12", None, None),
     ("adjust_units", "cs:C1002/V502", D(2026, 10, 5), "proposed", "1", "7", "8", None, None),
     ("adjust_units", "cs:C1002/V502", D(2026, 10, 20), "proposed", "-5", "8", "3", None, None),
     ("adjust_units", "cs:C1003/V501", D(2026, 10, 15), "proposed", "5", "20", "25", None, None),
