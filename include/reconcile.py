@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from include.extract import ensure_run_reads_own_lines
 from include.field_mapping import (
     COMMITMENT_MONTHS,
     autotask_effective_date,
@@ -118,6 +119,7 @@ def reconcile_month(warehouse: Warehouse, month: str, run_id: str, settings: Syn
     settings = settings or SyncSettings()
     billing_month = BillingMonth.parse(month)
     params = {"month": billing_month.key, "run_id": run_id}
+    ensure_run_reads_own_lines(warehouse, billing_month.key, run_id)
     lines = warehouse.read_frame("reconcile_lines", params)
     accounts = {row["account_id"]: row for row in warehouse.query("reconcile_accounts", params)}
     history = warehouse.read_frame("subscription_history", {"month": billing_month.key})
@@ -655,6 +657,7 @@ class _PlanBuilder:
         self.accounts = accounts
         self.contracts = snapshot.contracts.set_index("contract_id")
         self.contract_starts = self.contracts["start_date"].dropna().to_dict()
+        self.contract_companies = self.contracts["company_id"].dropna().astype("int64").to_dict()
         self.group_charge_ids: dict[str, tuple[str, ...]] = {}
         self.group_info: dict[str, dict[str, Any]] = {}
         self.actions: list[PlanAction] = []
@@ -737,6 +740,7 @@ class _PlanBuilder:
             )
             flag = self.groups.at[contract_groups[0], "contract_flag"]
             action = self._held_by_link(action, flag, "contract", contract_id)
+            action = self._held_until_company_confirmed(action, self.groups.loc[contract_groups[0]].to_dict())
             if self.groups.loc[contract_groups, "currency_mismatch"].all():
                 # the extension serves only adjustments that are blocked for their currency
                 action = self._held_by_group(action, self.groups.loc[contract_groups[0]].to_dict())
@@ -1023,6 +1027,7 @@ class _PlanBuilder:
         """What holds back every action of one contract service: its contract link, a move to another
         customer, a currency other than the company's."""
         action = self._held_by_link(action, info["contract_flag"], "contract", _int_or_none(info["contract_id"]))
+        action = self._held_until_company_confirmed(action, info)
         if pd.notna(info["move_reason"]):
             action = action.held(ActionStatus.FLAGGED, info["move_reason"])
         if info["currency_mismatch"]:
@@ -1033,6 +1038,20 @@ class _PlanBuilder:
                 "by hand, or change the company's currency in Autotask",
             )
         return action
+
+    def _held_until_company_confirmed(self, action: PlanAction, info: Mapping[str, Any]) -> PlanAction:
+        """An existing contract whose account is not linked to any company yet: its company is nobody's
+        confirmed choice for this customer, so nothing is written on it until a person links the account
+        (the contract's company is suggested for it)."""
+        contract_id = _int_or_none(info["contract_id"])
+        if contract_id is None or _int_or_none(info["company_id"]) is not None:
+            return action
+        owner = self.contract_companies.get(contract_id)
+        return action.held(
+            ActionStatus.NEEDS_MAPPING,
+            f"account {info['account_id']} is not linked to an Autotask company yet; contract {contract_id} belongs "
+            f"to company {owner}: confirm that company for the account (it is suggested), or link another",
+        )
 
     @staticmethod
     def _held_by_link(action: PlanAction, flag: Any, kind: str, target_id: int | None) -> PlanAction:

@@ -480,3 +480,32 @@ def test_a_moved_subscription_never_creates_anything_on_the_old_customers_contra
         ("adjust_units", f"cs:S:SUB-9/V{service}", D(2026, 10, 1), "flagged", "10"),
     ]
     assert plan[0].company_id == sarl
+
+
+# -- an account nobody linked yet, whose subscription's contract is keyed ---------------------------------
+
+
+def test_a_keyed_contract_of_an_unlinked_account_waits_until_a_person_confirms_its_company(warehouse):
+    # Autotask knows "Acme Bäckerei G.m.b.H." (no key): not the exact name of the BSS account, so the account
+    # stays unlinked; its subscription's contract is keyed (contractNumber SUB-1) under that company. Nothing
+    # is written on that contract until a person confirms the company for the account (it is suggested).
+    fake = FakeAutotask()
+    company = fake.add_company("Acme Bäckerei G.m.b.H.")
+    service = fake.add_service(M365[2], M365[1], 10.0, 12.0)
+    contract = fake.add_contract(company, "M365", "SUB-1", D(2026, 1, 1), D(2026, 12, 31))
+    fake.add_contract_service(contract, service, 10)
+    october = [line(MONTH, ACME, "SUB-1", M365, "Cycle", 12, 12, D(2026, 10, 1))]
+    plan = _plan(warehouse, fake, october)
+    assert _writes(plan) == [("adjust_units", f"cs:C{contract}/V{service}", D(2026, 10, 1), "needs-mapping", "2")]
+    assert f"contract {contract} belongs to company {company}" in plan[0].reason
+    suggested = warehouse.query("SELECT target_id FROM mapping_suggestions WHERE kind = 'company' AND status = 'open'")
+    assert [row["target_id"] for row in suggested] == [company]
+
+    # once the person links the account, the same change is proposed
+    set_manual_link(warehouse, "company", ACME[0], company, by="finance@msp.example")
+    take_snapshot(fake, warehouse, MONTH, "run-2", SETTINGS)
+    link_month(warehouse, MONTH, "run-2", SETTINGS)
+    reconcile_month(warehouse, MONTH, "run-2", SETTINGS)
+    assert _writes(load_plan(warehouse, MONTH, "run-2")) == [
+        ("adjust_units", f"cs:C{contract}/V{service}", D(2026, 10, 1), "proposed", "2")
+    ]
