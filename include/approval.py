@@ -364,7 +364,7 @@ def render_body(summary: ApprovalSummary, settings: SyncSettings | None = None) 
     lines = [
         f"## Billing month {summary.month}: changes for Autotask",
         "",
-        f"Run `{_md(summary.run_id)}`. Nothing has been written to Autotask yet.",
+        f"Run {_code(summary.run_id)}. Nothing has been written to Autotask yet.",
         "",
         "**Your options**",
         f"- **{OPTION_APPROVE}**: loads the {summary.count(PROPOSED)} proposed actions.",
@@ -426,8 +426,8 @@ def render_body(summary: ApprovalSummary, settings: SyncSettings | None = None) 
         lines += ["", "### Why the policy did not approve this month", ""]
         lines += [f"- {_md(refusal)}" for refusal in refusals]
     lines += ["", "### Where to look", ""]
-    lines.append(f"- Data-quality report (Data Docs): `{_md(summary.data_docs_index or 'not written')}`")
-    lines.append(f"- Run report (after the load): `{_md(summary.report_dir or 'not written yet')}`")
+    lines.append(f"- Data-quality report (Data Docs): {_code(summary.data_docs_index or 'not written')}")
+    lines.append(f"- Run report (after the load): {_code(summary.report_dir or 'not written yet')}")
     lines.append(
         f"- Review page: {summary.review_link}"
         if summary.review_link
@@ -459,7 +459,8 @@ def _quality_of(warehouse: Warehouse, run_id: str) -> list[QualityLine]:
 def _bss_unit_costs(warehouse: Warehouse, month: str) -> dict[str, Any]:
     """The BSS unit cost of each subscription billed in the month (its latest line's)."""
     rows = warehouse.query(
-        "SELECT subscription_id, unit_cost FROM charge_lines WHERE month = :month ORDER BY effective_date, charge_id",
+        "SELECT subscription_id, unit_cost FROM charge_lines WHERE month = :month"
+        " ORDER BY effective_date, charged_at, charge_sequence, charge_id",
         {"month": month},
     )
     return {row["subscription_id"]: row["unit_cost"] for row in rows}
@@ -499,6 +500,11 @@ _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
 def _md(text: Any) -> str:
     """Plain text for Markdown: special characters escaped, line breaks flattened (a table row stays one row)."""
     return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def _code(text: Any) -> str:
+    """A path or id as a code span: shown as is (escapes do not work inside one; a backtick cannot end it)."""
+    return "`" + " ".join(str(text).split()).replace("`", "'") + "`"
 
 
 def _short(text: str, limit: int = _REASON_CHARS) -> str:

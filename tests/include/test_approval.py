@@ -151,7 +151,7 @@ def test_the_body_tells_a_finance_person_what_the_month_changes_and_why_lines_ar
         "Müller & Söhne GmbH",
         "billed in USD, the company in GBP",
         "charge\\_lines (charges): passed, 0 critical, 0 warnings",
-        "/srv/data\\_docs/2026-10/run/index.html",
+        "`/srv/data_docs/2026-10/run/index.html`",
         "https://airflow/billing/review",
         OPTION_APPROVE,
         OPTION_APPROVE_WITH_FLAGGED,
