@@ -222,13 +222,13 @@ def _warehouse_holding_runs_own_lines(month: str, run_id: str):
     return warehouse
 
 
-def _settings():
+def _settings(params: dict[str, Any] | None = None):
     """Sync settings: `BILLING_SYNC_*` environment defaults, overridden by this run's params."""
     from dataclasses import replace
 
     from include.sync_settings import EffectiveDatePolicy, SyncSettings
 
-    params = get_current_context()["params"]
+    params = get_current_context()["params"] if params is None else params
     policy = EffectiveDatePolicy(params["effective_date_policy"])
     return replace(SyncSettings.from_env(), effective_date_policy=policy, dry_run=bool(params.get("dry_run")))
 
@@ -278,7 +278,7 @@ class MonthApprovalOperator(HITLOperator):
 
         month, run_id = context["ti"].xcom_pull(task_ids="resolve_month"), context["run_id"]
         warehouse = _warehouse_holding_runs_own_lines(month, run_id)
-        settings = _settings()
+        settings = _settings(context["params"])
         summary = summarise_plan(warehouse, month, run_id, report_dir=str(data_docs_dir(month, run_id)))
         decision = None
         if settings.dry_run:
@@ -328,7 +328,7 @@ class LoadApprovedPlanOperator(BaseOperator):
             raise AirflowSkipException(f"{month} was not approved ({decision.get('note')}): nothing is loaded.")
         warehouse = _warehouse_holding_runs_own_lines(month, run_id)
         try:
-            summary = load_plan_actions(AutotaskHook(), warehouse, month, run_id, _settings())
+            summary = load_plan_actions(AutotaskHook(), warehouse, month, run_id, _settings(context["params"]))
         except BudgetExhausted as stop:
             log.warning(str(stop))
             resume_at = stop.resume_at if stop.resume_at.tzinfo else stop.resume_at.replace(tzinfo=UTC)
