@@ -198,7 +198,8 @@ def bss_autotask_billing_sync() -> None:
     plan = reconcile(month, links)
     plan_checked = validate_plan(month, plan)
     approval = MonthApprovalOperator(task_id="approve", retries=0)
-    loaded = LoadApprovedPlanOperator(task_id="load", retries=0)
+    # a retry of the load is safe: the ledger asks Autotask about every write of unknown outcome first
+    loaded = LoadApprovedPlanOperator(task_id="load")
     verified = verify(month, loaded.output)
     chain(charges_checked, snapshot)
     chain(plan, plan_checked, approval, loaded)
