@@ -494,7 +494,7 @@ def _changes_row(label: str, changes: Changes) -> str:
     )
 
 
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|~])")
 
 
 def _md(text: Any) -> str:
