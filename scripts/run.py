@@ -211,13 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--month", required=True, help="billing month YYYY-MM")
     parser.add_argument("--dry-run", action="store_true", help="report what would be written; write nothing")
+    parser.add_argument("--log-dir", type=Path, help="where the run's logs go (default var/run/<month>)")
     args = parser.parse_args(argv)
     from include.models import BillingMonth
 
     month = BillingMonth.parse(args.month).key
     env = dict(os.environ)
     env.setdefault("AIRFLOW_HOME", str(REPO_ROOT / ".airflow"))
-    log_dir = REPO_ROOT / "var" / "run" / month
+    log_dir = args.log_dir or REPO_ROOT / "var" / "run" / month
     conf = {"dry_run": True} if args.dry_run else {}
     print(f"==> running {DAG_ID} for {month}{' (dry run)' if args.dry_run else ''}; log: {log_dir}", flush=True)
     result = run_month(

@@ -50,10 +50,20 @@ def run_dag(env: dict[str, str], conf: dict) -> subprocess.CompletedProcess:
 
 
 def test_a_dry_run_takes_a_month_to_a_validated_plan_and_reports_what_it_would_write(airflow_env) -> None:
-    result = run_dag(airflow_env["env"], {"month": MONTH, "dry_run": True})
-    output = result.stdout + result.stderr
-    (airflow_env["work"] / "dag-run.log").write_text(output)
-    assert result.returncode == 0, output[-6000:]
+    """`make run MONTH=… DRY_RUN=1` (scripts/run.py): the whole month up to the approval, then the report."""
+    logs = airflow_env["work"] / "run-logs"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "run.py"), "--month", MONTH, "--dry-run", "--log-dir", str(logs)],
+        env=airflow_env["env"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    printed = result.stdout + result.stderr
+    output = (logs / f"dag-run-{MONTH}.log").read_text()
+    assert result.returncode == 0, printed[-3000:] + output[-6000:]
+    assert ": success" in printed and "approval: dry_run" in printed and "run report:" in printed
     assert "failed" not in _final_states(output), output[-6000:]
     assert _dag_run_state(output) == "success"
 
