@@ -15,7 +15,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: help install demo ui test bench lint format lock clean
+.PHONY: help install demo run approve ui test bench lint format lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -30,6 +30,15 @@ install: $(INSTALLED)  ## create .venv with every pinned dependency
 
 demo: $(INSTALLED)  ## run the monthly sync for a month against the local sandboxes (MONTH=2026-10)
 	$(BIN)/python scripts/demo.py $(if $(MONTH),--month $(MONTH))
+
+run: $(INSTALLED)  ## run a month for real against the connections in the environment (MONTH=YYYY-MM [DRY_RUN=1])
+	@test -n "$(MONTH)" || { echo "usage: make run MONTH=YYYY-MM [DRY_RUN=1]"; exit 64; }
+	$(BIN)/python scripts/run.py --month $(MONTH) $(if $(filter 1 true yes,$(DRY_RUN)),--dry-run)
+
+approve: $(INSTALLED)  ## answer a month's approval (MONTH=YYYY-MM [INCLUDE_FLAGGED=1] [REJECT=1] [BY=user])
+	@test -n "$(MONTH)" || { echo "usage: make approve MONTH=YYYY-MM [INCLUDE_FLAGGED=1] [REJECT=1] [BY=user]"; exit 64; }
+	$(BIN)/python scripts/approve.py --month $(MONTH) $(if $(filter 1 true yes,$(INCLUDE_FLAGGED)),--include-flagged) \
+		$(if $(filter 1 true yes,$(REJECT)),--reject) $(if $(BY),--by "$(BY)")
 
 ui: $(INSTALLED)  ## browse the demo's runs in the Airflow UI on http://localhost:8080 (local use: no login)
 	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True $(BIN)/airflow api-server --port $(or $(PORT),8080)

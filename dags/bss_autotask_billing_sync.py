@@ -8,7 +8,17 @@ Moves one billing month of recurring charges from the **interworks.cloud BSS** i
 2. **validate_charges** — Great Expectations suites on the raw and typed lines; critical failures stop here;
 3. **snapshot_autotask → link_records → reconcile** — the Autotask state the month needs, links from each BSS
    line to a company, contract and service (remembered for next month), and the change plan;
-4. **validate_plan** — the plan's own suites (never two adjustments on one date, no unit change unmapped).
+4. **validate_plan** — the plan's own suites (never two adjustments on one date, no unit change unmapped);
+5. **approve** — a person approves in the Airflow UI (Browse → Required Actions) or with `make approve`:
+   "Approve proposed", "Approve incl. flagged" or "Reject"; no answer within `approval_timeout_hours`
+   (default 7 days) counts as reject. Policy `auto_if_clean` approves a clean, small month alone;
+6. **load** — the approved actions into Autotask exactly once (a ledger; resumes where it stopped); when the
+   hourly API budget runs low it pauses without holding a worker slot and goes on when the hour frees;
+7. **verify → report** — Autotask's units read back and compared; the run report (HTML, XLSX) next to the
+   Data Docs. A rejected (or timed-out) month skips load and verify and its report says so.
+
+**Dry run** (`dry_run` param or `BILLING_SYNC_DRY_RUN=1`): everything up to the approval, then the report of
+what would be written; nothing is written to Autotask.
 
 Trigger it with **month** = `YYYY-MM`; scheduled runs take the month of the run date (shifted by
 `BILLING_MONTH_OFFSET` months, default 0). Re-running a month is always safe; a later step of an older run
@@ -19,16 +29,25 @@ Connections: `bss_default`, `autotask_default`, `billing_warehouse` (see the REA
 
 from __future__ import annotations
 
+import logging
 import os
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import Param, chain, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.providers.standard.operators.hitl import HITLOperator
+from airflow.providers.standard.triggers.temporal import DateTimeTrigger
+from airflow.sdk import BaseOperator, Param, chain, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+log = logging.getLogger(__name__)
 _MONTH_OFFSET = int(os.environ.get("BILLING_MONTH_OFFSET", "0"))
 _MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
+# The approval form's options and timeout (include.approval.OPTIONS; a test keeps the two equal). Read here,
+# not imported from the include package, so parsing the DAG stays light; the timeout is fixed when the DAG is parsed.
+_APPROVE, _APPROVE_WITH_FLAGGED, _REJECT = "Approve proposed", "Approve incl. flagged", "Reject"
+_APPROVAL_TIMEOUT_HOURS = float(os.environ.get("BILLING_SYNC_APPROVAL_TIMEOUT_HOURS", "168"))
+_DRY_RUN_DEFAULT = os.environ.get("BILLING_SYNC_DRY_RUN", "0").strip().lower() in {"1", "true", "yes", "on"}
 
 
 @dag(
@@ -54,6 +73,12 @@ _MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
                 "When unit changes take effect in Autotask: the BSS change date, the start of its billing period, "
                 "or the next period start (avoids Autotask's undeletable prorations)."
             ),
+        ),
+        "dry_run": Param(
+            _DRY_RUN_DEFAULT,
+            type="boolean",
+            title="Dry run",
+            description="Everything up to the approval, then the report of what would be written. No writes.",
         ),
     },
     tags=["billing", "bss", "autotask"],
@@ -131,6 +156,40 @@ def bss_autotask_billing_sync() -> None:
         report = run_plan_suites(get_warehouse(), month, plan["run_id"])
         return raise_on_critical(report).as_dict()
 
+    @task(retries=1)
+    def verify(month: str, loaded: dict[str, Any]) -> dict[str, Any]:
+        """Read Autotask's units back for every adjusted contract service; differences fail with a list."""
+        from connectors.autotask_hook import AutotaskHook
+        from include.verify import verify_load
+
+        run_id = get_current_context()["run_id"]
+        if loaded.get("dry_run"):
+            log.info("Dry run of %s: nothing was written, nothing to verify.", month)
+            return {"month": month, "run_id": run_id, "dry_run": True, "checks": 0, "differences": 0}
+        result = verify_load(AutotaskHook(), _warehouse_holding_runs_own_lines(month, run_id), month, run_id)
+        if not result.ok:
+            raise AirflowFailException(result.message())
+        log.info(result.message())
+        return {"month": month, "run_id": run_id, "dry_run": False, "checks": len(result.checks), "differences": 0}
+
+    @task(retries=1, trigger_rule="none_failed")
+    def report(month: str) -> dict[str, Any]:
+        """The run report (HTML + XLSX) next to the Data Docs: also for a rejected month and a dry run."""
+        from connectors.warehouse_connection import get_warehouse
+        from include.quality import data_docs_dir
+        from include.report import write_run_report
+
+        context = get_current_context()
+        run_id = context["run_id"]
+        decision = context["ti"].xcom_pull(task_ids="approve") or {}
+        dry_run = decision.get("decision") == "dry_run"
+        written = write_run_report(get_warehouse(), month, run_id, data_docs_dir(month, run_id), dry_run=dry_run)
+        note = _run_note(month, decision, written.html_path)
+        # Airflow 3 gives a task no way to set its run's note: `make run` sets it through the REST API.
+        log.info("Run report: %s and %s", written.html_path, written.xlsx_path)
+        log.info("Run note: %s", note)
+        return {"html_path": str(written.html_path), "xlsx_path": str(written.xlsx_path), "note": note}
+
     month = resolve_month()
     extracted = extract(month)
     charges_checked = validate_charges(month, extracted)
@@ -138,8 +197,13 @@ def bss_autotask_billing_sync() -> None:
     links = link_records(month, snapshot)
     plan = reconcile(month, links)
     plan_checked = validate_plan(month, plan)
+    approval = MonthApprovalOperator(task_id="approve", retries=0)
+    # a retry of the load is safe: the ledger asks Autotask about every write of unknown outcome first
+    loaded = LoadApprovedPlanOperator(task_id="load")
+    verified = verify(month, loaded.output)
     chain(charges_checked, snapshot)
-    chain(plan, plan_checked)
+    chain(plan, plan_checked, approval, loaded)
+    chain(verified, report(month))
 
 
 def _warehouse_holding_runs_own_lines(month: str, run_id: str):
@@ -159,14 +223,132 @@ def _warehouse_holding_runs_own_lines(month: str, run_id: str):
     return warehouse
 
 
-def _settings():
+def _settings(params: dict[str, Any] | None = None):
     """Sync settings: `BILLING_SYNC_*` environment defaults, overridden by this run's params."""
     from dataclasses import replace
 
     from include.sync_settings import EffectiveDatePolicy, SyncSettings
 
-    policy = EffectiveDatePolicy(get_current_context()["params"]["effective_date_policy"])
-    return replace(SyncSettings.from_env(), effective_date_policy=policy)
+    params = get_current_context()["params"] if params is None else params
+    policy = EffectiveDatePolicy(params["effective_date_policy"])
+    return replace(SyncSettings.from_env(), effective_date_policy=policy, dry_run=bool(params.get("dry_run")))
+
+
+def _run_note(month: str, decision: dict[str, Any], report_path: Any) -> str:
+    what = {
+        "approved": f"approved by {decision.get('decided_by')}, loaded and verified",
+        "approved_with_flagged": f"approved incl. flagged by {decision.get('decided_by')}, loaded and verified",
+        "approved_by_policy": "approved by policy auto_if_clean, loaded and verified",
+        "rejected": f"REJECTED by {decision.get('decided_by')}: nothing loaded",
+        "timed_out": "no answer within the approval timeout: rejected, nothing loaded",
+        "dry_run": "dry run: nothing written; the report shows what would be written",
+    }.get(str(decision.get("decision")), "approval not recorded")
+    return f"{month}: {what}. Report: {report_path}"
+
+
+class MonthApprovalOperator(HITLOperator):
+    """The approval gate: the plan summarised for a finance person; the answer recorded on the plan rows.
+
+    A dry run records `dry_run` and asks nobody; the `auto_if_clean` policy approves a clean, small month
+    alone; otherwise the task waits (state `awaiting_input`, no worker slot) for a person's answer or the
+    timeout, whose default is Reject. The task's result (XCom) is the recorded decision.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            subject="Approve the Autotask changes of the billing month",
+            options=[_APPROVE, _APPROVE_WITH_FLAGGED, _REJECT],
+            defaults=[_REJECT],
+            multiple=False,
+            response_timeout=timedelta(hours=_APPROVAL_TIMEOUT_HOURS),
+            **kwargs,
+        )
+
+    def execute(self, context: Any) -> Any:
+        from include.approval import (
+            ApprovalDecision,
+            Decision,
+            policy_decision,
+            record_decision,
+            render_body,
+            render_subject,
+            summarise_plan,
+        )
+        from include.quality import data_docs_dir
+        from include.warehouse import utcnow
+
+        month, run_id = context["ti"].xcom_pull(task_ids="resolve_month"), context["run_id"]
+        warehouse = _warehouse_holding_runs_own_lines(month, run_id)
+        settings = _settings(context["params"])
+        summary = summarise_plan(warehouse, month, run_id, report_dir=str(data_docs_dir(month, run_id)))
+        decision = None
+        if settings.dry_run:
+            note = "dry run: nothing approved, nothing is written to Autotask"
+            decision = ApprovalDecision(Decision.DRY_RUN, None, utcnow(), (), note)
+        else:
+            decision = policy_decision(summary, settings)
+        if decision is not None:
+            approved = record_decision(warehouse, month, run_id, decision)
+            log.info("%s: %s (%d actions approved)", month, decision.note, approved)
+            return {**decision.as_dict(), "approved_actions": approved}
+        self.subject = render_subject(summary)
+        self.body = render_body(summary, settings)
+        log.info("Waiting for a person to approve %s (answer in the Airflow UI or with `make approve`)", month)
+        return super().execute(context)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
+        from include.approval import decision_from_response, record_decision
+
+        response = super().execute_complete(context, event)
+        month, run_id = context["ti"].xcom_pull(task_ids="resolve_month"), context["run_id"]
+        decision = decision_from_response({**response, "timedout": event.get("timedout", False)})
+        approved = record_decision(_warehouse_holding_runs_own_lines(month, run_id), month, run_id, decision)
+        log.info("%s: %s (%d actions approved)", month, decision.note, approved)
+        return {**decision.as_dict(), "approved_actions": approved}
+
+
+class LoadApprovedPlanOperator(BaseOperator):
+    """Load the approved actions into Autotask (`include.loader.load_plan_actions`).
+
+    A rejected or timed-out month skips the load (and so verify): a rejection is a decision, not a fault,
+    so the run ends without an alert and its report says nothing was loaded. A dry run writes nothing.
+    When Autotask's hourly budget runs low the task defers until the hour frees (no worker slot held) and
+    runs the load again, which resumes where it stopped (the ledger knows what was sent).
+    """
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from connectors.autotask_hook import AutotaskHook
+        from include.loader import BudgetExhausted, load_plan_actions
+
+        month, run_id = context["ti"].xcom_pull(task_ids="resolve_month"), context["run_id"]
+        decision = context["ti"].xcom_pull(task_ids="approve") or {}
+        if decision.get("decision") == "dry_run":
+            log.info("Dry run of %s: nothing is written to Autotask.", month)
+            return {"month": month, "run_id": run_id, "dry_run": True, "write_requests": 0}
+        if not decision.get("loads"):
+            raise AirflowSkipException(f"{month} was not approved ({decision.get('note')}): nothing is loaded.")
+        warehouse = _warehouse_holding_runs_own_lines(month, run_id)
+        try:
+            summary = load_plan_actions(AutotaskHook(), warehouse, month, run_id, _settings(context["params"]))
+        except BudgetExhausted as stop:
+            log.warning(str(stop))
+            resume_at = stop.resume_at if stop.resume_at.tzinfo else stop.resume_at.replace(tzinfo=UTC)
+            self.defer(trigger=DateTimeTrigger(moment=resume_at), method_name="resume_after_budget_pause")
+        if summary.failed:
+            failures = "\n- ".join(str(failure) for failure in summary.failures[:20])
+            raise AirflowFailException(f"{summary.failed} writes of {month} failed:\n- {failures}")
+        if summary.waiting:
+            log.warning(
+                "%d approved actions of %s wait for actions that are not approved or not applied",
+                summary.waiting,
+                month,
+            )
+        log.info("Loaded %s: %s", month, summary.as_dict())
+        return {**summary.as_dict(), "dry_run": False}
+
+    def resume_after_budget_pause(self, context: Any, event: Any = None) -> dict[str, Any]:
+        log.info("Autotask's hourly budget has freed: going on with the load")
+        return self.execute(context)
 
 
 bss_autotask_billing_sync()

@@ -24,6 +24,15 @@ CUSTOMER_COMPANY_TYPE = 1
 ACTIVE_CONTRACT_STATUS = 1
 
 
+class ApprovalPolicy(StrEnum):
+    """Who approves a month's plan."""
+
+    MANUAL = "manual"  # always a person, in the approval form
+    # the policy approves a clean, small month (quality passed without warnings, nothing to map, flag or
+    # block, changes under the auto_approve_max_* thresholds); any other month waits for a person
+    AUTO_IF_CLEAN = "auto_if_clean"
+
+
 class EffectiveDatePolicy(StrEnum):
     """Which Autotask effective date a BSS change gets (prorated lines in Autotask cannot be deleted)."""
 
@@ -56,6 +65,16 @@ class SyncSettings:
     # at a time, so a rolling subscription does not cost a contract write every month.
     minimum_contract_months: int = 12
     linked_by: str = "auto-linker"
+    # Approval (include/approval.py): who approves, what "small" means for auto_if_clean, how long a person
+    # has to answer before the month counts as rejected (168 h = 7 days).
+    approval_policy: ApprovalPolicy = ApprovalPolicy.MANUAL
+    auto_approve_max_units: float = 50.0  # units added plus units removed, over the whole month
+    auto_approve_max_monthly_cost: float = 1000.0  # cost added plus cost removed, in the customers' currencies
+    approval_timeout_hours: float = 168.0
+    # Everything up to the load, then the report of what would be written; zero writes to Autotask.
+    dry_run: bool = False
+    # Share of Autotask's hourly request budget a load leaves for the customer's other integrations.
+    budget_reserve_share: float = 0.2
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> SyncSettings:
@@ -67,7 +86,22 @@ class SyncSettings:
             raise ValueError(f"unknown sync settings: {sorted(unknown)}")
         if "effective_date_policy" in values:
             values["effective_date_policy"] = EffectiveDatePolicy(values["effective_date_policy"])
-        return cls(**values)
+        if "approval_policy" in values:
+            values["approval_policy"] = ApprovalPolicy(values["approval_policy"])
+        if isinstance(values.get("dry_run"), str):
+            values["dry_run"] = _flag(values["dry_run"])
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse settings that cannot mean what the operator wanted (a silent default would be worse)."""
+        if not 0 <= self.budget_reserve_share < 1:
+            raise ValueError("budget_reserve_share must be in [0, 1)")
+        if self.approval_timeout_hours <= 0:
+            raise ValueError("approval_timeout_hours must be positive")
+        if self.auto_approve_max_units < 0 or self.auto_approve_max_monthly_cost < 0:
+            raise ValueError("auto_approve_max_units and auto_approve_max_monthly_cost must not be negative")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SyncSettings:
@@ -79,7 +113,9 @@ class SyncSettings:
             if raw is None or name == "period_types":
                 continue
             kind = str(spec.type)
-            if "int" in kind and "str" not in kind:
+            if kind == "bool":
+                values[name] = _flag(raw)
+            elif "int" in kind and "str" not in kind:
                 values[name] = int(raw)
             elif "float" in kind:
                 values[name] = float(raw)
@@ -96,5 +132,15 @@ class SyncSettings:
     def as_dict(self) -> dict[str, Any]:
         values = asdict(self)
         values["effective_date_policy"] = str(self.effective_date_policy)
+        values["approval_policy"] = str(self.approval_policy)
         values["period_types"] = {str(key): value for key, value in self.period_types.items()}
         return values
+
+
+def _flag(raw: str) -> bool:
+    text = str(raw).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a yes/no setting: {raw!r}")

@@ -2,7 +2,9 @@
 
 Starts the two local sandboxes (BSS and Autotask), prepares a project-local Airflow home (`.airflow/`) and a
 SQLite warehouse (`var/demo/warehouse.db`), runs the DAG for real with `airflow dags test`, then prints what
-happened and where to look. Everything it starts, it stops.
+happened and where to look. When the run asks for approval, the demo prints the approval form and approves
+its own month through Airflow's REST API (what `make approve` does), so the month is loaded into the
+Autotask sandbox, verified and reported. Everything it starts, it stops.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +23,8 @@ sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "plugins")]
 
 from sandbox.launcher import RunningServer, start_server  # noqa: E402
 from sandbox.local_stack import airflow_environment  # noqa: E402
+from scripts.approve import OPTION_APPROVE  # noqa: E402
+from scripts.run import api_for, local_auth_environment, start_api_server, wait_for_approval  # noqa: E402
 
 DAG_ID = "bss_autotask_billing_sync"
 DEMO_DIR = REPO_ROOT / "var" / "demo"
@@ -66,9 +71,13 @@ def main() -> int:
         )
         servers.append(autotask)
         env = airflow_env(airflow_home, bss, autotask)
+        env.update(local_auth_environment(airflow_home))
 
         step(f"preparing the Airflow home {airflow_home}")
         run_quiet([sys.executable, "-m", "airflow", "db", "migrate"], env, DEMO_DIR / "airflow-db-migrate.log")
+        step("starting an Airflow api-server (the approval is answered through its REST API)")
+        servers.append(start_api_server(env, DEMO_DIR))
+        threading.Thread(target=approve_when_asked, args=(args.month, env), daemon=True).start()
 
         step(f"running the DAG {DAG_ID} for {args.month} (log: var/demo/dag-run.log)")
         started = time.monotonic()
@@ -79,6 +88,18 @@ def main() -> int:
     finally:
         for server in servers:
             server.stop()
+
+
+def approve_when_asked(month: str, env: dict[str, str]) -> None:
+    """Print the approval form once the run asks, then approve the proposed actions as `admin` through the
+    REST API, exactly as `make approve MONTH=<month>` would."""
+    api = api_for(env)
+    approval = wait_for_approval(api, month, lambda: True)
+    if approval is None:
+        return
+    print("\n" + approval.body + "\n", flush=True)
+    step(f"approving the proposed actions of {month} as admin (what `make approve MONTH={month}` does)")
+    api.answer(approval, OPTION_APPROVE)
 
 
 def airflow_env(airflow_home: Path, bss: RunningServer, autotask: RunningServer) -> dict[str, str]:
@@ -160,9 +181,20 @@ def summarise(month: str) -> None:
             {"m": month},
         )
         if plan:
-            print(f"  change plan for {month} (waits for review; nothing was written to Autotask):")
+            print(f"  change plan for {month} (approved actions are loaded, then `applied`):")
             for row in plan:
                 print(f"    {row['kind']:<26} {row['status']:<14} {row['actions']:>5}")
+        for row in warehouse.query(
+            "SELECT decision, decided_by FROM month_approvals WHERE month = :m ORDER BY decided_at DESC LIMIT 1",
+            {"m": month},
+        ):
+            print(f"  approval: {row['decision']} by {row['decided_by'] or 'nobody'}")
+        differences = warehouse.scalar(
+            "SELECT COUNT(*) FROM load_verifications v WHERE v.month = :m AND v.matches = 0"
+            " AND v.run_id = (SELECT MAX(run_id) FROM load_verifications WHERE month = :m)",
+            {"m": month},
+        )
+        print(f"  verification (Autotask read back): {differences or 'no'} differences")
     except Exception as error:  # the summary is a courtesy; the run's own result is what counts
         print(f"  (no summary: {error})")
     reports = sorted(
@@ -170,6 +202,9 @@ def summarise(month: str) -> None:
     )
     if reports:
         print(f"Data-quality report (Data Docs): {reports[-1]}")
+        run_reports = sorted(reports[-1].parent.glob("*.xlsx"))
+        if run_reports:
+            print(f"Run report: {', '.join(str(path.with_suffix('.html')) for path in run_reports)} (and .xlsx)")
     print(f"Full run log: {DEMO_DIR / 'dag-run.log'}")
     print("Browse this run in the Airflow UI: `make ui`, then open http://localhost:8080")
 

@@ -133,3 +133,40 @@ def test_rerunning_an_older_runs_step_after_a_newer_extract_fails_and_changes_no
         {"run_id": newer, "source_key": records[0]["account"]["id"]}
     ]
     assert warehouse.scalar("SELECT COUNT(DISTINCT run_id) FROM charge_lines") == 1
+
+
+# --- approve → load → verify → report ----------------------------------------------------------------------
+
+
+def test_the_month_is_approved_after_validation_then_loaded_verified_and_reported(dag_bag) -> None:
+    dag = dag_bag.dags[DAG_ID]
+    assert dag.get_task("approve").upstream_task_ids == {"validate_plan"}
+    assert dag.get_task("load").upstream_task_ids == {"approve"}
+    assert dag.get_task("verify").upstream_task_ids == {"load", "resolve_month"}
+    assert dag.get_task("report").upstream_task_ids == {"verify", "resolve_month"}
+    # a rejected month skips load and verify; its report is still written (and nothing failed)
+    assert dag.get_task("report").trigger_rule == "none_failed"
+    assert dag.get_task("verify").trigger_rule == "all_success"
+
+
+def test_the_approval_form_offers_the_three_answers_and_rejects_on_timeout(dag_bag) -> None:
+    from datetime import timedelta
+
+    from airflow.providers.standard.operators.hitl import HITLOperator
+
+    from include.approval import OPTION_REJECT, OPTIONS
+
+    approve = dag_bag.dags[DAG_ID].get_task("approve")
+    assert isinstance(approve, HITLOperator)
+    assert approve.options == OPTIONS and approve.defaults == [OPTION_REJECT] and approve.multiple is False
+    assert approve.response_timeout == timedelta(days=7)
+    # the answer is a person's: never asked twice by a retry
+    assert approve.retries == 0
+    # a crashed load is retried: the ledger asks Autotask about writes of unknown outcome before resending
+    assert dag_bag.dags[DAG_ID].get_task("load").retries >= 1
+
+
+def test_dry_run_is_a_param_that_defaults_to_off(dag_bag) -> None:
+    param = dag_bag.dags[DAG_ID].params.get_param("dry_run")
+    assert param.value is False and param.resolve() is False
+    assert param.resolve(True) is True

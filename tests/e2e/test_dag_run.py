@@ -49,11 +49,21 @@ def run_dag(env: dict[str, str], conf: dict) -> subprocess.CompletedProcess:
     )
 
 
-def test_the_dag_takes_a_month_from_extract_to_a_validated_plan(airflow_env) -> None:
-    result = run_dag(airflow_env["env"], {"month": MONTH})
-    output = result.stdout + result.stderr
-    (airflow_env["work"] / "dag-run.log").write_text(output)
-    assert result.returncode == 0, output[-6000:]
+def test_a_dry_run_takes_a_month_to_a_validated_plan_and_reports_what_it_would_write(airflow_env) -> None:
+    """`make run MONTH=… DRY_RUN=1` (scripts/run.py): the whole month up to the approval, then the report."""
+    logs = airflow_env["work"] / "run-logs"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "run.py"), "--month", MONTH, "--dry-run", "--log-dir", str(logs)],
+        env=airflow_env["env"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    printed = result.stdout + result.stderr
+    output = (logs / f"dag-run-{MONTH}.log").read_text()
+    assert result.returncode == 0, printed[-3000:] + output[-6000:]
+    assert ": success" in printed and "approval: dry_run" in printed and "run report:" in printed
     assert "failed" not in _final_states(output), output[-6000:]
     assert _dag_run_state(output) == "success"
 
@@ -69,9 +79,17 @@ def test_the_dag_takes_a_month_from_extract_to_a_validated_plan(airflow_env) -> 
     assert warehouse.scalar("SELECT COUNT(*) FROM quality_results WHERE run_id = :r", {"r": run_id}) >= 2
     docs = list((Path(airflow_env["work"]) / "data_docs" / MONTH).glob("*/index.html"))
     assert len(docs) == 1 and "charge" in docs[0].read_text().lower()
-    # Nothing was written to Autotask: the plan waits for review.
+    # A dry run asks nobody, approves nothing and writes nothing to Autotask (the sandbox's own counters)...
+    assert warehouse.query("SELECT decision FROM month_approvals WHERE run_id = :r", {"r": run_id}) == [
+        {"decision": "dry_run"}
+    ]
+    assert warehouse.scalar("SELECT COUNT(*) FROM plan_actions WHERE status = 'approved'") == 0
+    assert warehouse.scalar("SELECT COUNT(*) FROM load_ledger") == 0
     stats = httpx.get(airflow_env["autotask"].url + "/_admin/stats", timeout=10).json()
     assert stats["writes"] == 0
+    # ... and reports what it would write, next to the Data Docs
+    assert list(docs[0].parent.glob("*.xlsx")) and len(list(docs[0].parent.glob("*.html"))) >= 2
+    assert "dry run" in output.lower() and "Run report:" in output
     # Secrets never reach the logs of a real run.
     for secret in ("demo-password", "demo-client-secret", "demo-secret"):
         assert secret not in output
