@@ -613,7 +613,12 @@ class _Names:
             product=self._product(row, service_id, payload),
             sku=self._sku(row, service_id, payload),
             contract=self._contract(row, contract_id, payload),
-            contract_key=str(contract_id or row["contract_action_id"] or ""),
+            # the lines of a new contract share the id of the action creating it
+            contract_key=str(
+                contract_id
+                or (row["action_id"] if row["kind"] == "create_contract" else row["contract_action_id"])
+                or ""
+            ),
             effective_date=_day(row["effective_date"]),
             units_before=_decimal(row["units_before"]),
             units_after=_decimal(row["units_after"]),
@@ -691,7 +696,7 @@ class _Names:
 
     def _contract(self, row: Mapping[str, Any], contract_id: int | None, payload: dict) -> str:
         if row["kind"] == "create_contract":
-            return _with_key(payload.get("contractName") or "", payload.get("contractNumber"))
+            return _with_key(payload.get("contractName") or "", payload.get("contractNumber")) + " (new)"
         if contract_id is not None:
             return self.contract_name(contract_id)
         creating = self.payloads.get(row["contract_action_id"] or "", {})
@@ -903,7 +908,16 @@ def render_html(content: Content) -> str:
         excluded=content.lines_of(Outcome.EXCLUDED),
         would_write=content.lines_of(Outcome.WOULD_WRITE),
         left_open=content.lines_of(*OPEN_OUTCOMES),
+        task_groups=_grouped(content.tasks),
     )
+
+
+def _grouped(tasks: Sequence[Task]) -> list[tuple[str, list[Task]]]:
+    """Tasks under their to-do, in the order the to-dos first appear."""
+    groups: dict[str, list[Task]] = {}
+    for task in tasks:
+        groups.setdefault(task.todo, []).append(task)
+    return list(groups.items())
 
 
 def _units_text(value: Decimal | None) -> str:
