@@ -368,6 +368,9 @@ def gather_report(warehouse: Warehouse, month: str, run_id: str, *, dry_run: boo
         "FROM load_runs WHERE month = :month AND run_id = :run_id ORDER BY started_at",
         {"month": month, "run_id": run_id},
     )
+    for load in loads:  # SQLite gives timestamps of a text query back as text
+        for key in ("started_at", "finished_at", "resume_at"):
+            load[key] = _timestamp(load[key])
     names = _Names(warehouse, month, run_id, plan_rows)
     approval = _approval(warehouse, month, run_id, plan_rows)
     writes_recorded = sum(1 for row in ledger.values() if row["run_id"] == run_id)
@@ -499,7 +502,7 @@ def _not_loaded_reason(ledger: Mapping[str, Any] | None, loads: Sequence[Mapping
     if loads:
         last = loads[-1]
         if last["status"] == "paused":
-            until = f" until {_iso(last['resume_at'])} UTC" if last["resume_at"] else ""
+            until = f" until {_when_text(last['resume_at'])}" if last["resume_at"] else ""
             return f"the load paused{until}: {last['message'] or 'the hourly request budget ran low'}"
         return f"not written by the last load ({last['status']}): it waits for what it depends on"
     if approval.decision in ("rejected", "timed_out"):
@@ -945,8 +948,9 @@ def _day_text(value: date | None) -> str:
     return value.isoformat() if value else ""
 
 
-def _when_text(value: datetime | None) -> str:
-    return f"{_naive_utc(value):%Y-%m-%d %H:%M} UTC" if value else ""
+def _when_text(value: Any) -> str:
+    stamp = _naive_utc(_timestamp(value))
+    return f"{stamp:%Y-%m-%d %H:%M} UTC" if stamp else ""
 
 
 # -- XLSX -------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ and the HTML parsed (a hostile customer name stays text, headline numbers match 
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter, defaultdict
 from datetime import date, datetime
 from decimal import Decimal
@@ -15,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from openpyxl import load_workbook
 
-from include.loader import load_plan_actions
+from include.loader import BudgetExhausted, LoadSettings, load_plan_actions
 from include.plan import ActionKind, load_plan, set_action_status
 from include.quality import data_docs_dir
 from include.report import write_run_report
@@ -389,3 +390,61 @@ def test_a_rejected_run_with_unknown_kinds_and_statuses_and_no_snapshot_is_repor
     assert any(row[2] == "SUB-+1" and row[0].startswith("Not approved") for row in left)
     _, changes, _ = sheet_rows(workbook["Changes"])
     assert [row["Outcome"].value for row in changes] == ["writes nothing"]
+
+
+def test_a_budget_pause_and_failed_writes_are_reported_with_their_reasons_and_what_to_do_next(
+    autotask, admin, tmp_path, monkeypatch
+):
+    warehouse = Warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    warehouse.migrate()
+    hook = make_hook(autotask, monkeypatch)
+    approved = plan_month(hook, warehouse)
+    # someone shortens a contract in Autotask after the plan was made: its adjustment will be refused
+    first = min(
+        (
+            a
+            for a in approved
+            if a.kind is ActionKind.ADJUST_UNITS
+            and a.contract_id is not None
+            and not any(o.kind is ActionKind.EXTEND_CONTRACT and o.contract_id == a.contract_id for o in approved)
+        ),
+        key=lambda a: (a.effective_date, a.action_id),
+    )
+    day_before = date.fromordinal(first.effective_date.toordinal() - 1)
+    hook.update("Contracts", {"id": first.contract_id, "endDate": f"{day_before.isoformat()}T00:00:00"})
+    used = int(hook.threshold_information()["currentTimeframeRequestCount"])
+    settings = LoadSettings(budget_reserve_share=0.2, write_batch_size=10)
+    admin.faults(hourly_limit=math.ceil((used + settings.budget_margin + 25) / 0.8))
+    with pytest.raises(BudgetExhausted) as stopped:
+        load_plan_actions(hook, warehouse, MONTH, "run-1", SETTINGS, settings)
+
+    paused = write_run_report(warehouse, MONTH, "run-1", tmp_path / "paused")
+
+    assert paused.summary["load_status"] == "paused" and paused.summary["skipped"] > 0
+    page = parse_html(paused.html_path)
+    assert "paused" in page.fields["load_status"] and str(stopped.value).split(".")[0] in page.all_text
+    assert "Load again: the sync resumes where it stopped" in page.all_text
+    workbook = load_workbook(paused.xlsx_path)
+    _, changes, _ = sheet_rows(workbook["Changes"])
+    waiting = [row for row in changes if row["Outcome"].value == "not loaded"]
+    assert waiting and all("paused" in row["Reason"].value or "write is" in row["Reason"].value for row in waiting)
+
+    admin.faults(hourly_limit=10000)
+    finished = load_plan_actions(hook, warehouse, MONTH, "run-1", SETTINGS, settings)
+    assert finished.failed >= 1
+
+    report = write_run_report(warehouse, MONTH, "run-1", tmp_path / "finished")
+
+    failed_rows = warehouse.scalar("SELECT COUNT(*) FROM plan_actions WHERE status = 'failed'")
+    assert report.summary["failed"] == failed_rows >= finished.failed  # and what depended on a failed write
+    assert report.summary["load_status"] == finished.status
+    assert report.summary["writes"] == warehouse.scalar("SELECT SUM(writes) FROM load_runs")
+    workbook = load_workbook(report.xlsx_path)
+    _, changes, _ = sheet_rows(workbook["Changes"])
+    failed = {row["Plan action"].value: row for row in changes if row["Outcome"].value == "failed"}
+    assert first.action_id in failed and failed[first.action_id]["Reason"].value  # Autotask's own words
+    assert failed[first.action_id]["Units added"].value is None  # a failed write adds nothing to the totals
+    left = [row[0].value for row in workbook["Left to do"].iter_rows(min_row=2)]
+    assert left.count("Fix the cause of the failed write, then load again") == failed_rows
+    loads = [row[1].value for row in workbook["Summary"].iter_rows(min_row=2) if str(row[0].value).startswith("Load ")]
+    assert len(loads) == 2 and loads[0].startswith("paused")
