@@ -899,7 +899,12 @@ def render_html(content: Content) -> str:
         lstrip_blocks=True,
     )
     environment.filters.update(
-        units=_units_text, signed=_signed_text, money=_money_text, day=_day_text, when=_when_text
+        units=_units_text,
+        signed=_signed_text,
+        money=_money_text,
+        unit_cost=_unit_cost_text,
+        day=_day_text,
+        when=_when_text,
     )
     template = environment.get_template("run_report.html.j2")
     return template.render(
@@ -944,6 +949,15 @@ def _money_text(value: Decimal | None, currency: str = "") -> str:
     return f"{text} {currency}".strip()
 
 
+def _unit_cost_text(value: Decimal | None, currency: str = "") -> str:
+    """A unit cost as the BSS gives it (up to 4 places, at least 2): 9.1333 stays 9.1333, 5 reads 5.00."""
+    if value is None:
+        return ""
+    text = f"{value.quantize(_UNITS).normalize():,f}"
+    whole, _, places = text.partition(".")
+    return f"{whole}.{places.ljust(2, '0')} {currency}".replace("-", "−").strip()
+
+
 def _day_text(value: date | None) -> str:
     return value.isoformat() if value else ""
 
@@ -959,6 +973,7 @@ _DATE_FORMAT = "yyyy-mm-dd"
 _TIME_FORMAT = "yyyy-mm-dd hh:mm"
 _UNITS_FORMAT = "#,##0.####"
 _MONEY_FORMAT = "#,##0.00"
+_UNIT_COST_FORMAT = "#,##0.00##"
 # Text Excel would read as a formula (OWASP CSV injection: also tab and carriage return).
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -975,8 +990,8 @@ _LINE_COLUMNS: tuple[tuple[str, Callable[[ReportLine], Any], str | None], ...] =
     ("Units before", lambda line: line.units_before, _UNITS_FORMAT),
     ("Units after", lambda line: line.units_after, _UNITS_FORMAT),
     ("Unit change", lambda line: line.unit_change, _UNITS_FORMAT),
-    ("Unit cost before", lambda line: line.unit_cost_before, _MONEY_FORMAT),
-    ("Unit cost after", lambda line: line.unit_cost_after, _MONEY_FORMAT),
+    ("Unit cost before", lambda line: line.unit_cost_before, _UNIT_COST_FORMAT),
+    ("Unit cost after", lambda line: line.unit_cost_after, _UNIT_COST_FORMAT),
     ("Currency", lambda line: line.currency, None),
     ("Units added", lambda line: line.units_added, _UNITS_FORMAT),
     ("Units removed", lambda line: line.units_removed, _UNITS_FORMAT),

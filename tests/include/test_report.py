@@ -18,7 +18,15 @@ from openpyxl import load_workbook
 
 from include.loader import BudgetExhausted, LoadSettings, load_plan_actions
 from include.plan import ActionKind, load_plan, set_action_status
-from include.quality import data_docs_dir
+from include.quality import (
+    ExpectationFailure,
+    QualityReport,
+    Severity,
+    Stage,
+    SuiteResult,
+    data_docs_dir,
+    store_report,
+)
 from include.report import write_run_report
 from include.verify import verify_load
 from include.warehouse import Warehouse
@@ -260,11 +268,35 @@ def test_the_report_of_a_loaded_and_verified_month_lists_every_outcome_with_name
 def test_a_dry_run_report_lists_what_would_be_written_and_says_nothing_was_written(
     autotask, admin, warehouse: Warehouse, monkeypatch, tmp_path
 ):
+    monkeypatch.setenv("BILLING_DATA_DOCS_DIR", str(tmp_path / "docs"))
     hook = make_hook(autotask, monkeypatch)
     approved = plan_month(hook, warehouse)
+    # the plan's quality gate passed with a warning; its Data Docs are in the run's directory
+    directory = data_docs_dir(MONTH, "run-1")
+    directory.mkdir(parents=True)
+    (directory / "index.html").write_text("<html>Data Docs</html>", encoding="utf-8")
+    warning = ExpectationFailure(
+        suite="change_plan",
+        name="plan_units_reasonable",
+        description="A <b>big</b> unit jump",
+        expectation_type="expect_column_values_to_be_between",
+        severity=Severity.WARNING,
+        unexpected_count=1,
+    )
+    store_report(
+        warehouse,
+        QualityReport(
+            stage=Stage.PLAN,
+            month=MONTH,
+            run_id="run-1",
+            suites=(SuiteResult("change_plan", True, len(approved), 12, 0, 1),),
+            failures=(warning,),
+            data_docs_index=str(directory / "index.html"),
+        ),
+    )
     admin.reset_stats()
 
-    report = write_run_report(warehouse, MONTH, "run-1", tmp_path / "dry", dry_run=True)
+    report = write_run_report(warehouse, MONTH, "run-1", dry_run=True)
 
     assert admin.write_requests() == 0
     writing = approved  # every approved action of this plan writes (a new contract service with its first adjustment)
@@ -276,6 +308,9 @@ def test_a_dry_run_report_lists_what_would_be_written_and_says_nothing_was_writt
     assert "nothing was written to Autotask" in page.fields["dry_run"]
     assert int(page.figures["would_write"]) == len(writing)
     assert "created" not in page.figures
+    assert report.html_path.parent == directory and ("a", {"href": "index.html"}) in page.tags
+    assert "change_plan (plan): passed, 0 critical, 1 warnings" in page.all_text
+    assert "A <b>big</b> unit jump (warning)" in page.all_text and not [t for t, _ in page.tags if t == "b"]
     workbook = load_workbook(report.xlsx_path)
     _, changes, totals = sheet_rows(workbook["Changes"])
     _, creates, _ = sheet_rows(workbook["Creates"])
