@@ -359,7 +359,8 @@ def gather_report(warehouse: Warehouse, month: str, run_id: str, *, dry_run: boo
     ledger = {
         row["action_id"]: row
         for row in warehouse.query(
-            "SELECT action_id, run_id, state, autotask_id, error FROM load_ledger WHERE month = :month",
+            "SELECT action_id, run_id, state, autotask_id, error, attempts, response_summary FROM load_ledger "
+            "WHERE month = :month",
             {"month": month},
         )
     }
@@ -476,6 +477,9 @@ def _outcome(
         applied_by = ledger["run_id"] if ledger is not None else row["run_id"]
         if applied_by != run_id:
             return Outcome.ALREADY_APPLIED, f"applied by run {applied_by}: nothing sent again"
+        if ledger is not None and not ledger["attempts"] and ledger["response_summary"]:
+            # Autotask already held it (a record found by its key, an answer lost before a crash): not sent
+            reason = "; ".join(text for text in (reason, f"found in Autotask: {ledger['response_summary']}") if text)
         return (Outcome.CREATED if kind.startswith("create_") else Outcome.CHANGED), reason
     if status == "failed":
         return Outcome.FAILED, row["error"] or (ledger or {}).get("error") or reason or "failed"
