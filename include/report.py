@@ -376,10 +376,13 @@ def gather_report(warehouse: Warehouse, month: str, run_id: str, *, dry_run: boo
     approval = _approval(warehouse, month, run_id, plan_rows)
     writes_recorded = sum(1 for row in ledger.values() if row["run_id"] == run_id)
 
+    # A dry run lists what a load would send: the approved rows not yet applied, and, when the run's own rows
+    # were not approved (the dry run's approval approves nothing), its proposed rows as approving them would.
     would_write_basis = ""
     if dry_run:
-        approved_writes = [row for row in plan_rows if row["status"] == "approved" and _writes(row["kind"])]
-        would_write_basis = "approved" if approved_writes else "proposed"
+        run_approved = any(row["status"] == "approved" and row["run_id"] == run_id for row in plan_rows)
+        proposed = any(row["status"] == "proposed" and _writes(row["kind"]) for row in plan_rows)
+        would_write_basis = "proposed" if proposed and not run_approved else "approved"
     lines = []
     for row in plan_rows:
         outcome, reason = _outcome(row, ledger.get(row["action_id"]), run_id, loads, approval, would_write_basis)
@@ -491,7 +494,7 @@ def _outcome(
         if would_write_basis:
             return Outcome.WOULD_WRITE, "approved; a load would write it"
         return Outcome.NOT_LOADED, _not_loaded_reason(ledger, loads, approval)
-    if status == "proposed" and would_write_basis == "proposed" and _writes(kind):
+    if status == "proposed" and would_write_basis == "proposed" and _writes(kind) and row["run_id"] == run_id:
         return Outcome.WOULD_WRITE, "proposed; a load would write it once approved"
     if status in _OPEN_OUTCOME_OF_STATUS:
         if status == "proposed" and not reason:
@@ -753,7 +756,16 @@ def _approval(warehouse: Warehouse, month: str, run_id: str, plan_rows: Sequence
         if rows:
             row = max(rows, key=lambda item: _sortable(item.get("decided_at")))
             decision = str(row.get("decision") or "")
-            note = " ".join(str(row.get(key) or "") for key in ("note", "options") if row.get(key)).strip()
+            options = _json_list(row.get("options")) if str(row.get("options") or "").startswith("[") else []
+            note = "; ".join(
+                text
+                for text in (
+                    str(row.get("note") or ""),
+                    f"options chosen: {', '.join(options)}" if options else "",
+                    f"{row['approved_actions']} actions approved" if row.get("approved_actions") else "",
+                )
+                if text
+            )
             return Approval(
                 decision=decision,
                 label=DECISION_LABELS.get(decision, decision or NOT_RECORDED),
@@ -847,9 +859,11 @@ def _tasks(content: Content, suggestions: Sequence[Mapping[str, Any]]) -> list[T
     }
     for outcome, todo in todo_of.items():
         for line in content.lines_of(outcome):
+            by_hand = outcome in OPEN_OUTCOMES and not _writes(line.kind) and line.kind in KIND_LABELS
             tasks.append(
                 Task(
-                    todo=todo,
+                    # a line the sync never writes (e.g. review_unbilled) is a person's check, not an approval
+                    todo="Check by hand in Autotask (the sync writes nothing for this line)" if by_hand else todo,
                     customer=line.customer,
                     subscription=line.subscription,
                     product=_with_key(line.product, line.sku),

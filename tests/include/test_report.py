@@ -345,11 +345,34 @@ def test_a_dry_run_before_any_approval_lists_what_approving_the_proposed_actions
     assert "approval not recorded" in page.fields["approver"]
 
 
+# The approve part's migration 0011 (month_approvals); created here while this branch does not have it yet.
 MONTH_APPROVALS_DDL = """
 CREATE TABLE month_approvals (
     run_id VARCHAR(250) NOT NULL, month VARCHAR(7) NOT NULL, decision VARCHAR(30) NOT NULL,
-    decided_by VARCHAR(100), decided_at TIMESTAMP, options TEXT, note TEXT
+    decided_by VARCHAR(100), decided_at TIMESTAMP NOT NULL, options TEXT NOT NULL,
+    approved_actions INTEGER NOT NULL DEFAULT 0, note TEXT, PRIMARY KEY (run_id, decided_at)
 )"""
+
+
+def record_approval(warehouse: Warehouse, run_id: str, decision: str, decided_by: str | None, note: str) -> None:
+    with warehouse.begin() as conn:
+        if not sa.inspect(conn).has_table("month_approvals"):
+            conn.exec_driver_sql(MONTH_APPROVALS_DDL)
+        conn.execute(
+            sa.text(
+                "INSERT INTO month_approvals (run_id, month, decision, decided_by, decided_at, options, note) "
+                "VALUES (:run_id, :month, :decision, :decided_by, :decided_at, :options, :note)"
+            ),
+            {
+                "run_id": run_id,
+                "month": MONTH,
+                "decision": decision,
+                "decided_by": decided_by,
+                "decided_at": datetime(2026, 11, 2, 9, 0),
+                "options": json.dumps(["Reject"] if decision == "rejected" else []),
+                "note": note,
+            },
+        )
 
 
 def plan_row(warehouse: Warehouse, action_id: str, kind: str, status: str, **values) -> dict:
@@ -371,6 +394,26 @@ def plan_row(warehouse: Warehouse, action_id: str, kind: str, status: str, **val
     return row | values
 
 
+def adjustment(warehouse: Warehouse, action_id: str, status: str, **values) -> dict:
+    """An adjustment of subscription SUB-+1 of customer ACC-@1 (ids that look like formulas to Excel)."""
+    return plan_row(
+        warehouse,
+        action_id,
+        "adjust_units",
+        status,
+        **{
+            "account_id": "ACC-@1",
+            "subscription_ids": '["SUB-+1"]',
+            "effective_date": date(2026, 10, 5),
+            "units_before": Decimal(3),
+            "units_after": Decimal(5),
+            "unit_change": Decimal(2),
+            "unit_cost_after": Decimal("7.1250"),
+        }
+        | values,
+    )
+
+
 def test_a_rejected_run_with_unknown_kinds_and_statuses_and_no_snapshot_is_reported_as_it_stands(
     warehouse: Warehouse, tmp_path
 ):
@@ -379,29 +422,19 @@ def test_a_rejected_run_with_unknown_kinds_and_statuses_and_no_snapshot_is_repor
             conn,
             "plan_actions",
             [
+                adjustment(warehouse, "a1", "proposed"),
+                plan_row(warehouse, "a2", "review_unbilled", "approved", reason="billed in the BSS, not in Autotask"),
+                plan_row(warehouse, "a3", "teleport_units", "mystery", reason="-5 units @ nowhere"),
                 plan_row(
                     warehouse,
-                    "a1",
-                    "adjust_units",
-                    "proposed",
-                    account_id="ACC-@1",
-                    subscription_ids='["SUB-+1"]',
-                    effective_date=date(2026, 10, 5),
-                    units_before=Decimal(3),
-                    units_after=Decimal(5),
-                    unit_change=Decimal(2),
+                    "a4",
+                    "review_unbilled",
+                    "flagged",
+                    reason="SUB-7 has no line in 2026-10 but contract service 12 still holds 4 units",
                 ),
-                plan_row(
-                    warehouse, "a2", "review_unbilled", "approved", reason="billed in the BSS, no contract in Autotask"
-                ),
-                plan_row(warehouse, "a3", "teleport_units", "mystery", reason="-5 units @ nowhere"),
             ],
         )
-        conn.exec_driver_sql(MONTH_APPROVALS_DDL)
-        conn.exec_driver_sql(
-            "INSERT INTO month_approvals (run_id, month, decision, decided_by, decided_at, note) VALUES "
-            "('run-9', '2026-10', 'rejected', '=cmd|'' /C calc''!A0', '2026-11-02 09:00:00', 'numbers look off')"
-        )
+    record_approval(warehouse, "run-9", "rejected", "=cmd|' /C calc'!A0", "numbers look off")
 
     report = write_run_report(warehouse, MONTH, "run-9", tmp_path)
 
@@ -411,10 +444,11 @@ def test_a_rejected_run_with_unknown_kinds_and_statuses_and_no_snapshot_is_repor
         "decided_at": "2026-11-02T09:00:00",
         "source": "month_approvals",
     }
-    assert report.summary["left_open"] == 2 and report.summary["skipped"] == 1
+    assert report.summary["left_open"] == 3 and report.summary["skipped"] == 1
     assert report.summary["totals"] == [] and report.summary["load_status"] == "not loaded"
     page = parse_html(report.html_path)
     assert "Rejected: nothing was loaded" in page.all_text and "numbers look off" in page.all_text
+    assert "options chosen: Reject" in page.all_text
     assert "teleport units" in page.all_text.casefold() and "mystery" in page.all_text
     workbook = load_workbook(report.xlsx_path)
     summary_sheet = {row[0].value: row[1] for row in workbook["Summary"].iter_rows(min_row=2)}
@@ -423,8 +457,54 @@ def test_a_rejected_run_with_unknown_kinds_and_statuses_and_no_snapshot_is_repor
     assert isinstance(summary_sheet["Decided at"].value, datetime)
     left = [[cell.value for cell in row] for row in workbook["Left to do"].iter_rows(min_row=2)]
     assert any(row[2] == "SUB-+1" and row[0].startswith("Not approved") for row in left)
+    by_hand = [row for row in left if row[0].startswith("Check by hand")]
+    assert len(by_hand) == 1 and "still holds 4 units" in by_hand[0][7]
+    assert any(row[6] == "mystery" and "unknown" in row[0] for row in left)
     _, changes, _ = sheet_rows(workbook["Changes"])
     assert [row["Outcome"].value for row in changes] == ["writes nothing"]
+
+
+def test_a_dry_run_lists_an_earlier_approved_change_and_the_runs_proposed_ones_as_what_a_load_would_write(
+    warehouse: Warehouse, tmp_path
+):
+    with warehouse.begin() as conn:
+        warehouse.insert(
+            conn,
+            "plan_actions",
+            [
+                adjustment(warehouse, "b1", "approved", run_id="run-8", decided_by="Jürgen", seq=1),
+                adjustment(
+                    warehouse,
+                    "b2",
+                    "proposed",
+                    effective_date=date(2026, 10, 20),
+                    units_before=Decimal(5),
+                    units_after=Decimal(1),
+                    unit_change=Decimal(-4),
+                ),
+                adjustment(warehouse, "b3", "flagged", reason="decrease inside a 12-month commitment"),
+            ],
+        )
+    record_approval(warehouse, "run-9", "dry_run", None, "dry run: nothing approved")
+
+    report = write_run_report(warehouse, MONTH, "run-9", tmp_path, dry_run=True)
+
+    assert report.summary["would_write"] == 2 and report.summary["left_open"] == 1
+    assert report.summary["approval"]["decision"] == "dry_run"
+    (totals,) = report.summary["totals"]
+    assert (totals["units_added"], totals["units_removed"]) == (2.0, 4.0)
+    # 5 × 7.125 − 3 × 7.125 = 14.25 added; 1 × 7.125 − 5 × 7.125 = 28.50 removed
+    assert (totals["monthly_cost_added"], totals["monthly_cost_removed"]) == (14.25, 28.5)
+    workbook = load_workbook(report.xlsx_path)
+    _, changes, totals_rows = sheet_rows(workbook["Changes"])
+    reasons = sorted(row["Reason"].value for row in changes)
+    assert reasons == ["approved; a load would write it", "proposed; a load would write it once approved"]
+    (total,) = totals_rows
+    assert total["Monthly cost removed"].value == pytest.approx(28.5)
+    assert all(row["Unit cost after"].number_format == "#,##0.00##" for row in changes)
+    page = parse_html(report.html_path)
+    assert "Dry run: nothing approved, nothing loaded" in page.fields["approval"]
+    assert "7.125" in page.all_text and "−28.50" in page.all_text
 
 
 def test_a_budget_pause_and_failed_writes_are_reported_with_their_reasons_and_what_to_do_next(
