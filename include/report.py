@@ -164,6 +164,7 @@ class ReportLine:
     customer: str
     account_id: str
     subscription: str
+    billing_plan: str  # the BSS billing plan of the subscription (e.g. "Monthly billing")
     product: str
     sku: str
     contract: str
@@ -557,7 +558,8 @@ class _Names:
             self.accounts[row["account_id"]] = row["name"]
         lines = warehouse.query(
             "SELECT account_id, account_name, subscription_id, product_id, product_name, product_sku, unit_cost, "
-            "currency, effective_date FROM charge_lines WHERE month = :month ORDER BY effective_date, charge_id",
+            "currency, billing_plan_name, effective_date FROM charge_lines WHERE month = :month "
+            "ORDER BY effective_date, charge_id",
             {"month": month},
         )
         for line in lines:
@@ -569,6 +571,7 @@ class _Names:
                 {"account_id": line["account_id"], "product_id": line["product_id"], "costs": []},
             )
             known["currency"] = line["currency"]
+            known["billing_plan"] = line["billing_plan_name"] or known.get("billing_plan") or ""
             known["costs"].append((_day(line["effective_date"]), _decimal(line["unit_cost"])))
 
         def snapshot(table: str, key: str, columns: str) -> dict[int, dict[str, Any]]:
@@ -620,6 +623,13 @@ class _Names:
             customer=self._customer(row, account_id, contract_id, payload),
             account_id=account_id or "",
             subscription=", ".join(subscriptions),
+            billing_plan=", ".join(
+                dict.fromkeys(
+                    self.subscriptions[sub]["billing_plan"]
+                    for sub in subscriptions
+                    if self.subscriptions.get(sub, {}).get("billing_plan")
+                )
+            ),
             product=self._product(row, service_id, payload),
             sku=self._sku(row, service_id, payload),
             contract=self._contract(row, contract_id, payload),
@@ -1001,6 +1011,7 @@ _LINE_COLUMNS: tuple[tuple[str, Callable[[ReportLine], Any], str | None], ...] =
     ("Outcome", lambda line: line.outcome, None),
     ("Action", lambda line: line.kind_label, None),
     ("Subscription", lambda line: line.subscription, None),
+    ("Billing plan", lambda line: line.billing_plan, None),
     ("Product", lambda line: line.product, None),
     ("SKU", lambda line: line.sku, None),
     ("Contract", lambda line: line.contract, None),

@@ -208,6 +208,7 @@ def test_the_report_of_a_loaded_and_verified_month_lists_every_outcome_with_name
     for row in adjustments:
         assert isinstance(row["Effective date"].value, datetime) and "yy" in row["Effective date"].number_format
         assert isinstance(row["Units after"].value, (int, float)) and isinstance(row["Unit change"].value, (int, float))
+        assert row["Billing plan"].value.endswith("billing") and row["Product"].value and row["Contract"].value
     # the totals rows: one per currency, each the sum of its currency's rows
     assert {row["Currency"].value for row in totals} == set(net)
     for total in totals:
