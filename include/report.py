@@ -854,6 +854,7 @@ def _tasks(content: Content, suggestions: Sequence[Mapping[str, Any]]) -> list[T
             Task(
                 todo=f"{prefix}Approve and post the recurring contract services' billing items for {month}",
                 customer=line.customer,
+                subscription=line.subscription,
                 contract=line.contract,
                 detail="Autotask: Contracts > Approve and Post > Recurring Contract Services",
             )
