@@ -43,9 +43,8 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from connectors.autotask_errors import AutotaskApiError, AutotaskOutcomeUnknownError, AutotaskRateLimitError
-from connectors.autotask_query import to_api_value
-from include.autotask_reader import api_date, udf_value
+from include.autotask_errors import AutotaskApiError, AutotaskOutcomeUnknownError, AutotaskRateLimitError
+from include.autotask_reader import api_date, to_api_value, udf_value
 from include.plan import ActionKind, ActionStatus, PlanAction, load_plan
 from include.sync_settings import SyncSettings
 from include.warehouse import Warehouse, utcnow
