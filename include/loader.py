@@ -630,7 +630,7 @@ class _Loader:
         chains: dict[str, list[PlanAction]] = defaultdict(list)
         for action in sorted(actions, key=lambda item: (item.target, item.effective_date or date.min)):
             chains[action.target if action.kind in ADJUSTING_KINDS else action.action_id].append(action)
-        return list(chains.values())
+        return [_dependencies_first(chain) for chain in chains.values()]
 
     def _send_chain(self, chain: Sequence[PlanAction], gate: _BudgetGate) -> None:
         for action in chain:
@@ -1138,6 +1138,25 @@ _FINDERS: dict[ActionKind, Callable[[_Loader, Sequence[PlanAction]], Iterable[tu
     ActionKind.ADJUST_UNITS: _Loader._find_adjustments,
     ActionKind.CHANGE_COST: _Loader._find_adjustments,
 }
+
+
+def _dependencies_first(chain: list[PlanAction]) -> list[PlanAction]:
+    """A chain in date order, except that an action goes after what it depends on within the chain (a
+    reversal's adjustments that remove units wait for those that add units, whatever their dates)."""
+    if len(chain) < 2:
+        return chain
+    ids = {action.action_id for action in chain}
+    placed: set[str] = set()
+    ordered: list[PlanAction] = []
+    waiting = list(chain)
+    while waiting:
+        ready = next(
+            (action for action in waiting if placed.issuperset(ids.intersection(action.depends_on))), waiting[0]
+        )
+        waiting.remove(ready)
+        placed.add(ready.action_id)
+        ordered.append(ready)
+    return ordered
 
 
 def _row_covering(rows: Sequence[Mapping[str, Any]], day: date | None) -> Mapping[str, Any] | None:
