@@ -375,3 +375,33 @@ def verify_reversal(reader: AutotaskUnitsReader, warehouse: Warehouse, month: st
     _store_verification(warehouse, result)
     (log.info if result.ok else log.warning)("reversal %s: %s", run_id, result.message())
     return result
+
+
+def describe_reversal(rows: Sequence[PlanAction], month: str, applied_run_id: str, limit: int = 15) -> str:
+    """The approval body (Markdown) for a finance person: what the reversal writes, and what it leaves."""
+    if not rows:
+        return f"Nothing to reverse for run {applied_run_id} of {month}: no proposed reversal rows."
+    removed = sum((-(row.unit_change or 0) for row in rows if (row.unit_change or 0) < 0), Decimal(0))
+    added = sum(((row.unit_change or 0) for row in rows if (row.unit_change or 0) > 0), Decimal(0))
+    services = len({row.target for row in rows})
+    lines = [
+        f"**Reverse run {applied_run_id} of {month}**: {len(rows)} opposite adjustments on {services} contract "
+        f"services ({removed.normalize():f} units removed, {added.normalize():f} units added back).",
+        "",
+        "Autotask cannot delete an adjustment nor take two on one day: each opposite change goes on the nearest "
+        "free day (after an increase, before a decrease). Every other day gets the units of before the load; "
+        "the days in between keep at least them. Companies, contracts, services and contract extensions the run "
+        "created stay; nothing is deleted.",
+        "",
+        "| Subscriptions | Day | Unit change | Units after |",
+        "|---|---|---|---|",
+    ]
+    for row in rows[:limit]:
+        units_after = "" if row.units_after is None else f"{row.units_after.normalize():f}"
+        lines.append(
+            f"| {', '.join(row.subscription_ids) or row.target} | {row.effective_date} | "
+            f"{_signed(row.unit_change or Decimal(0))} | {units_after} |"
+        )
+    if len(rows) > limit:
+        lines.append(f"| … and {len(rows) - limit} more | | | |")
+    return "\n".join(lines)

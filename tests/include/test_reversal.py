@@ -11,7 +11,7 @@ import pytest
 
 from include.loader import load_plan_actions
 from include.plan import ActionKind, ActionStatus, load_plan, set_action_status
-from include.reversal import ReversalError, plan_reversal, verify_reversal
+from include.reversal import ReversalError, describe_reversal, plan_reversal, verify_reversal
 from include.warehouse import Warehouse
 from tests.include.loader_support import (
     ADJUSTING,
@@ -80,6 +80,9 @@ def test_a_reversal_restores_the_units_of_before_the_load_and_a_second_reversal_
     # the reason says what is not undone and why the day moves
     assert all("Not undone" in action.reason and "cannot delete" in action.reason for action in reversal)
     assert "create_company" in reversal[0].reason and "extend_contract" in reversal[0].reason
+    body = describe_reversal(reversal, MONTH, "run-1", limit=5)
+    assert f"{len(reversal)} opposite adjustments" in body and "nothing is deleted" in body
+    assert body.count("\n| ") == 5 + 2 and f"and {len(reversal) - 5} more" in body
     # nothing is written before a person approves
     admin.reset_stats()
     assert load_plan_actions(hook, warehouse, MONTH, "reverse-1", SETTINGS).write_requests == 0
