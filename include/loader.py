@@ -43,7 +43,12 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from include.autotask_errors import AutotaskApiError, AutotaskOutcomeUnknownError, AutotaskRateLimitError
+from include.autotask_errors import (
+    AutotaskApiError,
+    AutotaskBudgetExhaustedError,
+    AutotaskOutcomeUnknownError,
+    AutotaskRateLimitError,
+)
 from include.autotask_reader import api_date, to_api_value, udf_value
 from include.plan import ActionKind, ActionStatus, PlanAction, load_plan
 from include.sync_settings import SyncSettings
@@ -259,10 +264,13 @@ class _Loader:
         started = time.monotonic()
         self._start_load_run()
         try:
-            self._read_state()
-            for level in LEVELS:
-                self._run_level(level)
-            self._resolve_folded_contract_services()
+            try:
+                self._read_state()
+                for level in LEVELS:
+                    self._run_level(level)
+                self._resolve_folded_contract_services()
+            except AutotaskBudgetExhaustedError as error:  # a read refused: the hook says the budget is spent
+                raise self._budget_stop(str(error), resume_at=error.resume_at) from error
             self._count_waiting()
             self.summary.status = "incomplete" if self.summary.waiting else "succeeded"
             message = None
@@ -660,7 +668,9 @@ class _Loader:
             return _Outcome.UNKNOWN
         except AutotaskRateLimitError as error:
             self._back_to_pending(write, str(error))
-            raise self._budget_stop(f"Autotask rejected a write for the request limit: {error}") from error
+            raise self._budget_stop(
+                f"Autotask rejected a write for the request limit: {error}", resume_at=getattr(error, "resume_at", None)
+            ) from error
         except AutotaskApiError as error:
             if error.status is None and getattr(error, "retryable", False):
                 self._back_to_pending(write, str(error))
@@ -727,7 +737,9 @@ class _Loader:
         try:
             information = self.writer.threshold_information()
         except AutotaskRateLimitError as error:
-            raise self._budget_stop(f"Autotask refused even the budget read: {error}") from error
+            raise self._budget_stop(
+                f"Autotask refused even the budget read: {error}", resume_at=getattr(error, "resume_at", None)
+            ) from error
         with self.lock:
             self.own_requests += 1
         self.checkpoints.append((datetime.now(UTC), self._used()))
@@ -748,8 +760,11 @@ class _Loader:
             )
         return min(wanted, room)
 
-    def _budget_stop(self, reason: str, needed: int = 1, minutes: int = 60) -> BudgetExhausted:
-        resume_at = self._resume_at(max(1, needed), minutes)
+    def _budget_stop(
+        self, reason: str, needed: int = 1, minutes: int = 60, resume_at: datetime | None = None
+    ) -> BudgetExhausted:
+        """`resume_at`: when Autotask (or the hook) said requests go on; else estimated from this load's own."""
+        resume_at = resume_at or self._resume_at(max(1, needed), minutes)
         return BudgetExhausted(resume_at, self._used(), self._budget_message(reason, resume_at), reason)
 
     def _budget_message(self, reason: str, resume_at: datetime) -> str:
