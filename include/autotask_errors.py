@@ -97,5 +97,5 @@ class AutotaskBudgetExhaustedError(AutotaskRateLimitError):
         self.args = (
             f"Autotask's hourly request budget ran out ({budget} of the rolling hour are used, by this and every "
             f"other integration): {verb} {entity} was not sent. Requests go on at about "
-            f"{resume_at:%Y-%m-%d %H:%M:%S} UTC. Autotask said: {'; '.join(self.errors) or '(no error text)'}",
+            f"{resume_at:%Y-%m-%d %H:%M:%S} UTC ({'; '.join(self.errors) or 'no detail'}).",
         )
