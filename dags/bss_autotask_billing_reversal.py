@@ -13,7 +13,8 @@ Nothing is deleted; companies, contracts, services and contract extensions the r
 4. **load** — written once through the ledger (a second load writes nothing); a spent hourly budget pauses it
    and a retry resumes where it stopped;
 5. **verify** — Autotask's units read back on every reversed day and at the month end;
-6. **summarize** — what was reversed, in the task log.
+6. **report** — the run report (HTML + XLSX) of the reversal run, next to the Data Docs;
+7. **summarize** — what was reversed, in the task log.
 
 Trigger it with **month** = `YYYY-MM` and **run_id** = the sync run to reverse (its Airflow run id).
 Connections: `autotask_default`, `billing_warehouse`.
@@ -136,7 +137,20 @@ def bss_autotask_billing_reversal() -> None:
         return {"checks": len(result.checks), "contract_services": result.contract_services}
 
     @task
-    def summarize(planned: dict[str, Any], loaded: dict[str, Any], verified: dict[str, Any]) -> str:
+    def report(verified: dict[str, Any]) -> dict[str, Any]:
+        """The reversal run's report, next to the Data Docs (`$BILLING_DATA_DOCS_DIR/<month>/<run_id>/`)."""
+        from connectors.warehouse_connection import get_warehouse
+        from include.quality import data_docs_dir
+        from include.report import write_run_report
+
+        context = get_current_context()
+        month, _ = _month_and_run(context)
+        written = write_run_report(get_warehouse(), month, context["run_id"], data_docs_dir(month, context["run_id"]))
+        print(f"Run report: {written.html_path} and {written.xlsx_path}")
+        return {"html": str(written.html_path), "xlsx": str(written.xlsx_path)}
+
+    @task
+    def summarize(planned: dict[str, Any], loaded: dict[str, Any], verified: dict[str, Any], reported: Any) -> str:
         """One paragraph for the run's log: what was reversed, written and verified."""
         month, applied_run_id = _month_and_run(get_current_context())
         text = (
@@ -144,7 +158,7 @@ def bss_autotask_billing_reversal() -> None:
             f"{planned['contract_services']} contract services planned, {loaded['written']} written now "
             f"({loaded['already_applied'] + loaded['found_applied']} already in Autotask, {loaded['write_requests']} "
             f"write requests), {verified['checks']} dates verified. Records the run created and contract "
-            "extensions stay; nothing was deleted."
+            f"extensions stay; nothing was deleted. Report: {reported['html']}"
         )
         print(text)
         return text
@@ -154,7 +168,7 @@ def bss_autotask_billing_reversal() -> None:
     loaded = load(approval)
     verified = verify(loaded)
     chain(planned, approve_reversal, approval)
-    summarize(planned, loaded, verified)
+    summarize(planned, loaded, verified, report(verified))
 
 
 def _month_and_run(context: Any) -> tuple[str, str]:

@@ -30,7 +30,7 @@ def test_the_reversal_dag_imports_without_errors_and_only_runs_when_triggered(da
 
 def test_the_flow_plans_then_asks_a_person_then_loads_and_verifies(dag_bag) -> None:
     dag = dag_bag.dags[DAG_ID]
-    order = ["plan_reversal", "approve_reversal", "record_approval", "load", "verify", "summarize"]
+    order = ["plan_reversal", "approve_reversal", "record_approval", "load", "verify", "report", "summarize"]
     for before, after in pairwise(order):
         assert after in dag.get_task(before).downstream_task_ids, (before, after)
     # nothing writes before the approval: the load waits for the recorded approval
