@@ -152,9 +152,10 @@ def plan_reversal(warehouse: Warehouse, month: str, applied_run_id: str, reversa
 def _reverse_chain(month: str, applied_run_id: str, chain: list[_Original], kept: str) -> list[PlanAction]:
     """The reversal of one contract service's applied adjustments (see the module docstring for the days).
 
-    An increase is undone on the first free day after it, a decrease on the last free day before it: so on
-    every day the units are at least those of before the load, never below (Autotask refuses units below
-    zero), and exactly those of before the load on every other day. Reversals that add units are sent first
+    An increase is undone on the first free day after it, a decrease on the last free day before it (when that
+    day is after the run's first change of the contract service, else after it): so the days in between hold
+    at least the units of before the load or those the load left (Autotask refuses units below zero), and
+    every other day exactly those of before the load. Reversals that add units are sent first
     (each one that removes units depends on them): no intermediate state goes below the final one."""
     chain.sort(key=lambda original: (original.day, original.action.action_id))
     occupied = {original.day for original in chain}
@@ -174,10 +175,15 @@ def _reverse_chain(month: str, applied_run_id: str, chain: list[_Original], kept
 
     groups: dict[date, list[_Original]] = defaultdict(list)
     cost_days: set[date] = set()
+    first_day = chain[0].day
     for original in chain:
-        if original.change < 0:
-            groups[free_day(original.day, -1)].append(original)
-        elif original.change > 0:
+        before = free_day(original.day, -1)
+        # a decrease goes back the day before -- unless that day falls before the run's first change of this
+        # contract service (another month, or before a contract the run created): then the day after, where
+        # the days in between hold what the load left, which Autotask accepted
+        if original.change < 0 and before > first_day:
+            groups[before].append(original)
+        elif original.change != 0:
             groups[free_day(original.day, +1)].append(original)
         if original.action.unit_cost_after is not None:
             # a cost holds from its day on: it goes back after the original's day, whatever the units do
@@ -241,6 +247,11 @@ def _reverse_chain(month: str, applied_run_id: str, chain: list[_Original], kept
             contract_id=latest.contract_id,
             service_id=latest.service_id,
             contract_service_id=latest.contract_service_id,
+            # a contract service the run created: named by its creating row, as the originals name it (the
+            # plan's checks key adjustment slots by it)
+            contract_service_action_id=None
+            if latest.contract_service_id is not None
+            else latest.action.contract_service_action_id,
             units_before=None if units_after is None else units_after - change,
             units_after=units_after,
             unit_change=change,

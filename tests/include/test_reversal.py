@@ -55,7 +55,7 @@ def _units_on(rows: list[dict], day: date) -> float | None:
 
 
 def test_a_reversal_restores_the_units_of_before_the_load_and_a_second_reversal_load_writes_nothing(
-    autotask, admin, warehouse: Warehouse, monkeypatch
+    autotask, admin, warehouse: Warehouse, monkeypatch, tmp_path
 ):
     hook = make_hook(autotask, monkeypatch)
     approved = plan_month(hook, warehouse)
@@ -100,18 +100,16 @@ def test_a_reversal_restores_the_units_of_before_the_load_and_a_second_reversal_
     after = _units_by_pair(admin)
     # Autotask holds one adjustment per contract service and day, so a reversal goes on the nearest free day:
     # an original's day, and the days from a decrease's reversal (before it) to the decrease, may differ --
-    # never below the units of before the load. Every other day holds exactly the units of before the load.
+    # never below both the units of before the load and those the load left. Every other day holds exactly
+    # the units of before the load.
     moved: dict[tuple[int, int], set[date]] = defaultdict(set)
     for action in reversal:
-        if action.unit_change > 0:
-            undone = min(
-                load_plan_day
-                for load_plan_day in original_days[(action.contract_id, action.service_id)]
-                if load_plan_day > action.effective_date
-            )
+        pair = (action.contract_id, action.service_id)
+        later = [day for day in original_days[pair] if day > action.effective_date]
+        if action.unit_change > 0 and later:
             day = action.effective_date
-            while day < undone:
-                moved[(action.contract_id, action.service_id)].add(day)
+            while day < min(later):
+                moved[pair].add(day)
                 day += timedelta(days=1)
     exact = at_least = 0
     for pair, days in original_days.items():
@@ -122,7 +120,8 @@ def test_a_reversal_restores_the_units_of_before_the_load_and_a_second_reversal_
             if existed_before and expected is None:
                 continue  # after the contract's old end: the extension is not undone
             if day in days or day in moved[pair]:
-                assert found >= (expected or 0.0), (pair, day, found, expected)
+                left = _units_on(loaded[pair], day) or 0.0
+                assert found >= min(expected or 0.0, left), (pair, day, found, expected, left)
                 at_least += 1
             else:
                 assert found == pytest.approx(expected or 0.0), (pair, day, found, expected)
@@ -148,6 +147,14 @@ def test_a_reversal_restores_the_units_of_before_the_load_and_a_second_reversal_
     assert {row["state"] for row in ledger} == {"confirmed"}
     decided = warehouse.query("SELECT DISTINCT decided_by, status FROM plan_actions WHERE run_id = 'reverse-1'")
     assert decided == [{"decided_by": REVERSER, "status": "applied"}]
+
+    # the month's plan, reversal rows included, still passes the plan's own checks (one adjustment per contract
+    # service and day, every unit change on a known contract service, units before + change = units after)
+    from include.quality import validate_plan
+
+    monkeypatch.setenv("BILLING_DATA_DOCS_DIR", str(tmp_path / "docs"))
+    plan_checks = validate_plan(warehouse, MONTH, "run-1")
+    assert not [failure for failure in plan_checks.failures if failure.suite == "change_plan"], plan_checks.summary()
 
     # the reversal again: zero writes; planning it again adds nothing; another reversal of the run is refused
     admin.reset_stats()
@@ -208,3 +215,31 @@ def test_consecutive_days_and_a_cost_change_are_reversed_on_the_next_free_day_wi
     from include.loader import _dependencies_first
 
     assert [action.effective_date.day for action in _dependencies_first(reversals)] == [19, 7]
+
+
+def test_a_decrease_on_the_first_changed_day_is_undone_after_it_never_in_the_month_before():
+    """-2 on 1 October and +3 on the 2nd: the day before the decrease is September (another, maybe invoiced
+    month), so both are undone together on the 3rd (-1), and 1-2 October keep what the load left."""
+    from decimal import Decimal
+
+    from include.plan import PlanAction
+    from include.reversal import _Original, _reverse_chain
+
+    def original(day: int, change: int, before: int) -> _Original:
+        action = PlanAction(
+            kind=ActionKind.ADJUST_UNITS,
+            month=MONTH,
+            target="cs:S:SUB-Ø-7/V9",
+            status=ActionStatus.APPLIED,
+            effective_date=date(2026, 10, day),
+            units_before=Decimal(before),
+            units_after=Decimal(before + change),
+            unit_change=Decimal(change),
+        )
+        return _Original(action, 8, 9, None)
+
+    (only,) = _reverse_chain(MONTH, "run-1", [original(2, 3, 3), original(1, -2, 5)], "")
+
+    assert only.effective_date == date(2026, 10, 3) and only.unit_change == Decimal(-1)
+    assert (only.units_before, only.units_after) == (Decimal(6), Decimal(5))
+    assert "contractServiceID" in only.payload and only.payload["contractServiceID"] is None
