@@ -20,7 +20,8 @@ contract service no approved adjustment will create is created on its own.
 
 Speed and budget: the adjustments of independent contract services run concurrently (the hook allows 3
 requests per endpoint); the adjustments of one contract service run in date order, each unitChange being
-relative to the one before. Before each batch of writes the loader reads ThresholdInformation and keeps a
+relative to the one before (an adjustment that depends on a later-dated one of its contract service, as a
+reversal's may, goes after it). Before each batch of writes the loader reads ThresholdInformation and keeps a
 share of the hourly budget free for the customer's other integrations; when too little is left it stops
 cleanly with `BudgetExhausted`, saying when it can go on.
 """

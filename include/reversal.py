@@ -2,10 +2,12 @@
 
 Autotask can neither delete an adjustment nor hold two adjustments of one contract service on one day
 ("Attempt to insert duplicate data into contract_service_period"), so the opposite change cannot go on the
-original's own date: it goes on the first day after it that holds no adjustment of this run (changes landing
-on the same day are netted into one). From that day on the units (and the unit cost, where the original
-changed it) are those of before the load; on the original days themselves Autotask keeps the loaded units.
-Every reversal row says so in its reason, with the days concerned.
+original's own date: it goes on the nearest day that holds no adjustment of this run -- after an increase,
+before a decrease (after it when the day before falls before the run's first change of that contract
+service: never into the month before) -- and changes landing on one day are netted into one. Every other day
+gets the units (and the unit cost, where the original changed it) of before the load back; the few days in
+between hold at least the units of before the load or those the load left, so none goes below zero. Every
+reversal row says so in its reason.
 
 Nothing is deleted and nothing else is undone: companies, services, contracts and contract services the run
 created stay, and so do contract extensions; the reasons say that too.
@@ -226,8 +228,8 @@ def _reverse_chain(month: str, applied_run_id: str, chain: list[_Original], kept
         reason = (
             f"Reverses run {applied_run_id}: {_signed(change)} units on {day}, undoing the change of "
             f"{undone_days}. Autotask cannot delete an adjustment nor take a second one on the same day, so the "
-            f"opposite change goes on the nearest free day ({'before a decrease, after an increase'}); on the "
-            f"days in between the units stay at least those of before the load, every other day gets them back."
+            "opposite change goes on the nearest free day (before a decrease, after an increase); on the "
+            "days in between the units stay at least those of before the load, every other day gets them back."
         )
         if restores_cost:
             reason += f" The unit cost goes back to {cost_before_load.normalize():f}."
