@@ -20,7 +20,8 @@ contract service no approved adjustment will create is created on its own.
 
 Speed and budget: the adjustments of independent contract services run concurrently (the hook allows 3
 requests per endpoint); the adjustments of one contract service run in date order, each unitChange being
-relative to the one before. Before each batch of writes the loader reads ThresholdInformation and keeps a
+relative to the one before (an adjustment that depends on a later-dated one of its contract service, as a
+reversal's may, goes after it). Before each batch of writes the loader reads ThresholdInformation and keeps a
 share of the hourly budget free for the customer's other integrations; when too little is left it stops
 cleanly with `BudgetExhausted`, saying when it can go on.
 """
@@ -43,9 +44,13 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
-from connectors.autotask_errors import AutotaskApiError, AutotaskOutcomeUnknownError, AutotaskRateLimitError
-from connectors.autotask_query import to_api_value
-from include.autotask_reader import api_date, udf_value
+from include.autotask_errors import (
+    AutotaskApiError,
+    AutotaskBudgetExhaustedError,
+    AutotaskOutcomeUnknownError,
+    AutotaskRateLimitError,
+)
+from include.autotask_reader import api_date, to_api_value, udf_value
 from include.plan import ActionKind, ActionStatus, PlanAction, load_plan
 from include.sync_settings import SyncSettings
 from include.warehouse import Warehouse, utcnow
@@ -260,10 +265,13 @@ class _Loader:
         started = time.monotonic()
         self._start_load_run()
         try:
-            self._read_state()
-            for level in LEVELS:
-                self._run_level(level)
-            self._resolve_folded_contract_services()
+            try:
+                self._read_state()
+                for level in LEVELS:
+                    self._run_level(level)
+                self._resolve_folded_contract_services()
+            except AutotaskBudgetExhaustedError as error:  # a read refused: the hook says the budget is spent
+                raise self._budget_stop(str(error), resume_at=error.resume_at) from error
             self._count_waiting()
             self.summary.status = "incomplete" if self.summary.waiting else "succeeded"
             message = None
@@ -631,7 +639,7 @@ class _Loader:
         chains: dict[str, list[PlanAction]] = defaultdict(list)
         for action in sorted(actions, key=lambda item: (item.target, item.effective_date or date.min)):
             chains[action.target if action.kind in ADJUSTING_KINDS else action.action_id].append(action)
-        return list(chains.values())
+        return [_dependencies_first(chain) for chain in chains.values()]
 
     def _send_chain(self, chain: Sequence[PlanAction], gate: _BudgetGate) -> None:
         for action in chain:
@@ -661,7 +669,9 @@ class _Loader:
             return _Outcome.UNKNOWN
         except AutotaskRateLimitError as error:
             self._back_to_pending(write, str(error))
-            raise self._budget_stop(f"Autotask rejected a write for the request limit: {error}") from error
+            raise self._budget_stop(
+                f"Autotask rejected a write for the request limit: {error}", resume_at=getattr(error, "resume_at", None)
+            ) from error
         except AutotaskApiError as error:
             if error.status is None and getattr(error, "retryable", False):
                 self._back_to_pending(write, str(error))
@@ -728,7 +738,9 @@ class _Loader:
         try:
             information = self.writer.threshold_information()
         except AutotaskRateLimitError as error:
-            raise self._budget_stop(f"Autotask refused even the budget read: {error}") from error
+            raise self._budget_stop(
+                f"Autotask refused even the budget read: {error}", resume_at=getattr(error, "resume_at", None)
+            ) from error
         with self.lock:
             self.own_requests += 1
         self.checkpoints.append((datetime.now(UTC), self._used()))
@@ -749,8 +761,11 @@ class _Loader:
             )
         return min(wanted, room)
 
-    def _budget_stop(self, reason: str, needed: int = 1, minutes: int = 60) -> BudgetExhausted:
-        resume_at = self._resume_at(max(1, needed), minutes)
+    def _budget_stop(
+        self, reason: str, needed: int = 1, minutes: int = 60, resume_at: datetime | None = None
+    ) -> BudgetExhausted:
+        """`resume_at`: when Autotask (or the hook) said requests go on; else estimated from this load's own."""
+        resume_at = resume_at or self._resume_at(max(1, needed), minutes)
         return BudgetExhausted(resume_at, self._used(), self._budget_message(reason, resume_at), reason)
 
     def _budget_message(self, reason: str, resume_at: datetime) -> str:
@@ -1139,6 +1154,25 @@ _FINDERS: dict[ActionKind, Callable[[_Loader, Sequence[PlanAction]], Iterable[tu
     ActionKind.ADJUST_UNITS: _Loader._find_adjustments,
     ActionKind.CHANGE_COST: _Loader._find_adjustments,
 }
+
+
+def _dependencies_first(chain: list[PlanAction]) -> list[PlanAction]:
+    """A chain in date order, except that an action goes after what it depends on within the chain (a
+    reversal's adjustments that remove units wait for those that add units, whatever their dates)."""
+    if len(chain) < 2:
+        return chain
+    ids = {action.action_id for action in chain}
+    placed: set[str] = set()
+    ordered: list[PlanAction] = []
+    waiting = list(chain)
+    while waiting:
+        ready = next(
+            (action for action in waiting if placed.issuperset(ids.intersection(action.depends_on))), waiting[0]
+        )
+        waiting.remove(ready)
+        placed.add(ready.action_id)
+        ordered.append(ready)
+    return ordered
 
 
 def _row_covering(rows: Sequence[Mapping[str, Any]], day: date | None) -> Mapping[str, Any] | None:

@@ -6,7 +6,7 @@ through a small Protocol (`query`, `query_in`, `count`, `get`, `create`, `update
 
 Connection (`autotask_default`): login = API user, password = secret; extra:
 `integration_code` (required), `impersonation_resource_id`, `zone_discovery_url`,
-`max_concurrent_per_endpoint` (3), `budget_slowdown_ratio` (0.5), `budget_pause_ratio` (0.9), and the
+`max_concurrent_per_endpoint` (3), `budget_slowdown_ratio` (0.75), `budget_pause_ratio` (0.9), and the
 tuning knobs of `AutotaskSettings`. A host on the connection skips zone discovery.
 
 Safety rules that shape the code:
@@ -15,7 +15,10 @@ Safety rules that shape the code:
 - A write whose response was lost may have been applied; it is never retried here
   (`AutotaskOutcomeUnknownError`), only writes that provably did not happen are.
 - The hourly request budget is shared by every integration of the customer; above a ratio we slow
-  down, above a higher one we pause, rather than fail halfway through a load.
+  down, and once it is spent (above a higher ratio, or Autotask answers 429 for it) every request stops at
+  once with `AutotaskBudgetExhaustedError`, saying how much is used and when requests go on — never sleeping
+  minutes inside a request. The caller (the loader) stops cleanly and resumes later. The budget read itself
+  is never retried on a 429: its 429 is the budget's answer.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from urllib3.exceptions import ConnectTimeoutError
 from connectors.autotask_errors import (
     AutotaskApiError,
     AutotaskAuthError,
+    AutotaskBudgetExhaustedError,
     AutotaskNotAllowedError,
     AutotaskOutcomeUnknownError,
     AutotaskRateLimitError,
@@ -79,14 +83,14 @@ class AutotaskSettings:
     impersonation_resource_id: int | None = None
     zone_discovery_url: str = DEFAULT_ZONE_DISCOVERY_URL
     max_concurrent_per_endpoint: int = 3
-    budget_slowdown_ratio: float = 0.5
-    budget_pause_ratio: float = 0.9
+    # from 75 % of the hourly budget on, each request waits a little (the loader keeps 20 % free by default)
+    budget_slowdown_ratio: float = 0.75
+    budget_pause_ratio: float = 0.9  # from here on the budget counts as spent: requests stop (typed error)
     budget_check_every: int = 100  # requests between two ThresholdInformation reads
     budget_check_interval_s: float = 60.0  # ...or this long, whichever comes first
     budget_refresh_in_background: bool = True  # read the budget without holding up the request
     budget_max_delay_s: float = 1.0  # added per request when just below the pause ratio
-    budget_pause_s: float = 60.0  # one pause step; the budget is re-read after each step
-    max_pause_s: float = 3600.0  # total pause before a request goes ahead anyway
+    budget_retry_after_s: float = 60.0  # a 429 asking to wait longer is the hourly budget, not a passing limit
     max_attempts: int = 8  # for 429 / thread-limit rejections
     read_attempts: int = 4  # for 5xx and connection errors on reads
     retry_wait_s: float = 0.5  # base of the jittered exponential backoff
@@ -195,7 +199,11 @@ def _is_connect_failure(exc: requests.RequestException) -> bool:
 
 
 class _RequestBudget:
-    """Paces the hook against Autotask's shared hourly request threshold."""
+    """Paces the hook against Autotask's shared hourly request threshold, and knows when it is spent.
+
+    Spent means: the last budget read showed `budget_pause_ratio` or more used, or Autotask answered 429 for
+    the threshold. Until the time it goes on, every request raises `AutotaskBudgetExhaustedError` at once
+    (nothing is sent); after it, the budget is read again before the next request."""
 
     def __init__(
         self,
@@ -209,35 +217,63 @@ class _RequestBudget:
         self._sleep = sleep
         self._clock = clock
         self._lock = threading.Lock()
-        self._pause_lock = threading.Lock()
         self._checking = False
         self._requests_since_check = 0
         self._last_check_at: float | None = None
         self.ratio = 0.0
         self.last_information: dict[str, Any] | None = None
         self.slowdown_seconds = 0.0  # total delay added, for the caller's run report
-        self.pause_seconds = 0.0
+        self.exhausted_until: float | None = None  # clock time from which requests may go on
+        self.resume_at: datetime | None = None  # the same, in UTC, for people
+        self.exhausted_reason: list[str] = []
 
     def note_request(self) -> None:
         with self._lock:
             self._requests_since_check += 1
 
-    def before_request(self) -> None:
+    def before_request(self, entity: str, verb: str) -> None:
+        self._raise_if_spent(entity, verb)
         if self._check_due():
-            if self._settings.budget_refresh_in_background:
+            if self._settings.budget_refresh_in_background and self.exhausted_until is None:
                 # Pacing information must not sit on the critical path of a request (the first included):
-                # until it arrives the last known ratio applies, and a pause re-reads in line anyway.
+                # until it arrives the last known ratio applies.
                 threading.Thread(target=self.refresh, name="autotask-budget", daemon=True).start()
             else:
                 self.refresh()
+                self._raise_if_spent(entity, verb)
         ratio = self.ratio
         if ratio >= self._settings.budget_pause_ratio:
-            self._pause()
+            self._spent_by_ratio()
+            self._raise_if_spent(entity, verb)
         elif ratio >= self._settings.budget_slowdown_ratio:
             delay = self._slowdown_delay(ratio)
             with self._lock:
                 self.slowdown_seconds += delay
             self._sleep(delay)
+
+    def _raise_if_spent(self, entity: str, verb: str) -> None:
+        with self._lock:
+            until = self.exhausted_until
+            if until is None:
+                return
+            if self._clock() >= until:
+                # the time has come: read the budget again before the next request
+                self.exhausted_until = None
+                self.ratio = 0.0
+                self._last_check_at = None
+                return
+            resume_at = self.resume_at
+            reason = list(self.exhausted_reason)
+        used, limit = self._used_and_limit()
+        raise AutotaskBudgetExhaustedError(
+            entity, verb, None, reason, resume_at=resume_at or datetime.now(UTC), used=used, limit=limit
+        )
+
+    def _used_and_limit(self) -> tuple[int | None, int | None]:
+        info = self.last_information or {}
+        limit = info.get("externalRequestThreshold")
+        used = info.get("currentTimeframeRequestCount")
+        return (None if used is None else int(used)), (None if limit is None else int(limit))
 
     def _check_due(self) -> bool:
         with self._lock:
@@ -245,17 +281,26 @@ class _RequestBudget:
                 return False
             due = (
                 self._last_check_at is None
-                or self._requests_since_check >= self._settings.budget_check_every
+                or self._requests_since_check >= self._requests_between_checks()
                 or self._clock() - self._last_check_at >= self._settings.budget_check_interval_s
             )
             self._checking = due
             return due
 
+    def _requests_between_checks(self) -> int:
+        """`budget_check_every`, or more while the budget is far from the slow-down line: even if the other
+        integrations spent as fast as we do, half the headroom cannot take us past it. (The `month` benchmark
+        holds the budget reads to its read bound: one per 100 requests was a quarter of a month's reads.)"""
+        info = self.last_information or {}
+        threshold = float(info.get("externalRequestThreshold") or 0)
+        headroom = (self._settings.budget_slowdown_ratio - self.ratio) * threshold / 2
+        return max(self._settings.budget_check_every, int(headroom))
+
     def refresh(self) -> None:
         try:
             information = self._fetch()
         except AutotaskApiError as exc:
-            # Not knowing the budget must not stop a load; the server's own 429s still protect it.
+            # Not knowing the budget must not stop a load; a 429 here has already marked the budget spent.
             log.warning("Could not read Autotask ThresholdInformation: %s", exc)
             information = None
         finally:
@@ -264,45 +309,52 @@ class _RequestBudget:
                 self._requests_since_check = 0
                 self._last_check_at = self._clock()
         if information:
-            threshold = float(information.get("externalRequestThreshold") or 0)
-            used = float(information.get("currentTimeframeRequestCount") or 0)
-            self.last_information = information
-            self.ratio = used / threshold if threshold > 0 else 0.0
+            self.learn(information)
+
+    def learn(self, information: dict[str, Any], *, counts_as_check: bool = False) -> None:
+        """Take in a ThresholdInformation answer (read by the pacing, or by a caller: then it counts as the
+        pacing's check too, so the same budget is not read twice)."""
+        if counts_as_check:
+            with self._lock:
+                self._requests_since_check = 0
+                self._last_check_at = self._clock()
+        threshold = float(information.get("externalRequestThreshold") or 0)
+        used = float(information.get("currentTimeframeRequestCount") or 0)
+        self.last_information = information
+        self.ratio = used / threshold if threshold > 0 else 0.0
+
+    def spent(self, wait_s: float, errors: list[str]) -> datetime:
+        """Autotask said the budget is spent (a 429 for the threshold): no request until `wait_s` from now."""
+        with self._lock:
+            self.exhausted_until = self._clock() + wait_s
+            self.resume_at = (datetime.now(UTC) + timedelta(seconds=wait_s)).replace(microsecond=0)
+            self.exhausted_reason = list(errors)
+            self.ratio = max(self.ratio, 1.0)
+            resume_at = self.resume_at
+        log.warning("Autotask's hourly request budget is spent; no request before %s UTC", f"{resume_at:%H:%M:%S}")
+        return resume_at
+
+    def _spent_by_ratio(self) -> None:
+        """The budget read shows the pause ratio reached: requests stop until enough of the rolling window has
+        left it (estimated as if the used requests were spread evenly over the timeframe)."""
+        info = self.last_information or {}
+        threshold = float(info.get("externalRequestThreshold") or 0)
+        used = float(info.get("currentTimeframeRequestCount") or 0)
+        minutes = float(info.get("requestThresholdTimeframe") or 60)
+        over = used - self._settings.budget_pause_ratio * threshold
+        wait_s = max(60.0, minutes * 60 * over / used) if used > 0 else 60.0
+        self.spent(
+            wait_s,
+            [
+                f"{int(used):,} of {int(threshold):,} requests of the last {int(minutes)} minutes are used, "
+                f"{self._settings.budget_pause_ratio:.0%} or more"
+            ],
+        )
 
     def _slowdown_delay(self, ratio: float) -> float:
         low, high = self._settings.budget_slowdown_ratio, self._settings.budget_pause_ratio
         share = 1.0 if high <= low else min(1.0, (ratio - low) / (high - low))
         return self._settings.budget_max_delay_s * max(share, 0.05)
-
-    def _pause(self) -> None:
-        with self._pause_lock:  # one thread waits and re-reads; the others queue behind it
-            paused = 0.0
-            while self.ratio >= self._settings.budget_pause_ratio:
-                if paused >= self._settings.max_pause_s:
-                    log.warning(
-                        "Autotask request budget still at %.0f%% after pausing %.1fs; going ahead",
-                        self.ratio * 100,
-                        paused,
-                    )
-                    return
-                step = min(self._settings.budget_pause_s, self._settings.max_pause_s - paused)
-                until = datetime.now(UTC) + timedelta(seconds=step)
-                info = self.last_information or {}
-                log.warning(
-                    "Autotask request budget at %.0f%% (%s of %s requests per %s); pausing until %s",
-                    self.ratio * 100,
-                    info.get("currentTimeframeRequestCount"),
-                    info.get("externalRequestThreshold"),
-                    info.get("requestThresholdTimeframe") or "hour",
-                    until.strftime("%Y-%m-%d %H:%M:%S UTC"),
-                )
-                self._sleep(step)
-                paused += step
-                with self._lock:
-                    self.pause_seconds += step
-                self.refresh()
-            if paused:
-                log.info("Autotask request budget back at %.0f%%; resuming after %.1fs", self.ratio * 100, paused)
 
 
 class AutotaskHook(HttpHook):
@@ -516,6 +568,7 @@ class AutotaskHook(HttpHook):
         return [self._redact(text) for text in texts]
 
     def _fetch_threshold_information(self) -> dict[str, Any]:
+        # never paced and never retried on a 429: its 429 is the budget's answer (it marks the budget spent)
         return self._request("GET", "ThresholdInformation", "ThresholdInformation", paced=False)
 
     def _request(
@@ -608,7 +661,7 @@ class AutotaskHook(HttpHook):
         settings = self.settings
         assert self._session is not None and self._budget is not None
         if paced:
-            self._budget.before_request()
+            self._budget.before_request(entity, verb)
         url = urljoin(self._api_base, path)
         slots = self._slots_for(endpoints)
         for slot in slots:
@@ -655,7 +708,18 @@ class AutotaskHook(HttpHook):
             error.retryable = True
             raise error
         errors = self._error_texts(response)
-        if status == 429 or any(THREAD_LIMIT_CODE in text.lower() for text in errors):
+        thread_limit = any(THREAD_LIMIT_CODE in text.lower() for text in errors)
+        if status == 429 and not thread_limit:
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            if self._is_budget_answer(entity, retry_after, errors):
+                assert self._budget is not None
+                wait_s = retry_after if retry_after is not None else 60.0
+                resume_at = self._budget.spent(wait_s, errors)
+                used, limit = self._budget._used_and_limit()
+                raise AutotaskBudgetExhaustedError(
+                    entity, verb, status, errors, resume_at=resume_at, used=limit or used, limit=limit
+                )
+        if status == 429 or thread_limit:
             # Rejected before processing: safe to retry, writes included.
             limited = AutotaskRateLimitError(
                 entity, verb, status, errors, retry_after_seconds(response.headers.get("Retry-After"))
@@ -672,6 +736,15 @@ class AutotaskHook(HttpHook):
         # Reads are retried on server errors; a write's 500 is Autotask rejecting it (validation).
         error.retryable = (not write) and status >= 500
         raise error
+
+    def _is_budget_answer(self, entity: str, retry_after: float | None, errors: list[str]) -> bool:
+        """A 429 for the hourly threshold (not a passing limit): on the budget read itself, with a long
+        Retry-After, or with Autotask's threshold text."""
+        if entity == "ThresholdInformation":
+            return True
+        if retry_after is not None and retry_after > self.settings.budget_retry_after_s:
+            return True
+        return any("request threshold" in text.lower() or "requests per" in text.lower() for text in errors)
 
     # --- reads ----------------------------------------------------------------------------------------------
 
@@ -855,7 +928,8 @@ class AutotaskHook(HttpHook):
 
     def threshold_information(self) -> dict:
         """`{"externalRequestThreshold", "requestThresholdTimeframe", "currentTimeframeRequestCount"}`."""
-        information = self._request("GET", "ThresholdInformation", "ThresholdInformation")
+        information = self._request("GET", "ThresholdInformation", "ThresholdInformation", paced=False)
+        self.budget.learn(information, counts_as_check=True)  # the caller's read paces the hook too
         return information
 
     def entity_fields(self, entity: str) -> list[dict]:

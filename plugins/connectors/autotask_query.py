@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from decimal import Decimal
+from datetime import date
 from typing import Any
+
+# the value encoding lives in include/ (the loader needs it too, and include/ imports nothing of plugins/)
+from include.autotask_reader import format_api_date, format_api_datetime, to_api_value
+
+_REEXPORTED = (format_api_date, format_api_datetime)  # the hook and its tests import them from here
 
 VALUE_OPERATORS = frozenset({"eq", "noteq", "gt", "gte", "lt", "lte", "beginsWith", "endsWith", "contains"})
 LIST_OPERATORS = frozenset({"in", "notIn"})
@@ -29,41 +33,11 @@ MAX_IN_VALUES = 500
 MATCH_ALL: list[dict[str, Any]] = [{"op": "gte", "field": "id", "value": 0}]
 
 
-def format_api_date(value: date) -> str:
-    """A date-only field (effectiveDate, startDate, endDate) as Autotask wants it: `YYYY-MM-DDT00:00:00`."""
-    return f"{value.year:04d}-{value.month:02d}-{value.day:02d}T00:00:00"
-
-
-def format_api_datetime(value: datetime) -> str:
-    """A datetime in UTC, `yyyy-mm-ddThh:mm:ss.mmmZ`; naive datetimes are taken to be UTC already."""
-    if value.tzinfo is not None:
-        value = value.astimezone(UTC)
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
-
-
 def parse_api_date(text: str | None) -> date | None:
     """The date part of an Autotask datetime string (`2026-10-01T00:00:00`, `...Z`, `...+00:00`)."""
     if not text:
         return None
     return date.fromisoformat(text[:10])
-
-
-def to_api_value(value: Any) -> Any:
-    """Encode a value for a JSON body: dates and datetimes as Autotask strings, Decimals as numbers.
-
-    Booleans stay literal true/false (Autotask rejects "true" strings); containers are encoded deeply.
-    """
-    if isinstance(value, datetime):
-        return format_api_datetime(value)
-    if isinstance(value, date):
-        return format_api_date(value)
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() and value.as_tuple().exponent >= 0 else float(value)
-    if isinstance(value, Mapping):
-        return {key: to_api_value(item) for key, item in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [to_api_value(item) for item in value]
-    return value
 
 
 @dataclass(frozen=True, slots=True)

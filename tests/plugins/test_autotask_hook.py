@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -25,6 +25,7 @@ import pytest
 from connectors.autotask_errors import (
     AutotaskApiError,
     AutotaskAuthError,
+    AutotaskBudgetExhaustedError,
     AutotaskNotAllowedError,
     AutotaskOutcomeUnknownError,
     AutotaskZoneError,
@@ -719,15 +720,74 @@ def test_thread_limit_rejections_are_retried_even_for_writes(
     assert all(names.count(f"Thread {i} ({rejection_status})") == 1 for i in range(6))  # retried, never twice
 
 
-def test_429_is_retried_after_retry_after(
+class FakeClock:
+    """Stands in for time.monotonic: moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_an_hourly_budget_429_stops_at_once_says_when_and_holds_later_requests_until_then(
     monkeypatch: pytest.MonkeyPatch, sandbox: RunningServer, admin: Admin
 ) -> None:
-    admin.faults(hourly_limit=1)
-    hook_sleep = SleepRecorder(on_sleep=lambda _: admin.faults(hourly_limit=10000))
-    hook = make_hook(monkeypatch, sandbox, sleep=hook_sleep, budget_slowdown_ratio=50, budget_pause_ratio=50)
-    hook.threshold_information()  # uses up the single allowed request
+    """Issue 9: an Autotask whose budget ran out made the hook retry each request on Retry-After for minutes,
+    then fail with the server's text. Now the first 429 for the threshold raises a typed error in plain words,
+    no request waits, and none is sent until the time Autotask named."""
+    admin.reset()  # empties the sandbox's rolling-hour window
+    recorder = SleepRecorder()
+    hook = make_hook(monkeypatch, sandbox, sleep=recorder)
+    clock = FakeClock()
+    hook._clock = clock
+    hook.count("Companies")  # the budget read, then the count
+    admin.faults(hourly_limit=3)
+    hook.count("Companies")
+    started = datetime.now(UTC)
+
+    with pytest.raises(AutotaskBudgetExhaustedError) as caught:
+        hook.count("Companies")
+
+    error = caught.value
+    assert not error.retryable and error.status == 429
+    assert timedelta(minutes=50) < error.resume_at - started <= timedelta(minutes=61)
+    text = str(error)
+    assert "hourly request budget ran out" in text and "Requests go on at about" in text
+    assert f"{error.resume_at:%Y-%m-%d %H:%M:%S}" in text and "The request threshold of 3" in text
+    assert not [wait for wait in recorder.waits if wait >= 1], "nothing sleeps inside a request"
+    assert admin.stats()["rejected"]["hourly_limit"] == 1, "the 429 is not retried"
+    # the next requests stop in the hook: nothing is sent while the budget is spent
+    admin.reset_stats()
+    with pytest.raises(AutotaskBudgetExhaustedError, match="Requests go on at about"):
+        hook.query("Companies", [Filter.eq("id", 1)])
+    assert admin.stats()["total"] == 0
+    # once the time has come (and the window has room again) requests go on, the budget read first
+    admin.faults(hourly_limit=10000)
+    clock.now += 3700
     assert hook.count("Companies") > 0
-    assert hook_sleep.waits, "the 429 should have caused a wait"
+    assert admin.calls("ThresholdInformation") == 1 and hook.budget.exhausted_until is None
+
+
+def test_the_budget_read_is_never_retried_on_a_429_and_marks_the_budget_spent(
+    monkeypatch: pytest.MonkeyPatch, sandbox: RunningServer, admin: Admin
+) -> None:
+    admin.reset()
+    admin.faults(hourly_limit=1)
+    recorder = SleepRecorder()
+    hook = make_hook(monkeypatch, sandbox, sleep=recorder)
+    assert hook.threshold_information()["currentTimeframeRequestCount"] == 1  # the single allowed request
+
+    with pytest.raises(AutotaskBudgetExhaustedError) as caught:
+        hook.threshold_information()
+
+    assert admin.stats()["rejected"]["hourly_limit"] == 1 and not recorder.waits
+    assert caught.value.limit == 1 and caught.value.used == 1 and "1 of 1 requests" in str(caught.value)
+    assert hook.budget.exhausted_until is not None
+    with pytest.raises(AutotaskBudgetExhaustedError):
+        hook.create("Companies", {"companyName": "Ñandú & Söhne GmbH", "companyType": 1, "phone": "1"})
+    assert admin.stats()["rejected"]["hourly_limit"] == 1, "nothing more was sent"
+    assert "Ñandú & Söhne GmbH" not in [record["companyName"] for record in admin.state("Companies")]
 
 
 def test_server_errors_are_retried_for_reads(monkeypatch: pytest.MonkeyPatch, sandbox, admin: Admin) -> None:
@@ -873,36 +933,30 @@ def test_a_refused_connection_on_a_write_is_retried_because_nothing_was_sent(mon
 # --- budget --------------------------------------------------------------------------------------------------
 
 
-def test_budget_slows_down_then_pauses_and_resumes_instead_of_failing(
-    monkeypatch: pytest.MonkeyPatch, sandbox: RunningServer, admin: Admin, caplog: pytest.LogCaptureFixture
+def test_budget_slows_down_from_three_quarters_and_stops_with_a_typed_error_at_the_pause_ratio(
+    monkeypatch: pytest.MonkeyPatch, sandbox: RunningServer, admin: Admin
 ) -> None:
     admin.reset()  # empties the sandbox's rolling-hour window
     admin.faults(hourly_limit=40)
-
-    def lift_limit_on_pause(seconds: float) -> None:
-        if seconds >= 0.5:  # a pause step, not a slowdown delay
-            admin.faults(hourly_limit=10000)
-
-    recorder = SleepRecorder(on_sleep=lift_limit_on_pause)
-    hook = make_hook(
-        monkeypatch,
-        sandbox,
-        sleep=recorder,
-        budget_check_every=3,
-        budget_max_delay_s=0.2,
-        budget_pause_s=0.5,
-        max_pause_s=5,
-    )
-    caplog.set_level(logging.INFO, logger="connectors.autotask_hook")
-    for _ in range(45):
-        hook.count("Companies")
+    recorder = SleepRecorder()
+    hook = make_hook(monkeypatch, sandbox, sleep=recorder, budget_check_every=3, budget_max_delay_s=0.2)
+    hook._clock = FakeClock()
+    counted = 0
+    with pytest.raises(AutotaskBudgetExhaustedError) as caught:
+        for _ in range(45):
+            hook.count("Companies")
+            counted += 1
+            if hook.budget.ratio < 0.75:
+                assert hook.budget.slowdown_seconds == 0, "no slow-down below three quarters of the budget"
     budget = hook.budget
-    assert budget.slowdown_seconds > 0, "above half of the hourly limit the hook should slow down"
-    assert budget.pause_seconds >= 0.5, "above 90 % it should pause"
-    assert "pausing until" in caplog.text
-    assert any(0 < wait <= 0.2 for wait in recorder.waits)
-    threshold = hook.threshold_information()
-    assert threshold["externalRequestThreshold"] == 10000
+    assert budget.slowdown_seconds > 0, "from 75 % of the hourly limit the hook slows down"
+    assert all(wait <= 0.2 for wait in recorder.waits), "it never sleeps longer than one slow-down step"
+    # it stopped at 90 % (36 of 40) before Autotask had to refuse anything
+    assert admin.stats()["rejected"].get("hourly_limit", 0) == 0
+    assert 24 <= counted < 36  # the budget reads count too
+    error = caught.value
+    assert error.limit == 40 and 36 <= error.used <= 40
+    assert "hourly request budget ran out" in str(error) and error.resume_at > datetime.now(UTC)
 
 
 def test_budget_reads_in_the_background_do_not_hold_up_requests(
