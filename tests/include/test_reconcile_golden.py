@@ -1,7 +1,7 @@
 """The golden scenario: hand-written BSS lines and Autotask state for 2026-10, and the plan written out by hand.
 
 Autotask (ids are assigned by the fake in creation order):
-  companies 101 Contoso Ltd (UDF key ACC-1), 102 Fabrikam, Inc. (no key, the exact name), 103 Northwind Traders Ltd (no key),
+  companies 101 Contoso Ltd (UDF key ACC-1), 102 Fabrikam, Inc. (exact name), 103 Northwind Traders Ltd (no key),
             104 Müller GmbH (UDF key ACC-4)
   services  501 Microsoft 365 Business Standard (sku M365-BS, cost 10), 502 Exchange Online (Plan 1) (no sku,
             cost 4), 503 Veeam Backup (inactive; remembered link for PRD-VEEAM)
