@@ -51,6 +51,7 @@ from include.autotask_errors import (
     AutotaskRateLimitError,
 )
 from include.autotask_reader import api_date, to_api_value, udf_value
+from include.mapping import record_created_link
 from include.plan import ActionKind, ActionStatus, PlanAction, load_plan
 from include.sync_settings import SyncSettings
 from include.warehouse import Warehouse, utcnow
@@ -532,9 +533,15 @@ class _Loader:
             by_number[str(record.get("contractNumber"))].append(record)
         results = []
         for number, action in wanted.items():
-            found = by_number.get(str(number), [])
             company_id = self._company_of(action)
-            if len(found) == 1 and (company_id is None or int(found[0].get("companyID") or 0) == company_id):
+            # A contract with this number under another company is not this one: a subscription that moved to
+            # another customer keeps its old contract (zeroed by the plan) and gets a new one under the new company.
+            found = [
+                record
+                for record in by_number.get(str(number), [])
+                if company_id is None or int(record.get("companyID") or 0) == company_id
+            ]
+            if len(found) == 1:
                 contract_id = int(found[0]["id"])
                 results.append(
                     (action, contract_id, f"already in Autotask: contract {contract_id} has number {number}")
@@ -542,8 +549,8 @@ class _Loader:
             elif found:
                 described = ", ".join(f"{record['id']} (company {record.get('companyID')})" for record in found)
                 reason = (
-                    f"Autotask already holds contract number {number} as {described}, not under company "
-                    f"{company_id}: a person decides"
+                    f"Autotask already holds contract number {number} {len(found)} times under company "
+                    f"{company_id} ({described}): a person decides"
                 )
                 results.append((action, _Refusal(reason), ""))
             else:
@@ -985,6 +992,19 @@ class _Loader:
                 self.applied.add(action.contract_service_action_id)
                 self.summary.folded += 1
             setattr(self.summary, counter, getattr(self.summary, counter) + 1)
+        self._remember_created(action, autotask_id)
+
+    def _remember_created(self, action: PlanAction, autotask_id: int | None) -> None:
+        """A record this product created (or found by its key) is the source's link from now on, so next month
+        links it without asking (a person's manual link in the meantime is kept)."""
+        source = {
+            ActionKind.CREATE_COMPANY: ("company", action.account_id),
+            ActionKind.CREATE_CONTRACT: ("contract", action.subscription_ids[0] if action.subscription_ids else None),
+            ActionKind.CREATE_SERVICE: ("service", action.product_id),
+        }.get(action.kind)
+        if source is None or source[1] is None or autotask_id is None:
+            return
+        record_created_link(self.warehouse, source[0], source[1], autotask_id, by=f"loader {self.load_id}")
 
     def _update_plan(
         self, conn: sa.Connection, action_id: str, status: ActionStatus, entity_id: int | None, error: str | None

@@ -156,7 +156,8 @@ def test_an_approved_month_is_loaded_verified_and_reported(stack) -> None:
     assert recorded["decision"] == "approved_with_flagged" and recorded["decided_by"] == "finance"
     plan = store.query(
         "SELECT action_id, kind, status, decided_by, contract_id, contract_action_id, service_id,"
-        " service_action_id, applied_entity_id, subscription_ids, units_after FROM plan_actions"
+        " service_action_id, applied_entity_id, subscription_ids, units_after, effective_date, reason"
+        " FROM plan_actions"
         " WHERE run_id = :r",
         {"r": run_id},
     )
@@ -171,12 +172,21 @@ def test_an_approved_month_is_loaded_verified_and_reported(stack) -> None:
     by_id = {row["action_id"]: row for row in plan}
     bss_units = bss_units_at_month_end(store, month)
     contract_services: dict[tuple[int, int], set[str]] = defaultdict(set)
+    # a subscription that moved to another customer leaves its old contract service: the plan takes its units
+    # there to what stays (its new contract service carries them); that pair must hold what the plan promised
+    moved_away: dict[tuple[int, int], tuple[str, float]] = {}
     for row in plan:
         if row["kind"] != "adjust_units" or row["status"] != "applied":
             continue
         contract = row["contract_id"] or by_id[row["contract_action_id"]]["applied_entity_id"]
         service = row["service_id"] or by_id[row["service_action_id"]]["applied_entity_id"]
-        contract_services[(int(contract), int(service))].update(json.loads(row["subscription_ids"]))
+        pair = (int(contract), int(service))
+        if "moved to another customer" in (row["reason"] or "") and row["contract_id"] is not None:
+            day = str(row["effective_date"])
+            if pair not in moved_away or moved_away[pair][0] <= day:
+                moved_away[pair] = (day, float(row["units_after"]))
+            continue
+        contract_services[pair].update(json.loads(row["subscription_ids"]))
     assert contract_services
     units_rows = defaultdict(list)
     for row in sandbox_state(stack, "ContractServiceUnits"):
@@ -186,6 +196,9 @@ def test_an_approved_month_is_loaded_verified_and_reported(stack) -> None:
         covering = [row for row in units_rows[pair] if row["startDate"][:10] <= month_end <= row["endDate"][:10]]
         expected = sum(bss_units[subscription] for subscription in subscriptions)
         assert len(covering) == 1 and Decimal(str(covering[0]["units"])) == expected, (pair, subscriptions, covering)
+    for pair, (_, promised) in moved_away.items():
+        covering = [row for row in units_rows[pair] if row["startDate"][:10] <= month_end <= row["endDate"][:10]]
+        assert all(Decimal(str(row["units"])) == Decimal(str(promised)) for row in covering), (pair, covering)
 
     # verified by reading Autotask back, and reported next to the Data Docs
     assert store.scalar("SELECT COUNT(*) FROM load_verifications WHERE run_id = :r AND matches = 0", {"r": run_id}) == 0
