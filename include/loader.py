@@ -312,13 +312,21 @@ class _Loader:
         approved = [action for action in plan if action.status == ActionStatus.APPROVED]
         self.summary.skipped = sum(1 for action in approved if action.kind not in WRITING_KINDS)
         self.summary.approved = len(approved) - self.summary.skipped
-        # contract services their first approved adjustment creates (contractID + serviceID, no own write)
-        for action in sorted(approved, key=lambda item: (item.effective_date or date.min, item.action_id)):
+        # a new contract service is created by its first adjustment (contractID + serviceID, no own write), but
+        # only when that first adjustment is approved: a later one waits for it (each unitChange is relative to
+        # the one before), so folding into it would leave the contract service uncreated; then it is created on
+        # its own
+        first_adjustment: dict[str, PlanAction] = {}
+        for action in sorted(plan, key=lambda item: (item.effective_date or date.min, item.action_id)):
             cs_action_id = action.contract_service_action_id
-            if action.kind in ADJUSTING_KINDS and cs_action_id and cs_action_id not in self.folded:
-                cs_action = self.plan.get(cs_action_id)
-                if cs_action is not None and cs_action.status == ActionStatus.APPROVED:
-                    self.folded[cs_action_id] = action
+            if action.kind in ADJUSTING_KINDS and cs_action_id and cs_action_id not in first_adjustment:
+                first_adjustment[cs_action_id] = action
+        for cs_action_id, action in first_adjustment.items():
+            cs_action = self.plan.get(cs_action_id)
+            if cs_action is None or cs_action.status != ActionStatus.APPROVED:
+                continue
+            if action.status in (ActionStatus.APPROVED, ActionStatus.APPLIED):  # applied: it created it already
+                self.folded[cs_action_id] = action
 
     # -- one level: ask about the unknown, then send what is missing --------------------------------------
 

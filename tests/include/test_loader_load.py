@@ -126,11 +126,14 @@ def test_verification_reports_a_contract_service_changed_in_autotask_after_the_l
     approved = plan_month(hook, warehouse)
     load_plan_actions(hook, warehouse, MONTH, "run-1", SETTINGS, LoadSettings(workers=3))
     # someone adds 2 units by hand on the month's last day to a contract service the load adjusted earlier
+    # (one whose contract runs past the month: Autotask refuses an adjustment after a contract's end)
+    runs_past_month = {record["id"] for record in admin.state("Contracts") if record["endDate"][:10] >= "2026-10-31"}
     target = next(
         action
         for action in approved
         if action.kind is ActionKind.ADJUST_UNITS
         and action.contract_service_id is not None
+        and action.contract_id in runs_past_month
         and action.effective_date.day < 31
         and not any(
             other.target == action.target and other.effective_date.day == 31

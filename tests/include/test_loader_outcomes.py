@@ -102,14 +102,14 @@ def test_records_created_in_an_earlier_month_are_found_by_their_key_and_never_cr
         if action.kind is ActionKind.CREATE_CONTRACT and action.company_action_id == company.action_id
     )
     # November was planned before October's creates were loaded: it proposes them again
-    november_company = PlanAction.build(
+    november_company = PlanAction(
         kind=ActionKind.CREATE_COMPANY,
         month=NOVEMBER,
         target=company.target,
         account_id=company.account_id,
         payload=dict(company.payload),
     )
-    november_contract = PlanAction.build(
+    november_contract = PlanAction(
         kind=ActionKind.CREATE_CONTRACT,
         month=NOVEMBER,
         target=contract.target,
@@ -125,7 +125,7 @@ def test_records_created_in_an_earlier_month_are_found_by_their_key_and_never_cr
         for record in admin.state("Contracts")
         if record.get("contractNumber") and record["companyID"] != applied_ids[company.action_id]
     )
-    foreign = PlanAction.build(
+    foreign = PlanAction(
         kind=ActionKind.CREATE_CONTRACT,
         month=NOVEMBER,
         target=f"subscription:{other['contractNumber']}",
