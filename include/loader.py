@@ -261,6 +261,7 @@ class _Loader:
         self._start_load_run()
         try:
             self._read_state()
+            self._refuse_blocked()
             for level in LEVELS:
                 self._run_level(level)
             self._resolve_folded_contract_services()
@@ -323,10 +324,25 @@ class _Loader:
                 first_adjustment[cs_action_id] = action
         for cs_action_id, action in first_adjustment.items():
             cs_action = self.plan.get(cs_action_id)
-            if cs_action is None or cs_action.status != ActionStatus.APPROVED:
-                continue
-            if action.status in (ActionStatus.APPROVED, ActionStatus.APPLIED):  # applied: it created it already
+            if cs_action is None or cs_action.status != ActionStatus.APPROVED or cs_action.blocked_by_plan:
+                continue  # a blocked one is refused on its own (`_refuse_blocked`)
+            if action.status in (ActionStatus.APPROVED, ActionStatus.APPLIED) and not action.blocked_by_plan:
                 self.folded[cs_action_id] = action
+
+    def _refuse_blocked(self) -> None:
+        """Defence in depth: an approved row the plan blocked (Autotask would refuse it, or it would write a
+        wrong figure) is never sent, even when someone set it approved by hand; it fails with the plan's reason
+        and sends nothing. What depends on it fails with it."""
+        for action in self.plan.values():
+            if action.status != ActionStatus.APPROVED or action.kind not in WRITING_KINDS or self._settled(action):
+                continue
+            if action.blocked_by_plan:
+                self._fail_without_write(
+                    action,
+                    "refused: the plan blocked this write and it never loads as it stands, although its row was "
+                    f"set to approved ({action.reason}); resolve the block in Autotask or the BSS and plan the "
+                    "month again",
+                )
 
     # -- one level: ask about the unknown, then send what is missing --------------------------------------
 
