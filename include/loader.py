@@ -268,6 +268,7 @@ class _Loader:
         try:
             try:
                 self._read_state()
+                self._refuse_blocked()
                 for level in LEVELS:
                     self._run_level(level)
                 self._resolve_folded_contract_services()
@@ -321,13 +322,36 @@ class _Loader:
         approved = [action for action in plan if action.status == ActionStatus.APPROVED]
         self.summary.skipped = sum(1 for action in approved if action.kind not in WRITING_KINDS)
         self.summary.approved = len(approved) - self.summary.skipped
-        # contract services their first approved adjustment creates (contractID + serviceID, no own write)
-        for action in sorted(approved, key=lambda item: (item.effective_date or date.min, item.action_id)):
+        # a new contract service is created by its first adjustment (contractID + serviceID, no own write), but
+        # only when that first adjustment is approved: a later one waits for it (each unitChange is relative to
+        # the one before), so folding into it would leave the contract service uncreated; then it is created on
+        # its own
+        first_adjustment: dict[str, PlanAction] = {}
+        for action in sorted(plan, key=lambda item: (item.effective_date or date.min, item.action_id)):
             cs_action_id = action.contract_service_action_id
-            if action.kind in ADJUSTING_KINDS and cs_action_id and cs_action_id not in self.folded:
-                cs_action = self.plan.get(cs_action_id)
-                if cs_action is not None and cs_action.status == ActionStatus.APPROVED:
-                    self.folded[cs_action_id] = action
+            if action.kind in ADJUSTING_KINDS and cs_action_id and cs_action_id not in first_adjustment:
+                first_adjustment[cs_action_id] = action
+        for cs_action_id, action in first_adjustment.items():
+            cs_action = self.plan.get(cs_action_id)
+            if cs_action is None or cs_action.status != ActionStatus.APPROVED or cs_action.blocked_by_plan:
+                continue  # a blocked one is refused on its own (`_refuse_blocked`)
+            if action.status in (ActionStatus.APPROVED, ActionStatus.APPLIED) and not action.blocked_by_plan:
+                self.folded[cs_action_id] = action
+
+    def _refuse_blocked(self) -> None:
+        """Defence in depth: an approved row the plan blocked (Autotask would refuse it, or it would write a
+        wrong figure) is never sent, even when someone set it approved by hand; it fails with the plan's reason
+        and sends nothing. What depends on it fails with it."""
+        for action in self.plan.values():
+            if action.status != ActionStatus.APPROVED or action.kind not in WRITING_KINDS or self._settled(action):
+                continue
+            if action.blocked_by_plan:
+                self._fail_without_write(
+                    action,
+                    "refused: the plan blocked this write and it never loads as it stands, although its row was "
+                    f"set to approved ({action.reason}); resolve the block in Autotask or the BSS and plan the "
+                    "month again",
+                )
 
     # -- one level: ask about the unknown, then send what is missing --------------------------------------
 

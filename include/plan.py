@@ -92,6 +92,11 @@ _STATUS_WEIGHT = {
 }
 
 
+# Begins every reason that blocks an action. The reason outlives the status: a blocked row someone sets to
+# approved by hand still says it was blocked, and the loader refuses it (`PlanAction.blocked_by_plan`).
+BLOCKED_MARK = "blocked: "
+
+
 def stricter(first: ActionStatus, second: ActionStatus) -> ActionStatus:
     """The status that holds an action back more (blocked > needs-mapping > flagged > proposed)."""
     return first if _STATUS_WEIGHT.get(first, 0) >= _STATUS_WEIGHT.get(second, 0) else second
@@ -158,8 +163,17 @@ class PlanAction:
         """Whether the loader may write it (once approved): proposed or flagged, and a kind that writes."""
         return self.status in LOADABLE_STATUSES and self.kind in WRITING_KINDS
 
+    @property
+    def blocked_by_plan(self) -> bool:
+        """The plan blocked it: its status says so, or (when someone changed the status) its reason does."""
+        reasons = (self.reason or "").split("; ")
+        return self.status is ActionStatus.BLOCKED or any(part.startswith(BLOCKED_MARK) for part in reasons)
+
     def held(self, status: ActionStatus, reason: str | None) -> PlanAction:
-        """This action held back at least as much as `status`, with the reason added."""
+        """This action held back at least as much as `status`, with the reason added (a blocking reason
+        begins with `BLOCKED_MARK`)."""
+        if reason and status is ActionStatus.BLOCKED and not reason.startswith(BLOCKED_MARK):
+            reason = BLOCKED_MARK + reason
         reasons = [text for text in (self.reason, reason) if text]
         return replace(
             self,

@@ -2,8 +2,12 @@
 
 For every contract service an applied adjustment touched, the ContractServiceUnits row covering each
 effective date must hold the plan's `units_after` for that date, and the row covering the month end the
-units of the last change on or before it. Adjustments cannot be read back (autotask-api.md §6), so the units
-are the proof. The comparison is stored per run in `load_verifications`; the differences are returned.
+units of the last change on or before it. A contract that ends inside the month (a term the BSS did not renew,
+and the plan did not extend) has no units row after its end: there the last day the load was meant to make
+true is the contract's end (as the load left it: the applied extension, the created contract's end, else the
+snapshot's), checked as `contract_end` instead of `month_end`. Adjustments cannot be read back
+(autotask-api.md §6), so the units are the proof. The comparison is stored per run in `load_verifications`;
+the differences are returned.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ class UnitCheck:
     service_id: int
     contract_service_id: int | None
     check_date: date
-    check_kind: str  # effective_date | month_end
+    check_kind: str  # effective_date | month_end | contract_end (the contract ends before the month does)
     expected: Decimal
     found: Decimal | None
 
@@ -101,9 +105,10 @@ def verify_load(reader: AutotaskUnitsReader, warehouse: Warehouse, month: str, r
     """Compare Autotask's units with the month's applied adjustments; store the comparison under `run_id`."""
     billing_month = BillingMonth.parse(month)
     result = VerificationResult(month=billing_month.key, run_id=run_id)
+    applied_plan = load_plan(warehouse, billing_month.key, statuses=[ActionStatus.APPLIED])
     applied = [
         action
-        for action in load_plan(warehouse, billing_month.key, statuses=[ActionStatus.APPLIED])
+        for action in applied_plan
         if action.kind in _ADJUSTING and action.effective_date is not None and action.units_after is not None
     ]
     located = _contract_and_service_of(warehouse, billing_month.key, applied)
@@ -115,9 +120,14 @@ def verify_load(reader: AutotaskUnitsReader, warehouse: Warehouse, month: str, r
     result.contract_services = len(by_pair)
     if by_pair:
         rows = _units_rows(reader, by_pair, billing_month)
+        contract_ends = _contract_ends(warehouse, billing_month.key, applied_plan, by_pair)
         for pair, actions in sorted(by_pair.items()):
             actions.sort(key=lambda action: action.effective_date or date.min)
-            result.checks.extend(_checks_of(pair, actions, rows.get(pair, []), billing_month.last_day))
+            last_day = billing_month.last_day
+            ends = contract_ends.get(pair[0])
+            if ends is not None and ends < last_day:
+                last_day = ends
+            result.checks.extend(_checks_of(pair, actions, rows.get(pair, []), last_day, billing_month.last_day))
     _store(warehouse, result)
     if result.ok:
         log.info(result.message())
@@ -153,6 +163,47 @@ def _contract_and_service_of(
     return located
 
 
+def _contract_ends(
+    warehouse: Warehouse,
+    month: str,
+    applied_plan: Sequence[PlanAction],
+    by_pair: dict[tuple[int, int], list[PlanAction]],
+) -> dict[int, date]:
+    """The end date each verified contract has after the load: the latest applied extension, else the end a
+    created contract was given, else the end the plan's snapshot read (the contract as it was compared)."""
+    ends: dict[int, date] = {}
+    contract_ids = sorted({pair[0] for pair in by_pair})
+    plan_runs = _plan_runs(warehouse, month)
+    if contract_ids and plan_runs:
+        contracts = warehouse.table("at_contracts")
+        with warehouse.engine.connect() as conn:
+            for row in conn.execute(
+                sa.select(contracts.c.contract_id, contracts.c.end_date).where(
+                    contracts.c.run_id.in_(plan_runs), contracts.c.contract_id.in_(contract_ids)
+                )
+            ):
+                end = api_date(row.end_date)
+                if end is not None:
+                    ends[int(row.contract_id)] = max(end, ends.get(int(row.contract_id), end))
+    by_id = {action.action_id: action for action in applied_plan}
+    for (contract_id, _service_id), actions in by_pair.items():
+        for action in actions:
+            created = by_id.get(action.contract_action_id or "")
+            end = api_date(created.payload.get("endDate")) if created is not None else None
+            if end is not None:
+                ends[contract_id] = end
+    for action in applied_plan:
+        if action.kind is ActionKind.EXTEND_CONTRACT and action.contract_id is not None and action.end_date_after:
+            ends[action.contract_id] = max(action.end_date_after, ends.get(action.contract_id, action.end_date_after))
+    return ends
+
+
+def _plan_runs(warehouse: Warehouse, month: str) -> list[str]:
+    table = warehouse.table("plan_actions")
+    with warehouse.engine.connect() as conn:
+        return [row.run_id for row in conn.execute(sa.select(table.c.run_id).where(table.c.month == month).distinct())]
+
+
 def _units_rows(
     reader: AutotaskUnitsReader, by_pair: dict[tuple[int, int], list[PlanAction]], month: BillingMonth
 ) -> dict[tuple[int, int], list[dict]]:
@@ -173,8 +224,9 @@ def _units_rows(
 
 
 def _checks_of(
-    pair: tuple[int, int], actions: Sequence[PlanAction], rows: Sequence[dict], month_end: date
+    pair: tuple[int, int], actions: Sequence[PlanAction], rows: Sequence[dict], last_day: date, month_end: date
 ) -> list[UnitCheck]:
+    """`last_day` is the month end, or the contract's end when it comes first (`month_end` tells them apart)."""
     subscriptions = tuple(sorted({s for action in actions for s in action.subscription_ids}))
     checks = []
 
@@ -187,11 +239,11 @@ def _checks_of(
     for action in actions:
         assert action.effective_date is not None and action.units_after is not None
         check(action.effective_date, "effective_date", action.units_after)
-    # at the month end: the last change on or before it, else the units before the first later change
-    before_end = [action for action in actions if action.effective_date and action.effective_date <= month_end]
+    # on the month's last billed day: the last change on or before it, else the units before the first later one
+    before_end = [action for action in actions if action.effective_date and action.effective_date <= last_day]
     expected = before_end[-1].units_after if before_end else actions[0].units_before
     if expected is not None:
-        check(month_end, "month_end", expected)
+        check(last_day, "month_end" if last_day == month_end else "contract_end", expected)
     return checks
 
 

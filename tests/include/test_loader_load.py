@@ -84,6 +84,15 @@ def test_a_full_load_applies_every_approved_action_once_and_a_second_load_writes
     verification = verify_load(hook, warehouse, MONTH, "run-1")
     assert verification.ok, verification.message()
     assert verification.contract_services > 0 and len(verification.checks) > len(adjustments)
+    # the last day checked is the month end, or the contract's end (as Autotask holds it after the load) when a
+    # term the BSS did not renew ends inside the month: after it Autotask has no units row, and should not
+    ends = {record["id"]: record["endDate"][:10] for record in admin.state("Contracts")}
+    last_days = [check for check in verification.checks if check.check_kind != "effective_date"]
+    assert len(last_days) == verification.contract_services
+    for check in last_days:
+        assert str(check.check_date) == min(ends[check.contract_id], "2026-10-31")
+        assert check.check_kind == ("month_end" if str(check.check_date) == "2026-10-31" else "contract_end")
+    assert any(check.check_kind == "contract_end" for check in last_days)  # the sandbox month has such a term
     stored_checks = warehouse.scalar("SELECT COUNT(*) FROM load_verifications WHERE run_id = 'run-1' AND matches = 1")
     assert stored_checks == len(verification.checks)
 
@@ -126,11 +135,14 @@ def test_verification_reports_a_contract_service_changed_in_autotask_after_the_l
     approved = plan_month(hook, warehouse)
     load_plan_actions(hook, warehouse, MONTH, "run-1", SETTINGS, LoadSettings(workers=3))
     # someone adds 2 units by hand on the month's last day to a contract service the load adjusted earlier
+    # (one whose contract runs past the month: Autotask refuses an adjustment after a contract's end)
+    runs_past_month = {record["id"] for record in admin.state("Contracts") if record["endDate"][:10] >= "2026-10-31"}
     target = next(
         action
         for action in approved
         if action.kind is ActionKind.ADJUST_UNITS
         and action.contract_service_id is not None
+        and action.contract_id in runs_past_month
         and action.effective_date.day < 31
         and not any(
             other.target == action.target and other.effective_date.day == 31

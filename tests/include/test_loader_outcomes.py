@@ -9,7 +9,7 @@ import pytest
 
 from include.loader import load_plan_actions
 from include.plan import ActionKind, ActionStatus, PlanAction, PlanSummary, load_plan, replace_plan, set_action_status
-from include.warehouse import Warehouse
+from include.warehouse import Warehouse, utcnow
 from tests.include.loader_support import (
     ADJUSTING,
     APPROVER,
@@ -102,14 +102,14 @@ def test_records_created_in_an_earlier_month_are_found_by_their_key_and_never_cr
         if action.kind is ActionKind.CREATE_CONTRACT and action.company_action_id == company.action_id
     )
     # November was planned before October's creates were loaded: it proposes them again
-    november_company = PlanAction.build(
+    november_company = PlanAction(
         kind=ActionKind.CREATE_COMPANY,
         month=NOVEMBER,
         target=company.target,
         account_id=company.account_id,
         payload=dict(company.payload),
     )
-    november_contract = PlanAction.build(
+    november_contract = PlanAction(
         kind=ActionKind.CREATE_CONTRACT,
         month=NOVEMBER,
         target=contract.target,
@@ -125,7 +125,7 @@ def test_records_created_in_an_earlier_month_are_found_by_their_key_and_never_cr
         for record in admin.state("Contracts")
         if record.get("contractNumber") and record["companyID"] != applied_ids[company.action_id]
     )
-    foreign = PlanAction.build(
+    foreign = PlanAction(
         kind=ActionKind.CREATE_CONTRACT,
         month=NOVEMBER,
         target=f"subscription:{other['contractNumber']}",
@@ -192,3 +192,53 @@ def test_a_new_contract_service_whose_adjustments_are_not_approved_is_created_on
     statuses = {action.action_id: action.status for action in load_plan(warehouse, MONTH)}
     assert all(statuses[action.action_id] == ActionStatus.APPROVED for action in later)
     assert statuses[adjustments[0].action_id] == ActionStatus.EXCLUDED
+
+
+def test_blocked_rows_set_approved_by_hand_are_refused_and_reviews_write_nothing(
+    autotask, admin, warehouse, monkeypatch
+):
+    """Defence in depth: a blocked row (Autotask would refuse it, or it would write a wrong figure) that someone
+    sets to approved by SQL is never sent; a review of an unbilled contract service writes nothing."""
+    hook = make_hook(autotask, monkeypatch)
+    approved = plan_month(hook, warehouse)
+    blocked = [action for action in load_plan(warehouse, MONTH) if action.status is ActionStatus.BLOCKED]
+    # the sandbox month holds hand-made Autotask adjustments on BSS change dates and other currencies
+    assert blocked and all(action.blocked_by_plan for action in blocked)
+    contract_service = admin.state("ContractServices")[0]
+    review = PlanAction(
+        kind=ActionKind.REVIEW_UNBILLED,
+        month=MONTH,
+        target=f"cs:C{contract_service['contractID']}/V{contract_service['serviceID']}",
+        reason="holds units in Autotask but the BSS billed nothing this month",
+        contract_id=contract_service["contractID"],
+        service_id=contract_service["serviceID"],
+        contract_service_id=contract_service["id"],
+    )
+    with warehouse.begin() as conn:
+        warehouse.insert(conn, "plan_actions", [review.to_row("run-1", 10_000, utcnow())])
+        conn.exec_driver_sql("UPDATE plan_actions SET status = 'approved' WHERE status = 'blocked'")
+    set_action_status(warehouse, [review.action_id], "approved", APPROVER)
+    seeded = seeded_adjustment_ids(admin)
+    admin.reset_stats()
+
+    summary = load_plan_actions(hook, warehouse, MONTH, "run-1", SETTINGS)
+
+    assert summary.skipped == 1 and summary.failed == len(blocked)
+    folded = sum(1 for action in approved if action.kind is ActionKind.CREATE_CONTRACT_SERVICE)
+    assert summary.write_requests == admin.write_requests() == len(approved) - folded
+    # only what was proposed reached Autotask, each once; nothing at a blocked slot
+    assert_each_applied_exactly_once(admin, approved, seeded)
+    pairs = {(record["contractID"], record["serviceID"]) for record in admin.state("ContractServices")}
+    rows = {row["action_id"]: row for row in warehouse.query("SELECT action_id, status, error FROM plan_actions")}
+    sent = {row["action_id"] for row in warehouse.query("SELECT action_id FROM load_ledger")}
+    for action in blocked:
+        assert rows[action.action_id]["status"] == "failed" and action.action_id not in sent
+        assert "refused: the plan blocked this write" in rows[action.action_id]["error"]
+        assert action.reason in rows[action.action_id]["error"]
+        if action.kind is ActionKind.CREATE_CONTRACT_SERVICE and action.contract_id and action.service_id:
+            assert (action.contract_id, action.service_id) not in pairs
+    assert rows[review.action_id]["status"] == "approved" and review.action_id not in sent
+    # the next load sends nothing either
+    admin.reset_stats()
+    again = load_plan_actions(hook, warehouse, MONTH, "run-1", SETTINGS)
+    assert again.write_requests == 0 and admin.write_requests() == 0
