@@ -68,7 +68,7 @@ def build_plan(admin, adjustments: int) -> list:
             if previous is not None:
                 before = float(previous.units_after)
             change = 1 if before < 1 or index % 3 else -1
-            action = PlanAction.build(
+            action = PlanAction(
                 kind=ActionKind.ADJUST_UNITS,
                 month=MONTH,
                 target=f"cs:C{cs['contractID']}/V{cs['serviceID']}",

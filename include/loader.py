@@ -52,7 +52,7 @@ from include.autotask_errors import (
 )
 from include.autotask_reader import api_date, to_api_value, udf_value
 from include.mapping import record_created_link
-from include.plan import ActionKind, ActionStatus, PlanAction, load_plan
+from include.plan import MOVED_SUBSCRIPTION, ActionKind, ActionStatus, PlanAction, load_plan
 from include.sync_settings import SyncSettings
 from include.warehouse import Warehouse, utcnow
 
@@ -558,23 +558,21 @@ class _Loader:
         results = []
         for number, action in wanted.items():
             company_id = self._company_of(action)
-            # A contract with this number under another company is not this one: a subscription that moved to
-            # another customer keeps its old contract (zeroed by the plan) and gets a new one under the new company.
-            found = [
-                record
-                for record in by_number.get(str(number), [])
-                if company_id is None or int(record.get("companyID") or 0) == company_id
+            numbered = by_number.get(str(number), [])
+            own = [
+                record for record in numbered if company_id is None or int(record.get("companyID") or 0) == company_id
             ]
-            if len(found) == 1:
-                contract_id = int(found[0]["id"])
+            others = [record for record in numbered if record not in own]
+            if len(own) == 1:
+                contract_id = int(own[0]["id"])
                 results.append(
                     (action, contract_id, f"already in Autotask: contract {contract_id} has number {number}")
                 )
-            elif found:
-                described = ", ".join(f"{record['id']} (company {record.get('companyID')})" for record in found)
+            elif own or (others and not self._moves_away_from(others, action)):
+                described = ", ".join(f"{record['id']} (company {record.get('companyID')})" for record in numbered)
                 reason = (
-                    f"Autotask already holds contract number {number} {len(found)} times under company "
-                    f"{company_id} ({described}): a person decides"
+                    f"Autotask already holds contract number {number} as {described}, not one contract under "
+                    f"company {company_id}: a person decides"
                 )
                 results.append((action, _Refusal(reason), ""))
             else:
@@ -747,6 +745,22 @@ class _Loader:
         if missing:
             raise RuntimeError(f"action {action.action_id}: unresolved references {missing}")
         return _Write(action, entity, verb, _jsonable(body))
+
+    def _moves_away_from(self, contracts: Sequence[dict], action: PlanAction) -> bool:
+        """Whether the month's plan moves this subscription off every one of these contracts (a subscription that
+        moved to another customer: its old contract keeps the number, and the plan takes its units there to 0 from
+        the move date). Then a new contract under the new customer's company is what the plan asked for."""
+        if MOVED_SUBSCRIPTION in (action.reason or ""):
+            return True  # the plan said so, and a person approved it (the old contract needed no zeroing)
+        subscriptions = set(action.subscription_ids)
+        leaving = {
+            int(other.contract_id)
+            for other in self.plan.values()
+            if other.kind in ADJUSTING_KINDS
+            and other.contract_id is not None
+            and subscriptions & set(other.subscription_ids)
+        }
+        return all(int(record["id"]) in leaving for record in contracts)
 
     def _company_of(self, action: PlanAction) -> int | None:
         if action.company_id is not None:

@@ -35,6 +35,10 @@ import sqlalchemy as sa
 
 from include.warehouse import Warehouse, utcnow
 
+# How a moved subscription's plan lines say so: reconciliation writes it into their reason, and the loader reads
+# it (the new contract under the new customer may share its number with the old customer's contract).
+MOVED_SUBSCRIPTION = "subscription moved to another customer"
+
 
 class ActionKind(StrEnum):
     CREATE_COMPANY = "create_company"

@@ -48,7 +48,15 @@ from include.field_mapping import (
     renewed_end_date,
 )
 from include.models import BillingMonth, ChargeAction
-from include.plan import ActionKind, ActionStatus, PlanAction, PlanSummary, order_actions, replace_plan
+from include.plan import (
+    MOVED_SUBSCRIPTION,
+    ActionKind,
+    ActionStatus,
+    PlanAction,
+    PlanSummary,
+    order_actions,
+    replace_plan,
+)
 from include.sync_settings import RECURRING_SERVICE_CONTRACT_TYPE, SyncSettings
 from include.warehouse import Warehouse
 
@@ -292,7 +300,7 @@ def _regroup_moved(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame
     lines["move_reason"] = None
     if moved.any():
         detail = lines["contract_detail"].where(lines["contract_detail"].notna(), generated)
-        lines.loc[moved, "move_reason"] = "subscription moved to another customer: " + detail[moved]
+        lines.loc[moved, "move_reason"] = MOVED_SUBSCRIPTION + ": " + detail[moved]
         lines.loc[moved, "contract_id"] = pd.NA
         lines.loc[moved, "contract_flag"] = None
         lines.loc[moved, "contract_suggestions"] = 0

@@ -236,7 +236,7 @@ def _reverse_chain(month: str, applied_run_id: str, chain: list[_Original], kept
         elif day in cost_days:
             reason += " The run set a unit cost where none was known before: that cost stays."
         undone = [original.action.action_id for original in group]
-        action = PlanAction.build(
+        action = PlanAction(
             kind=ActionKind.ADJUST_UNITS if change != 0 else ActionKind.CHANGE_COST,
             month=month,
             target=latest.action.target,
