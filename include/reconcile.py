@@ -474,7 +474,53 @@ def _compare(lines: pd.DataFrame, groups: pd.DataFrame, snapshot: SnapshotState,
     points.loc[points["group"].isin(blocked_groups), "bss_cost"] = np.nan
     _cost_changes(points)
     _unit_changes(points)
+    points["folded_difference"] = _folded_differences(points, holdings, units, month)
     return points
+
+
+def _folded_differences(
+    points: pd.DataFrame, holdings: pd.DataFrame, units: pd.DataFrame, month: BillingMonth
+) -> pd.Series:
+    """Where a contract service's first compared date of the month is a BSS change after the 1st (no
+    Autotask period start before it in the month: an annual billing period) and Autotask held other units
+    just before it than the BSS states, the adjustment there also corrects that difference, from its date
+    only: the days before stay as Autotask billed them. Posting a correction on a date the BSS never named
+    would be a proration nobody asked for, so the plan keeps the change and asks a person (the reason).
+
+    Only where the BSS states every subscription's units before the month (history or the line's own
+    statement): before a restating line of an unknown subscription the BSS says nothing."""
+    reasons = pd.Series(None, index=points.index, dtype=object)
+    first = points[~points["group"].duplicated() & points["contract_service_id"].notna() & ~points["units_unknown"]]
+    first = first[first["point"] > pd.Timestamp(month.first_day)]
+    unknown_groups = set(holdings.loc[holdings["units_before_month"].isna(), "group"])
+    first = first[~first["group"].isin(unknown_groups)]
+    if first.empty or units.empty:
+        return reasons
+    # Autotask's units the day before: the row starting strictly before the date
+    left = first[["point", "contract_service_id"]].astype({"contract_service_id": "int64"}).reset_index()
+    right = units[["contract_service_id", "start_date", "units"]].astype({"contract_service_id": "int64"})
+    held = pd.merge_asof(
+        left.sort_values("point"),
+        right.sort_values("start_date"),
+        left_on="point",
+        right_on="start_date",
+        by="contract_service_id",
+        direction="backward",
+        allow_exact_matches=False,
+    ).set_index("index")["units"]
+    held_before = held.reindex(first.index).fillna(0.0)
+    stated_before = first["target"] - first["delta"]
+    differs = (held_before - stated_before).abs() > _UNITS_EPSILON
+    for index in first.index[differs.to_numpy()]:
+        day = points.at[index, "point"].date().isoformat()
+        autotask = _decimal(held_before[index]).normalize()
+        bss = _decimal(stated_before[index]).normalize()
+        reasons[index] = (
+            f"Autotask held {autotask:f} before {day}, the BSS says {bss:f}: this adjustment also corrects that "
+            f"difference from {day}; the days before stay at {autotask:f} — correct them by hand if they were "
+            "billed wrong"
+        )
+    return reasons
 
 
 def _autotask_units_and_cost(
@@ -636,6 +682,7 @@ class _AdjustmentRow(NamedTuple):
     units_unknown: bool
     ends_term: bool
     starts_term: bool
+    folded_difference: str | None
 
 
 class _PlanBuilder:
@@ -834,6 +881,8 @@ class _PlanBuilder:
                 )
             if row.cost_conflict:
                 action = action.held(ActionStatus.FLAGGED, row.cost_conflict)
+            if isinstance(row.folded_difference, str):
+                action = action.held(ActionStatus.FLAGGED, row.folded_difference)
             if row.units_unknown:
                 action = action.held(
                     ActionStatus.FLAGGED,
