@@ -293,10 +293,29 @@ def _regroup_moved(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame
     if moved.any():
         detail = lines["contract_detail"].where(lines["contract_detail"].notna(), generated)
         lines.loc[moved, "move_reason"] = "subscription moved to another customer: " + detail[moved]
-        lines.loc[moved, "contract_id"] = pd.NA
+        lines.loc[moved, "contract_id"] = _own_contract_of_moved(lines[moved], snapshot).reindex(lines.index)[moved]
         lines.loc[moved, "contract_flag"] = None
         lines.loc[moved, "contract_suggestions"] = 0
     return lines
+
+
+def _own_contract_of_moved(moved: pd.DataFrame, snapshot: SnapshotState) -> pd.Series:
+    """The contract a moved subscription already has under its account's company: one stamped with its
+    subscription id (`contractNumber`), as an earlier plan created it. Without one (NA) the plan creates it;
+    with one, re-running a loaded month compares with it instead of creating a second contract."""
+    contracts = snapshot.contracts.dropna(subset=["contract_number", "company_id"])
+    contracts = contracts.sort_values(["end_date", "contract_id"], kind="stable", na_position="first")
+    own = contracts.drop_duplicates(["contract_number", "company_id"], keep="last")
+    own = own.assign(company_id=own["company_id"].astype("int64"), contract_number=own["contract_number"].astype(str))
+    keys = pd.DataFrame(
+        {"contract_number": moved["subscription_id"].astype(str), "company_id": moved["company_id"].astype("Int64")}
+    )
+    keys = keys.astype({"company_id": "float64"}).merge(
+        own[["contract_number", "company_id", "contract_id"]].astype({"company_id": "float64"}),
+        on=["contract_number", "company_id"],
+        how="left",
+    )
+    return pd.Series(keys["contract_id"].to_numpy(), index=moved.index).astype("Int64")
 
 
 def _add_zeroing_lines(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:

@@ -276,6 +276,22 @@ def test_a_moved_subscription_zeroes_the_old_contract_service_and_gets_a_contrac
     assert fake.units_on(old_cs, D(2026, 10, 1)) == 0 and fake.units_on(new_cs, D(2026, 10, 1)) == 10
     assert fake.contracts[fake.contract_services[new_cs].contract_id]["companyID"] == sarl
 
+    # the month reconciled again once loaded: the new customer's contract (stamped with the subscription)
+    # carries it; nothing is created twice, and the old contract service stays at 0
+    take_snapshot(fake, warehouse, MONTH, "run-2", SETTINGS)
+    _store_company_currencies(warehouse, fake, "run-2")
+    link_month(warehouse, MONTH, "run-2", SETTINGS)
+    if flagged_by_mapping:
+        with warehouse.begin() as conn:
+            table = warehouse.table("month_links")
+            conn.execute(
+                table.update()
+                .where(table.c.run_id == "run-2", table.c.kind == "contract", table.c.source_key == "SUB-9")
+                .values(target_id=old, flag="other_company", detail=detail)
+            )
+    reconcile_month(warehouse, MONTH, "run-2", SETTINGS)
+    assert [action for action in load_plan(warehouse, MONTH, "run-2") if action.loadable] == []
+
 
 # -- defect 8: an adjustment Autotask will refuse --------------------------------------------------------
 
