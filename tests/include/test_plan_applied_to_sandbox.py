@@ -263,5 +263,10 @@ def test_the_applied_plan_gives_every_linked_subscription_its_bss_units_with_no_
             checked_folded += cs_id in folded_from
             checked_on_the_1st += day == month.first_day
     assert checked > 50 and checked_on_the_1st > 10
+
+    # the month reconciled again once loaded repeats nothing: no second contract for a moved subscription,
+    # no second correction of a difference a flagged change already folded in
+    reconcile_month(warehouse, MONTH, "run-2", SETTINGS)
+    assert [action for action in load_plan(warehouse, MONTH, "run-2") if action.loadable] == []
     # the seeded month has annual changes over a seeded units difference: their own dates are checked
     assert checked_folded > 0
