@@ -21,7 +21,9 @@ The comparison, per contract service (all subscriptions linked to one contract a
 
 What a reviewer sees held back: `needs-mapping` (a link waits for a person), `flagged` (a person approves:
 decreases inside commitments, inactive or missing links, a subscription that moved to another customer, a
-contract service the BSS no longer bills), `blocked` (never loads as it stands: Autotask already has an
+contract service the BSS no longer bills, a first change inside a billing period over a units difference
+Autotask held before it: corrected from the change's date only, the days before are left to the person),
+`blocked` (never loads as it stands: Autotask already has an
 adjustment on that date, or the BSS line is in another currency than the company's Autotask currency).
 Everything that is a set operation over lines runs in pandas; Python loops only over the actions.
 """
