@@ -23,8 +23,8 @@ What a reviewer sees held back: `needs-mapping` (a link waits for a person), `fl
 decreases inside commitments, inactive or missing links, a subscription that moved to another customer, a
 contract service the BSS no longer bills, a first change inside a billing period over a units difference
 Autotask held before it: corrected from the change's date only, the days before are left to the person),
-`blocked` (never loads as it stands: Autotask already has an
-adjustment on that date, or the BSS line is in another currency than the company's Autotask currency).
+`blocked` (never loads as it stands: Autotask already has an adjustment on that date, or the BSS line is in
+another currency than the company's Autotask currency).
 Everything that is a set operation over lines runs in pandas; Python loops only over the actions.
 """
 
