@@ -21,8 +21,10 @@ The comparison, per contract service (all subscriptions linked to one contract a
 
 What a reviewer sees held back: `needs-mapping` (a link waits for a person), `flagged` (a person approves:
 decreases inside commitments, inactive or missing links, a subscription that moved to another customer, a
-contract service the BSS no longer bills), `blocked` (never loads as it stands: Autotask already has an
-adjustment on that date, or the BSS line is in another currency than the company's Autotask currency).
+contract service the BSS no longer bills, a first change inside a billing period over a units difference
+Autotask held before it: corrected from the change's date only, the days before are left to the person),
+`blocked` (never loads as it stands: Autotask already has an adjustment on that date, or the BSS line is in
+another currency than the company's Autotask currency).
 Everything that is a set operation over lines runs in pandas; Python loops only over the actions.
 """
 
@@ -293,10 +295,29 @@ def _regroup_moved(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame
     if moved.any():
         detail = lines["contract_detail"].where(lines["contract_detail"].notna(), generated)
         lines.loc[moved, "move_reason"] = "subscription moved to another customer: " + detail[moved]
-        lines.loc[moved, "contract_id"] = pd.NA
+        lines.loc[moved, "contract_id"] = _own_contract_of_moved(lines[moved], snapshot).reindex(lines.index)[moved]
         lines.loc[moved, "contract_flag"] = None
         lines.loc[moved, "contract_suggestions"] = 0
     return lines
+
+
+def _own_contract_of_moved(moved: pd.DataFrame, snapshot: SnapshotState) -> pd.Series:
+    """The contract a moved subscription already has under its account's company: one stamped with its
+    subscription id (`contractNumber`), as an earlier plan created it. Without one (NA) the plan creates it;
+    with one, re-running a loaded month compares with it instead of creating a second contract."""
+    contracts = snapshot.contracts.dropna(subset=["contract_number", "company_id"])
+    contracts = contracts.sort_values(["end_date", "contract_id"], kind="stable", na_position="first")
+    own = contracts.drop_duplicates(["contract_number", "company_id"], keep="last")
+    own = own.assign(company_id=own["company_id"].astype("int64"), contract_number=own["contract_number"].astype(str))
+    keys = pd.DataFrame(
+        {"contract_number": moved["subscription_id"].astype(str), "company_id": moved["company_id"].astype("Int64")}
+    )
+    keys = keys.astype({"company_id": "float64"}).merge(
+        own[["contract_number", "company_id", "contract_id"]].astype({"company_id": "float64"}),
+        on=["contract_number", "company_id"],
+        how="left",
+    )
+    return pd.Series(keys["contract_id"].to_numpy(), index=moved.index).astype("Int64")
 
 
 def _add_zeroing_lines(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
@@ -474,7 +495,53 @@ def _compare(lines: pd.DataFrame, groups: pd.DataFrame, snapshot: SnapshotState,
     points.loc[points["group"].isin(blocked_groups), "bss_cost"] = np.nan
     _cost_changes(points)
     _unit_changes(points)
+    points["folded_difference"] = _folded_differences(points, holdings, units, month)
     return points
+
+
+def _folded_differences(
+    points: pd.DataFrame, holdings: pd.DataFrame, units: pd.DataFrame, month: BillingMonth
+) -> pd.Series:
+    """Where a contract service's first compared date of the month is a BSS change after the 1st (no
+    Autotask period start before it in the month: an annual billing period) and Autotask held other units
+    just before it than the BSS states, the adjustment there also corrects that difference, from its date
+    only: the days before stay as Autotask billed them. Posting a correction on a date the BSS never named
+    would be a proration nobody asked for, so the plan keeps the change and asks a person (the reason).
+
+    Only where the BSS states every subscription's units before the month (history or the line's own
+    statement): before a restating line of an unknown subscription the BSS says nothing."""
+    reasons = pd.Series(None, index=points.index, dtype=object)
+    first = points[~points["group"].duplicated() & points["contract_service_id"].notna() & ~points["units_unknown"]]
+    first = first[first["point"] > pd.Timestamp(month.first_day)]
+    unknown_groups = set(holdings.loc[holdings["units_before_month"].isna(), "group"])
+    first = first[~first["group"].isin(unknown_groups)]
+    if first.empty or units.empty:
+        return reasons
+    # Autotask's units the day before: the row starting strictly before the date
+    left = first[["point", "contract_service_id"]].astype({"contract_service_id": "int64"}).reset_index()
+    right = units[["contract_service_id", "start_date", "units"]].astype({"contract_service_id": "int64"})
+    held = pd.merge_asof(
+        left.sort_values("point"),
+        right.sort_values("start_date"),
+        left_on="point",
+        right_on="start_date",
+        by="contract_service_id",
+        direction="backward",
+        allow_exact_matches=False,
+    ).set_index("index")["units"]
+    held_before = held.reindex(first.index).fillna(0.0)
+    stated_before = first["target"] - first["delta"]
+    differs = (held_before - stated_before).abs() > _UNITS_EPSILON
+    for index in first.index[differs.to_numpy()]:
+        day = points.at[index, "point"].date().isoformat()
+        autotask = _decimal(held_before[index]).normalize()
+        bss = _decimal(stated_before[index]).normalize()
+        reasons[index] = (
+            f"Autotask held {autotask:f} before {day}, the BSS says {bss:f}: this adjustment also corrects that "
+            f"difference from {day}; the days before stay at {autotask:f} — correct them by hand if they were "
+            "billed wrong"
+        )
+    return reasons
 
 
 def _autotask_units_and_cost(
@@ -636,6 +703,7 @@ class _AdjustmentRow(NamedTuple):
     units_unknown: bool
     ends_term: bool
     starts_term: bool
+    folded_difference: str | None
 
 
 class _PlanBuilder:
@@ -834,6 +902,8 @@ class _PlanBuilder:
                 )
             if row.cost_conflict:
                 action = action.held(ActionStatus.FLAGGED, row.cost_conflict)
+            if isinstance(row.folded_difference, str):
+                action = action.held(ActionStatus.FLAGGED, row.folded_difference)
             if row.units_unknown:
                 action = action.held(
                     ActionStatus.FLAGGED,
