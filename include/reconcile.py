@@ -1111,6 +1111,7 @@ def with_earlier_approved(snapshot: SnapshotState, earlier_approved: pd.DataFram
     holds everything that needs that record.)"""
     if earlier_approved is None or earlier_approved.empty:
         return snapshot
+    earlier_approved = earlier_approved[~_in_flight(earlier_approved)]
     adjustments = earlier_approved[
         earlier_approved["kind"].isin(_ADJUSTMENT_KINDS) & earlier_approved["contract_service_id"].notna()
     ]
@@ -1143,6 +1144,13 @@ def with_earlier_approved(snapshot: SnapshotState, earlier_approved: pd.DataFram
             approved_end.isna() | (contracts["end_date"] >= approved_end), approved_end
         )
     return SnapshotState(contracts, snapshot.services, snapshot.contract_services, units, snapshot.companies)
+
+
+def _in_flight(earlier_approved: pd.DataFrame) -> pd.Series:
+    """Rows whose write may already have reached Autotask (the loader's ledger says so)."""
+    if "in_flight" not in earlier_approved:
+        return pd.Series(False, index=earlier_approved.index)
+    return earlier_approved["in_flight"].fillna(0).astype("int64") == 1
 
 
 def _units_after_adjustment(
@@ -1181,23 +1189,36 @@ def _units_after_adjustment(
 def held_for_earlier_creates(actions: list[PlanAction], earlier_approved: pd.DataFrame | None) -> list[PlanAction]:
     """A record an earlier month approved creating is not created twice: this month's create of the same
     record (same account, product, subscription or contract service) is blocked, and so is every action that
-    needs it, until the earlier run is loaded and this month re-planned (the snapshot then holds the record)."""
+    needs it, until the earlier run is loaded and this month re-planned (the snapshot then holds the record).
+    An adjustment whose load was interrupted (its outcome unknown) blocks this month's adjustments of the same
+    contract service the same way: counting it or not could both be wrong."""
     if earlier_approved is None or earlier_approved.empty:
         return actions
-    creates = earlier_approved[earlier_approved["kind"].isin(_CREATE_KINDS)]
     approved_in: dict[tuple[str, str], str] = {}
-    for kind, key, month in zip(creates["kind"], creates["idempotency_key"], creates["month"], strict=True):
-        approved_in.setdefault((kind, "|".join(str(key).split("|")[2:-1])), month)
+    in_flight = _in_flight(earlier_approved)
+    for kind, key, month, unfinished in zip(
+        earlier_approved["kind"], earlier_approved["idempotency_key"], earlier_approved["month"], in_flight, strict=True
+    ):
+        target = "|".join(str(key).split("|")[2:-1])
+        if kind in _CREATE_KINDS:
+            approved_in.setdefault((kind, target), f"{month}'s approved {kind} of {target} is not loaded yet")
+        elif kind in _ADJUSTMENT_KINDS and unfinished:
+            for family_kind in _ADJUSTMENT_KINDS:
+                approved_in.setdefault(
+                    (family_kind, target),
+                    f"{month}'s load of an approved adjustment of {target} did not finish (Autotask may or may "
+                    "not hold it)",
+                )
     if not approved_in:
         return actions
     reasons: dict[str, str] = {}
     held: list[PlanAction] = []
     for action in order_actions(actions):
-        month = approved_in.get((str(action.kind), action.target))
-        if month is not None:
+        earlier = approved_in.get((str(action.kind), action.target))
+        if earlier is not None:
             reason = (
-                f"{month}'s approved {action.kind} of {action.target} is not loaded yet: load that run first "
-                "(make approve / the load task), then re-run this month's reconciliation"
+                f"{earlier}: load that run first (make approve / the load task), then re-run this month's "
+                "reconciliation"
             )
         else:
             reason = next((reasons[needed] for needed in action.depends_on if needed in reasons), None)

@@ -4,7 +4,7 @@ when a test loads a month (as the loader would: approved rows, in apply order, t
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 
 from include.mapping import link_month
 from include.plan import ActionKind, ActionStatus, PlanAction, load_plan, set_action_status
@@ -149,3 +149,40 @@ def test_a_company_approved_in_october_and_not_loaded_is_not_created_again_in_no
     _load(warehouse, fake, NOVEMBER)
     named = [company for company in fake.companies.values() if company["companyName"] == NEW_CUSTOMER[1]]
     assert len(named) == 1
+
+
+def test_an_october_adjustment_whose_load_was_interrupted_holds_novembers_adjustments_of_that_service(warehouse):
+    # the loader sent October's +3 and lost the answer: Autotask may or may not hold it, so November neither
+    # counts it nor proposes it again; its adjustments of that contract service wait for October's load
+    fake, _cs = _autotask()
+    _october_plus_three(warehouse, fake)
+    (approved,) = load_plan(warehouse, OCTOBER, statuses=["approved"])
+    with warehouse.begin() as conn:
+        warehouse.insert(
+            conn,
+            "load_ledger",
+            [
+                {
+                    "idempotency_key": approved.idempotency_key,
+                    "action_id": approved.action_id,
+                    "month": OCTOBER,
+                    "run_id": "run-oct",
+                    "load_id": "load-1",
+                    "kind": str(approved.kind),
+                    "entity": "ContractServiceAdjustments",
+                    "verb": "POST",
+                    "payload": "{}",
+                    "state": "unknown",
+                    "attempts": 1,
+                    "created_at": datetime(2026, 11, 2, 9, 0),
+                }
+            ],
+        )
+    november = [
+        line(NOVEMBER, ACME, "SUB-1", M365, "Cycle", 13, 13, D(2026, 11, 1)),
+        line(NOVEMBER, ACME, "SUB-1", M365, "QuantityIncrease", 2, 15, D(2026, 11, 10)),
+    ]
+    plan = _plan(warehouse, fake, NOVEMBER, november, "run-nov")
+    assert plan and not [action for action in plan if action.loadable]
+    assert all(action.kind is ActionKind.ADJUST_UNITS for action in plan)
+    assert all("2026-10's load of an approved adjustment of cs:C" in action.reason for action in plan)
