@@ -21,8 +21,10 @@ The comparison, per contract service (all subscriptions linked to one contract a
 
 What a reviewer sees held back: `needs-mapping` (a link waits for a person), `flagged` (a person approves:
 decreases inside commitments, inactive or missing links, a subscription that moved to another customer, a
-contract service the BSS no longer bills), `blocked` (never loads as it stands: Autotask already has an
-adjustment on that date, or the BSS line is in another currency than the company's Autotask currency).
+contract service the BSS no longer bills, a first change inside a billing period over a units difference
+Autotask held before it: corrected from the change's date only, the days before are left to the person),
+`blocked` (never loads as it stands: Autotask already has an adjustment on that date, or the BSS line is in
+another currency than the company's Autotask currency).
 Everything that is a set operation over lines runs in pandas; Python loops only over the actions.
 """
 
@@ -133,8 +135,11 @@ def reconcile_month(warehouse: Warehouse, month: str, run_id: str, settings: Syn
     history = warehouse.read_frame("subscription_history", {"month": billing_month.key})
     contract_links = warehouse.read_frame("reconcile_contract_links", {"run_id": run_id})
     snapshot = SnapshotState.load(warehouse, run_id)
+    earlier_approved = warehouse.read_frame("earlier_approved_actions", {"month": billing_month.key})
     summary = PlanSummary(run_id=run_id, month=billing_month.key)
-    actions = compute_plan(lines, snapshot, accounts, billing_month, settings, summary, history, contract_links)
+    actions = compute_plan(
+        lines, snapshot, accounts, billing_month, settings, summary, history, contract_links, earlier_approved
+    )
     replace_plan(warehouse, billing_month.key, run_id, actions, summary)
     summary.seconds = round(time.monotonic() - started, 3)
     log.info("reconcile %s for %s: %s", run_id, billing_month, summary.as_dict())
@@ -150,13 +155,16 @@ def compute_plan(
     summary: PlanSummary | None = None,
     history: pd.DataFrame | None = None,
     contract_links: pd.DataFrame | None = None,
+    earlier_approved: pd.DataFrame | None = None,
 ) -> list[PlanAction]:
     """The plan for `lines` (rows of `reconcile_lines.sql`) against `snapshot`, in apply order. Pure.
 
     `history` (rows of `subscription_history.sql`) tells what each subscription held before the month;
     `contract_links` (rows of `reconcile_contract_links.sql`) find the contracts of subscriptions without a
-    line this month."""
+    line this month; `earlier_approved` (rows of `earlier_approved_actions.sql`) are earlier months' approved
+    changes not loaded yet, counted as if Autotask held them."""
     summary = summary or PlanSummary(run_id="", month=month.key)
+    snapshot = with_earlier_approved(snapshot, earlier_approved)
     history = history if history is not None else _empty_history()
     actions: list[PlanAction] = []
     groups = pd.DataFrame()
@@ -172,7 +180,7 @@ def compute_plan(
     # a contract with lines this month is reconciled from them
     reconciled = set(groups["contract_id"].dropna().astype("int64")) if not groups.empty else set()
     actions += _unbilled_reviews(month, history, contract_links, snapshot, billed, reconciled)
-    return order_actions(actions)
+    return order_actions(held_for_earlier_creates(actions, earlier_approved))
 
 
 # -- the comparison, as set operations -------------------------------------------------------------------
@@ -301,10 +309,29 @@ def _regroup_moved(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame
     if moved.any():
         detail = lines["contract_detail"].where(lines["contract_detail"].notna(), generated)
         lines.loc[moved, "move_reason"] = MOVED_SUBSCRIPTION + ": " + detail[moved]
-        lines.loc[moved, "contract_id"] = pd.NA
+        lines.loc[moved, "contract_id"] = _own_contract_of_moved(lines[moved], snapshot).reindex(lines.index)[moved]
         lines.loc[moved, "contract_flag"] = None
         lines.loc[moved, "contract_suggestions"] = 0
     return lines
+
+
+def _own_contract_of_moved(moved: pd.DataFrame, snapshot: SnapshotState) -> pd.Series:
+    """The contract a moved subscription already has under its account's company: one stamped with its
+    subscription id (`contractNumber`), as an earlier plan created it. Without one (NA) the plan creates it;
+    with one, re-running a loaded month compares with it instead of creating a second contract."""
+    contracts = snapshot.contracts.dropna(subset=["contract_number", "company_id"])
+    contracts = contracts.sort_values(["end_date", "contract_id"], kind="stable", na_position="first")
+    own = contracts.drop_duplicates(["contract_number", "company_id"], keep="last")
+    own = own.assign(company_id=own["company_id"].astype("int64"), contract_number=own["contract_number"].astype(str))
+    keys = pd.DataFrame(
+        {"contract_number": moved["subscription_id"].astype(str), "company_id": moved["company_id"].astype("Int64")}
+    )
+    keys = keys.astype({"company_id": "float64"}).merge(
+        own[["contract_number", "company_id", "contract_id"]].astype({"company_id": "float64"}),
+        on=["contract_number", "company_id"],
+        how="left",
+    )
+    return pd.Series(keys["contract_id"].to_numpy(), index=moved.index).astype("Int64")
 
 
 def _add_zeroing_lines(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
@@ -482,7 +509,53 @@ def _compare(lines: pd.DataFrame, groups: pd.DataFrame, snapshot: SnapshotState,
     points.loc[points["group"].isin(blocked_groups), "bss_cost"] = np.nan
     _cost_changes(points)
     _unit_changes(points)
+    points["folded_difference"] = _folded_differences(points, holdings, units, month)
     return points
+
+
+def _folded_differences(
+    points: pd.DataFrame, holdings: pd.DataFrame, units: pd.DataFrame, month: BillingMonth
+) -> pd.Series:
+    """Where a contract service's first compared date of the month is a BSS change after the 1st (no
+    Autotask period start before it in the month: an annual billing period) and Autotask held other units
+    just before it than the BSS states, the adjustment there also corrects that difference, from its date
+    only: the days before stay as Autotask billed them. Posting a correction on a date the BSS never named
+    would be a proration nobody asked for, so the plan keeps the change and asks a person (the reason).
+
+    Only where the BSS states every subscription's units before the month (history or the line's own
+    statement): before a restating line of an unknown subscription the BSS says nothing."""
+    reasons = pd.Series(None, index=points.index, dtype=object)
+    first = points[~points["group"].duplicated() & points["contract_service_id"].notna() & ~points["units_unknown"]]
+    first = first[first["point"] > pd.Timestamp(month.first_day)]
+    unknown_groups = set(holdings.loc[holdings["units_before_month"].isna(), "group"])
+    first = first[~first["group"].isin(unknown_groups)]
+    if first.empty or units.empty:
+        return reasons
+    # Autotask's units the day before: the row starting strictly before the date
+    left = first[["point", "contract_service_id"]].astype({"contract_service_id": "int64"}).reset_index()
+    right = units[["contract_service_id", "start_date", "units"]].astype({"contract_service_id": "int64"})
+    held = pd.merge_asof(
+        left.sort_values("point"),
+        right.sort_values("start_date"),
+        left_on="point",
+        right_on="start_date",
+        by="contract_service_id",
+        direction="backward",
+        allow_exact_matches=False,
+    ).set_index("index")["units"]
+    held_before = held.reindex(first.index).fillna(0.0)
+    stated_before = first["target"] - first["delta"]
+    differs = (held_before - stated_before).abs() > _UNITS_EPSILON
+    for index in first.index[differs.to_numpy()]:
+        day = points.at[index, "point"].date().isoformat()
+        autotask = _decimal(held_before[index]).normalize()
+        bss = _decimal(stated_before[index]).normalize()
+        reasons[index] = (
+            f"Autotask held {autotask:f} before {day}, the BSS says {bss:f}: this adjustment also corrects that "
+            f"difference from {day}; the days before stay at {autotask:f} — correct them by hand if they were "
+            "billed wrong"
+        )
+    return reasons
 
 
 def _autotask_units_and_cost(
@@ -644,6 +717,7 @@ class _AdjustmentRow(NamedTuple):
     units_unknown: bool
     ends_term: bool
     starts_term: bool
+    folded_difference: str | None
 
 
 class _PlanBuilder:
@@ -842,6 +916,8 @@ class _PlanBuilder:
                 )
             if row.cost_conflict:
                 action = action.held(ActionStatus.FLAGGED, row.cost_conflict)
+            if isinstance(row.folded_difference, str):
+                action = action.held(ActionStatus.FLAGGED, row.folded_difference)
             if row.units_unknown:
                 action = action.held(
                     ActionStatus.FLAGGED,
@@ -1092,6 +1168,143 @@ class _PlanBuilder:
                 positions = positions[self.point_array[positions] > after.to_datetime64()]
             found.update(self.charge_id_array[positions])
         return tuple(sorted(found))
+
+
+# -- what earlier months approved and the loader has not applied yet ----------------------------------------
+
+_ADJUSTMENT_KINDS = (ActionKind.ADJUST_UNITS.value, ActionKind.CHANGE_COST.value)
+_CREATE_KINDS = (
+    ActionKind.CREATE_COMPANY.value,
+    ActionKind.CREATE_SERVICE.value,
+    ActionKind.CREATE_CONTRACT.value,
+    ActionKind.CREATE_CONTRACT_SERVICE.value,
+)
+
+
+def with_earlier_approved(snapshot: SnapshotState, earlier_approved: pd.DataFrame | None) -> SnapshotState:
+    """The snapshot as Autotask will be once earlier months' approved, not yet applied rows are loaded: each
+    adjustment of an existing contract service changes its units (and unit cost, when it sets one) from its
+    effective date on; each extension moves its contract's end date. The snapshot itself is not changed.
+    (An adjustment of a contract service still to be created changes nothing here: `held_for_earlier_creates`
+    holds everything that needs that record.)"""
+    if earlier_approved is None or earlier_approved.empty:
+        return snapshot
+    earlier_approved = earlier_approved[~_in_flight(earlier_approved)]
+    adjustments = earlier_approved[
+        earlier_approved["kind"].isin(_ADJUSTMENT_KINDS) & earlier_approved["contract_service_id"].notna()
+    ]
+    extensions = earlier_approved[
+        (earlier_approved["kind"] == ActionKind.EXTEND_CONTRACT.value)
+        & earlier_approved["contract_id"].notna()
+        & earlier_approved["end_date_after"].notna()
+    ]
+    if adjustments.empty and extensions.empty:
+        return snapshot
+    units = snapshot.units.copy()
+    for row in adjustments.sort_values("effective_date", kind="stable").itertuples(index=False):
+        units = _units_after_adjustment(
+            units,
+            int(row.contract_service_id),
+            pd.Timestamp(row.effective_date),
+            0.0 if pd.isna(row.unit_change) else float(row.unit_change),
+            None if pd.isna(row.unit_cost_after) else float(row.unit_cost_after),
+        )
+    contracts = snapshot.contracts.copy()
+    if not extensions.empty:
+        new_end = (
+            pd.to_datetime(extensions["end_date_after"])
+            .astype(_DATETIME)
+            .groupby(extensions["contract_id"].astype("int64").to_numpy())
+            .max()
+        )
+        approved_end = contracts["contract_id"].map(new_end).astype(_DATETIME)
+        contracts["end_date"] = contracts["end_date"].where(
+            approved_end.isna() | (contracts["end_date"] >= approved_end), approved_end
+        )
+    return SnapshotState(contracts, snapshot.services, snapshot.contract_services, units, snapshot.companies)
+
+
+def _in_flight(earlier_approved: pd.DataFrame) -> pd.Series:
+    """Rows whose write may already have reached Autotask (the loader's ledger says so)."""
+    if "in_flight" not in earlier_approved:
+        return pd.Series(False, index=earlier_approved.index)
+    return earlier_approved["in_flight"].fillna(0).astype("int64") == 1
+
+
+def _units_after_adjustment(
+    units: pd.DataFrame, contract_service_id: int, day: pd.Timestamp, unit_change: float, unit_cost: float | None
+) -> pd.DataFrame:
+    """ContractServiceUnits rows of one contract service with an adjustment on `day` added: the row holding
+    `day` splits there (as Autotask splits it), and every row from `day` on carries the change."""
+    own = units["contract_service_id"].astype("int64") == contract_service_id
+    rows = units[own].sort_values("start_date", kind="stable")
+    if rows.empty:
+        return units  # its units are unknown; the comparison flags that
+    if not (rows["start_date"] == day).any():
+        before = rows[rows["start_date"] < day]
+        if before.empty:
+            # the adjustment precedes every known row: they all carry it
+            pass
+        else:
+            holding = before.iloc[-1]
+            split = holding.copy()
+            split["start_date"] = day
+            if pd.notna(holding["end_date"]) and holding["end_date"] < day:
+                split["end_date"] = pd.NaT  # past the known rows: the units it carries on with
+            units = units.copy()
+            if pd.notna(holding["end_date"]) and holding["end_date"] >= day:
+                units.loc[before.index[-1], "end_date"] = day - pd.Timedelta(days=1)
+            units = pd.concat([units, split.to_frame().T.astype(units.dtypes.to_dict())], ignore_index=True)
+            own = units["contract_service_id"].astype("int64") == contract_service_id
+    units = units.copy()
+    from_day = own & (units["start_date"] >= day)
+    units.loc[from_day, "units"] = units.loc[from_day, "units"] + unit_change
+    if unit_cost is not None:
+        units.loc[from_day, "cost"] = unit_cost
+    return units.sort_values(["contract_service_id", "start_date"], kind="stable", ignore_index=True)
+
+
+def held_for_earlier_creates(actions: list[PlanAction], earlier_approved: pd.DataFrame | None) -> list[PlanAction]:
+    """A record an earlier month approved creating is not created twice: this month's create of the same
+    record (same account, product, subscription or contract service) is blocked, and so is every action that
+    needs it, until the earlier run is loaded and this month re-planned (the snapshot then holds the record).
+    An adjustment whose load was interrupted (its outcome unknown) blocks this month's adjustments of the same
+    contract service the same way: counting it or not could both be wrong."""
+    if earlier_approved is None or earlier_approved.empty:
+        return actions
+    approved_in: dict[tuple[str, str], str] = {}
+    in_flight = _in_flight(earlier_approved)
+    for kind, key, month, unfinished in zip(
+        earlier_approved["kind"], earlier_approved["idempotency_key"], earlier_approved["month"], in_flight, strict=True
+    ):
+        target = "|".join(str(key).split("|")[2:-1])
+        if kind in _CREATE_KINDS:
+            approved_in.setdefault((kind, target), f"{month}'s approved {kind} of {target} is not loaded yet")
+        elif kind in _ADJUSTMENT_KINDS and unfinished:
+            for family_kind in _ADJUSTMENT_KINDS:
+                approved_in.setdefault(
+                    (family_kind, target),
+                    f"{month}'s load of an approved adjustment of {target} did not finish (Autotask may or may "
+                    "not hold it)",
+                )
+    if not approved_in:
+        return actions
+    reasons: dict[str, str] = {}
+    held: list[PlanAction] = []
+    for action in order_actions(actions):
+        earlier = approved_in.get((str(action.kind), action.target))
+        if earlier is not None:
+            reason = (
+                f"{earlier}: load that run first (make approve / the load task), then re-run this month's "
+                "reconciliation"
+            )
+        else:
+            reason = next((reasons[needed] for needed in action.depends_on if needed in reasons), None)
+        if reason is not None:
+            reasons[action.action_id] = reason
+            action = action.held(ActionStatus.BLOCKED, reason)
+        held.append(action)
+    return held
 
 
 # -- contract services the BSS no longer bills -------------------------------------------------------------

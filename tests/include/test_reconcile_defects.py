@@ -186,6 +186,51 @@ def test_a_first_change_line_of_an_annual_plan_is_a_change_from_the_previous_tot
     assert _writes(plan) == [("adjust_units", f"cs:C{contract}/V{service}", D(2026, 10, 12), "proposed", "3")]
 
 
+@pytest.mark.parametrize("history", [True, False], ids=["previous-total-from-warehouse", "line-states-it"])
+def test_an_annual_first_change_over_a_units_difference_is_flagged_not_corrected_from_the_1st(warehouse, history):
+    """Annual billing from 08-09: no Autotask period start in October, so the plan has no date before the
+    change on the 28th. Autotask held 86 where the BSS says 85: the +14 on the 28th also corrects that
+    difference, but only from the 28th; posting on the 1st would be a proration nobody asked for, so a
+    person is asked, and the figures and dates are named."""
+    fake = FakeAutotask()
+    company = fake.add_company(ACME[1], key=ACME[0])
+    service = fake.add_service(M365[2], M365[1], 10.0, 12.0, period_type=5)  # billed yearly
+    contract = fake.add_contract(company, "M365 annual", "SUB-6", D(2026, 8, 9), D(2027, 8, 8))
+    cs = fake.add_contract_service(contract, service, 86)
+    annual = {"cycle": "Annual", "period": "Annual"}
+    earlier = [line(SEPTEMBER, ACME, "SUB-6", M365, "QuantityIncrease", 5, 85, D(2026, 9, 3), **annual)]
+    october = [line(MONTH, ACME, "SUB-6", M365, "QuantityIncrease", 15, 100, D(2026, 10, 28), **annual)]
+    plan = _plan(warehouse, fake, october, earlier=earlier if history else None)
+    assert _writes(plan) == [("adjust_units", f"cs:C{contract}/V{service}", D(2026, 10, 28), "flagged", "14")]
+    assert (plan[0].units_before, plan[0].units_after) == (Decimal(86), Decimal(100))
+    assert plan[0].reason == (
+        "Autotask held 86 before 2026-10-28, the BSS says 85: this adjustment also corrects that difference from "
+        "2026-10-28; the days before stay at 86 — correct them by hand if they were billed wrong"
+    )
+    assert plan[0].loadable  # a person approving the flagged line has it written as it stands
+    _apply_loadable(fake, plan)
+    assert fake.units_on(cs, D(2026, 10, 1)) == 86 and fake.units_on(cs, D(2026, 10, 27)) == 86
+    assert fake.units_on(cs, D(2026, 10, 28)) == 100
+
+
+def test_a_monthly_period_start_corrects_a_units_difference_on_the_1st_without_a_flag(warehouse):
+    """Monthly billing: Autotask's period starts on the 1st, a date the plan compares, so the difference is
+    corrected there and the change on the 28th is the BSS's own +15."""
+    fake, company, service = _autotask()
+    contract = fake.add_contract(company, "M365", "SUB-6", D(2026, 1, 1), D(2026, 12, 31))
+    cs = fake.add_contract_service(contract, service, 86)
+    october = [line(MONTH, ACME, "SUB-6", M365, "QuantityIncrease", 15, 100, D(2026, 10, 28))]
+    plan = _plan(warehouse, fake, october)
+    target = f"cs:C{contract}/V{service}"
+    assert _writes(plan) == [
+        ("adjust_units", target, D(2026, 10, 1), "proposed", "-1"),
+        ("adjust_units", target, D(2026, 10, 28), "proposed", "15"),
+    ]
+    assert all(action.reason is None for action in plan)
+    _apply_loadable(fake, plan)
+    assert fake.units_on(cs, D(2026, 10, 1)) == 85 and fake.units_on(cs, D(2026, 10, 28)) == 100
+
+
 # -- defect 7: a subscription that moved to another customer ---------------------------------------------
 
 
@@ -230,6 +275,22 @@ def test_a_moved_subscription_zeroes_the_old_contract_service_and_gets_a_contrac
     new_cs = next(new_id for kind, new_id in created.values() if kind == "create_contract_service")
     assert fake.units_on(old_cs, D(2026, 10, 1)) == 0 and fake.units_on(new_cs, D(2026, 10, 1)) == 10
     assert fake.contracts[fake.contract_services[new_cs].contract_id]["companyID"] == sarl
+
+    # the month reconciled again once loaded: the new customer's contract (stamped with the subscription)
+    # carries it; nothing is created twice, and the old contract service stays at 0
+    take_snapshot(fake, warehouse, MONTH, "run-2", SETTINGS)
+    _store_company_currencies(warehouse, fake, "run-2")
+    link_month(warehouse, MONTH, "run-2", SETTINGS)
+    if flagged_by_mapping:
+        with warehouse.begin() as conn:
+            table = warehouse.table("month_links")
+            conn.execute(
+                table.update()
+                .where(table.c.run_id == "run-2", table.c.kind == "contract", table.c.source_key == "SUB-9")
+                .values(target_id=old, flag="other_company", detail=detail)
+            )
+    reconcile_month(warehouse, MONTH, "run-2", SETTINGS)
+    assert [action for action in load_plan(warehouse, MONTH, "run-2") if action.loadable] == []
 
 
 # -- defect 8: an adjustment Autotask will refuse --------------------------------------------------------
