@@ -32,7 +32,7 @@ import sqlalchemy as sa
 
 from include.models import BillingMonth
 from include.plan import ActionKind, ActionStatus, PlanAction, PlanSummary, load_plan
-from include.verify import AutotaskUnitsReader, VerificationResult, _checks_of, _units_rows
+from include.verify import AutotaskUnitsReader, VerificationResult, _checks_of, _contract_ends, _units_rows
 from include.verify import _store as _store_verification
 from include.warehouse import Warehouse, utcnow
 
@@ -364,10 +364,15 @@ def verify_reversal(reader: AutotaskUnitsReader, warehouse: Warehouse, month: st
     if by_pair:
         billing_month = BillingMonth.parse(month_key)
         rows = _units_rows(reader, by_pair, billing_month)
-        originals = {action.action_id: action for action in load_plan(warehouse, month_key)}
+        month_plan = load_plan(warehouse, month_key)
+        originals = {action.action_id: action for action in month_plan}
+        applied_in_month = [action for action in month_plan if action.status is ActionStatus.APPLIED]
+        contract_ends = _contract_ends(warehouse, month_key, applied_in_month, by_pair)
         for pair, actions in sorted(by_pair.items()):
             actions.sort(key=lambda action: action.effective_date or date.min)
-            checks = _checks_of(pair, actions, rows.get(pair, []), billing_month.last_day)
+            # a contract that ends inside the month holds no units after its end: check its last day instead
+            last_day = min(billing_month.last_day, contract_ends.get(pair[0]) or billing_month.last_day)
+            checks = _checks_of(pair, actions, rows.get(pair, []), last_day, billing_month.last_day)
             # the month end holds the units of before the load: the last undone original's units before it,
             # less the run's earlier changes (not the units of the last reversal day: see _reverse_chain)
             own = {action.action_id for action in actions}
@@ -380,7 +385,7 @@ def verify_reversal(reader: AutotaskUnitsReader, warehouse: Warehouse, month: st
                 earlier = sum((original.unit_change or Decimal(0) for original in undone[:-1]), Decimal(0))
                 checks = [
                     replace(check, expected=undone[-1].units_before - earlier)
-                    if check.check_kind == "month_end"
+                    if check.check_kind in ("month_end", "contract_end")
                     else check
                     for check in checks
                 ]
