@@ -29,7 +29,7 @@ from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 from functools import cached_property
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -106,6 +106,29 @@ def stricter(first: ActionStatus, second: ActionStatus) -> ActionStatus:
     return first if _STATUS_WEIGHT.get(first, 0) >= _STATUS_WEIGHT.get(second, 0) else second
 
 
+class Hold(NamedTuple):
+    """One thing that holds an action back: at least this status, and why (what a person can do)."""
+
+    status: ActionStatus
+    reason: str | None
+
+
+def held_back(
+    holds: Iterable[Hold], status: ActionStatus = ActionStatus.PROPOSED, reason: str | None = None
+) -> tuple[ActionStatus, str | None]:
+    """The status and reason of an action with `status` and `reason` once each of `holds` holds it back, in
+    turn: the strictest status wins; each reason is added after the others (a blocking one begins with
+    `BLOCKED_MARK`), unless it repeats the reason so far word for word."""
+    for hold in holds:
+        added = hold.reason
+        if added and hold.status is ActionStatus.BLOCKED and not added.startswith(BLOCKED_MARK):
+            added = BLOCKED_MARK + added
+        status = stricter(status, hold.status)
+        if added and added != reason:
+            reason = f"{reason}; {added}" if reason else added
+    return status, reason or None
+
+
 @dataclass(frozen=True)
 class PlanAction:
     """One change for Autotask. References to records not yet created are the creating action's id."""
@@ -176,15 +199,12 @@ class PlanAction:
     def held(self, status: ActionStatus, reason: str | None) -> PlanAction:
         """This action held back at least as much as `status`, with the reason added (a blocking reason
         begins with `BLOCKED_MARK`)."""
-        if reason and status is ActionStatus.BLOCKED and not reason.startswith(BLOCKED_MARK):
-            reason = BLOCKED_MARK + reason
-        reasons = [text for text in (self.reason, reason) if text]
-        return replace(
-            self,
-            status=stricter(self.status, status),
-            reason="; ".join(dict.fromkeys(reasons)) or None,
-            known_id=self.action_id,
-        )
+        return self.held_by([Hold(status, reason)])
+
+    def held_by(self, holds: Iterable[Hold]) -> PlanAction:
+        """This action held back by each of `holds` in turn (see `held_back`)."""
+        status, reason = held_back(holds, self.status, self.reason)
+        return replace(self, status=status, reason=reason, known_id=self.action_id)
 
     def to_row(self, run_id: str, seq: int, created_at: Any) -> dict[str, Any]:
         return {

@@ -54,8 +54,10 @@ from include.plan import (
     MOVED_SUBSCRIPTION,
     ActionKind,
     ActionStatus,
+    Hold,
     PlanAction,
     PlanSummary,
+    held_back,
     order_actions,
     replace_plan,
 )
@@ -810,10 +812,21 @@ class _PlanBuilder:
             cycle = _cycle_of(int(commitment_months))
             covering = renewed_end_date(end.date(), cycle, last_point.date(), self.settings.minimum_contract_months)
             new_end = max(covering, term_end[contract_id].date())
+            first_group = info_of[contract_groups[0]]
+            holds = [
+                *self._link_holds(first_group["contract_flag"], "contract", contract_id),
+                *self._company_confirmation_holds(first_group),
+            ]
+            if only_blocked_currencies[contract_id]:
+                # the extension serves only adjustments that are blocked for their currency
+                holds += self._group_holds(first_group)
+            status, reason = held_back(holds)
             action = PlanAction(
                 kind=ActionKind.EXTEND_CONTRACT,
                 month=self.month.key,
                 target=f"contract:C{contract_id}",
+                status=status,
+                reason=reason,
                 contract_id=contract_id,
                 subscription_ids=tuple(
                     sorted({s for group in contract_groups for s in info_of[group]["subscriptions"]})
@@ -823,12 +836,6 @@ class _PlanBuilder:
                 payload={"id": contract_id, "endDate": _api_date(new_end)},
                 charge_ids=charge_ids[contract_id],
             )
-            first_group = info_of[contract_groups[0]]
-            action = self._held_by_link(action, first_group["contract_flag"], "contract", contract_id)
-            action = self._held_until_company_confirmed(action, first_group)
-            if only_blocked_currencies[contract_id]:
-                # the extension serves only adjustments that are blocked for their currency
-                action = self._held_by_group(action, first_group)
             self.extend_actions[contract_id] = action
             self.actions.append(action)
             self.groups_with_actions.update(contract_groups)
@@ -866,6 +873,7 @@ class _PlanBuilder:
         contract_start = self.contract_starts.get(contract_id) if contract_id is not None else None
         review_decreases = info["commitment_months"] >= self.settings.review_decreases_from_months
         creates = [action for action in (cs_action, contract_action, service_action) if action]
+        group_holds = [*self._group_holds(info), *self._link_holds(info["service_flag"], "service", service_id)]
         previous: PlanAction | None = None  # the last adjustment of this contract service that can be written
         for row in rows:
             unit_change = _decimal(row.unit_change)
@@ -884,10 +892,46 @@ class _PlanBuilder:
             depends = creates if previous is None else [*creates, previous]
             if extend is not None and effective > extend.end_date_before:
                 depends = [*depends, extend]
+            holds = list(group_holds)
+            if row.blocked_here:
+                holds.append(
+                    Hold(
+                        ActionStatus.BLOCKED,
+                        f"Autotask already has an adjustment of contract service {contract_service_id} on "
+                        f"{effective.isoformat()} (made in Autotask) and refuses a second one on that date: change "
+                        f"the units to {_decimal(row.target).normalize():f} by hand in Autotask, or re-run with "
+                        "another effective-date policy",
+                    )
+                )
+            if row.cost_conflict:
+                holds.append(Hold(ActionStatus.FLAGGED, row.cost_conflict))
+            if isinstance(row.folded_difference, str):
+                holds.append(Hold(ActionStatus.FLAGGED, row.folded_difference))
+            if row.units_unknown:
+                holds.append(
+                    Hold(
+                        ActionStatus.FLAGGED,
+                        f"no ContractServiceUnits for contract service "
+                        f"{contract_service_id} in the snapshot: its current units are unknown",
+                    )
+                )
+            if unit_change < 0 and review_decreases and not (row.ends_term or row.starts_term):
+                holds.append(
+                    Hold(
+                        ActionStatus.FLAGGED,
+                        f"decrease of {-unit_change} units inside a {info['commitment_months']}-month commitment",
+                    )
+                )
+            if contract_start is not None and row.point < contract_start:
+                holds.append(Hold(ActionStatus.FLAGGED, "effective date is before the contract's start date"))
+            holds += self._dependency_holds(depends)
+            status, reason = held_back(holds)
             action = PlanAction(
                 kind=ActionKind.ADJUST_UNITS if unit_change != 0 else ActionKind.CHANGE_COST,
                 month=self.month.key,
                 target=f"cs:{group}",
+                status=status,
+                reason=reason,
                 effective_date=effective,
                 account_id=info["account_id"],
                 subscription_ids=info["subscriptions"],
@@ -907,36 +951,6 @@ class _PlanBuilder:
                 charge_ids=self._charge_ids_at(group, row.point),
                 depends_on=tuple(sorted(action.action_id for action in depends)),
             )
-            action = self._held_by_group(action, info)
-            action = self._held_by_link(action, info["service_flag"], "service", service_id)
-            if row.blocked_here:
-                action = action.held(
-                    ActionStatus.BLOCKED,
-                    f"Autotask already has an adjustment of contract service {contract_service_id} on "
-                    f"{effective.isoformat()} (made in Autotask) and refuses a second one on that date: change "
-                    f"the units to {_decimal(row.target).normalize():f} by hand in Autotask, or re-run with "
-                    "another effective-date policy",
-                )
-            if row.cost_conflict:
-                action = action.held(ActionStatus.FLAGGED, row.cost_conflict)
-            if isinstance(row.folded_difference, str):
-                action = action.held(ActionStatus.FLAGGED, row.folded_difference)
-            if row.units_unknown:
-                action = action.held(
-                    ActionStatus.FLAGGED,
-                    f"no ContractServiceUnits for contract service "
-                    f"{contract_service_id} in the snapshot: its current units are unknown",
-                )
-            if unit_change < 0 and review_decreases and not (row.ends_term or row.starts_term):
-                action = action.held(
-                    ActionStatus.FLAGGED,
-                    f"decrease of {-unit_change} units inside a {info['commitment_months']}-month commitment",
-                )
-            if contract_start is not None and row.point < contract_start:
-                action = action.held(ActionStatus.FLAGGED, "effective date is before the contract's start date")
-            for dependency in depends:
-                if dependency.status is not ActionStatus.PROPOSED:
-                    action = action.held(dependency.status, f"depends on {dependency.kind} ({dependency.status})")
             self.actions.append(action)
             if action.status is not ActionStatus.BLOCKED:
                 previous = action
@@ -965,23 +979,29 @@ class _PlanBuilder:
             payload[self.settings.company_key_field] = account_id
         elif self.settings.company_key_udf:
             payload["userDefinedFields"] = [{"name": self.settings.company_key_udf, "value": account_id}]
+        holds = []
+        if info["company_suggestions"]:
+            holds.append(
+                Hold(
+                    ActionStatus.NEEDS_MAPPING,
+                    f"{_suggested(info['company_suggestions'], 'company', 'companies')} for a person: "
+                    "confirm one, or approve creating a new one",
+                )
+            )
+        if self.settings.owner_resource_id is None:
+            holds.append(Hold(ActionStatus.FLAGGED, "owner_resource_id is not configured"))
+        if not payload["phone"]:
+            holds.append(Hold(ActionStatus.FLAGGED, "the BSS account has no phone (Autotask requires one)"))
+        status, reason = held_back(holds)
         action = PlanAction(
             kind=ActionKind.CREATE_COMPANY,
             month=self.month.key,
             target=f"account:{account_id}",
+            status=status,
+            reason=reason,
             account_id=account_id,
             payload=payload,
         )
-        if info["company_suggestions"]:
-            action = action.held(
-                ActionStatus.NEEDS_MAPPING,
-                f"{_suggested(info['company_suggestions'], 'company', 'companies')} for a person: "
-                "confirm one, or approve creating a new one",
-            )
-        if self.settings.owner_resource_id is None:
-            action = action.held(ActionStatus.FLAGGED, "owner_resource_id is not configured")
-        if not payload["phone"]:
-            action = action.held(ActionStatus.FLAGGED, "the BSS account has no phone (Autotask requires one)")
         self.company_actions[account_id] = action
         self.actions.append(action)
         return action
@@ -999,21 +1019,27 @@ class _PlanBuilder:
             "sku": (info["product_sku"] or None),
             "isActive": True,
         }
+        holds = []
+        if info["service_suggestions"]:
+            holds.append(
+                Hold(
+                    ActionStatus.NEEDS_MAPPING,
+                    f"{_suggested(info['service_suggestions'], 'service', 'services')} for a person: "
+                    "confirm one, or approve creating a new one",
+                )
+            )
+        if self.settings.billing_code_id is None:
+            holds.append(Hold(ActionStatus.FLAGGED, "billing_code_id is not configured"))
+        status, reason = held_back(holds)
         action = PlanAction(
             kind=ActionKind.CREATE_SERVICE,
             month=self.month.key,
             target=f"product:{product_id}",
+            status=status,
+            reason=reason,
             product_id=product_id,
             payload=payload,
         )
-        if info["service_suggestions"]:
-            action = action.held(
-                ActionStatus.NEEDS_MAPPING,
-                f"{_suggested(info['service_suggestions'], 'service', 'services')} for a person: "
-                "confirm one, or approve creating a new one",
-            )
-        if self.settings.billing_code_id is None:
-            action = action.held(ActionStatus.FLAGGED, "billing_code_id is not configured")
         self.service_actions[product_id] = action
         self.actions.append(action)
         return action
@@ -1039,10 +1065,26 @@ class _PlanBuilder:
             "timeReportingRequiresStartAndStopTimes": self.settings.time_reporting_requires_start_and_stop_times,
             "contractNumber": subscription_id[:50],
         }
+        holds = []
+        if info["contract_suggestions"]:
+            holds.append(
+                Hold(
+                    ActionStatus.NEEDS_MAPPING,
+                    f"{_suggested(info['contract_suggestions'], 'contract', 'contracts')} for a person: "
+                    "confirm one, or approve creating a new one",
+                )
+            )
+        holds += self._group_holds(info)
+        holds += self._link_holds(info["company_flag"], "company", company_id)
+        if company_action is not None:
+            holds += self._dependency_holds([company_action])
+        status, reason = held_back(holds)
         action = PlanAction(
             kind=ActionKind.CREATE_CONTRACT,
             month=self.month.key,
             target=f"subscription:{subscription_id}",
+            status=status,
+            reason=reason,
             account_id=info["account_id"],
             subscription_ids=(subscription_id,),
             product_id=info["product_id"],
@@ -1053,16 +1095,6 @@ class _PlanBuilder:
             charge_ids=self._charge_ids_of(group),
             depends_on=tuple(filter(None, [_id_of(company_action)])),
         )
-        if info["contract_suggestions"]:
-            action = action.held(
-                ActionStatus.NEEDS_MAPPING,
-                f"{_suggested(info['contract_suggestions'], 'contract', 'contracts')} for a person: "
-                "confirm one, or approve creating a new one",
-            )
-        action = self._held_by_group(action, info)
-        action = self._held_by_link(action, info["company_flag"], "company", company_id)
-        if company_action is not None and company_action.status is not ActionStatus.PROPOSED:
-            action = action.held(company_action.status, f"depends on create_company ({company_action.status})")
         self.contract_actions[subscription_id] = action
         self.actions.append(action)
         return action
@@ -1073,10 +1105,26 @@ class _PlanBuilder:
         contract_id = _int_or_none(info["contract_id"])
         service_id = _int_or_none(info["service_id"])
         dependencies = [action for action in (contract_action, service_action) if action]
+        holds = self._group_holds(info)
+        if pd.notna(info["service_flag"]):
+            # Autotask refuses to add an inactive (or deleted) service to a contract
+            holds.append(
+                Hold(
+                    ActionStatus.BLOCKED,
+                    f"the linked Autotask service {service_id} "
+                    f"{'no longer exists' if info['service_flag'] == 'target_missing' else 'is inactive'}: "
+                    "Autotask refuses to add it to a contract; activate it in Autotask, or link the product to "
+                    "another service",
+                )
+            )
+        holds += self._dependency_holds(dependencies)
+        status, reason = held_back(holds)
         action = PlanAction(
             kind=ActionKind.CREATE_CONTRACT_SERVICE,
             month=self.month.key,
             target=f"cs:{group}",
+            status=status,
+            reason=reason,
             account_id=info["account_id"],
             subscription_ids=info["subscriptions"],
             product_id=info["product_id"],
@@ -1093,59 +1141,63 @@ class _PlanBuilder:
             charge_ids=self._charge_ids_of(group),
             depends_on=tuple(sorted(action.action_id for action in dependencies)),
         )
-        action = self._held_by_group(action, info)
-        if pd.notna(info["service_flag"]):
-            # Autotask refuses to add an inactive (or deleted) service to a contract
-            action = action.held(
-                ActionStatus.BLOCKED,
-                f"the linked Autotask service {service_id} "
-                f"{'no longer exists' if info['service_flag'] == 'target_missing' else 'is inactive'}: Autotask "
-                "refuses to add it to a contract; activate it in Autotask, or link the product to another service",
-            )
-        for dependency in dependencies:
-            if dependency.status is not ActionStatus.PROPOSED:
-                action = action.held(dependency.status, f"depends on {dependency.kind} ({dependency.status})")
         self.actions.append(action)
         return action
 
     # -- helpers -----------------------------------------------------------------------------------------
 
-    def _held_by_group(self, action: PlanAction, info: Mapping[str, Any]) -> PlanAction:
+    def _group_holds(self, info: Mapping[str, Any]) -> list[Hold]:
         """What holds back every action of one contract service: its contract link, a move to another
         customer, a currency other than the company's."""
-        action = self._held_by_link(action, info["contract_flag"], "contract", _int_or_none(info["contract_id"]))
-        action = self._held_until_company_confirmed(action, info)
+        holds = [
+            *self._link_holds(info["contract_flag"], "contract", _int_or_none(info["contract_id"])),
+            *self._company_confirmation_holds(info),
+        ]
         if pd.notna(info["move_reason"]):
-            action = action.held(ActionStatus.FLAGGED, info["move_reason"])
+            holds.append(Hold(ActionStatus.FLAGGED, info["move_reason"]))
         if info["currency_mismatch"]:
-            action = action.held(
-                ActionStatus.BLOCKED,
-                f"the BSS bills this in {info['currencies']} but the company's Autotask currency is "
-                f"{info['company_currency']}: never written as it stands; convert the price and set the units "
-                "by hand, or change the company's currency in Autotask",
+            holds.append(
+                Hold(
+                    ActionStatus.BLOCKED,
+                    f"the BSS bills this in {info['currencies']} but the company's Autotask currency is "
+                    f"{info['company_currency']}: never written as it stands; convert the price and set the units "
+                    "by hand, or change the company's currency in Autotask",
+                )
             )
-        return action
+        return holds
 
-    def _held_until_company_confirmed(self, action: PlanAction, info: Mapping[str, Any]) -> PlanAction:
+    def _company_confirmation_holds(self, info: Mapping[str, Any]) -> list[Hold]:
         """An existing contract whose account is not linked to any company yet: its company is nobody's
         confirmed choice for this customer, so nothing is written on it until a person links the account
         (the contract's company is suggested for it)."""
         contract_id = _int_or_none(info["contract_id"])
         if contract_id is None or _int_or_none(info["company_id"]) is not None:
-            return action
+            return []
         owner = self.contract_companies.get(contract_id)
-        return action.held(
-            ActionStatus.NEEDS_MAPPING,
-            f"account {info['account_id']} is not linked to an Autotask company yet; contract {contract_id} belongs "
-            f"to company {owner}: confirm that company for the account (it is suggested), or link another",
-        )
+        return [
+            Hold(
+                ActionStatus.NEEDS_MAPPING,
+                f"account {info['account_id']} is not linked to an Autotask company yet; contract {contract_id} "
+                f"belongs to company {owner}: confirm that company for the account (it is suggested), or link "
+                "another",
+            )
+        ]
 
     @staticmethod
-    def _held_by_link(action: PlanAction, flag: Any, kind: str, target_id: int | None) -> PlanAction:
+    def _link_holds(flag: Any, kind: str, target_id: int | None) -> list[Hold]:
         if flag is None or pd.isna(flag):
-            return action
+            return []
         state = "no longer exists" if flag == "target_missing" else "is inactive"
-        return action.held(ActionStatus.FLAGGED, f"the linked Autotask {kind} {target_id} {state}")
+        return [Hold(ActionStatus.FLAGGED, f"the linked Autotask {kind} {target_id} {state}")]
+
+    @staticmethod
+    def _dependency_holds(dependencies: list[PlanAction]) -> list[Hold]:
+        """An action is held back at least as much as each action it needs."""
+        return [
+            Hold(dependency.status, f"depends on {dependency.kind} ({dependency.status})")
+            for dependency in dependencies
+            if dependency.status is not ActionStatus.PROPOSED
+        ]
 
     def _charge_ids_at(self, group: str, point: pd.Timestamp) -> tuple[str, ...]:
         positions = self.charges_of_group.get(group)
