@@ -29,6 +29,7 @@ from datetime import date
 from decimal import Decimal
 from enum import StrEnum
 from functools import cached_property
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -181,7 +182,7 @@ class PlanAction:
         fixed key order."""
         if self.known_id is not None:
             return self.known_id
-        content = tuple(getattr(self, name) for name in _CONTENT_FIELDS)
+        content = _content_of(self)
         text = self.idempotency_key + "\n" + repr(content)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
@@ -386,6 +387,8 @@ def set_action_status(warehouse: Warehouse, action_ids: Iterable[str], status: s
 
 
 _CONTENT_FIELDS = tuple(item.name for item in fields(PlanAction) if item.name not in ("status", "reason", "known_id"))
+# the content fields' values as one tuple, in field order
+_content_of = attrgetter(*_CONTENT_FIELDS)
 
 
 def _target_of(idempotency_key: str) -> str:

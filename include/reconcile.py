@@ -398,10 +398,7 @@ def _groups(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
         ]
     ].set_index("group")
     by_group = lines.groupby("group", sort=False)
-    members: dict[str, list[str]] = defaultdict(list)
-    pairs = lines[["group", "subscription_id"]].drop_duplicates().sort_values(["group", "subscription_id"])
-    for group, subscription_id in zip(pairs["group"].tolist(), pairs["subscription_id"].tolist(), strict=True):
-        members[group].append(subscription_id)
+    members = _distinct_per_group(lines, "subscription_id")
     groups["subscriptions"] = pd.Series({group: tuple(ids) for group, ids in members.items()}, dtype=object)
     groups["commitment_months"] = by_group["commitment_months"].max()
     groups["billing_cycle"] = lines.sort_values("commitment_months").groupby("group")["billing_cycle"].last()
@@ -413,7 +410,8 @@ def _groups(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
     groups["last_charge_end"] = billed.groupby("group")["charge_end_date"].max()
     groups["currency_mismatch"] = by_group["currency_mismatch"].any()
     mismatched = billed[billed["group"].isin(groups.index[groups["currency_mismatch"]])]
-    groups["currencies"] = mismatched.groupby("group")["currency"].agg(lambda values: ", ".join(sorted(set(values))))
+    currencies = _distinct_per_group(mismatched, "currency")
+    groups["currencies"] = pd.Series({group: ", ".join(names) for group, names in currencies.items()}, dtype=object)
     groups["company_currency"] = by_group["company_currency"].first()
     moved = lines[lines["move_reason"].notna()]
     groups["move_reason"] = moved.groupby("group")["move_reason"].first()
@@ -426,6 +424,16 @@ def _groups(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
     )
     groups["contract_service_id"] = groups["contract_service_id"].astype("Int64")
     return groups
+
+
+def _distinct_per_group(lines: pd.DataFrame, column: str) -> dict[str, list[Any]]:
+    """Each group's distinct values of `column`, sorted (one pass over the sorted pairs: a Python function per
+    group in pandas costs more than the rest of `_groups`)."""
+    pairs = lines[["group", column]].drop_duplicates().sort_values(["group", column])
+    found: dict[str, list[Any]] = defaultdict(list)
+    for group, value in zip(pairs["group"].tolist(), pairs[column].tolist(), strict=True):
+        found[group].append(value)
+    return found
 
 
 def _holdings(lines: pd.DataFrame) -> pd.DataFrame:
