@@ -210,12 +210,12 @@ def _charge_order(lines: pd.DataFrame) -> pd.DataFrame:
     `subscription_history.sql` reads them), then the charge id's numeric sequence (its trailing digits
     where the warehouse has none), then the id."""
     charged_at = pd.to_datetime(lines["charged_at"], errors="coerce") if "charged_at" in lines else pd.NaT
-    tail = pd.to_numeric(lines["charge_id"].str.extract(r"(\d+)\D*$")[0], errors="coerce")
     sequence = lines["charge_sequence"] if "charge_sequence" in lines else pd.Series(np.nan, index=lines.index)
-    return lines.assign(
-        charged_at=charged_at,
-        charge_sequence=pd.to_numeric(sequence, errors="coerce").fillna(tail).fillna(-1).astype("float64"),
-    )
+    sequence = pd.to_numeric(sequence, errors="coerce")
+    # the trailing digits are read only from the ids of lines without a sequence
+    without_sequence = lines.loc[sequence.isna(), "charge_id"]
+    tail = pd.to_numeric(without_sequence.str.extract(r"(\d+)\D*$")[0], errors="coerce")
+    return lines.assign(charged_at=charged_at, charge_sequence=sequence.fillna(tail).fillna(-1).astype("float64"))
 
 
 def _prepare_lines(
@@ -297,20 +297,20 @@ def _regroup_moved(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame
     mismatch = (owner.notna() & lines["company_id"].notna() & (owner != lines["company_id"])).fillna(False)
     moved = (lines["contract_flag"] == OTHER_COMPANY_FLAG).fillna(False) | mismatch
     lines["moved_from"] = lines["contract_id"].where(moved).astype("Int64")
-    generated = (
-        "contract "
-        + lines["contract_id"].astype(str)
-        + " belongs to company "
-        + owner.astype(str)
-        + "; account "
-        + lines["account_id"]
-        + " is linked to company "
-        + lines["company_id"].astype(str)
-    )
     lines["move_reason"] = None
     if moved.any():
-        detail = lines["contract_detail"].where(lines["contract_detail"].notna(), generated)
-        lines.loc[moved, "move_reason"] = MOVED_SUBSCRIPTION + ": " + detail[moved]
+        generated = (
+            "contract "
+            + lines.loc[moved, "contract_id"].astype(str)
+            + " belongs to company "
+            + owner[moved].astype(str)
+            + "; account "
+            + lines.loc[moved, "account_id"]
+            + " is linked to company "
+            + lines.loc[moved, "company_id"].astype(str)
+        )
+        detail = lines.loc[moved, "contract_detail"]
+        lines.loc[moved, "move_reason"] = MOVED_SUBSCRIPTION + ": " + detail.where(detail.notna(), generated)
         lines.loc[moved, "contract_id"] = _own_contract_of_moved(lines[moved], snapshot).reindex(lines.index)[moved]
         lines.loc[moved, "contract_flag"] = None
         lines.loc[moved, "contract_suggestions"] = 0
@@ -668,6 +668,7 @@ def _cost_changes(points: pd.DataFrame) -> None:
     if len(candidates) == 0:
         return
     subset = points[points["group"].isin(candidates)]
+    changes: dict[Any, tuple[float, float]] = {}  # index -> (cost_change, cost_before)
     for _, group_points in subset.groupby("group", sort=False):
         override: float | None = None
         for index, target, autotask in zip(
@@ -676,9 +677,12 @@ def _cost_changes(points: pd.DataFrame) -> None:
             in_force = override if override is not None else autotask
             if pd.isna(target) or (pd.notna(in_force) and abs(target - in_force) <= _MONEY_EPSILON):
                 continue
-            points.at[index, "cost_change"] = target
-            points.at[index, "cost_before"] = in_force
+            changes[index] = (target, in_force)
             override = target
+    if changes:
+        changed = list(changes)
+        points.loc[changed, "cost_change"] = [cost for cost, _ in changes.values()]
+        points.loc[changed, "cost_before"] = [before for _, before in changes.values()]
 
 
 def _unit_changes(points: pd.DataFrame) -> None:
