@@ -101,13 +101,14 @@ def measure(directory: Path) -> dict:
     warehouse = Warehouse(f"sqlite:///{directory / 'warehouse.db'}")
     settings = SyncSettings(owner_resource_id=29682885, billing_code_id=29682801)
     lines = warehouse.scalar("SELECT COUNT(*) FROM charge_lines WHERE month = :month", {"month": MONTH})
-    started = time.monotonic()
+    # wall and CPU time of each step: on a shared machine the CPU seconds are the figures to compare
+    started, cpu_started = time.monotonic(), time.process_time()
     snapshot = take_snapshot(fake, warehouse, MONTH, "bench-run", settings)
-    after_snapshot = time.monotonic()
+    after_snapshot, cpu_after_snapshot = time.monotonic(), time.process_time()
     mapping = link_month(warehouse, MONTH, "bench-run", settings)
-    after_link = time.monotonic()
+    after_link, cpu_after_link = time.monotonic(), time.process_time()
     plan = reconcile_month(warehouse, MONTH, "bench-run", settings)
-    finished = time.monotonic()
+    finished, cpu_finished = time.monotonic(), time.process_time()
     return {
         "benchmark": "reconcile",
         "lines": lines,
@@ -116,6 +117,10 @@ def measure(directory: Path) -> dict:
         "snapshot_seconds": round(after_snapshot - started, 2),
         "link_seconds": round(after_link - after_snapshot, 2),
         "reconcile_seconds": round(finished - after_link, 2),
+        "cpu_seconds": round(cpu_finished - cpu_started, 2),
+        "snapshot_cpu_seconds": round(cpu_after_snapshot - cpu_started, 2),
+        "link_cpu_seconds": round(cpu_after_link - cpu_after_snapshot, 2),
+        "reconcile_cpu_seconds": round(cpu_finished - cpu_after_link, 2),
         "contract_services": plan.contract_services,
         "actions": plan.actions,
         "by_status": plan.by_status,

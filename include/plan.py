@@ -200,11 +200,7 @@ class PlanAction:
     def held(self, status: ActionStatus, reason: str | None) -> PlanAction:
         """This action held back at least as much as `status`, with the reason added (a blocking reason
         begins with `BLOCKED_MARK`)."""
-        return self.held_by([Hold(status, reason)])
-
-    def held_by(self, holds: Iterable[Hold]) -> PlanAction:
-        """This action held back by each of `holds` in turn (see `held_back`)."""
-        status, reason = held_back(holds, self.status, self.reason)
+        status, reason = held_back([Hold(status, reason)], self.status, self.reason)
         return replace(self, status=status, reason=reason, known_id=self.action_id)
 
     def to_row(self, run_id: str, seq: int, created_at: Any) -> dict[str, Any]:
