@@ -37,7 +37,7 @@ def universe_with_probes(customers: int = CUSTOMERS) -> Any:
     accounts = list(universe.accounts)
     # the last customers have generated names (the first ones hold the awkward names the linking tests use)
     accounts[-1] = replace(accounts[-1], name=XSS_NAME)
-    accounts[-2] = replace(accounts[-2], name=FORMULA_NAME)
+    accounts[-3] = replace(accounts[-3], name=FORMULA_NAME)
     return Universe(
         accounts=accounts, products=universe.products, subscriptions=universe.subscriptions, months=universe.months
     )
@@ -50,7 +50,9 @@ def start_autotask(work: Path, customers: int = CUSTOMERS) -> RunningServer:
     )
 
 
-def plan_month(autotask: RunningServer, warehouse: Warehouse, run_id: str = RUN_ID, universe: Any = None) -> None:
+def plan_month(
+    autotask: RunningServer, warehouse: Warehouse, run_id: str = RUN_ID, universe: Any = None, month: str = MONTH
+) -> None:
     """Snapshot (over HTTP) -> extract -> link -> reconcile: the month as the DAG plans it, waiting for approval."""
     from connectors.autotask_hook import AutotaskHook
     from include.extract import extract_month
@@ -62,10 +64,10 @@ def plan_month(autotask: RunningServer, warehouse: Warehouse, run_id: str = RUN_
     conn_id = "autotask_review_test"
     os.environ[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(autotask_connection(autotask.url))
     warehouse.migrate()
-    take_snapshot(AutotaskHook(conn_id), warehouse, MONTH, run_id, SETTINGS)
-    extract_month(UniverseSource(universe or universe_with_probes()), warehouse, MONTH, run_id)
-    link_month(warehouse, MONTH, run_id, SETTINGS)
-    reconcile_month(warehouse, MONTH, run_id, SETTINGS)
+    take_snapshot(AutotaskHook(conn_id), warehouse, month, run_id, SETTINGS)
+    extract_month(UniverseSource(universe or universe_with_probes()), warehouse, month, run_id)
+    link_month(warehouse, month, run_id, SETTINGS)
+    reconcile_month(warehouse, month, run_id, SETTINGS)
 
 
 def airflow_env(home: Path, warehouse_path: Path, data_docs: Path) -> dict[str, str]:
