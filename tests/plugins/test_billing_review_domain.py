@@ -165,3 +165,27 @@ def test_search_is_case_insensitive_beyond_ascii(planned: Warehouse) -> None:
     # LIKE's wildcards in the text are plain characters
     assert review.search_targets(planned, RUN_ID, "company", "%") == []
     assert review.search_targets(planned, RUN_ID, "company", "_") == []
+
+
+@pytest.mark.parametrize(("column", "descending"), [("customer", True), ("cost_change", False), ("reason", False)])
+def test_sorted_pages_follow_the_column_with_missing_values_last(
+    planned: Warehouse, column: str, descending: bool
+) -> None:
+    everything = review.grid_rows(planned, RUN_ID)
+    present = [row for row in everything if row[column] not in (None, "")]
+    missing = [row for row in everything if row[column] in (None, "")]
+
+    def key(row: dict) -> object:
+        value = row[column]
+        return value.casefold() if isinstance(value, str) else value
+
+    present.sort(key=lambda row: row["seq"])
+    present.sort(key=key, reverse=descending)
+    expected = [row["action_id"] for row in present + sorted(missing, key=lambda row: row["seq"])]
+    shown: list[str] = []
+    page = 1
+    while len(shown) < len(everything):
+        query = review.GridQuery(sort=column, descending=descending, page=page, page_size=17)
+        shown += [row["action_id"] for row in review.grid_page(planned, RUN_ID, query)["lines"]]
+        page += 1
+    assert shown == expected
