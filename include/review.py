@@ -288,7 +288,12 @@ def _ensure_grid(warehouse: Warehouse, run_id: str) -> None:
     with _BUILDING:
         if _stored_fingerprint(warehouse, run_id) != fingerprint:
             log.info("review grid of run %s: built on request (the plan was written without it)", run_id)
-            build_grid(warehouse, run_id)
+            try:
+                build_grid(warehouse, run_id)
+            except sa.exc.IntegrityError:
+                # another api-server process stored the same lines at the same moment: theirs serve
+                if _stored_fingerprint(warehouse, run_id) != fingerprint:
+                    raise
 
 
 def _stored_fingerprint(warehouse: Warehouse, run_id: str) -> str | None:
@@ -453,11 +458,13 @@ def _lines(warehouse: Warehouse, run_id: str, query: GridQuery, page: tuple[int,
     if page is None:
         statement = f"SELECT {_SHOWN_SQL}{_LINES_SQL}{where}{_order_by(warehouse, query)}"
         return [dict(zip(_SHOWN_KEYS, values, strict=True)) for values in _rows(warehouse, statement, params)]
+    live = query.status or query.flagged_only or query.needs_mapping_only or query.search or query.sort in _LIVE
+    source = _STATUS_SQL if live else " FROM review_grid_lines g WHERE g.run_id = :run_id"  # names only: no join
     ids = [
         action_id
         for (action_id,) in _rows(
             warehouse,
-            f"SELECT g.action_id{_STATUS_SQL}{where}{_order_by(warehouse, query)}"
+            f"SELECT g.action_id{source}{where}{_order_by(warehouse, query)}"
             f" LIMIT {int(page[1])} OFFSET {int(page[0])}",
             params,
         )
