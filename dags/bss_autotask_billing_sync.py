@@ -142,9 +142,12 @@ def bss_autotask_billing_sync() -> None:
     def reconcile(month: str, links: dict[str, Any]) -> dict[str, Any]:
         """BSS units at each effective date against Autotask's contract service units: the change plan."""
         from include.reconcile import reconcile_month
+        from include.review import build_grid
 
         warehouse = _warehouse_holding_runs_own_lines(month, links["run_id"])
-        return reconcile_month(warehouse, month, links["run_id"], _settings()).as_dict()
+        plan = reconcile_month(warehouse, month, links["run_id"], _settings()).as_dict()
+        build_grid(warehouse, links["run_id"])  # the review page's lines, names gathered once here
+        return plan
 
     @task(retries=0)
     def validate_plan(month: str, plan: dict[str, Any]) -> dict[str, Any]:
@@ -234,6 +237,15 @@ def _settings(params: dict[str, Any] | None = None):
     return replace(SyncSettings.from_env(), effective_date_policy=policy, dry_run=bool(params.get("dry_run")))
 
 
+def _review_link(dag_id: str, run_id: str) -> str:
+    """The run's page in the Airflow UI's "Billing review" (plugins/billing_review), for the approval form."""
+    from airflow.configuration import conf
+
+    from include.review import review_url
+
+    return review_url(dag_id, run_id, conf.get("api", "base_url", fallback="") or "")
+
+
 def _run_note(month: str, decision: dict[str, Any], report_path: Any) -> str:
     what = {
         "approved": f"approved by {decision.get('decided_by')}, loaded and verified",
@@ -280,7 +292,13 @@ class MonthApprovalOperator(HITLOperator):
         month, run_id = context["ti"].xcom_pull(task_ids="resolve_month"), context["run_id"]
         warehouse = _warehouse_holding_runs_own_lines(month, run_id)
         settings = _settings(context["params"])
-        summary = summarise_plan(warehouse, month, run_id, report_dir=str(data_docs_dir(month, run_id)))
+        summary = summarise_plan(
+            warehouse,
+            month,
+            run_id,
+            report_dir=str(data_docs_dir(month, run_id)),
+            review_link=_review_link(context["dag"].dag_id, run_id),
+        )
         decision = None
         if settings.dry_run:
             note = "dry run: nothing approved, nothing is written to Autotask"

@@ -1,0 +1,191 @@
+"""`include.review` on both warehouses (SQLite and PostgreSQL): the grid, the snapshot search, the months overview
+and the decisions, on a month planned by the real pipeline against the Autotask sandbox (over HTTP)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+from openpyxl import load_workbook
+
+from include import review
+from include.approval import ApprovalDecision, Decision, record_decision
+from include.plan import load_plan
+from include.review_export import to_csv, to_xlsx
+from include.warehouse import Warehouse, utcnow
+from sandbox.launcher import RunningServer
+from tests.plugins.review_support import MONTH, RUN_ID, SETTINGS, XSS_NAME, plan_month, start_autotask
+
+
+@pytest.fixture(scope="module")
+def autotask(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    server = start_autotask(tmp_path_factory.mktemp("review-domain"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def planned(warehouse: Warehouse, autotask: RunningServer) -> Warehouse:
+    httpx = pytest.importorskip("httpx")
+    httpx.post(autotask.url + "/_admin/reset", timeout=30).raise_for_status()
+    plan_month(autotask, warehouse)
+    return warehouse
+
+
+def test_grid_search_and_overview(planned: Warehouse) -> None:
+    page = review.grid_page(planned, RUN_ID, review.GridQuery.parse({"page_size": "500"}))
+    stored = load_plan(planned, MONTH, RUN_ID)
+    assert page["total_lines"] == len(stored) == page["matching"]
+    assert {row["status"] for row in page["lines"]} == {str(action.status) for action in stored}
+    xss = review.grid_page(planned, RUN_ID, review.GridQuery(search="onerror"))
+    assert xss["matching"] >= 1 and {row["customer"] for row in xss["lines"]} == {XSS_NAME}
+    adjust = review.grid_page(planned, RUN_ID, review.GridQuery(kind="adjust_units", page_size=500))
+    assert adjust["totals"]["units_added"] == pytest.approx(
+        sum(max(row["unit_change"] or 0, 0) for row in adjust["lines"])
+    )
+    assert set(adjust["totals"]["cost"]) <= {"EUR", "GBP", "USD"} and adjust["totals"]["cost"]
+    found = review.search_targets(planned, RUN_ID, "company", "gmbh")
+    assert found and all("gmbh" in (item["name"] + (item["number"] or "")).lower() for item in found)
+    runs = review.months_overview(planned)
+    assert [(run["month"], run["run_id"], run["status"]) for run in runs] == [(MONTH, RUN_ID, "waiting for approval")]
+    workbook = load_workbook(io.BytesIO(to_xlsx(adjust["lines"], adjust["totals"], "t")))
+    assert workbook["Review"].max_row >= len(adjust["lines"]) + 3
+    exported = list(csv.DictReader(io.StringIO(to_csv(xss["lines"]))))
+    assert [row["Customer"] for row in exported] == [XSS_NAME] * len(xss["lines"])
+
+
+def test_decisions_replan_audit_and_close_with_the_approval(planned: Warehouse) -> None:
+    rows = review.grid_rows(planned, RUN_ID)
+    suggested = next(row for row in rows if row["mapping"] == "suggestion" and row["kind"] == "create_company")
+    detail = review.line_detail(planned, RUN_ID, suggested["action_id"])
+    source = detail["sources"][0]
+    target = next(item["target_id"] for item in source["suggestions"] if item["status"] == "open")
+    before = review.grid_page(planned, RUN_ID, review.GridQuery())["counts"]["status"]["needs-mapping"]
+    result = review.decide(
+        planned,
+        RUN_ID,
+        {"decision": "confirm_suggestion", "kind": "company", "source_key": source["source_key"], "target_id": target},
+        "Zoë",
+        SETTINGS,
+    )
+    assert result["after"]["target_id"] == target
+    after = review.grid_page(planned, RUN_ID, review.GridQuery())["counts"]["status"].get("needs-mapping", 0)
+    assert after < before
+
+    proposed = next(row for row in review.grid_rows(planned, RUN_ID) if row["status"] == "proposed")
+    review.decide(planned, RUN_ID, {"decision": "exclude", "action_id": proposed["action_id"]}, "Zoë", SETTINGS)
+    second = next(row for row in review.grid_rows(planned, RUN_ID) if row["status"] == "proposed")
+    review.decide(planned, RUN_ID, {"decision": "exclude", "action_id": second["action_id"]}, "Zoë", SETTINGS)
+    # the grid shows each change at once, also when statuses only swap (excluded <-> proposed)
+    review.decide(planned, RUN_ID, {"decision": "include", "action_id": proposed["action_id"]}, "Zoë", SETTINGS)
+    shown = {row["action_id"]: row["status"] for row in review.grid_rows(planned, RUN_ID)}
+    assert (shown[proposed["action_id"]], shown[second["action_id"]]) == ("proposed", "excluded")
+    review.decide(planned, RUN_ID, {"decision": "exclude", "action_id": proposed["action_id"]}, "Zoë", SETTINGS)
+    flagged = next(row for row in review.grid_rows(planned, RUN_ID) if row["status"] == "flagged")
+    review.decide(planned, RUN_ID, {"decision": "approve_line", "action_id": flagged["action_id"]}, "Zoë", SETTINGS)
+    # a mapping decision re-plans: the exclusion and the line approval survive it
+    other = next(
+        row
+        for row in review.grid_rows(planned, RUN_ID)
+        if row["mapping"] == "create" and row["kind"] == "create_company"
+    )
+    review.decide(
+        planned, RUN_ID, {"decision": "create", "kind": "company", "source_key": other["account_id"]}, "Zoë", SETTINGS
+    )
+    statuses = {action.action_id: str(action.status) for action in load_plan(planned, MONTH, RUN_ID)}
+    assert statuses[proposed["action_id"]] == "excluded"
+    assert statuses[flagged["action_id"]] == "flagged"
+    audit = review.decisions_of(planned, RUN_ID)
+    assert [entry["decision"] for entry in audit] == [
+        "create",
+        "approve_line",
+        "exclude",
+        "include",
+        "exclude",
+        "exclude",
+        "confirm_suggestion",
+    ]
+    assert {entry["decided_by"] for entry in audit} == {"Zoë"}
+
+    record_decision(
+        planned, MONTH, RUN_ID, ApprovalDecision(Decision.APPROVED, "Ann", utcnow(), ("Approve proposed",), "ok")
+    )
+    statuses = {action.action_id: str(action.status) for action in load_plan(planned, MONTH, RUN_ID)}
+    assert statuses[flagged["action_id"]] == "approved" and statuses[proposed["action_id"]] == "excluded"
+    with pytest.raises(review.ReviewError) as refused:
+        review.decide(planned, RUN_ID, {"decision": "include", "action_id": proposed["action_id"]}, "Zoë", SETTINGS)
+    assert refused.value.status == 409 and "decisions are closed" in refused.value.message
+
+
+def test_grid_lines_are_stored_with_the_plan_and_read_back_unchanged(planned: Warehouse) -> None:
+    gathered = review._static_rows(planned, RUN_ID)
+    stored = planned.query("SELECT plan_fingerprint, lines FROM review_grids WHERE run_id = :r", {"r": RUN_ID})
+    assert stored and stored[0]["lines"] == len(gathered) == len(load_plan(planned, MONTH, RUN_ID))
+    read_back = review._stored_rows(planned, RUN_ID, review._fingerprint(planned, RUN_ID))
+    assert read_back == gathered  # every name, figure and search text survives the warehouse round trip
+    assert review.grid_rows(planned, RUN_ID)[0]["customer"] == gathered[0]["customer"]
+
+    # a plan written without its grid (or changed since): the first request builds and stores the lines
+    with planned.begin() as conn:
+        conn.execute(sa.text("DELETE FROM review_grids WHERE run_id = :r"), {"r": RUN_ID})
+    assert review._stored_rows(planned, RUN_ID, review._fingerprint(planned, RUN_ID)) is None
+    page = review.grid_page(planned, RUN_ID, review.GridQuery())
+    assert page["total_lines"] == len(gathered)
+    assert review._stored_rows(planned, RUN_ID, review._fingerprint(planned, RUN_ID)) == gathered
+
+    # a mapping decision re-plans and refreshes the stored lines before it answers
+    other = next(row for row in gathered if row["mapping"] == "create" and row["kind"] == "create_company")
+    review.decide(
+        planned, RUN_ID, {"decision": "create", "kind": "company", "source_key": other["account_id"]}, "Zoë", SETTINGS
+    )
+    fingerprint = review._fingerprint(planned, RUN_ID)
+    refreshed = review._stored_rows(planned, RUN_ID, fingerprint)
+    assert refreshed is not None and refreshed == review._static_rows(planned, RUN_ID)
+
+
+def test_search_is_case_insensitive_beyond_ascii(planned: Warehouse) -> None:
+    customers = {row["customer"] for row in review.grid_rows(planned, RUN_ID)}
+    assert "Société Générale Services" in customers
+    for text in ("SOCIÉTÉ GÉNÉRALE", "société générale"):
+        found = review.grid_page(planned, RUN_ID, review.GridQuery(search=text, page_size=500))
+        assert found["matching"] >= 1
+        assert {row["customer"] for row in found["lines"]} == {"Société Générale Services"}
+    for text in ("SOCIÉTÉ GÉNÉRALE", "société générale", "Société Générale"):
+        found = review.search_targets(planned, RUN_ID, "company", text)
+        assert [item["name"] for item in found] == ["Société Générale Services"], text
+    snapshot = planned.query("SELECT company_name FROM at_companies WHERE run_id = :r", {"r": RUN_ID})
+    accented = sorted({row["company_name"] for row in snapshot if not row["company_name"].isascii()})
+    assert len(accented) >= 3  # e.g. Société Générale, Müller & Söhne, Papadopoulos & Υιοί Α.Ε.
+    for name in accented:
+        for text in (name.upper(), name.lower()):
+            assert name in [item["name"] for item in review.search_targets(planned, RUN_ID, "company", text)], text
+    # LIKE's wildcards in the text are plain characters
+    assert review.search_targets(planned, RUN_ID, "company", "%") == []
+    assert review.search_targets(planned, RUN_ID, "company", "_") == []
+
+
+@pytest.mark.parametrize(("column", "descending"), [("customer", True), ("cost_change", False), ("reason", False)])
+def test_sorted_pages_follow_the_column_with_missing_values_last(
+    planned: Warehouse, column: str, descending: bool
+) -> None:
+    everything = review.grid_rows(planned, RUN_ID)
+    present = [row for row in everything if row[column] not in (None, "")]
+    missing = [row for row in everything if row[column] in (None, "")]
+
+    def key(row: dict) -> object:
+        value = row[column]
+        return value.casefold() if isinstance(value, str) else value
+
+    present.sort(key=lambda row: row["seq"])
+    present.sort(key=key, reverse=descending)
+    expected = [row["action_id"] for row in present + sorted(missing, key=lambda row: row["seq"])]
+    shown: list[str] = []
+    page = 1
+    while len(shown) < len(everything):
+        query = review.GridQuery(sort=column, descending=descending, page=page, page_size=17)
+        shown += [row["action_id"] for row in review.grid_page(planned, RUN_ID, query)["lines"]]
+        page += 1
+    assert shown == expected
