@@ -23,7 +23,6 @@ import uuid
 from base64 import urlsafe_b64encode
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -32,6 +31,7 @@ import sqlalchemy as sa
 
 from sandbox.launcher import REPO_ROOT, free_port
 from sandbox.local_stack import AUTOTASK_BILLING_CODE_ID, AUTOTASK_OWNER_RESOURCE_ID, airflow_environment
+from scripts.approve import API_URL_FILE, PASSWORDS_FILE, AirflowApi
 
 SHARED_ENV_FILE = REPO_ROOT / "deploy" / "airflow.env"
 DAG_ID = "bss_autotask_billing_sync"
@@ -149,7 +149,8 @@ class CeleryStack:
         env.update(read_env_file())
         port = self.settings.api_port or free_port()
         self.api_url = f"http://127.0.0.1:{port}"
-        passwords_path = home / "passwords.json"
+        (home / API_URL_FILE).write_text(self.api_url)
+        passwords_path = home / PASSWORDS_FILE  # where `make approve` looks (with the api-server's address)
         self.passwords = {user: secrets.token_urlsafe(12) for user in self.settings.users}
         passwords_path.write_text(json.dumps(self.passwords, indent=2))
         passwords_path.chmod(0o600)
@@ -287,9 +288,7 @@ class CeleryStack:
 
     # -- use ----------------------------------------------------------------------------------------------
 
-    def api(self, user: str = "admin") -> Any:
-        from scripts.approve import AirflowApi
-
+    def api(self, user: str = "admin") -> AirflowApi:
         return AirflowApi(self.api_url, user, self.passwords[user])
 
     def kill_worker(self, worker: str) -> None:
