@@ -291,12 +291,23 @@ class CeleryStack:
     def api(self, user: str = "admin") -> AirflowApi:
         return AirflowApi(self.api_url, user, self.passwords[user])
 
-    def kill_worker(self, worker: str) -> None:
-        """SIGKILL a worker and every process of its group (its running tasks too), as a lost machine."""
+    def kill_worker(self, worker: str) -> list[int]:
+        """SIGKILL a worker and every process under it (its running tasks too), as a lost machine. Returns the
+        pids killed."""
         component = self.components[f"worker-{worker}"]
+        try:
+            root = psutil.Process(component.process.pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            tree = []
         with contextlib.suppress(ProcessLookupError):
             os.killpg(component.process.pid, signal.SIGKILL)
+        for process in tree:  # a task process that left the worker's group dies with it too
+            with contextlib.suppress(psutil.Error):
+                process.kill()
         component.process.wait(timeout=30)
+        psutil.wait_procs(tree, timeout=10)
+        return [process.pid for process in tree]
 
     def processes(self) -> list[psutil.Process]:
         """Every running process of the stack: the components and their children."""

@@ -265,7 +265,7 @@ def test_a_worker_killed_mid_load_is_retried_on_the_other_worker_and_nothing_is_
 
     def kill_mid_load(run_id: str) -> bool:
         if not killed.get("slowed"):
-            autotask.faults(latency_ms=250)  # after the approval: only the load and verify are slowed
+            autotask.faults(latency_ms=400)  # after the approval: only the load and verify are slowed
             killed["slowed"] = True
         running = [
             ti for ti in task_instances(stack, run_id) if ti["task_id"] == "load_share" and ti["state"] == "running"
@@ -285,7 +285,7 @@ def test_a_worker_killed_mid_load_is_retried_on_the_other_worker_and_nothing_is_
         if confirmed < 3:
             return False
         victim = running[0]
-        stack.kill_worker(victim["hostname"])
+        killed["pids"] = stack.kill_worker(victim["hostname"])
         killed.update(worker=victim["hostname"], map_index=victim["map_index"], confirmed=confirmed, total=total_writes)
         killed["killed_at"] = time.monotonic()
         return True
@@ -310,7 +310,18 @@ def test_a_worker_killed_mid_load_is_retried_on_the_other_worker_and_nothing_is_
     assert sorted(attempts, key=lambda attempt: attempt["try_number"])[-1]["state"] == "success", attempts
     FIGURES.update(kill=killed | {"retried_on": survivor}, killed_run_s=result["seconds"])
     FIGURES["kill"].pop("killed_at")
+    pids = FIGURES["kill"].pop("pids")
+    assert len(pids) >= 2 and not [pid for pid in pids if _running(pid)], pids  # the worker and its task died
     assert_written_exactly_once(deployment, result["run_id"], before)
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_everything_the_stack_started_stops_and_leaves_nothing_behind(deployment) -> None:
