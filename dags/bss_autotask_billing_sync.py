@@ -12,8 +12,10 @@ Moves one billing month of recurring charges from the **interworks.cloud BSS** i
 5. **approve** — a person approves in the Airflow UI (Browse → Required Actions) or with `make approve`:
    "Approve proposed", "Approve incl. flagged" or "Reject"; no answer within `approval_timeout_hours`
    (default 7 days) counts as reject. Policy `auto_if_clean` approves a clean, small month alone;
-6. **load** — the approved actions into Autotask exactly once (a ledger; resumes where it stopped); when the
-   hourly API budget runs low it pauses without holding a worker slot and goes on when the hour frees;
+6. **load_share → load** — the approved actions into Autotask exactly once (a ledger; resumes where it stopped):
+   in shares side by side (each some customers' records, `BILLING_LOAD_SHARES`, 3 on Celery workers), then the
+   whole month takes what the shares left; when the hourly API budget runs low it pauses without holding a
+   worker slot and goes on when the hour frees;
 7. **verify → report** — Autotask's units read back and compared; the run report (HTML, XLSX) next to the
    Data Docs. A rejected (or timed-out) month skips load and verify and its report says so.
 
@@ -48,8 +50,10 @@ _MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
 _APPROVE, _APPROVE_WITH_FLAGGED, _REJECT = "Approve proposed", "Approve incl. flagged", "Reject"
 _APPROVAL_TIMEOUT_HOURS = float(os.environ.get("BILLING_SYNC_APPROVAL_TIMEOUT_HOURS", "168"))
 # The load runs in shares side by side (one task each, on any worker), then as a whole month that takes what
-# the shares left. Each share sends one write at a time: 3 shares keep within Autotask's 3 requests per endpoint.
-_LOAD_SHARES = max(1, int(os.environ.get("BILLING_LOAD_SHARES", "3")))
+# the shares left. The Celery deployment sets 3 (deploy/airflow.env); unset (`airflow dags test`, which runs tasks
+# one after another) one share loads the whole month. Shares split Autotask's 3 concurrent requests per endpoint.
+_LOAD_SHARES = max(1, int(os.environ.get("BILLING_LOAD_SHARES", "1")))
+_AUTOTASK_CONCURRENT_PER_ENDPOINT = 3
 _DRY_RUN_DEFAULT = os.environ.get("BILLING_SYNC_DRY_RUN", "0").strip().lower() in {"1", "true", "yes", "on"}
 
 
@@ -379,8 +383,10 @@ class LoadShareOperator(BaseOperator):
         if not decision.get("loads"):
             raise AirflowSkipException(f"{month} was not approved ({decision.get('note')}): nothing is loaded.")
         settings = _settings(context["params"])
+        # shares on several workers together keep within Autotask's concurrent requests per endpoint
+        workers = LoadSettings.workers if self.shares == 1 else max(1, _AUTOTASK_CONCURRENT_PER_ENDPOINT // self.shares)
         load_settings = LoadSettings(
-            budget_reserve_share=settings.budget_reserve_share, workers=1, share=self.share, shares=self.shares
+            budget_reserve_share=settings.budget_reserve_share, workers=workers, share=self.share, shares=self.shares
         )
         warehouse = _warehouse_holding_runs_own_lines(month, run_id)
         try:
