@@ -24,7 +24,7 @@ import pytest
 from include.loader import WRITING_KINDS
 from include.plan import ActionKind, ActionStatus, load_plan
 from include.warehouse import Warehouse
-from sandbox.celery_stack import DAG_ID, CeleryStack, StackSettings
+from sandbox.celery_stack import DAG_ID, QUEUE, CeleryStack, StackSettings
 from scripts.approve import OPTION_APPROVE_WITH_FLAGGED
 from scripts.run import wait_for_approval
 from tests.include.loader_support import SandboxAdmin
@@ -220,6 +220,8 @@ def test_the_monthly_dag_runs_end_to_end_on_two_celery_workers(deployment) -> No
     }
     assert expected <= set(by_task) and by_task["load_share"] >= 2, by_task
     assert {ti["state"] for ti in instances} == {"success"}, _logs(deployment, result["run_id"])
+    # every task went to the queue both workers listen on
+    assert {ti["queue"] for ti in instances} == {QUEUE}
     # both workers ran tasks (the hostname each task instance recorded is its worker's name)
     assert {ti["hostname"] for ti in instances} == set(WORKERS), [(ti["task_id"], ti["hostname"]) for ti in instances]
     # the load's shares ran side by side on both workers, and each share wrote its customers' records
