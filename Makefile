@@ -15,18 +15,18 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: help install demo run approve ui test bench lint format lock clean
+.PHONY: help install demo run approve ui stack test bench lint format lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 
-$(INSTALLED): requirements.txt
+$(INSTALLED): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.txt
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.txt -r requirements-dev.txt
 	@touch $@
 
-install: $(INSTALLED)  ## create .venv with every pinned dependency
+install: $(INSTALLED)  ## create .venv with every pinned dependency (runtime and development locks)
 
 demo: $(INSTALLED)  ## run the monthly sync for a month against the local sandboxes (MONTH=2026-10)
 	$(BIN)/python scripts/demo.py $(if $(MONTH),--month $(MONTH))
@@ -43,6 +43,9 @@ approve: $(INSTALLED)  ## answer a month's approval (MONTH=YYYY-MM [INCLUDE_FLAG
 ui: $(INSTALLED)  ## browse the demo's runs in the Airflow UI on http://localhost:8080 (local use: no login)
 	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True $(BIN)/airflow api-server --port $(or $(PORT),8080)
 
+stack: $(INSTALLED)  ## the Celery deployment on this machine, no Docker (PostgreSQL + Redis here, or STACK_POSTGRES_URL / STACK_REDIS_URL)
+	$(BIN)/python scripts/stack.py
+
 test: $(INSTALLED)  ## run the whole test suite (sandboxes, PostgreSQL, a real Airflow run)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -55,8 +58,9 @@ lint: $(INSTALLED)  ## ruff
 format: $(INSTALLED)
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
-lock: $(INSTALLED)  ## recompile requirements.txt from requirements.in
+lock: $(INSTALLED)  ## recompile requirements.txt (runtime) and requirements-dev.txt (tests, tooling) from their .in
 	$(BIN)/uv pip compile --quiet --python-version 3.11 requirements.in -o requirements.txt
+	$(BIN)/uv pip compile --quiet --python-version 3.11 requirements-dev.in -o requirements-dev.txt
 
 clean:  ## remove the demo's state (warehouse, Airflow home, sandbox state)
 	rm -rf var .airflow

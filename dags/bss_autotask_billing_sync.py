@@ -12,8 +12,10 @@ Moves one billing month of recurring charges from the **interworks.cloud BSS** i
 5. **approve** — a person approves in the Airflow UI (Browse → Required Actions) or with `make approve`:
    "Approve proposed", "Approve incl. flagged" or "Reject"; no answer within `approval_timeout_hours`
    (default 7 days) counts as reject. Policy `auto_if_clean` approves a clean, small month alone;
-6. **load** — the approved actions into Autotask exactly once (a ledger; resumes where it stopped); when the
-   hourly API budget runs low it pauses without holding a worker slot and goes on when the hour frees;
+6. **load_share → load** — the approved actions into Autotask exactly once (a ledger; resumes where it stopped):
+   in shares side by side (each some customers' records, `BILLING_LOAD_SHARES`, 3 on Celery workers), then the
+   whole month takes what the shares left; when the hourly API budget runs low it pauses without holding a
+   worker slot and goes on when the hour frees;
 7. **verify → report** — Autotask's units read back and compared; the run report (HTML, XLSX) next to the
    Data Docs. A rejected (or timed-out) month skips load and verify and its report says so.
 
@@ -47,6 +49,11 @@ _MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
 # not imported from the include package, so parsing the DAG stays light; the timeout is fixed when the DAG is parsed.
 _APPROVE, _APPROVE_WITH_FLAGGED, _REJECT = "Approve proposed", "Approve incl. flagged", "Reject"
 _APPROVAL_TIMEOUT_HOURS = float(os.environ.get("BILLING_SYNC_APPROVAL_TIMEOUT_HOURS", "168"))
+# The load runs in shares side by side (one task each, on any worker), then as a whole month that takes what
+# the shares left. The Celery deployment sets 3 (deploy/airflow.env); unset (`airflow dags test`, which runs tasks
+# one after another) one share loads the whole month. Shares split Autotask's 3 concurrent requests per endpoint.
+_LOAD_SHARES = max(1, int(os.environ.get("BILLING_LOAD_SHARES", "1")))
+_AUTOTASK_CONCURRENT_PER_ENDPOINT = 3
 _DRY_RUN_DEFAULT = os.environ.get("BILLING_SYNC_DRY_RUN", "0").strip().lower() in {"1", "true", "yes", "on"}
 
 
@@ -202,10 +209,13 @@ def bss_autotask_billing_sync() -> None:
     plan_checked = validate_plan(month, plan)
     approval = MonthApprovalOperator(task_id="approve", retries=0)
     # a retry of the load is safe: the ledger asks Autotask about every write of unknown outcome first
+    load_shares = LoadShareOperator.partial(
+        task_id="load_share", shares=_LOAD_SHARES, retry_delay=timedelta(seconds=10), retry_exponential_backoff=False
+    ).expand(share=list(range(_LOAD_SHARES)))
     loaded = LoadApprovedPlanOperator(task_id="load")
     verified = verify(month, loaded.output)
     chain(charges_checked, snapshot)
-    chain(plan, plan_checked, approval, loaded)
+    chain(plan, plan_checked, approval, load_shares, loaded)
     chain(verified, report(month))
 
 
@@ -367,6 +377,47 @@ class LoadApprovedPlanOperator(BaseOperator):
     def resume_after_budget_pause(self, context: Any, event: Any = None) -> dict[str, Any]:
         log.info("Autotask's hourly budget has freed: going on with the load")
         return self.execute(context)
+
+
+class LoadShareOperator(BaseOperator):
+    """One share of the month's load (`include.loader.share_of`: the actions of some customers), so the load's
+    work spreads over the workers and a lost worker loses only its share: the retry, on any worker, resumes
+    through the ledger. What a share cannot write (a new catalogue service, an action waiting for another
+    share) the whole-month `load` after the shares writes. A rejected month skips the shares (and the load)."""
+
+    def __init__(self, *, share: int, shares: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.share = share
+        self.shares = shares
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from connectors.autotask_hook import AutotaskHook
+        from include.loader import BudgetExhausted, LoadSettings, load_plan_actions
+
+        month, run_id = context["ti"].xcom_pull(task_ids="resolve_month"), context["run_id"]
+        decision = context["ti"].xcom_pull(task_ids="approve") or {}
+        if decision.get("decision") == "dry_run":
+            return {"month": month, "share": self.share, "dry_run": True, "write_requests": 0}
+        if not decision.get("loads"):
+            raise AirflowSkipException(f"{month} was not approved ({decision.get('note')}): nothing is loaded.")
+        settings = _settings(context["params"])
+        # shares on several workers together keep within Autotask's concurrent requests per endpoint
+        workers = LoadSettings.workers if self.shares == 1 else max(1, _AUTOTASK_CONCURRENT_PER_ENDPOINT // self.shares)
+        load_settings = LoadSettings(
+            budget_reserve_share=settings.budget_reserve_share, workers=workers, share=self.share, shares=self.shares
+        )
+        warehouse = _warehouse_holding_runs_own_lines(month, run_id)
+        try:
+            summary = load_plan_actions(AutotaskHook(), warehouse, month, run_id, settings, load_settings)
+        except BudgetExhausted as stop:
+            # the whole-month load after the shares pauses on the budget without holding a worker
+            log.warning("%s; the whole-month load goes on when the budget allows", stop)
+            return {"month": month, "share": self.share, "paused": True}
+        log.info("Share %d of %d of %s: %s", self.share + 1, self.shares, month, summary.as_dict())
+        if summary.failed:
+            failures = "\n- ".join(str(failure) for failure in summary.failures[:20])
+            raise AirflowFailException(f"{summary.failed} writes of {month} failed:\n- {failures}")
+        return {**summary.as_dict(), "share": self.share, "dry_run": False}
 
 
 bss_autotask_billing_sync()

@@ -28,6 +28,7 @@ cleanly with `BudgetExhausted`, saying when it can go on.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -100,12 +101,30 @@ class LoadSettings:
     budget_margin: int = 10  # requests kept aside for the reads a batch needs (recovery, the budget read)
     workers: int = 6  # contract services adjusted at once; the hook lets 3 requests per endpoint through
     max_passes: int = 6  # rounds of "ask Autotask about unknown writes, then send what is missing" per level
+    # A share of the month (`share` of `shares`): only the actions of its customers (see `share_of`). Shares run
+    # side by side on different workers; the whole-month load after them takes what they left.
+    share: int = 0
+    shares: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.budget_reserve_share < 1:
             raise ValueError("budget_reserve_share must be in [0, 1)")
         if self.write_batch_size < 1 or self.workers < 1 or self.max_passes < 1:
             raise ValueError("write_batch_size, workers and max_passes must be at least 1")
+        if self.shares < 1 or not 0 <= self.share < self.shares:
+            raise ValueError(
+                f"share must be in 0..shares-1 and shares at least 1 (got share {self.share} of {self.shares})"
+            )
+
+
+def share_of(action: PlanAction, shares: int) -> int | None:
+    """Which share of a month loads `action`: one customer's actions (by BSS account, else by the target) all go
+    to one share, so the shares never write the same record. A new catalogue service serves every customer: no
+    share loads it (None), the whole-month load does."""
+    if action.kind is ActionKind.CREATE_SERVICE:
+        return None
+    key = action.account_id or action.target
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % shares
 
 
 class LedgerState(StrEnum):
@@ -319,7 +338,7 @@ class _Loader:
                     json.loads(row["payload"]),
                     int(row["attempts"]),
                 )
-        approved = [action for action in plan if action.status == ActionStatus.APPROVED]
+        approved = [action for action in plan if action.status == ActionStatus.APPROVED and self._mine(action)]
         self.summary.skipped = sum(1 for action in approved if action.kind not in WRITING_KINDS)
         self.summary.approved = len(approved) - self.summary.skipped
         # a new contract service is created by its first adjustment (contractID + serviceID, no own write), but
@@ -345,7 +364,7 @@ class _Loader:
         for action in self.plan.values():
             if action.status != ActionStatus.APPROVED or action.kind not in WRITING_KINDS or self._settled(action):
                 continue
-            if action.blocked_by_plan:
+            if action.blocked_by_plan and self._mine(action):
                 self._fail_without_write(
                     action,
                     "refused: the plan blocked this write and it never loads as it stands, although its row was "
@@ -359,7 +378,10 @@ class _Loader:
         actions = [
             action
             for action in self.plan.values()
-            if action.kind in kinds and action.status == ActionStatus.APPROVED and not self._settled(action)
+            if action.kind in kinds
+            and action.status == ActionStatus.APPROVED
+            and not self._settled(action)
+            and self._mine(action)
         ]
         if not actions:
             return
@@ -383,6 +405,12 @@ class _Loader:
             if settled == settled_before and self.summary.write_requests == sent_before:
                 break  # nothing moved (e.g. an outcome Autotask cannot tell yet): the next load goes on
         self._fail_dependents_of_failures(actions)
+
+    def _mine(self, action: PlanAction) -> bool:
+        """Whether this load writes `action`: always for a whole-month load, else when it is in its share."""
+        if self.load_settings.shares == 1:
+            return True
+        return share_of(action, self.load_settings.shares) == self.load_settings.share
 
     def _settled(self, action: PlanAction) -> bool:
         if action.action_id in self.applied or action.action_id in self.failed:
@@ -1064,7 +1092,10 @@ class _Loader:
         missing = {
             cs_action_id: self._contract_and_service(self.plan[cs_action_id])
             for cs_action_id in self.folded
-            if cs_action_id in self.applied and cs_action_id not in self.resolved and cs_action_id in self.plan
+            if self._mine(self.folded[cs_action_id])
+            and cs_action_id in self.applied
+            and cs_action_id not in self.resolved
+            and cs_action_id in self.plan
         }
         missing = {key: pair for key, pair in missing.items() if None not in pair}
         if not missing:
@@ -1086,6 +1117,8 @@ class _Loader:
         for action in self.plan.values():
             if action.status != ActionStatus.APPROVED or action.kind not in WRITING_KINDS or self._settled(action):
                 continue
+            if not self._mine(action):
+                continue
             row = self.ledger.get(action.idempotency_key)
             if row is not None and row.state in ASK_FIRST:
                 why = f"the outcome of its write is not known yet ({row.state}): the next load asks Autotask first"
@@ -1105,11 +1138,12 @@ class _Loader:
     def _start_load_run(self) -> None:
         table = self.tables["load_runs"]
         with self.warehouse.begin() as conn:
-            conn.execute(
-                table.update()
-                .where(table.c.month == self.month, table.c.status == "running")
-                .values(status="interrupted", message="a later load found it still running: the process stopped")
-            )
+            if self.load_settings.shares == 1:  # shares run side by side: only a whole-month load runs alone
+                conn.execute(
+                    table.update()
+                    .where(table.c.month == self.month, table.c.status == "running")
+                    .values(status="interrupted", message="a later load found it still running: the process stopped")
+                )
             conn.execute(
                 table.insert(),
                 [

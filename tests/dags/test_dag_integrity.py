@@ -141,7 +141,8 @@ def test_rerunning_an_older_runs_step_after_a_newer_extract_fails_and_changes_no
 def test_the_month_is_approved_after_validation_then_loaded_verified_and_reported(dag_bag) -> None:
     dag = dag_bag.dags[DAG_ID]
     assert dag.get_task("approve").upstream_task_ids == {"validate_plan"}
-    assert dag.get_task("load").upstream_task_ids == {"approve"}
+    assert dag.get_task("load_share").upstream_task_ids == {"approve"}
+    assert dag.get_task("load").upstream_task_ids == {"load_share"}
     assert dag.get_task("verify").upstream_task_ids == {"load", "resolve_month"}
     assert dag.get_task("report").upstream_task_ids == {"verify", "resolve_month"}
     # a rejected month skips load and verify; its report is still written (and nothing failed)
@@ -164,6 +165,7 @@ def test_the_approval_form_offers_the_three_answers_and_rejects_on_timeout(dag_b
     assert approve.retries == 0
     # a crashed load is retried: the ledger asks Autotask about writes of unknown outcome before resending
     assert dag_bag.dags[DAG_ID].get_task("load").retries >= 1
+    assert dag_bag.dags[DAG_ID].get_task("load_share").retries >= 1
 
 
 def test_dry_run_is_a_param_that_defaults_to_off(dag_bag) -> None:
