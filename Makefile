@@ -40,8 +40,8 @@ approve: $(INSTALLED)  ## answer a month's approval (MONTH=YYYY-MM [INCLUDE_FLAG
 	$(BIN)/python scripts/approve.py --month $(MONTH) $(if $(filter 1 true yes,$(INCLUDE_FLAGGED)),--include-flagged) \
 		$(if $(filter 1 true yes,$(REJECT)),--reject) $(if $(BY),--by "$(BY)")
 
-ui: $(INSTALLED)  ## browse the demo's runs in the Airflow UI on http://localhost:8080 (local use: no login)
-	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True $(BIN)/airflow api-server --port $(or $(PORT),8080)
+ui: $(INSTALLED)  ## a local Airflow on the demo's data, the next month waiting for review ([PORT=8080] [MONTH=YYYY-MM])
+	$(BIN)/python scripts/ui.py $(if $(PORT),--port $(PORT)) $(if $(MONTH),--month "$(MONTH)")
 
 test: $(INSTALLED)  ## run the whole test suite (sandboxes, PostgreSQL, a real Airflow run)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,195 @@
+"""`make ui`: a working local Airflow on the demo's sandboxes and warehouse, with a month waiting for review.
+
+Starts the BSS and Autotask sandboxes (the Autotask state `make demo` left in var/demo), then an Airflow
+api-server, scheduler, dag-processor and triggerer on the project's Airflow home (`.airflow`, LocalExecutor),
+with fixed logins. Prints the URL and the login, then triggers the month after the demo's (unless a run of
+it exists already) and waits until it asks for approval (Browse → Required Actions). Runs triggered in the
+UI execute and their task logs are readable. Ctrl-C stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import closing
+from pathlib import Path
+from types import FrameType
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "plugins")]
+
+from sandbox.airflow_stack import DAG_ID, PASSWORDS_FILE, LocalAirflow, StackError, StackSettings  # noqa: E402
+
+DEMO_DIR = REPO_ROOT / "var" / "demo"
+UI_LOG_DIR = REPO_ROOT / "var" / "ui"
+APPROVAL_TASK = "approve"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8080), help="api-server port")
+    parser.add_argument("--month", help="the month to trigger (YYYY-MM; default: the month after the demo's)")
+    parser.add_argument("--no-trigger", action="store_true", help="start Airflow only; trigger nothing")
+    args = parser.parse_args(argv)
+    from include.models import BillingMonth
+
+    if args.month:
+        try:
+            args.month = BillingMonth.parse(args.month).key
+        except ValueError as error:
+            print(f"make ui: {error}", file=sys.stderr)
+            return 64
+    warehouse_path = DEMO_DIR / "warehouse.db"
+    demo_month = last_demo_month(warehouse_path)
+    if demo_month is None and not args.no_trigger and not args.month:
+        step("no demo found in var/demo: running `make demo` first (about a minute), so there is a month to build on")
+        if subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "demo.py")], cwd=REPO_ROOT).returncode:
+            print("make ui: `make demo` failed; see var/demo/dag-run.log", file=sys.stderr)
+            return 1
+        demo_month = last_demo_month(warehouse_path)
+    month = args.month or (BillingMonth.parse(demo_month).next().key if demo_month else None)
+
+    airflow_home = Path(os.environ.get("AIRFLOW_HOME") or REPO_ROOT / ".airflow")
+    settings = StackSettings(
+        airflow_home=airflow_home,
+        warehouse_path=warehouse_path,
+        data_docs_dir=REPO_ROOT / "var" / "data_docs",
+        autotask_state_file=DEMO_DIR / "autotask-state.json",
+        log_dir=UI_LOG_DIR,
+        port=args.port,
+        seed_month=demo_month or "2026-10",
+    )
+    _stop_on_sigterm()
+    stack = LocalAirflow(settings)
+    try:
+        step(f"starting the sandboxes and Airflow (api-server, scheduler, dag-processor, triggerer) on {airflow_home}")
+        step(f"logs: {UI_LOG_DIR.relative_to(REPO_ROOT)}/ (about a minute until everything is up)")
+        started = time.monotonic()
+        stack.start()
+        step(f"Airflow is up after {time.monotonic() - started:.0f}s")
+        print_login(stack)
+        if month and not args.no_trigger:
+            prepare_review(stack, month, demo_month)
+        print("\nPress Ctrl-C to stop everything `make ui` started.", flush=True)
+        while True:
+            time.sleep(2)
+            for component in stack.components:
+                if not component.alive():
+                    code = component.process.returncode
+                    raise StackError(f"airflow {component.name} stopped ({code}); see {component.log_path}")
+    except KeyboardInterrupt:
+        print()
+        step("stopping (Ctrl-C)")
+        return 0
+    except StackError as error:
+        print(f"make ui: {error}", file=sys.stderr)
+        return 1
+    finally:
+        # a second Ctrl-C (or the SIGINT make forwards) must not cut the cleanup short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop()
+        step("stopped: api-server, scheduler, dag-processor, triggerer and both sandboxes")
+
+
+def print_login(stack: LocalAirflow) -> None:
+    print()
+    print(f"    Airflow UI:  {stack.url.replace('127.0.0.1', 'localhost')}")
+    print(f"    login:       admin / {stack.admin_password}")
+    print(f"    (also `finance`; passwords in {stack.settings.airflow_home / PASSWORDS_FILE})")
+    print(flush=True)
+
+
+def prepare_review(stack: LocalAirflow, month: str, demo_month: str | None) -> None:
+    """Trigger `month` (unless a run of it exists) and wait until it waits for approval."""
+    with closing(stack.client()) as client:
+        stack.wait_for_dag(client)
+        runs = stack.runs_of_month(client, month)
+        live = [run for run in runs if run["state"] in ("queued", "running", "success")]
+        if live:
+            run_id = live[0]["dag_run_id"]
+            step(f"{month} has a run already ({run_id}, {live[0]['state']}): not triggering another")
+            client.patch(f"/api/v2/dags/{DAG_ID}", json={"is_paused": False}).raise_for_status()
+        else:
+            after = f", the month after the demo's {demo_month}" if demo_month else ""
+            run_id = stack.trigger_month(client, month)
+            step(f"triggered {month}{after}: run {run_id}")
+        if live and live[0]["state"] == "success":
+            return
+        step(f"waiting until {month} asks for approval (extract, checks, snapshot, mapping, plan: a minute or two)")
+        try:
+            stack.wait_for_task_state(client, run_id, APPROVAL_TASK, ("awaiting_input", "success", "skipped"))
+        except StackError as error:
+            step(f"{month} did not reach the approval: {error}")
+            return
+        print_review(stack, month, run_id)
+
+
+def print_review(stack: LocalAirflow, month: str, run_id: str) -> None:
+    counts = review_counts(stack.settings.warehouse_path, month, run_id)
+    url = stack.url.replace("127.0.0.1", "localhost")
+    print()
+    print(f"{month} waits for your review (run {run_id}):")
+    for label, key in (
+        ("proposed actions", "proposed"),
+        ("flagged actions (read their reasons; approve them or not)", "flagged"),
+        ("actions that need a mapping", "needs-mapping"),
+        ("open mapping suggestions to confirm or reject", "suggestions"),
+    ):
+        print(f"    {counts.get(key, 0):>5}  {label}")
+    print(f"  Review:  {url}/dags/{DAG_ID}/runs/{run_id}  (the run's Billing review tab, if the plugin is installed)")
+    print(f"  Approve: {url}/required_actions  (Browse → Required Actions), or `make approve MONTH={month}`")
+    print(flush=True)
+
+
+def review_counts(warehouse_path: Path, month: str, run_id: str) -> dict[str, int]:
+    """How many plan actions of the run wait in each status, and the month's open mapping suggestions."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{warehouse_path}?mode=ro", uri=True) as conn:
+        counts = dict(
+            conn.execute(
+                "SELECT status, COUNT(*) FROM plan_actions WHERE month = ? AND run_id = ? GROUP BY status",
+                (month, run_id),
+            ).fetchall()
+        )
+        counts["suggestions"] = conn.execute(
+            "SELECT COUNT(*) FROM mapping_suggestions WHERE status = 'open'"
+        ).fetchone()[0]
+    return counts
+
+
+def last_demo_month(warehouse_path: Path) -> str | None:
+    """The latest month the demo's warehouse holds a successful extract of; None without a demo."""
+    import sqlite3
+
+    if not warehouse_path.exists():
+        return None
+    try:
+        with sqlite3.connect(f"file:{warehouse_path}?mode=ro", uri=True) as conn:
+            row = conn.execute("SELECT MAX(month) FROM extract_runs WHERE status = 'succeeded'").fetchone()
+    except sqlite3.Error:
+        return None
+    return row[0] if row and row[0] else None
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (and SIGHUP) stop the stack like Ctrl-C does."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
+
+
+def step(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
