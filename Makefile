@@ -29,7 +29,7 @@ $(INSTALLED): requirements.txt
 install: $(INSTALLED)  ## create .venv with every pinned dependency
 
 demo: $(INSTALLED)  ## run the monthly sync for a month against the local sandboxes (MONTH=2026-10)
-	$(BIN)/python scripts/demo.py $(if $(MONTH),--month $(MONTH))
+	$(BIN)/python scripts/demo.py $(if $(MONTH),--month "$(MONTH)")
 
 run: $(INSTALLED)  ## run a month for real against the connections in the environment (MONTH=YYYY-MM [DRY_RUN=1])
 	@test -n "$(MONTH)" || { echo "usage: make run MONTH=YYYY-MM [DRY_RUN=1]"; exit 64; }
