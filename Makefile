@@ -15,7 +15,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: help install demo run approve ui test bench lint format lock clean
+.PHONY: help install browser demo run approve ui test bench lint format lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -43,7 +43,13 @@ approve: $(INSTALLED)  ## answer a month's approval (MONTH=YYYY-MM [INCLUDE_FLAG
 ui: $(INSTALLED)  ## a local Airflow on the demo's data, the next month waiting for review ([PORT=8080] [MONTH=YYYY-MM])
 	$(BIN)/python scripts/ui.py $(if $(PORT),--port $(PORT)) $(if $(MONTH),--month "$(MONTH)")
 
-test: $(INSTALLED)  ## run the whole test suite (sandboxes, PostgreSQL, a real Airflow run)
+# The browser tests and the README screenshot drive Debian's Chromium through Playwright (never `playwright install`).
+browser:  ## Debian's chromium for the browser tests (apt-get, as root; only when missing)
+	@command -v chromium >/dev/null || { echo "installing Debian's chromium (browser tests)"; \
+		$(if $(filter 0,$(shell id -u)),,sudo) sh -c 'apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium'; }
+
+test: $(INSTALLED) browser  ## run the whole test suite (sandboxes, PostgreSQL, real Airflow, a real browser)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(INSTALLED)  ## run every benchmark; one BENCH {json} line each

@@ -202,6 +202,15 @@ class LocalAirflow:
         answer.raise_for_status()
         return [run for run in answer.json()["dag_runs"] if (run.get("conf") or {}).get("month") == month]
 
+    def open_runs(self, client: httpx.Client, dag_id: str = DAG_ID) -> list[dict[str, Any]]:
+        """The DAG's queued or running runs, oldest first."""
+        answer = client.get(
+            f"/api/v2/dags/{dag_id}/dagRuns",
+            params={"state": ["queued", "running"], "order_by": "run_after", "limit": 100},
+        )
+        answer.raise_for_status()
+        return answer.json()["dag_runs"]
+
     def trigger_month(self, client: httpx.Client, month: str, dag_id: str = DAG_ID) -> str:
         """Unpause the DAG and trigger a run of `month`; returns the run id."""
         client.patch(f"/api/v2/dags/{dag_id}", json={"is_paused": False}).raise_for_status()

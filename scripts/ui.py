@@ -19,6 +19,8 @@ from contextlib import closing
 from pathlib import Path
 from types import FrameType
 
+import httpx
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "plugins")]
 
@@ -44,14 +46,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"make ui: {error}", file=sys.stderr)
             return 64
     warehouse_path = DEMO_DIR / "warehouse.db"
-    demo_month = last_demo_month(warehouse_path)
-    if demo_month is None and not args.no_trigger and not args.month:
+    loaded_month = last_loaded_month(warehouse_path)
+    if loaded_month is None and not args.no_trigger and not args.month:
         step("no demo found in var/demo: running `make demo` first (about a minute), so there is a month to build on")
         if subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "demo.py")], cwd=REPO_ROOT).returncode:
             print("make ui: `make demo` failed; see var/demo/dag-run.log", file=sys.stderr)
             return 1
-        demo_month = last_demo_month(warehouse_path)
-    month = args.month or (BillingMonth.parse(demo_month).next().key if demo_month else None)
+        loaded_month = last_loaded_month(warehouse_path)
+    month = args.month or (BillingMonth.parse(loaded_month).next().key if loaded_month else None)
 
     airflow_home = Path(os.environ.get("AIRFLOW_HOME") or REPO_ROOT / ".airflow")
     settings = StackSettings(
@@ -61,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
         autotask_state_file=DEMO_DIR / "autotask-state.json",
         log_dir=UI_LOG_DIR,
         port=args.port,
-        seed_month=demo_month or "2026-10",
     )
     _stop_on_sigterm()
     stack = LocalAirflow(settings)
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         step(f"Airflow is up after {time.monotonic() - started:.0f}s")
         print_login(stack)
         if month and not args.no_trigger:
-            prepare_review(stack, month, demo_month)
+            prepare_review(stack, month, loaded_month)
         print("\nPress Ctrl-C to stop everything `make ui` started.", flush=True)
         while True:
             time.sleep(2)
@@ -104,26 +105,30 @@ def print_login(stack: LocalAirflow) -> None:
     print(flush=True)
 
 
-def prepare_review(stack: LocalAirflow, month: str, demo_month: str | None) -> None:
-    """Trigger `month` (unless a run of it exists) and wait until it waits for approval."""
+def prepare_review(stack: LocalAirflow, month: str, loaded_month: str | None) -> None:
+    """Make sure a month waits for review: a run still open (from an earlier `make ui`) is shown as it is;
+    otherwise `month` is triggered unless it already ran. Then wait until the run asks for approval."""
     with closing(stack.client()) as client:
         stack.wait_for_dag(client)
-        runs = stack.runs_of_month(client, month)
-        live = [run for run in runs if run["state"] in ("queued", "running", "success")]
-        if live:
-            run_id = live[0]["dag_run_id"]
-            step(f"{month} has a run already ({run_id}, {live[0]['state']}): not triggering another")
-            client.patch(f"/api/v2/dags/{DAG_ID}", json={"is_paused": False}).raise_for_status()
+        client.patch(f"/api/v2/dags/{DAG_ID}", json={"is_paused": False}).raise_for_status()
+        open_runs = stack.open_runs(client)
+        finished = [run for run in stack.runs_of_month(client, month) if run["state"] == "success"]
+        if open_runs:
+            run = open_runs[-1]
+            month = (run.get("conf") or {}).get("month") or month
+            run_id = run["dag_run_id"]
+            step(f"{month} has a run open already ({run_id}, {run['state']}): not triggering another")
+        elif finished:
+            step(f"{month} ran already ({finished[0]['dag_run_id']}): trigger another month in the UI (Trigger)")
+            return
         else:
-            after = f", the month after the demo's {demo_month}" if demo_month else ""
+            after = f", the month after the last loaded one ({loaded_month})" if loaded_month else ""
             run_id = stack.trigger_month(client, month)
             step(f"triggered {month}{after}: run {run_id}")
-        if live and live[0]["state"] == "success":
-            return
         step(f"waiting until {month} asks for approval (extract, checks, snapshot, mapping, plan: a minute or two)")
         try:
             stack.wait_for_task_state(client, run_id, APPROVAL_TASK, ("awaiting_input", "success", "skipped"))
-        except StackError as error:
+        except (StackError, httpx.HTTPError) as error:
             step(f"{month} did not reach the approval: {error}")
             return
         print_review(stack, month, run_id)
@@ -163,15 +168,17 @@ def review_counts(warehouse_path: Path, month: str, run_id: str) -> dict[str, in
     return counts
 
 
-def last_demo_month(warehouse_path: Path) -> str | None:
-    """The latest month the demo's warehouse holds a successful extract of; None without a demo."""
+def last_loaded_month(warehouse_path: Path) -> str | None:
+    """The latest month approved (and so loaded) in the demo's warehouse; None without a demo."""
     import sqlite3
 
     if not warehouse_path.exists():
         return None
     try:
         with sqlite3.connect(f"file:{warehouse_path}?mode=ro", uri=True) as conn:
-            row = conn.execute("SELECT MAX(month) FROM extract_runs WHERE status = 'succeeded'").fetchone()
+            row = conn.execute(
+                "SELECT MAX(month) FROM month_approvals WHERE decision IN ('approved', 'approved_with_flagged')"
+            ).fetchone()
     except sqlite3.Error:
         return None
     return row[0] if row and row[0] else None
