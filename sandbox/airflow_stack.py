@@ -57,6 +57,7 @@ class StackSettings:
     parallelism: int = 4
     start_timeout_s: float = 240.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    bss_args: list[str] = field(default_factory=list)  # more `sandbox.bss_server` flags, e.g. --account-name
 
 
 @dataclass
@@ -116,6 +117,7 @@ class LocalAirflow:
                 str(settings.customers),
                 "--subscriptions-per-customer",
                 str(settings.subscriptions_per_customer),
+                *settings.bss_args,
             ],
             port=settings.bss_port or None,
             log_dir=settings.log_dir,
@@ -249,6 +251,24 @@ class LocalAirflow:
             self._check_alive()
             time.sleep(2)
         raise StackError(f"{task_id} of {run_id} did not reach {states} in {timeout_s:.0f}s: {seen}")
+
+    def wait_until_scheduler_saw_pause(
+        self, run_id: str, task_id: str, dag_id: str = DAG_ID, timeout_s: float = 120.0
+    ) -> None:
+        """Until the scheduler has handled the executor's event of the task's pause (awaiting input).
+
+        Seen on Airflow 3.3.2 with LocalExecutor: an approval answered before the scheduler handles that event
+        (a window of a few seconds) makes the scheduler see a queued task whose process "succeeded", and it marks
+        the approval task failed. A person never answers that fast; a test must wait for this first."""
+        marker = f"TaskInstance Finished: dag_id={dag_id}, task_id={task_id}, run_id={run_id},"
+        deadline = time.monotonic() + timeout_s
+        scheduler = next(component for component in self.components if component.name == "scheduler")
+        while time.monotonic() < deadline:
+            if marker in scheduler.log():
+                return
+            self._check_alive()
+            time.sleep(1)
+        raise StackError(f"the scheduler did not report {task_id} of {run_id} paused within {timeout_s:.0f}s")
 
     # -- internals -------------------------------------------------------------------------------
     def _environment(self, bss_url: str, autotask_url: str, port: int) -> dict[str, str]:
