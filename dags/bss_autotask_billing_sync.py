@@ -234,6 +234,15 @@ def _settings(params: dict[str, Any] | None = None):
     return replace(SyncSettings.from_env(), effective_date_policy=policy, dry_run=bool(params.get("dry_run")))
 
 
+def _review_link(dag_id: str, run_id: str) -> str:
+    """The run's page in the Airflow UI's "Billing review" (plugins/billing_review), for the approval form."""
+    from airflow.configuration import conf
+
+    from include.review import review_url
+
+    return review_url(dag_id, run_id, conf.get("api", "base_url", fallback="") or "")
+
+
 def _run_note(month: str, decision: dict[str, Any], report_path: Any) -> str:
     what = {
         "approved": f"approved by {decision.get('decided_by')}, loaded and verified",
@@ -280,7 +289,13 @@ class MonthApprovalOperator(HITLOperator):
         month, run_id = context["ti"].xcom_pull(task_ids="resolve_month"), context["run_id"]
         warehouse = _warehouse_holding_runs_own_lines(month, run_id)
         settings = _settings(context["params"])
-        summary = summarise_plan(warehouse, month, run_id, report_dir=str(data_docs_dir(month, run_id)))
+        summary = summarise_plan(
+            warehouse,
+            month,
+            run_id,
+            report_dir=str(data_docs_dir(month, run_id)),
+            review_link=_review_link(context["dag"].dag_id, run_id),
+        )
         decision = None
         if settings.dry_run:
             note = "dry run: nothing approved, nothing is written to Autotask"

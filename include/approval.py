@@ -321,6 +321,22 @@ def record_decision(warehouse: Warehouse, month: str, run_id: str, decision: App
                 )
                 .values(status=APPROVED, decided_by=decision.decided_by, decided_at=decision.decided_at)
             ).rowcount
+            if FLAGGED not in decision.decision.approves:
+                # flagged lines a reviewer approved one by one on the review page (include/review.py) load with
+                # the proposed ones; a line whose content changed since has another action_id and stays flagged
+                line_approvals = warehouse.table("review_line_approvals")
+                approved += conn.execute(
+                    plan.update()
+                    .where(
+                        plan.c.month == month,
+                        plan.c.run_id == run_id,
+                        plan.c.status == FLAGGED,
+                        plan.c.action_id.in_(
+                            sa.select(line_approvals.c.action_id).where(line_approvals.c.run_id == run_id)
+                        ),
+                    )
+                    .values(status=APPROVED, decided_by=decision.decided_by, decided_at=decision.decided_at)
+                ).rowcount
         warehouse.insert(
             conn,
             "month_approvals",
@@ -429,7 +445,7 @@ def render_body(summary: ApprovalSummary, settings: SyncSettings | None = None) 
     lines.append(f"- Data-quality report (Data Docs): {_code(summary.data_docs_index or 'not written')}")
     lines.append(f"- Run report (after the load): {_code(summary.report_dir or 'not written yet')}")
     lines.append(
-        f"- Review page: {summary.review_link}"
+        f"- Review page (grid, mapping decisions, exports): [open the billing review]({summary.review_link})"
         if summary.review_link
         else "- Review page: not available yet (use the warehouse table plan_actions)"
     )

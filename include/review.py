@@ -1,0 +1,1149 @@
+"""Step 5¾: review a run's change plan before its approval — the grid, the decisions, the exports' rows.
+
+The grid (`grid_page`) shows one row per plan line of a run with names, not only ids (customer, subscription,
+product and SKU, billing period and commitment, BSS and Autotask units, the proposed change, the effective date,
+unit price and cost with the currency, the mapping state, status and reason). Paging, sorting, filtering,
+search and the totals of the filter run on the server over an in-process copy of the run's lines: the names are
+gathered once per plan (`_static_rows`, keyed by the plan's fingerprint) and the statuses are read fresh on
+every request, so a decision, the approval or the load shows at once.
+
+Decisions (`decide`) are taken only while the run is pending: its plan exists, the month still holds its own
+charge lines, and nobody has answered its approval (`month_approvals`). Each is validated before anything is
+written (a 4xx `ReviewError` otherwise, nothing changed), stored, and audited in `review_decisions` (who, when,
+what, before and after):
+
+- mapping: confirm or reject a suggestion, link a source to an Autotask record of the run's snapshot (a manual
+  link: remembered for next months and never replaced by auto-linking), or choose "create in Autotask" (the
+  source's open suggestions are rejected, so the plan creates the record). The run is then re-planned at once
+  (`link_month` + `reconcile_month`): rows a person owns (excluded, approved) survive, as `replace_plan` keeps
+  them;
+- lines: exclude a line from this month (status `excluded`; never loaded) or include it again (its status before
+  the exclusion); approve a flagged line (`review_line_approvals`: the month's approval then approves it with the
+  proposed lines, see `include.approval.record_decision`) or take that back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from include.extract import StaleRunError, ensure_run_reads_own_lines
+from include.report import ADJUSTING_KINDS, KIND_LABELS, _Names
+from include.sync_settings import SyncSettings
+from include.warehouse import Warehouse, utcnow
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE_DEFAULT = 50
+PAGE_SIZE_MAX = 500
+SEARCH_LIMIT = 25
+_CENT = Decimal("0.01")
+
+# Mapping states a line can show, the one needing most attention first; a line shows the first that applies.
+MAPPING_STATES = ("suggestion", "create", "manual", "confirmed suggestion", "exact name", "key", "remembered")
+_RESOLUTION_STATE = {
+    "remembered": "remembered",
+    "key": "key",
+    "name": "exact name",
+    "manual": "manual",
+    "confirmed_suggestion": "confirmed suggestion",
+    "created": "remembered",
+}
+SOURCE_NOUN = {"company": "account", "contract": "subscription", "service": "product"}
+TARGET_NOUN = {"company": "company", "contract": "contract", "service": "service"}
+
+# The columns a grid can be sorted by (and how each sorts), and the decisions the page takes.
+SORTABLE = (
+    "seq",
+    "customer",
+    "subscription",
+    "product",
+    "sku",
+    "billing_period",
+    "commitment",
+    "kind",
+    "status",
+    "mapping",
+    "effective_date",
+    "bss_units",
+    "autotask_units",
+    "unit_change",
+    "unit_price",
+    "unit_cost",
+    "currency",
+    "cost_change",
+    "reason",
+)
+MAPPING_DECISIONS = ("confirm_suggestion", "reject_suggestion", "link", "create")
+LINE_DECISIONS = ("exclude", "include", "approve_line", "unapprove_line")
+DECISIONS = MAPPING_DECISIONS + LINE_DECISIONS
+
+
+class ReviewError(ValueError):
+    """A request the review cannot carry out; `status` is the HTTP status that says why (nothing changed)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# -- the run and whether it can still be decided on -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunState:
+    run_id: str
+    month: str
+    lines: int
+    approval: dict[str, Any] | None
+    stale_reason: str | None
+
+    @property
+    def pending(self) -> bool:
+        return self.approval is None and self.stale_reason is None
+
+    @property
+    def why_not_pending(self) -> str | None:
+        if self.approval is not None:
+            who = self.approval.get("decided_by") or "the approval timeout"
+            return f"the month's approval was answered ({self.approval['decision']} by {who}): decisions are closed"
+        return self.stale_reason
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "month": self.month,
+            "lines": self.lines,
+            "pending": self.pending,
+            "why_not_pending": self.why_not_pending,
+            "approval": self.approval,
+        }
+
+
+def run_state(warehouse: Warehouse, run_id: str) -> RunState:
+    """The run's month and whether decisions are still open; 404 when the run has no plan."""
+    rows = warehouse.query(
+        "SELECT month, COUNT(*) AS lines FROM plan_actions WHERE run_id = :run_id GROUP BY month", {"run_id": run_id}
+    )
+    if not rows:
+        raise ReviewError(404, f"run {run_id!r} has no change plan in the warehouse")
+    month = rows[0]["month"]
+    approvals = warehouse.query(
+        "SELECT decision, decided_by, decided_at, note FROM month_approvals WHERE run_id = :run_id"
+        " ORDER BY decided_at DESC",
+        {"run_id": run_id},
+    )
+    approval = None
+    if approvals:
+        approval = {key: _jsonable(value) for key, value in approvals[0].items()}
+    stale = None
+    try:
+        ensure_run_reads_own_lines(warehouse, month, run_id)
+    except StaleRunError as error:
+        stale = f"a newer run extracted {month} again: {error}"
+    return RunState(run_id, month, int(rows[0]["lines"]), approval, stale)
+
+
+# -- the grid ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GridQuery:
+    """What a grid request asks for: filters, search, sort and page (validated by `GridQuery.parse`)."""
+
+    status: str | None = None
+    kind: str | None = None
+    customer: str | None = None
+    mapping: str | None = None
+    flagged_only: bool = False
+    needs_mapping_only: bool = False
+    search: str | None = None
+    sort: str = "seq"
+    descending: bool = False
+    page: int = 1
+    page_size: int = PAGE_SIZE_DEFAULT
+
+    @classmethod
+    def parse(cls, params: Mapping[str, Any]) -> GridQuery:
+        """From query parameters; a wrong value is a 422 naming the parameter."""
+
+        def text(name: str) -> str | None:
+            value = params.get(name)
+            value = None if value is None else str(value).strip()
+            return value or None
+
+        def flag(name: str) -> bool:
+            value = (text(name) or "false").lower()
+            if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ReviewError(422, f"parameter {name} must be true or false, not {value!r}")
+            return value in ("1", "true", "yes", "on")
+
+        def number(name: str, default: int, low: int, high: int) -> int:
+            value = text(name)
+            if value is None:
+                return default
+            try:
+                parsed = int(value)
+            except ValueError:
+                raise ReviewError(422, f"parameter {name} must be a whole number, not {value!r}") from None
+            if not low <= parsed <= high:
+                raise ReviewError(422, f"parameter {name} must be between {low} and {high}, not {parsed}")
+            return parsed
+
+        sort = text("sort") or "seq"
+        descending = False
+        if sort.startswith("-"):
+            sort, descending = sort[1:], True
+        if sort not in SORTABLE:
+            raise ReviewError(422, f"cannot sort by {sort!r}; sortable columns: {', '.join(SORTABLE)}")
+        direction = text("dir")
+        if direction is not None:
+            if direction not in ("asc", "desc"):
+                raise ReviewError(422, f"parameter dir must be asc or desc, not {direction!r}")
+            descending = direction == "desc"
+        mapping = text("mapping")
+        if mapping is not None and mapping not in MAPPING_STATES:
+            raise ReviewError(422, f"unknown mapping state {mapping!r}; one of: {', '.join(MAPPING_STATES)}")
+        kind = text("kind")
+        if kind is not None and kind not in KIND_LABELS:
+            raise ReviewError(422, f"unknown kind {kind!r}; one of: {', '.join(KIND_LABELS)}")
+        return cls(
+            status=text("status"),
+            kind=kind,
+            customer=text("customer"),
+            mapping=mapping,
+            flagged_only=flag("flagged"),
+            needs_mapping_only=flag("needs_mapping"),
+            search=text("q"),
+            sort=sort,
+            descending=descending,
+            page=number("page", 1, 1, 1_000_000),
+            page_size=number("page_size", PAGE_SIZE_DEFAULT, 1, PAGE_SIZE_MAX),
+        )
+
+    def as_params(self) -> dict[str, str]:
+        """The query as URL parameters (for the export links of the same filter)."""
+        params = {
+            "status": self.status,
+            "kind": self.kind,
+            "customer": self.customer,
+            "mapping": self.mapping,
+            "q": self.search,
+            "flagged": "true" if self.flagged_only else None,
+            "needs_mapping": "true" if self.needs_mapping_only else None,
+            "sort": self.sort,
+            "dir": "desc" if self.descending else "asc",
+        }
+        return {key: value for key, value in params.items() if value}
+
+
+_CACHE: dict[tuple[str, str], tuple[tuple[Any, ...], list[dict[str, Any]]]] = {}
+_CACHE_LOCK = threading.Lock()
+_CACHE_RUNS = 8
+
+
+def _fingerprint(warehouse: Warehouse, run_id: str) -> tuple[Any, ...]:
+    """Changes whenever the run's plan is re-planned (rows replaced) or its links change."""
+    rows = warehouse.query(
+        "SELECT COUNT(*) AS lines, MAX(created_at) AS created FROM plan_actions WHERE run_id = :run_id",
+        {"run_id": run_id},
+    )
+    links = warehouse.query(
+        "SELECT COUNT(*) AS links, SUM(suggestions) AS suggestions FROM month_links WHERE run_id = :run_id",
+        {"run_id": run_id},
+    )
+    return (rows[0]["lines"], str(rows[0]["created"]), links[0]["links"], links[0]["suggestions"])
+
+
+def grid_rows(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
+    """Every line of the run's plan as the grid shows it (names, mapping, current status), in plan order."""
+    key = (warehouse.engine.url.render_as_string(hide_password=True), run_id)
+    fingerprint = _fingerprint(warehouse, run_id)
+    with _CACHE_LOCK:
+        cached = _CACHE.get(key)
+    if cached is None or cached[0] != fingerprint:
+        static = _static_rows(warehouse, run_id)
+        with _CACHE_LOCK:
+            if len(_CACHE) >= _CACHE_RUNS:
+                _CACHE.pop(next(iter(_CACHE)))
+            _CACHE[key] = (fingerprint, static)
+    else:
+        static = cached[1]
+    live = {
+        row[0]: row
+        for row in _rows(
+            warehouse,
+            "SELECT p.action_id, p.status, p.reason, p.decided_by, a.approved_by FROM plan_actions p"
+            " LEFT JOIN review_line_approvals a ON a.run_id = p.run_id AND a.action_id = p.action_id"
+            " WHERE p.run_id = :run_id",
+            {"run_id": run_id},
+        )
+    }
+    rows = []
+    for row in static:
+        current = live.get(row["action_id"])
+        if current is None:
+            continue  # replaced since the names were gathered: the next request rebuilds
+        rows.append(
+            {
+                **row,
+                "status": current[1],
+                "reason": current[2] or "",
+                "decided_by": current[3] or "",
+                "line_approved_by": current[4] or "",
+            }
+        )
+    return rows
+
+
+def grid_page(warehouse: Warehouse, run_id: str, query: GridQuery) -> dict[str, Any]:
+    """One page of the grid with the filter's totals and the counts a reviewer filters by."""
+    rows = grid_rows(warehouse, run_id)
+    chosen = filter_rows(rows, query)
+    ordered = sort_rows(chosen, query)
+    start = (query.page - 1) * query.page_size
+    return {
+        "run_id": run_id,
+        "total_lines": len(rows),
+        "matching": len(chosen),
+        "page": query.page,
+        "page_size": query.page_size,
+        "pages": max(1, -(-len(chosen) // query.page_size)),
+        "sort": query.sort,
+        "dir": "desc" if query.descending else "asc",
+        "totals": totals_of(chosen),
+        "counts": {
+            "status": _count(rows, "status"),
+            "kind": _count(rows, "kind"),
+            "mapping": _count(rows, "mapping"),
+        },
+        "lines": [_public(row) for row in ordered[start : start + query.page_size]],
+    }
+
+
+def filter_rows(rows: Iterable[dict[str, Any]], query: GridQuery) -> list[dict[str, Any]]:
+    needle = query.search.casefold() if query.search else None
+    customer = query.customer.casefold() if query.customer else None
+    chosen = []
+    for row in rows:
+        if query.status and row["status"] != query.status:
+            continue
+        if query.kind and row["kind"] != query.kind:
+            continue
+        if query.mapping and row["mapping"] != query.mapping:
+            continue
+        if query.flagged_only and row["status"] != "flagged":
+            continue
+        if query.needs_mapping_only and row["status"] != "needs-mapping":
+            continue
+        if customer and customer != row["account_id"].casefold() and customer not in row["_customer_key"]:
+            continue
+        if needle and needle not in row["_search"] and needle not in row["reason"].casefold():
+            continue
+        chosen.append(row)
+    return chosen
+
+
+def sort_rows(rows: list[dict[str, Any]], query: GridQuery) -> list[dict[str, Any]]:
+    """Sorted by the column (missing values last either way), then by plan order."""
+    column = query.sort
+    present = [row for row in rows if row.get(column) not in (None, "")]
+    missing = [row for row in rows if row.get(column) in (None, "")]
+
+    def key(row: dict[str, Any]) -> Any:
+        value = row[column]
+        return value.casefold() if isinstance(value, str) else value
+
+    present.sort(key=lambda row: row["seq"])
+    present.sort(key=key, reverse=query.descending)
+    missing.sort(key=lambda row: row["seq"])
+    return present + missing
+
+
+def totals_of(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Units and monthly cost added and removed by the lines (excluded lines count for nothing), the cost per
+    currency: amounts in different currencies are never added up."""
+    lines = counted = 0
+    units_added = units_removed = Decimal(0)
+    by_currency: dict[str, dict[str, Decimal]] = {}
+    for row in rows:
+        lines += 1
+        if row["status"] == "excluded":
+            continue
+        counted += 1
+        units_added += row["_units_added"]
+        units_removed += row["_units_removed"]
+        if row["_cost_added"] or row["_cost_removed"]:
+            money = by_currency.setdefault(
+                row["currency"] or "?", {"cost_added": Decimal(0), "cost_removed": Decimal(0)}
+            )
+            money["cost_added"] += row["_cost_added"]
+            money["cost_removed"] += row["_cost_removed"]
+    return {
+        "lines": lines,
+        "counted_lines": counted,
+        "units_added": float(units_added),
+        "units_removed": float(units_removed),
+        "cost": {
+            currency: {name: float(value) for name, value in money.items()}
+            for currency, money in sorted(by_currency.items())
+        },
+    }
+
+
+def _public(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in row.items() if not key.startswith("_")}
+
+
+def _count(rows: Iterable[Mapping[str, Any]], column: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row[column]] = counts.get(row[column], 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _static_rows(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
+    """The names and figures of the run's lines: what changes only when the run is re-planned."""
+    plan_rows = warehouse.query("SELECT * FROM plan_actions WHERE run_id = :run_id ORDER BY seq", {"run_id": run_id})
+    if not plan_rows:
+        return []
+    month = plan_rows[0]["month"]
+    names = _Names(warehouse, month, run_id, plan_rows)
+    subscriptions: dict[str, tuple[str, str, Any]] = {}
+    for sub_id, period, cycle, price in _rows(
+        warehouse,
+        "SELECT subscription_id, billing_period, billing_cycle, unit_price FROM charge_lines WHERE month = :month"
+        " ORDER BY effective_date, charge_id",
+        {"month": month},
+    ):
+        subscriptions[sub_id] = (period, cycle, price)
+    links = {
+        (kind, source): (resolution, suggestions, flag)
+        for kind, source, resolution, suggestions, flag in _rows(
+            warehouse,
+            "SELECT kind, source_key, resolution, suggestions, flag FROM month_links WHERE run_id = :run_id",
+            {"run_id": run_id},
+        )
+    }
+    rows = []
+    for plan_row in plan_rows:
+        line = names.line(plan_row, "", "", None)
+        subs = _json_list(plan_row["subscription_ids"])
+        known = next((subscriptions[sub] for sub in subs if sub in subscriptions), None)
+        payload = _json_object(plan_row["payload"])
+        unit_price = _decimal(known[2]) if known else _decimal(payload.get("unitPrice"))
+        units_added, units_removed, cost_added, cost_removed = _changes(line)
+        sources = _sources_of(plan_row, subs)
+        mapping = _mapping_state(sources, links)
+        customer = line.customer or ""
+        row = {
+            "action_id": plan_row["action_id"],
+            "seq": int(plan_row["seq"]),
+            "kind": plan_row["kind"],
+            "kind_label": KIND_LABELS.get(plan_row["kind"], plan_row["kind"]),
+            "customer": customer,
+            "account_id": line.account_id or "",
+            "subscription": line.subscription,
+            "product": line.product or "",
+            "sku": line.sku or "",
+            "contract": line.contract or "",
+            "billing_period": known[0] if known else "",
+            "commitment": known[1] if known else "",
+            "bss_units": _float(line.units_after),
+            "autotask_units": _float(line.units_before),
+            "unit_change": _float(line.unit_change if line.unit_change is not None else _minus(line)),
+            "change": _change_text(plan_row["kind"], line, payload),
+            "effective_date": line.effective_date.isoformat() if line.effective_date else "",
+            "unit_price": _float(unit_price),
+            "unit_cost": _float(line.unit_cost_after if line.unit_cost_after is not None else line.unit_cost_before),
+            "unit_cost_before": _float(line.unit_cost_before),
+            "currency": line.currency or "",
+            "cost_change": _float(cost_added - cost_removed) if (cost_added or cost_removed) else None,
+            "mapping": mapping,
+            "mapping_detail": _mapping_detail(sources, links),
+            "_units_added": units_added,
+            "_units_removed": units_removed,
+            "_cost_added": cost_added,
+            "_cost_removed": cost_removed,
+            "_customer_key": customer.casefold(),
+            "_search": " ".join(
+                str(part)
+                for part in (
+                    customer,
+                    line.account_id,
+                    line.subscription,
+                    line.product,
+                    line.sku,
+                    line.contract,
+                    plan_row["action_id"],
+                    plan_row["kind"],
+                )
+                if part
+            ).casefold(),
+        }
+        rows.append(row)
+    return rows
+
+
+def _changes(line: Any) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+    """Units and monthly cost the line adds and removes (adjustments only; creates carry no units)."""
+    zero = Decimal(0)
+    if line.kind not in ADJUSTING_KINDS:
+        return zero, zero, zero, zero
+    after, before = line.units_after, line.units_before
+    if before is None and after is not None and line.unit_change is not None:
+        before = after - line.unit_change
+    change = line.unit_change if line.unit_change is not None else (None if None in (after, before) else after - before)
+    units_added = max(change, zero) if change is not None else zero
+    units_removed = max(-change, zero) if change is not None else zero
+    cost_after = line.unit_cost_after
+    cost_before = line.unit_cost_before if line.unit_cost_before is not None else cost_after
+    if None in (after, before, cost_after, cost_before):
+        return units_added, units_removed, zero, zero
+    delta = (after * cost_after - before * cost_before).quantize(_CENT, rounding=ROUND_HALF_UP)
+    return units_added, units_removed, max(delta, zero), max(-delta, zero)
+
+
+def _minus(line: Any) -> Decimal | None:
+    if line.units_after is None or line.units_before is None:
+        return None
+    return line.units_after - line.units_before
+
+
+def _change_text(kind: str, line: Any, payload: Mapping[str, Any]) -> str:
+    if kind == "adjust_units" and line.unit_change is not None:
+        return f"{_signed(line.unit_change)} units"
+    if kind == "change_cost":
+        return f"unit cost {_plain(line.unit_cost_before)} → {_plain(line.unit_cost_after)}"
+    if kind == "extend_contract":
+        before = line.end_date_before.isoformat() if line.end_date_before else "?"
+        after = line.end_date_after.isoformat() if line.end_date_after else "?"
+        return f"end date {before} → {after}"
+    if kind == "create_company":
+        return f"create company {payload.get('companyName') or ''}".strip()
+    if kind == "create_service":
+        return f"create service {payload.get('name') or ''}".strip()
+    if kind == "create_contract":
+        return f"create contract {payload.get('contractName') or ''}".strip()
+    if kind == "create_contract_service":
+        return "add the service to the contract"
+    if kind == "review_unbilled":
+        return "review: the BSS no longer bills this contract service"
+    return KIND_LABELS.get(kind, kind)
+
+
+def _sources_of(plan_row: Mapping[str, Any], subscriptions: Sequence[str]) -> list[tuple[str, str]]:
+    sources = []
+    if plan_row["account_id"]:
+        sources.append(("company", str(plan_row["account_id"])))
+    sources += [("contract", sub) for sub in subscriptions]
+    if plan_row["product_id"]:
+        sources.append(("service", str(plan_row["product_id"])))
+    return sources
+
+
+def _state_of(link: tuple[str, int, Any] | None) -> str | None:
+    if link is None:
+        return None
+    resolution, suggestions, _flag = link
+    if resolution == "unlinked":
+        return "suggestion" if suggestions else "create"
+    return _RESOLUTION_STATE.get(resolution, resolution)
+
+
+def _mapping_state(sources: Sequence[tuple[str, str]], links: Mapping[tuple[str, str], Any]) -> str:
+    states = {_state_of(links.get(source)) for source in sources} - {None}
+    return next((state for state in MAPPING_STATES if state in states), "")
+
+
+def _mapping_detail(sources: Sequence[tuple[str, str]], links: Mapping[tuple[str, str], Any]) -> str:
+    parts = []
+    for kind, source in sources:
+        state = _state_of(links.get((kind, source)))
+        if state:
+            flag = links[(kind, source)][2]
+            parts.append(f"{TARGET_NOUN[kind]}: {state}" + (f" ({flag})" if flag else ""))
+    return "; ".join(dict.fromkeys(parts))
+
+
+# -- a line's detail and the snapshot search --------------------------------------------------------------------
+
+
+def line_detail(warehouse: Warehouse, run_id: str, action_id: str) -> dict[str, Any]:
+    """One line with its mapping sources (resolution, current target, suggestions) and the decisions open to it."""
+    row = next((row for row in grid_rows(warehouse, run_id) if row["action_id"] == action_id), None)
+    if row is None:
+        raise ReviewError(404, f"line {action_id!r} is not a line of run {run_id!r}")
+    plan_row = warehouse.query(
+        "SELECT account_id, subscription_ids, product_id FROM plan_actions WHERE action_id = :id AND run_id = :run_id",
+        {"id": action_id, "run_id": run_id},
+    )[0]
+    sources = []
+    for kind, source_key in _sources_of(plan_row, _json_list(plan_row["subscription_ids"])):
+        link = warehouse.query(
+            "SELECT target_id, resolution, link_method, flag, suggestions FROM month_links"
+            " WHERE run_id = :run_id AND kind = :kind AND source_key = :source",
+            {"run_id": run_id, "kind": kind, "source": source_key},
+        )
+        if not link:
+            continue
+        suggestions = warehouse.query(
+            "SELECT target_id, target_name, score, reason, status FROM mapping_suggestions"
+            " WHERE kind = :kind AND source_key = :source AND status IN ('open', 'rejected')"
+            " ORDER BY status, score DESC, target_id",
+            {"kind": kind, "source": source_key},
+        )
+        target_id = link[0]["target_id"]
+        sources.append(
+            {
+                "kind": kind,
+                "source_noun": SOURCE_NOUN[kind],
+                "source_key": source_key,
+                "source_name": _source_name(warehouse, kind, source_key),
+                "resolution": link[0]["resolution"],
+                "state": _state_of((link[0]["resolution"], link[0]["suggestions"], link[0]["flag"])),
+                "flag": link[0]["flag"],
+                "target_id": target_id,
+                "target_name": _target_name(warehouse, run_id, kind, target_id) if target_id is not None else None,
+                "suggestions": [
+                    {
+                        "target_id": int(item["target_id"]),
+                        "target_name": item["target_name"],
+                        "score": float(item["score"]),
+                        "reason": item["reason"],
+                        "status": item["status"],
+                    }
+                    for item in suggestions
+                ],
+            }
+        )
+    return {"line": _public(row), "sources": sources}
+
+
+def search_targets(
+    warehouse: Warehouse, run_id: str, kind: str, text: str, company_id: int | None = None
+) -> list[dict]:
+    """Autotask records of the run's snapshot whose name, number/SKU or id contains the text."""
+    if kind not in TARGET_NOUN:
+        raise ReviewError(422, f"kind must be one of company, contract, service, not {kind!r}")
+    needle = f"%{text.strip().casefold()}%"
+    if kind == "company":
+        statement = (
+            "SELECT company_id AS id, company_name AS name, external_key AS number, is_active AS active,"
+            " NULL AS company_id FROM at_companies WHERE run_id = :run_id AND (LOWER(company_name) LIKE :q"
+            " OR LOWER(COALESCE(external_key, '')) LIKE :q OR CAST(company_id AS VARCHAR(30)) LIKE :q)"
+            " ORDER BY company_name, company_id"
+        )
+    elif kind == "contract":
+        statement = (
+            "SELECT contract_id AS id, contract_name AS name, contract_number AS number, status AS active,"
+            " company_id FROM at_contracts WHERE run_id = :run_id AND (LOWER(contract_name) LIKE :q"
+            " OR LOWER(COALESCE(contract_number, '')) LIKE :q OR CAST(contract_id AS VARCHAR(30)) LIKE :q)"
+            + (" AND company_id = :company" if company_id is not None else "")
+            + " ORDER BY contract_name, contract_id"
+        )
+    else:
+        statement = (
+            "SELECT service_id AS id, service_name AS name, sku AS number, is_active AS active, NULL AS company_id"
+            " FROM at_services WHERE run_id = :run_id AND (LOWER(service_name) LIKE :q"
+            " OR LOWER(COALESCE(sku, '')) LIKE :q OR CAST(service_id AS VARCHAR(30)) LIKE :q)"
+            " ORDER BY service_name, service_id"
+        )
+    rows = warehouse.query(
+        sa.text(statement + f" LIMIT {SEARCH_LIMIT}"), {"run_id": run_id, "q": needle, "company": company_id}
+    )
+    return [
+        {
+            "id": int(row["id"]),
+            "name": row["name"],
+            "number": row["number"],
+            "active": bool(row["active"]) if kind != "contract" else row["active"] in (None, 1, True),
+            "company_id": None if row["company_id"] is None else int(row["company_id"]),
+        }
+        for row in rows
+    ]
+
+
+def _source_name(warehouse: Warehouse, kind: str, source_key: str) -> str:
+    column = {"company": "account", "contract": "subscription", "service": "product"}[kind]
+    name_column = {"company": "account_name", "contract": "product_name", "service": "product_name"}[kind]
+    rows = warehouse.query(
+        f"SELECT {name_column} AS name FROM charge_lines WHERE {column}_id = :key LIMIT 1",  # fixed names only
+        {"key": source_key},
+    )
+    return rows[0]["name"] if rows else ""
+
+
+def _target_name(warehouse: Warehouse, run_id: str, kind: str, target_id: int) -> str | None:
+    table, key, name = {
+        "company": ("at_companies", "company_id", "company_name"),
+        "contract": ("at_contracts", "contract_id", "contract_name"),
+        "service": ("at_services", "service_id", "service_name"),
+    }[kind]
+    rows = warehouse.query(
+        f"SELECT {name} AS name FROM {table} WHERE run_id = :run_id AND {key} = :id",  # fixed names only
+        {"run_id": run_id, "id": int(target_id)},
+    )
+    return rows[0]["name"] if rows else None
+
+
+# -- decisions --------------------------------------------------------------------------------------------------
+
+
+def decide(
+    warehouse: Warehouse, run_id: str, request: Mapping[str, Any], by: str, settings: SyncSettings | None = None
+) -> dict[str, Any]:
+    """Carry out one decision of a reviewer (see the module docstring); returns what changed.
+
+    Everything is checked first: a ReviewError (4xx) leaves the warehouse as it was."""
+    if not isinstance(request, Mapping):
+        raise ReviewError(422, "the decision must be a JSON object")
+    decision = request.get("decision")
+    if decision not in DECISIONS:
+        raise ReviewError(422, f"unknown decision {decision!r}; one of: {', '.join(DECISIONS)}")
+    if not isinstance(by, str) or not by.strip():
+        raise ReviewError(401, "the decision needs the name of the person taking it")
+    state = run_state(warehouse, run_id)
+    if not state.pending:
+        raise ReviewError(409, f"run {run_id!r} takes no more decisions: {state.why_not_pending}")
+    if decision in LINE_DECISIONS:
+        return _decide_line(warehouse, state, str(decision), request, by)
+    return _decide_mapping(warehouse, state, str(decision), request, by, settings or SyncSettings())
+
+
+def _decide_line(
+    warehouse: Warehouse, state: RunState, decision: str, request: Mapping[str, Any], by: str
+) -> dict[str, Any]:
+    action_id = request.get("action_id")
+    if not isinstance(action_id, str) or not action_id:
+        raise ReviewError(422, f"{decision} needs action_id (text), got {action_id!r}")
+    plan = warehouse.table("plan_actions")
+    approvals = warehouse.table("review_line_approvals")
+    now = utcnow()
+    with warehouse.begin() as conn:
+        warehouse.lock_month(conn, state.month)
+        row = conn.execute(sa.select(plan).where(plan.c.action_id == action_id)).mappings().first()
+        if row is None:
+            raise ReviewError(404, f"no plan line {action_id!r}")
+        if row["run_id"] != state.run_id:
+            raise ReviewError(409, f"line {action_id} belongs to run {row['run_id']!r}, not to {state.run_id!r}")
+        status = row["status"]
+        line_approval = (
+            conn.execute(
+                sa.select(approvals).where(approvals.c.run_id == state.run_id, approvals.c.action_id == action_id)
+            )
+            .mappings()
+            .first()
+        )
+        before = {"status": status, "line_approved_by": line_approval["approved_by"] if line_approval else None}
+        after = dict(before)
+        if decision == "exclude":
+            if status not in ("proposed", "flagged", "needs-mapping", "blocked"):
+                raise ReviewError(409, f"line {action_id} is {status}: only an open line can be excluded")
+            conn.execute(
+                plan.update()
+                .where(plan.c.action_id == action_id)
+                .values(status="excluded", decided_by=by, decided_at=now)
+            )
+            conn.execute(
+                approvals.delete().where(approvals.c.run_id == state.run_id, approvals.c.action_id == action_id)
+            )
+            after = {"status": "excluded", "line_approved_by": None}
+        elif decision == "include":
+            if status != "excluded":
+                raise ReviewError(409, f"line {action_id} is {status}, not excluded: nothing to include")
+            restored = _status_before_exclusion(conn, state.run_id, action_id)
+            conn.execute(
+                plan.update()
+                .where(plan.c.action_id == action_id)
+                .values(status=restored, decided_by=None, decided_at=None)
+            )
+            after = {"status": restored, "line_approved_by": None}
+        elif decision == "approve_line":
+            if status != "flagged":
+                raise ReviewError(409, f"line {action_id} is {status}: only a flagged line is approved one by one")
+            if line_approval is not None:
+                raise ReviewError(409, f"line {action_id} was already approved by {line_approval['approved_by']}")
+            warehouse.insert(
+                conn,
+                "review_line_approvals",
+                [
+                    {
+                        "run_id": state.run_id,
+                        "action_id": action_id,
+                        "month": state.month,
+                        "approved_by": by,
+                        "approved_at": now,
+                    }
+                ],
+            )
+            after = {"status": status, "line_approved_by": by}
+        else:  # unapprove_line
+            if line_approval is None:
+                raise ReviewError(409, f"line {action_id} has no line approval to take back")
+            conn.execute(
+                approvals.delete().where(approvals.c.run_id == state.run_id, approvals.c.action_id == action_id)
+            )
+            after = {"status": status, "line_approved_by": None}
+        _audit(conn, warehouse, state, decision, by, now, before, after, action_id=action_id, note=request.get("note"))
+    log.info("review %s: %s %s by %s (%s -> %s)", state.run_id, decision, action_id, by, before, after)
+    return {"decision": decision, "action_id": action_id, "before": before, "after": after}
+
+
+def _status_before_exclusion(conn: sa.Connection, run_id: str, action_id: str) -> str:
+    """The line's status before its last exclusion (from the audit), else `flagged`: a person looks again."""
+    row = conn.execute(
+        sa.text(
+            "SELECT before_state FROM review_decisions WHERE run_id = :run_id AND action_id = :id"
+            " AND decision = 'exclude' ORDER BY decided_at DESC LIMIT 1"
+        ),
+        {"run_id": run_id, "id": action_id},
+    ).first()
+    status = json.loads(row[0]).get("status") if row else None
+    return status if status in ("proposed", "flagged", "needs-mapping", "blocked") else "flagged"
+
+
+def _decide_mapping(
+    warehouse: Warehouse,
+    state: RunState,
+    decision: str,
+    request: Mapping[str, Any],
+    by: str,
+    settings: SyncSettings,
+) -> dict[str, Any]:
+    from include.mapping import confirm_suggestion, reject_suggestion, set_manual_link
+
+    kind = request.get("kind")
+    if kind not in TARGET_NOUN:
+        raise ReviewError(422, f"{decision} needs kind company, contract or service, got {kind!r}")
+    source_key = request.get("source_key")
+    if not isinstance(source_key, str) or not source_key:
+        raise ReviewError(422, f"{decision} needs source_key (text), got {source_key!r}")
+    link = warehouse.query(
+        "SELECT target_id, resolution, link_method FROM month_links"
+        " WHERE run_id = :run_id AND kind = :kind AND source_key = :source",
+        {"run_id": state.run_id, "kind": kind, "source": source_key},
+    )
+    if not link:
+        raise ReviewError(404, f"{SOURCE_NOUN[kind]} {source_key!r} is not a source of run {state.run_id!r}")
+    target_id: int | None = None
+    if decision != "create":
+        raw = request.get("target_id")
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise ReviewError(422, f"{decision} needs target_id (a whole number), got {raw!r}")
+        target_id = raw
+    suggestions = warehouse.query(
+        "SELECT target_id, status FROM mapping_suggestions WHERE kind = :kind AND source_key = :source",
+        {"kind": kind, "source": source_key},
+    )
+    open_targets = sorted(int(row["target_id"]) for row in suggestions if row["status"] == "open")
+    stored = warehouse.query(
+        "SELECT target_id, method FROM mapping_links WHERE kind = :kind AND source_key = :source",
+        {"kind": kind, "source": source_key},
+    )
+    before = {
+        "resolution": link[0]["resolution"],
+        "target_id": link[0]["target_id"],
+        "remembered": {"target_id": stored[0]["target_id"], "method": stored[0]["method"]} if stored else None,
+        "open_suggestions": open_targets,
+    }
+    if decision in ("confirm_suggestion", "reject_suggestion") and target_id not in open_targets:
+        raise ReviewError(
+            404,
+            f"no open suggestion of {TARGET_NOUN[kind]} {target_id} for {SOURCE_NOUN[kind]} {source_key!r}"
+            f" (open: {open_targets or 'none'})",
+        )
+    if decision == "link":
+        _check_target(warehouse, state, kind, source_key, int(target_id or 0))
+    if decision == "create" and link[0]["target_id"] is not None:
+        raise ReviewError(
+            409,
+            f"{SOURCE_NOUN[kind]} {source_key!r} is linked to {TARGET_NOUN[kind]} {link[0]['target_id']}: "
+            "link it to another record instead of creating one",
+        )
+    # the month must still hold the run's own lines before anything is written: the re-plan reads them
+    if state.stale_reason:
+        raise ReviewError(409, state.stale_reason)
+
+    if decision == "confirm_suggestion":
+        confirm_suggestion(warehouse, kind, source_key, int(target_id or 0), by)
+    elif decision == "reject_suggestion":
+        reject_suggestion(warehouse, kind, source_key, int(target_id or 0), by)
+    elif decision == "link":
+        set_manual_link(
+            warehouse, kind, source_key, int(target_id or 0), by, note=f"picked on the review page of {state.run_id}"
+        )
+    else:
+        for suggested in open_targets:
+            reject_suggestion(warehouse, kind, source_key, suggested, by)
+    summary = replan(warehouse, state.month, state.run_id, settings)
+    after_link = warehouse.query(
+        "SELECT target_id, resolution FROM month_links"
+        " WHERE run_id = :run_id AND kind = :kind AND source_key = :source",
+        {"run_id": state.run_id, "kind": kind, "source": source_key},
+    )
+    after = {
+        "resolution": after_link[0]["resolution"] if after_link else None,
+        "target_id": after_link[0]["target_id"] if after_link else None,
+        "plan": summary,
+    }
+    now = utcnow()
+    with warehouse.begin() as conn:
+        _audit(
+            conn,
+            warehouse,
+            state,
+            decision,
+            by,
+            now,
+            before,
+            after,
+            kind=str(kind),
+            source_key=source_key,
+            target_id=target_id,
+            note=request.get("note"),
+        )
+    log.info(
+        "review %s: %s %s:%s -> %s by %s; re-planned %s",
+        state.run_id,
+        decision,
+        kind,
+        source_key,
+        target_id,
+        by,
+        summary,
+    )
+    return {"decision": decision, "kind": kind, "source_key": source_key, "before": before, "after": after}
+
+
+def _check_target(warehouse: Warehouse, state: RunState, kind: str, source_key: str, target_id: int) -> None:
+    """A picked record must be in the run's snapshot and active; a contract must belong to the account's company."""
+    found = search_targets(warehouse, state.run_id, kind, str(target_id))
+    record = next((item for item in found if item["id"] == target_id), None)
+    if record is None:
+        raise ReviewError(
+            404, f"{TARGET_NOUN[kind]} {target_id} is not in the Autotask snapshot of run {state.run_id!r}"
+        )
+    if kind != "contract" and not record["active"]:
+        raise ReviewError(409, f"{TARGET_NOUN[kind]} {target_id} ({record['name']}) is inactive in Autotask")
+    if kind == "contract":
+        accounts = warehouse.query(
+            "SELECT DISTINCT account_id FROM charge_lines WHERE month = :month AND subscription_id = :sub",
+            {"month": state.month, "sub": source_key},
+        )
+        for account in accounts:
+            company = warehouse.query(
+                "SELECT target_id FROM month_links WHERE run_id = :run_id AND kind = 'company' AND source_key = :acc",
+                {"run_id": state.run_id, "acc": account["account_id"]},
+            )
+            company_id = company[0]["target_id"] if company else None
+            if company_id is None:
+                raise ReviewError(
+                    409,
+                    f"account {account['account_id']} of subscription {source_key} is not linked to a company yet: "
+                    "link the account first, then pick a contract of that company",
+                )
+            if int(company_id) != int(record["company_id"] or 0):
+                raise ReviewError(
+                    409,
+                    f"contract {target_id} belongs to company {record['company_id']}, but account "
+                    f"{account['account_id']} is linked to company {company_id}: billing the wrong customer is refused",
+                )
+
+
+def replan(warehouse: Warehouse, month: str, run_id: str, settings: SyncSettings) -> dict[str, Any]:
+    """Link and reconcile the run's month again (what a mapping decision changes), keeping what people decided."""
+    from include.mapping import link_month
+    from include.reconcile import reconcile_month
+
+    link_month(warehouse, month, run_id, settings)
+    summary = reconcile_month(warehouse, month, run_id, settings)
+    return {"actions": summary.actions, "by_status": summary.by_status, "seconds": summary.seconds}
+
+
+def _audit(
+    conn: sa.Connection,
+    warehouse: Warehouse,
+    state: RunState,
+    decision: str,
+    by: str,
+    at: datetime,
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+    *,
+    action_id: str | None = None,
+    kind: str | None = None,
+    source_key: str | None = None,
+    target_id: int | None = None,
+    note: Any = None,
+) -> None:
+    text = f"{state.run_id}|{decision}|{action_id}|{kind}|{source_key}|{target_id}|{by}|{at.isoformat()}"
+    warehouse.insert(
+        conn,
+        "review_decisions",
+        [
+            {
+                "decision_id": hashlib.sha256(text.encode()).hexdigest()[:40],
+                "run_id": state.run_id,
+                "month": state.month,
+                "decision": decision,
+                "action_id": action_id,
+                "kind": kind,
+                "source_key": source_key,
+                "target_id": target_id,
+                "before_state": json.dumps(before, default=_jsonable, sort_keys=True),
+                "after_state": json.dumps(after, default=_jsonable, sort_keys=True),
+                "decided_by": by[:100],
+                "decided_at": at,
+                "note": str(note)[:2000] if isinstance(note, str) and note.strip() else None,
+            }
+        ],
+    )
+
+
+def decisions_of(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
+    """The run's audit trail, newest first."""
+    rows = warehouse.query(
+        "SELECT decision, action_id, kind, source_key, target_id, before_state, after_state, decided_by, decided_at,"
+        " note FROM review_decisions WHERE run_id = :run_id ORDER BY decided_at DESC",
+        {"run_id": run_id},
+    )
+    return [
+        {
+            **{key: _jsonable(value) for key, value in row.items() if key not in ("before_state", "after_state")},
+            "before": json.loads(row["before_state"]),
+            "after": json.loads(row["after_state"]),
+        }
+        for row in rows
+    ]
+
+
+# -- the months overview ----------------------------------------------------------------------------------------
+
+
+def months_overview(warehouse: Warehouse) -> list[dict[str, Any]]:
+    """One row per run with a plan: its month, line counts by status, the approval and who gave it."""
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for month, run_id, status, lines in _rows(
+        warehouse,
+        "SELECT month, run_id, status, COUNT(*) FROM plan_actions GROUP BY month, run_id, status",
+        {},
+    ):
+        counts.setdefault((month, run_id), {})[status] = int(lines)
+    approvals: dict[str, dict[str, Any]] = {}
+    for row in warehouse.query(
+        "SELECT run_id, decision, decided_by, decided_at, approved_actions FROM month_approvals ORDER BY decided_at"
+    ):
+        approvals[row["run_id"]] = {key: _jsonable(value) for key, value in row.items()}
+    started = {
+        run_id: _jsonable(moment)
+        for run_id, moment in _rows(warehouse, "SELECT run_id, MIN(created_at) FROM plan_actions GROUP BY run_id", {})
+    }
+    runs = []
+    for (month, run_id), by_status in counts.items():
+        approval = approvals.get(run_id)
+        runs.append(
+            {
+                "month": month,
+                "run_id": run_id,
+                "planned_at": started.get(run_id),
+                "lines": sum(by_status.values()),
+                "by_status": dict(sorted(by_status.items())),
+                "approval": approval,
+                "status": _run_status(approval, by_status),
+            }
+        )
+    runs.sort(key=lambda run: (run["month"], str(run["planned_at"])), reverse=True)
+    return runs
+
+
+def _run_status(approval: Mapping[str, Any] | None, by_status: Mapping[str, int]) -> str:
+    if approval is None:
+        return "waiting for approval"
+    decision = approval["decision"]
+    if decision in ("rejected", "timed_out", "dry_run"):
+        return {"rejected": "rejected", "timed_out": "timed out (rejected)", "dry_run": "dry run"}[decision]
+    if by_status.get("failed"):
+        return "approved, load failed for some lines"
+    if by_status.get("approved"):
+        return "approved, not fully loaded"
+    return "approved and loaded"
+
+
+# -- helpers ----------------------------------------------------------------------------------------------------
+
+
+def _rows(warehouse: Warehouse, statement: str, params: Mapping[str, Any]) -> list[tuple]:
+    with warehouse.engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(sa.text(statement), dict(params))]
+
+
+def _json_list(text: Any) -> list[str]:
+    try:
+        value = json.loads(text or "[]")
+    except (TypeError, ValueError):
+        return []
+    return [str(item) for item in value] if isinstance(value, list) else []
+
+
+def _json_object(text: Any) -> dict[str, Any]:
+    try:
+        value = json.loads(text or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _decimal(value: Any) -> Decimal | None:
+    if value is None or value == "":
+        return None
+    try:
+        return Decimal(str(value))
+    except ArithmeticError:
+        return None
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "?"
+    number = Decimal(str(value)).normalize()
+    return f"{number:f}"
+
+
+def _signed(value: Decimal) -> str:
+    text = _plain(value)
+    return text if text.startswith("-") else f"+{text}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return value
+
+
+def review_path(dag_id: str, run_id: str) -> str:
+    """The review page of a run, relative to the Airflow UI's root (served by plugins/billing_review)."""
+    from urllib.parse import quote
+
+    return f"/billing/run/{quote(dag_id, safe='')}/{quote(run_id, safe='')}"
+
+
+def review_url(dag_id: str, run_id: str, base_url: str | None = None) -> str:
+    """The review page's address for the approval form: `[api] base_url` + the path (just the path without one)."""
+    return (base_url or "").rstrip("/") + review_path(dag_id, run_id)

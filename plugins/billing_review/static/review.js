@@ -1,0 +1,273 @@
+// Billing review page: server-side grid (paging, sorting, filters, search, totals) and decisions.
+// Every value from the data is set with textContent: nothing from the data is ever parsed as HTML.
+(function () {
+  "use strict";
+  var body = document.getElementById("review");
+  if (!body) { return; }
+  var api = body.dataset.api;
+  var csrf = body.dataset.csrf;
+  var pending = body.dataset.pending === "true";
+  var state = readState();
+  var selected = null;
+
+  function $(id) { return document.getElementById(id); }
+  function el(tag, text, attrs) {
+    var node = document.createElement(tag);
+    if (text !== undefined && text !== null) { node.textContent = String(text); }
+    Object.keys(attrs || {}).forEach(function (key) { node.setAttribute(key, attrs[key]); });
+    return node;
+  }
+  function value(v) { return v === null || v === undefined ? "" : v; }
+  function money(v) { return Number(v).toFixed(2); }
+
+  function readState() {
+    var params = new URLSearchParams(window.location.search);
+    return {
+      status: params.get("status") || "", kind: params.get("kind") || "", mapping: params.get("mapping") || "",
+      customer: params.get("customer") || "", q: params.get("q") || "",
+      flagged: params.get("flagged") === "true", needs_mapping: params.get("needs_mapping") === "true",
+      sort: params.get("sort") || "seq", dir: params.get("dir") || "asc",
+      page: Number(params.get("page") || 1), page_size: Number(body.dataset.pageSize || 50)
+    };
+  }
+  function queryString(withPage) {
+    var params = new URLSearchParams();
+    ["status", "kind", "mapping", "customer", "q"].forEach(function (key) { if (state[key]) { params.set(key, state[key]); } });
+    if (state.flagged) { params.set("flagged", "true"); }
+    if (state.needs_mapping) { params.set("needs_mapping", "true"); }
+    params.set("sort", state.sort);
+    params.set("dir", state.dir);
+    if (withPage) { params.set("page", String(state.page)); params.set("page_size", String(state.page_size)); }
+    return params.toString();
+  }
+  function say(text, isError, target) {
+    var node = $(target || "message");
+    node.textContent = text;
+    node.className = "message" + (isError ? " error" : " ok");
+  }
+
+  function getJSON(url) {
+    return fetch(url, { credentials: "same-origin", headers: { "Accept": "application/json" } }).then(function (response) {
+      return response.json().then(function (data) {
+        if (!response.ok) { throw new Error(data.detail || ("HTTP " + response.status)); }
+        return data;
+      });
+    });
+  }
+
+  function load() {
+    body.setAttribute("data-loading", "true");
+    return getJSON(api + "/lines?" + queryString(true)).then(function (page) {
+      renderRows(page.lines);
+      renderTotals(page.totals);
+      $("page-info").textContent = "page " + page.page + " of " + page.pages + " · " + page.matching + " of " + page.total_lines + " lines";
+      $("page-prev").disabled = page.page <= 1;
+      $("page-next").disabled = page.page >= page.pages;
+      $("export-csv").setAttribute("href", api + "/export.csv?" + queryString(false));
+      $("export-xlsx").setAttribute("href", api + "/export.xlsx?" + queryString(false));
+      window.history.replaceState(null, "", "?" + queryString(true));
+      markSort();
+      body.setAttribute("data-loading", "false");
+    }).catch(function (error) { body.setAttribute("data-loading", "false"); say(error.message, true); });
+  }
+
+  function cell(row, main, hint, cls) {
+    var td = el("td", null, cls ? { "class": cls } : {});
+    td.appendChild(document.createTextNode(String(value(main))));
+    if (hint) { td.appendChild(el("br")); td.appendChild(el("span", hint, { "class": "hint" })); }
+    row.appendChild(td);
+    return td;
+  }
+
+  function renderRows(lines) {
+    var tbody = $("grid-body");
+    tbody.replaceChildren();
+    lines.forEach(function (line) {
+      var tr = el("tr", null, { "data-testid": "grid-row", "data-action-id": line.action_id, "data-status": line.status, "class": "status-" + line.status });
+      cell(tr, line.seq, null, "num");
+      cell(tr, line.customer, line.account_id).setAttribute("data-testid", "cell-customer");
+      cell(tr, line.subscription, line.contract);
+      cell(tr, line.product, line.sku);
+      cell(tr, line.billing_period, line.commitment);
+      cell(tr, line.bss_units, null, "num");
+      cell(tr, line.autotask_units, null, "num");
+      cell(tr, line.kind_label + ": " + line.change);
+      cell(tr, line.effective_date);
+      cell(tr, line.unit_price, null, "num");
+      cell(tr, value(line.unit_cost) + " " + line.currency, null, "num");
+      cell(tr, line.cost_change, null, "num");
+      cell(tr, line.mapping, line.mapping_detail);
+      var status = cell(tr, line.status, line.line_approved_by ? "line approved by " + line.line_approved_by : null);
+      status.setAttribute("data-testid", "cell-status");
+      cell(tr, line.reason, null, "reason");
+      if (selected === line.action_id) { tr.classList.add("selected"); }
+      tbody.appendChild(tr);
+    });
+  }
+
+  function renderTotals(totals) {
+    $("totals-lines").textContent = totals.lines;
+    $("totals-counted").textContent = totals.counted_lines;
+    $("totals-units-added").textContent = totals.units_added;
+    $("totals-units-removed").textContent = totals.units_removed;
+    var cost = $("totals-cost");
+    cost.replaceChildren();
+    Object.keys(totals.cost).forEach(function (currency) {
+      var m = totals.cost[currency];
+      cost.appendChild(el("span", currency + " +" + money(m.cost_added) + " / −" + money(m.cost_removed) + " per month", { "class": "money", "data-currency": currency }));
+      cost.appendChild(document.createTextNode(" "));
+    });
+  }
+
+  function markSort() {
+    Array.prototype.forEach.call(document.querySelectorAll("button.sort"), function (button) {
+      var label = button.textContent.replace(/ [▲▼]$/, "");
+      button.textContent = label + (button.dataset.sort === state.sort ? (state.dir === "desc" ? " ▼" : " ▲") : "");
+    });
+  }
+
+  // -- decisions ----------------------------------------------------------------------------------------------
+
+  function decide(payload) {
+    say("saving…", false, "detail-message");
+    return fetch(api + "/decisions", {
+      method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "Accept": "application/json", "X-Billing-CSRF": csrf },
+      body: JSON.stringify(payload)
+    }).then(function (response) {
+      return response.json().then(function (data) {
+        if (!response.ok) { throw new Error(data.detail || ("HTTP " + response.status)); }
+        return data;
+      });
+    }).then(function (result) {
+      say("Saved: " + result.decision + ". The plan is up to date.", false, "detail-message");
+      body.setAttribute("data-last-decision", result.decision);
+      return Promise.all([load(), loadDecisions()]).then(function () {
+        if (selected) { return showDetail(selected, true); }
+      });
+    }).catch(function (error) { say(error.message, true, "detail-message"); });
+  }
+
+  function button(label, testid, onClick, disabled) {
+    var b = el("button", label, { "type": "button", "data-testid": testid });
+    b.disabled = !!disabled || !pending;
+    b.addEventListener("click", onClick);
+    return b;
+  }
+
+  function showDetail(actionId, keepMessage) {
+    selected = actionId;
+    return getJSON(api + "/lines/" + encodeURIComponent(actionId)).then(function (detail) {
+      var line = detail.line;
+      var panel = $("line-detail");
+      panel.hidden = false;
+      panel.setAttribute("data-action-id", line.action_id);
+      $("detail-title").textContent = line.kind_label + " · " + line.customer + " · " + (line.subscription || line.product || line.account_id) + " · " + line.status;
+      $("detail-reason").textContent = line.reason || "";
+      var actions = $("detail-line-actions");
+      actions.replaceChildren();
+      var open = ["proposed", "flagged", "needs-mapping", "blocked"].indexOf(line.status) >= 0;
+      if (open) { actions.appendChild(button("Exclude from this month", "decide-exclude", function () { decide({ decision: "exclude", action_id: line.action_id }); })); }
+      if (line.status === "excluded") { actions.appendChild(button("Include again", "decide-include", function () { decide({ decision: "include", action_id: line.action_id }); })); }
+      if (line.status === "flagged" && !line.line_approved_by) { actions.appendChild(button("Approve this flagged line", "decide-approve-line", function () { decide({ decision: "approve_line", action_id: line.action_id }); })); }
+      if (line.line_approved_by) { actions.appendChild(button("Take back the line approval (" + line.line_approved_by + ")", "decide-unapprove-line", function () { decide({ decision: "unapprove_line", action_id: line.action_id }); })); }
+      var sources = $("detail-sources");
+      sources.replaceChildren();
+      detail.sources.forEach(function (source) { sources.appendChild(renderSource(source)); });
+      if (!keepMessage) { say("", false, "detail-message"); }
+    }).catch(function (error) { say(error.message, true, "detail-message"); });
+  }
+
+  function renderSource(source) {
+    var box = el("div", null, { "class": "source", "data-testid": "source-" + source.kind, "data-source-key": source.source_key });
+    box.appendChild(el("h3", source.source_noun + " " + source.source_key + " (" + source.source_name + ") → " + source.kind));
+    var current = source.target_id === null ? "not linked (" + source.state + ")" : source.kind + " " + source.target_id + " " + value(source.target_name) + " (" + source.state + ")";
+    box.appendChild(el("p", "Now: " + current + (source.flag ? " · flag: " + source.flag : "")));
+    var list = el("ul", null, { "class": "suggestions" });
+    source.suggestions.forEach(function (s) {
+      var li = el("li", null, { "data-testid": "suggestion", "data-target-id": String(s.target_id), "data-status": s.status });
+      li.appendChild(el("span", s.target_name + " (" + s.target_id + ") · score " + s.score + " · " + value(s.reason) + (s.status === "rejected" ? " · rejected" : "")));
+      if (s.status === "open") {
+        li.appendChild(button("Confirm", "confirm-suggestion", function () { decide({ decision: "confirm_suggestion", kind: source.kind, source_key: source.source_key, target_id: s.target_id }); }));
+        li.appendChild(button("Reject", "reject-suggestion", function () { decide({ decision: "reject_suggestion", kind: source.kind, source_key: source.source_key, target_id: s.target_id }); }));
+      }
+      list.appendChild(li);
+    });
+    box.appendChild(list);
+    var search = el("input", null, { "type": "search", "placeholder": "search the Autotask " + source.kind + "s of the snapshot", "data-testid": "target-search-" + source.kind });
+    search.disabled = !pending;
+    var results = el("ul", null, { "class": "targets", "data-testid": "target-results-" + source.kind });
+    var timer = null;
+    search.addEventListener("input", function () {
+      clearTimeout(timer);
+      timer = setTimeout(function () {
+        if (!search.value.trim()) { results.replaceChildren(); return; }
+        getJSON(api + "/targets?kind=" + encodeURIComponent(source.kind) + "&q=" + encodeURIComponent(search.value)).then(function (data) {
+          results.replaceChildren();
+          data.targets.forEach(function (t) {
+            var li = el("li", null, { "data-testid": "target-result", "data-target-id": String(t.id) });
+            li.appendChild(el("span", t.name + " (" + t.id + (t.number ? ", " + t.number : "") + ")" + (t.active ? "" : " · inactive")));
+            li.appendChild(button("Link", "link-target", function () { decide({ decision: "link", kind: source.kind, source_key: source.source_key, target_id: t.id }); }));
+            results.appendChild(li);
+          });
+        }).catch(function (error) { say(error.message, true, "detail-message"); });
+      }, 250);
+    });
+    box.appendChild(search);
+    box.appendChild(results);
+    if (source.target_id === null) {
+      box.appendChild(button("Create in Autotask", "create-in-autotask", function () { decide({ decision: "create", kind: source.kind, source_key: source.source_key }); }));
+    }
+    return box;
+  }
+
+  function loadDecisions() {
+    return getJSON(api + "/decisions").then(function (data) {
+      var tbody = $("decisions-body");
+      tbody.replaceChildren();
+      data.decisions.forEach(function (d) {
+        var tr = el("tr", null, { "data-testid": "decision-row" });
+        [d.decided_at, d.decided_by, d.decision,
+          d.action_id ? "line " + d.action_id : d.kind + " " + d.source_key + (d.target_id !== null ? " → " + d.target_id : ""),
+          JSON.stringify(d.before), JSON.stringify(d.after)].forEach(function (text) { tr.appendChild(el("td", text)); });
+        tbody.appendChild(tr);
+      });
+    }).catch(function (error) { say(error.message, true); });
+  }
+
+  // -- wiring -------------------------------------------------------------------------------------------------
+
+  $("filters").addEventListener("submit", function (event) {
+    event.preventDefault();
+    state.status = $("filter-status").value;
+    state.kind = $("filter-kind").value;
+    state.mapping = $("filter-mapping").value;
+    state.customer = $("filter-customer").value.trim();
+    state.q = $("search").value.trim();
+    state.flagged = $("filter-flagged").checked;
+    state.needs_mapping = $("filter-needs-mapping").checked;
+    state.page = 1;
+    load();
+  });
+  ["filter-status", "filter-kind", "filter-mapping", "filter-flagged", "filter-needs-mapping"].forEach(function (id) {
+    $(id).addEventListener("change", function () { $("filters").requestSubmit(); });
+  });
+  Array.prototype.forEach.call(document.querySelectorAll("button.sort"), function (b) {
+    b.addEventListener("click", function () {
+      if (state.sort === b.dataset.sort) { state.dir = state.dir === "asc" ? "desc" : "asc"; } else { state.sort = b.dataset.sort; state.dir = "asc"; }
+      state.page = 1;
+      load();
+    });
+  });
+  $("page-prev").addEventListener("click", function () { if (state.page > 1) { state.page -= 1; load(); } });
+  $("page-next").addEventListener("click", function () { state.page += 1; load(); });
+  $("grid-body").addEventListener("click", function (event) {
+    var row = event.target.closest("tr[data-action-id]");
+    if (!row) { return; }
+    Array.prototype.forEach.call(document.querySelectorAll("#grid-body tr.selected"), function (r) { r.classList.remove("selected"); });
+    row.classList.add("selected");
+    showDetail(row.getAttribute("data-action-id"));
+  });
+  loadDecisions();
+  body.setAttribute("data-ready", "true");
+})();

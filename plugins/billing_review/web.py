@@ -1,0 +1,414 @@
+"""The "Billing review" web layer: a FastAPI app the Airflow api-server mounts at /billing (see
+`billing_review_plugin.py`). The domain (grid, decisions, months) is `include.review`; exports are
+`include.review_export`.
+
+Security:
+- every route depends on `requires_access_dag` (GET for reads, PUT for decisions) for the billing DAG in the
+  path, or for the monthly sync DAG where there is none: an unauthenticated request gets 401, a user the auth
+  manager denies 403. Airflow's `get_user` takes the UI's `_token` cookie or a Bearer token;
+- a decision (POST) also needs the CSRF token of its user (`X-Billing-CSRF`: an HMAC of the user's id and name
+  under the api-server's secret key, given to the page) and, when the browser sends one, an Origin of this
+  server: a cross-site page cannot forge it;
+- pages are Jinja2 templates with autoescape, a strict Content-Security-Policy (scripts only from this app, no
+  inline script) and the JS sets text with `textContent` only;
+- files (Data Docs, run reports) are served from `$BILLING_DATA_DOCS_DIR` only: the path is resolved and must
+  stay inside that directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+
+log = logging.getLogger(__name__)
+
+SYNC_DAG_ID = "bss_autotask_billing_sync"
+BILLING_DAG_IDS = frozenset({SYNC_DAG_ID, "bss_autotask_billing_reversal"})
+CSRF_HEADER = "X-Billing-CSRF"
+HERE = Path(__file__).resolve().parent
+STATIC_FILES = {
+    "review.js": "application/javascript",
+    "review.css": "text/css",
+}
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'self'; base-uri 'none'; object-src 'none'"
+)
+_SERVED_SUFFIXES = {".html", ".htm", ".css", ".js", ".json", ".png", ".svg", ".ico", ".xlsx", ".csv", ".woff", ".woff2"}
+
+
+def _requires(method: str, fixed_dag: bool = False) -> Any:
+    from airflow.api_fastapi.core_api.security import requires_access_dag
+
+    return Depends(requires_access_dag(method, param_dag_id=SYNC_DAG_ID if fixed_dag else None))
+
+
+def _user_dependency() -> Any:
+    from airflow.api_fastapi.core_api.security import get_user
+
+    return Depends(get_user)
+
+
+def create_app() -> FastAPI:
+    """The plugin's app; everything Airflow and the domain need is imported lazily (plugins load everywhere)."""
+    app = FastAPI(title="Billing review", docs_url=None, redoc_url=None, openapi_url=None)
+    read_run = APIRouter(dependencies=[_requires("GET")])
+    change_run = APIRouter(dependencies=[_requires("PUT")])
+    read_any = APIRouter(dependencies=[_requires("GET", fixed_dag=True)])
+    user_dep = _user_dependency()
+
+    @app.exception_handler(_ReviewHTTPError)
+    async def _review_error(_request: Request, error: _ReviewHTTPError) -> JSONResponse:
+        return JSONResponse({"detail": error.message}, status_code=error.status)
+
+    # -- pages ------------------------------------------------------------------------------------------------
+
+    @read_any.get("/", include_in_schema=False)
+    def index() -> RedirectResponse:
+        return RedirectResponse("months", status_code=307)
+
+    @read_any.get("/months", response_class=HTMLResponse)
+    def months_page(request: Request, user: Any = user_dep) -> HTMLResponse:
+        from include.review import months_overview
+
+        warehouse = _warehouse()
+        runs = months_overview(warehouse)
+        for run in runs:
+            run["review_href"] = _review_href(SYNC_DAG_ID, run["run_id"])
+            run["files"] = _run_files(run["month"], run["run_id"])
+        return _page(request, "months.html", {"runs": runs, "user": user.get_name()})
+
+    @read_run.get("/run/{dag_id}/{run_id}", response_class=HTMLResponse)
+    def review_page(request: Request, dag_id: str, run_id: str, user: Any = user_dep) -> HTMLResponse:
+        from include.review import GridQuery, grid_page, run_state
+
+        _check_dag(dag_id)
+        warehouse = _warehouse()
+        state = _call(run_state, warehouse, run_id)
+        query = _call(GridQuery.parse, dict(request.query_params))
+        page = _call(grid_page, warehouse, run_id, query)
+        api = f"{_prefix(request)}/api/runs/{quote(dag_id, safe='')}/{quote(run_id, safe='')}"
+        context = {
+            "dag_id": dag_id,
+            "run": state.as_dict(),
+            "page": page,
+            "query": query,
+            "user": user.get_name(),
+            "csrf_token": csrf_token(user),
+            "api": api,
+            "files": _run_files(state.month, run_id),
+            "export_query": urlencode(query.as_params()),
+            "months_href": f"{_prefix(request)}/months",
+        }
+        return _page(request, "review.html", context)
+
+    @read_any.get("/static/{name}")
+    def static_file(name: str) -> Response:
+        if name not in STATIC_FILES:
+            raise HTTPException(404, f"no static file {name!r}")
+        return Response(
+            (HERE / "static" / name).read_bytes(),
+            media_type=STATIC_FILES[name],
+            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"},
+        )
+
+    @read_any.get("/files/{month}/{run_dir}/{file_path:path}")
+    def run_file(month: str, run_dir: str, file_path: str) -> FileResponse:
+        path = _safe_file(month, run_dir, file_path)
+        return FileResponse(
+            path,
+            headers={"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "frame-ancestors 'self'"},
+        )
+
+    # -- JSON -------------------------------------------------------------------------------------------------
+
+    @read_any.get("/api/csrf")
+    def csrf(user: Any = user_dep) -> dict[str, str]:
+        return {"token": csrf_token(user), "header": CSRF_HEADER}
+
+    @read_any.get("/api/months")
+    def months_json() -> dict[str, Any]:
+        from include.review import months_overview
+
+        runs = months_overview(_warehouse())
+        for run in runs:
+            run["review_href"] = _review_href(SYNC_DAG_ID, run["run_id"])
+            run["files"] = _run_files(run["month"], run["run_id"])
+        return {"runs": runs}
+
+    @read_run.get("/api/runs/{dag_id}/{run_id}")
+    def run_json(dag_id: str, run_id: str) -> dict[str, Any]:
+        from include.review import run_state
+
+        _check_dag(dag_id)
+        return _call(run_state, _warehouse(), run_id).as_dict()
+
+    @read_run.get("/api/runs/{dag_id}/{run_id}/lines")
+    def lines_json(request: Request, dag_id: str, run_id: str) -> JSONResponse:
+        from include.review import GridQuery, grid_page, run_state
+
+        _check_dag(dag_id)
+        started = time.perf_counter()
+        warehouse = _warehouse()
+        _call(run_state, warehouse, run_id)
+        query = _call(GridQuery.parse, dict(request.query_params))
+        page = _call(grid_page, warehouse, run_id, query)
+        elapsed = f"grid;dur={(time.perf_counter() - started) * 1000:.1f}"
+        return JSONResponse(page, headers={"Server-Timing": elapsed, "Cache-Control": "no-store"})
+
+    @read_run.get("/api/runs/{dag_id}/{run_id}/lines/{action_id}")
+    def line_json(dag_id: str, run_id: str, action_id: str) -> dict[str, Any]:
+        from include.review import line_detail
+
+        _check_dag(dag_id)
+        return _call(line_detail, _warehouse(), run_id, action_id)
+
+    @read_run.get("/api/runs/{dag_id}/{run_id}/targets")
+    def targets_json(dag_id: str, run_id: str, kind: str, q: str = "", company_id: int | None = None) -> dict:
+        from include.review import run_state, search_targets
+
+        _check_dag(dag_id)
+        warehouse = _warehouse()
+        _call(run_state, warehouse, run_id)
+        return {"targets": _call(search_targets, warehouse, run_id, kind, q, company_id)}
+
+    @read_run.get("/api/runs/{dag_id}/{run_id}/decisions")
+    def decisions_json(dag_id: str, run_id: str) -> dict[str, Any]:
+        from include.review import decisions_of, run_state
+
+        _check_dag(dag_id)
+        warehouse = _warehouse()
+        _call(run_state, warehouse, run_id)
+        return {"decisions": decisions_of(warehouse, run_id)}
+
+    @change_run.post("/api/runs/{dag_id}/{run_id}/decisions")
+    async def decide_json(request: Request, dag_id: str, run_id: str, user: Any = user_dep) -> dict[str, Any]:
+        from include.review import GridQuery, decide, grid_page
+
+        _check_dag(dag_id)
+        check_csrf(request, user)
+        try:
+            body = await request.json()
+        except ValueError:
+            raise _ReviewHTTPError(422, "the request body must be JSON") from None
+        warehouse = _warehouse()
+        settings = _run_settings(dag_id, run_id)
+        result = _call(decide, warehouse, run_id, body, user.get_name(), settings)
+        totals = grid_page(warehouse, run_id, GridQuery(page_size=1))["totals"]
+        return {**result, "totals": totals}
+
+    @read_run.get("/api/runs/{dag_id}/{run_id}/export.csv")
+    def export_csv(request: Request, dag_id: str, run_id: str) -> Response:
+        from include.review_export import to_csv
+
+        rows, _totals, state = _export_rows(request, dag_id, run_id)
+        return Response(
+            to_csv(rows).encode("utf-8-sig"),
+            media_type="text/csv; charset=utf-8",
+            headers=_download_headers(f"billing-review-{state.month}.csv"),
+        )
+
+    @read_run.get("/api/runs/{dag_id}/{run_id}/export.xlsx")
+    def export_xlsx(request: Request, dag_id: str, run_id: str) -> Response:
+        from include.review_export import to_xlsx
+
+        rows, totals, state = _export_rows(request, dag_id, run_id)
+        title = f"Billing review of {state.month}, run {run_id}"
+        return Response(
+            to_xlsx(rows, totals, title),
+            media_type="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+            headers=_download_headers(f"billing-review-{state.month}.xlsx"),
+        )
+
+    app.include_router(read_any)
+    app.include_router(read_run)
+    app.include_router(change_run)
+    return app
+
+
+# -- helpers --------------------------------------------------------------------------------------------------
+
+
+class _ReviewHTTPError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _call(function: Any, *args: Any) -> Any:
+    """Run a domain call; its ReviewError becomes the HTTP answer (4xx with the message)."""
+    from include.review import ReviewError
+
+    try:
+        return function(*args)
+    except ReviewError as error:
+        raise _ReviewHTTPError(error.status, error.message) from None
+
+
+def _check_dag(dag_id: str) -> None:
+    if dag_id not in BILLING_DAG_IDS:
+        raise _ReviewHTTPError(404, f"{dag_id!r} is not a billing DAG; the review serves {sorted(BILLING_DAG_IDS)}")
+
+
+def _warehouse() -> Any:
+    """The `billing_warehouse` connection's warehouse, one handle per process (migrated once)."""
+    global _WAREHOUSE
+    if _WAREHOUSE is None:
+        from connectors.warehouse_connection import get_warehouse
+
+        _WAREHOUSE = get_warehouse()
+    return _WAREHOUSE
+
+
+_WAREHOUSE: Any = None
+
+
+def _secret() -> bytes:
+    from airflow.configuration import conf
+
+    secret = conf.get("api", "secret_key", fallback=None) or conf.get("api_auth", "jwt_secret", fallback=None)
+    if not secret:
+        raise _ReviewHTTPError(500, "the api-server has no [api] secret_key: CSRF tokens cannot be made")
+    return secret.encode()
+
+
+def csrf_token(user: Any) -> str:
+    """The user's CSRF token: an HMAC of their id and name under the api-server's secret key."""
+    message = f"billing-review-csrf|{user.get_id()}|{user.get_name()}".encode()
+    return hmac.new(_secret(), message, hashlib.sha256).hexdigest()
+
+
+def check_csrf(request: Request, user: Any) -> None:
+    """403 unless the request carries the user's CSRF token and (when the browser sends one) this server's Origin."""
+    sent = request.headers.get(CSRF_HEADER, "")
+    if not sent:
+        raise _ReviewHTTPError(403, f"CSRF token missing: send the page's token in the {CSRF_HEADER} header")
+    if not hmac.compare_digest(sent, csrf_token(user)):
+        raise _ReviewHTTPError(403, f"CSRF token invalid for user {user.get_name()!r}: reload the review page")
+    origin = request.headers.get("origin")
+    if origin is None:
+        return
+    allowed = {request.headers.get("host"), request.headers.get("x-forwarded-host")}
+    from airflow.configuration import conf
+
+    base_url = conf.get("api", "base_url", fallback="") or ""
+    if base_url:
+        allowed.add(urlsplit(base_url).netloc)
+    if urlsplit(origin).netloc not in allowed - {None, ""}:
+        raise _ReviewHTTPError(403, f"request from origin {origin!r} refused: decisions come from this server's pages")
+
+
+def _run_settings(dag_id: str, run_id: str) -> Any:
+    """The sync settings the run was planned with: the environment's, with the run's effective-date policy."""
+    from dataclasses import replace
+
+    from include.sync_settings import EffectiveDatePolicy, SyncSettings
+
+    settings = SyncSettings.from_env()
+    policy = os.environ.get("BILLING_SYNC_EFFECTIVE_DATE_POLICY")
+    try:
+        from airflow.models.dagrun import DagRun
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        with create_session() as session:
+            conf = session.scalar(select(DagRun.conf).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+        if isinstance(conf, dict) and conf.get("effective_date_policy"):
+            policy = str(conf["effective_date_policy"])
+    except Exception as error:  # the metadata database is the api-server's own; a failure keeps the default
+        log.warning("billing review: could not read the conf of run %s: %s", run_id, error)
+    if policy:
+        settings = replace(settings, effective_date_policy=EffectiveDatePolicy(policy))
+    return settings
+
+
+def _export_rows(request: Request, dag_id: str, run_id: str) -> tuple[list[dict], dict, Any]:
+    from include.review import GridQuery, filter_rows, grid_rows, run_state, sort_rows, totals_of
+
+    _check_dag(dag_id)
+    warehouse = _warehouse()
+    state = _call(run_state, warehouse, run_id)
+    params = {key: value for key, value in request.query_params.items() if key not in ("page", "page_size")}
+    query = _call(GridQuery.parse, params)
+    chosen = filter_rows(grid_rows(warehouse, run_id), query)
+    return sort_rows(chosen, query), totals_of(chosen), state
+
+
+def _download_headers(filename: str) -> dict[str, str]:
+    safe = "".join(char for char in filename if char.isalnum() or char in "-._")
+    return {"Content-Disposition": f'attachment; filename="{safe}"', "X-Content-Type-Options": "nosniff"}
+
+
+def _data_docs_root() -> Path:
+    from include.quality import DATA_DOCS_DIR_ENV, DEFAULT_DATA_DOCS_DIR
+
+    return Path(os.environ.get(DATA_DOCS_DIR_ENV) or DEFAULT_DATA_DOCS_DIR).resolve()
+
+
+def _safe_file(month: str, run_dir: str, file_path: str) -> Path:
+    """A file of a run's Data Docs directory; anything outside `$BILLING_DATA_DOCS_DIR` is a 404."""
+    root = _data_docs_root()
+    parts = [month, run_dir, *file_path.split("/")]
+    if any(part in ("", ".", "..") or "\\" in part or "\x00" in part for part in parts):
+        raise _ReviewHTTPError(404, "no such file")
+    path = root.joinpath(*parts).resolve()
+    if not path.is_relative_to(root) or not path.is_file() or path.suffix.lower() not in _SERVED_SUFFIXES:
+        raise _ReviewHTTPError(404, "no such file")
+    return path
+
+
+def _run_files(month: str, run_id: str) -> dict[str, str | None]:
+    """Links to the run's Data Docs and report, when they were written."""
+    from include.quality import data_docs_dir
+
+    directory = data_docs_dir(month, run_id)
+    base = f"/billing/files/{quote(directory.parent.name)}/{quote(directory.name)}"
+    found = {}
+    for key, name in (("data_docs", "index.html"), ("report_html", "report.html"), ("report_xlsx", "report.xlsx")):
+        found[key] = f"{base}/{name}" if (directory / name).is_file() else None
+    return found
+
+
+def _review_href(dag_id: str, run_id: str) -> str:
+    from include.review import review_path
+
+    return review_path(dag_id, run_id)
+
+
+def _prefix(request: Request) -> str:
+    """Where the app is mounted (/billing), from the request's root path."""
+    return request.scope.get("root_path", "").rstrip("/") or "/billing"
+
+
+_TEMPLATES: Any = None
+
+
+def _page(request: Request, template: str, context: dict[str, Any]) -> HTMLResponse:
+    global _TEMPLATES
+    if _TEMPLATES is None:
+        from jinja2 import Environment, FileSystemLoader
+
+        _TEMPLATES = Environment(
+            loader=FileSystemLoader(HERE / "templates"),
+            autoescape=True,
+        )
+    html = _TEMPLATES.get_template(template).render(prefix=_prefix(request), **context)
+    return HTMLResponse(
+        html,
+        headers={
+            "Content-Security-Policy": PAGE_CSP,
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "same-origin",
+            "Cache-Control": "no-store",
+        },
+    )

@@ -1,0 +1,30 @@
+"""Airflow plugin: the "Billing review" page of a run (a tab on the DAG run) and the "Billing months" overview.
+
+The FastAPI app (`billing_review.web`) is mounted by the api-server at /billing; every route of it requires an
+authenticated Airflow user with access to the billing DAG (plugin apps get no auth by themselves).
+"""
+
+from __future__ import annotations
+
+from airflow.plugins_manager import AirflowPlugin
+from billing_review.web import create_app
+
+
+class BillingReviewPlugin(AirflowPlugin):
+    name = "billing_review"
+    fastapi_apps = [{"app": create_app(), "url_prefix": "/billing", "name": "Billing review"}]
+    external_views = [
+        {
+            "name": "Billing review",
+            "href": "/billing/run/{DAG_ID}/{RUN_ID}",
+            "destination": "dag_run",
+            "url_route": "billing_review",
+        },
+        {
+            "name": "Billing months",
+            "href": "/billing/months",
+            "destination": "nav",
+            "category": "browse",
+            "url_route": "billing_months",
+        },
+    ]
