@@ -93,6 +93,163 @@ def shot(page, name: str) -> Path:
     return path
 
 
+def review_url(stack: LocalAirflow, run_id: str, query: str = "") -> str:
+    return f"{stack.url}/billing/run/{DAG_ID}/{quote(run_id, safe='')}" + (f"?{query}" if query else "")
+
+
+def grid_settled(page) -> None:
+    page.wait_for_selector('#review[data-ready="true"]:not([data-loading="true"])', timeout=30_000)
+
+
+def rows(page):
+    return page.locator("#grid-body tr[data-testid=grid-row]")
+
+
+def totals(page) -> dict[str, str]:
+    return {
+        key: page.get_by_test_id(f"totals-{key}").inner_text()
+        for key in ("lines", "counted", "units-added", "units-removed", "cost")
+    }
+
+
+def decide(page, test_id: str, decision: str) -> None:
+    """Click a decision button of the line panel and wait until the grid shows the re-planned month."""
+    page.evaluate("document.getElementById('review').removeAttribute('data-last-decision')")
+    page.get_by_test_id(test_id).first.click()
+    page.wait_for_selector(f'#review[data-last-decision="{decision}"]', timeout=30_000)
+    grid_settled(page)
+
+
+def api_lines(stack: LocalAirflow, run_id: str, **params: str) -> dict:
+    with closing(stack.client()) as client:
+        answer = client.get(f"/billing/api/runs/{DAG_ID}/{quote(run_id, safe='')}/lines", params=params)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_the_review_page_sorts_filters_searches_decides_and_exports(
+    stack: LocalAirflow, pending_run: str, page
+) -> None:
+    import openpyxl
+
+    # reachable as the run's tab in the Airflow UI (external view) ...
+    page.goto(f"{stack.url}/dags/{DAG_ID}/runs/{quote(pending_run, safe='')}")
+    page.get_by_text("Billing review").first.wait_for(timeout=60_000)
+    # ... and as the page itself
+    page.goto(review_url(stack, pending_run))
+    grid_settled(page)
+    assert page.get_by_test_id("run-state").inner_text().startswith("Waiting for approval")
+    page_size = page.locator("#review").get_attribute("data-page-size")
+    everything = api_lines(stack, pending_run, page_size=page_size)
+    assert rows(page).count() == min(everything["matching"], int(page_size)) > 0
+    shot(page, "10-review-page")
+
+    # sort: by customer (the order the server sorts by), then # descending
+    page.get_by_test_id("sort-customer").click()
+    grid_settled(page)
+    by_customer = api_lines(stack, pending_run, sort="customer", dir="asc", page_size=page_size)
+    shown = rows(page).evaluate_all("rows => rows.map(row => row.dataset.actionId)")
+    assert shown == [line["action_id"] for line in by_customer["lines"]]
+    page.get_by_test_id("sort-seq").click()
+    grid_settled(page)
+    page.get_by_test_id("sort-seq").click()
+    grid_settled(page)
+    seqs = [int(text) for text in rows(page).locator("td:first-child").all_inner_texts()]
+    assert seqs == sorted(seqs, reverse=True) and len(set(seqs)) == len(seqs) > 1
+    assert "dir=desc" in page.url
+
+    # filter by status: every row flagged, the totals count exactly the flagged lines
+    flagged = everything["counts"]["status"]["flagged"]
+    page.get_by_test_id("filter-status").select_option("flagged")
+    grid_settled(page)
+    assert set(rows(page).evaluate_all("rows => rows.map(row => row.dataset.status)")) == {"flagged"}
+    assert int(page.get_by_test_id("totals-lines").inner_text()) == flagged
+    assert f"{flagged} of {everything['total_lines']} lines" in page.get_by_test_id("page-info").inner_text()
+    shot(page, "11-review-flagged")
+    page.get_by_test_id("filter-status").select_option("")
+    grid_settled(page)
+
+    # search: the probe customer's lines; its name is text, never markup
+    page.get_by_test_id("search").fill(XSS_ACCOUNT)
+    page.get_by_test_id("apply-filters").click()
+    grid_settled(page)
+    assert rows(page).count() > 0
+    customers = rows(page).locator("[data-testid=cell-customer]").all_inner_texts()
+    assert all(text.splitlines() == [XSS_NAME, XSS_ACCOUNT] for text in customers), customers
+    assert page.locator("#grid img").count() == 0 and page.locator("img[src=x]").count() == 0
+    shot(page, "12-review-search-xss")
+    page.get_by_test_id("search").fill("")
+    page.get_by_test_id("apply-filters").click()
+    grid_settled(page)
+
+    # confirm a suggestion: a line whose mapping waits on a suggestion
+    suggested = api_lines(stack, pending_run, mapping="suggestion")
+    assert suggested["matching"] > 0, "the month offers no mapping suggestion to confirm"
+    page.get_by_test_id("filter-mapping").select_option("suggestion")
+    grid_settled(page)
+    line_id = rows(page).first.get_attribute("data-action-id")
+    rows(page).first.click()
+    page.get_by_test_id("confirm-suggestion").first.wait_for(timeout=30_000)
+    decide(page, "confirm-suggestion", "confirm_suggestion")
+    assert page.get_by_test_id("decision-row").count() == 1
+    after = api_lines(stack, pending_run, mapping="suggestion")
+    assert after["matching"] < suggested["matching"]
+    assert line_id not in {line["action_id"] for line in after["lines"]}
+    shot(page, "13-review-suggestion-confirmed")
+    page.get_by_test_id("filter-mapping").select_option("")
+    grid_settled(page)
+
+    # exclude a proposed unit change: it leaves the counted totals
+    page.get_by_test_id("filter-status").select_option("proposed")
+    grid_settled(page)
+    before = totals(page)
+    candidates = [line for line in api_lines(stack, pending_run, status="proposed", kind="adjust_units")["lines"]]
+    assert candidates, "no proposed unit change to exclude"
+    excluded = candidates[0]["action_id"]
+    page.locator(f"#grid-body tr[data-action-id='{excluded}']").click()
+    page.get_by_test_id("decide-exclude").wait_for(timeout=30_000)
+    decide(page, "decide-exclude", "exclude")
+    after_totals = totals(page)
+    assert int(after_totals["lines"]) == int(before["lines"]) - 1
+    assert (after_totals["units-added"], after_totals["units-removed"], after_totals["cost"]) != (
+        before["units-added"],
+        before["units-removed"],
+        before["cost"],
+    )
+    assert excluded not in rows(page).evaluate_all("rows => rows.map(row => row.dataset.actionId)")
+    assert page.get_by_test_id("decision-row").count() == 2
+    shot(page, "14-review-line-excluded")
+
+    # export the filtered grid as XLSX and read it back
+    with page.expect_download() as download_info:
+        page.get_by_test_id("export-xlsx").click()
+    xlsx = ARTIFACTS / "review-proposed.xlsx"
+    download_info.value.save_as(xlsx)
+    sheet = openpyxl.load_workbook(xlsx).worksheets[0]
+    header = [cell.value for cell in sheet[1]]
+    assert "Customer" in header and "Status" in header, header
+    status_column = header.index("Status")
+    data = [row for row in sheet.iter_rows(min_row=2, values_only=True) if row[status_column] in ("proposed",)]
+    assert len(data) == int(after_totals["lines"])
+    assert sheet.freeze_panes is not None
+    numbers = [value for row in data for value in row if isinstance(value, int | float)]
+    assert numbers, "the export has no typed numbers"
+
+    # the probe customer in the export: its name as a text cell, not a formula
+    page.get_by_test_id("filter-status").select_option("")
+    grid_settled(page)
+    page.get_by_test_id("search").fill(XSS_ACCOUNT)
+    page.get_by_test_id("apply-filters").click()
+    grid_settled(page)
+    with page.expect_download() as download_info:
+        page.get_by_test_id("export-xlsx").click()
+    probe = ARTIFACTS / "review-probe.xlsx"
+    download_info.value.save_as(probe)
+    cells = [cell for row in openpyxl.load_workbook(probe).worksheets[0].iter_rows(min_row=2) for cell in row]
+    assert any(cell.value == XSS_NAME and cell.data_type == "s" for cell in cells)
+    assert page.dialogs == []
+
+
 def test_the_approval_answered_in_required_actions_lets_the_run_load(
     stack: LocalAirflow, pending_run: str, page
 ) -> None:
