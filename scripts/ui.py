@@ -18,6 +18,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 from types import FrameType
+from urllib.parse import quote
 
 import httpx
 
@@ -146,8 +147,10 @@ def print_review(stack: LocalAirflow, month: str, run_id: str) -> None:
         ("open mapping suggestions to confirm or reject", "suggestions"),
     ):
         print(f"    {counts.get(key, 0):>5}  {label}")
-    print(f"  Review:  {url}/dags/{DAG_ID}/runs/{run_id}  (the run's Billing review tab, if the plugin is installed)")
+    run_path = f"{url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}"
+    print(f"  Review:  {run_path}/plugin/billing_review  (the run's Billing review tab)")
     print(f"  Approve: {url}/required_actions  (Browse → Required Actions), or `make approve MONTH={month}`")
+    print(f"  Months:  {url}/plugin/billing_months  (Browse → Billing months)")
     print(flush=True)
 
 
