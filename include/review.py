@@ -247,36 +247,75 @@ class GridQuery:
         return {key: value for key, value in params.items() if value}
 
 
-_CACHE: dict[tuple[str, str], tuple[tuple[Any, ...], list[dict[str, Any]]]] = {}
+@dataclass
+class _Grid:
+    """A run's lines with their current statuses, and what requests reuse until the plan or a status changes:
+    the orders by each sorted column and the counts by status, kind and mapping."""
+
+    rows: list[dict[str, Any]]
+    counts: dict[str, dict[str, int]]
+    orders: dict[tuple[str, bool], list[dict[str, Any]]]
+
+
+_STATIC: dict[tuple[str, str], tuple[tuple[Any, ...], list[dict[str, Any]]]] = {}
+_MERGED: dict[tuple[str, str], tuple[tuple[Any, ...], _Grid]] = {}
 _CACHE_LOCK = threading.Lock()
 _CACHE_RUNS = 8
+# Scaled integers keep the totals exact and fast (4 decimal places, as the warehouse stores them).
+_SCALE = 10_000
 
 
 def _fingerprint(warehouse: Warehouse, run_id: str) -> tuple[Any, ...]:
     """Changes whenever the run's plan is re-planned (rows replaced) or its links change."""
-    rows = warehouse.query(
-        "SELECT COUNT(*) AS lines, MAX(created_at) AS created FROM plan_actions WHERE run_id = :run_id",
+    rows = _rows(
+        warehouse,
+        "SELECT COUNT(*), MAX(created_at) FROM plan_actions WHERE run_id = :run_id",
         {"run_id": run_id},
     )
-    links = warehouse.query(
-        "SELECT COUNT(*) AS links, SUM(suggestions) AS suggestions FROM month_links WHERE run_id = :run_id",
+    links = _rows(
+        warehouse,
+        "SELECT COUNT(*), SUM(suggestions) FROM month_links WHERE run_id = :run_id",
         {"run_id": run_id},
     )
-    return (rows[0]["lines"], str(rows[0]["created"]), links[0]["links"], links[0]["suggestions"])
+    return (*rows[0], *links[0])
 
 
-def grid_rows(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
-    """Every line of the run's plan as the grid shows it (names, mapping, current status), in plan order."""
+def _live_fingerprint(warehouse: Warehouse, run_id: str) -> tuple[Any, ...]:
+    """Changes whenever a line's status, reason or decider changes, or a line approval is given or taken back
+    (one aggregate query: much cheaper than reading every line's status)."""
+    plan = _rows(
+        warehouse,
+        "SELECT COUNT(*), MAX(decided_at), SUM(LENGTH(status) * seq), SUM(LENGTH(COALESCE(reason, '')) * seq),"
+        " SUM(LENGTH(COALESCE(decided_by, '')) * seq) FROM plan_actions WHERE run_id = :run_id",
+        {"run_id": run_id},
+    )
+    approvals = _rows(
+        warehouse,
+        "SELECT COUNT(*), MAX(approved_at) FROM review_line_approvals WHERE run_id = :run_id",
+        {"run_id": run_id},
+    )
+    return (*(str(value) for value in plan[0]), *(str(value) for value in approvals[0]))
+
+
+def _cache_put(cache: dict, key: tuple[str, str], value: Any) -> None:
+    with _CACHE_LOCK:
+        if key not in cache and len(cache) >= _CACHE_RUNS:
+            cache.pop(next(iter(cache)))
+        cache[key] = value
+
+
+def _grid(warehouse: Warehouse, run_id: str) -> _Grid:
     key = (warehouse.engine.url.render_as_string(hide_password=True), run_id)
     fingerprint = _fingerprint(warehouse, run_id)
+    live_fingerprint = (fingerprint, _live_fingerprint(warehouse, run_id))
     with _CACHE_LOCK:
-        cached = _CACHE.get(key)
+        merged = _MERGED.get(key)
+        cached = _STATIC.get(key)
+    if merged is not None and merged[0] == live_fingerprint:
+        return merged[1]
     if cached is None or cached[0] != fingerprint:
         static = _static_rows(warehouse, run_id)
-        with _CACHE_LOCK:
-            if len(_CACHE) >= _CACHE_RUNS:
-                _CACHE.pop(next(iter(_CACHE)))
-            _CACHE[key] = (fingerprint, static)
+        _cache_put(_STATIC, key, (fingerprint, static))
     else:
         static = cached[1]
     live = {
@@ -303,32 +342,49 @@ def grid_rows(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
                 "line_approved_by": current[4] or "",
             }
         )
-    return rows
+    grid = _Grid(
+        rows=rows,
+        counts={column: _count(rows, column) for column in ("status", "kind", "mapping")},
+        orders={("seq", False): rows},
+    )
+    _cache_put(_MERGED, key, (live_fingerprint, grid))
+    return grid
+
+
+def grid_rows(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
+    """Every line of the run's plan as the grid shows it (names, mapping, current status), in plan order.
+    The rows are shared between requests: read them, never change them."""
+    return _grid(warehouse, run_id).rows
 
 
 def grid_page(warehouse: Warehouse, run_id: str, query: GridQuery) -> dict[str, Any]:
     """One page of the grid with the filter's totals and the counts a reviewer filters by."""
-    rows = grid_rows(warehouse, run_id)
-    chosen = filter_rows(rows, query)
-    ordered = sort_rows(chosen, query)
+    grid = _grid(warehouse, run_id)
+    ordered = filter_rows(_ordered(grid, query), query)
     start = (query.page - 1) * query.page_size
     return {
         "run_id": run_id,
-        "total_lines": len(rows),
-        "matching": len(chosen),
+        "total_lines": len(grid.rows),
+        "matching": len(ordered),
         "page": query.page,
         "page_size": query.page_size,
-        "pages": max(1, -(-len(chosen) // query.page_size)),
+        "pages": max(1, -(-len(ordered) // query.page_size)),
         "sort": query.sort,
         "dir": "desc" if query.descending else "asc",
-        "totals": totals_of(chosen),
-        "counts": {
-            "status": _count(rows, "status"),
-            "kind": _count(rows, "kind"),
-            "mapping": _count(rows, "mapping"),
-        },
+        "totals": totals_of(ordered),
+        "counts": grid.counts,
         "lines": [_public(row) for row in ordered[start : start + query.page_size]],
     }
+
+
+def _ordered(grid: _Grid, query: GridQuery) -> list[dict[str, Any]]:
+    """All rows in the query's order (computed once per order and plan state; filtering keeps the order)."""
+    order = (query.sort, query.descending)
+    found = grid.orders.get(order)
+    if found is None:
+        found = sort_rows(grid.rows, query)
+        grid.orders[order] = found
+    return found
 
 
 def filter_rows(rows: Iterable[dict[str, Any]], query: GridQuery) -> list[dict[str, Any]]:
@@ -374,8 +430,8 @@ def totals_of(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Units and monthly cost added and removed by the lines (excluded lines count for nothing), the cost per
     currency: amounts in different currencies are never added up."""
     lines = counted = 0
-    units_added = units_removed = Decimal(0)
-    by_currency: dict[str, dict[str, Decimal]] = {}
+    units_added = units_removed = 0
+    by_currency: dict[str, list[int]] = {}
     for row in rows:
         lines += 1
         if row["status"] == "excluded":
@@ -384,19 +440,17 @@ def totals_of(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         units_added += row["_units_added"]
         units_removed += row["_units_removed"]
         if row["_cost_added"] or row["_cost_removed"]:
-            money = by_currency.setdefault(
-                row["currency"] or "?", {"cost_added": Decimal(0), "cost_removed": Decimal(0)}
-            )
-            money["cost_added"] += row["_cost_added"]
-            money["cost_removed"] += row["_cost_removed"]
+            money = by_currency.setdefault(row["currency"] or "?", [0, 0])
+            money[0] += row["_cost_added"]
+            money[1] += row["_cost_removed"]
     return {
         "lines": lines,
         "counted_lines": counted,
-        "units_added": float(units_added),
-        "units_removed": float(units_removed),
+        "units_added": units_added / _SCALE,
+        "units_removed": units_removed / _SCALE,
         "cost": {
-            currency: {name: float(value) for name, value in money.items()}
-            for currency, money in sorted(by_currency.items())
+            currency: {"cost_added": added / _SCALE, "cost_removed": removed / _SCALE}
+            for currency, (added, removed) in sorted(by_currency.items())
         },
     }
 
@@ -471,10 +525,10 @@ def _static_rows(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
             "cost_change": _float(cost_added - cost_removed) if (cost_added or cost_removed) else None,
             "mapping": mapping,
             "mapping_detail": _mapping_detail(sources, links),
-            "_units_added": units_added,
-            "_units_removed": units_removed,
-            "_cost_added": cost_added,
-            "_cost_removed": cost_removed,
+            "_units_added": int(units_added * _SCALE),
+            "_units_removed": int(units_removed * _SCALE),
+            "_cost_added": int(cost_added * _SCALE),
+            "_cost_removed": int(cost_removed * _SCALE),
             "_customer_key": customer.casefold(),
             "_search": " ".join(
                 str(part)
@@ -1084,8 +1138,15 @@ def _run_status(approval: Mapping[str, Any] | None, by_status: Mapping[str, int]
 
 
 def _rows(warehouse: Warehouse, statement: str, params: Mapping[str, Any]) -> list[tuple]:
+    """Rows as plain tuples, fetched by the driver in one go (the grid reads every line of a run per request)."""
     with warehouse.engine.connect() as conn:
-        return [tuple(row) for row in conn.execute(sa.text(statement), dict(params))]
+        if warehouse.dialect == "sqlite":
+            cursor = conn.connection.driver_connection.cursor()
+            try:
+                return cursor.execute(statement, dict(params)).fetchall()
+            finally:
+                cursor.close()
+        return [tuple(row) for row in conn.execute(sa.text(statement), dict(params)).fetchall()]
 
 
 def _json_list(text: Any) -> list[str]:
