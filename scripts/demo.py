@@ -225,7 +225,7 @@ def summarise(month: str) -> None:
         if run_reports:
             print(f"Run report: {', '.join(str(path.with_suffix('.html')) for path in run_reports)} (and .xlsx)")
     print(f"Full run log: {DEMO_DIR / 'dag-run.log'}")
-    print("Browse this run in the Airflow UI: `make ui`, then open http://localhost:8080")
+    print("Review the next month in the Airflow UI: `make ui` (it prints the URL and the login)")
 
 
 def step(message: str) -> None:
