@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         log_dir=UI_LOG_DIR,
         port=args.port,
     )
-    _stop_on_sigterm()
+    _stop_on_signals()
     stack = LocalAirflow(settings)
     try:
         step(f"starting the sandboxes and Airflow (api-server, scheduler, dag-processor, triggerer) on {airflow_home}")
@@ -91,9 +91,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make ui: {error}", file=sys.stderr)
         return 1
     finally:
-        # a second Ctrl-C (or the SIGINT make forwards) must not cut the cleanup short
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
         step("stopped: api-server, scheduler, dag-processor, triggerer and both sandboxes")
 
@@ -187,14 +184,18 @@ def last_loaded_month(warehouse_path: Path) -> str | None:
     return row[0] if row and row[0] else None
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM (and SIGHUP) stop the stack like Ctrl-C does."""
+def _stop_on_signals() -> None:
+    """Ctrl-C (SIGINT), SIGTERM and SIGHUP stop the stack; the first one counts, later ones (make forwards
+    Ctrl-C too, impatient people press it twice) are ignored so that the cleanup is never cut short."""
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
+        for each in stop_signals:
+            signal.signal(each, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGHUP, interrupt)
+    for each in stop_signals:
+        signal.signal(each, interrupt)
 
 
 def step(message: str) -> None:
