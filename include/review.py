@@ -280,13 +280,23 @@ def _fingerprint(warehouse: Warehouse, run_id: str) -> tuple[Any, ...]:
     return (*rows[0], *links[0])
 
 
+_STATUS_WEIGHTS = " ".join(
+    f"WHEN '{status}' THEN {weight}"
+    for weight, status in enumerate(
+        ("proposed", "flagged", "needs-mapping", "blocked", "excluded", "approved", "applied", "failed"), start=1
+    )
+)
+
+
 def _live_fingerprint(warehouse: Warehouse, run_id: str) -> tuple[Any, ...]:
-    """Changes whenever a line's status, reason or decider changes, or a line approval is given or taken back
-    (one aggregate query: much cheaper than reading every line's status)."""
+    """Changes whenever a line's status, reason or decider changes, or a review decision is taken (aggregate
+    queries: much cheaper than reading every line's status). Each status has its own weight, so two lines
+    swapping statuses of the same length still change it."""
     plan = _rows(
         warehouse,
-        "SELECT COUNT(*), MAX(decided_at), SUM(LENGTH(status) * seq), SUM(LENGTH(COALESCE(reason, '')) * seq),"
-        " SUM(LENGTH(COALESCE(decided_by, '')) * seq) FROM plan_actions WHERE run_id = :run_id",
+        f"SELECT COUNT(*), MAX(decided_at), SUM(seq * (CASE status {_STATUS_WEIGHTS} ELSE 97 END)),"
+        " SUM(LENGTH(COALESCE(reason, '')) * seq), SUM(LENGTH(COALESCE(decided_by, '')) * seq)"
+        " FROM plan_actions WHERE run_id = :run_id",
         {"run_id": run_id},
     )
     approvals = _rows(
@@ -294,7 +304,12 @@ def _live_fingerprint(warehouse: Warehouse, run_id: str) -> tuple[Any, ...]:
         "SELECT COUNT(*), MAX(approved_at) FROM review_line_approvals WHERE run_id = :run_id",
         {"run_id": run_id},
     )
-    return (*(str(value) for value in plan[0]), *(str(value) for value in approvals[0]))
+    decisions = _rows(
+        warehouse,
+        "SELECT COUNT(*), MAX(decided_at) FROM review_decisions WHERE run_id = :run_id",
+        {"run_id": run_id},
+    )
+    return tuple(str(value) for value in (*plan[0], *approvals[0], *decisions[0]))
 
 
 def _cache_put(cache: dict, key: tuple[str, str], value: Any) -> None:

@@ -201,7 +201,9 @@ def create_app() -> FastAPI:
         except ValueError:
             raise _ReviewHTTPError(422, "the request body must be JSON") from None
         warehouse = _warehouse()
-        settings = _run_settings(dag_id, run_id)
+        settings, airflow_state = _run_settings(dag_id, run_id)
+        if airflow_state in _ENDED_RUN_STATES:
+            raise _ReviewHTTPError(409, f"run {run_id!r} has ended in Airflow ({airflow_state}): decisions are closed")
         result = _call(decide, warehouse, run_id, body, user.get_name(), settings)
         totals = grid_page(warehouse, run_id, GridQuery(page_size=1))["totals"]
         return {**result, "totals": totals}
@@ -308,8 +310,12 @@ def check_csrf(request: Request, user: Any) -> None:
         raise _ReviewHTTPError(403, f"request from origin {origin!r} refused: decisions come from this server's pages")
 
 
-def _run_settings(dag_id: str, run_id: str) -> Any:
-    """The sync settings the run was planned with: the environment's, with the run's effective-date policy."""
+_ENDED_RUN_STATES = frozenset({"success", "failed"})
+
+
+def _run_settings(dag_id: str, run_id: str) -> tuple[Any, str | None]:
+    """The sync settings the run was planned with (the environment's, with the run's effective-date policy) and
+    the run's state in Airflow (None when Airflow does not know the run, e.g. a month planned from a script)."""
     from dataclasses import replace
 
     from include.sync_settings import EffectiveDatePolicy, SyncSettings
@@ -322,14 +328,18 @@ def _run_settings(dag_id: str, run_id: str) -> Any:
         from sqlalchemy import select
 
         with create_session() as session:
-            conf = session.scalar(select(DagRun.conf).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+            found = session.execute(
+                select(DagRun.conf, DagRun.state).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
+            ).first()
+        conf, state = (found[0], str(found[1]) if found[1] is not None else None) if found else (None, None)
         if isinstance(conf, dict) and conf.get("effective_date_policy"):
             policy = str(conf["effective_date_policy"])
     except Exception as error:  # the metadata database is the api-server's own; a failure keeps the default
         log.warning("billing review: could not read the conf of run %s: %s", run_id, error)
+        state = None
     if policy:
         settings = replace(settings, effective_date_policy=EffectiveDatePolicy(policy))
-    return settings
+    return settings, state
 
 
 def _export_rows(request: Request, dag_id: str, run_id: str) -> tuple[list[dict], dict, Any]:

@@ -76,6 +76,13 @@ def test_decisions_replan_audit_and_close_with_the_approval(planned: Warehouse) 
 
     proposed = next(row for row in review.grid_rows(planned, RUN_ID) if row["status"] == "proposed")
     review.decide(planned, RUN_ID, {"decision": "exclude", "action_id": proposed["action_id"]}, "Zoë", SETTINGS)
+    second = next(row for row in review.grid_rows(planned, RUN_ID) if row["status"] == "proposed")
+    review.decide(planned, RUN_ID, {"decision": "exclude", "action_id": second["action_id"]}, "Zoë", SETTINGS)
+    # the grid shows each change at once, also when statuses only swap (excluded <-> proposed)
+    review.decide(planned, RUN_ID, {"decision": "include", "action_id": proposed["action_id"]}, "Zoë", SETTINGS)
+    shown = {row["action_id"]: row["status"] for row in review.grid_rows(planned, RUN_ID)}
+    assert (shown[proposed["action_id"]], shown[second["action_id"]]) == ("proposed", "excluded")
+    review.decide(planned, RUN_ID, {"decision": "exclude", "action_id": proposed["action_id"]}, "Zoë", SETTINGS)
     flagged = next(row for row in review.grid_rows(planned, RUN_ID) if row["status"] == "flagged")
     review.decide(planned, RUN_ID, {"decision": "approve_line", "action_id": flagged["action_id"]}, "Zoë", SETTINGS)
     # a mapping decision re-plans: the exclusion and the line approval survive it
@@ -91,7 +98,15 @@ def test_decisions_replan_audit_and_close_with_the_approval(planned: Warehouse) 
     assert statuses[proposed["action_id"]] == "excluded"
     assert statuses[flagged["action_id"]] == "flagged"
     audit = review.decisions_of(planned, RUN_ID)
-    assert [entry["decision"] for entry in audit] == ["create", "approve_line", "exclude", "confirm_suggestion"]
+    assert [entry["decision"] for entry in audit] == [
+        "create",
+        "approve_line",
+        "exclude",
+        "include",
+        "exclude",
+        "exclude",
+        "confirm_suggestion",
+    ]
     assert {entry["decided_by"] for entry in audit} == {"Zoë"}
 
     record_decision(

@@ -143,7 +143,18 @@
       say("Saved: " + result.decision + ". The plan is up to date.", false, "detail-message");
       body.setAttribute("data-last-decision", result.decision);
       return Promise.all([load(), loadDecisions()]).then(function () {
-        if (selected) { return showDetail(selected, true); }
+        if (!selected) { return; }
+        return getJSON(api + "/lines/" + encodeURIComponent(selected)).then(function () {
+          return showDetail(selected, true);
+        }, function () {
+          // re-planning replaced the line (its content changed, so its id did): the grid shows the new line
+          selected = null;
+          $("detail-title").textContent = "";
+          $("detail-reason").textContent = "";
+          $("detail-line-actions").replaceChildren();
+          $("detail-sources").replaceChildren();
+          say("Saved: " + result.decision + ". The line was planned again with a new id: pick it in the grid to go on.", false, "detail-message");
+        });
       });
     }).catch(function (error) { say(error.message, true, "detail-message"); });
   }
