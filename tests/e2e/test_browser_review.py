@@ -114,10 +114,14 @@ def totals(page) -> dict[str, str]:
 
 def decide(page, test_id: str, decision: str) -> None:
     """Click a decision button of the line panel and wait until the grid shows the re-planned month."""
+    from playwright.sync_api import expect
+
     page.evaluate("document.getElementById('review').removeAttribute('data-last-decision')")
     page.get_by_test_id(test_id).first.click()
     page.wait_for_selector(f'#review[data-last-decision="{decision}"]', timeout=30_000)
     grid_settled(page)
+    expect(page.get_by_test_id("detail-message")).to_contain_text(f"Saved: {decision}.", timeout=30_000)
+    expect(page.get_by_test_id("message")).not_to_have_class("message error")
 
 
 def api_lines(stack: LocalAirflow, run_id: str, **params: str) -> dict:
