@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -107,6 +108,8 @@ class LocalAirflow:
 
     def start(self) -> None:
         settings = self.settings
+        if settings.port and not _port_free(settings.port):
+            raise StackError(f"port {settings.port} is in use (another Airflow?): choose another, e.g. PORT=8081")
         settings.log_dir.mkdir(parents=True, exist_ok=True)
         settings.airflow_home.mkdir(parents=True, exist_ok=True)
         settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
@@ -394,6 +397,11 @@ def remaining_processes(pids: list[int]) -> list[int]:
         if state != "Z" and (int(entry.name) in wanted or pgid in wanted):
             found.append(int(entry.name))
     return found
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
 def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
