@@ -91,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make ui: {error}", file=sys.stderr)
         return 1
     finally:
+        started = bool(stack.started_pids)
         stack.stop()
-        step("stopped: api-server, scheduler, dag-processor, triggerer and both sandboxes")
+        if started:
+            step("stopped: api-server, scheduler, dag-processor, triggerer and both sandboxes")
 
 
 def print_login(stack: LocalAirflow) -> None:
