@@ -27,8 +27,6 @@ sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "plugins")]
 
 from sandbox.airflow_stack import DAG_ID, PASSWORDS_FILE, LocalAirflow, StackError, StackSettings  # noqa: E402
 
-DEMO_DIR = REPO_ROOT / "var" / "demo"
-UI_LOG_DIR = REPO_ROOT / "var" / "ui"
 APPROVAL_TASK = "approve"
 
 
@@ -37,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8080), help="api-server port")
     parser.add_argument("--month", help="the month to trigger (YYYY-MM; default: the month after the demo's)")
     parser.add_argument("--no-trigger", action="store_true", help="start Airflow only; trigger nothing")
+    parser.add_argument(
+        "--state-dir", type=Path, default=REPO_ROOT / "var", help="where the demo's state is (demo/) and logs go (ui/)"
+    )
     args = parser.parse_args(argv)
+    demo_dir, log_dir = args.state_dir / "demo", args.state_dir / "ui"
     from include.models import BillingMonth
 
     if args.month:
@@ -46,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             print(f"make ui: {error}", file=sys.stderr)
             return 64
-    warehouse_path = DEMO_DIR / "warehouse.db"
+    warehouse_path = demo_dir / "warehouse.db"
     loaded_month = last_loaded_month(warehouse_path)
-    if loaded_month is None and not args.no_trigger and not args.month:
+    if loaded_month is None and not args.no_trigger and not args.month and demo_dir != REPO_ROOT / "var" / "demo":
+        step(f"no demo found in {demo_dir}: nothing to trigger (run `make demo` for the project's own state)")
+    elif loaded_month is None and not args.no_trigger and not args.month:
         step("no demo found in var/demo: running `make demo` first (about a minute), so there is a month to build on")
         if subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "demo.py")], cwd=REPO_ROOT).returncode:
             print("make ui: `make demo` failed; see var/demo/dag-run.log", file=sys.stderr)
@@ -60,16 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     settings = StackSettings(
         airflow_home=airflow_home,
         warehouse_path=warehouse_path,
-        data_docs_dir=REPO_ROOT / "var" / "data_docs",
-        autotask_state_file=DEMO_DIR / "autotask-state.json",
-        log_dir=UI_LOG_DIR,
+        data_docs_dir=args.state_dir / "data_docs",
+        autotask_state_file=demo_dir / "autotask-state.json",
+        log_dir=log_dir,
         port=args.port,
     )
     _stop_on_signals()
     stack = LocalAirflow(settings)
     try:
         step(f"starting the sandboxes and Airflow (api-server, scheduler, dag-processor, triggerer) on {airflow_home}")
-        step(f"logs: {UI_LOG_DIR.relative_to(REPO_ROOT)}/ (about a minute until everything is up)")
+        step(f"logs: {log_dir}/ (about a minute until everything is up)")
         started = time.monotonic()
         stack.start()
         step(f"Airflow is up after {time.monotonic() - started:.0f}s")
