@@ -1,11 +1,12 @@
 """Benchmark: the billing review grid at 20,000 plan lines, through the real HTTP endpoint.
 
 A month is planned by the real pipeline (`bench_reconcile.py`'s preparation: the sandbox universe, an Autotask half
-way through adoption, snapshot + link + reconcile) until it holds at least 20,000 plan lines; then an
+way through adoption, snapshot + link + reconcile) until it holds at least 20,000 plan lines, and the review
+grid's lines are built as the DAG's reconcile task builds them (`include.review.build_grid`, timed); then a fresh
 `airflow api-server` serves the billing_review plugin on that warehouse and a logged-in client asks for:
-the first page (cold: the first request of the run gathers the names; then warm), a sort by customer, a filter
-with its totals (flagged adjustments) and a search, and the XLSX export of the whole grid. Times are the median of
-5 requests (ms), measured on the client.
+the first page (cold: the server process's first request after the plan, nothing in memory; then warm), a sort by
+customer, a filter with its totals (flagged adjustments) and a search, and the XLSX export of the whole grid.
+Times are the median of 5 requests (ms), measured on the client; the cold request is measured once.
 
     .venv/bin/python bench/bench_review_grid.py [--customers 1700] [--subscriptions 23]
 """
@@ -52,6 +53,7 @@ def main() -> None:
 
     import httpx
 
+    from include.review import build_grid
     from include.warehouse import Warehouse
     from tests.plugins.review_support import airflow_env, start_api_server, stop_group, token
 
@@ -73,6 +75,9 @@ def main() -> None:
         warehouse = Warehouse(f"sqlite:///{directory / 'warehouse.db'}")
         warehouse.migrate()
         plan_lines = warehouse.scalar("SELECT COUNT(*) FROM plan_actions WHERE run_id = :run_id", {"run_id": RUN_ID})
+        build_started = time.perf_counter()
+        build_grid(warehouse, RUN_ID)  # what the DAG's reconcile task does after writing the plan
+        grid_build_s = time.perf_counter() - build_started
         warehouse.dispose()
 
         env = airflow_env(directory / "airflow", directory / "warehouse.db", directory / "data_docs")
@@ -98,11 +103,12 @@ def main() -> None:
             export_ms = round((time.perf_counter() - export_started) * 1000, 1)
         finally:
             stop_group(server)
-    page_requests = [first_ms, sort_ms, filter_ms, search_ms, page_ms]
+    page_requests = [cold_ms, first_ms, sort_ms, filter_ms, search_ms, page_ms]
     result = {
         "benchmark": "review_grid",
         "plan_lines": plan_lines,
         "grid_lines": first.json()["total_lines"],
+        "grid_build_with_plan_s": round(grid_build_s, 2),
         "first_page_cold_ms": round(cold_ms, 1),
         "first_page_ms": first_ms,
         "sort_ms": sort_ms,

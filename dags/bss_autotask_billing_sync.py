@@ -142,9 +142,12 @@ def bss_autotask_billing_sync() -> None:
     def reconcile(month: str, links: dict[str, Any]) -> dict[str, Any]:
         """BSS units at each effective date against Autotask's contract service units: the change plan."""
         from include.reconcile import reconcile_month
+        from include.review import build_grid
 
         warehouse = _warehouse_holding_runs_own_lines(month, links["run_id"])
-        return reconcile_month(warehouse, month, links["run_id"], _settings()).as_dict()
+        plan = reconcile_month(warehouse, month, links["run_id"], _settings()).as_dict()
+        build_grid(warehouse, links["run_id"])  # the review page's lines, names gathered once here
+        return plan
 
     @task(retries=0)
     def validate_plan(month: str, plan: dict[str, Any]) -> dict[str, Any]:

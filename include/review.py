@@ -4,8 +4,9 @@ The grid (`grid_page`) shows one row per plan line of a run with names, not only
 product and SKU, billing period and commitment, BSS and Autotask units, the proposed change, the effective date,
 unit price and cost with the currency, the mapping state, status and reason). Paging, sorting, filtering,
 search and the totals of the filter run on the server over an in-process copy of the run's lines: the names are
-gathered once per plan (`_static_rows`, keyed by the plan's fingerprint) and the statuses are read fresh on
-every request, so a decision, the approval or the load shows at once.
+gathered once per plan when it is written or re-planned (`build_grid` stores them in `review_grid_lines`, keyed
+by the plan's fingerprint) and the statuses are read fresh on every request, so a decision, the approval or the
+load shows at once.
 
 Decisions (`decide`) are taken only while the run is pending: its plan exists, the month still holds its own
 charge lines, and nobody has answered its approval (`month_approvals`). Each is validated before anything is
@@ -320,7 +321,7 @@ def _cache_put(cache: dict, key: tuple[str, str], value: Any) -> None:
 
 
 def _grid(warehouse: Warehouse, run_id: str) -> _Grid:
-    key = (warehouse.engine.url.render_as_string(hide_password=True), run_id)
+    key = _cache_key(warehouse, run_id)
     fingerprint = _fingerprint(warehouse, run_id)
     live_fingerprint = (fingerprint, _live_fingerprint(warehouse, run_id))
     with _CACHE_LOCK:
@@ -328,11 +329,20 @@ def _grid(warehouse: Warehouse, run_id: str) -> _Grid:
         cached = _STATIC.get(key)
     if merged is not None and merged[0] == live_fingerprint:
         return merged[1]
-    if cached is None or cached[0] != fingerprint:
-        static = _static_rows(warehouse, run_id)
-        _cache_put(_STATIC, key, (fingerprint, static))
-    else:
+    if cached is not None and cached[0] == fingerprint:
         static = cached[1]
+    else:
+        static = _stored_rows(warehouse, run_id, fingerprint)
+        if static is None:
+            # the plan was written without building its grid (or changed since): build it now, once
+            static = _static_rows(warehouse, run_id)
+            try:
+                _store_grid(warehouse, run_id, fingerprint, static)
+            except sa.exc.DBAPIError as error:
+                log.warning(
+                    "review grid of run %s not stored (built again on the next cold request): %s", run_id, error
+                )
+        _cache_put(_STATIC, key, (fingerprint, static))
     live = {
         row[0]: row
         for row in _rows(
@@ -364,6 +374,109 @@ def _grid(warehouse: Warehouse, run_id: str) -> _Grid:
     )
     _cache_put(_MERGED, key, (live_fingerprint, grid))
     return grid
+
+
+def build_grid(warehouse: Warehouse, run_id: str) -> int:
+    """Gather the names of the run's plan lines and store the grid's lines (`review_grid_lines`); returns how many.
+
+    Called when the plan is written (the DAG's reconcile task) and re-planned (`replan`), so that no page request
+    gathers names: a request in any api-server process reads the stored lines. Lines stored for an older plan
+    state are replaced; a request that finds none for the current state builds them itself."""
+    fingerprint = _fingerprint(warehouse, run_id)
+    rows = _static_rows(warehouse, run_id)
+    _store_grid(warehouse, run_id, fingerprint, rows)
+    _cache_put(_STATIC, _cache_key(warehouse, run_id), (fingerprint, rows))
+    return len(rows)
+
+
+def _cache_key(warehouse: Warehouse, run_id: str) -> tuple[str, str]:
+    return (warehouse.engine.url.render_as_string(hide_password=True), run_id)
+
+
+# grid row key -> review_grid_lines column (the row keys starting with "_" are not shown)
+_STORED_COLUMNS = {
+    **{
+        key: key
+        for key in (
+            "action_id",
+            "seq",
+            "kind",
+            "kind_label",
+            "customer",
+            "account_id",
+            "subscription",
+            "product",
+            "sku",
+            "contract",
+            "billing_period",
+            "commitment",
+            "bss_units",
+            "autotask_units",
+            "unit_change",
+            "change",
+            "effective_date",
+            "unit_price",
+            "unit_cost",
+            "unit_cost_before",
+            "currency",
+            "cost_change",
+            "mapping",
+            "mapping_detail",
+        )
+    },
+    "_units_added": "units_added",
+    "_units_removed": "units_removed",
+    "_cost_added": "cost_added",
+    "_cost_removed": "cost_removed",
+    "_search": "search_text",
+}
+
+
+def _fingerprint_text(fingerprint: tuple[Any, ...]) -> str:
+    return json.dumps([None if value is None else str(value) for value in fingerprint])
+
+
+def _store_grid(warehouse: Warehouse, run_id: str, fingerprint: tuple[Any, ...], rows: list[dict[str, Any]]) -> None:
+    """Replace the run's stored grid lines with `rows`, built from the plan state `fingerprint`."""
+    with warehouse.begin() as conn:
+        conn.execute(sa.text("DELETE FROM review_grid_lines WHERE run_id = :run_id"), {"run_id": run_id})
+        conn.execute(sa.text("DELETE FROM review_grids WHERE run_id = :run_id"), {"run_id": run_id})
+        warehouse.insert(
+            conn,
+            "review_grid_lines",
+            ({"run_id": run_id, **{column: row[key] for key, column in _STORED_COLUMNS.items()}} for row in rows),
+        )
+        warehouse.insert(
+            conn,
+            "review_grids",
+            [
+                {
+                    "run_id": run_id,
+                    "plan_fingerprint": _fingerprint_text(fingerprint),
+                    "lines": len(rows),
+                    "built_at": utcnow(),
+                }
+            ],
+        )
+
+
+def _stored_rows(warehouse: Warehouse, run_id: str, fingerprint: tuple[Any, ...]) -> list[dict[str, Any]] | None:
+    """The run's stored grid lines if they were built from the plan state `fingerprint`, else None."""
+    stored = _rows(warehouse, "SELECT plan_fingerprint FROM review_grids WHERE run_id = :run_id", {"run_id": run_id})
+    if not stored or stored[0][0] != _fingerprint_text(fingerprint):
+        return None
+    keys = list(_STORED_COLUMNS)
+    columns = ", ".join(_STORED_COLUMNS.values())
+    rows = []
+    for values in _rows(
+        warehouse,
+        f"SELECT {columns} FROM review_grid_lines WHERE run_id = :run_id ORDER BY seq",  # fixed column names
+        {"run_id": run_id},
+    ):
+        row = dict(zip(keys, values, strict=True))
+        row["_customer_key"] = row["customer"].casefold()
+        rows.append(row)
+    return rows
 
 
 def grid_rows(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
@@ -705,32 +818,46 @@ def search_targets(
     """Autotask records of the run's snapshot whose name, number/SKU or id contains the text."""
     if kind not in TARGET_NOUN:
         raise ReviewError(422, f"kind must be one of company, contract, service, not {kind!r}")
-    needle = f"%{text.strip().casefold()}%"
+    needle = "%" + text.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    fold = _casefold_sql(warehouse)
+
+    def contains(*columns: str) -> str:
+        return " OR ".join(f"{fold(column)} LIKE {fold(':q')} ESCAPE '\\'" for column in columns)
+
     if kind == "company":
         statement = (
             "SELECT company_id AS id, company_name AS name, external_key AS number, is_active AS active,"
-            " NULL AS company_id FROM at_companies WHERE run_id = :run_id AND (LOWER(company_name) LIKE :q"
-            " OR LOWER(COALESCE(external_key, '')) LIKE :q OR CAST(company_id AS VARCHAR(30)) LIKE :q)"
+            " NULL AS company_id FROM at_companies WHERE run_id = :run_id AND ("
+            + contains("company_name", "COALESCE(external_key, '')", "CAST(company_id AS VARCHAR(30))")
+            + ")"
             " ORDER BY company_name, company_id"
         )
     elif kind == "contract":
         statement = (
             "SELECT contract_id AS id, contract_name AS name, contract_number AS number, status AS active,"
-            " company_id FROM at_contracts WHERE run_id = :run_id AND (LOWER(contract_name) LIKE :q"
-            " OR LOWER(COALESCE(contract_number, '')) LIKE :q OR CAST(contract_id AS VARCHAR(30)) LIKE :q)"
+            " company_id FROM at_contracts WHERE run_id = :run_id AND ("
+            + contains("contract_name", "COALESCE(contract_number, '')", "CAST(contract_id AS VARCHAR(30))")
+            + ")"
             + (" AND company_id = :company" if company_id is not None else "")
             + " ORDER BY contract_name, contract_id"
         )
     else:
         statement = (
             "SELECT service_id AS id, service_name AS name, sku AS number, is_active AS active, NULL AS company_id"
-            " FROM at_services WHERE run_id = :run_id AND (LOWER(service_name) LIKE :q"
-            " OR LOWER(COALESCE(sku, '')) LIKE :q OR CAST(service_id AS VARCHAR(30)) LIKE :q)"
+            " FROM at_services WHERE run_id = :run_id AND ("
+            + contains("service_name", "COALESCE(sku, '')", "CAST(service_id AS VARCHAR(30))")
+            + ")"
             " ORDER BY service_name, service_id"
         )
-    rows = warehouse.query(
-        sa.text(statement + f" LIMIT {SEARCH_LIMIT}"), {"run_id": run_id, "q": needle, "company": company_id}
-    )
+    with warehouse.engine.connect() as conn:
+        if warehouse.dialect == "sqlite":
+            _register_casefold(conn)
+        rows = [
+            dict(row)
+            for row in conn.execute(
+                sa.text(statement + f" LIMIT {SEARCH_LIMIT}"), {"run_id": run_id, "q": needle, "company": company_id}
+            ).mappings()
+        ]
     return [
         {
             "id": int(row["id"]),
@@ -741,6 +868,22 @@ def search_targets(
         }
         for row in rows
     ]
+
+
+def _casefold_sql(warehouse: Warehouse) -> Any:
+    """How the warehouse casefolds a text in SQL, for searches that must match "ü" with "Ü": PostgreSQL's LOWER
+    follows the database's (UTF-8) character type; SQLite's LOWER knows ASCII only, so on SQLite `casefold`, a
+    function registered on the connection (`_register_casefold`), folds with Python's str.casefold."""
+    if warehouse.dialect == "sqlite":
+        return lambda expression: f"casefold({expression})"
+    return lambda expression: f"LOWER({expression})"
+
+
+def _register_casefold(conn: sa.Connection) -> None:
+    def casefold(value: Any) -> str | None:
+        return None if value is None else str(value).casefold()
+
+    conn.connection.driver_connection.create_function("casefold", 1, casefold, deterministic=True)
 
 
 def _source_name(warehouse: Warehouse, kind: str, source_key: str) -> str:
@@ -1037,6 +1180,7 @@ def replan(warehouse: Warehouse, month: str, run_id: str, settings: SyncSettings
 
     link_month(warehouse, month, run_id, settings)
     summary = reconcile_month(warehouse, month, run_id, settings)
+    build_grid(warehouse, run_id)
     return {"actions": summary.actions, "by_status": summary.by_status, "seconds": summary.seconds}
 
 

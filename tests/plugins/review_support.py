@@ -53,11 +53,13 @@ def start_autotask(work: Path, customers: int = CUSTOMERS) -> RunningServer:
 def plan_month(
     autotask: RunningServer, warehouse: Warehouse, run_id: str = RUN_ID, universe: Any = None, month: str = MONTH
 ) -> None:
-    """Snapshot (over HTTP) -> extract -> link -> reconcile: the month as the DAG plans it, waiting for approval."""
+    """Snapshot (over HTTP) -> extract -> link -> reconcile (and the review grid's lines): the month as the DAG
+    plans it, waiting for approval."""
     from connectors.autotask_hook import AutotaskHook
     from include.extract import extract_month
     from include.mapping import link_month
     from include.reconcile import reconcile_month
+    from include.review import build_grid
     from include.snapshot import take_snapshot
     from sandbox.bss_server import UniverseSource
 
@@ -68,6 +70,7 @@ def plan_month(
     extract_month(UniverseSource(universe or universe_with_probes()), warehouse, month, run_id)
     link_month(warehouse, month, run_id, SETTINGS)
     reconcile_month(warehouse, month, run_id, SETTINGS)
+    build_grid(warehouse, run_id)
 
 
 def airflow_env(home: Path, warehouse_path: Path, data_docs: Path) -> dict[str, str]:

@@ -8,6 +8,7 @@ import io
 from collections.abc import Iterator
 
 import pytest
+import sqlalchemy as sa
 from openpyxl import load_workbook
 
 from include import review
@@ -117,3 +118,59 @@ def test_decisions_replan_audit_and_close_with_the_approval(planned: Warehouse) 
     with pytest.raises(review.ReviewError) as refused:
         review.decide(planned, RUN_ID, {"decision": "include", "action_id": proposed["action_id"]}, "Zoë", SETTINGS)
     assert refused.value.status == 409 and "decisions are closed" in refused.value.message
+
+
+def _forget_grids() -> None:
+    """What a fresh api-server process knows: no grid in memory."""
+    review._STATIC.clear()
+    review._MERGED.clear()
+
+
+def test_grid_lines_are_stored_with_the_plan_and_read_back_unchanged(planned: Warehouse) -> None:
+    gathered = review._static_rows(planned, RUN_ID)
+    stored = planned.query("SELECT plan_fingerprint, lines FROM review_grids WHERE run_id = :r", {"r": RUN_ID})
+    assert stored and stored[0]["lines"] == len(gathered) == len(load_plan(planned, MONTH, RUN_ID))
+    _forget_grids()
+    read_back = review._stored_rows(planned, RUN_ID, review._fingerprint(planned, RUN_ID))
+    assert read_back == gathered  # every name, figure and search text survives the warehouse round trip
+    assert review.grid_rows(planned, RUN_ID)[0]["customer"] == gathered[0]["customer"]
+
+    # a plan written without its grid (or changed since): the first request builds and stores the lines
+    with planned.begin() as conn:
+        conn.execute(sa.text("DELETE FROM review_grids WHERE run_id = :r"), {"r": RUN_ID})
+    _forget_grids()
+    assert review._stored_rows(planned, RUN_ID, review._fingerprint(planned, RUN_ID)) is None
+    page = review.grid_page(planned, RUN_ID, review.GridQuery())
+    assert page["total_lines"] == len(gathered)
+    assert review._stored_rows(planned, RUN_ID, review._fingerprint(planned, RUN_ID)) == gathered
+
+    # a mapping decision re-plans and refreshes the stored lines before it answers
+    other = next(row for row in gathered if row["mapping"] == "create" and row["kind"] == "create_company")
+    review.decide(
+        planned, RUN_ID, {"decision": "create", "kind": "company", "source_key": other["account_id"]}, "Zoë", SETTINGS
+    )
+    fingerprint = review._fingerprint(planned, RUN_ID)
+    _forget_grids()
+    refreshed = review._stored_rows(planned, RUN_ID, fingerprint)
+    assert refreshed is not None and refreshed == review._static_rows(planned, RUN_ID)
+
+
+def test_search_is_case_insensitive_beyond_ascii(planned: Warehouse) -> None:
+    customers = {row["customer"] for row in review.grid_rows(planned, RUN_ID)}
+    assert "Société Générale Services" in customers
+    for text in ("SOCIÉTÉ GÉNÉRALE", "société générale"):
+        found = review.grid_page(planned, RUN_ID, review.GridQuery(search=text, page_size=500))
+        assert found["matching"] >= 1
+        assert {row["customer"] for row in found["lines"]} == {"Société Générale Services"}
+    for text in ("SOCIÉTÉ GÉNÉRALE", "société générale", "Société Générale"):
+        found = review.search_targets(planned, RUN_ID, "company", text)
+        assert [item["name"] for item in found] == ["Société Générale Services"], text
+    snapshot = planned.query("SELECT company_name FROM at_companies WHERE run_id = :r", {"r": RUN_ID})
+    accented = sorted({row["company_name"] for row in snapshot if not row["company_name"].isascii()})
+    assert len(accented) >= 3  # e.g. Société Générale, Müller & Söhne, Papadopoulos & Υιοί Α.Ε.
+    for name in accented:
+        for text in (name.upper(), name.lower()):
+            assert name in [item["name"] for item in review.search_targets(planned, RUN_ID, "company", text)], text
+    # LIKE's wildcards in the text are plain characters
+    assert review.search_targets(planned, RUN_ID, "company", "%") == []
+    assert review.search_targets(planned, RUN_ID, "company", "_") == []
