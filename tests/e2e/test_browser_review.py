@@ -207,19 +207,18 @@ def test_the_review_page_sorts_filters_searches_decides_and_exports(
     page.get_by_test_id("filter-status").select_option("proposed")
     grid_settled(page)
     before = totals(page)
-    candidates = [line for line in api_lines(stack, pending_run, status="proposed", kind="adjust_units")["lines"]]
-    assert candidates, "no proposed unit change to exclude"
-    excluded = candidates[0]["action_id"]
+    proposed_changes = api_lines(stack, pending_run, status="proposed", kind="adjust_units", page_size="500")
+    candidates = [line for line in proposed_changes["lines"] if (line["unit_change"] or 0) > 0]
+    assert candidates, "no proposed unit increase to exclude"
+    excluded, units = candidates[0]["action_id"], candidates[0]["unit_change"]
     page.locator(f"#grid-body tr[data-action-id='{excluded}']").click()
     page.get_by_test_id("decide-exclude").wait_for(timeout=30_000)
     decide(page, "decide-exclude", "exclude")
     after_totals = totals(page)
     assert int(after_totals["lines"]) == int(before["lines"]) - 1
-    assert (after_totals["units-added"], after_totals["units-removed"], after_totals["cost"]) != (
-        before["units-added"],
-        before["units-removed"],
-        before["cost"],
-    )
+    assert float(after_totals["units-added"]) == pytest.approx(float(before["units-added"]) - units)
+    assert after_totals["units-removed"] == before["units-removed"]
+    assert after_totals["cost"] != before["cost"]
     assert excluded not in rows(page).evaluate_all("rows => rows.map(row => row.dataset.actionId)")
     assert page.get_by_test_id("decision-row").count() == 2
     shot(page, "14-review-line-excluded")
