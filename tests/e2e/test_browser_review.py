@@ -268,6 +268,8 @@ def test_the_approval_answered_in_required_actions_lets_the_run_load(
     assert page.get_by_role("button", name="Approve incl. flagged").is_visible()
     assert page.get_by_role("button", name="Reject").is_visible()
     assert page.get_by_text(f"Billing month {MONTH}: changes for Autotask").first.is_visible()
+    review_link = page.get_by_role("link", name="open the billing review")
+    assert review_link.get_attribute("href").endswith(f"/billing/run/{DAG_ID}/{quote(pending_run, safe='')}")
     shot(page, "02-approval-form")
     approve.click()
 
@@ -303,4 +305,16 @@ def test_the_approval_answered_in_required_actions_lets_the_run_load(
     page.goto(f"{stack.url}/dags/{DAG_ID}/runs/{quote(pending_run, safe='')}")
     page.get_by_text("report").first.wait_for(timeout=30_000)
     shot(page, "03-run-loaded")
+
+    # the months overview: the month approved by admin, with its review, Data Docs and run report
+    page.goto(f"{stack.url}/billing/months")
+    row = page.locator(f"tr[data-testid=month-row][data-run-id='{pending_run}']")
+    row.wait_for(timeout=30_000)
+    assert "approved by admin" in row.inner_text()
+    for link in ("review-link", "data-docs-link", "report-link"):
+        assert row.get_by_test_id(link).count() == 1
+    report = row.get_by_test_id("report-link").get_attribute("href")
+    opened = page.request.get(stack.url + report if report.startswith("/") else report)
+    assert opened.status == 200 and MONTH in opened.text()
+    shot(page, "04-billing-months")
     assert page.dialogs == []
