@@ -3,10 +3,9 @@
 The grid (`grid_page`) shows one row per plan line of a run with names, not only ids (customer, subscription,
 product and SKU, billing period and commitment, BSS and Autotask units, the proposed change, the effective date,
 unit price and cost with the currency, the mapping state, status and reason). Paging, sorting, filtering,
-search and the totals of the filter run on the server over an in-process copy of the run's lines: the names are
-gathered once per plan when it is written or re-planned (`build_grid` stores them in `review_grid_lines`, keyed
-by the plan's fingerprint) and the statuses are read fresh on every request, so a decision, the approval or the
-load shows at once.
+search and the totals of the filter run on the server, in SQL: the names are gathered once per plan, when it is
+written or re-planned (`build_grid` stores the lines in `review_grid_lines`, keyed by the plan's fingerprint), and
+every request joins them with the plan's current statuses, so a decision, the approval or the load shows at once.
 
 Decisions (`decide`) are taken only while the run is pending: its plan exists, the month still holds its own
 charge lines, and nobody has answered its approval (`month_approvals`). Each is validated before anything is
@@ -29,7 +28,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -248,22 +247,9 @@ class GridQuery:
         return {key: value for key, value in params.items() if value}
 
 
-@dataclass
-class _Grid:
-    """A run's lines with their current statuses, and what requests reuse until the plan or a status changes:
-    the orders by each sorted column and the counts by status, kind and mapping."""
-
-    rows: list[dict[str, Any]]
-    counts: dict[str, dict[str, int]]
-    orders: dict[tuple[str, bool], list[dict[str, Any]]]
-
-
-_STATIC: dict[tuple[str, str], tuple[tuple[Any, ...], list[dict[str, Any]]]] = {}
-_MERGED: dict[tuple[str, str], tuple[tuple[Any, ...], _Grid]] = {}
-_CACHE_LOCK = threading.Lock()
-_CACHE_RUNS = 8
-# Scaled integers keep the totals exact and fast (4 decimal places, as the warehouse stores them).
+# Scaled integers keep the totals exact (4 decimal places, as the warehouse stores them).
 _SCALE = 10_000
+_BUILDING = threading.Lock()  # one build of a run's grid lines at a time in this process
 
 
 def _fingerprint(warehouse: Warehouse, run_id: str) -> tuple[Any, ...]:
@@ -281,116 +267,38 @@ def _fingerprint(warehouse: Warehouse, run_id: str) -> tuple[Any, ...]:
     return (*rows[0], *links[0])
 
 
-_STATUS_WEIGHTS = " ".join(
-    f"WHEN '{status}' THEN {weight}"
-    for weight, status in enumerate(
-        ("proposed", "flagged", "needs-mapping", "blocked", "excluded", "approved", "applied", "failed"), start=1
-    )
-)
-
-
-def _live_fingerprint(warehouse: Warehouse, run_id: str) -> tuple[Any, ...]:
-    """Changes whenever a line's status, reason or decider changes, or a review decision is taken (aggregate
-    queries: much cheaper than reading every line's status). Each status has its own weight, so two lines
-    swapping statuses of the same length still change it."""
-    plan = _rows(
-        warehouse,
-        f"SELECT COUNT(*), MAX(decided_at), SUM(seq * (CASE status {_STATUS_WEIGHTS} ELSE 97 END)),"
-        " SUM(LENGTH(COALESCE(reason, '')) * seq), SUM(LENGTH(COALESCE(decided_by, '')) * seq)"
-        " FROM plan_actions WHERE run_id = :run_id",
-        {"run_id": run_id},
-    )
-    approvals = _rows(
-        warehouse,
-        "SELECT COUNT(*), MAX(approved_at) FROM review_line_approvals WHERE run_id = :run_id",
-        {"run_id": run_id},
-    )
-    decisions = _rows(
-        warehouse,
-        "SELECT COUNT(*), MAX(decided_at) FROM review_decisions WHERE run_id = :run_id",
-        {"run_id": run_id},
-    )
-    return tuple(str(value) for value in (*plan[0], *approvals[0], *decisions[0]))
-
-
-def _cache_put(cache: dict, key: tuple[str, str], value: Any) -> None:
-    with _CACHE_LOCK:
-        if key not in cache and len(cache) >= _CACHE_RUNS:
-            cache.pop(next(iter(cache)))
-        cache[key] = value
-
-
-def _grid(warehouse: Warehouse, run_id: str) -> _Grid:
-    key = _cache_key(warehouse, run_id)
-    fingerprint = _fingerprint(warehouse, run_id)
-    live_fingerprint = (fingerprint, _live_fingerprint(warehouse, run_id))
-    with _CACHE_LOCK:
-        merged = _MERGED.get(key)
-        cached = _STATIC.get(key)
-    if merged is not None and merged[0] == live_fingerprint:
-        return merged[1]
-    if cached is not None and cached[0] == fingerprint:
-        static = cached[1]
-    else:
-        static = _stored_rows(warehouse, run_id, fingerprint)
-        if static is None:
-            # the plan was written without building its grid (or changed since): build it now, once
-            static = _static_rows(warehouse, run_id)
-            try:
-                _store_grid(warehouse, run_id, fingerprint, static)
-            except sa.exc.DBAPIError as error:
-                log.warning(
-                    "review grid of run %s not stored (built again on the next cold request): %s", run_id, error
-                )
-        _cache_put(_STATIC, key, (fingerprint, static))
-    live = {
-        row[0]: row
-        for row in _rows(
-            warehouse,
-            "SELECT p.action_id, p.status, p.reason, p.decided_by, a.approved_by FROM plan_actions p"
-            " LEFT JOIN review_line_approvals a ON a.run_id = p.run_id AND a.action_id = p.action_id"
-            " WHERE p.run_id = :run_id",
-            {"run_id": run_id},
-        )
-    }
-    rows = []
-    for row in static:
-        current = live.get(row["action_id"])
-        if current is None:
-            continue  # replaced since the names were gathered: the next request rebuilds
-        rows.append(
-            {
-                **row,
-                "status": current[1],
-                "reason": current[2] or "",
-                "decided_by": current[3] or "",
-                "line_approved_by": current[4] or "",
-            }
-        )
-    grid = _Grid(
-        rows=rows,
-        counts={column: _count(rows, column) for column in ("status", "kind", "mapping")},
-        orders={("seq", False): rows},
-    )
-    _cache_put(_MERGED, key, (live_fingerprint, grid))
-    return grid
-
-
 def build_grid(warehouse: Warehouse, run_id: str) -> int:
     """Gather the names of the run's plan lines and store the grid's lines (`review_grid_lines`); returns how many.
 
     Called when the plan is written (the DAG's reconcile task) and re-planned (`replan`), so that no page request
-    gathers names: a request in any api-server process reads the stored lines. Lines stored for an older plan
-    state are replaced; a request that finds none for the current state builds them itself."""
+    gathers names: every request pages, sorts, filters and totals the stored lines in SQL, joined with the plan's
+    current statuses. Lines stored for an older plan state are replaced; a request that finds none for the current
+    state builds them itself (`_ensure_grid`)."""
     fingerprint = _fingerprint(warehouse, run_id)
     rows = _static_rows(warehouse, run_id)
     _store_grid(warehouse, run_id, fingerprint, rows)
-    _cache_put(_STATIC, _cache_key(warehouse, run_id), (fingerprint, rows))
     return len(rows)
 
 
-def _cache_key(warehouse: Warehouse, run_id: str) -> tuple[str, str]:
-    return (warehouse.engine.url.render_as_string(hide_password=True), run_id)
+def _ensure_grid(warehouse: Warehouse, run_id: str) -> None:
+    """The run's stored grid lines match its current plan (else they are built now: a plan written without them)."""
+    fingerprint = _fingerprint_text(_fingerprint(warehouse, run_id))
+    if _stored_fingerprint(warehouse, run_id) == fingerprint:
+        return
+    with _BUILDING:
+        if _stored_fingerprint(warehouse, run_id) != fingerprint:
+            log.info("review grid of run %s: built on request (the plan was written without it)", run_id)
+            try:
+                build_grid(warehouse, run_id)
+            except sa.exc.IntegrityError:
+                # another api-server process stored the same lines at the same moment: theirs serve
+                if _stored_fingerprint(warehouse, run_id) != fingerprint:
+                    raise
+
+
+def _stored_fingerprint(warehouse: Warehouse, run_id: str) -> str | None:
+    stored = _rows(warehouse, "SELECT plan_fingerprint FROM review_grids WHERE run_id = :run_id", {"run_id": run_id})
+    return stored[0][0] if stored else None
 
 
 # grid row key -> review_grid_lines column (the row keys starting with "_" are not shown)
@@ -428,6 +336,7 @@ _STORED_COLUMNS = {
     "_units_removed": "units_removed",
     "_cost_added": "cost_added",
     "_cost_removed": "cost_removed",
+    "_customer_key": "customer_key",
     "_search": "search_text",
 }
 
@@ -473,125 +382,189 @@ def _stored_rows(warehouse: Warehouse, run_id: str, fingerprint: tuple[Any, ...]
         f"SELECT {columns} FROM review_grid_lines WHERE run_id = :run_id ORDER BY seq",  # fixed column names
         {"run_id": run_id},
     ):
-        row = dict(zip(keys, values, strict=True))
-        row["_customer_key"] = row["customer"].casefold()
-        rows.append(row)
+        rows.append(dict(zip(keys, values, strict=True)))
     return rows
 
 
-def grid_rows(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
-    """Every line of the run's plan as the grid shows it (names, mapping, current status), in plan order.
-    The rows are shared between requests: read them, never change them."""
-    return _grid(warehouse, run_id).rows
+# What a grid row shows: the stored names and figures, then the line's live status, reason, decider, approver.
+_SHOWN = [key for key in _STORED_COLUMNS if not key.startswith("_")]
+_SHOWN_SQL = ", ".join(f"g.{_STORED_COLUMNS[key]}" for key in _SHOWN) + (
+    ", p.status, COALESCE(p.reason, ''), COALESCE(p.decided_by, ''), COALESCE(a.approved_by, '')"
+)
+_SHOWN_KEYS = [*_SHOWN, "status", "reason", "decided_by", "line_approved_by"]
+_LINES_SQL = (
+    " FROM review_grid_lines g JOIN plan_actions p ON p.action_id = g.action_id AND p.run_id = g.run_id"
+    " LEFT JOIN review_line_approvals a ON a.run_id = g.run_id AND a.action_id = g.action_id"
+    " WHERE g.run_id = :run_id"
+)
+# the lines with their current status only (what filters, totals and counts need)
+_STATUS_SQL = (
+    " FROM review_grid_lines g JOIN plan_actions p ON p.action_id = g.action_id AND p.run_id = g.run_id"
+    " WHERE g.run_id = :run_id"
+)
+_NUMERIC = {"seq", "bss_units", "autotask_units", "unit_change", "unit_price", "unit_cost", "cost_change"}
+_LIVE = {"status": "p.status", "reason": "COALESCE(p.reason, '')"}
+
+
+def _where(warehouse: Warehouse, query: GridQuery) -> tuple[str, dict[str, Any]]:
+    """The query's filters and search as SQL conditions (appended to `_LINES_SQL`) and their parameters."""
+    contains = "instr({}, {}) > 0" if warehouse.dialect == "sqlite" else "strpos({}, {}) > 0"
+    fold = _casefold_sql(warehouse)
+    conditions: list[str] = []
+    params: dict[str, Any] = {}
+    if query.status:
+        conditions.append("p.status = :status")
+        params["status"] = query.status
+    if query.kind:
+        conditions.append("g.kind = :kind")
+        params["kind"] = query.kind
+    if query.mapping:
+        conditions.append("g.mapping = :mapping")
+        params["mapping"] = query.mapping
+    if query.flagged_only:
+        conditions.append("p.status = 'flagged'")
+    if query.needs_mapping_only:
+        conditions.append("p.status = 'needs-mapping'")
+    if query.customer:
+        conditions.append(f"({fold('g.account_id')} = :customer OR {contains.format('g.customer_key', ':customer')})")
+        params["customer"] = query.customer.casefold()
+    if query.search:
+        conditions.append(
+            f"({contains.format('g.search_text', ':needle')} OR {contains.format(fold(_LIVE['reason']), ':needle')})"
+        )
+        params["needle"] = query.search.casefold()
+    return "".join(f" AND {condition}" for condition in conditions), params
+
+
+def _order_by(warehouse: Warehouse, query: GridQuery) -> str:
+    """Sorted by the column (missing values last either way), then by plan order; texts casefolded and compared by
+    code point on both warehouses."""
+    direction = "DESC" if query.descending else "ASC"
+    if query.sort == "seq":
+        return f" ORDER BY g.seq {direction}"  # the plan order: read along the (run_id, seq) index
+    column = _LIVE.get(query.sort) or f"g.{query.sort}"
+    if query.sort in _NUMERIC:
+        return f" ORDER BY CASE WHEN {column} IS NULL THEN 1 ELSE 0 END, {column} {direction}, g.seq"
+    key = "g.customer_key" if query.sort == "customer" else _casefold_sql(warehouse)(column)
+    key += "" if warehouse.dialect == "sqlite" else ' COLLATE "C"'
+    return f" ORDER BY CASE WHEN {column} = '' THEN 1 ELSE 0 END, {key} {direction}, g.seq"
+
+
+def _lines(warehouse: Warehouse, run_id: str, query: GridQuery, page: tuple[int, int] | None) -> list[dict[str, Any]]:
+    """The matching lines in the query's order (one page of them with `page` = (offset, size)). A page is found in
+    two steps: the ordered ids of its lines (the sort handles ids only), then those lines' columns."""
+    where, params = _where(warehouse, query)
+    params["run_id"] = run_id
+    if page is None:
+        statement = f"SELECT {_SHOWN_SQL}{_LINES_SQL}{where}{_order_by(warehouse, query)}"
+        return [dict(zip(_SHOWN_KEYS, values, strict=True)) for values in _rows(warehouse, statement, params)]
+    live = query.status or query.flagged_only or query.needs_mapping_only or query.search or query.sort in _LIVE
+    source = _STATUS_SQL if live else " FROM review_grid_lines g WHERE g.run_id = :run_id"  # names only: no join
+    ids = [
+        action_id
+        for (action_id,) in _rows(
+            warehouse,
+            f"SELECT g.action_id{source}{where}{_order_by(warehouse, query)}"
+            f" LIMIT {int(page[1])} OFFSET {int(page[0])}",
+            params,
+        )
+    ]
+    if not ids:
+        return []
+    chosen = {f"id{index}": action_id for index, action_id in enumerate(ids)}
+    found = {
+        values[0]: dict(zip(_SHOWN_KEYS, values, strict=True))
+        for values in _rows(
+            warehouse,
+            f"SELECT {_SHOWN_SQL}{_LINES_SQL} AND g.action_id IN ({', '.join(':' + name for name in chosen)})",
+            {"run_id": run_id, **chosen},
+        )
+    }
+    return [found[action_id] for action_id in ids if action_id in found]
+
+
+def _totals(warehouse: Warehouse, run_id: str, query: GridQuery) -> dict[str, Any]:
+    """Units and monthly cost added and removed by the matching lines (excluded lines count for nothing), the cost
+    per currency: amounts in different currencies are never added up. One scan, grouped by currency."""
+    where, params = _where(warehouse, query)
+    params["run_id"] = run_id
+    counted = "p.status <> 'excluded'"
+    lines = counted_lines = units_added = units_removed = 0
+    cost = {}
+    for currency, found, counting, added, removed, costed, cost_added, cost_removed in _rows(
+        warehouse,
+        "SELECT CASE WHEN g.currency = '' THEN '?' ELSE g.currency END, COUNT(*),"
+        f" SUM(CASE WHEN {counted} THEN 1 ELSE 0 END),"
+        f" SUM(CASE WHEN {counted} THEN g.units_added ELSE 0 END),"
+        f" SUM(CASE WHEN {counted} THEN g.units_removed ELSE 0 END),"
+        f" SUM(CASE WHEN {counted} AND (g.cost_added <> 0 OR g.cost_removed <> 0) THEN 1 ELSE 0 END),"
+        f" SUM(CASE WHEN {counted} THEN g.cost_added ELSE 0 END),"
+        f" SUM(CASE WHEN {counted} THEN g.cost_removed ELSE 0 END)"
+        f"{_STATUS_SQL}{where} GROUP BY 1",
+        params,
+    ):
+        lines += int(found)
+        counted_lines += int(counting or 0)
+        units_added += int(added or 0)
+        units_removed += int(removed or 0)
+        if costed:
+            cost[currency] = {"cost_added": int(cost_added) / _SCALE, "cost_removed": int(cost_removed) / _SCALE}
+    return {
+        "lines": lines,
+        "counted_lines": counted_lines,
+        "units_added": units_added / _SCALE,
+        "units_removed": units_removed / _SCALE,
+        "cost": dict(sorted(cost.items())),
+    }
+
+
+def grid_rows(warehouse: Warehouse, run_id: str, query: GridQuery | None = None) -> list[dict[str, Any]]:
+    """Every line of the run's plan matching the query (all of them by default) as the grid shows it (names,
+    mapping, current status), in the query's order (plan order by default)."""
+    _ensure_grid(warehouse, run_id)
+    return _lines(warehouse, run_id, query or GridQuery(), None)
+
+
+def grid_export(warehouse: Warehouse, run_id: str, query: GridQuery) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every line matching the query in its order, and their totals: what the CSV and XLSX exports hold."""
+    _ensure_grid(warehouse, run_id)
+    return _lines(warehouse, run_id, query, None), _totals(warehouse, run_id, query)
 
 
 def grid_page(warehouse: Warehouse, run_id: str, query: GridQuery) -> dict[str, Any]:
-    """One page of the grid with the filter's totals and the counts a reviewer filters by."""
-    grid = _grid(warehouse, run_id)
-    ordered = filter_rows(_ordered(grid, query), query)
+    """One page of the grid with the filter's totals and the counts a reviewer filters by (of all the run's lines)."""
+    _ensure_grid(warehouse, run_id)
+    totals = _totals(warehouse, run_id, query)
+    counts: dict[str, dict[str, int]] = {"status": {}, "kind": {}, "mapping": {}}
+    total_lines = 0
+    for status, kind, lines in _rows(
+        warehouse,
+        "SELECT status, kind, COUNT(*) FROM plan_actions WHERE run_id = :run_id GROUP BY status, kind",
+        {"run_id": run_id},
+    ):
+        total_lines += int(lines)
+        counts["status"][status] = counts["status"].get(status, 0) + int(lines)
+        counts["kind"][kind] = counts["kind"].get(kind, 0) + int(lines)
+    for mapping, lines in _rows(
+        warehouse,
+        "SELECT mapping, COUNT(*) FROM review_grid_lines WHERE run_id = :run_id GROUP BY mapping",
+        {"run_id": run_id},
+    ):
+        counts["mapping"][mapping] = int(lines)
     start = (query.page - 1) * query.page_size
     return {
         "run_id": run_id,
-        "total_lines": len(grid.rows),
-        "matching": len(ordered),
+        "total_lines": total_lines,
+        "matching": totals["lines"],
         "page": query.page,
         "page_size": query.page_size,
-        "pages": max(1, -(-len(ordered) // query.page_size)),
+        "pages": max(1, -(-totals["lines"] // query.page_size)),
         "sort": query.sort,
         "dir": "desc" if query.descending else "asc",
-        "totals": totals_of(ordered),
-        "counts": grid.counts,
-        "lines": [_public(row) for row in ordered[start : start + query.page_size]],
+        "totals": totals,
+        "counts": {column: dict(sorted(values.items())) for column, values in counts.items()},
+        "lines": _lines(warehouse, run_id, query, (start, query.page_size)),
     }
-
-
-def _ordered(grid: _Grid, query: GridQuery) -> list[dict[str, Any]]:
-    """All rows in the query's order (computed once per order and plan state; filtering keeps the order)."""
-    order = (query.sort, query.descending)
-    found = grid.orders.get(order)
-    if found is None:
-        found = sort_rows(grid.rows, query)
-        grid.orders[order] = found
-    return found
-
-
-def filter_rows(rows: Iterable[dict[str, Any]], query: GridQuery) -> list[dict[str, Any]]:
-    needle = query.search.casefold() if query.search else None
-    customer = query.customer.casefold() if query.customer else None
-    chosen = []
-    for row in rows:
-        if query.status and row["status"] != query.status:
-            continue
-        if query.kind and row["kind"] != query.kind:
-            continue
-        if query.mapping and row["mapping"] != query.mapping:
-            continue
-        if query.flagged_only and row["status"] != "flagged":
-            continue
-        if query.needs_mapping_only and row["status"] != "needs-mapping":
-            continue
-        if customer and customer != row["account_id"].casefold() and customer not in row["_customer_key"]:
-            continue
-        if needle and needle not in row["_search"] and needle not in row["reason"].casefold():
-            continue
-        chosen.append(row)
-    return chosen
-
-
-def sort_rows(rows: list[dict[str, Any]], query: GridQuery) -> list[dict[str, Any]]:
-    """Sorted by the column (missing values last either way), then by plan order."""
-    column = query.sort
-    present = [row for row in rows if row.get(column) not in (None, "")]
-    missing = [row for row in rows if row.get(column) in (None, "")]
-
-    def key(row: dict[str, Any]) -> Any:
-        value = row[column]
-        return value.casefold() if isinstance(value, str) else value
-
-    present.sort(key=lambda row: row["seq"])
-    present.sort(key=key, reverse=query.descending)
-    missing.sort(key=lambda row: row["seq"])
-    return present + missing
-
-
-def totals_of(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Units and monthly cost added and removed by the lines (excluded lines count for nothing), the cost per
-    currency: amounts in different currencies are never added up."""
-    lines = counted = 0
-    units_added = units_removed = 0
-    by_currency: dict[str, list[int]] = {}
-    for row in rows:
-        lines += 1
-        if row["status"] == "excluded":
-            continue
-        counted += 1
-        units_added += row["_units_added"]
-        units_removed += row["_units_removed"]
-        if row["_cost_added"] or row["_cost_removed"]:
-            money = by_currency.setdefault(row["currency"] or "?", [0, 0])
-            money[0] += row["_cost_added"]
-            money[1] += row["_cost_removed"]
-    return {
-        "lines": lines,
-        "counted_lines": counted,
-        "units_added": units_added / _SCALE,
-        "units_removed": units_removed / _SCALE,
-        "cost": {
-            currency: {"cost_added": added / _SCALE, "cost_removed": removed / _SCALE}
-            for currency, (added, removed) in sorted(by_currency.items())
-        },
-    }
-
-
-def _public(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in row.items() if not key.startswith("_")}
-
-
-def _count(rows: Iterable[Mapping[str, Any]], column: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row[column]] = counts.get(row[column], 0) + 1
-    return dict(sorted(counts.items()))
 
 
 def _static_rows(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
@@ -763,7 +736,13 @@ def _mapping_detail(sources: Sequence[tuple[str, str]], links: Mapping[tuple[str
 
 def line_detail(warehouse: Warehouse, run_id: str, action_id: str) -> dict[str, Any]:
     """One line with its mapping sources (resolution, current target, suggestions) and the decisions open to it."""
-    row = next((row for row in grid_rows(warehouse, run_id) if row["action_id"] == action_id), None)
+    _ensure_grid(warehouse, run_id)
+    found = _rows(
+        warehouse,
+        f"SELECT {_SHOWN_SQL}{_LINES_SQL} AND g.action_id = :action_id",
+        {"run_id": run_id, "action_id": action_id},
+    )
+    row = dict(zip(_SHOWN_KEYS, found[0], strict=True)) if found else None
     if row is None:
         raise ReviewError(404, f"line {action_id!r} is not a line of run {run_id!r}")
     plan_row = warehouse.query(
@@ -809,7 +788,7 @@ def line_detail(warehouse: Warehouse, run_id: str, action_id: str) -> dict[str, 
                 ],
             }
         )
-    return {"line": _public(row), "sources": sources}
+    return {"line": row, "sources": sources}
 
 
 def search_targets(
@@ -1300,6 +1279,7 @@ def _rows(warehouse: Warehouse, statement: str, params: Mapping[str, Any]) -> li
     """Rows as plain tuples, fetched by the driver in one go (the grid reads every line of a run per request)."""
     with warehouse.engine.connect() as conn:
         if warehouse.dialect == "sqlite":
+            _register_casefold(conn)
             cursor = conn.connection.driver_connection.cursor()
             try:
                 return cursor.execute(statement, dict(params)).fetchall()

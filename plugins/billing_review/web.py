@@ -343,15 +343,15 @@ def _run_settings(dag_id: str, run_id: str) -> tuple[Any, str | None]:
 
 
 def _export_rows(request: Request, dag_id: str, run_id: str) -> tuple[list[dict], dict, Any]:
-    from include.review import GridQuery, filter_rows, grid_rows, run_state, sort_rows, totals_of
+    from include.review import GridQuery, grid_export, run_state
 
     _check_dag(dag_id)
     warehouse = _warehouse()
     state = _call(run_state, warehouse, run_id)
     params = {key: value for key, value in request.query_params.items() if key not in ("page", "page_size")}
     query = _call(GridQuery.parse, params)
-    chosen = filter_rows(grid_rows(warehouse, run_id), query)
-    return sort_rows(chosen, query), totals_of(chosen), state
+    rows, totals = _call(grid_export, warehouse, run_id, query)
+    return rows, totals, state
 
 
 def _download_headers(filename: str) -> dict[str, str]:

@@ -120,17 +120,10 @@ def test_decisions_replan_audit_and_close_with_the_approval(planned: Warehouse) 
     assert refused.value.status == 409 and "decisions are closed" in refused.value.message
 
 
-def _forget_grids() -> None:
-    """What a fresh api-server process knows: no grid in memory."""
-    review._STATIC.clear()
-    review._MERGED.clear()
-
-
 def test_grid_lines_are_stored_with_the_plan_and_read_back_unchanged(planned: Warehouse) -> None:
     gathered = review._static_rows(planned, RUN_ID)
     stored = planned.query("SELECT plan_fingerprint, lines FROM review_grids WHERE run_id = :r", {"r": RUN_ID})
     assert stored and stored[0]["lines"] == len(gathered) == len(load_plan(planned, MONTH, RUN_ID))
-    _forget_grids()
     read_back = review._stored_rows(planned, RUN_ID, review._fingerprint(planned, RUN_ID))
     assert read_back == gathered  # every name, figure and search text survives the warehouse round trip
     assert review.grid_rows(planned, RUN_ID)[0]["customer"] == gathered[0]["customer"]
@@ -138,7 +131,6 @@ def test_grid_lines_are_stored_with_the_plan_and_read_back_unchanged(planned: Wa
     # a plan written without its grid (or changed since): the first request builds and stores the lines
     with planned.begin() as conn:
         conn.execute(sa.text("DELETE FROM review_grids WHERE run_id = :r"), {"r": RUN_ID})
-    _forget_grids()
     assert review._stored_rows(planned, RUN_ID, review._fingerprint(planned, RUN_ID)) is None
     page = review.grid_page(planned, RUN_ID, review.GridQuery())
     assert page["total_lines"] == len(gathered)
@@ -150,7 +142,6 @@ def test_grid_lines_are_stored_with_the_plan_and_read_back_unchanged(planned: Wa
         planned, RUN_ID, {"decision": "create", "kind": "company", "source_key": other["account_id"]}, "Zoë", SETTINGS
     )
     fingerprint = review._fingerprint(planned, RUN_ID)
-    _forget_grids()
     refreshed = review._stored_rows(planned, RUN_ID, fingerprint)
     assert refreshed is not None and refreshed == review._static_rows(planned, RUN_ID)
 
@@ -174,3 +165,27 @@ def test_search_is_case_insensitive_beyond_ascii(planned: Warehouse) -> None:
     # LIKE's wildcards in the text are plain characters
     assert review.search_targets(planned, RUN_ID, "company", "%") == []
     assert review.search_targets(planned, RUN_ID, "company", "_") == []
+
+
+@pytest.mark.parametrize(("column", "descending"), [("customer", True), ("cost_change", False), ("reason", False)])
+def test_sorted_pages_follow_the_column_with_missing_values_last(
+    planned: Warehouse, column: str, descending: bool
+) -> None:
+    everything = review.grid_rows(planned, RUN_ID)
+    present = [row for row in everything if row[column] not in (None, "")]
+    missing = [row for row in everything if row[column] in (None, "")]
+
+    def key(row: dict) -> object:
+        value = row[column]
+        return value.casefold() if isinstance(value, str) else value
+
+    present.sort(key=lambda row: row["seq"])
+    present.sort(key=key, reverse=descending)
+    expected = [row["action_id"] for row in present + sorted(missing, key=lambda row: row["seq"])]
+    shown: list[str] = []
+    page = 1
+    while len(shown) < len(everything):
+        query = review.GridQuery(sort=column, descending=descending, page=page, page_size=17)
+        shown += [row["action_id"] for row in review.grid_page(planned, RUN_ID, query)["lines"]]
+        page += 1
+    assert shown == expected

@@ -5,8 +5,8 @@
 -- product, SKU, contract), billing period and commitment, units, prices and costs, the proposed change and the
 -- mapping state. Written when the plan is written or re-planned, so no page request gathers names.
 -- plan_fingerprint: the plan and link state the lines were built from; a page request that sees another state
--- builds them again. The added/removed figures are scaled by 10,000 (exact sums). search_text: the searchable
--- names and ids, casefolded in Python (so "ü" finds "Ü" on both warehouses).
+-- builds them again. The added/removed figures are scaled by 10,000 (exact sums). customer_key and search_text:
+-- the customer name and the searchable names and ids, casefolded in Python (so "ü" finds "Ü" on both warehouses).
 CREATE TABLE review_grids (
     run_id            VARCHAR(250)  PRIMARY KEY,
     plan_fingerprint  TEXT          NOT NULL,
@@ -44,6 +44,7 @@ CREATE TABLE review_grid_lines (
     units_removed     BIGINT        NOT NULL,
     cost_added        BIGINT        NOT NULL,
     cost_removed      BIGINT        NOT NULL,
+    customer_key      TEXT          NOT NULL,
     search_text       TEXT          NOT NULL,
     PRIMARY KEY (run_id, action_id)
 );
