@@ -15,7 +15,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: help install demo run approve ui stack test bench lint format lock clean
+.PHONY: help install browser demo run approve ui stack test bench lint format lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -29,7 +29,7 @@ $(INSTALLED): requirements.txt requirements-dev.txt
 install: $(INSTALLED)  ## create .venv with every pinned dependency (runtime and development locks)
 
 demo: $(INSTALLED)  ## run the monthly sync for a month against the local sandboxes (MONTH=2026-10)
-	$(BIN)/python scripts/demo.py $(if $(MONTH),--month $(MONTH))
+	$(BIN)/python scripts/demo.py $(if $(MONTH),--month "$(MONTH)")
 
 run: $(INSTALLED)  ## run a month for real against the connections in the environment (MONTH=YYYY-MM [DRY_RUN=1])
 	@test -n "$(MONTH)" || { echo "usage: make run MONTH=YYYY-MM [DRY_RUN=1]"; exit 64; }
@@ -40,13 +40,19 @@ approve: $(INSTALLED)  ## answer a month's approval (MONTH=YYYY-MM [INCLUDE_FLAG
 	$(BIN)/python scripts/approve.py --month $(MONTH) $(if $(filter 1 true yes,$(INCLUDE_FLAGGED)),--include-flagged) \
 		$(if $(filter 1 true yes,$(REJECT)),--reject) $(if $(BY),--by "$(BY)")
 
-ui: $(INSTALLED)  ## browse the demo's runs in the Airflow UI on http://localhost:8080 (local use: no login)
-	AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS=True $(BIN)/airflow api-server --port $(or $(PORT),8080)
+ui: $(INSTALLED)  ## a local Airflow on the demo's data, the next month waiting for review ([PORT=8080] [MONTH=YYYY-MM])
+	$(BIN)/python scripts/ui.py $(if $(PORT),--port $(PORT)) $(if $(MONTH),--month "$(MONTH)")
 
 stack: $(INSTALLED)  ## the Celery deployment on this machine, no Docker (PostgreSQL + Redis here, or STACK_POSTGRES_URL / STACK_REDIS_URL)
 	$(BIN)/python scripts/stack.py
 
-test: $(INSTALLED)  ## run the whole test suite (sandboxes, PostgreSQL, a real Airflow run)
+# The browser tests and the README screenshot drive Debian's Chromium through Playwright (never `playwright install`).
+browser:  ## Debian's chromium for the browser tests (apt-get, as root; only when missing)
+	@command -v chromium >/dev/null || { echo "installing Debian's chromium (browser tests)"; \
+		$(if $(filter 0,$(shell id -u)),,sudo) sh -c 'apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium'; }
+
+test: $(INSTALLED) browser  ## run the whole test suite (sandboxes, PostgreSQL, real Airflow, a real browser)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(INSTALLED)  ## run every benchmark; one BENCH {json} line each

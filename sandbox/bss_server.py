@@ -29,7 +29,7 @@ import secrets
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import date
 from typing import Any
 from urllib.parse import parse_qs
@@ -93,6 +93,8 @@ class SandboxConfig:
     username: str = "demo-user"
     password: str = field(default="demo-password", repr=False)
     faults: Faults = field(default_factory=Faults)
+    # account id -> the name it carries instead of the generated one (probe names for escaping tests)
+    account_names: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -141,6 +143,8 @@ class BssSandbox:
             config.seed,
             (config.first_month, config.last_month),
         )
+        if config.account_names:
+            self.universe = _renamed(self.universe, config.account_names)
         self._months = _month_starts(config.first_month, config.last_month)
         self._tokens: dict[str, float] = {}
         self._base_months: dict[str, list[_Entry]] = {}
@@ -633,6 +637,17 @@ def _oauth_error(status: int, error: str, description: str) -> JSONResponse:
     return JSONResponse({"error": error, "error_description": description, "message": description}, status_code=status)
 
 
+def _renamed(universe: Universe, names: dict[str, str]) -> Universe:
+    """The universe with some accounts renamed (their charges carry the new name too)."""
+    unknown = sorted(set(names) - {account.id for account in universe.accounts})
+    if unknown:
+        raise ValueError(f"--account-name: no account {', '.join(unknown)} in this universe")
+    accounts = [replace(account, name=names.get(account.id, account.name)) for account in universe.accounts]
+    return Universe(
+        accounts=accounts, products=universe.products, subscriptions=universe.subscriptions, months=universe.months
+    )
+
+
 # --- command line --------------------------------------------------------------------------------
 
 
@@ -658,6 +673,13 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--username", default=env("username", "demo-user"))
     parser.add_argument("--password", default=env("password", "demo-password"))
     parser.add_argument(
+        "--account-name",
+        action="append",
+        default=[],
+        metavar="ID=NAME",
+        help="serve account ID under NAME (repeatable), e.g. a probe name for escaping tests",
+    )
+    parser.add_argument(
         "--access-log",
         action="store_true",
         default=env("access_log", "") == "1",
@@ -681,6 +703,7 @@ def main(argv: list[str] | None = None) -> None:
         username=args.username,
         password=args.password,
         faults=Faults(args.latency_ms, args.error_rate, args.rate_limit_every, args.retry_after_s, args.token_ttl_s),
+        account_names=dict(pair.split("=", 1) for pair in args.account_name),
     )
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning", access_log=args.access_log)
 

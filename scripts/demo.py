@@ -36,6 +36,13 @@ def main() -> int:
     parser.add_argument("--customers", type=int, default=int(os.environ.get("DEMO_CUSTOMERS", "50")))
     parser.add_argument("--subscriptions-per-customer", type=int, default=3)
     args = parser.parse_args()
+    from include.models import BillingMonth
+
+    try:  # before anything starts or any log is touched: the last good run's log stays as it is
+        args.month = BillingMonth.parse(args.month).key
+    except ValueError:
+        print(f"make demo: MONTH must look like YYYY-MM, e.g. MONTH=2026-10; got {args.month!r}", file=sys.stderr)
+        return 64
 
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
     airflow_home = Path(os.environ.get("AIRFLOW_HOME", REPO_ROOT / ".airflow"))
@@ -147,8 +154,20 @@ def _readable(line: str, task_id: str) -> str:
     if text[:4].isdigit() and "] " in text:
         level = text.split("[", 1)[1].split("]", 1)[0].strip()
         message = text.split("] ", 1)[1].split(" [", 1)[0].rstrip()
-        return f"{level:<7} {message}"[:240]
-    return text[:240]
+        return clip(f"{level:<7} {message}")
+    return clip(text)
+
+
+def clip(text: str, limit: int = 240) -> str:
+    """`text` cut to at most `limit` characters at a word boundary, with `…` when something was cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    if text[limit - 1] != " ":  # the cut fell inside a word: go back to the last whole item, else word
+        boundary = cut.rfind(", ") if cut.rfind(", ") > limit // 2 else cut.rfind(" ")
+        if boundary > 0:
+            cut = cut[:boundary]
+    return cut.rstrip(" ,:") + "…"
 
 
 def summarise(month: str) -> None:
@@ -206,7 +225,7 @@ def summarise(month: str) -> None:
         if run_reports:
             print(f"Run report: {', '.join(str(path.with_suffix('.html')) for path in run_reports)} (and .xlsx)")
     print(f"Full run log: {DEMO_DIR / 'dag-run.log'}")
-    print("Browse this run in the Airflow UI: `make ui`, then open http://localhost:8080")
+    print("Review the next month in the Airflow UI: `make ui` (it prints the URL and the login)")
 
 
 def step(message: str) -> None:

@@ -476,3 +476,32 @@ def test_a_thousand_customer_month_starts_quickly_and_streams_fast():
     assert len(lines) > 10_000
     assert len({line["id"] for line in lines}) == len(lines)
     assert rate > 5_000, f"{rate:.0f} lines/s"
+
+
+# --- renamed accounts (probe names for escaping tests) ----------------------------------------------
+
+
+def test_an_account_served_under_another_name_carries_it_in_its_charges_too(universe):
+    probe = "<img src=x onerror=alert(1)>"
+    running = start_server(["sandbox.bss_server", "--account-name", f"ACC-1045={probe}"])
+    try:
+        with httpx.Client(base_url=running.url, timeout=10) as http:
+            token = get_token(http)
+            accounts = {account["id"]: account["name"] for account in fetch_all(http, token, "/api/accounts")}
+            charges = fetch_all(http, token, "/api/charges", **{"$filter": OCTOBER})
+    finally:
+        running.stop()
+    original = {account.id: account.name for account in universe.accounts}
+    assert accounts["ACC-1045"] == probe
+    assert {key: name for key, name in accounts.items() if key != "ACC-1045"} == {
+        key: name for key, name in original.items() if key != "ACC-1045"
+    }
+    names = {charge["account"]["name"] for charge in charges if charge["account"]["id"] == "ACC-1045"}
+    assert names == {probe}
+
+
+def test_renaming_an_unknown_account_is_refused_by_name() -> None:
+    from sandbox.bss_server import BssSandbox, SandboxConfig
+
+    with pytest.raises(ValueError, match="no account ACC-9999"):
+        BssSandbox(SandboxConfig(customers=5, account_names={"ACC-9999": "x"}))

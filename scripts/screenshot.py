@@ -1,0 +1,73 @@
+"""The README's screenshot: the Billing review tab of the run waiting for approval, in the running `make ui`.
+
+Run `make ui` in another terminal, then `.venv/bin/python scripts/screenshot.py` (writes
+docs/images/billing-review.png). Drives Debian's Chromium through Playwright, as the browser tests do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from contextlib import closing
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DAG_ID = "bss_autotask_billing_sync"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--user", default="admin")
+    parser.add_argument("--passwords", type=Path, default=REPO_ROOT / ".airflow" / "billing-passwords.json")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "docs" / "images" / "billing-review.png")
+    args = parser.parse_args(argv)
+    password = json.loads(args.passwords.read_text())[args.user]
+    with closing(httpx.Client(base_url=args.url, timeout=30)) as client:
+        token = client.post("/auth/token", json={"username": args.user, "password": password}).json()["access_token"]
+        runs = client.get(
+            f"/api/v2/dags/{DAG_ID}/dagRuns",
+            params={"state": ["running"], "order_by": "-run_after"},
+            headers={"Authorization": f"Bearer {token}"},
+        ).json()["dag_runs"]
+    if not runs:
+        print("screenshot: no run waits for review; start `make ui` first", file=sys.stderr)
+        return 1
+    run_id = runs[0]["dag_run_id"]
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium")
+    if executable is None:
+        print("screenshot: Debian's chromium is missing: `make browser`", file=sys.stderr)
+        return 1
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1800, "height": 1050})
+        page.goto(args.url + "/")
+        page.fill("input[name=username]", args.user)
+        page.fill("input[name=password]", password)
+        page.click("button[type=submit]")
+        page.wait_for_url(lambda url: "/auth/login" not in url, timeout=60_000)
+        page.goto(f"{args.url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/plugin/billing_review")
+        frame = page.frame_locator("iframe").first
+        frame.locator('#review[data-ready="true"]').wait_for(timeout=60_000)
+        frame.locator("#grid-body tr").first.wait_for(timeout=60_000)
+        # the unit changes are what a reviewer reads first
+        frame.locator("#filter-kind").select_option("adjust_units")
+        frame.locator('#review[data-loading="false"]').wait_for(timeout=30_000)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(args.out))
+        browser.close()
+    print(f"screenshot of {run_id}: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""A real browser on a real local Airflow: Debian's Chromium, driven by Playwright, against the `make ui` stack
+(sandboxes, api-server, scheduler, dag-processor, triggerer) started on free ports with a temporary Airflow home
+and warehouse. A month is triggered and waits for approval; a person logs in, answers the approval in the UI's
+Required Actions, and the run goes on to the load. Screenshots go to var/test-artifacts/browser/.
+
+Chromium comes from Debian (`make browser`, a prerequisite of `make test`); Playwright never downloads one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from sandbox.airflow_stack import DAG_ID, LocalAirflow, StackSettings
+from tests.servers import REPO_ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
+MONTH = "2026-10"
+ARTIFACTS = REPO_ROOT / "var" / "test-artifacts" / "browser"
+XSS_NAME = "<img src=x onerror=alert(1)>"
+XSS_ACCOUNT = "ACC-1045"  # a customer with a unit change in 2026-10, so a plan line carries its name
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update"]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalAirflow]:
+    """The `make ui` stack on free ports, a temporary Airflow home and warehouse; every process stopped after."""
+    work = tmp_path_factory.mktemp("ui-stack")
+    settings = StackSettings(
+        airflow_home=work / "airflow-home",
+        warehouse_path=work / "warehouse.db",
+        data_docs_dir=work / "data_docs",
+        autotask_state_file=work / "autotask-state.json",
+        log_dir=work / "logs",
+        port=0,
+        bss_args=["--account-name", f"{XSS_ACCOUNT}={XSS_NAME}"],
+    )
+    with LocalAirflow(settings) as running:
+        yield running
+    assert running.remaining_processes() == [], "processes of the stack still run after stop()"
+
+
+@pytest.fixture(scope="module")
+def pending_run(stack: LocalAirflow) -> str:
+    """The month triggered through the REST API, waiting for approval (task `approve` awaiting input)."""
+    with closing(stack.client()) as client:
+        stack.wait_for_dag(client)
+        run_id = stack.trigger_month(client, MONTH)
+        stack.wait_for_task_state(client, run_id, "approve", ("awaiting_input",), timeout_s=900)
+    stack.wait_until_scheduler_saw_pause(run_id, "approve")
+    return run_id
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("Debian's chromium is not installed: `make browser` installs it (make test does it first)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser, stack: LocalAirflow) -> Iterator[object]:
+    """A logged-in page (admin), in a fresh browser context; alert() dialogs are recorded, never accepted."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.dialogs = []  # type: ignore[attr-defined]
+    page.on("dialog", lambda dialog: (page.dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto(stack.url + "/")
+    page.fill("input[name=username]", "admin")
+    page.fill("input[name=password]", stack.admin_password)
+    page.click("button[type=submit]")
+    page.wait_for_url(lambda url: "/auth/login" not in url, timeout=60_000)
+    yield page
+    context.close()
+
+
+def shot(page, name: str) -> Path:
+    path = ARTIFACTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def review_url(stack: LocalAirflow, run_id: str, query: str = "") -> str:
+    return f"{stack.url}/billing/run/{DAG_ID}/{quote(run_id, safe='')}" + (f"?{query}" if query else "")
+
+
+def grid_settled(page) -> None:
+    page.wait_for_selector('#review[data-ready="true"]:not([data-loading="true"])', timeout=30_000)
+
+
+def rows(page):
+    return page.locator("#grid-body tr[data-testid=grid-row]")
+
+
+def totals(page) -> dict[str, str]:
+    return {
+        key: page.get_by_test_id(f"totals-{key}").inner_text()
+        for key in ("lines", "counted", "units-added", "units-removed", "cost")
+    }
+
+
+def decide(page, test_id: str, decision: str) -> None:
+    """Click a decision button of the line panel and wait until the grid shows the re-planned month."""
+    from playwright.sync_api import expect
+
+    page.evaluate("document.getElementById('review').removeAttribute('data-last-decision')")
+    page.get_by_test_id(test_id).first.click()
+    page.wait_for_selector(f'#review[data-last-decision="{decision}"]', timeout=30_000)
+    grid_settled(page)
+    expect(page.get_by_test_id("detail-message")).to_contain_text(f"Saved: {decision}.", timeout=30_000)
+    expect(page.get_by_test_id("message")).not_to_have_class("message error")
+
+
+def api_lines(stack: LocalAirflow, run_id: str, **params: str) -> dict:
+    with closing(stack.client()) as client:
+        answer = client.get(f"/billing/api/runs/{DAG_ID}/{quote(run_id, safe='')}/lines", params=params)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def test_the_review_page_sorts_filters_searches_decides_and_exports(
+    stack: LocalAirflow, pending_run: str, page
+) -> None:
+    import openpyxl
+
+    # reachable as the run's tab in the Airflow UI (external view) ...
+    page.goto(f"{stack.url}/dags/{DAG_ID}/runs/{quote(pending_run, safe='')}")
+    page.get_by_text("Billing review").first.wait_for(timeout=60_000)
+    # ... and as the page itself
+    page.goto(review_url(stack, pending_run))
+    grid_settled(page)
+    assert page.get_by_test_id("run-state").inner_text().startswith("Waiting for approval")
+    page_size = page.locator("#review").get_attribute("data-page-size")
+    everything = api_lines(stack, pending_run, page_size=page_size)
+    assert rows(page).count() == min(everything["matching"], int(page_size)) > 0
+    shot(page, "10-review-page")
+
+    # sort: by customer (the order the server sorts by), then # descending
+    page.get_by_test_id("sort-customer").click()
+    grid_settled(page)
+    by_customer = api_lines(stack, pending_run, sort="customer", dir="asc", page_size=page_size)
+    shown = rows(page).evaluate_all("rows => rows.map(row => row.dataset.actionId)")
+    assert shown == [line["action_id"] for line in by_customer["lines"]]
+    page.get_by_test_id("sort-seq").click()
+    grid_settled(page)
+    page.get_by_test_id("sort-seq").click()
+    grid_settled(page)
+    seqs = [int(text) for text in rows(page).locator("td:first-child").all_inner_texts()]
+    assert seqs == sorted(seqs, reverse=True) and len(set(seqs)) == len(seqs) > 1
+    assert "dir=desc" in page.url
+
+    # filter by status: every row flagged, the totals count exactly the flagged lines
+    flagged = everything["counts"]["status"]["flagged"]
+    page.get_by_test_id("filter-status").select_option("flagged")
+    grid_settled(page)
+    assert set(rows(page).evaluate_all("rows => rows.map(row => row.dataset.status)")) == {"flagged"}
+    assert int(page.get_by_test_id("totals-lines").inner_text()) == flagged
+    assert f"{flagged} of {everything['total_lines']} lines" in page.get_by_test_id("page-info").inner_text()
+    shot(page, "11-review-flagged")
+    page.get_by_test_id("filter-status").select_option("")
+    grid_settled(page)
+
+    # search: the probe customer's lines; its name is text, never markup
+    page.get_by_test_id("search").fill(XSS_ACCOUNT)
+    page.get_by_test_id("apply-filters").click()
+    grid_settled(page)
+    assert rows(page).count() > 0
+    customers = rows(page).locator("[data-testid=cell-customer]").all_inner_texts()
+    assert all(text.splitlines() == [XSS_NAME, XSS_ACCOUNT] for text in customers), customers
+    assert page.locator("#grid img").count() == 0 and page.locator("img[src=x]").count() == 0
+    shot(page, "12-review-search-xss")
+    page.get_by_test_id("search").fill("")
+    page.get_by_test_id("apply-filters").click()
+    grid_settled(page)
+
+    # confirm a suggestion: a line whose mapping waits on a suggestion
+    suggested = api_lines(stack, pending_run, mapping="suggestion")
+    assert suggested["matching"] > 0, "the month offers no mapping suggestion to confirm"
+    page.get_by_test_id("filter-mapping").select_option("suggestion")
+    grid_settled(page)
+    line_id = rows(page).first.get_attribute("data-action-id")
+    rows(page).first.click()
+    page.get_by_test_id("confirm-suggestion").first.wait_for(timeout=30_000)
+    decide(page, "confirm-suggestion", "confirm_suggestion")
+    assert page.get_by_test_id("decision-row").count() == 1
+    after = api_lines(stack, pending_run, mapping="suggestion")
+    assert after["matching"] < suggested["matching"]
+    assert line_id not in {line["action_id"] for line in after["lines"]}
+    shot(page, "13-review-suggestion-confirmed")
+    page.get_by_test_id("filter-mapping").select_option("")
+    grid_settled(page)
+
+    # exclude a proposed unit change: it leaves the counted totals
+    page.get_by_test_id("filter-status").select_option("proposed")
+    grid_settled(page)
+    before = totals(page)
+    proposed_changes = api_lines(stack, pending_run, status="proposed", kind="adjust_units", page_size="500")
+    candidates = [line for line in proposed_changes["lines"] if (line["unit_change"] or 0) > 0]
+    assert candidates, "no proposed unit increase to exclude"
+    excluded, units = candidates[0]["action_id"], candidates[0]["unit_change"]
+    page.locator(f"#grid-body tr[data-action-id='{excluded}']").click()
+    page.get_by_test_id("decide-exclude").wait_for(timeout=30_000)
+    decide(page, "decide-exclude", "exclude")
+    after_totals = totals(page)
+    assert int(after_totals["lines"]) == int(before["lines"]) - 1
+    assert float(after_totals["units-added"]) == pytest.approx(float(before["units-added"]) - units)
+    assert after_totals["units-removed"] == before["units-removed"]
+    assert after_totals["cost"] != before["cost"]
+    assert excluded not in rows(page).evaluate_all("rows => rows.map(row => row.dataset.actionId)")
+    assert page.get_by_test_id("decision-row").count() == 2
+    shot(page, "14-review-line-excluded")
+
+    # export the filtered grid as XLSX and read it back
+    with page.expect_download() as download_info:
+        page.get_by_test_id("export-xlsx").click()
+    xlsx = ARTIFACTS / "review-proposed.xlsx"
+    download_info.value.save_as(xlsx)
+    sheet = openpyxl.load_workbook(xlsx).worksheets[0]
+    header = [cell.value for cell in sheet[1]]
+    assert "Customer" in header and "Status" in header, header
+    status_column = header.index("Status")
+    data = [row for row in sheet.iter_rows(min_row=2, values_only=True) if row[status_column] in ("proposed",)]
+    assert len(data) == int(after_totals["lines"])
+    assert sheet.freeze_panes is not None
+    numbers = [value for row in data for value in row if isinstance(value, int | float)]
+    assert numbers, "the export has no typed numbers"
+
+    # the probe customer in the export: its name as a text cell, not a formula
+    page.get_by_test_id("filter-status").select_option("")
+    grid_settled(page)
+    page.get_by_test_id("search").fill(XSS_ACCOUNT)
+    page.get_by_test_id("apply-filters").click()
+    grid_settled(page)
+    with page.expect_download() as download_info:
+        page.get_by_test_id("export-xlsx").click()
+    probe = ARTIFACTS / "review-probe.xlsx"
+    download_info.value.save_as(probe)
+    cells = [cell for row in openpyxl.load_workbook(probe).worksheets[0].iter_rows(min_row=2) for cell in row]
+    assert any(cell.value == XSS_NAME and cell.data_type == "s" for cell in cells)
+    assert page.dialogs == []
+
+
+def test_the_approval_answered_in_required_actions_lets_the_run_load(
+    stack: LocalAirflow, pending_run: str, page
+) -> None:
+    subject = f"Approve the Autotask changes for {MONTH}?"
+    page.goto(stack.url + "/required_actions")
+    page.get_by_text(subject).first.wait_for(timeout=60_000)
+    assert shot(page, "01-required-actions").stat().st_size > 0
+
+    # the pending request opens the task's approval form: the plan summary and the three options
+    page.get_by_text(subject).first.click()
+    approve = page.get_by_role("button", name="Approve proposed")
+    approve.wait_for(timeout=60_000)
+    assert page.get_by_role("button", name="Approve incl. flagged").is_visible()
+    assert page.get_by_role("button", name="Reject").is_visible()
+    assert page.get_by_text(f"Billing month {MONTH}: changes for Autotask").first.is_visible()
+    review_link = page.get_by_role("link", name="open the billing review")
+    assert review_link.get_attribute("href").endswith(f"/billing/run/{DAG_ID}/{quote(pending_run, safe='')}")
+    shot(page, "02-approval-form")
+    approve.click()
+
+    with closing(stack.client()) as client:
+        states = stack.wait_for_task_state(client, pending_run, "report", ("success",), timeout_s=900)
+        assert states["approve"] == "success" and states["load"] == "success" and states["verify"] == "success"
+        run = client.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{pending_run}").json()
+        hitl = client.get(f"/api/v2/dags/{DAG_ID}/dagRuns/{pending_run}/taskInstances/approve/-1/hitlDetails").json()
+        assert hitl["chosen_options"] == ["Approve proposed"]
+        assert hitl["responded_by_user"]["name"] == "admin"
+        # the load's task log is readable through the API (what the UI's Logs tab shows)
+        log = client.get(
+            f"/api/v2/dags/{DAG_ID}/dagRuns/{quote(pending_run)}/taskInstances/load/logs/1",
+            headers={"Accept": "application/json"},
+        )
+        assert log.status_code == 200
+        events = " ".join(str(line.get("event", "")) for line in log.json()["content"] if isinstance(line, dict))
+        assert "load" in events and MONTH in events, events[-2000:]
+    assert run["state"] in ("running", "success")
+
+    # the warehouse holds who approved and what was loaded
+    with closing(sqlite3.connect(stack.settings.warehouse_path)) as conn:
+        decisions = conn.execute(
+            "SELECT decision, decided_by FROM month_approvals WHERE run_id = ?", (pending_run,)
+        ).fetchall()
+        applied = conn.execute(
+            "SELECT COUNT(*) FROM plan_actions WHERE run_id = ? AND status = 'applied' AND decided_by = 'admin'",
+            (pending_run,),
+        ).fetchone()[0]
+    assert decisions == [("approved", "admin")]
+    assert applied > 0
+
+    page.goto(f"{stack.url}/dags/{DAG_ID}/runs/{quote(pending_run, safe='')}")
+    page.get_by_text("report").first.wait_for(timeout=30_000)
+    shot(page, "03-run-loaded")
+
+    # the months overview: the month approved by admin, with its review, Data Docs and run report
+    page.goto(f"{stack.url}/billing/months")
+    row = page.locator(f"tr[data-testid=month-row][data-run-id='{pending_run}']")
+    row.wait_for(timeout=30_000)
+    assert "approved by admin" in row.inner_text()
+    for link in ("review-link", "data-docs-link", "report-link"):
+        assert row.get_by_test_id(link).count() == 1
+    report = row.get_by_test_id("report-link").get_attribute("href")
+    opened = page.request.get(stack.url + report if report.startswith("/") else report)
+    assert opened.status == 200 and MONTH in opened.text()
+    shot(page, "04-billing-months")
+    assert page.dialogs == []
