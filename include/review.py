@@ -18,8 +18,14 @@ what, before and after):
   (`link_month` + `reconcile_month`): rows a person owns (excluded, approved) survive, as `replace_plan` keeps
   them;
 - lines: exclude a line from this month (status `excluded`; never loaded) or include it again (its status before
-  the exclusion); approve a flagged line (`review_line_approvals`: the month's approval then approves it with the
-  proposed lines, see `include.approval.record_decision`) or take that back.
+  the exclusion). The open lines that depend on an excluded line (`depends_on`: the later changes of its contract
+  service, or what needs the contract service, contract or service it creates or the extension it makes) go with
+  it, each audited with `excluded_with` and a reason naming the line; including that line brings back those and
+  no line a person excluded on its own (a line that went with another is included only with it). Otherwise the
+  loader would hold them back as waiting and the month would end half loaded. Re-planning keeps exclusions and
+  excludes any new line that depends on an excluded one. Approve a flagged line (`review_line_approvals`: the
+  month's approval then approves it with the proposed lines, see `include.approval.record_decision`) or take that
+  back.
 """
 
 from __future__ import annotations
@@ -921,6 +927,7 @@ def _decide_line(
     plan = warehouse.table("plan_actions")
     approvals = warehouse.table("review_line_approvals")
     now = utcnow()
+    went_with: list[Mapping[str, Any]] = []
     with warehouse.begin() as conn:
         warehouse.lock_month(conn, state.month)
         row = conn.execute(sa.select(plan).where(plan.c.action_id == action_id)).mappings().first()
@@ -950,9 +957,29 @@ def _decide_line(
                 approvals.delete().where(approvals.c.run_id == state.run_id, approvals.c.action_id == action_id)
             )
             after = {"status": "excluded", "line_approved_by": None}
+            went_with = _exclude_dependents(conn, warehouse, state, _with_target(row), by, now)
         elif decision == "include":
             if status != "excluded":
                 raise ReviewError(409, f"line {action_id} is {status}, not excluded: nothing to include")
+            root = _excluded_with(conn, state.run_id, action_id)
+            if root is not None:
+                raise ReviewError(
+                    409,
+                    f"line {action_id} was excluded with line {root}, which it depends on: include line {root} "
+                    "to bring both back",
+                )
+            needed = json.loads(row["depends_on"] or "[]")
+            still_out = conn.execute(
+                sa.select(plan.c.action_id, plan.c.kind).where(
+                    plan.c.run_id == state.run_id, plan.c.action_id.in_(needed), plan.c.status == "excluded"
+                )
+            ).first()
+            if still_out is not None:
+                raise ReviewError(
+                    409,
+                    f"line {action_id} depends on line {still_out[0]} ({still_out[1]}), which is excluded: include "
+                    f"line {still_out[0]} first",
+                )
             restored = _status_before_exclusion(conn, state.run_id, action_id)
             conn.execute(
                 plan.update()
@@ -960,6 +987,7 @@ def _decide_line(
                 .values(status=restored, decided_by=None, decided_at=None)
             )
             after = {"status": restored, "line_approved_by": None}
+            went_with = _include_dependents(conn, warehouse, state, _with_target(row), by, now)
         elif decision == "approve_line":
             if status != "flagged":
                 raise ReviewError(409, f"line {action_id} is {status}: only a flagged line is approved one by one")
@@ -987,8 +1015,170 @@ def _decide_line(
             )
             after = {"status": status, "line_approved_by": None}
         _audit(conn, warehouse, state, decision, by, now, before, after, action_id=action_id, note=request.get("note"))
+    message = _cascade_message("excluded" if decision == "exclude" else "included", _with_target(row), went_with)
     log.info("review %s: %s %s by %s (%s -> %s)", state.run_id, decision, action_id, by, before, after)
-    return {"decision": decision, "action_id": action_id, "before": before, "after": after}
+    result = {"decision": decision, "action_id": action_id, "before": before, "after": after}
+    if decision in ("exclude", "include"):
+        result["message"] = message
+        result["dependents"] = [dependent["action_id"] for dependent in went_with]
+    return result
+
+
+# -- lines that go with an excluded line ------------------------------------------------------------------------
+
+_OPEN_STATUSES = ("proposed", "flagged", "needs-mapping", "blocked")
+
+
+def _dependents(conn: sa.Connection, run_id: str, action_ids: set[str]) -> list[Mapping[str, Any]]:
+    """The run's lines that depend on any of `action_ids`, directly or through another line (`depends_on`: a later
+    adjustment of the same contract service needs the earlier one; an adjustment needs the contract service, contract
+    or service it writes to be created and the contract extended), in plan order."""
+    rows = _cascade_rows(conn, run_id)
+    needed = set(action_ids)
+    found: dict[str, Mapping[str, Any]] = {}
+    changed = True
+    while changed:
+        changed = False
+        for row in rows:
+            if row["action_id"] not in needed and needed.intersection(json.loads(row["depends_on"] or "[]")):
+                needed.add(row["action_id"])
+                found[row["action_id"]] = row
+                changed = True
+    return [row for row in rows if row["action_id"] in found]
+
+
+def _cascade_rows(conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
+    """The run's lines with what a cascade reads of them (the target is the idempotency key's third part)."""
+    rows = conn.execute(
+        sa.text(
+            "SELECT action_id, kind, idempotency_key, status, effective_date, depends_on, seq FROM plan_actions"
+            " WHERE run_id = :run_id ORDER BY seq"
+        ),
+        {"run_id": run_id},
+    ).mappings()
+    return [_with_target(row) for row in rows]
+
+
+def _with_target(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {**row, "target": row["idempotency_key"].split("|")[2]}
+
+
+def _relation(root: Mapping[str, Any], dependent: Mapping[str, Any]) -> str:
+    """What `root` is to `dependent`, in words: "its earlier change on 2026-10-05", "the creation of its contract"."""
+    kind = str(root["kind"])
+    if kind in ADJUSTING_KINDS and root["target"] == dependent["target"]:
+        when = root["effective_date"]
+        return f"its earlier change on {when.isoformat() if isinstance(when, date) else str(when)[:10]}"
+    return {
+        "create_company": "the creation of its company",
+        "create_service": "the creation of its service",
+        "create_contract": "the creation of its contract",
+        "create_contract_service": "the creation of its contract service",
+        "extend_contract": "the extension of its contract",
+    }.get(kind, f"the {KIND_LABELS.get(kind, kind)} it needs")
+
+
+def _exclude_dependents(
+    conn: sa.Connection, warehouse: Warehouse, state: RunState, root: Mapping[str, Any], by: str, at: datetime
+) -> list[Mapping[str, Any]]:
+    """Exclude the open lines that depend on the excluded line `root`: loaded without it, they would wait for it
+    and leave the month half loaded. Each is audited with the line it went with (`excluded_with`), so that
+    including `root` brings back these lines and no line a person excluded on its own."""
+    plan = warehouse.table("plan_actions")
+    approvals = warehouse.table("review_line_approvals")
+    went: list[Mapping[str, Any]] = []
+    for dependent in _dependents(conn, state.run_id, {root["action_id"]}):
+        if dependent["status"] not in _OPEN_STATUSES:
+            continue
+        dependent_id = dependent["action_id"]
+        approval = conn.execute(
+            sa.select(approvals.c.approved_by).where(
+                approvals.c.run_id == state.run_id, approvals.c.action_id == dependent_id
+            )
+        ).first()
+        conn.execute(
+            plan.update()
+            .where(plan.c.action_id == dependent_id)
+            .values(status="excluded", decided_by=by, decided_at=at)
+        )
+        conn.execute(
+            approvals.delete().where(approvals.c.run_id == state.run_id, approvals.c.action_id == dependent_id)
+        )
+        before = {"status": dependent["status"], "line_approved_by": approval[0] if approval else None}
+        after = {
+            "status": "excluded",
+            "line_approved_by": None,
+            "excluded_with": root["action_id"],
+            "reason": f"excluded with line {root['action_id']} ({_relation(root, dependent)})",
+        }
+        _audit(conn, warehouse, state, "exclude", by, at, before, after, action_id=dependent_id)
+        went.append(dependent)
+    return went
+
+
+def _excluded_with(conn: sa.Connection, run_id: str, action_id: str) -> str | None:
+    """The line `action_id` was excluded with, when its last exclusion went with another line's, else None."""
+    row = conn.execute(
+        sa.text(
+            "SELECT after_state FROM review_decisions WHERE run_id = :run_id AND action_id = :id"
+            " AND decision IN ('exclude', 'include') ORDER BY decided_at DESC LIMIT 1"
+        ),
+        {"run_id": run_id, "id": action_id},
+    ).first()
+    return json.loads(row[0]).get("excluded_with") if row else None
+
+
+def _include_dependents(
+    conn: sa.Connection, warehouse: Warehouse, state: RunState, root: Mapping[str, Any], by: str, at: datetime
+) -> list[Mapping[str, Any]]:
+    """Include again the lines excluded with `root` (each with its status before), not those excluded on their own."""
+    plan = warehouse.table("plan_actions")
+    back: list[Mapping[str, Any]] = []
+    for dependent in _dependents(conn, state.run_id, {root["action_id"]}):
+        dependent_id = dependent["action_id"]
+        if dependent["status"] != "excluded" or _excluded_with(conn, state.run_id, dependent_id) != root["action_id"]:
+            continue
+        restored = _status_before_exclusion(conn, state.run_id, dependent_id)
+        conn.execute(
+            plan.update()
+            .where(plan.c.action_id == dependent_id)
+            .values(status=restored, decided_by=None, decided_at=None)
+        )
+        before = {"status": "excluded", "line_approved_by": None, "excluded_with": root["action_id"]}
+        after = {"status": restored, "line_approved_by": None, "included_with": root["action_id"]}
+        _audit(conn, warehouse, state, "include", by, at, before, after, action_id=dependent_id)
+        back.append(dependent)
+    return back
+
+
+def _cascade_message(verb: str, root: Mapping[str, Any], dependents: Sequence[Mapping[str, Any]]) -> str:
+    """ "excluded, with 1 later change of the same contract service" (and how many other lines went with it)."""
+    if not dependents:
+        return verb
+    same = sum(1 for line in dependents if line["target"] == root["target"] and str(line["kind"]) in ADJUSTING_KINDS)
+    parts = []
+    if same:
+        noun = "later change" if str(root["kind"]) in ADJUSTING_KINDS else "change"
+        parts.append(f"{same} {noun}{'' if same == 1 else 's'} of the same contract service")
+    other = len(dependents) - same
+    if other:
+        parts.append(f"{other} other line{'' if other == 1 else 's'} that depend{'s' if other == 1 else ''} on it")
+    return f"{verb}, with " + " and ".join(parts)
+
+
+def exclude_dependents_of_exclusions(warehouse: Warehouse, run_id: str, by: str) -> int:
+    """After re-planning: exclude the open lines that depend on an excluded line of the run (a new line the plan
+    wrote since, e.g. a later change whose content changed with a mapping), each with the line it goes with (the
+    excluded line's own root when that one went with another). Returns how many lines were excluded."""
+    state = run_state(warehouse, run_id)
+    count = 0
+    with warehouse.begin() as conn:
+        warehouse.lock_month(conn, state.month)
+        excluded = [row for row in _cascade_rows(conn, run_id) if row["status"] == "excluded"]
+        for row in excluded:
+            if _excluded_with(conn, run_id, row["action_id"]) is None:
+                count += len(_exclude_dependents(conn, warehouse, state, row, by, utcnow()))
+    return count
 
 
 def _status_before_exclusion(conn: sa.Connection, run_id: str, action_id: str) -> str:
@@ -1077,7 +1267,7 @@ def _decide_mapping(
     else:
         for suggested in open_targets:
             reject_suggestion(warehouse, kind, source_key, suggested, by)
-    summary = replan(warehouse, state.month, state.run_id, settings)
+    summary = replan(warehouse, state.month, state.run_id, settings, by)
     after_link = warehouse.query(
         "SELECT target_id, resolution FROM month_links"
         " WHERE run_id = :run_id AND kind = :kind AND source_key = :source",
@@ -1152,15 +1342,24 @@ def _check_target(warehouse: Warehouse, state: RunState, kind: str, source_key: 
                 )
 
 
-def replan(warehouse: Warehouse, month: str, run_id: str, settings: SyncSettings) -> dict[str, Any]:
-    """Link and reconcile the run's month again (what a mapping decision changes), keeping what people decided."""
+def replan(
+    warehouse: Warehouse, month: str, run_id: str, settings: SyncSettings, by: str = "re-planning"
+) -> dict[str, Any]:
+    """Link and reconcile the run's month again (what a mapping decision changes), keeping what people decided:
+    the lines a new plan writes that depend on an excluded line are excluded with it (by `by`)."""
     from include.mapping import link_month
     from include.reconcile import reconcile_month
 
     link_month(warehouse, month, run_id, settings)
     summary = reconcile_month(warehouse, month, run_id, settings)
+    excluded_with = exclude_dependents_of_exclusions(warehouse, run_id, by)
     build_grid(warehouse, run_id)
-    return {"actions": summary.actions, "by_status": summary.by_status, "seconds": summary.seconds}
+    return {
+        "actions": summary.actions,
+        "by_status": summary.by_status,
+        "excluded_with_an_excluded_line": excluded_with,
+        "seconds": summary.seconds,
+    }
 
 
 def _audit(

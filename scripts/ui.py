@@ -158,7 +158,7 @@ def print_review(stack: LocalAirflow, month: str, run_id: str) -> None:
 
 
 def review_counts(warehouse_path: Path, month: str, run_id: str) -> dict[str, int]:
-    """How many plan actions of the run wait in each status, and the month's open mapping suggestions."""
+    """How many plan actions of the run wait in each status, and the open mapping suggestions of the run's sources."""
     import sqlite3
 
     with sqlite3.connect(f"file:{warehouse_path}?mode=ro", uri=True) as conn:
@@ -168,8 +168,12 @@ def review_counts(warehouse_path: Path, month: str, run_id: str) -> dict[str, in
                 (month, run_id),
             ).fetchall()
         )
+        # the run's own: open suggestions for a source of this run's month (what its review page shows), not the
+        # open ones other months' sources left in the warehouse
         counts["suggestions"] = conn.execute(
-            "SELECT COUNT(*) FROM mapping_suggestions WHERE status = 'open'"
+            "SELECT COUNT(*) FROM mapping_suggestions s WHERE s.status = 'open' AND EXISTS (SELECT 1 FROM month_links m"
+            " WHERE m.run_id = ? AND m.kind = s.kind AND m.source_key = s.source_key)",
+            (run_id,),
         ).fetchone()[0]
     return counts
 

@@ -135,6 +135,7 @@ def test_the_review_page_sorts_filters_searches_decides_and_exports(
     stack: LocalAirflow, pending_run: str, page
 ) -> None:
     import openpyxl
+    from playwright.sync_api import expect
 
     # reachable as the run's tab in the Airflow UI (external view) ...
     page.goto(f"{stack.url}/dags/{DAG_ID}/runs/{quote(pending_run, safe='')}")
@@ -213,14 +214,26 @@ def test_the_review_page_sorts_filters_searches_decides_and_exports(
     excluded, units = candidates[0]["action_id"], candidates[0]["unit_change"]
     page.locator(f"#grid-body tr[data-action-id='{excluded}']").click()
     page.get_by_test_id("decide-exclude").wait_for(timeout=30_000)
+    proposed_lines = {
+        line["action_id"]: line for line in api_lines(stack, pending_run, status="proposed", page_size="500")["lines"]
+    }
     decide(page, "decide-exclude", "exclude")
+    # the proposed lines that depend on it (the later changes of its contract service) went with it, audited
+    with closing(stack.client()) as client:
+        audit = client.get(f"/billing/api/runs/{DAG_ID}/{quote(pending_run, safe='')}/decisions").json()["decisions"]
+    went = [entry["action_id"] for entry in audit if entry["after"].get("excluded_with") == excluded]
+    assert set(went) <= set(proposed_lines)
+    if went:
+        expect(page.get_by_test_id("detail-message")).to_contain_text(f"Line excluded, with {len(went)} ")
     after_totals = totals(page)
-    assert int(after_totals["lines"]) == int(before["lines"]) - 1
-    assert float(after_totals["units-added"]) == pytest.approx(float(before["units-added"]) - units)
+    assert int(after_totals["lines"]) == int(before["lines"]) - 1 - len(went)
+    added = units + sum(max(proposed_lines[line]["unit_change"] or 0, 0) for line in went)
+    assert float(after_totals["units-added"]) == pytest.approx(float(before["units-added"]) - added)
     assert after_totals["units-removed"] == before["units-removed"]
     assert after_totals["cost"] != before["cost"]
-    assert excluded not in rows(page).evaluate_all("rows => rows.map(row => row.dataset.actionId)")
-    assert page.get_by_test_id("decision-row").count() == 2
+    shown = rows(page).evaluate_all("rows => rows.map(row => row.dataset.actionId)")
+    assert not {excluded, *went} & set(shown)
+    assert page.get_by_test_id("decision-row").count() == 2 + len(went)
     shot(page, "14-review-line-excluded")
 
     # export the filtered grid as XLSX and read it back

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -99,7 +100,8 @@ def test_decisions_replan_audit_and_close_with_the_approval(planned: Warehouse) 
     assert statuses[proposed["action_id"]] == "excluded"
     assert statuses[flagged["action_id"]] == "flagged"
     audit = review.decisions_of(planned, RUN_ID)
-    assert [entry["decision"] for entry in audit] == [
+    # the person's own decisions (lines that went with an excluded line are audited as well, with that line)
+    assert [entry["decision"] for entry in audit if not {"excluded_with", "included_with"} & set(entry["after"])] == [
         "create",
         "approve_line",
         "exclude",
@@ -189,3 +191,150 @@ def test_sorted_pages_follow_the_column_with_missing_values_last(
         shown += [row["action_id"] for row in review.grid_page(planned, RUN_ID, query)["lines"]]
         page += 1
     assert shown == expected
+
+
+def _first_change_with_a_later_one(warehouse: Warehouse) -> tuple[dict, dict]:
+    """A proposed first adjustment of a contract service this month and a proposed later one that depends on it."""
+    rows = [
+        {**row, "target": row["idempotency_key"].split("|")[2]}
+        for row in warehouse.query(
+            "SELECT action_id, kind, idempotency_key, status, effective_date, depends_on FROM plan_actions"
+            " WHERE run_id = :run_id AND kind IN ('adjust_units', 'change_cost') ORDER BY effective_date, seq",
+            {"run_id": RUN_ID},
+        )
+    ]
+    by_id = {row["action_id"]: row for row in rows}
+    for later in rows:
+        earlier = [by_id[needed] for needed in json.loads(later["depends_on"]) if needed in by_id]
+        if later["status"] != "proposed" or len(earlier) != 1 or earlier[0]["status"] != "proposed":
+            continue
+        first = earlier[0]
+        if first["target"] == later["target"] and not [n for n in json.loads(first["depends_on"]) if n in by_id]:
+            return first, later
+    raise AssertionError("the planned month has no proposed first adjustment with a later proposed one")
+
+
+def test_excluding_a_first_change_takes_the_later_ones_and_the_month_loads_completely(
+    planned: Warehouse, autotask: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from include.loader import load_plan_actions
+    from tests.include.loader_support import make_hook
+
+    first, later = _first_change_with_a_later_one(planned)
+    counted = review.grid_page(planned, RUN_ID, review.GridQuery(page_size=1))["totals"]
+
+    # the later change goes with the first, audited with a reason naming the line it went with
+    result = review.decide(planned, RUN_ID, {"decision": "exclude", "action_id": first["action_id"]}, "Zoë", SETTINGS)
+    assert result["message"] == "excluded, with 1 later change of the same contract service"
+    assert result["dependents"] == [later["action_id"]]
+    statuses = {action.action_id: str(action.status) for action in load_plan(planned, MONTH, RUN_ID)}
+    assert (statuses[first["action_id"]], statuses[later["action_id"]]) == ("excluded", "excluded")
+    audit = {entry["action_id"]: entry for entry in review.decisions_of(planned, RUN_ID)}
+    went = audit[later["action_id"]]
+    assert went["decision"] == "exclude" and went["decided_by"] == "Zoë"
+    assert went["before"]["status"] == "proposed" and went["after"]["excluded_with"] == first["action_id"]
+    day = str(first["effective_date"])[:10]
+    assert went["after"]["reason"] == f"excluded with line {first['action_id']} (its earlier change on {day})"
+    # a line that went with another comes back only with it
+    with pytest.raises(review.ReviewError) as alone:
+        review.decide(planned, RUN_ID, {"decision": "include", "action_id": later["action_id"]}, "Zoë", SETTINGS)
+    assert alone.value.status == 409 and first["action_id"] in alone.value.message
+
+    # including the first brings both back (and the totals with them); excluding the later one alone takes nothing
+    back = review.decide(planned, RUN_ID, {"decision": "include", "action_id": first["action_id"]}, "Zoë", SETTINGS)
+    assert back["dependents"] == [later["action_id"]] and back["after"]["status"] == "proposed"
+    statuses = {action.action_id: str(action.status) for action in load_plan(planned, MONTH, RUN_ID)}
+    assert (statuses[first["action_id"]], statuses[later["action_id"]]) == ("proposed", "proposed")
+    assert review.grid_page(planned, RUN_ID, review.GridQuery(page_size=1))["totals"] == counted
+    alone_result = review.decide(
+        planned, RUN_ID, {"decision": "exclude", "action_id": later["action_id"]}, "Zoë", SETTINGS
+    )
+    assert alone_result["message"] == "excluded" and alone_result["dependents"] == []
+    assert {a.action_id: str(a.status) for a in load_plan(planned, MONTH, RUN_ID)}[first["action_id"]] == "proposed"
+    # the later line was excluded on its own: including the first leaves it out
+    review.decide(planned, RUN_ID, {"decision": "exclude", "action_id": first["action_id"]}, "Zoë", SETTINGS)
+    review.decide(planned, RUN_ID, {"decision": "include", "action_id": first["action_id"]}, "Zoë", SETTINGS)
+    statuses = {action.action_id: str(action.status) for action in load_plan(planned, MONTH, RUN_ID)}
+    assert (statuses[first["action_id"]], statuses[later["action_id"]]) == ("proposed", "excluded")
+    review.decide(planned, RUN_ID, {"decision": "include", "action_id": later["action_id"]}, "Zoë", SETTINGS)
+
+    # a contract service to create: its changes go with its creation
+    lines = [
+        {**row, "target": row["idempotency_key"].split("|")[2]}
+        for row in planned.query(
+            "SELECT action_id, kind, idempotency_key, status FROM plan_actions WHERE run_id = :run_id",
+            {"run_id": RUN_ID},
+        )
+    ]
+    create = next(
+        row
+        for row in lines
+        if row["kind"] == "create_contract_service"
+        and row["status"] == "proposed"
+        and any(other["target"] == row["target"] and other["kind"] == "adjust_units" for other in lines)
+    )
+    its_changes = {
+        row["action_id"]
+        for row in lines
+        if row["target"] == create["target"] and row["kind"] in ("adjust_units", "change_cost")
+    }
+    made = review.decide(planned, RUN_ID, {"decision": "exclude", "action_id": create["action_id"]}, "Zoë", SETTINGS)
+    assert its_changes and its_changes <= set(made["dependents"])
+    assert made["message"].startswith(f"excluded, with {len(its_changes)} change")
+
+    # the first change again, for the load; re-planning (what a mapping decision does) keeps both out
+    review.decide(planned, RUN_ID, {"decision": "exclude", "action_id": first["action_id"]}, "Zoë", SETTINGS)
+    review.replan(planned, MONTH, RUN_ID, SETTINGS, "Zoë")
+    out = {first["action_id"], later["action_id"], create["action_id"], *its_changes}
+    statuses = {action.action_id: str(action.status) for action in load_plan(planned, MONTH, RUN_ID)}
+    assert {statuses[action_id] for action_id in out} == {"excluded"}
+
+    # approved and loaded by the real loader against the Autotask sandbox: complete, nothing of them written
+    record_decision(
+        planned, MONTH, RUN_ID, ApprovalDecision(Decision.APPROVED, "Ann", utcnow(), ("Approve proposed",), "ok")
+    )
+    summary = load_plan_actions(make_hook(autotask, monkeypatch, "autotask_review_cascade"), planned, MONTH, RUN_ID)
+    assert (summary.status, summary.waiting, summary.failed) == ("succeeded", 0, 0), summary.waits
+    assert summary.written > 0
+    targets = {first["target"], create["target"]}
+    ledger = planned.query("SELECT action_id, idempotency_key FROM load_ledger WHERE month = :month", {"month": MONTH})
+    written = [entry for entry in ledger if entry["idempotency_key"].split("|")[2] in targets]
+    assert ledger and not written and not out.intersection(entry["action_id"] for entry in ledger)
+    statuses = {action.action_id: str(action.status) for action in load_plan(planned, MONTH, RUN_ID)}
+    assert {statuses[action_id] for action_id in out} == {"excluded"}
+
+
+@pytest.mark.parametrize("warehouse", ["sqlite"], indirect=True)
+def test_make_ui_counts_the_open_suggestions_of_the_runs_own_sources(planned: Warehouse) -> None:
+    from scripts.ui import review_counts
+
+    path = planned.engine.url.database
+    own = planned.query(
+        "SELECT COUNT(*) AS n FROM mapping_suggestions s WHERE s.status = 'open' AND EXISTS (SELECT 1 FROM"
+        " month_links m WHERE m.run_id = :run_id AND m.kind = s.kind AND m.source_key = s.source_key)",
+        {"run_id": RUN_ID},
+    )[0]["n"]
+    assert own > 0 and review_counts(path, MONTH, RUN_ID)["suggestions"] == own
+    # another month's source left an open suggestion in the warehouse: not this run's to decide
+    with planned.begin() as conn:
+        planned.insert(
+            conn,
+            "mapping_suggestions",
+            [
+                {
+                    "kind": "company",
+                    "source_key": "ACC-OF-ANOTHER-MONTH",
+                    "target_id": 1,
+                    "score": 0.9,
+                    "source_name": "Elsewhere Ltd",
+                    "target_name": "Elsewhere Limited",
+                    "reason": "similar name",
+                    "month": "2026-09",
+                    "run_id": "another-run",
+                    "status": "open",
+                    "created_at": utcnow(),
+                }
+            ],
+        )
+    everything = planned.query("SELECT COUNT(*) AS n FROM mapping_suggestions WHERE status = 'open'")[0]["n"]
+    assert everything == own + 1 and review_counts(path, MONTH, RUN_ID)["suggestions"] == own

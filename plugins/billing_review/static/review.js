@@ -140,7 +140,9 @@
         return data;
       });
     }).then(function (result) {
-      say("Saved: " + result.decision + ". The plan is up to date.", false, "detail-message");
+      // an exclusion takes the lines that depend on the line with it (an include brings them back): say how many
+      var withOthers = result.dependents && result.dependents.length ? " Line " + result.message + "." : "";
+      say("Saved: " + result.decision + "." + withOthers + " The plan is up to date.", false, "detail-message");
       body.setAttribute("data-last-decision", result.decision);
       return Promise.all([load(), loadDecisions()]).then(function () {
         if (!selected) { return; }
