@@ -335,6 +335,25 @@ class MonthApprovalOperator(HITLOperator):
         return {**decision.as_dict(), "approved_actions": approved}
 
 
+def _month_to_load(context: Any) -> tuple[str, str, bool]:
+    """The run's month, its run id and whether the approval made it a dry run. A month that was not approved
+    (rejected, timed out) skips the task: a rejection is a decision, not a fault."""
+    month, run_id = context["ti"].xcom_pull(task_ids="resolve_month"), context["run_id"]
+    decision = context["ti"].xcom_pull(task_ids="approve") or {}
+    if decision.get("decision") == "dry_run":
+        return month, run_id, True
+    if not decision.get("loads"):
+        raise AirflowSkipException(f"{month} was not approved ({decision.get('note')}): nothing is loaded.")
+    return month, run_id, False
+
+
+def _fail_on_failed_writes(summary: Any, month: str) -> None:
+    """Writes Autotask refused fail the task, naming the first 20."""
+    if summary.failed:
+        failures = "\n- ".join(str(failure) for failure in summary.failures[:20])
+        raise AirflowFailException(f"{summary.failed} writes of {month} failed:\n- {failures}")
+
+
 class LoadApprovedPlanOperator(BaseOperator):
     """Load the approved actions into Autotask (`include.loader.load_plan_actions`).
 
@@ -348,13 +367,10 @@ class LoadApprovedPlanOperator(BaseOperator):
         from connectors.autotask_hook import AutotaskHook
         from include.loader import BudgetExhausted, load_plan_actions
 
-        month, run_id = context["ti"].xcom_pull(task_ids="resolve_month"), context["run_id"]
-        decision = context["ti"].xcom_pull(task_ids="approve") or {}
-        if decision.get("decision") == "dry_run":
+        month, run_id, dry_run = _month_to_load(context)
+        if dry_run:
             log.info("Dry run of %s: nothing is written to Autotask.", month)
             return {"month": month, "run_id": run_id, "dry_run": True, "write_requests": 0}
-        if not decision.get("loads"):
-            raise AirflowSkipException(f"{month} was not approved ({decision.get('note')}): nothing is loaded.")
         warehouse = _warehouse_holding_runs_own_lines(month, run_id)
         try:
             summary = load_plan_actions(AutotaskHook(), warehouse, month, run_id, _settings(context["params"]))
@@ -362,9 +378,7 @@ class LoadApprovedPlanOperator(BaseOperator):
             log.warning(str(stop))
             resume_at = stop.resume_at if stop.resume_at.tzinfo else stop.resume_at.replace(tzinfo=UTC)
             self.defer(trigger=DateTimeTrigger(moment=resume_at), method_name="resume_after_budget_pause")
-        if summary.failed:
-            failures = "\n- ".join(str(failure) for failure in summary.failures[:20])
-            raise AirflowFailException(f"{summary.failed} writes of {month} failed:\n- {failures}")
+        _fail_on_failed_writes(summary, month)
         if summary.waiting:
             log.warning(
                 "%d approved actions of %s wait for actions that are not approved or not applied",
@@ -394,12 +408,9 @@ class LoadShareOperator(BaseOperator):
         from connectors.autotask_hook import AutotaskHook
         from include.loader import BudgetExhausted, LoadSettings, load_plan_actions
 
-        month, run_id = context["ti"].xcom_pull(task_ids="resolve_month"), context["run_id"]
-        decision = context["ti"].xcom_pull(task_ids="approve") or {}
-        if decision.get("decision") == "dry_run":
+        month, run_id, dry_run = _month_to_load(context)
+        if dry_run:
             return {"month": month, "share": self.share, "dry_run": True, "write_requests": 0}
-        if not decision.get("loads"):
-            raise AirflowSkipException(f"{month} was not approved ({decision.get('note')}): nothing is loaded.")
         settings = _settings(context["params"])
         # shares on several workers together keep within Autotask's concurrent requests per endpoint
         workers = LoadSettings.workers if self.shares == 1 else max(1, _AUTOTASK_CONCURRENT_PER_ENDPOINT // self.shares)
@@ -414,9 +425,7 @@ class LoadShareOperator(BaseOperator):
             log.warning("%s; the whole-month load goes on when the budget allows", stop)
             return {"month": month, "share": self.share, "paused": True}
         log.info("Share %d of %d of %s: %s", self.share + 1, self.shares, month, summary.as_dict())
-        if summary.failed:
-            failures = "\n- ".join(str(failure) for failure in summary.failures[:20])
-            raise AirflowFailException(f"{summary.failed} writes of {month} failed:\n- {failures}")
+        _fail_on_failed_writes(summary, month)
         return {**summary.as_dict(), "share": self.share, "dry_run": False}
 
 

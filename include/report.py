@@ -1004,7 +1004,7 @@ _UNITS_FORMAT = "#,##0.####"
 _MONEY_FORMAT = "#,##0.00"
 _UNIT_COST_FORMAT = "#,##0.00##"
 # Text Excel would read as a formula (OWASP CSV injection: also tab and carriage return).
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 _LINE_COLUMNS: tuple[tuple[str, Callable[[ReportLine], Any], str | None], ...] = (
     ("Customer", lambda line: line.customer, None),
@@ -1229,7 +1229,7 @@ def _put(cell: Any, value: Any, number_format: str | None = None) -> None:
         text = ILLEGAL_CHARACTERS_RE.sub("", str(value))
         cell.value = text
         cell.data_type = "s"  # never a formula nor an error code, whatever the text looks like
-        if text.startswith(_FORMULA_START):
+        if text.startswith(FORMULA_START):
             cell.quotePrefix = True  # and stays text when someone edits the cell in Excel
 
 

@@ -1034,13 +1034,14 @@ def _dependents(conn: sa.Connection, run_id: str, action_ids: set[str]) -> list[
     adjustment of the same contract service needs the earlier one; an adjustment needs the contract service, contract
     or service it writes to be created and the contract extended), in plan order."""
     rows = _cascade_rows(conn, run_id)
+    needs = {row["action_id"]: set(json.loads(row["depends_on"] or "[]")) for row in rows}
     needed = set(action_ids)
     found: dict[str, Mapping[str, Any]] = {}
     changed = True
     while changed:
         changed = False
         for row in rows:
-            if row["action_id"] not in needed and needed.intersection(json.loads(row["depends_on"] or "[]")):
+            if row["action_id"] not in needed and not needs[row["action_id"]].isdisjoint(needed):
                 needed.add(row["action_id"])
                 found[row["action_id"]] = row
                 changed = True

@@ -18,6 +18,8 @@ from typing import Any
 
 import xlsxwriter
 
+from include.report import FORMULA_START  # what a spreadsheet reads as a formula, as the run report escapes it
+
 # (key in the grid row, header, type): text | number | date
 COLUMNS: Sequence[tuple[str, str, str]] = (
     ("seq", "Line", "number"),
@@ -46,13 +48,12 @@ COLUMNS: Sequence[tuple[str, str, str]] = (
     ("reason", "Reason", "text"),
     ("action_id", "Action id", "text"),
 )
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def safe_text(value: Any) -> str:
     """A text value for CSV: one that a spreadsheet would read as a formula gets a leading quote."""
     text = "" if value is None else str(value)
-    return "'" + text if text.startswith(_FORMULA_START) else text
+    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 def to_csv(rows: Iterable[Mapping[str, Any]]) -> str:

@@ -29,12 +29,12 @@ from typing import Any
 
 import httpx
 
-from sandbox.launcher import REPO_ROOT, RunningServer, free_port, start_server
-from sandbox.local_stack import airflow_environment
+from sandbox.launcher import RunningServer, free_port, start_server
+from sandbox.local_stack import airflow_environment, migrate_metadata, start_airflow_component
+from scripts.approve import API_URL_FILE, PASSWORDS_FILE  # the files `make approve` and `make run` read
+from scripts.run import local_auth_environment
 
 DAG_ID = "bss_autotask_billing_sync"
-PASSWORDS_FILE = "billing-passwords.json"  # the same file `make approve` and `make run` read
-API_URL_FILE = "billing-api-url"
 COMPONENTS = ("scheduler", "dag-processor", "triggerer")
 _HEALTH_KEYS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
 
@@ -279,7 +279,8 @@ class LocalAirflow:
         env = airflow_environment(
             settings.airflow_home, bss_url, autotask_url, settings.warehouse_path, settings.data_docs_dir
         )
-        self.passwords = _local_passwords(settings.airflow_home, settings.users)
+        auth = local_auth_environment(settings.airflow_home, settings.users)
+        self.passwords = json.loads(Path(auth["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]).read_text())
         venv_bin = str(Path(sys.executable).parent)
         env.update(
             {
@@ -287,7 +288,6 @@ class LocalAirflow:
                 "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
                 "AIRFLOW__CORE__PARALLELISM": str(settings.parallelism),
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
-                "AIRFLOW__API__HOST": "127.0.0.1",
                 "AIRFLOW__API__PORT": str(port),
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
                 "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
@@ -295,8 +295,7 @@ class LocalAirflow:
                 # scheduler's workers (a mismatch fails every task with "Invalid auth token")
                 "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(32),
                 "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(32),
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{user}:admin" for user in self.passwords),
-                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(settings.airflow_home / PASSWORDS_FILE),
+                **auth,
                 "AIRFLOW_API_URL": f"http://127.0.0.1:{port}",
             }
         )
@@ -305,32 +304,14 @@ class LocalAirflow:
         return env
 
     def _migrate(self) -> None:
-        log_path = self.settings.log_dir / "airflow-db-migrate.log"
-        with log_path.open("w") as log:
-            result = subprocess.run(
-                [sys.executable, "-m", "airflow", "db", "migrate"],
-                env=self.env,
-                cwd=REPO_ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=600,
-            )
-        if result.returncode:
-            tail = log_path.read_text(errors="replace")[-3000:]
-            raise StackError(f"`airflow db migrate` failed ({result.returncode}); see {log_path}:\n{tail}")
+        try:
+            migrate_metadata(self.env, self.settings.log_dir / "airflow-db-migrate.log")
+        except RuntimeError as error:
+            raise StackError(str(error)) from error
 
     def _spawn(self, name: str, arguments: list[str]) -> None:
         log_path = self.settings.log_dir / f"airflow-{name}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "airflow", *arguments],
-                env=self.env,
-                cwd=REPO_ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # its own process group: stop() signals the whole group
-            )
+        process = start_airflow_component(arguments, self.env, log_path)
         self.components.append(Component(name, process, log_path))
         self.started_pids.append(process.pid)
 

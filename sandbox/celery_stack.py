@@ -30,7 +30,13 @@ import psutil
 import sqlalchemy as sa
 
 from sandbox.launcher import REPO_ROOT, free_port
-from sandbox.local_stack import AUTOTASK_BILLING_CODE_ID, AUTOTASK_OWNER_RESOURCE_ID, airflow_environment
+from sandbox.local_stack import (
+    AUTOTASK_BILLING_CODE_ID,
+    AUTOTASK_OWNER_RESOURCE_ID,
+    airflow_environment,
+    migrate_metadata,
+    start_airflow_component,
+)
 from scripts.approve import API_URL_FILE, PASSWORDS_FILE, AirflowApi
 
 SHARED_ENV_FILE = REPO_ROOT / "deploy" / "airflow.env"
@@ -219,31 +225,11 @@ class CeleryStack:
             admin.dispose()
 
     def _migrate(self) -> None:
-        log_path = self.settings.work_dir / "airflow-db-migrate.log"
-        with log_path.open("wb") as log:
-            result = subprocess.run(
-                [sys.executable, "-m", "airflow", "db", "migrate"],
-                env=self.env,
-                cwd=REPO_ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                timeout=self.settings.ready_timeout_s,
-            )
-        if result.returncode:
-            tail = log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"`airflow db migrate` failed ({result.returncode}), see {log_path}:\n{tail}")
+        migrate_metadata(self.env, self.settings.work_dir / "airflow-db-migrate.log", self.settings.ready_timeout_s)
 
     def _start(self, name: str, airflow_args: list[str], extra_env: dict[str, str] | None = None) -> None:
         log_path = self.settings.work_dir / f"{name}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "airflow", *airflow_args],
-                env={**self.env, **(extra_env or {})},
-                cwd=REPO_ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group: stopped as a whole, children included
-            )
+        process = start_airflow_component(airflow_args, {**self.env, **(extra_env or {})}, log_path)
         self.components[name] = Component(name, process, log_path)
         self.started_pids.add(process.pid)
 

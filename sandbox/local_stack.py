@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -69,3 +71,35 @@ def airflow_environment(
         "AIRFLOW_CONN_AUTOTASK_DEFAULT": json.dumps(autotask_connection(autotask_url)),
         "AIRFLOW_CONN_BILLING_WAREHOUSE": json.dumps({"conn_type": "sqlite", "host": str(warehouse_path)}),
     }
+
+
+def migrate_metadata(env: dict[str, str], log_path: Path, timeout_s: float | None = 600.0) -> None:
+    """`airflow db migrate` on the metadata database `env` names, its output in `log_path` (`timeout_s=None`: no
+    limit); a failure raises RuntimeError with the log's tail."""
+    with log_path.open("w") as log:
+        result = subprocess.run(
+            [sys.executable, "-m", "airflow", "db", "migrate"],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=timeout_s,
+        )
+    if result.returncode:
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"`airflow db migrate` failed ({result.returncode}); see {log_path}:\n{tail}")
+
+
+def start_airflow_component(arguments: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """`airflow <arguments>` (api-server, scheduler, a Celery worker…) in its own process group, so stopping it
+    signals the whole group, children included; its output in `log_path`."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "airflow", *arguments],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )

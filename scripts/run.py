@@ -31,6 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "plugins")]
 
 from sandbox.launcher import RunningServer, start_server  # noqa: E402
+from sandbox.local_stack import migrate_metadata  # noqa: E402
 from scripts.approve import (  # noqa: E402
     API_URL_FILE,
     DAG_ID,
@@ -87,12 +88,10 @@ def api_for(env: dict[str, str], user: str = "admin") -> AirflowApi:
 
 
 def migrate(env: dict[str, str], log_path: Path) -> None:
-    with log_path.open("w") as log:
-        result = subprocess.run(
-            [sys.executable, "-m", "airflow", "db", "migrate"], env=env, cwd=REPO_ROOT, stdout=log, stderr=log
-        )
-    if result.returncode:
-        raise SystemExit(f"`airflow db migrate` failed ({result.returncode}); see {log_path}")
+    try:
+        migrate_metadata(env, log_path, timeout_s=None)  # a live metadata database may take long
+    except RuntimeError as error:
+        raise SystemExit(str(error)) from error
 
 
 def start_dag_run(env: dict[str, str], conf: dict[str, Any], log_path: Path) -> subprocess.Popen:

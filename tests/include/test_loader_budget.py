@@ -19,14 +19,8 @@ from tests.include.loader_support import (
     make_hook,
     plan_month,
     plan_statuses,
-    sandbox_server,
     seeded_adjustment_ids,
 )
-
-
-@pytest.fixture(scope="module")
-def autotask(tmp_path_factory):
-    yield from sandbox_server(tmp_path_factory.mktemp("logs"))
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from include.loader import LoadSettings, load_plan_actions
 from include.plan import ActionKind, ActionStatus, load_plan
 from include.verify import verify_load
@@ -15,26 +13,12 @@ from tests.include.loader_support import (
     APPROVER,
     MONTH,
     SETTINGS,
-    SandboxAdmin,
     assert_each_applied_exactly_once,
     ledger_states,
     make_hook,
     plan_month,
-    sandbox_server,
     seeded_adjustment_ids,
 )
-
-
-@pytest.fixture(scope="module")
-def autotask(tmp_path_factory):
-    yield from sandbox_server(tmp_path_factory.mktemp("logs"))
-
-
-@pytest.fixture
-def admin(autotask) -> SandboxAdmin:
-    handle = SandboxAdmin(autotask)
-    handle.reset()
-    return handle
 
 
 def test_a_full_load_applies_every_approved_action_once_and_a_second_load_writes_nothing(

@@ -15,27 +15,13 @@ from tests.include.loader_support import (
     APPROVER,
     MONTH,
     SETTINGS,
-    SandboxAdmin,
     assert_each_applied_exactly_once,
     make_hook,
     plan_month,
-    sandbox_server,
     seeded_adjustment_ids,
 )
 
 NOVEMBER = "2026-11"
-
-
-@pytest.fixture(scope="module")
-def autotask(tmp_path_factory):
-    yield from sandbox_server(tmp_path_factory.mktemp("logs"))
-
-
-@pytest.fixture
-def admin(autotask) -> SandboxAdmin:
-    handle = SandboxAdmin(autotask)
-    handle.reset()
-    return handle
 
 
 @pytest.fixture

@@ -20,16 +20,10 @@ from tests.include.loader_support import (
     ledger_states,
     make_hook,
     plan_month,
-    sandbox_server,
     seeded_adjustment_ids,
 )
 
 SHARES = 3
-
-
-@pytest.fixture(scope="module")
-def autotask(tmp_path_factory):
-    yield from sandbox_server(tmp_path_factory.mktemp("logs"))
 
 
 def test_shares_side_by_side_then_the_whole_month_write_every_record_once(autotask, warehouse: Warehouse, monkeypatch):

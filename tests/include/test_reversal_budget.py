@@ -18,24 +18,10 @@ from sandbox.local_stack import autotask_connection
 from tests.include.loader_support import (
     MONTH,
     SETTINGS,
-    SandboxAdmin,
     make_hook,
     plan_month,
-    sandbox_server,
     seeded_adjustment_ids,
 )
-
-
-@pytest.fixture(scope="module")
-def autotask(tmp_path_factory):
-    yield from sandbox_server(tmp_path_factory.mktemp("logs"))
-
-
-@pytest.fixture
-def admin(autotask) -> SandboxAdmin:
-    handle = SandboxAdmin(autotask)
-    handle.reset()
-    return handle
 
 
 def pacing_hook(server, monkeypatch: pytest.MonkeyPatch, conn_id: str):
