@@ -122,7 +122,7 @@ class Invoicing:
 
     def close_month(self, month: str, issued_at: str | None = None) -> dict:
         billing = self.billing(month)
-        if billing.closed and billing.frozen is not None:
+        if billing.closed:
             raise InvoiceAdminError(f"{month} is already closed; void and reissue an invoice to correct it")
         billing.closed, billing.frozen = True, None
         billing.issued_at = issued_at or _now()
@@ -131,7 +131,7 @@ class Invoicing:
 
     def withhold(self, month: str, account_ids: Iterable[str], withheld: bool = True) -> dict:
         billing = self.billing(month)
-        if billing.closed and billing.frozen is not None:
+        if billing.closed:
             raise InvoiceAdminError(f"{month} is closed: its invoices are issued; open the month first")
         accounts = set(account_ids)
         billing.withheld = billing.withheld | accounts if withheld else billing.withheld - accounts
