@@ -814,3 +814,27 @@ def _add_months(day: date, months: int) -> date:
     index = day.year * 12 + day.month - 1 + months
     year, month = divmod(index, 12)
     return date(year, month + 1, min(day.day, calendar.monthrange(year, month + 1)[1]))
+
+
+def audit_and_alert(
+    bss: BssBilling,
+    autotask: AutotaskBilling,
+    warehouse: Warehouse,
+    month: str,
+    settings: Any,
+    triggered_by: str | None = None,
+) -> AuditResult:
+    """The audit as the DAG task and `make audit` run it: `audit_tolerance`, and one leakage alert
+    (include/alerts.py) when any currency's leakage is above `audit_alert_threshold`."""
+    from include.alerts import AlertEvent, alert
+
+    result = audit_month(bss, autotask, warehouse, month, tolerance=settings.audit_tolerance, triggered_by=triggered_by)
+    above = result.above(Decimal(str(settings.audit_alert_threshold)))
+    if above:
+        amounts = ", ".join(f"{currency} {amount:,.2f}" for currency, amount in above.items())
+        summary = f"{len(result.findings)} findings {result.counts}; not billed: {amounts}. Report: {result.csv_path}"
+        try:
+            alert(AlertEvent.LEAKAGE, result.month, summary, details={"audit": result.audit_id, **result.counts})
+        except Exception:  # the audit's findings are stored; a lost alert must not fail it
+            log.exception("could not send the leakage alert")
+    return result

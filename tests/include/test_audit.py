@@ -235,3 +235,53 @@ def test_the_audit_and_the_bss_agree_on_every_invoice_total(bss, bss_server):
         amounts = [bss_line_amounts(charges[charge_id]) for charge_id in invoice["chargeIds"]]
         assert Decimal(str(invoice["totalCost"])) == sum(cost for cost, _ in amounts)
         assert Decimal(str(invoice["totalPrice"])) == sum(price for _, price in amounts)
+
+
+def test_make_audit_runs_against_the_environments_connections_and_prints_the_csv_last(
+    autotask, admin, bss, bss_server, tmp_path: Path, monkeypatch
+):
+    import subprocess
+
+    from tests.include.loader_support import HOOK_EXTRA
+    from tests.servers import REPO_ROOT
+
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    warehouse = Warehouse(url)
+    warehouse.migrate()
+    _synced_and_posted(autotask, admin, warehouse, monkeypatch, unbilled_contracts=[])
+    from sandbox.local_stack import autotask_connection
+
+    env = {
+        "AIRFLOW_CONN_BSS_DEFAULT": json.dumps(bss_connection(bss_server.url)),
+        "AIRFLOW_CONN_AUTOTASK_DEFAULT": json.dumps(autotask_connection(autotask.url, **HOOK_EXTRA)),
+        "AIRFLOW_CONN_BILLING_WAREHOUSE": json.dumps({"conn_type": "generic", "extra": {"sqlalchemy_url": url}}),
+        "BILLING_DATA_DOCS_DIR": str(tmp_path / "docs"),
+    }
+
+    def make_audit(month: str) -> subprocess.CompletedProcess:
+        import os
+
+        return subprocess.run(
+            ["make", "--no-print-directory", "audit", f"MONTH={month}"],
+            cwd=REPO_ROOT,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    done = make_audit(MONTH)
+    assert done.returncode == 0, done.stderr[-3000:]
+    csv_path = Path(done.stdout.strip().splitlines()[-1])
+    assert csv_path == tmp_path / "docs" / MONTH / "audit" / "billing-audit.csv" and csv_path.is_file()
+    stored = latest_audit(warehouse, MONTH)
+    assert stored["triggered_by"] == "make audit"
+    assert len(csv_path.read_text(encoding="utf-8").splitlines()) == stored["findings"] + 1
+
+    httpx.post(f"{bss_server.url}/_admin/months/{MONTH}/open").raise_for_status()
+    refused = make_audit(MONTH)
+    # make answers 2 for any failing recipe; the script's own codes are 1 (cannot audit) and 64 (a bad month)
+    assert refused.returncode != 0 and f"make audit: {MONTH} cannot be audited" in refused.stderr
+    assert "not closed" in refused.stderr and "Error 1" in refused.stderr
+    bad = make_audit("2026-13")
+    assert bad.returncode != 0 and "month must look like YYYY-MM" in bad.stderr and "Error 64" in bad.stderr
