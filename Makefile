@@ -15,7 +15,7 @@ export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export GX_ANALYTICS_ENABLED := false
 
-.PHONY: help install browser demo run approve ui stack test bench lint format lock clean
+.PHONY: help install browser demo run approve audit ui stack test bench lint format lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -39,6 +39,10 @@ approve: $(INSTALLED)  ## answer a month's approval (MONTH=YYYY-MM [INCLUDE_FLAG
 	@test -n "$(MONTH)" || { echo "usage: make approve MONTH=YYYY-MM [INCLUDE_FLAGGED=1] [REJECT=1] [BY=user]"; exit 64; }
 	$(BIN)/python scripts/approve.py --month $(MONTH) $(if $(filter 1 true yes,$(INCLUDE_FLAGGED)),--include-flagged) \
 		$(if $(filter 1 true yes,$(REJECT)),--reject) $(if $(BY),--by "$(BY)")
+
+audit: $(INSTALLED)  ## the leakage audit of a posted month against the connections in the environment (MONTH=YYYY-MM); last line: the CSV
+	@test -n "$(MONTH)" || { echo "usage: make audit MONTH=YYYY-MM"; exit 64; }
+	@$(BIN)/python scripts/audit.py --month "$(MONTH)"
 
 ui: $(INSTALLED)  ## a local Airflow on the demo's data, the next month waiting for review ([PORT=8080] [MONTH=YYYY-MM])
 	$(BIN)/python scripts/ui.py $(if $(PORT),--port $(PORT)) $(if $(MONTH),--month "$(MONTH)")

@@ -3,6 +3,8 @@
 
 Moves one billing month of recurring charges from the **interworks.cloud BSS** into **Autotask PSA**.
 
+0. **wait_for_close** — waits, without a worker slot, until the BSS month is closed (every invoice issued);
+   past `close_deadline_day` it alerts; trigger with `wait_for_close=false` to start anyway;
 1. **extract** — the month's charges and accounts from the BSS API into the staging warehouse
    (all or nothing: a record that cannot be typed stops the run and is listed by charge id and field);
 2. **validate_charges** — Great Expectations suites on the raw and typed lines; critical failures stop here;
@@ -63,6 +65,7 @@ _DRY_RUN_DEFAULT = os.environ.get("BILLING_SYNC_DRY_RUN", "0").strip().lower() i
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
+    on_failure_callback=lambda context: _notify("run_failed", context),
     default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "retry_exponential_backoff": True},
     params={
         "month": Param(
@@ -80,6 +83,12 @@ _DRY_RUN_DEFAULT = os.environ.get("BILLING_SYNC_DRY_RUN", "0").strip().lower() i
                 "When unit changes take effect in Autotask: the BSS change date, the start of its billing period, "
                 "or the next period start (avoids Autotask's undeletable prorations)."
             ),
+        ),
+        "wait_for_close": Param(
+            True,
+            type="boolean",
+            title="Wait for the BSS month to close",
+            description="Wait until every BSS invoice of the month is issued. Off: start now (half a month's usage).",
         ),
         "dry_run": Param(
             _DRY_RUN_DEFAULT,
@@ -178,6 +187,7 @@ def bss_autotask_billing_sync() -> None:
             return {"month": month, "run_id": run_id, "dry_run": True, "checks": 0, "differences": 0}
         result = verify_load(AutotaskHook(), _warehouse_holding_runs_own_lines(month, run_id), month, run_id)
         if not result.ok:
+            _alert("verify_differences", month, result.message())
             raise AirflowFailException(result.message())
         log.info(result.message())
         return {"month": month, "run_id": run_id, "dry_run": False, "checks": len(result.checks), "differences": 0}
@@ -201,7 +211,11 @@ def bss_autotask_billing_sync() -> None:
         return {"html_path": str(written.html_path), "xlsx_path": str(written.xlsx_path), "note": note}
 
     month = resolve_month()
+    from include.month_close import WaitForMonthCloseOperator  # light: Airflow's own bases only
+
+    month_closed = WaitForMonthCloseOperator(task_id="wait_for_close", month=month)
     extracted = extract(month)
+    chain(month_closed, extracted)
     charges_checked = validate_charges(month, extracted)
     snapshot = snapshot_autotask(month, extracted)
     links = link_records(month, snapshot)
@@ -217,6 +231,23 @@ def bss_autotask_billing_sync() -> None:
     chain(charges_checked, snapshot)
     chain(plan, plan_checked, approval, load_shares, loaded)
     chain(verified, report(month))
+
+
+def _alert(event: str, month: str, summary: str, **details: Any) -> None:
+    """One alert on the configured channels (include/alerts.py); a channel's failure never fails the task."""
+    from include.alerts import AlertEvent, alert
+
+    try:
+        alert(AlertEvent(event), month, summary, details={"run": get_current_context()["run_id"], **details})
+    except Exception:
+        log.exception("could not send the %s alert", event)
+
+
+def _notify(event: str, context: Any) -> None:
+    """A callback's alert (a failed run): Airflow's notifier of include/alerts.py for the run in the context."""
+    from include.alerts import BillingAlertNotifier
+
+    BillingAlertNotifier(event)(context)
 
 
 def _warehouse_holding_runs_own_lines(month: str, run_id: str):
@@ -268,6 +299,13 @@ def _run_note(month: str, decision: dict[str, Any], report_path: Any) -> str:
     return f"{month}: {what}. Report: {report_path}"
 
 
+def _approval_notifier() -> Any:
+    """The alert that a month waits for approval, with its review link (include/alerts.py, a light import)."""
+    from include.alerts import AlertEvent, BillingAlertNotifier
+
+    return BillingAlertNotifier(AlertEvent.APPROVAL_WAITING)
+
+
 class MonthApprovalOperator(HITLOperator):
     """The approval gate: the plan summarised for a finance person; the answer recorded on the plan rows.
 
@@ -283,6 +321,7 @@ class MonthApprovalOperator(HITLOperator):
             defaults=[_REJECT],
             multiple=False,
             response_timeout=timedelta(hours=_APPROVAL_TIMEOUT_HOURS),
+            notifiers=[_approval_notifier()],
             **kwargs,
         )
 
@@ -377,6 +416,7 @@ class LoadApprovedPlanOperator(BaseOperator):
         except BudgetExhausted as stop:
             log.warning(str(stop))
             resume_at = stop.resume_at if stop.resume_at.tzinfo else stop.resume_at.replace(tzinfo=UTC)
+            _alert_long_pause(month, resume_at)
             self.defer(trigger=DateTimeTrigger(moment=resume_at), method_name="resume_after_budget_pause")
         _fail_on_failed_writes(summary, month)
         if summary.waiting:
@@ -391,6 +431,18 @@ class LoadApprovedPlanOperator(BaseOperator):
     def resume_after_budget_pause(self, context: Any, event: Any = None) -> dict[str, Any]:
         log.info("Autotask's hourly budget has freed: going on with the load")
         return self.execute(context)
+
+
+def _alert_long_pause(month: str, resume_at: Any) -> None:
+    """A budget pause longer than `budget_pause_alert_minutes` alerts (a person may want to free the budget)."""
+    from datetime import datetime
+
+    from include.sync_settings import SyncSettings
+
+    pause = resume_at - datetime.now(UTC)
+    if pause > timedelta(minutes=SyncSettings.from_env().budget_pause_alert_minutes):
+        summary = f"The load of {month} waits {pause.total_seconds() / 60:.0f} min for Autotask's hourly budget."
+        _alert("budget_pause", month, summary, resume_at=resume_at.isoformat())
 
 
 class LoadShareOperator(BaseOperator):

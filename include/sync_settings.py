@@ -75,6 +75,22 @@ class SyncSettings:
     dry_run: bool = False
     # Share of Autotask's hourly request budget a load leaves for the customer's other integrations.
     budget_reserve_share: float = 0.2
+    # The month's close (include/month_close.py): a scheduled run waits until the BSS month is closed, asking
+    # /api/invoices every close_poll_minutes; past the close_deadline_day of the next month it alerts once.
+    close_poll_minutes: float = 60.0
+    close_deadline_day: int = 10
+    # The leakage audit (include/audit.py): it runs on audit_posting_day of the month after the billing month
+    # (once Autotask has posted it); differences within audit_tolerance are rounding; leakage above
+    # audit_alert_threshold (in any one currency) alerts.
+    audit_posting_day: int = 15
+    audit_tolerance: float = 0.05
+    audit_alert_threshold: float = 100.0
+    # Alerts (include/alerts.py): Airflow connections, each off when not set; a load paused on the hourly
+    # budget for longer than budget_pause_alert_minutes alerts.
+    alert_email_conn_id: str = "billing_alerts_smtp"
+    alert_email_to: str | None = None
+    alert_webhook_conn_id: str = "billing_alerts_webhook"
+    budget_pause_alert_minutes: float = 60.0
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> SyncSettings:
@@ -102,6 +118,12 @@ class SyncSettings:
             raise ValueError("approval_timeout_hours must be positive")
         if self.auto_approve_max_units < 0 or self.auto_approve_max_monthly_cost < 0:
             raise ValueError("auto_approve_max_units and auto_approve_max_monthly_cost must not be negative")
+        if self.close_poll_minutes <= 0:
+            raise ValueError("close_poll_minutes must be positive")
+        if not 1 <= self.close_deadline_day <= 28 or not 1 <= self.audit_posting_day <= 28:
+            raise ValueError("close_deadline_day and audit_posting_day must be days 1-28 of a month")
+        if self.audit_tolerance < 0 or self.audit_alert_threshold < 0:
+            raise ValueError("audit_tolerance and audit_alert_threshold must not be negative")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SyncSettings:

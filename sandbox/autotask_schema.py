@@ -41,6 +41,10 @@ PICKLISTS: dict[str, dict[int, str]] = {
     "yesNo": {0: "No", 1: "Yes"},
     "billingCodeUseType": {1: "Work Type", 2: "Material", 3: "Expense", 4: "Recurring Contract Service"},
     "resourceType": {1: "Employee", 2: "Contractor", 3: "API User"},
+    # ContractCharges.chargeType [?]: the client reads the values from entityInformation/fields, never assumes them
+    "contractChargeType": {1: "Operational", 2: "Capitalized"},
+    # BillingItems.billingItemType [?]: what a posted item bills
+    "billingItemType": {4: "Contract Charge", 5: "Recurring Contract Service"},
 }
 # First ids per entity: distinct ranges make an id used for the wrong entity fail loudly.
 FIRST_IDS = {
@@ -52,7 +56,13 @@ FIRST_IDS = {
     "Services": 501,
     "ContractServices": 200001,
     "ContractServiceAdjustments": 900001,
+    "ContractCharges": 400001,
+    "BillingItems": 7000001,
+    "Invoices": 60001,
 }
+# Contract types a ContractCharge is refused on unless its billing code is a purchase code [doc].
+CHARGE_REFUSING_CONTRACT_TYPES = {4: "Block Hours", 6: "Retainer", 8: "Per Ticket"}
+MATERIAL_BILLING_CODE_USE_TYPE = 2
 # Months per billing period, by Services.periodType.
 PERIOD_MONTHS = {2: 1, 3: 3, 4: 6, 5: 12}
 
@@ -245,6 +255,79 @@ _register(
 
 _register(
     EntitySpec(
+        "ContractCharges",
+        (
+            _f("id", LONG, read_only=True),
+            _f("contractID", INTEGER, required=True, reference="Contracts", create_only=True),
+            _f("name", STRING, required=True, length=100),
+            _f("datePurchased", DATE, required=True),
+            _f("chargeType", INTEGER, required=True, picklist="contractChargeType"),
+            _f("unitQuantity", DECIMAL, required=True),
+            _f("unitCost", DECIMAL),
+            _f("unitPrice", DECIMAL),
+            _f("billableAmount", DECIMAL, read_only=True),
+            _f("productID", INTEGER),
+            _f("billingCodeID", INTEGER, reference="BillingCodes"),
+            _f("contractServiceID", LONG, reference="ContractServices"),
+            _f("isBillableToCompany", BOOLEAN),
+            _f("isBilled", BOOLEAN, read_only=True),
+            _f("status", INTEGER),
+            _f("description", STRING, length=2000),
+            _f("purchaseOrderNumber", STRING, length=50),
+            _f("internalPurchaseOrderNumber", STRING, length=50),
+            _f("createDate", DATETIME, read_only=True),
+        ),
+        can_create=True,
+        can_update=True,
+        can_delete=True,
+    )
+)
+
+_register(
+    EntitySpec(
+        "BillingItems",
+        (
+            _f("id", LONG, read_only=True),
+            _f("itemDate", DATE, read_only=True),
+            _f("postedDate", DATETIME, read_only=True),
+            _f("companyID", INTEGER, read_only=True, reference="Companies"),
+            _f("contractID", INTEGER, read_only=True, reference="Contracts"),
+            _f("contractChargeID", LONG, read_only=True),
+            _f("serviceID", INTEGER, read_only=True),
+            _f("billingCodeID", INTEGER, read_only=True),
+            _f("invoiceID", LONG, read_only=True),
+            _f("billingItemType", INTEGER, read_only=True, picklist="billingItemType"),
+            _f("subType", INTEGER, read_only=True),
+            _f("description", STRING, read_only=True, length=2000),
+            _f("quantity", DECIMAL, read_only=True),
+            _f("rate", DECIMAL, read_only=True),
+            _f("ourCost", DECIMAL, read_only=True),
+            _f("extendedPrice", DECIMAL, read_only=True),
+            _f("totalAmount", DECIMAL, read_only=True),
+        ),
+    )
+)
+
+_register(
+    EntitySpec(
+        "Invoices",
+        (
+            _f("id", LONG, read_only=True),
+            _f("invoiceNumber", STRING, read_only=True, length=50),
+            _f("companyID", INTEGER, read_only=True, reference="Companies"),
+            _f("invoiceDateTime", DATETIME, read_only=True),
+            _f("fromDate", DATE, read_only=True),
+            _f("toDate", DATE, read_only=True),
+            _f("invoiceTotal", DECIMAL, read_only=True),
+            _f("isVoided", BOOLEAN, read_only=True),
+            _f("voidedDate", DATETIME, read_only=True),
+            _f("createDateTime", DATETIME, read_only=True),
+        ),
+    )
+)
+
+_register(
+    EntitySpec(
         "BillingCodes",
         (
             _f("id", LONG, read_only=True),
@@ -302,6 +385,7 @@ CHILD_ROUTES: dict[tuple[str, str], str] = {
     ("Contracts", "services"): "ContractServices",
     ("Contracts", "serviceadjustments"): "ContractServiceAdjustments",
     ("Contracts", "serviceunits"): "ContractServiceUnits",
+    ("Contracts", "charges"): "ContractCharges",
 }
 
 
@@ -413,7 +497,7 @@ def entity_information(spec: EntitySpec) -> dict:
             "canQuery": spec.can_query,
             "canUpdate": spec.can_update,
             "userAccessForCreate": "All" if spec.can_create else "None",
-            "userAccessForDelete": "None",
+            "userAccessForDelete": "All" if spec.can_delete else "None",
             "userAccessForQuery": "All" if spec.can_query else "None",
             "userAccessForUpdate": "All" if spec.can_update else "None",
             "hasUserDefinedFields": spec.has_udfs,

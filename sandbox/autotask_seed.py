@@ -33,6 +33,9 @@ from sandbox.dataset import Account, Product, Subscription, Universe
 OWNER_RESOURCE_ID = FIRST_IDS["Resources"]
 API_RESOURCE_ID = OWNER_RESOURCE_ID + 1
 RECURRING_BILLING_CODE_ID = FIRST_IDS["BillingCodes"]
+# Material codes for contract charges (usage and one-off amounts), after the seed's older codes.
+USAGE_BILLING_CODE_ID = RECURRING_BILLING_CODE_ID + 4
+ONE_OFF_BILLING_CODE_ID = RECURRING_BILLING_CODE_ID + 5
 PERIOD_TYPES = {"Monthly": 2, "Quarterly": 3, "SemiAnnually": 4, "Annually": 5}
 _SEEDED_AT = format_datetime(datetime(2023, 1, 2, 9, 0, 0))
 
@@ -637,6 +640,8 @@ def _billing_codes() -> list[dict]:
         ("Cloud Subscriptions", 4, True),
         ("Remote Support", 1, True),
         ("Legacy Hosting", 4, False),
+        ("Cloud Usage", 2, True),
+        ("One-off Charges", 2, True),
     ]
     return [
         {

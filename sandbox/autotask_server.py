@@ -3,7 +3,8 @@
 Run: `python -m sandbox.autotask_server --port 8090 [--state-file var/autotask.json ...]`.
 Behaves like Autotask for zones, header auth, envelopes, the query grammar and paging, billing rules,
 the hourly request budget and the per-endpoint thread limit; `/_admin/*` adds fault injection, stats
-and state dumps for tests (no auth, not counted).
+and state dumps for tests (no auth, not counted), and Autotask's "Approve and Post" of a month with switches that
+plant billing leaks (`POST /_admin/approve-and-post`, `POST /_admin/unpost`; see `sandbox/autotask_posting.py`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from sandbox.autotask_errors import ApiError, method_not_allowed, not_found
+from sandbox.autotask_posting import PostingSwitches, approve_and_post, unpost
 from sandbox.autotask_query import parse_query, project
 from sandbox.autotask_schema import (
     CHILD_ROUTES,
@@ -297,7 +299,9 @@ class Sandbox:
             if verb == "GET" and spec.can_query:
                 item = store.get(spec.name, route.record_id)
                 return {"item": project(_public(item), None) if item is not None else None}
-            raise method_not_allowed(verb)  # nothing here may be deleted through the API
+            if verb == "DELETE" and spec.can_delete:
+                return {"itemId": store.delete(spec.name, route.record_id)}
+            raise method_not_allowed(verb)
         if route.kind == "root":
             return {"itemId": self._write_root(spec, verb, body)}
         if route.kind == "child":
@@ -337,6 +341,9 @@ class Sandbox:
             return {"itemId": store.update_contract_service(body, route.record_id)}
         if child == "ContractServiceAdjustments" and verb == "POST":
             return {"itemId": store.create_adjustment(body, route.record_id)}
+        if child == "ContractCharges" and verb == "POST":
+            data = body if isinstance(body, dict) else {}
+            return {"itemId": store.create(child, {**data, "contractID": store._route_contract(data, route.record_id)})}
         raise method_not_allowed(verb)
 
     @staticmethod
@@ -528,6 +535,31 @@ def create_app(settings: Settings) -> FastAPI:
     @app.get("/_admin/seed-facts")
     async def seed_facts() -> dict:
         return {"items": sandbox.facts}
+
+    @app.post("/_admin/approve-and-post")
+    async def post_month(request: Request) -> JSONResponse:
+        """Autotask's Approve and Post for a month (`sandbox/autotask_posting.py`), with the leak switches."""
+        payload = await _json_body(request)
+        try:
+            if not isinstance(payload, dict):
+                raise ApiError("The body must be a JSON object.", 400)
+            unknown = set(payload) - {"month", "postedDate"} - {f.name for f in fields(PostingSwitches)}
+            if unknown:
+                raise ApiError(f"unknown posting setting(s): {', '.join(sorted(unknown))}", 400)
+            result = approve_and_post(
+                sandbox.store, payload.get("month"), PostingSwitches.from_payload(payload), payload.get("postedDate")
+            )
+        except ApiError as error:
+            return _error_response(error)
+        return JSONResponse(result)
+
+    @app.post("/_admin/unpost")
+    async def unpost_month(request: Request) -> JSONResponse:
+        payload = await _json_body(request)
+        try:
+            return JSONResponse(unpost(sandbox.store, (payload or {}).get("month")))
+        except ApiError as error:
+            return _error_response(error)
 
     @app.get("/_admin/state/{entity}")
     async def state(entity: str) -> JSONResponse:

@@ -22,9 +22,11 @@ from pathlib import Path
 from sandbox.autotask_errors import ApiError
 from sandbox.autotask_query import IndexHint, Page, Query, count_matches, index_key, page_after, page_before, udf_value
 from sandbox.autotask_schema import (
+    CHARGE_REFUSING_CONTRACT_TYPES,
     COMPANY_UDFS,
     ENTITIES,
     FIRST_IDS,
+    MATERIAL_BILLING_CODE_USE_TYPE,
     PERIOD_MONTHS,
     PICKLISTS,
     RECURRING_SERVICE_CONTRACT,
@@ -47,12 +49,19 @@ STORED_ENTITIES = (
     "Services",
     "ContractServices",
     "ContractServiceAdjustments",
+    "ContractCharges",
+    "BillingItems",
+    "Invoices",
 )
 # Units rows get ids derived from their contract service: contractServiceID * UNIT_ID_FACTOR + row number.
 UNIT_ID_FACTOR = 1000
-# The saved state's format; 2: Currencies and Companies.currencyID (a state file of another format is seeded afresh).
-STATE_FORMAT = 2
+# The saved state's format; 2: Currencies and Companies.currencyID; 3: ContractCharges, BillingItems, Invoices and
+# the material billing codes (a state file of another format is seeded afresh).
+STATE_FORMAT = 3
 CONTRACT_SERVICE_WRITABLE = {"adjustedPrice", "invoiceDescription"}
+
+
+_BILLED_CHARGE = "The ContractCharge {id} has been billed (Approve and Post) and cannot be {verb}."
 
 
 class Table:
@@ -91,6 +100,12 @@ class Table:
                 index.setdefault(new_key, set()).add(record_id)
         self.records[record_id] = record
 
+    def remove(self, record_id: int) -> None:
+        record = self.records.pop(record_id)
+        self.ids.remove(record_id)
+        for (field_name, udf), index in self._indexes.items():
+            index.get(self._key(record, field_name, udf), set()).discard(record_id)
+
     def lookup(self, field_name: str, keys: frozenset | set, udf: bool = False) -> set[int]:
         """Ids whose `field_name` (compared by index_key) is one of `keys`."""
         if field_name == "id" and not udf:
@@ -123,6 +138,8 @@ class Store:
         self.dirty = False
         self._units_cache: dict[int, list[dict]] = {}
         self._unit_plans: dict[int, _UnitPlan] = {}
+        # contract service id -> {period row startDate: approveAndPostDate}, from the posted BillingItems
+        self.posted_periods: dict[int, dict[str, str]] = {}
         self.load(state or {})
 
     # --- state ---------------------------------------------------------------------------------------
@@ -137,8 +154,16 @@ class Store:
                 self.tables[name] = Table(name, saved.get("records", []), saved.get("next_id", 1))
             else:
                 self.tables[name] = Table(name, state.get(name, []), FIRST_IDS.get(name, 1))
+        self.posted_periods = {}
+        for item in self.tables["BillingItems"].records.values():
+            if item.get("_contractServiceID") is not None:
+                self.posted_periods.setdefault(item["_contractServiceID"], {})[item["itemDate"]] = item["postedDate"]
         self._forget_units()
         self.plan_units()
+
+    def forget_units(self, cs_id: int) -> None:
+        """Drop one contract service's cached rows (posting changed their approveAndPostDate)."""
+        self._forget_units(cs_id)
 
     def dump(self) -> dict:
         return {
@@ -290,12 +315,26 @@ class Store:
         existing = self.tables[entity].get(_record_id(data, entity))
         if existing is None:
             raise ApiError(f"Unable to find the {entity} record with id {data.get('id')}.")
+        if entity == "ContractCharges" and existing.get("isBilled"):
+            raise ApiError(_BILLED_CHARGE.format(verb="updated", id=existing["id"]))
         record = self._validated(spec, data, existing=existing, replace=replace)
         self._check_rules(spec, record, existing)
         self.tables[entity].replace(record)
         self._after_update(entity, existing, record)
         self._changed()
         return record["id"]
+
+    def delete(self, entity: str, record_id: int) -> int:
+        """DELETE a record the entity allows deleting (ContractCharges only while not billed)."""
+        table = self.tables[entity]
+        existing = table.get(record_id)
+        if existing is None:
+            raise ApiError(f"Unable to find the {entity} record with id {record_id}.")
+        if entity == "ContractCharges" and existing.get("isBilled"):
+            raise ApiError(_BILLED_CHARGE.format(verb="deleted", id=record_id))
+        table.remove(record_id)
+        self._changed()
+        return record_id
 
     def _validated(self, spec: EntitySpec, data: dict, existing: dict | None, replace: bool) -> dict:
         """The new stored record: coerced, checked against lengths, picklists, references, required."""
@@ -391,6 +430,32 @@ class Store:
             for other in self.tables["Services"].find("name", record["name"]):
                 if existing is None or other["id"] != existing["id"]:
                     raise ApiError(f"A Service with the name '{record['name']}' already exists.")
+        elif spec.name == "ContractCharges":
+            self._check_charge(record, existing)
+
+    def _check_charge(self, record: dict, existing: dict | None) -> None:
+        """A contract charge's rules [doc]: a product or a billing code; refused on block, retainer and incident
+        contracts unless the billing code is a purchase (material) code; a null unit price takes the code's;
+        billableAmount = unitQuantity × unitPrice; a new charge is not billed."""
+        if record.get("productID") is None and record.get("billingCodeID") is None:
+            raise ApiError("Either productID or billingCodeID is required for a ContractCharge.")
+        code = self.tables["BillingCodes"].get(record["billingCodeID"]) if record.get("billingCodeID") else None
+        if code is not None and not code.get("isActive"):
+            raise ApiError(f"Reference value {record['billingCodeID']} for field billingCodeID does not exist.")
+        contract = self.tables["Contracts"].get(record["contractID"])
+        refusing = CHARGE_REFUSING_CONTRACT_TYPES.get(contract["contractType"])
+        if refusing and (code is None or code.get("useType") != MATERIAL_BILLING_CODE_USE_TYPE):
+            raise ApiError(
+                f"Contract Charges cannot be added to {refusing} contracts unless the billing code is a purchase code."
+            )
+        if record.get("unitPrice") is None and code is not None:
+            record["unitPrice"] = code.get("unitPrice")
+        quantity, price = record.get("unitQuantity"), record.get("unitPrice")
+        record["billableAmount"] = None if price is None else round(quantity * price, 4)
+        if existing is None:
+            record["isBilled"] = False
+            if record.get("isBillableToCompany") is None:
+                record["isBillableToCompany"] = True
 
     def _after_update(self, entity: str, old: dict, new: dict) -> None:
         if entity == "Contracts" and (old["startDate"], old["endDate"]) != (new["startDate"], new["endDate"]):
@@ -623,6 +688,7 @@ class Store:
             splits=splits,
             price=cs.get("unitPrice") if price is None else price,
             cost=cs.get("unitCost"),
+            posted=self.posted_periods.get(cs["id"], {}),
         )
 
 
@@ -642,6 +708,7 @@ class _UnitPlan:
     splits: list[date]
     price: object
     cost: object
+    posted: dict[str, str]  # period row startDate -> approveAndPostDate
 
 
 _ONE_DAY = timedelta(days=1)
@@ -712,7 +779,7 @@ def _build_unit_rows(plan: _UnitPlan, bounds: _UnitBounds) -> list[dict]:
                     "price": price,
                     "cost": cost,
                     "internalCurrencyPrice": price,
-                    "approveAndPostDate": None,
+                    "approveAndPostDate": plan.posted.get(start_text),
                     "vendorCompanyID": plan.vendor_id,
                 }
             )

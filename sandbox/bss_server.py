@@ -13,6 +13,9 @@ Besides the API it offers, without authentication, `/healthz` and an `/_admin` s
   the wrong type does not hide them from a filter; `raw_body` answers that month's queries with the
   literal text (status 200).
 - `POST /_admin/reset`: start-up faults, no overrides, fresh statistics (issued tokens stay valid).
+- The month's close (`sandbox/bss_invoices.py`): `GET /_admin/months/{month}`, `POST /_admin/months/{month}/open`,
+  `POST /_admin/months/{month}/close` `{"issuedAt"}`, `POST /_admin/months/{month}/withhold` `{"accounts",
+  "withheld"}`, `POST /_admin/invoices/{id}/reissue` `{"status": "Issued"|"Draft"}`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from urllib.parse import parse_qs
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from sandbox.bss_invoices import INVOICE_DATE_FIELDS, INVOICE_FIELDS, InvoiceAdminError, Invoicing
 from sandbox.dataset import Account, Universe, build_universe
 from sandbox.odata_filter import (
     ACCOUNT_FIELDS,
@@ -95,6 +99,8 @@ class SandboxConfig:
     faults: Faults = field(default_factory=Faults)
     # account id -> the name it carries instead of the generated one (probe names for escaping tests)
     account_names: dict[str, str] = field(default_factory=dict)
+    # months whose invoices are still Draft at start (every other month is closed: its invoices Issued)
+    open_months: tuple[str, ...] = ()
 
 
 @dataclass
@@ -150,6 +156,7 @@ class BssSandbox:
         self._base_months: dict[str, list[_Entry]] = {}
         self._account_entries = [_entry(account.id, account_json(account)) for account in self.universe.accounts]
         self._accounts_by_id = {entry.sort_id: entry for entry in self._account_entries}
+        self.invoicing = Invoicing(self._served_lines, config.open_months)
         self.reset()
 
     # --- state ---------------------------------------------------------------------------------
@@ -162,6 +169,7 @@ class BssSandbox:
         self._query_cache: OrderedDict[tuple, _Selection] = OrderedDict()
         self._error_rng = random.Random(self.config.seed)
         self._api_requests = 0
+        self.invoicing.reset()
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -299,6 +307,28 @@ class BssSandbox:
             if len(self._query_cache) > _QUERY_CACHE_SIZE:
                 self._query_cache.popitem(last=False)
         return cached
+
+    def select_invoices(self, filter_text: str | None, orderby_text: str | None) -> _Selection:
+        """Invoices are never cached: an open month's follow its lines, and the admin closes months."""
+        clauses = parse_filter(filter_text, INVOICE_FIELDS)
+        orders = parse_orderby(orderby_text, INVOICE_FIELDS)
+        lower, upper = date_bounds(clauses, INVOICE_DATE_FIELDS)
+        entries = [
+            _entry(invoice["id"], invoice)
+            for first in self._months
+            if (lower is None or lower[:7] <= first.strftime("%Y-%m"))
+            and (upper is None or upper[:7] >= first.strftime("%Y-%m"))
+            for invoice in self.invoicing.invoices(first.strftime("%Y-%m"))
+        ]
+        return _Selection(_select(entries, clauses, orders or [OrderBy("id", False)], ()))
+
+    def known_month(self, month: str) -> str:
+        if month not in {first.strftime("%Y-%m") for first in self._months}:
+            raise ApiError(404, f"{month!r} is not a YYYY-MM month of the sandbox window")
+        return month
+
+    def _served_lines(self, month: str) -> list[Any]:
+        return [entry.value for entry in self._entries_for_month(month)]
 
     def account_body(self, account_id: str) -> bytes | None:
         entry = self._accounts_by_id.get(account_id)
@@ -565,6 +595,12 @@ def create_app(config: SandboxConfig) -> FastAPI:
         selection = sandbox.select_accounts(request.query_params.get("$filter"), request.query_params.get("$orderby"))
         return _paged_response(selection, page, page_size)
 
+    @app.get("/api/invoices")
+    async def invoices(request: Request) -> Response:
+        page, page_size = _page_params(request)
+        selection = sandbox.select_invoices(request.query_params.get("$filter"), request.query_params.get("$orderby"))
+        return _paged_response(selection, page, page_size)
+
     @app.get("/api/accounts/{account_id}")
     async def account(account_id: str) -> Response:
         body = sandbox.account_body(account_id)
@@ -603,6 +639,39 @@ def create_app(config: SandboxConfig) -> FastAPI:
             "removed": len(override.remove),
             "raw_body": override.raw_body is not None,
         }
+
+    @app.exception_handler(InvoiceAdminError)
+    async def invoice_admin_error(_: Request, error: InvoiceAdminError) -> JSONResponse:
+        return _error(409, str(error))
+
+    @app.get("/_admin/months/{month}")
+    async def month_state(month: str) -> dict[str, Any]:
+        return sandbox.invoicing.summary(sandbox.known_month(month))
+
+    @app.post("/_admin/months/{month}/open")
+    async def open_month(month: str) -> dict[str, Any]:
+        return sandbox.invoicing.open_month(sandbox.known_month(month))
+
+    @app.post("/_admin/months/{month}/close")
+    async def close_month(month: str, request: Request) -> dict[str, Any]:
+        payload = await _json_object(request)
+        issued_at = payload.get("issuedAt")
+        if issued_at is not None and not isinstance(issued_at, str):
+            raise ApiError(400, "'issuedAt' must be a string (YYYY-MM-DDThh:mm:ssZ)")
+        return sandbox.invoicing.close_month(sandbox.known_month(month), issued_at)
+
+    @app.post("/_admin/months/{month}/withhold")
+    async def withhold(month: str, request: Request) -> dict[str, Any]:
+        payload = await _json_object(request)
+        accounts = payload.get("accounts")
+        if not isinstance(accounts, list) or not all(isinstance(item, str) for item in accounts):
+            raise ApiError(400, "'accounts' must be a list of account ids")
+        return sandbox.invoicing.withhold(sandbox.known_month(month), accounts, bool(payload.get("withheld", True)))
+
+    @app.post("/_admin/invoices/{invoice_id}/reissue")
+    async def reissue(invoice_id: str, request: Request) -> dict[str, Any]:
+        payload = await _json_object(request)
+        return sandbox.invoicing.reissue(invoice_id, str(payload.get("status", "Issued")))
 
     @app.post("/_admin/reset")
     async def reset() -> dict[str, str]:
@@ -680,6 +749,13 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
         help="serve account ID under NAME (repeatable), e.g. a probe name for escaping tests",
     )
     parser.add_argument(
+        "--open-month",
+        action="append",
+        default=[month for month in str(env("open_months", "")).split(",") if month],
+        metavar="YYYY-MM",
+        help="a month whose invoices are still Draft at start (repeatable); every other month is closed",
+    )
+    parser.add_argument(
         "--access-log",
         action="store_true",
         default=env("access_log", "") == "1",
@@ -704,6 +780,7 @@ def main(argv: list[str] | None = None) -> None:
         password=args.password,
         faults=Faults(args.latency_ms, args.error_rate, args.rate_limit_every, args.retry_after_s, args.token_ttl_s),
         account_names=dict(pair.split("=", 1) for pair in args.account_name),
+        open_months=tuple(args.open_month),
     )
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning", access_log=args.access_log)
 

@@ -85,6 +85,7 @@ def create_app() -> FastAPI:
         for run in runs:
             run["review_href"] = _review_href(SYNC_DAG_ID, run["run_id"])
             run["files"] = _run_files(run["month"], run["run_id"])
+            run["files"]["audit_html"] = _audit_file(run["month"])
         return _page(request, "months.html", {"runs": runs, "user": user.get_name()})
 
     @read_run.get("/run/{dag_id}/{run_id}", response_class=HTMLResponse)
@@ -143,6 +144,7 @@ def create_app() -> FastAPI:
         for run in runs:
             run["review_href"] = _review_href(SYNC_DAG_ID, run["run_id"])
             run["files"] = _run_files(run["month"], run["run_id"])
+            run["files"]["audit_html"] = _audit_file(run["month"])
         return {"runs": runs}
 
     @read_run.get("/api/runs/{dag_id}/{run_id}")
@@ -387,6 +389,14 @@ def _run_files(month: str, run_id: str) -> dict[str, str | None]:
     for key, name in (("data_docs", "index.html"), ("report_html", "report.html"), ("report_xlsx", "report.xlsx")):
         found[key] = f"{base}/{name}" if (directory / name).is_file() else None
     return found
+
+
+def _audit_file(month: str) -> str | None:
+    """The month's leakage audit report (include/audit.py), when one was written."""
+    from include.audit import AUDIT_DIR_NAME, HTML_NAME
+
+    found = _data_docs_root() / month / AUDIT_DIR_NAME / HTML_NAME
+    return f"/billing/files/{quote(month)}/{AUDIT_DIR_NAME}/{HTML_NAME}" if found.is_file() else None
 
 
 def _review_href(dag_id: str, run_id: str) -> str:

@@ -33,6 +33,7 @@ from connectors.retry_after import retry_after_seconds
 TOKEN_PATH = "/oauth/token"
 CHARGES_PATH = "/api/charges"
 ACCOUNTS_PATH = "/api/accounts"
+INVOICES_PATH = "/api/invoices"
 API_VERSION_HEADER = "X-Api-Version"
 PAGINATION_HEADER = "X-Pagination"
 PAGINATION_TOTAL_PAGES = "totalPages"
@@ -41,6 +42,7 @@ PAGE_SIZE_PARAM = "pageSize"
 MAX_PAGE_SIZE = 200
 CHARGE_PERIOD_FILTER = "chargeStartDate ge {start} and chargeStartDate le {end}"
 ORDER_BY_ID = "id asc"
+INVOICE_PERIOD_FILTER = "periodStart eq {start}"
 
 DEFAULT_API_VERSION = "3.0"
 DEFAULT_PAGE_SIZE = MAX_PAGE_SIZE
@@ -505,6 +507,11 @@ class BssHook(HttpHook):
     def list_accounts(self) -> Iterator[list[dict]]:
         """All account records, by id, one page at a time."""
         return self.iter_pages(ACCOUNTS_PATH, {"$orderby": ORDER_BY_ID})
+
+    def iter_invoices(self, period_start: date) -> Iterator[list[dict]]:
+        """The invoices of the billing period starting on `period_start` (every status), by id, a page at a time."""
+        period = INVOICE_PERIOD_FILTER.format(start=period_start.isoformat())
+        return self.iter_pages(INVOICES_PATH, {"$filter": period, "$orderby": ORDER_BY_ID})
 
     def get_account(self, account_id: str) -> dict:
         """One account record."""

@@ -523,3 +523,14 @@ def test_the_plugin_registers_its_app_and_views() -> None:
     assert views["dag_run"]["href"] == "/billing/run/{DAG_ID}/{RUN_ID}"
     assert views["nav"]["href"] == "/billing/months"
     assert Path(__file__).exists()
+
+
+def test_the_months_page_links_the_months_billing_audit_behind_auth(stack: dict) -> None:
+    audit = stack["data_docs"] / MONTH / "audit"
+    audit.mkdir(parents=True, exist_ok=True)
+    (audit / "billing-audit.html").write_text("<html><body>leakage of the month</body></html>")
+    page = stack["admin"].get("/billing/months")
+    link = f"/billing/files/{MONTH}/audit/billing-audit.html"
+    assert page.status_code == 200 and f'href="{link}" data-testid="audit-link"' in page.text
+    assert "leakage of the month" in stack["admin"].get(link).text
+    assert stack["anonymous"].get(link).status_code == 401

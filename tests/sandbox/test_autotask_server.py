@@ -862,4 +862,6 @@ def test_a_state_file_an_older_sandbox_saved_is_seeded_afresh(tmp_path: Path) ->
         assert api.state("Companies")
     finally:
         server.stop()
-    assert json.loads(state_file.read_text())["format"] == 2
+    from sandbox.autotask_store import STATE_FORMAT
+
+    assert json.loads(state_file.read_text())["format"] == STATE_FORMAT
