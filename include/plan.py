@@ -11,7 +11,8 @@ refuse it or it would write a wrong figure; the reason says what a person can do
 moves approved rows to applied or failed.
 
 Re-running a month (`replace_plan`). Machine-owned rows (proposed / flagged / needs-mapping / blocked) of the month
-are replaced by the new run's rows: they were computed from an older comparison and nobody acted on them.
+are replaced by the new run's rows: they were computed from an older comparison and nobody acted on them. What an
+earlier run's review shows of them is kept first (`include.runs.supersede_open_lines`): a run is a snapshot.
 Rows a person or the loader owns (approved / excluded / applied / failed) are never touched:
 - a new action with the same action_id as such a row is the same decision; it is not inserted again;
 - a new action with the same idempotency_key but other content writes the same Autotask slot as an
@@ -327,6 +328,9 @@ def replace_plan(
         ).all()
         decided_ids = {row.action_id for row in decided}
         decided_keys = {row.idempotency_key: (row.action_id, row.status) for row in decided}
+        from include.runs import supersede_open_lines  # runs imports the settings, which import models only
+
+        supersede_open_lines(conn, warehouse, month, run_id, MACHINE_STATUSES)
         conn.execute(
             table.delete().where(
                 table.c.month == month, table.c.status.in_([str(status) for status in MACHINE_STATUSES])
