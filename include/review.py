@@ -34,7 +34,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -43,7 +43,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from include.extract import StaleRunError, ensure_run_reads_own_lines
+from include.identifiers import SYNC_DAG_ID
+from include.plan import PlanScope, sql_in
+from include.reconcile import OTHER_COMPANY_FLAG
 from include.report import ADJUSTING_KINDS, KIND_LABELS, _Names
+from include.runs import billing_run, run_lines_source, runs_of_month
 from include.sync_settings import SyncSettings
 from include.warehouse import Warehouse, utcnow
 
@@ -113,37 +117,52 @@ class RunState:
     lines: int
     approval: dict[str, Any] | None
     stale_reason: str | None
+    dag_id: str | None = None
+    superseded_by: str | None = None
 
     @property
     def pending(self) -> bool:
-        return self.approval is None and self.stale_reason is None
+        return self.approval is None and self.stale_reason is None and self.superseded_by is None
 
     @property
     def why_not_pending(self) -> str | None:
         if self.approval is not None:
             who = self.approval.get("decided_by") or "the approval timeout"
             return f"the month's approval was answered ({self.approval['decision']} by {who}): decisions are closed"
+        if self.superseded_by is not None:
+            return (
+                f"a later run ({self.superseded_by}) planned {self.month} again: this run's review stays as it was "
+                "and takes no more decisions"
+            )
         return self.stale_reason
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
+            "dag_id": self.dag_id,
             "month": self.month,
             "lines": self.lines,
             "pending": self.pending,
             "why_not_pending": self.why_not_pending,
             "approval": self.approval,
+            "superseded_by": self.superseded_by,
         }
 
 
-def run_state(warehouse: Warehouse, run_id: str) -> RunState:
-    """The run's month and whether decisions are still open; 404 when the run has no plan."""
-    rows = warehouse.query(
-        "SELECT month, COUNT(*) AS lines FROM plan_actions WHERE run_id = :run_id GROUP BY month", {"run_id": run_id}
+def run_state(warehouse: Warehouse, run_id: str, dag_id: str | None = None) -> RunState:
+    """The run's month and whether decisions are still open; 404 when the run has no plan, or (with `dag_id`) is not
+    a run of that DAG: a route serves a run only under the DAG it belongs to."""
+    run = billing_run(warehouse, run_id)
+    if dag_id is not None and (run is None or run.dag_id != dag_id):
+        owner = f"it is a run of {run.dag_id}" if run is not None else "no billing DAG planned it"
+        raise ReviewError(404, f"run {run_id!r} is not a run of {dag_id}: {owner}")
+    source = run_lines_source(warehouse, run_id)
+    rows = _rows(
+        warehouse, f"SELECT MIN(month), COUNT(*) FROM {_plan_of(source)} WHERE run_id = :run_id", {"run_id": run_id}
     )
-    if not rows:
+    if not rows or not rows[0][1]:
         raise ReviewError(404, f"run {run_id!r} has no change plan in the warehouse")
-    month = rows[0]["month"]
+    month = rows[0][0]
     approvals = warehouse.query(
         "SELECT decision, decided_by, decided_at, note FROM month_approvals WHERE run_id = :run_id"
         " ORDER BY decided_at DESC",
@@ -157,7 +176,20 @@ def run_state(warehouse: Warehouse, run_id: str) -> RunState:
         ensure_run_reads_own_lines(warehouse, month, run_id)
     except StaleRunError as error:
         stale = f"a newer run extracted {month} again: {error}"
-    return RunState(run_id, month, int(rows[0]["lines"]), approval, stale)
+    return RunState(
+        run_id,
+        month,
+        int(rows[0][1]),
+        approval,
+        stale,
+        run.dag_id if run is not None else None,
+        run.superseded_by if run is not None else None,
+    )
+
+
+def _plan_of(source: str) -> str:
+    """A plan source (`include.runs.run_lines_source`) to select from: the table, or its subquery with an alias."""
+    return source if source == "plan_actions" else f"{source} run_lines"
 
 
 # -- the grid ---------------------------------------------------------------------------------------------------
@@ -259,10 +291,12 @@ _BUILDING = threading.Lock()  # one build of a run's grid lines at a time in thi
 
 
 def _fingerprint(warehouse: Warehouse, run_id: str) -> tuple[Any, ...]:
-    """Changes whenever the run's plan is re-planned (rows replaced) or its links change."""
+    """Changes whenever the run's plan is re-planned (rows replaced) or its links change; not when a later run
+    supersedes the run's open lines (they are kept, `include.runs`)."""
+    plan = _plan_of(run_lines_source(warehouse, run_id))
     rows = _rows(
         warehouse,
-        "SELECT COUNT(*), MAX(created_at) FROM plan_actions WHERE run_id = :run_id",
+        f"SELECT COUNT(*), MAX(created_at) FROM {plan} WHERE run_id = :run_id",
         {"run_id": run_id},
     )
     links = _rows(
@@ -271,6 +305,60 @@ def _fingerprint(warehouse: Warehouse, run_id: str) -> tuple[Any, ...]:
         {"run_id": run_id},
     )
     return (*rows[0], *links[0])
+
+
+def refresh_grid(warehouse: Warehouse, run_id: str, scope: PlanScope) -> int:
+    """After a scoped re-plan: rebuild the stored grid lines of the scope's lines and of every line the plan holds
+    that has none (and drop the lines the plan no longer holds); the rest stay as stored. Returns how many lines
+    were built. A run whose grid was never stored is built whole."""
+    if _stored_fingerprint(warehouse, run_id) is None:
+        return build_grid(warehouse, run_id)
+    fingerprint = _fingerprint(warehouse, run_id)
+    in_plan = {
+        action_id
+        for (action_id,) in _rows(
+            warehouse, "SELECT action_id FROM plan_actions WHERE run_id = :run_id", {"run_id": run_id}
+        )
+    }
+    in_grid = {
+        action_id
+        for (action_id,) in _rows(
+            warehouse, "SELECT action_id FROM review_grid_lines WHERE run_id = :run_id", {"run_id": run_id}
+        )
+    }
+    of_accounts, account_params = sql_in("account_id", scope.accounts, "acc")
+    of_products, product_params = sql_in("product_id", scope.products, "prod")
+    of_scope = {
+        action_id
+        for (action_id,) in _rows(
+            warehouse,
+            f"SELECT action_id FROM plan_actions WHERE run_id = :run_id AND ({of_accounts} OR {of_products})",
+            {"run_id": run_id, **account_params, **product_params},
+        )
+    }
+    rebuilt = (in_plan - in_grid) | of_scope
+    dropped = sorted((in_grid - in_plan) | rebuilt)
+    rows = _static_rows(warehouse, run_id, rebuilt, scope) if rebuilt else []
+    with warehouse.begin() as conn:
+        for start in range(0, len(dropped), 500):
+            condition, params = sql_in("action_id", dropped[start : start + 500], "id")
+            conn.execute(
+                sa.text(f"DELETE FROM review_grid_lines WHERE run_id = :run_id AND {condition}"),
+                {"run_id": run_id, **params},
+            )
+        warehouse.insert(
+            conn,
+            "review_grid_lines",
+            ({"run_id": run_id, **{column: row[key] for key, column in _STORED_COLUMNS.items()}} for row in rows),
+        )
+        conn.execute(
+            sa.text(
+                "UPDATE review_grids SET plan_fingerprint = :fingerprint, lines = :lines, built_at = :at"
+                " WHERE run_id = :run_id"
+            ),
+            {"fingerprint": _fingerprint_text(fingerprint), "lines": len(in_plan), "at": utcnow(), "run_id": run_id},
+        )
+    return len(rows)
 
 
 def build_grid(warehouse: Warehouse, run_id: str) -> int:
@@ -398,16 +486,25 @@ _SHOWN_SQL = ", ".join(f"g.{_STORED_COLUMNS[key]}" for key in _SHOWN) + (
     ", p.status, COALESCE(p.reason, ''), COALESCE(p.decided_by, ''), COALESCE(a.approved_by, '')"
 )
 _SHOWN_KEYS = [*_SHOWN, "status", "reason", "decided_by", "line_approved_by"]
-_LINES_SQL = (
-    " FROM review_grid_lines g JOIN plan_actions p ON p.action_id = g.action_id AND p.run_id = g.run_id"
-    " LEFT JOIN review_line_approvals a ON a.run_id = g.run_id AND a.action_id = g.action_id"
-    " WHERE g.run_id = :run_id"
-)
-# the lines with their current status only (what filters, totals and counts need)
-_STATUS_SQL = (
-    " FROM review_grid_lines g JOIN plan_actions p ON p.action_id = g.action_id AND p.run_id = g.run_id"
-    " WHERE g.run_id = :run_id"
-)
+
+
+def _lines_sql(source: str) -> str:
+    """The run's grid lines joined with their live plan rows (`source`: `include.runs.run_lines_source`)."""
+    return (
+        f" FROM review_grid_lines g JOIN {source} p ON p.action_id = g.action_id AND p.run_id = g.run_id"
+        " LEFT JOIN review_line_approvals a ON a.run_id = g.run_id AND a.action_id = g.action_id"
+        " WHERE g.run_id = :run_id"
+    )
+
+
+def _status_sql(source: str) -> str:
+    """The lines with their current status only (what filters, totals and counts need)."""
+    return (
+        f" FROM review_grid_lines g JOIN {source} p ON p.action_id = g.action_id AND p.run_id = g.run_id"
+        " WHERE g.run_id = :run_id"
+    )
+
+
 _NUMERIC = {"seq", "bss_units", "autotask_units", "unit_change", "unit_price", "unit_cost", "cost_change"}
 _LIVE = {"status": "p.status", "reason": "COALESCE(p.reason, '')"}
 
@@ -461,11 +558,12 @@ def _lines(warehouse: Warehouse, run_id: str, query: GridQuery, page: tuple[int,
     two steps: the ordered ids of its lines (the sort handles ids only), then those lines' columns."""
     where, params = _where(warehouse, query)
     params["run_id"] = run_id
+    plan = run_lines_source(warehouse, run_id)
     if page is None:
-        statement = f"SELECT {_SHOWN_SQL}{_LINES_SQL}{where}{_order_by(warehouse, query)}"
+        statement = f"SELECT {_SHOWN_SQL}{_lines_sql(plan)}{where}{_order_by(warehouse, query)}"
         return [dict(zip(_SHOWN_KEYS, values, strict=True)) for values in _rows(warehouse, statement, params)]
     live = query.status or query.flagged_only or query.needs_mapping_only or query.search or query.sort in _LIVE
-    source = _STATUS_SQL if live else " FROM review_grid_lines g WHERE g.run_id = :run_id"  # names only: no join
+    source = _status_sql(plan) if live else " FROM review_grid_lines g WHERE g.run_id = :run_id"  # names: no join
     ids = [
         action_id
         for (action_id,) in _rows(
@@ -482,7 +580,7 @@ def _lines(warehouse: Warehouse, run_id: str, query: GridQuery, page: tuple[int,
         values[0]: dict(zip(_SHOWN_KEYS, values, strict=True))
         for values in _rows(
             warehouse,
-            f"SELECT {_SHOWN_SQL}{_LINES_SQL} AND g.action_id IN ({', '.join(':' + name for name in chosen)})",
+            f"SELECT {_SHOWN_SQL}{_lines_sql(plan)} AND g.action_id IN ({', '.join(':' + name for name in chosen)})",
             {"run_id": run_id, **chosen},
         )
     }
@@ -506,7 +604,7 @@ def _totals(warehouse: Warehouse, run_id: str, query: GridQuery) -> dict[str, An
         f" SUM(CASE WHEN {counted} AND (g.cost_added <> 0 OR g.cost_removed <> 0) THEN 1 ELSE 0 END),"
         f" SUM(CASE WHEN {counted} THEN g.cost_added ELSE 0 END),"
         f" SUM(CASE WHEN {counted} THEN g.cost_removed ELSE 0 END)"
-        f"{_STATUS_SQL}{where} GROUP BY 1",
+        f"{_status_sql(run_lines_source(warehouse, run_id))}{where} GROUP BY 1",
         params,
     ):
         lines += int(found)
@@ -543,9 +641,10 @@ def grid_page(warehouse: Warehouse, run_id: str, query: GridQuery) -> dict[str, 
     totals = _totals(warehouse, run_id, query)
     counts: dict[str, dict[str, int]] = {"status": {}, "kind": {}, "mapping": {}}
     total_lines = 0
+    plan = _plan_of(run_lines_source(warehouse, run_id))
     for status, kind, lines in _rows(
         warehouse,
-        "SELECT status, kind, COUNT(*) FROM plan_actions WHERE run_id = :run_id GROUP BY status, kind",
+        f"SELECT status, kind, COUNT(*) FROM {plan} WHERE run_id = :run_id GROUP BY status, kind",
         {"run_id": run_id},
     ):
         total_lines += int(lines)
@@ -573,28 +672,50 @@ def grid_page(warehouse: Warehouse, run_id: str, query: GridQuery) -> dict[str, 
     }
 
 
-def _static_rows(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
-    """The names and figures of the run's lines: what changes only when the run is re-planned."""
-    plan_rows = warehouse.query("SELECT * FROM plan_actions WHERE run_id = :run_id ORDER BY seq", {"run_id": run_id})
+def _static_rows(
+    warehouse: Warehouse, run_id: str, only: Collection[str] | None = None, scope: PlanScope | None = None
+) -> list[dict[str, Any]]:
+    """The names and figures of the run's lines: what changes only when the run is re-planned. `only` (with the
+    `scope` they belong to): just these lines, named from the scope's customers' data alone."""
+    if only is None:
+        plan_rows = warehouse.query(
+            "SELECT * FROM plan_actions WHERE run_id = :run_id ORDER BY seq", {"run_id": run_id}
+        )
+    else:
+        plan_rows = _plan_rows_by_id(warehouse, run_id, only)
     if not plan_rows:
         return []
     month = plan_rows[0]["month"]
-    names = _Names(warehouse, month, run_id, plan_rows)
+    accounts = None
+    month_condition, scope_params = "", {}
+    if only is not None and scope is not None:
+        # the lines a scoped line names (the company, contract or service its customer's lines create)
+        named = {row["action_id"] for row in plan_rows}
+        referenced = {
+            row[column]
+            for row in plan_rows
+            for column in ("company_action_id", "contract_action_id", "service_action_id", "contract_service_action_id")
+            if row[column] and row[column] not in named
+        }
+        accounts = {row["account_id"] for row in plan_rows if row["account_id"]} | set(scope.accounts)
+        month_condition, scope_params = sql_in("account_id", accounts, "acc")
+        month_condition = f" AND {month_condition}"
+        names = _Names(
+            warehouse, month, run_id, [*plan_rows, *_plan_rows_by_id(warehouse, run_id, referenced)], accounts
+        )
+    else:
+        names = _Names(warehouse, month, run_id, plan_rows)
     subscriptions: dict[str, tuple[str, str, Any]] = {}
     for sub_id, period, cycle, price in _rows(
         warehouse,
         "SELECT subscription_id, billing_period, billing_cycle, unit_price FROM charge_lines WHERE month = :month"
-        " ORDER BY effective_date, charge_id",
-        {"month": month},
+        f"{month_condition} ORDER BY effective_date, charge_id",
+        {"month": month, **scope_params},
     ):
         subscriptions[sub_id] = (period, cycle, price)
     links = {
         (kind, source): (resolution, suggestions, flag)
-        for kind, source, resolution, suggestions, flag in _rows(
-            warehouse,
-            "SELECT kind, source_key, resolution, suggestions, flag FROM month_links WHERE run_id = :run_id",
-            {"run_id": run_id},
-        )
+        for kind, source, resolution, suggestions, flag in _month_links(warehouse, run_id, plan_rows, only is not None)
     }
     rows = []
     for plan_row in plan_rows:
@@ -654,6 +775,41 @@ def _static_rows(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
         }
         rows.append(row)
     return rows
+
+
+def _plan_rows_by_id(warehouse: Warehouse, run_id: str, action_ids: Collection[str]) -> list[dict[str, Any]]:
+    ids = sorted(action_ids)
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(ids), 500):
+        condition, params = sql_in("action_id", ids[start : start + 500], "id")
+        rows += warehouse.query(
+            f"SELECT * FROM plan_actions WHERE run_id = :run_id AND {condition}", {"run_id": run_id, **params}
+        )
+    return sorted(rows, key=lambda row: row["seq"])
+
+
+def _month_links(
+    warehouse: Warehouse, run_id: str, plan_rows: Sequence[Mapping[str, Any]], only_theirs: bool
+) -> list[tuple]:
+    """The run's resolutions (kind, source, resolution, suggestions, flag): all, or those of these lines' sources."""
+    statement = "SELECT kind, source_key, resolution, suggestions, flag FROM month_links WHERE run_id = :run_id"
+    if not only_theirs:
+        return _rows(warehouse, statement, {"run_id": run_id})
+    found = []
+    for kind in TARGET_NOUN:
+        keys = {
+            key
+            for row in plan_rows
+            for source_kind, key in _sources_of(row, _json_list(row["subscription_ids"]))
+            if source_kind == kind
+        }
+        keys = sorted(keys)
+        for start in range(0, len(keys), 500):
+            condition, params = sql_in("source_key", keys[start : start + 500], "key")
+            found += _rows(
+                warehouse, f"{statement} AND kind = :kind AND {condition}", {"run_id": run_id, "kind": kind, **params}
+            )
+    return found
 
 
 def _changes(line: Any) -> tuple[Decimal, Decimal, Decimal, Decimal]:
@@ -745,16 +901,19 @@ def line_detail(warehouse: Warehouse, run_id: str, action_id: str) -> dict[str, 
     _ensure_grid(warehouse, run_id)
     found = _rows(
         warehouse,
-        f"SELECT {_SHOWN_SQL}{_LINES_SQL} AND g.action_id = :action_id",
+        f"SELECT {_SHOWN_SQL}{_lines_sql(run_lines_source(warehouse, run_id))} AND g.action_id = :action_id",
         {"run_id": run_id, "action_id": action_id},
     )
     row = dict(zip(_SHOWN_KEYS, found[0], strict=True)) if found else None
     if row is None:
         raise ReviewError(404, f"line {action_id!r} is not a line of run {run_id!r}")
-    plan_row = warehouse.query(
-        "SELECT account_id, subscription_ids, product_id FROM plan_actions WHERE action_id = :id AND run_id = :run_id",
+    plan_rows = warehouse.query(
+        "SELECT account_id, subscription_ids, product_id FROM plan_actions WHERE action_id = :id AND run_id = :run_id"
+        " UNION ALL SELECT account_id, subscription_ids, product_id FROM superseded_plan_actions"
+        " WHERE action_id = :id AND run_id = :run_id",
         {"id": action_id, "run_id": run_id},
-    )[0]
+    )
+    plan_row = plan_rows[0]
     sources = []
     for kind, source_key in _sources_of(plan_row, _json_list(plan_row["subscription_ids"])):
         link = warehouse.query(
@@ -898,11 +1057,20 @@ def _target_name(warehouse: Warehouse, run_id: str, kind: str, target_id: int) -
 
 
 def decide(
-    warehouse: Warehouse, run_id: str, request: Mapping[str, Any], by: str, settings: SyncSettings | None = None
+    warehouse: Warehouse,
+    run_id: str,
+    request: Mapping[str, Any],
+    by: str,
+    settings: SyncSettings | None = None,
+    dag_id: str | None = None,
 ) -> dict[str, Any]:
     """Carry out one decision of a reviewer (see the module docstring); returns what changed.
 
-    Everything is checked first: a ReviewError (4xx) leaves the warehouse as it was."""
+    Everything is checked first, and everything a decision writes (the link or the line's status, the re-plan of
+    the lines it changes, the grid's lines, the audit row) commits in one transaction that holds the month: a
+    decision and the month's approval never interleave, and the run is checked again under that hold. A
+    ReviewError (4xx) or any failure leaves the warehouse as it was. `dag_id`: the DAG the request names; the run
+    must be one of its runs. `settings`: those the run was planned with, by default (`billing_runs`)."""
     if not isinstance(request, Mapping):
         raise ReviewError(422, "the decision must be a JSON object")
     decision = request.get("decision")
@@ -910,12 +1078,27 @@ def decide(
         raise ReviewError(422, f"unknown decision {decision!r}; one of: {', '.join(DECISIONS)}")
     if not isinstance(by, str) or not by.strip():
         raise ReviewError(401, "the decision needs the name of the person taking it")
-    state = run_state(warehouse, run_id)
+    state = run_state(warehouse, run_id, dag_id)
     if not state.pending:
         raise ReviewError(409, f"run {run_id!r} takes no more decisions: {state.why_not_pending}")
-    if decision in LINE_DECISIONS:
-        return _decide_line(warehouse, state, str(decision), request, by)
-    return _decide_mapping(warehouse, state, str(decision), request, by, settings or SyncSettings())
+    with warehouse.begin() as conn:
+        warehouse.lock_month(conn, state.month)
+        joined = warehouse.within(conn)
+        state = run_state(joined, run_id, dag_id)
+        if not state.pending:
+            raise ReviewError(409, f"run {run_id!r} takes no more decisions: {state.why_not_pending}")
+        if decision in LINE_DECISIONS:
+            return _decide_line(joined, state, str(decision), request, by)
+        run = billing_run(joined, run_id)
+        if run is not None and run.is_reversal:
+            raise ReviewError(
+                409,
+                f"run {run_id!r} reverses run {run.reverses_run_id}: its lines are the opposite adjustments of that "
+                "run; a mapping decision does not apply (exclude or include its lines instead)",
+            )
+        if settings is None:
+            settings = run.sync_settings() if run is not None else SyncSettings.from_env()
+        return _decide_mapping(joined, state, str(decision), request, by, settings)
 
 
 def _decide_line(
@@ -1268,7 +1451,9 @@ def _decide_mapping(
     else:
         for suggested in open_targets:
             reject_suggestion(warehouse, kind, source_key, suggested, by)
-    summary = replan(warehouse, state.month, state.run_id, settings, by)
+    summary = replan(
+        warehouse, state.month, state.run_id, settings, by, scope_of_decision(warehouse, state, kind, source_key)
+    )
     after_link = warehouse.query(
         "SELECT target_id, resolution FROM month_links"
         " WHERE run_id = :run_id AND kind = :kind AND source_key = :source",
@@ -1344,23 +1529,69 @@ def _check_target(warehouse: Warehouse, state: RunState, kind: str, source_key: 
 
 
 def replan(
-    warehouse: Warehouse, month: str, run_id: str, settings: SyncSettings, by: str = "re-planning"
+    warehouse: Warehouse,
+    month: str,
+    run_id: str,
+    settings: SyncSettings,
+    by: str = "re-planning",
+    scope: PlanScope | None = None,
 ) -> dict[str, Any]:
     """Link and reconcile the run's month again (what a mapping decision changes), keeping what people decided:
-    the lines a new plan writes that depend on an excluded line are excluded with it (by `by`)."""
+    the lines a new plan writes that depend on an excluded line are excluded with it (by `by`). With `scope`, only
+    the decided customers' lines are linked, compared and replaced (a decision answers in well under a second on a
+    20,000-line month: `bench/bench_review_decision.py`); without, the whole month."""
     from include.mapping import link_month
     from include.reconcile import reconcile_month
 
-    link_month(warehouse, month, run_id, settings)
-    summary = reconcile_month(warehouse, month, run_id, settings)
+    link_month(warehouse, month, run_id, settings, scope)
+    summary = reconcile_month(warehouse, month, run_id, settings, scope)
     excluded_with = exclude_dependents_of_exclusions(warehouse, run_id, by)
-    build_grid(warehouse, run_id)
+    if scope is None:
+        build_grid(warehouse, run_id)
+    else:
+        refresh_grid(warehouse, run_id, scope)
     return {
         "actions": summary.actions,
         "by_status": summary.by_status,
         "excluded_with_an_excluded_line": excluded_with,
         "seconds": summary.seconds,
+        "scope": None if scope is None else {"accounts": sorted(scope.accounts), "products": sorted(scope.products)},
     }
+
+
+# a scope re-planning more than this share of the month's customers is re-planned whole
+_SCOPE_SHARE_LIMIT = 0.5
+
+
+def scope_of_decision(warehouse: Warehouse, state: RunState, kind: str, source_key: str) -> PlanScope | None:
+    """The customers a mapping decision on `source_key` changes the plan of (an account: its own lines; a
+    subscription: its customer's; a product: every customer billed for it, and its catalogue service), or None when
+    the whole month must be re-planned: a subscription of the scope moved between customers (its lines touch
+    another customer's contract), or the scope is most of the month anyway."""
+    column = {"company": "account_id", "contract": "subscription_id", "service": "product_id"}[kind]
+    accounts = frozenset(
+        row["account_id"]
+        for row in warehouse.query(
+            f"SELECT DISTINCT account_id FROM charge_lines WHERE month = :month AND {column} = :key",  # fixed column
+            {"month": state.month, "key": source_key},
+        )
+    )
+    if kind == "company":
+        accounts |= {source_key}
+    scope = PlanScope(accounts, frozenset({source_key}) if kind == "service" else frozenset())
+    of_accounts, params = sql_in("l.account_id", accounts, "acc")
+    moved = warehouse.query(
+        "SELECT 1 AS moved FROM month_links m JOIN charge_lines l ON l.subscription_id = m.source_key"
+        f" AND l.month = :month WHERE m.run_id = :run_id AND m.kind = 'contract' AND m.flag = :flag AND {of_accounts}"
+        " LIMIT 1",
+        {"month": state.month, "run_id": state.run_id, "flag": OTHER_COMPANY_FLAG, **params},
+    )
+    total = warehouse.query(
+        "SELECT COUNT(DISTINCT account_id) AS accounts FROM charge_lines WHERE month = :month", {"month": state.month}
+    )[0]["accounts"]
+    if moved or len(accounts) > _SCOPE_SHARE_LIMIT * max(int(total or 0), 1):
+        return None
+    return scope
 
 
 def _audit(
@@ -1423,53 +1654,106 @@ def decisions_of(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
 # -- the months overview ----------------------------------------------------------------------------------------
 
 
-def months_overview(warehouse: Warehouse) -> list[dict[str, Any]]:
-    """One row per run with a plan: its month, line counts by status, the approval and who gave it."""
-    counts: dict[tuple[str, str], dict[str, int]] = {}
-    for month, run_id, status, lines in _rows(
-        warehouse,
-        "SELECT month, run_id, status, COUNT(*) FROM plan_actions GROUP BY month, run_id, status",
-        {},
-    ):
-        counts.setdefault((month, run_id), {})[status] = int(lines)
+_OPEN = ("proposed", "flagged", "needs-mapping", "blocked")
+
+
+def runs_overview(warehouse: Warehouse) -> list[dict[str, Any]]:
+    """One row per run with a plan: its DAG, month, line counts by status (its open lines a later run replaced
+    included: a run is a snapshot), the approval and who gave it, and its state in words (`_run_status`)."""
+    counts: dict[str, dict[str, int]] = {}
+    months: dict[str, str] = {}
+    started: dict[str, Any] = {}
+    for table in ("plan_actions", "superseded_plan_actions"):  # fixed table names
+        for month, run_id, status, lines, first in _rows(
+            warehouse,
+            f"SELECT month, run_id, status, COUNT(*), MIN(created_at) FROM {table} GROUP BY month, run_id, status",
+            {},
+        ):
+            by_status = counts.setdefault(run_id, {})
+            by_status[status] = by_status.get(status, 0) + int(lines)
+            months[run_id] = month
+            first = _jsonable(first)
+            started[run_id] = first if run_id not in started else min(started[run_id], first, key=str)
     approvals: dict[str, dict[str, Any]] = {}
     for row in warehouse.query(
         "SELECT run_id, decision, decided_by, decided_at, approved_actions FROM month_approvals ORDER BY decided_at"
     ):
         approvals[row["run_id"]] = {key: _jsonable(value) for key, value in row.items()}
-    started = {
-        run_id: _jsonable(moment)
-        for run_id, moment in _rows(warehouse, "SELECT run_id, MIN(created_at) FROM plan_actions GROUP BY run_id", {})
-    }
+    registered = {run.run_id: run for run in runs_of_month(warehouse)}
     runs = []
-    for (month, run_id), by_status in counts.items():
+    for run_id, by_status in counts.items():
         approval = approvals.get(run_id)
+        run = registered.get(run_id)
         runs.append(
             {
-                "month": month,
+                "month": months[run_id],
                 "run_id": run_id,
+                "dag_id": run.dag_id if run is not None else SYNC_DAG_ID,
+                "reverses_run_id": run.reverses_run_id if run is not None else None,
+                "superseded_by": run.superseded_by if run is not None else None,
                 "planned_at": started.get(run_id),
                 "lines": sum(by_status.values()),
+                "open_lines": sum(by_status.get(status, 0) for status in _OPEN),
                 "by_status": dict(sorted(by_status.items())),
                 "approval": approval,
-                "status": _run_status(approval, by_status),
+                "status": _run_status(approval, by_status, run.superseded_by if run is not None else None),
             }
         )
-    runs.sort(key=lambda run: (run["month"], str(run["planned_at"])), reverse=True)
+    runs.sort(key=lambda run: (run["month"], str(run["planned_at"]), run["run_id"]), reverse=True)
     return runs
 
 
-def _run_status(approval: Mapping[str, Any] | None, by_status: Mapping[str, int]) -> str:
+def months_overview(warehouse: Warehouse) -> list[dict[str, Any]]:
+    """One row per month, newest first: the month's latest run of the monthly sync (its state tells the truth:
+    "loaded, 74 lines open", "waiting for approval", "rejected"), and the month's other runs behind it (earlier
+    runs, reversals), newest first."""
+    by_month: dict[str, list[dict[str, Any]]] = {}
+    for run in runs_overview(warehouse):
+        by_month.setdefault(run["month"], []).append(run)
+    months = []
+    for month, runs in sorted(by_month.items(), reverse=True):
+        syncs = [run for run in runs if run["dag_id"] == SYNC_DAG_ID] or runs
+        latest = syncs[0]
+        months.append(
+            {
+                "month": month,
+                "latest": latest,
+                "status": latest["status"],
+                "earlier": [run for run in runs if run is not latest],
+            }
+        )
+    return months
+
+
+def months_with_open_lines(warehouse: Warehouse, before: str | None = None) -> list[dict[str, Any]]:
+    """The months (before `before`, when given) whose latest run left lines open after its approval: what a person
+    still has to decide or fix (`make ui` names them)."""
+    return [
+        month
+        for month in months_overview(warehouse)
+        if (before is None or month["month"] < before)
+        and month["latest"]["approval"] is not None
+        and month["latest"]["open_lines"]
+    ]
+
+
+def _run_status(approval: Mapping[str, Any] | None, by_status: Mapping[str, int], superseded_by: str | None) -> str:
+    """The run's state in words, from its approval and its lines: what it loaded and what it left open."""
+    open_lines = sum(by_status.get(status, 0) for status in _OPEN)
+    left_open = f", {open_lines} line{'s' if open_lines != 1 else ''} open" if open_lines else ""
     if approval is None:
+        if superseded_by is not None:
+            return f"not approved: a later run planned the month again ({superseded_by})"
         return "waiting for approval"
     decision = approval["decision"]
     if decision in ("rejected", "timed_out", "dry_run"):
         return {"rejected": "rejected", "timed_out": "timed out (rejected)", "dry_run": "dry run"}[decision]
     if by_status.get("failed"):
-        return "approved, load failed for some lines"
+        return f"loaded with {by_status['failed']} failed line{'s' if by_status['failed'] != 1 else ''}{left_open}"
     if by_status.get("approved"):
-        return "approved, not fully loaded"
-    return "approved and loaded"
+        waiting = by_status["approved"]
+        return f"approved, {waiting} line{'s' if waiting != 1 else ''} not loaded yet{left_open}"
+    return f"loaded{left_open}"
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------

@@ -166,7 +166,7 @@ def has_superseded_lines(warehouse: Warehouse, run_id: str) -> bool:
 
 # The columns of a run's plan lines the review reads live (status, reason, decider), from the plan and, for the open
 # lines a later run replaced, from what `supersede_open_lines` kept.
-_LIVE_COLUMNS = "run_id, action_id, kind, status, reason, decided_by, created_at"
+_LIVE_COLUMNS = "run_id, action_id, month, kind, status, reason, decided_by, created_at"
 
 
 def run_lines_source(warehouse: Warehouse, run_id: str) -> str:

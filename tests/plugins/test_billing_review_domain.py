@@ -50,8 +50,10 @@ def test_grid_search_and_overview(planned: Warehouse) -> None:
     assert set(adjust["totals"]["cost"]) <= {"EUR", "GBP", "USD"} and adjust["totals"]["cost"]
     found = review.search_targets(planned, RUN_ID, "company", "gmbh")
     assert found and all("gmbh" in (item["name"] + (item["number"] or "")).lower() for item in found)
-    runs = review.months_overview(planned)
-    assert [(run["month"], run["run_id"], run["status"]) for run in runs] == [(MONTH, RUN_ID, "waiting for approval")]
+    months = review.months_overview(planned)
+    assert [(month["month"], month["latest"]["run_id"], month["status"]) for month in months] == [
+        (MONTH, RUN_ID, "waiting for approval")
+    ]
     workbook = load_workbook(io.BytesIO(to_xlsx(adjust["lines"], adjust["totals"], "t")))
     assert workbook["Review"].max_row >= len(adjust["lines"]) + 3
     exported = list(csv.DictReader(io.StringIO(to_csv(xss["lines"]))))
