@@ -83,7 +83,6 @@ def bss_autotask_billing_reversal() -> None:
     approve_reversal = BillingApprovalOperator(
         task_id=APPROVAL_TASK_IDS[REVERSAL_DAG_ID],
         subject="Reverse billing run {{ params.run_id }} of {{ params.month }} in Autotask?",
-        intro_task_id="plan_reversal",
         response_timeout_hours=_APPROVAL_TIMEOUT_HOURS,
         retries=0,
     )

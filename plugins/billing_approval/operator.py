@@ -14,6 +14,7 @@ before Airflow even stores it; this is the check behind it). No answer within th
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -40,8 +41,7 @@ class BillingApprovalOperator(HITLOperator):
     """Ask for (or record) the approval of a billing run's plan; the task's result (XCom) is the recorded decision.
 
     `month_task_id`: the task whose result is the run's month (the sync DAG's `resolve_month`); without it the
-    month is the run's `month` param (the reversal). `subject` (templated) replaces the form's own subject;
-    `intro_task_id`: a task whose result's `body` opens the form (the reversal's description)."""
+    month is the run's `month` param (the reversal). `subject` (templated) replaces the form's own subject."""
 
     def __init__(
         self,
@@ -49,7 +49,6 @@ class BillingApprovalOperator(HITLOperator):
         response_timeout_hours: float,
         month_task_id: str | None = None,
         subject: str | None = None,
-        intro_task_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.pop("params", None)  # the DAG's params (the HITL form shows its task's own only)
@@ -65,31 +64,21 @@ class BillingApprovalOperator(HITLOperator):
         )
         self.month_task_id = month_task_id
         self.own_subject = subject is not None
-        self.intro_task_id = intro_task_id
 
     def execute(self, context: Any) -> Any:
-        from include.approval import ApprovalDecision, gate, record_decision, summarise_plan
-        from include.quality import data_docs_dir
+        from include.approval import ApprovalDecision, record_decision
 
         month, run_id = self._month(context), context["run_id"]
         warehouse = _warehouse_of_run(month, run_id)
         settings = _run_settings(warehouse, run_id, context)
-        summary = summarise_plan(
-            warehouse,
-            month,
-            run_id,
-            report_dir=str(data_docs_dir(month, run_id)),
-            review_link=_review_link(context["dag"].dag_id, run_id),
-        )
         known = known_users()
-        outcome = gate(summary, settings, known_users=known)
+        outcome = approval_form(warehouse, month, run_id, context["dag"].dag_id, settings, known)
         if isinstance(outcome, ApprovalDecision):
             approved = record_decision(warehouse, month, run_id, outcome)
             log.info("%s: %s (%d actions approved)", month, outcome.note, approved)
             return {**outcome.as_dict(), "approved_actions": approved}
-        intro = (context["ti"].xcom_pull(task_ids=self.intro_task_id) or {}) if self.intro_task_id else {}
         self.subject = self.subject if self.own_subject else outcome.subject
-        self.body = f"{intro['body']}\n\n{outcome.body}" if intro.get("body") else outcome.body
+        self.body = outcome.body
         self.params = ParamsDict({FORM_FINGERPRINT_PARAM: form_fingerprint_param(outcome.form_fingerprint)})
         assigned = outcome.approvers.assigned(known)
         self.assigned_users = [{"id": user, "name": user} for user in assigned] if assigned else None
@@ -151,6 +140,39 @@ class BillingApprovalOperator(HITLOperator):
         if not month:
             raise AirflowFailException("the run has no billing month to approve")
         return BillingMonth.parse(str(month)).key
+
+
+def approval_form(
+    warehouse: Any,
+    month: str,
+    run_id: str,
+    dag_id: str,
+    settings: Any,
+    known: list[tuple[str, str]] | None = None,
+) -> Any:
+    """The gate's answer for the run now (`include.approval.gate`): a decision to record, or the form to show a
+    person — what each answer loads, who may answer, where to look; a reversal's form opens with what it reverses.
+    The approval task asks with it, and the review plugin rewrites a pending form with it after each decision."""
+    from include.approval import AskPerson, gate, summarise_plan
+    from include.plan import load_plan
+    from include.quality import data_docs_dir
+    from include.reversal import describe_reversal
+    from include.runs import billing_run
+
+    summary = summarise_plan(
+        warehouse,
+        month,
+        run_id,
+        report_dir=str(data_docs_dir(month, run_id)),
+        review_link=_review_link(dag_id, run_id),
+    )
+    outcome = gate(summary, settings, known_users=known_users() if known is None else known)
+    run = billing_run(warehouse, run_id)
+    if isinstance(outcome, AskPerson) and run is not None and run.is_reversal:
+        proposed = load_plan(warehouse, month, run_id, statuses=["proposed"])
+        intro = describe_reversal(proposed, month, run.reverses_run_id or "?")
+        return replace(outcome, body=f"{intro}\n\n{outcome.body}")
+    return outcome
 
 
 def known_users() -> list[tuple[str, str]]:

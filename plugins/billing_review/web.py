@@ -5,20 +5,27 @@
 Security:
 - every route depends on `requires_access_dag` (GET for reads, PUT for decisions) for the billing DAG in the
   path, or for the monthly sync DAG where there is none: an unauthenticated request gets 401, a user the auth
-  manager denies 403. Airflow's `get_user` takes the UI's `_token` cookie or a Bearer token;
+  manager denies 403. Airflow's `get_user` takes the UI's `_token` cookie or a Bearer token. A run is served only
+  under the DAG it is a run of (`include.review.run_state`): a sync run under the reversal DAG's path is a 404;
+- a request body over `MAX_BODY_BYTES` gets 413 before it is read; a body that is not JSON, or JSON nested deeper
+  than `MAX_JSON_DEPTH`, gets 422 (never a 500);
+- a decision runs off the event loop (a worker thread): the api-server keeps answering while it re-plans. After a
+  decision the run's approval form is refreshed (`refresh_approval_form`): what each answer loads, its fingerprint;
 - a decision (POST) also needs the CSRF token of its user (`X-Billing-CSRF`: an HMAC of the user's id and name
   under the api-server's secret key, given to the page) and, when the browser sends one, an Origin of this
   server: a cross-site page cannot forge it;
 - pages are Jinja2 templates with autoescape, a strict Content-Security-Policy (scripts only from this app, no
   inline script) and the JS sets text with `textContent` only;
 - files (Data Docs, run reports) are served from `$BILLING_DATA_DOCS_DIR` only: the path is resolved and must
-  stay inside that directory.
+  stay inside that directory. They are served sandboxed (`FILE_CSP`: no script runs, the page has an origin of its
+  own, so nothing in a report or a Data Docs page can act in Airflow), with `nosniff`; exports are `no-store`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import os
 import time
@@ -28,12 +35,15 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from include.identifiers import APPROVAL_TASK_IDS, BILLING_DAG_IDS, FORM_FINGERPRINT_PARAM, SYNC_DAG_ID
 
 log = logging.getLogger(__name__)
 
-SYNC_DAG_ID = "bss_autotask_billing_sync"
-BILLING_DAG_IDS = frozenset({SYNC_DAG_ID, "bss_autotask_billing_reversal"})
 CSRF_HEADER = "X-Billing-CSRF"
+MAX_BODY_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 32
 HERE = Path(__file__).resolve().parent
 STATIC_FILES = {
     "review.js": "application/javascript",
@@ -42,6 +52,11 @@ STATIC_FILES = {
 PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'self'; base-uri 'none'; object-src 'none'"
+)
+# Data Docs and run reports: a sandbox of their own (no script, an opaque origin), their own styles and images only
+FILE_CSP = (
+    "sandbox; default-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; "
+    "frame-ancestors 'self'; base-uri 'none'; form-action 'none'"
 )
 _SERVED_SUFFIXES = {".html", ".htm", ".css", ".js", ".json", ".png", ".svg", ".ico", ".xlsx", ".csv", ".woff", ".woff2"}
 
@@ -61,6 +76,7 @@ def _user_dependency() -> Any:
 def create_app() -> FastAPI:
     """The plugin's app; everything Airflow and the domain need is imported lazily (plugins load everywhere)."""
     app = FastAPI(title="Billing review", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     read_run = APIRouter(dependencies=[_requires("GET")])
     change_run = APIRouter(dependencies=[_requires("PUT")])
     read_any = APIRouter(dependencies=[_requires("GET", fixed_dag=True)])
@@ -78,14 +94,7 @@ def create_app() -> FastAPI:
 
     @read_any.get("/months", response_class=HTMLResponse)
     def months_page(request: Request, user: Any = user_dep) -> HTMLResponse:
-        from include.review import months_overview
-
-        warehouse = _warehouse()
-        runs = months_overview(warehouse)
-        for run in runs:
-            run["review_href"] = _review_href(SYNC_DAG_ID, run["run_id"])
-            run["files"] = _run_files(run["month"], run["run_id"])
-        return _page(request, "months.html", {"runs": runs, "user": user.get_name()})
+        return _page(request, "months.html", {"months": _months(), "user": user.get_name()})
 
     @read_run.get("/run/{dag_id}/{run_id}", response_class=HTMLResponse)
     def review_page(request: Request, dag_id: str, run_id: str, user: Any = user_dep) -> HTMLResponse:
@@ -93,7 +102,7 @@ def create_app() -> FastAPI:
 
         _check_dag(dag_id)
         warehouse = _warehouse()
-        state = _call(run_state, warehouse, run_id)
+        state = _call(run_state, warehouse, run_id, dag_id)
         query = _call(GridQuery.parse, dict(request.query_params))
         page = _call(grid_page, warehouse, run_id, query)
         api = f"{_prefix(request)}/api/runs/{quote(dag_id, safe='')}/{quote(run_id, safe='')}"
@@ -126,7 +135,12 @@ def create_app() -> FastAPI:
         path = _safe_file(month, run_dir, file_path)
         return FileResponse(
             path,
-            headers={"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "frame-ancestors 'self'"},
+            headers={
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": FILE_CSP,
+                "Referrer-Policy": "no-referrer",
+                "Cache-Control": "private, no-cache",
+            },
         )
 
     # -- JSON -------------------------------------------------------------------------------------------------
@@ -137,20 +151,14 @@ def create_app() -> FastAPI:
 
     @read_any.get("/api/months")
     def months_json() -> dict[str, Any]:
-        from include.review import months_overview
-
-        runs = months_overview(_warehouse())
-        for run in runs:
-            run["review_href"] = _review_href(SYNC_DAG_ID, run["run_id"])
-            run["files"] = _run_files(run["month"], run["run_id"])
-        return {"runs": runs}
+        return {"months": _months()}
 
     @read_run.get("/api/runs/{dag_id}/{run_id}")
     def run_json(dag_id: str, run_id: str) -> dict[str, Any]:
         from include.review import run_state
 
         _check_dag(dag_id)
-        return _call(run_state, _warehouse(), run_id).as_dict()
+        return _call(run_state, _warehouse(), run_id, dag_id).as_dict()
 
     @read_run.get("/api/runs/{dag_id}/{run_id}/lines")
     def lines_json(request: Request, dag_id: str, run_id: str) -> JSONResponse:
@@ -159,7 +167,7 @@ def create_app() -> FastAPI:
         _check_dag(dag_id)
         started = time.perf_counter()
         warehouse = _warehouse()
-        _call(run_state, warehouse, run_id)
+        _call(run_state, warehouse, run_id, dag_id)
         query = _call(GridQuery.parse, dict(request.query_params))
         page = _call(grid_page, warehouse, run_id, query)
         elapsed = f"grid;dur={(time.perf_counter() - started) * 1000:.1f}"
@@ -167,10 +175,12 @@ def create_app() -> FastAPI:
 
     @read_run.get("/api/runs/{dag_id}/{run_id}/lines/{action_id}")
     def line_json(dag_id: str, run_id: str, action_id: str) -> dict[str, Any]:
-        from include.review import line_detail
+        from include.review import line_detail, run_state
 
         _check_dag(dag_id)
-        return _call(line_detail, _warehouse(), run_id, action_id)
+        warehouse = _warehouse()
+        _call(run_state, warehouse, run_id, dag_id)
+        return _call(line_detail, warehouse, run_id, action_id)
 
     @read_run.get("/api/runs/{dag_id}/{run_id}/targets")
     def targets_json(dag_id: str, run_id: str, kind: str, q: str = "", company_id: int | None = None) -> dict:
@@ -178,7 +188,7 @@ def create_app() -> FastAPI:
 
         _check_dag(dag_id)
         warehouse = _warehouse()
-        _call(run_state, warehouse, run_id)
+        _call(run_state, warehouse, run_id, dag_id)
         return {"targets": _call(search_targets, warehouse, run_id, kind, q, company_id)}
 
     @read_run.get("/api/runs/{dag_id}/{run_id}/decisions")
@@ -187,26 +197,16 @@ def create_app() -> FastAPI:
 
         _check_dag(dag_id)
         warehouse = _warehouse()
-        _call(run_state, warehouse, run_id)
+        _call(run_state, warehouse, run_id, dag_id)
         return {"decisions": decisions_of(warehouse, run_id)}
 
     @change_run.post("/api/runs/{dag_id}/{run_id}/decisions")
     async def decide_json(request: Request, dag_id: str, run_id: str, user: Any = user_dep) -> dict[str, Any]:
-        from include.review import GridQuery, decide, grid_page
-
         _check_dag(dag_id)
         check_csrf(request, user)
-        try:
-            body = await request.json()
-        except ValueError:
-            raise _ReviewHTTPError(422, "the request body must be JSON") from None
-        warehouse = _warehouse()
-        settings, airflow_state = _run_settings(dag_id, run_id)
-        if airflow_state in _ENDED_RUN_STATES:
-            raise _ReviewHTTPError(409, f"run {run_id!r} has ended in Airflow ({airflow_state}): decisions are closed")
-        result = _call(decide, warehouse, run_id, body, user.get_name(), settings)
-        totals = grid_page(warehouse, run_id, GridQuery(page_size=1))["totals"]
-        return {**result, "totals": totals}
+        body = parse_json(await request.body())
+        # the re-plan reads and writes the warehouse for a while: a worker thread, never the event loop
+        return await run_in_threadpool(_decide, dag_id, run_id, body, user.get_name())
 
     @read_run.get("/api/runs/{dag_id}/{run_id}/export.csv")
     def export_csv(request: Request, dag_id: str, run_id: str) -> Response:
@@ -214,7 +214,7 @@ def create_app() -> FastAPI:
 
         rows, _totals, state = _export_rows(request, dag_id, run_id)
         return Response(
-            to_csv(rows).encode("utf-8-sig"),
+            to_csv(rows).encode("utf-8-sig"),  # what a person exports is theirs: never kept by a cache
             media_type="text/csv; charset=utf-8",
             headers=_download_headers(f"billing-review-{state.month}.csv"),
         )
@@ -255,6 +255,160 @@ def _call(function: Any, *args: Any) -> Any:
         return function(*args)
     except ReviewError as error:
         raise _ReviewHTTPError(error.status, error.message) from None
+
+
+def _decide(dag_id: str, run_id: str, body: Any, by: str) -> dict[str, Any]:
+    """One decision, in a worker thread: the run must be a run of `dag_id`, still running in Airflow and pending;
+    then the decision, the refreshed approval form and the new totals."""
+    from include.review import GridQuery, decide, grid_page, run_state
+    from include.runs import billing_run
+
+    warehouse = _warehouse()
+    _call(run_state, warehouse, run_id, dag_id)
+    airflow_state = _airflow_run_state(dag_id, run_id)
+    if airflow_state in _ENDED_RUN_STATES:
+        raise _ReviewHTTPError(409, f"run {run_id!r} has ended in Airflow ({airflow_state}): decisions are closed")
+    run = billing_run(warehouse, run_id)
+    settings = None if run is not None and run.settings is not None else _legacy_settings(dag_id, run_id)
+    result = _call(decide, warehouse, run_id, body, by, settings, dag_id)
+    form = refresh_approval_form(warehouse, dag_id, run_id)
+    totals = grid_page(warehouse, run_id, GridQuery(page_size=1))["totals"]
+    return {**result, "totals": totals, "approval_form": form}
+
+
+def _months() -> list[dict[str, Any]]:
+    """The months overview with each run's review link and files."""
+    from include.review import months_overview
+
+    months = months_overview(_warehouse())
+    for month in months:
+        for run in (month["latest"], *month["earlier"]):
+            run["review_href"] = _review_href(run["dag_id"], run["run_id"])
+            run["files"] = _run_files(run["month"], run["run_id"])
+    return months
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 before the app reads it (declared or streamed)."""
+
+    def __init__(self, app: Any, limit: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await _too_large(self.limit)(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                await _too_large(self.limit)(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return JSONResponse({"detail": f"the request body is larger than {limit // 1024} KB: nothing was done"}, 413)
+
+
+def parse_json(raw: bytes) -> Any:
+    """The request body as JSON: 422 (naming what is wrong) for text that is not JSON or nested deeper than
+    `MAX_JSON_DEPTH` (checked before parsing: a deep enough document would exhaust the parser's recursion)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _ReviewHTTPError(422, "the request body must be JSON in UTF-8") from None
+    depth, deepest, in_string, escaped = 0, 0, False, False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                raise _ReviewHTTPError(422, f"the request body is JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        elif char in "]}":
+            depth -= 1
+    try:
+        return json.loads(text)
+    except ValueError as error:
+        raise _ReviewHTTPError(422, f"the request body must be JSON: {error}") from None
+
+
+def refresh_approval_form(warehouse: Any, dag_id: str, run_id: str) -> dict[str, Any] | None:
+    """Keep the run's pending approval form current after a decision: the form's text (what each answer loads) and
+    its fingerprint are rewritten in Airflow's record of the request, so the form a person opens next shows what
+    approving loads now; an answer to the form as it was before is refused (`include.approval.check_answer`).
+    Returns the form's new fingerprint (None when no form is pending)."""
+    try:
+        from airflow.models.hitl import HITLDetail
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+        from billing_approval.operator import approval_form
+        from sqlalchemy import select
+
+        from include.approval import AskPerson
+        from include.runs import billing_run
+
+        run = billing_run(warehouse, run_id)
+        if run is None:
+            return None
+        with create_session() as session:
+            instance = session.scalar(
+                select(TaskInstance).where(
+                    TaskInstance.dag_id == dag_id,
+                    TaskInstance.run_id == run_id,
+                    TaskInstance.task_id == APPROVAL_TASK_IDS[dag_id],
+                    TaskInstance.map_index == -1,
+                )
+            )
+            if instance is None:
+                return None
+            # the answer route's lock order: the task instance, then its request
+            session.get(TaskInstance, instance.id, with_for_update={"of": TaskInstance})
+            detail = session.scalar(
+                select(HITLDetail).where(HITLDetail.ti_id == instance.id).with_for_update(of=HITLDetail)
+            )
+            if detail is None or detail.response_received:
+                return None
+            form = approval_form(warehouse, run.month, run_id, dag_id, run.sync_settings())
+            if not isinstance(form, AskPerson):
+                return None
+            params = dict(detail.params or {})
+            field = dict(params.get(FORM_FINGERPRINT_PARAM) or {})
+            field["value"] = form.form_fingerprint
+            params[FORM_FINGERPRINT_PARAM] = field
+            detail.body = form.body
+            detail.params = params
+            return {"fingerprint": form.form_fingerprint}
+    except Exception as error:  # the decision stands; the stale form is refused when answered
+        log.warning("billing review: could not refresh the approval form of %s: %s", run_id, error)
+        return None
 
 
 def _check_dag(dag_id: str) -> None:
@@ -313,15 +467,9 @@ def check_csrf(request: Request, user: Any) -> None:
 _ENDED_RUN_STATES = frozenset({"success", "failed"})
 
 
-def _run_settings(dag_id: str, run_id: str) -> tuple[Any, str | None]:
-    """The sync settings the run was planned with (the environment's, with the run's effective-date policy) and
-    the run's state in Airflow (None when Airflow does not know the run, e.g. a month planned from a script)."""
-    from dataclasses import replace
-
-    from include.sync_settings import EffectiveDatePolicy, SyncSettings
-
-    settings = SyncSettings.from_env()
-    policy = os.environ.get("BILLING_SYNC_EFFECTIVE_DATE_POLICY")
+def _airflow_run(dag_id: str, run_id: str) -> tuple[Any, str | None]:
+    """The run's conf and state in Airflow (None, None when Airflow does not know the run: a month planned from a
+    script)."""
     try:
         from airflow.models.dagrun import DagRun
         from airflow.utils.session import create_session
@@ -331,15 +479,29 @@ def _run_settings(dag_id: str, run_id: str) -> tuple[Any, str | None]:
             found = session.execute(
                 select(DagRun.conf, DagRun.state).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id)
             ).first()
-        conf, state = (found[0], str(found[1]) if found[1] is not None else None) if found else (None, None)
-        if isinstance(conf, dict) and conf.get("effective_date_policy"):
-            policy = str(conf["effective_date_policy"])
     except Exception as error:  # the metadata database is the api-server's own; a failure keeps the default
-        log.warning("billing review: could not read the conf of run %s: %s", run_id, error)
-        state = None
-    if policy:
-        settings = replace(settings, effective_date_policy=EffectiveDatePolicy(policy))
-    return settings, state
+        log.warning("billing review: could not read run %s in Airflow: %s", run_id, error)
+        return None, None
+    return (found[0], str(found[1]) if found[1] is not None else None) if found else (None, None)
+
+
+def _airflow_run_state(dag_id: str, run_id: str) -> str | None:
+    return _airflow_run(dag_id, run_id)[1]
+
+
+def _legacy_settings(dag_id: str, run_id: str) -> Any:
+    """For a run planned before runs stored their settings: the environment's, with the run's effective-date
+    policy from its Airflow conf."""
+    from dataclasses import replace
+
+    from include.sync_settings import EffectiveDatePolicy, SyncSettings
+
+    settings = SyncSettings.from_env()
+    conf, _state = _airflow_run(dag_id, run_id)
+    policy = os.environ.get("BILLING_SYNC_EFFECTIVE_DATE_POLICY")
+    if isinstance(conf, dict) and conf.get("effective_date_policy"):
+        policy = str(conf["effective_date_policy"])
+    return replace(settings, effective_date_policy=EffectiveDatePolicy(policy)) if policy else settings
 
 
 def _export_rows(request: Request, dag_id: str, run_id: str) -> tuple[list[dict], dict, Any]:
@@ -347,7 +509,7 @@ def _export_rows(request: Request, dag_id: str, run_id: str) -> tuple[list[dict]
 
     _check_dag(dag_id)
     warehouse = _warehouse()
-    state = _call(run_state, warehouse, run_id)
+    state = _call(run_state, warehouse, run_id, dag_id)
     params = {key: value for key, value in request.query_params.items() if key not in ("page", "page_size")}
     query = _call(GridQuery.parse, params)
     rows, totals = _call(grid_export, warehouse, run_id, query)
@@ -356,7 +518,11 @@ def _export_rows(request: Request, dag_id: str, run_id: str) -> tuple[list[dict]
 
 def _download_headers(filename: str) -> dict[str, str]:
     safe = "".join(char for char in filename if char.isalnum() or char in "-._")
-    return {"Content-Disposition": f'attachment; filename="{safe}"', "X-Content-Type-Options": "nosniff"}
+    return {
+        "Content-Disposition": f'attachment; filename="{safe}"',
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "no-store",
+    }
 
 
 def _data_docs_root() -> Path:

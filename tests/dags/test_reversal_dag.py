@@ -47,7 +47,7 @@ def test_the_approval_is_its_own_recorded_like_a_months_and_no_answer_counts_as_
     assert isinstance(approval, BillingApprovalOperator)
     assert approval.options == OPTIONS and approval.defaults == [OPTION_REJECT]
     assert approval.response_timeout == timedelta(hours=168) and approval.retries == 0
-    assert "{{ params.run_id }}" in approval.subject and approval.intro_task_id == "plan_reversal"
+    assert "{{ params.run_id }}" in approval.subject
 
 
 def test_month_and_run_id_are_required_params(dag_bag) -> None:
