@@ -125,8 +125,8 @@ class SyncSettings:
         values: dict[str, Any] = {}
         for name, spec in cls.__dataclass_fields__.items():
             raw = environ.get(f"BILLING_SYNC_{name.upper()}")
-            if raw is None or name == "period_types":
-                continue
+            if raw is None or raw.strip() == "" or name == "period_types":
+                continue  # unset or empty (a deployment passes every setting, empty for the default)
             kind = str(spec.type)
             if kind == "bool":
                 values[name] = _flag(raw)
