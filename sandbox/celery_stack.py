@@ -67,6 +67,13 @@ def worker_hostname() -> str:
     return os.environ.get("BILLING_WORKER_NAME") or socket.getfqdn()
 
 
+# What a worker never gets, as in docker-compose.yaml: it runs any task's code, so no login (the password file), no key
+# that signs a login or a task token, no session key.
+WORKER_WITHHELD = frozenset(
+    {"AIRFLOW__API__SECRET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"}
+)
+
+
 @dataclass
 class StackSettings:
     """Where the stack's parts live. `postgres_url`: an admin URL of the PostgreSQL server (it creates and drops
@@ -142,7 +149,7 @@ class CeleryStack:
             command = ["celery", "worker", "--celery-hostname", f"{worker}@%h", "--queues", QUEUE]
             if index:  # one log server a machine: the shared log folder lets the api-server read every log
                 command.append("--skip-serve-logs")
-            self._start(f"worker-{worker}", command, {"BILLING_WORKER_NAME": worker})
+            self._start(f"worker-{worker}", command, {"BILLING_WORKER_NAME": worker}, withheld=WORKER_WITHHELD)
         self._wait_until_ready()
         self.timings["start_s"] = round(time.monotonic() - started, 1)
         return self
@@ -227,9 +234,16 @@ class CeleryStack:
     def _migrate(self) -> None:
         migrate_metadata(self.env, self.settings.work_dir / "airflow-db-migrate.log", self.settings.ready_timeout_s)
 
-    def _start(self, name: str, airflow_args: list[str], extra_env: dict[str, str] | None = None) -> None:
+    def _start(
+        self,
+        name: str,
+        airflow_args: list[str],
+        extra_env: dict[str, str] | None = None,
+        withheld: frozenset[str] = frozenset(),
+    ) -> None:
         log_path = self.settings.work_dir / f"{name}.log"
-        process = start_airflow_component(airflow_args, {**self.env, **(extra_env or {})}, log_path)
+        env = {key: value for key, value in {**self.env, **(extra_env or {})}.items() if key not in withheld}
+        process = start_airflow_component(airflow_args, env, log_path)
         self.components[name] = Component(name, process, log_path)
         self.started_pids.add(process.pid)
 
