@@ -104,7 +104,7 @@ async def _user_of(scope: Any) -> Any:
 
 
 def _check(dag_id: str, run_id: str, user: Any, answer: dict[str, Any]) -> tuple[int, str] | None:
-    from billing_approval.operator import known_users
+    from billing_approval.gate import known_users
 
     from billing_review.web import _warehouse
     from include.approval import check_answer

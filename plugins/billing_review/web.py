@@ -369,7 +369,7 @@ def refresh_approval_form(warehouse: Any, dag_id: str, run_id: str) -> dict[str,
         from airflow.models.hitl import HITLDetail
         from airflow.models.taskinstance import TaskInstance
         from airflow.utils.session import create_session
-        from billing_approval.operator import approval_form
+        from billing_approval.gate import approval_form
         from sqlalchemy import select
 
         from include.approval import AskPerson
