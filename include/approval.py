@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -169,13 +169,13 @@ class AnswerFigures:
             "lines": self.lines,
             "by_kind": dict(sorted(self.by_kind.items())),
             "line_approved": self.line_approved,
-            "currencies": {
+            "currencies": {  # as the form shows them: units exact, money to the cent
                 currency: {
                     "adjustments": changes.actions,
-                    "units_added": str(changes.units_added),
-                    "units_removed": str(changes.units_removed),
-                    "cost_added": str(changes.cost_added),
-                    "cost_removed": str(changes.cost_removed),
+                    "units_added": _plain(changes.units_added),
+                    "units_removed": _plain(changes.units_removed),
+                    "cost_added": _cents(changes.cost_added),
+                    "cost_removed": _cents(changes.cost_removed),
                 }
                 for currency, changes in sorted(self.currencies.items())
             },
@@ -954,6 +954,14 @@ def _decimal(value: Any) -> Decimal | None:
 def _number(value: Any) -> str:
     number = Decimal(str(value)).normalize()
     return f"{number:f}" if number != number.to_integral_value() else f"{int(number):,}"
+
+
+def _plain(value: Decimal) -> str:
+    return f"{value.normalize():f}" if value else "0"
+
+
+def _cents(value: Decimal) -> str:
+    return str(value.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
 def _money(value: Any) -> str:
