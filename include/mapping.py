@@ -198,6 +198,12 @@ def link_month(
     trusted = {key: link for key, link in linking.stored.items() if key not in demoted}
     company_results = _resolve(LinkKind.COMPANY, linking, trusted, settings)
     company_of_account = {result.source_key: result.target_id for result in company_results}
+    if scope is not None:  # the contracts of the companies the scope's accounts resolved to
+        companies = {company for company in company_of_account.values() if company is not None}
+        more = _contract_targets(warehouse, run_id, (set(), set(), companies))
+        linking = replace(
+            linking, targets={**linking.targets, LinkKind.CONTRACT: {**linking.targets[LinkKind.CONTRACT], **more}}
+        )
     # names only mean something among the contracts of the customer's own company, and never pick a contract
     # numbered with another subscription's id
     named_contracts: dict[int, dict[int, Target]] = defaultdict(dict)
@@ -342,17 +348,7 @@ def _read_month(warehouse: Warehouse, month: str, run_id: str, scope: PlanScope 
                 snapshot,
             )
         },
-        LinkKind.CONTRACT: {
-            row.contract_id: Target(
-                row.contract_id, row.contract_name, row.status != 0, row.contract_number, row.company_id
-            )
-            for row in _rows(
-                warehouse,
-                "SELECT contract_id, contract_name, contract_number, status, company_id FROM at_contracts"
-                " WHERE run_id = :run_id",
-                snapshot,
-            )
-        },
+        LinkKind.CONTRACT: {},  # below: all of them, or a scope's (`_contract_targets`)
         LinkKind.SERVICE: {
             row.service_id: Target(row.service_id, row.service_name, bool(row.is_active), row.sku)
             for row in _rows(
@@ -371,14 +367,47 @@ def _read_month(warehouse: Warehouse, month: str, run_id: str, scope: PlanScope 
             {},
         )
     )
+    stored = _stored_links(warehouse, None if scope is None else sources)
+    if scope is None:
+        targets[LinkKind.CONTRACT] = _contract_targets(warehouse, run_id)
+    else:
+        # the contracts the scope's subscriptions are remembered with or numbered for; those of the companies its
+        # accounts resolve to are added once they are known (`link_month`)
+        remembered = {int(link["target_id"]) for (kind, _), link in stored.items() if kind == str(LinkKind.CONTRACT)}
+        numbers = {source.key for source in sources[LinkKind.CONTRACT]}
+        targets[LinkKind.CONTRACT] = _contract_targets(warehouse, run_id, (remembered, numbers, set()))
     return _Month(
         sources=sources,
         source_names={kind: {source.key: source.name for source in rows} for kind, rows in sources.items()},
         targets=targets,
-        stored=_stored_links(warehouse, None if scope is None else sources),
+        stored=stored,
         rejected=_rejected_suggestions(warehouse),
         subscription_ids=subscription_ids,
     )
+
+
+def _contract_targets(
+    warehouse: Warehouse, run_id: str, only: tuple[set[int], set[str], set[int]] | None = None
+) -> dict[int, Target]:
+    """The run's snapshot contracts: all, or (`only`: ids, contract numbers, company ids) those a scope can link."""
+    statement = (
+        "SELECT contract_id, contract_name, contract_number, status, company_id FROM at_contracts"
+        " WHERE run_id = :run_id"
+    )
+    params: dict[str, Any] = {"run_id": run_id}
+    if only is not None:
+        ids, numbers, companies = only
+        by_id, id_params = sql_in("contract_id", ids, "cid")
+        by_number, number_params = sql_in("contract_number", numbers, "num")
+        by_company, company_params = sql_in("company_id", companies, "co")
+        statement += f" AND ({by_id} OR {by_number} OR {by_company})"
+        params = {**params, **id_params, **number_params, **company_params}
+    return {
+        row.contract_id: Target(
+            row.contract_id, row.contract_name, row.status != 0, row.contract_number, row.company_id
+        )
+        for row in _rows(warehouse, statement, params)
+    }
 
 
 def _links_made_by_loose_names(linking: _Month) -> dict[tuple[str, str], str]:

@@ -423,11 +423,22 @@ def _replace_scope(
             ),
             {"run_id": run_id, "month": month, **status_params, **account_params, **contract_params, **product_params},
         )
-        kept = conn.execute(
-            sa.select(table.c.action_id, table.c.idempotency_key).where(
-                table.c.run_id == run_id, table.c.month == month, table.c.status.in_(machine)
-            )
-        ).all()
+        # the run's other open lines that may be the same as, or write the same slot as, a line of the scope's plan
+        ids = {action.action_id for action in actions}
+        keys = {action.idempotency_key for action in actions}
+        kept = []
+        for start in range(0, max(len(ids), len(keys)), 250):
+            kept += conn.execute(
+                sa.select(table.c.action_id, table.c.idempotency_key).where(
+                    table.c.run_id == run_id,
+                    table.c.month == month,
+                    table.c.status.in_(machine),
+                    sa.or_(
+                        table.c.action_id.in_(sorted(ids)[start : start + 250]),
+                        table.c.idempotency_key.in_(sorted(keys)[start : start + 250]),
+                    ),
+                )
+            ).all()
         kept_ids = {row.action_id for row in kept}
         kept_keys = {row.idempotency_key: row.action_id for row in kept}
         next_seq = int(

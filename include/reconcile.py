@@ -179,8 +179,10 @@ def reconcile_month(
         lines = warehouse.read_frame(
             f"SELECT * FROM ({sql('reconcile_lines')}) lines WHERE {of_scope}", {**params, **scope_params}
         )
-        history = warehouse.read_frame("subscription_history", {"month": billing_month.key})
-        history = history[history["account_id"].isin(scope.accounts)]
+        history = warehouse.read_frame(
+            f"SELECT * FROM ({sql('subscription_history')}) history WHERE {of_scope}",
+            {"month": billing_month.key, **scope_params},
+        )
         subscriptions = set(lines["subscription_id"]) | set(history["subscription_id"])
         of_subscriptions, subscription_params = sql_in("subscription_id", subscriptions, "sub")
         contract_links = warehouse.read_frame(
@@ -206,15 +208,21 @@ def reconcile_month(
         replace_plan(warehouse, billing_month.key, run_id, actions, summary)
     else:
         # a contract reconciled from another customer's lines is not unbilled (the whole month's plan knows it)
-        billed = {
-            int(row["target_id"])
-            for row in warehouse.query(
-                "SELECT DISTINCT target_id FROM month_links WHERE run_id = :run_id AND kind = 'contract'"
-                " AND target_id IS NOT NULL AND source_key IN (SELECT subscription_id FROM charge_lines"
-                " WHERE month = :month AND charge_type <> 'OneTime')",
-                params,
-            )
-        }
+        unbilled = {action.contract_id for action in actions if action.kind is ActionKind.REVIEW_UNBILLED}
+        of_unbilled, unbilled_params = sql_in("target_id", unbilled, "con")
+        billed = (
+            {
+                int(row["target_id"])
+                for row in warehouse.query(
+                    "SELECT DISTINCT target_id FROM month_links WHERE run_id = :run_id AND kind = 'contract'"
+                    f" AND {of_unbilled} AND source_key IN (SELECT subscription_id FROM charge_lines"
+                    " WHERE month = :month AND charge_type <> 'OneTime')",
+                    {**params, **unbilled_params},
+                )
+            }
+            if unbilled
+            else set()
+        )
         actions = [
             action
             for action in actions

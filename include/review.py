@@ -314,18 +314,25 @@ def refresh_grid(warehouse: Warehouse, run_id: str, scope: PlanScope) -> int:
     if _stored_fingerprint(warehouse, run_id) is None:
         return build_grid(warehouse, run_id)
     fingerprint = _fingerprint(warehouse, run_id)
-    in_plan = {
+    without_grid_line = {
         action_id
         for (action_id,) in _rows(
-            warehouse, "SELECT action_id FROM plan_actions WHERE run_id = :run_id", {"run_id": run_id}
+            warehouse,
+            "SELECT p.action_id FROM plan_actions p LEFT JOIN review_grid_lines g ON g.run_id = p.run_id"
+            " AND g.action_id = p.action_id WHERE p.run_id = :run_id AND g.action_id IS NULL",
+            {"run_id": run_id},
         )
     }
-    in_grid = {
+    without_plan_line = {
         action_id
         for (action_id,) in _rows(
-            warehouse, "SELECT action_id FROM review_grid_lines WHERE run_id = :run_id", {"run_id": run_id}
+            warehouse,
+            "SELECT g.action_id FROM review_grid_lines g LEFT JOIN plan_actions p ON p.run_id = g.run_id"
+            " AND p.action_id = g.action_id WHERE g.run_id = :run_id AND p.action_id IS NULL",
+            {"run_id": run_id},
         )
     }
+    lines = _rows(warehouse, "SELECT COUNT(*) FROM plan_actions WHERE run_id = :run_id", {"run_id": run_id})[0][0]
     of_accounts, account_params = sql_in("account_id", scope.accounts, "acc")
     of_products, product_params = sql_in("product_id", scope.products, "prod")
     of_scope = {
@@ -336,8 +343,8 @@ def refresh_grid(warehouse: Warehouse, run_id: str, scope: PlanScope) -> int:
             {"run_id": run_id, **account_params, **product_params},
         )
     }
-    rebuilt = (in_plan - in_grid) | of_scope
-    dropped = sorted((in_grid - in_plan) | rebuilt)
+    rebuilt = without_grid_line | of_scope
+    dropped = sorted(without_plan_line | rebuilt)
     rows = _static_rows(warehouse, run_id, rebuilt, scope) if rebuilt else []
     with warehouse.begin() as conn:
         for start in range(0, len(dropped), 500):
@@ -356,7 +363,7 @@ def refresh_grid(warehouse: Warehouse, run_id: str, scope: PlanScope) -> int:
                 "UPDATE review_grids SET plan_fingerprint = :fingerprint, lines = :lines, built_at = :at"
                 " WHERE run_id = :run_id"
             ),
-            {"fingerprint": _fingerprint_text(fingerprint), "lines": len(in_plan), "at": utcnow(), "run_id": run_id},
+            {"fingerprint": _fingerprint_text(fingerprint), "lines": int(lines), "at": utcnow(), "run_id": run_id},
         )
     return len(rows)
 
@@ -1215,32 +1222,59 @@ _OPEN_STATUSES = ("proposed", "flagged", "needs-mapping", "blocked")
 def _dependents(conn: sa.Connection, run_id: str, action_ids: set[str]) -> list[Mapping[str, Any]]:
     """The run's lines that depend on any of `action_ids`, directly or through another line (`depends_on`: a later
     adjustment of the same contract service needs the earlier one; an adjustment needs the contract service, contract
-    or service it writes to be created and the contract extended), in plan order."""
-    rows = _cascade_rows(conn, run_id)
-    needs = {row["action_id"]: set(json.loads(row["depends_on"] or "[]")) for row in rows}
-    needed = set(action_ids)
-    found: dict[str, Mapping[str, Any]] = {}
-    changed = True
-    while changed:
-        changed = False
-        for row in rows:
-            if row["action_id"] not in needed and not needs[row["action_id"]].isdisjoint(needed):
-                needed.add(row["action_id"])
-                found[row["action_id"]] = row
-                changed = True
-    return [row for row in rows if row["action_id"] in found]
+    or service it writes to be created and the contract extended), in plan order. Found level by level: each level
+    reads only the lines whose `depends_on` names a line of the level before (a decision on a 20,000-line month
+    reads a few dozen lines, not the month)."""
+    found: set[str] = set()
+    frontier = set(action_ids)
+    while frontier:
+        level: set[str] = set()
+        for dependent, needs in _lines_needing(conn, run_id, frontier):
+            if dependent not in found and dependent not in action_ids and not frontier.isdisjoint(needs):
+                level.add(dependent)
+        found |= level
+        frontier = level
+    return _cascade_rows(conn, run_id, found) if found else []
 
 
-def _cascade_rows(conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
-    """The run's lines with what a cascade reads of them (the target is the idempotency key's third part)."""
-    rows = conn.execute(
-        sa.text(
-            "SELECT action_id, kind, idempotency_key, status, effective_date, depends_on, seq FROM plan_actions"
-            " WHERE run_id = :run_id ORDER BY seq"
-        ),
-        {"run_id": run_id},
-    ).mappings()
-    return [_with_target(row) for row in rows]
+def _lines_needing(conn: sa.Connection, run_id: str, action_ids: set[str]) -> list[tuple[str, set[str]]]:
+    """The run's lines whose `depends_on` may name one of `action_ids` (a text match, confirmed by the caller), with
+    what each needs."""
+    ids = sorted(action_ids)
+    found = []
+    for start in range(0, len(ids), 200):
+        patterns = {f"p{index}": f'%"{action_id}"%' for index, action_id in enumerate(ids[start : start + 200])}
+        matches = " OR ".join(f"depends_on LIKE :{name}" for name in patterns)
+        for action_id, depends_on in conn.execute(
+            sa.text(f"SELECT action_id, depends_on FROM plan_actions WHERE run_id = :run_id AND ({matches})"),
+            {"run_id": run_id, **patterns},
+        ):
+            found.append((action_id, set(json.loads(depends_on or "[]"))))
+    return found
+
+
+def _cascade_rows(
+    conn: sa.Connection, run_id: str, action_ids: Collection[str] | None = None, status: str | None = None
+) -> list[dict[str, Any]]:
+    """The run's lines (these only, or those of a status) with what a cascade reads of them (the target is the
+    idempotency key's third part), in plan order."""
+    statement = (
+        "SELECT action_id, kind, idempotency_key, status, effective_date, depends_on, seq FROM plan_actions"
+        " WHERE run_id = :run_id"
+    )
+    if status is not None:
+        return [
+            _with_target(row)
+            for row in conn.execute(
+                sa.text(statement + " AND status = :status ORDER BY seq"), {"run_id": run_id, "status": status}
+            ).mappings()
+        ]
+    ids = sorted(action_ids or ())
+    rows = []
+    for start in range(0, len(ids), 500):
+        condition, params = sql_in("action_id", ids[start : start + 500], "id")
+        rows += conn.execute(sa.text(f"{statement} AND {condition}"), {"run_id": run_id, **params}).mappings().all()
+    return sorted((_with_target(row) for row in rows), key=lambda row: row["seq"])
 
 
 def _with_target(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -1263,41 +1297,54 @@ def _relation(root: Mapping[str, Any], dependent: Mapping[str, Any]) -> str:
 
 
 def _exclude_dependents(
-    conn: sa.Connection, warehouse: Warehouse, state: RunState, root: Mapping[str, Any], by: str, at: datetime
+    conn: sa.Connection,
+    warehouse: Warehouse,
+    state: RunState,
+    root: Mapping[str, Any],
+    by: str,
+    at: datetime,
 ) -> list[Mapping[str, Any]]:
     """Exclude the open lines that depend on the excluded line `root`: loaded without it, they would wait for it
     and leave the month half loaded. Each is audited with the line it went with (`excluded_with`), so that
     including `root` brings back these lines and no line a person excluded on its own."""
-    plan = warehouse.table("plan_actions")
-    approvals = warehouse.table("review_line_approvals")
     went: list[Mapping[str, Any]] = []
     for dependent in _dependents(conn, state.run_id, {root["action_id"]}):
-        if dependent["status"] not in _OPEN_STATUSES:
-            continue
-        dependent_id = dependent["action_id"]
-        approval = conn.execute(
-            sa.select(approvals.c.approved_by).where(
-                approvals.c.run_id == state.run_id, approvals.c.action_id == dependent_id
-            )
-        ).first()
-        conn.execute(
-            plan.update()
-            .where(plan.c.action_id == dependent_id)
-            .values(status="excluded", decided_by=by, decided_at=at)
-        )
-        conn.execute(
-            approvals.delete().where(approvals.c.run_id == state.run_id, approvals.c.action_id == dependent_id)
-        )
-        before = {"status": dependent["status"], "line_approved_by": approval[0] if approval else None}
-        after = {
-            "status": "excluded",
-            "line_approved_by": None,
-            "excluded_with": root["action_id"],
-            "reason": f"excluded with line {root['action_id']} ({_relation(root, dependent)})",
-        }
-        _audit(conn, warehouse, state, "exclude", by, at, before, after, action_id=dependent_id)
-        went.append(dependent)
+        if dependent["status"] in _OPEN_STATUSES:
+            _exclude_with(conn, warehouse, state, root, dependent, by, at)
+            went.append(dependent)
     return went
+
+
+def _exclude_with(
+    conn: sa.Connection,
+    warehouse: Warehouse,
+    state: RunState,
+    root: Mapping[str, Any],
+    dependent: Mapping[str, Any],
+    by: str,
+    at: datetime,
+) -> None:
+    """Exclude the open line `dependent` with the excluded line `root` it depends on, audited so."""
+    plan = warehouse.table("plan_actions")
+    approvals = warehouse.table("review_line_approvals")
+    dependent_id = dependent["action_id"]
+    approval = conn.execute(
+        sa.select(approvals.c.approved_by).where(
+            approvals.c.run_id == state.run_id, approvals.c.action_id == dependent_id
+        )
+    ).first()
+    conn.execute(
+        plan.update().where(plan.c.action_id == dependent_id).values(status="excluded", decided_by=by, decided_at=at)
+    )
+    conn.execute(approvals.delete().where(approvals.c.run_id == state.run_id, approvals.c.action_id == dependent_id))
+    before = {"status": dependent["status"], "line_approved_by": approval[0] if approval else None}
+    after = {
+        "status": "excluded",
+        "line_approved_by": None,
+        "excluded_with": root["action_id"],
+        "reason": f"excluded with line {root['action_id']} ({_relation(root, dependent)})",
+    }
+    _audit(conn, warehouse, state, "exclude", by, at, before, after, action_id=dependent_id)
 
 
 def _excluded_with(conn: sa.Connection, run_id: str, action_id: str) -> str | None:
@@ -1350,19 +1397,66 @@ def _cascade_message(verb: str, root: Mapping[str, Any], dependents: Sequence[Ma
     return f"{verb}, with " + " and ".join(parts)
 
 
-def exclude_dependents_of_exclusions(warehouse: Warehouse, run_id: str, by: str) -> int:
+def exclude_dependents_of_exclusions(
+    warehouse: Warehouse, run_id: str, by: str, candidates: Collection[str] | None = None
+) -> int:
     """After re-planning: exclude the open lines that depend on an excluded line of the run (a new line the plan
     wrote since, e.g. a later change whose content changed with a mapping), each with the line it goes with (the
-    excluded line's own root when that one went with another). Returns how many lines were excluded."""
+    excluded line's own root when that one went with another). `candidates`: only these lines can be new (a scoped
+    re-plan's), so only their needs are followed. Returns how many lines were excluded."""
     state = run_state(warehouse, run_id)
     count = 0
     with warehouse.begin() as conn:
         warehouse.lock_month(conn, state.month)
-        excluded = [row for row in _cascade_rows(conn, run_id) if row["status"] == "excluded"]
-        for row in excluded:
+        if candidates is not None:
+            return _exclude_candidates_needing_exclusions(conn, warehouse, state, set(candidates), by)
+        for row in _cascade_rows(conn, run_id, status="excluded"):
             if _excluded_with(conn, run_id, row["action_id"]) is None:
                 count += len(_exclude_dependents(conn, warehouse, state, row, by, utcnow()))
     return count
+
+
+def _exclude_candidates_needing_exclusions(
+    conn: sa.Connection, warehouse: Warehouse, state: RunState, candidates: set[str], by: str
+) -> int:
+    """Each open candidate line that needs an excluded line, directly or through other lines, is excluded with that
+    line's root. Followed forward from the candidates (a few dozen lines), never over the whole month."""
+    known: dict[str, dict[str, Any]] = {row["action_id"]: row for row in _cascade_rows(conn, state.run_id, candidates)}
+    count = 0
+    at = utcnow()
+    for candidate in sorted(candidates, key=lambda action_id: known[action_id]["seq"] if action_id in known else 0):
+        row = known.get(candidate)
+        if row is None or row["status"] not in _OPEN_STATUSES:
+            continue
+        excluded = _excluded_need(conn, state.run_id, row, known)
+        if excluded is None:
+            continue
+        root_id = _excluded_with(conn, state.run_id, excluded["action_id"]) or excluded["action_id"]
+        if root_id not in known:
+            known.update({found["action_id"]: found for found in _cascade_rows(conn, state.run_id, {root_id})})
+        _exclude_with(conn, warehouse, state, known.get(root_id, excluded), row, by, at)
+        row["status"] = "excluded"
+        count += 1
+    return count
+
+
+def _excluded_need(
+    conn: sa.Connection, run_id: str, row: Mapping[str, Any], known: dict[str, dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The first excluded line `row` needs, directly or through the lines it needs; None when it needs none."""
+    seen: set[str] = set()
+    frontier = set(json.loads(row["depends_on"] or "[]"))
+    while frontier:
+        missing = frontier - set(known)
+        if missing:
+            known.update({found["action_id"]: found for found in _cascade_rows(conn, run_id, missing)})
+        seen |= frontier
+        needed = [known[action_id] for action_id in sorted(frontier) if action_id in known]
+        for line in needed:
+            if line["status"] == "excluded":
+                return line
+        frontier = {need for line in needed for need in json.loads(line["depends_on"] or "[]")} - seen
+    return None
 
 
 def _status_before_exclusion(conn: sa.Connection, run_id: str, action_id: str) -> str:
@@ -1543,9 +1637,11 @@ def replan(
     from include.mapping import link_month
     from include.reconcile import reconcile_month
 
+    last_line = None if scope is None else _last_seq(warehouse, run_id)
     link_month(warehouse, month, run_id, settings, scope)
     summary = reconcile_month(warehouse, month, run_id, settings, scope)
-    excluded_with = exclude_dependents_of_exclusions(warehouse, run_id, by)
+    new_lines = None if last_line is None else _lines_after(warehouse, run_id, last_line)
+    excluded_with = exclude_dependents_of_exclusions(warehouse, run_id, by, new_lines)
     if scope is None:
         build_grid(warehouse, run_id)
     else:
@@ -1557,6 +1653,21 @@ def replan(
         "seconds": summary.seconds,
         "scope": None if scope is None else {"accounts": sorted(scope.accounts), "products": sorted(scope.products)},
     }
+
+
+def _last_seq(warehouse: Warehouse, run_id: str) -> int:
+    found = _rows(warehouse, "SELECT MAX(seq) FROM plan_actions WHERE run_id = :run_id", {"run_id": run_id})
+    return int(found[0][0] or 0)
+
+
+def _lines_after(warehouse: Warehouse, run_id: str, seq: int) -> set[str]:
+    """The lines a scoped re-plan added (`replace_plan` numbers them after the run's others)."""
+    rows = _rows(
+        warehouse,
+        "SELECT action_id FROM plan_actions WHERE run_id = :run_id AND seq > :seq",
+        {"run_id": run_id, "seq": seq},
+    )
+    return {action_id for (action_id,) in rows}
 
 
 # a scope re-planning more than this share of the month's customers is re-planned whole
