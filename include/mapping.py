@@ -201,8 +201,11 @@ def link_month(
     if scope is not None:  # the contracts of the companies the scope's accounts resolved to
         companies = {company for company in company_of_account.values() if company is not None}
         more = _contract_targets(warehouse, run_id, (set(), set(), companies))
+        numbers = _numbers_of(more) - _numbers_of(linking.targets[LinkKind.CONTRACT])
         linking = replace(
-            linking, targets={**linking.targets, LinkKind.CONTRACT: {**linking.targets[LinkKind.CONTRACT], **more}}
+            linking,
+            targets={**linking.targets, LinkKind.CONTRACT: {**linking.targets[LinkKind.CONTRACT], **more}},
+            subscription_ids=linking.subscription_ids | _subscription_ids(warehouse, numbers),
         )
     # names only mean something among the contracts of the customer's own company, and never pick a contract
     # numbered with another subscription's id
@@ -358,24 +361,17 @@ def _read_month(warehouse: Warehouse, month: str, run_id: str, scope: PlanScope 
             )
         },
     }
-    subscription_ids = frozenset(
-        row.subscription_id
-        for row in _rows(
-            warehouse,
-            "SELECT DISTINCT subscription_id FROM charge_lines UNION"
-            " SELECT source_key FROM mapping_links WHERE kind = 'contract'",
-            {},
-        )
-    )
     stored = _stored_links(warehouse, None if scope is None else sources)
     if scope is None:
         targets[LinkKind.CONTRACT] = _contract_targets(warehouse, run_id)
+        subscription_ids = _subscription_ids(warehouse)
     else:
         # the contracts the scope's subscriptions are remembered with or numbered for; those of the companies its
         # accounts resolve to are added once they are known (`link_month`)
         remembered = {int(link["target_id"]) for (kind, _), link in stored.items() if kind == str(LinkKind.CONTRACT)}
         numbers = {source.key for source in sources[LinkKind.CONTRACT]}
         targets[LinkKind.CONTRACT] = _contract_targets(warehouse, run_id, (remembered, numbers, set()))
+        subscription_ids = _subscription_ids(warehouse, _numbers_of(targets[LinkKind.CONTRACT]))
     return _Month(
         sources=sources,
         source_names={kind: {source.key: source.name for source in rows} for kind, rows in sources.items()},
@@ -384,6 +380,29 @@ def _read_month(warehouse: Warehouse, month: str, run_id: str, scope: PlanScope 
         rejected=_rejected_suggestions(warehouse),
         subscription_ids=subscription_ids,
     )
+
+
+def _subscription_ids(warehouse: Warehouse, among: set[str] | None = None) -> frozenset[str]:
+    """Every BSS subscription id the warehouse knows (a contract numbered with one belongs to that subscription);
+    `among`: only which of these contract numbers are such ids (all a scope needs to know)."""
+    statement = (
+        "SELECT DISTINCT subscription_id FROM charge_lines{where} UNION"
+        " SELECT source_key FROM mapping_links WHERE kind = 'contract'{also}"
+    )
+    if among is None:
+        return frozenset(row.subscription_id for row in _rows(warehouse, statement.format(where="", also=""), {}))
+    found: set[str] = set()
+    numbers = sorted(among)
+    for start in range(0, len(numbers), 500):
+        lines, params = sql_in("subscription_id", numbers[start : start + 500], "num")
+        links, _ = sql_in("source_key", numbers[start : start + 500], "num")
+        query = statement.format(where=f" WHERE {lines}", also=f" AND {links}")
+        found |= {row.subscription_id for row in _rows(warehouse, query, params)}
+    return frozenset(found)
+
+
+def _numbers_of(contracts: Mapping[int, Target]) -> set[str]:
+    return {contract.key for contract in contracts.values() if contract.key}
 
 
 def _contract_targets(

@@ -194,11 +194,17 @@ def reconcile_month(
         }
         company_ids = {int(value) for value in lines["company_id"].dropna()}
         snapshot = SnapshotState.load(warehouse, run_id, (contract_ids, company_ids, subscriptions))
-    accounts = {
-        row["account_id"]: row
-        for row in warehouse.query("reconcile_accounts", params)
-        if scope is None or row["account_id"] in scope.accounts
-    }
+    if scope is None:
+        accounts = {row["account_id"]: row for row in warehouse.query("reconcile_accounts", params)}
+    else:
+        of_accounts, account_params = sql_in("account_id", scope.accounts, "acc")
+        accounts = {
+            row["account_id"]: row
+            for row in warehouse.query(
+                f"SELECT * FROM ({sql('reconcile_accounts')}) accounts WHERE {of_accounts}",
+                {**params, **account_params},
+            )
+        }
     earlier_approved = warehouse.read_frame("earlier_approved_actions", {"month": billing_month.key})
     summary = PlanSummary(run_id=run_id, month=billing_month.key)
     actions = compute_plan(

@@ -563,8 +563,6 @@ class _Names:
         self.account_currency: dict[str, str] = {}
         self.subscriptions: dict[str, dict[str, Any]] = {}
         self.products: dict[str, tuple[str, str]] = {}
-        for row in warehouse.query("SELECT account_id, name FROM bss_accounts"):
-            self.accounts[row["account_id"]] = row["name"]
         only_accounts, only_contracts, scope_params = "", "", {}
         if accounts is not None:
             from include.plan import sql_in
@@ -574,6 +572,10 @@ class _Names:
             contracts, contract_params = sql_in("t.contract_id", contract_ids, "con")
             only_accounts, only_contracts = f" AND {condition}", f" AND {contracts}"
             scope_params = {**account_params, **contract_params}
+        for row in warehouse.query(
+            f"SELECT account_id, name FROM bss_accounts WHERE 1 = 1{only_accounts}", scope_params
+        ):
+            self.accounts[row["account_id"]] = row["name"]
         lines = warehouse.query(
             "SELECT account_id, account_name, subscription_id, product_id, product_name, product_sku, unit_cost, "
             f"currency, billing_plan_name, effective_date FROM charge_lines WHERE month = :month{only_accounts} "

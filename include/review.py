@@ -307,32 +307,13 @@ def _fingerprint(warehouse: Warehouse, run_id: str) -> tuple[Any, ...]:
     return (*rows[0], *links[0])
 
 
-def refresh_grid(warehouse: Warehouse, run_id: str, scope: PlanScope) -> int:
-    """After a scoped re-plan: rebuild the stored grid lines of the scope's lines and of every line the plan holds
-    that has none (and drop the lines the plan no longer holds); the rest stay as stored. Returns how many lines
-    were built. A run whose grid was never stored is built whole."""
+def refresh_grid(warehouse: Warehouse, run_id: str, scope: PlanScope, new_lines: Collection[str] = ()) -> int:
+    """After a scoped re-plan: rebuild the stored grid lines of the scope's lines (`new_lines`: those the re-plan
+    added) and drop those of the scope's lines the plan no longer holds; the rest stay as stored. Returns how many
+    lines were built. A run whose grid was never stored is built whole."""
     if _stored_fingerprint(warehouse, run_id) is None:
         return build_grid(warehouse, run_id)
     fingerprint = _fingerprint(warehouse, run_id)
-    without_grid_line = {
-        action_id
-        for (action_id,) in _rows(
-            warehouse,
-            "SELECT p.action_id FROM plan_actions p LEFT JOIN review_grid_lines g ON g.run_id = p.run_id"
-            " AND g.action_id = p.action_id WHERE p.run_id = :run_id AND g.action_id IS NULL",
-            {"run_id": run_id},
-        )
-    }
-    without_plan_line = {
-        action_id
-        for (action_id,) in _rows(
-            warehouse,
-            "SELECT g.action_id FROM review_grid_lines g LEFT JOIN plan_actions p ON p.run_id = g.run_id"
-            " AND p.action_id = g.action_id WHERE g.run_id = :run_id AND p.action_id IS NULL",
-            {"run_id": run_id},
-        )
-    }
-    lines = _rows(warehouse, "SELECT COUNT(*) FROM plan_actions WHERE run_id = :run_id", {"run_id": run_id})[0][0]
     of_accounts, account_params = sql_in("account_id", scope.accounts, "acc")
     of_products, product_params = sql_in("product_id", scope.products, "prod")
     of_scope = {
@@ -343,8 +324,20 @@ def refresh_grid(warehouse: Warehouse, run_id: str, scope: PlanScope) -> int:
             {"run_id": run_id, **account_params, **product_params},
         )
     }
-    rebuilt = without_grid_line | of_scope
-    dropped = sorted(without_plan_line | rebuilt)
+    rebuilt = of_scope | set(new_lines)
+    # the scope's stored lines (a customer's, the catalogue's), rebuilt or dropped with their plan lines
+    shown, shown_params = sql_in("account_id", scope.accounts, "acc")
+    stale = {
+        action_id
+        for (action_id,) in _rows(
+            warehouse,
+            f"SELECT action_id FROM review_grid_lines WHERE run_id = :run_id AND ({shown} OR account_id = '')",
+            {"run_id": run_id, **shown_params},
+        )
+    }
+    in_plan = _existing(warehouse, run_id, stale - rebuilt)
+    dropped = sorted((stale - rebuilt - in_plan) | rebuilt)
+    lines = _rows(warehouse, "SELECT COUNT(*) FROM plan_actions WHERE run_id = :run_id", {"run_id": run_id})[0][0]
     rows = _static_rows(warehouse, run_id, rebuilt, scope) if rebuilt else []
     with warehouse.begin() as conn:
         for start in range(0, len(dropped), 500):
@@ -366,6 +359,23 @@ def refresh_grid(warehouse: Warehouse, run_id: str, scope: PlanScope) -> int:
             {"fingerprint": _fingerprint_text(fingerprint), "lines": int(lines), "at": utcnow(), "run_id": run_id},
         )
     return len(rows)
+
+
+def _existing(warehouse: Warehouse, run_id: str, action_ids: Collection[str]) -> set[str]:
+    """Which of these lines the run's plan holds."""
+    ids = sorted(action_ids)
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        condition, params = sql_in("action_id", ids[start : start + 500], "id")
+        found |= {
+            action_id
+            for (action_id,) in _rows(
+                warehouse,
+                f"SELECT action_id FROM plan_actions WHERE run_id = :run_id AND {condition}",
+                {"run_id": run_id, **params},
+            )
+        }
+    return found
 
 
 def build_grid(warehouse: Warehouse, run_id: str) -> int:
@@ -640,6 +650,12 @@ def grid_export(warehouse: Warehouse, run_id: str, query: GridQuery) -> tuple[li
     """Every line matching the query in its order, and their totals: what the CSV and XLSX exports hold."""
     _ensure_grid(warehouse, run_id)
     return _lines(warehouse, run_id, query, None), _totals(warehouse, run_id, query)
+
+
+def grid_totals(warehouse: Warehouse, run_id: str, query: GridQuery) -> dict[str, Any]:
+    """The totals of the lines matching the query (what the page shows above the grid)."""
+    _ensure_grid(warehouse, run_id)
+    return _totals(warehouse, run_id, query)
 
 
 def grid_page(warehouse: Warehouse, run_id: str, query: GridQuery) -> dict[str, Any]:
@@ -1398,13 +1414,15 @@ def _cascade_message(verb: str, root: Mapping[str, Any], dependents: Sequence[Ma
 
 
 def exclude_dependents_of_exclusions(
-    warehouse: Warehouse, run_id: str, by: str, candidates: Collection[str] | None = None
+    warehouse: Warehouse, run_id: str, by: str, candidates: Collection[str] | None = None, month: str | None = None
 ) -> int:
     """After re-planning: exclude the open lines that depend on an excluded line of the run (a new line the plan
     wrote since, e.g. a later change whose content changed with a mapping), each with the line it goes with (the
     excluded line's own root when that one went with another). `candidates`: only these lines can be new (a scoped
     re-plan's), so only their needs are followed. Returns how many lines were excluded."""
-    state = run_state(warehouse, run_id)
+    if candidates is not None and not candidates:
+        return 0
+    state = run_state(warehouse, run_id) if month is None else RunState(run_id, month, 0, None, None)
     count = 0
     with warehouse.begin() as conn:
         warehouse.lock_month(conn, state.month)
@@ -1641,11 +1659,11 @@ def replan(
     link_month(warehouse, month, run_id, settings, scope)
     summary = reconcile_month(warehouse, month, run_id, settings, scope)
     new_lines = None if last_line is None else _lines_after(warehouse, run_id, last_line)
-    excluded_with = exclude_dependents_of_exclusions(warehouse, run_id, by, new_lines)
+    excluded_with = exclude_dependents_of_exclusions(warehouse, run_id, by, new_lines, month)
     if scope is None:
         build_grid(warehouse, run_id)
     else:
-        refresh_grid(warehouse, run_id, scope)
+        refresh_grid(warehouse, run_id, scope, new_lines or ())
     return {
         "actions": summary.actions,
         "by_status": summary.by_status,

@@ -260,20 +260,22 @@ def _call(function: Any, *args: Any) -> Any:
 def _decide(dag_id: str, run_id: str, body: Any, by: str) -> dict[str, Any]:
     """One decision, in a worker thread: the run must be a run of `dag_id`, still running in Airflow and pending;
     then the decision, the refreshed approval form and the new totals."""
-    from include.review import GridQuery, decide, grid_page, run_state
+    from include.review import GridQuery, decide, grid_totals
     from include.runs import billing_run
 
     warehouse = _warehouse()
-    _call(run_state, warehouse, run_id, dag_id)
+    run = billing_run(warehouse, run_id)
+    if run is None or run.dag_id != dag_id:  # said before Airflow is asked anything about the run
+        from include.review import run_state
+
+        _call(run_state, warehouse, run_id, dag_id)
     airflow_state = _airflow_run_state(dag_id, run_id)
     if airflow_state in _ENDED_RUN_STATES:
         raise _ReviewHTTPError(409, f"run {run_id!r} has ended in Airflow ({airflow_state}): decisions are closed")
-    run = billing_run(warehouse, run_id)
     settings = None if run is not None and run.settings is not None else _legacy_settings(dag_id, run_id)
     result = _call(decide, warehouse, run_id, body, by, settings, dag_id)
     form = refresh_approval_form(warehouse, dag_id, run_id)
-    totals = grid_page(warehouse, run_id, GridQuery(page_size=1))["totals"]
-    return {**result, "totals": totals, "approval_form": form}
+    return {**result, "totals": grid_totals(warehouse, run_id, GridQuery()), "approval_form": form}
 
 
 def _months() -> list[dict[str, Any]]:
