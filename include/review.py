@@ -106,6 +106,9 @@ class ReviewError(ValueError):
         self.status = status
         self.message = message
 
+    def __reduce__(self) -> tuple[Any, tuple[int, str]]:  # crosses from the decision process intact
+        return ReviewError, (self.status, self.message)
+
 
 # -- the run and whether it can still be decided on -------------------------------------------------------------
 
@@ -652,9 +655,11 @@ def grid_export(warehouse: Warehouse, run_id: str, query: GridQuery) -> tuple[li
     return _lines(warehouse, run_id, query, None), _totals(warehouse, run_id, query)
 
 
-def grid_totals(warehouse: Warehouse, run_id: str, query: GridQuery) -> dict[str, Any]:
-    """The totals of the lines matching the query (what the page shows above the grid)."""
-    _ensure_grid(warehouse, run_id)
+def grid_totals(warehouse: Warehouse, run_id: str, query: GridQuery, ensure: bool = True) -> dict[str, Any]:
+    """The totals of the lines matching the query (what the page shows above the grid). `ensure=False`: the caller
+    knows the stored lines are the plan's (a decision just refreshed them)."""
+    if ensure:
+        _ensure_grid(warehouse, run_id)
     return _totals(warehouse, run_id, query)
 
 

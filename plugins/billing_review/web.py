@@ -9,7 +9,8 @@ Security:
   under the DAG it is a run of (`include.review.run_state`): a sync run under the reversal DAG's path is a 404;
 - a request body over `MAX_BODY_BYTES` gets 413 before it is read; a body that is not JSON, or JSON nested deeper
   than `MAX_JSON_DEPTH`, gets 422 (never a 500);
-- a decision runs off the event loop (a worker thread): the api-server keeps answering while it re-plans. After a
+- a decision runs off the event loop: a worker thread waits for it while the re-plan runs in a process of its own
+  (`_decide_in_decision_process`), so the api-server keeps answering, undisturbed by the re-plan's CPU work. After a
   decision the run's approval form is refreshed (`refresh_approval_form`): what each answer loads, its fingerprint;
 - a decision (POST) also needs the CSRF token of its user (`X-Billing-CSRF`: an HMAC of the user's id and name
   under the api-server's secret key, given to the page) and, when the browser sends one, an Origin of this
@@ -28,6 +29,7 @@ import hmac
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,8 @@ def create_app() -> FastAPI:
         _check_dag(dag_id)
         warehouse = _warehouse()
         state = _call(run_state, warehouse, run_id, dag_id)
+        if state.pending:
+            start_decision_process()
         query = _call(GridQuery.parse, dict(request.query_params))
         page = _call(grid_page, warehouse, run_id, query)
         api = f"{_prefix(request)}/api/runs/{quote(dag_id, safe='')}/{quote(run_id, safe='')}"
@@ -260,7 +264,7 @@ def _call(function: Any, *args: Any) -> Any:
 def _decide(dag_id: str, run_id: str, body: Any, by: str) -> dict[str, Any]:
     """One decision, in a worker thread: the run must be a run of `dag_id`, still running in Airflow and pending;
     then the decision, the refreshed approval form and the new totals."""
-    from include.review import GridQuery, decide, grid_totals
+    from include.review import GridQuery, grid_totals
     from include.runs import billing_run
 
     warehouse = _warehouse()
@@ -273,9 +277,73 @@ def _decide(dag_id: str, run_id: str, body: Any, by: str) -> dict[str, Any]:
     if airflow_state in _ENDED_RUN_STATES:
         raise _ReviewHTTPError(409, f"run {run_id!r} has ended in Airflow ({airflow_state}): decisions are closed")
     settings = None if run is not None and run.settings is not None else _legacy_settings(dag_id, run_id)
-    result = _call(decide, warehouse, run_id, body, by, settings, dag_id)
+    result = _call(_decide_in_decision_process, warehouse, run_id, body, by, settings, dag_id)
     form = refresh_approval_form(warehouse, dag_id, run_id)
-    return {**result, "totals": grid_totals(warehouse, run_id, GridQuery()), "approval_form": form}
+    # the grid's stored lines were refreshed with the decision: the totals read them as they are
+    return {**result, "totals": grid_totals(warehouse, run_id, GridQuery(), ensure=False), "approval_form": form}
+
+
+# A decision's re-plan is CPU work in Python (pandas): run in a thread of the api-server it would hold the
+# interpreter's lock and slow every other request. It runs in a process of its own, one per api-server process,
+# started with the first review page or decision; the api-server's thread only waits for it.
+_DECISION_PROCESS: Any = None
+_DECISION_PROCESS_LOCK = threading.Lock()
+_DECISION_TIMEOUT_S = 600
+
+
+def _decision_process() -> Any:
+    global _DECISION_PROCESS
+    with _DECISION_PROCESS_LOCK:
+        if _DECISION_PROCESS is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            _DECISION_PROCESS = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        return _DECISION_PROCESS
+
+
+def start_decision_process() -> None:
+    """Start the decision process ahead of the first decision (it imports the domain once: a few seconds)."""
+    _decision_process().submit(_ready)
+
+
+def _decide_in_decision_process(warehouse: Any, run_id: str, body: Any, by: str, settings: Any, dag_id: str) -> Any:
+    from concurrent.futures.process import BrokenProcessPool
+
+    global _DECISION_PROCESS
+    url = warehouse.engine.url.render_as_string(hide_password=False)
+    try:
+        return (
+            _decision_process()
+            .submit(_decide_there, url, run_id, body, by, settings, dag_id)
+            .result(timeout=_DECISION_TIMEOUT_S)
+        )
+    except BrokenProcessPool:  # the process died (killed, out of memory): a new one next time
+        with _DECISION_PROCESS_LOCK:
+            _DECISION_PROCESS = None
+        raise _ReviewHTTPError(503, "the decision could not be taken (its process stopped): try again") from None
+
+
+def _ready() -> bool:
+    import include.review  # noqa: F401  (the domain and pandas, imported once)
+
+    return True
+
+
+_DECISION_WAREHOUSES: dict[str, Any] = {}
+
+
+def _decide_there(url: str, run_id: str, body: Any, by: str, settings: Any, dag_id: str) -> Any:
+    """In the decision process: the decision (`include.review.decide`), on one warehouse handle per database."""
+    from include.review import decide
+    from include.warehouse import Warehouse
+
+    if url not in _DECISION_WAREHOUSES:
+        _DECISION_WAREHOUSES[url] = Warehouse(url)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    result = decide(_DECISION_WAREHOUSES[url], run_id, body, by, settings, dag_id)
+    took = {"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu_started}
+    return {**result, "took": {key: round(value, 3) for key, value in took.items()}}
 
 
 def _months() -> list[dict[str, Any]]:
