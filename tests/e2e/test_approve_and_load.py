@@ -146,7 +146,7 @@ def test_an_approved_month_is_loaded_verified_and_reported(stack) -> None:
     assert exit_code(result) == EXIT_OK
     # the form a finance person saw
     body = result["approval"].body
-    assert f"Billing month {month}" in body and "What changes" in body and "Data quality" in body
+    assert f"Billing month {month}" in body and "What each answer loads" in body and "Data quality" in body
 
     store = warehouse(stack)
     run_id = result["run_id"]
