@@ -350,7 +350,14 @@ def test_a_rerun_of_the_month_leaves_the_first_runs_review_as_it_was_and_the_mon
     )
     assert open_lines > 0, "the loaded month left nothing open: the months page's state would prove little"
     folder = stack.settings.data_docs_dir / MONTH / data_docs_dir(MONTH, pending_run).name
-    files_before = {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.iterdir()}
+    def files_of(directory: Path) -> dict[str, str]:
+        return {
+            str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in directory.rglob("*")
+            if path.is_file()
+        }
+
+    files_before = files_of(folder)
     assert {"report.html", "index.html"} <= set(files_before)
     page.goto(review_url(stack, pending_run))
     grid_settled(page)
@@ -379,7 +386,7 @@ def test_a_rerun_of_the_month_leaves_the_first_runs_review_as_it_was_and_the_mon
     grid_settled(page)
     assert totals(page) == totals_before
     assert "Decisions are closed" in page.get_by_test_id("run-state").inner_text()
-    assert {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.iterdir()} == files_before
+    assert files_of(folder) == files_before
     crafted_folder = stack.settings.data_docs_dir / MONTH / data_docs_dir(MONTH, crafted).name
     assert crafted_folder != folder and (crafted_folder / "report.html").is_file()
     shot(page, "05-first-run-after-rerun")
