@@ -29,6 +29,7 @@ import httpx
 import psutil
 import sqlalchemy as sa
 
+from include.identifiers import SYNC_DAG_ID
 from sandbox.launcher import REPO_ROOT, free_port
 from sandbox.local_stack import (
     AUTOTASK_BILLING_CODE_ID,
@@ -40,7 +41,7 @@ from sandbox.local_stack import (
 from scripts.approve import API_URL_FILE, PASSWORDS_FILE, AirflowApi
 
 SHARED_ENV_FILE = REPO_ROOT / "deploy" / "airflow.env"
-DAG_ID = "bss_autotask_billing_sync"
+DAG_ID = SYNC_DAG_ID
 QUEUE = "default"
 # Redis databases a stack may take when the broker URL names none (the first empty one is claimed).
 _REDIS_DATABASES = range(6, 16)

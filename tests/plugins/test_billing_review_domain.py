@@ -635,3 +635,21 @@ def test_a_reversal_run_is_served_under_its_own_dag_and_takes_line_decisions_onl
     assert [(run["run_id"], run["dag_id"], run["reverses_run_id"]) for run in month["earlier"]] == [
         (reversal, REVERSAL_DAG_ID, RUN_ID)
     ]
+
+
+@pytest.mark.parametrize("warehouse", ["sqlite"], indirect=True)
+def test_make_ui_names_the_earlier_months_left_open_and_the_months_page_says_so(planned: Warehouse) -> None:
+    from scripts.ui import earlier_open_months
+
+    record_decision(planned, MONTH, RUN_ID, ApprovalDecision(Decision.APPROVED, "finance", utcnow(), ("x",), "ok"))
+    assert review.months_overview(planned)[0]["status"].startswith("approved, ")  # approved, not loaded yet
+    with planned.begin() as conn:  # what the load does with the approved lines
+        conn.execute(sa.text("UPDATE plan_actions SET status = 'applied' WHERE status = 'approved'"))
+    counts = review.grid_page(planned, RUN_ID, review.GridQuery())["counts"]["status"]
+    left = sum(counts.get(status, 0) for status in ("proposed", "flagged", "needs-mapping", "blocked"))
+    assert left > 0
+    [month] = review.months_overview(planned)
+    assert month["status"] == f"loaded, {left} lines open"
+    [named] = earlier_open_months(Path(planned.engine.url.database), "2026-11")
+    assert named.startswith(f"{MONTH}: {left} lines (") and named.endswith(f"loaded, {left} lines open")
+    assert "flagged" in named and earlier_open_months(Path(planned.engine.url.database), MONTH) == []
