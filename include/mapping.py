@@ -188,9 +188,11 @@ def link_month(
     `mapping_suggestions`, and an audit row per link made, demoted or (un)flagged in `mapping_link_events`.
     Re-running replaces the run's resolution; stored links are only added to (or demoted, see the module).
     With `scope` (a review decision's), only the scope's accounts, their subscriptions and the scope's products are
-    resolved again and only their `month_links` rows replaced.
+    resolved again and only their `month_links` rows replaced (its caller, a review decision, checked that the month
+    holds the run's own lines, under the month's hold).
     """
-    ensure_run_reads_own_lines(warehouse, month, run_id)
+    if scope is None:
+        ensure_run_reads_own_lines(warehouse, month, run_id)
     settings = settings or SyncSettings()
     billing_month = BillingMonth.parse(month).key
     linking = _read_month(warehouse, billing_month, run_id, scope)

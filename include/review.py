@@ -1106,11 +1106,16 @@ def decide(
         raise ReviewError(422, f"unknown decision {decision!r}; one of: {', '.join(DECISIONS)}")
     if not isinstance(by, str) or not by.strip():
         raise ReviewError(401, "the decision needs the name of the person taking it")
-    state = run_state(warehouse, run_id, dag_id)
-    if not state.pending:
-        raise ReviewError(409, f"run {run_id!r} takes no more decisions: {state.why_not_pending}")
+    registered = billing_run(warehouse, run_id)
+    if registered is not None and dag_id in (None, registered.dag_id):
+        month = registered.month  # the run's state is checked under the month's hold below
+    else:
+        state = run_state(warehouse, run_id, dag_id)
+        if not state.pending:
+            raise ReviewError(409, f"run {run_id!r} takes no more decisions: {state.why_not_pending}")
+        month = state.month
     with warehouse.begin() as conn:
-        warehouse.lock_month(conn, state.month)
+        warehouse.lock_month(conn, month)
         joined = warehouse.within(conn)
         state = run_state(joined, run_id, dag_id)
         if not state.pending:

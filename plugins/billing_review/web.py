@@ -431,54 +431,90 @@ def parse_json(raw: bytes) -> Any:
 
 
 def refresh_approval_form(warehouse: Any, dag_id: str, run_id: str) -> dict[str, Any] | None:
-    """Keep the run's pending approval form current after a decision: the form's text (what each answer loads) and
-    its fingerprint are rewritten in Airflow's record of the request, so the form a person opens next shows what
-    approving loads now; an answer to the form as it was before is refused (`include.approval.check_answer`).
-    Returns the form's new fingerprint (None when no form is pending)."""
+    """Keep the run's pending approval form current after a decision: its text (what each answer loads) and its
+    fingerprint are computed in the decision process and written into Airflow's record of the request as soon as they
+    are ready (the decision's answer does not wait for them), so the form a person opens next shows what approving
+    loads now. An answer to the form as it was before is refused meanwhile (`include.approval.check_answer`).
+    Returns whether a refresh is on its way (None when no form is pending)."""
     try:
-        from airflow.models.hitl import HITLDetail
-        from airflow.models.taskinstance import TaskInstance
-        from airflow.utils.session import create_session
-        from billing_approval.gate import approval_form
-        from sqlalchemy import select
-
-        from include.approval import AskPerson
         from include.runs import billing_run
 
         run = billing_run(warehouse, run_id)
-        if run is None:
+        if run is None or _pending_form(dag_id, run_id) is None:
             return None
-        with create_session() as session:
-            instance = session.scalar(
-                select(TaskInstance).where(
-                    TaskInstance.dag_id == dag_id,
-                    TaskInstance.run_id == run_id,
-                    TaskInstance.task_id == APPROVAL_TASK_IDS[dag_id],
-                    TaskInstance.map_index == -1,
-                )
-            )
-            if instance is None:
-                return None
-            # the answer route's lock order: the task instance, then its request
-            session.get(TaskInstance, instance.id, with_for_update={"of": TaskInstance})
-            detail = session.scalar(
-                select(HITLDetail).where(HITLDetail.ti_id == instance.id).with_for_update(of=HITLDetail)
-            )
-            if detail is None or detail.response_received:
-                return None
-            form = approval_form(warehouse, run.month, run_id, dag_id, run.sync_settings())
-            if not isinstance(form, AskPerson):
-                return None
-            params = dict(detail.params or {})
-            field = dict(params.get(FORM_FINGERPRINT_PARAM) or {})
-            field["value"] = form.form_fingerprint
-            params[FORM_FINGERPRINT_PARAM] = field
-            detail.body = form.body
-            detail.params = params
-            return {"fingerprint": form.form_fingerprint}
+        url = warehouse.engine.url.render_as_string(hide_password=False)
+        form = _decision_process().submit(_form_there, url, run.month, run_id, dag_id, run.sync_settings())
+        form.add_done_callback(lambda done: _write_form(dag_id, run_id, done))
+        return {"refreshing": True}
     except Exception as error:  # the decision stands; the stale form is refused when answered
         log.warning("billing review: could not refresh the approval form of %s: %s", run_id, error)
         return None
+
+
+def _pending_form(dag_id: str, run_id: str) -> Any:
+    """The id of the run's approval task instance while its form waits for an answer, else None."""
+    from airflow.models.hitl import HITLDetail
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        found = session.execute(
+            select(TaskInstance.id, HITLDetail.responded_at)
+            .join(HITLDetail, HITLDetail.ti_id == TaskInstance.id)
+            .where(
+                TaskInstance.dag_id == dag_id,
+                TaskInstance.run_id == run_id,
+                TaskInstance.task_id == APPROVAL_TASK_IDS[dag_id],
+                TaskInstance.map_index == -1,
+            )
+        ).first()
+    return found[0] if found is not None and found[1] is None else None
+
+
+def _form_there(url: str, month: str, run_id: str, dag_id: str, settings: Any) -> tuple[str, str] | None:
+    """In the decision process: the run's approval form now (text, fingerprint); None when no person is asked."""
+    from billing_approval.gate import approval_form
+
+    from include.approval import AskPerson
+    from include.warehouse import Warehouse
+
+    if url not in _DECISION_WAREHOUSES:
+        _DECISION_WAREHOUSES[url] = Warehouse(url)
+    form = approval_form(_DECISION_WAREHOUSES[url], month, run_id, dag_id, settings)
+    return (form.body, form.form_fingerprint) if isinstance(form, AskPerson) else None
+
+
+def _write_form(dag_id: str, run_id: str, done: Any) -> None:
+    """Write the refreshed form into Airflow's record of the request, unless it was answered meanwhile."""
+    try:
+        form = done.result()
+        if form is None:
+            return
+        body, fingerprint = form
+        from airflow.models.hitl import HITLDetail
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+        from sqlalchemy import select
+
+        instance_id = _pending_form(dag_id, run_id)
+        if instance_id is None:
+            return
+        with create_session() as session:
+            # the answer route's lock order: the task instance, then its request
+            session.get(TaskInstance, instance_id, with_for_update={"of": TaskInstance})
+            detail = session.scalar(
+                select(HITLDetail).where(HITLDetail.ti_id == instance_id).with_for_update(of=HITLDetail)
+            )
+            if detail is None or detail.response_received:
+                return
+            params = dict(detail.params or {})
+            params[FORM_FINGERPRINT_PARAM] = {**dict(params.get(FORM_FINGERPRINT_PARAM) or {}), "value": fingerprint}
+            detail.body = body
+            detail.params = params
+        log.info("billing review: the approval form of %s now shows form %s", run_id, fingerprint[:12])
+    except Exception as error:  # the decision stands; the stale form is refused when answered
+        log.warning("billing review: could not refresh the approval form of %s: %s", run_id, error)
 
 
 def _check_dag(dag_id: str) -> None:

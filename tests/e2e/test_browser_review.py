@@ -350,6 +350,7 @@ def test_a_rerun_of_the_month_leaves_the_first_runs_review_as_it_was_and_the_mon
     )
     assert open_lines > 0, "the loaded month left nothing open: the months page's state would prove little"
     folder = stack.settings.data_docs_dir / MONTH / data_docs_dir(MONTH, pending_run).name
+
     def files_of(directory: Path) -> dict[str, str]:
         return {
             str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
