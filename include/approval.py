@@ -296,7 +296,8 @@ def summarise_plan(
             for reason in dict.fromkeys(part.strip() for part in (row["reason"] or "no reason given").split("; ")):
                 key = (status, reason)
                 reasons[key] += 1
-                examples.setdefault(key, _line_name(row))
+                if key not in examples:
+                    examples[key] = _line_name(row)
     summary.answers = _answers(run_id, rows, _line_approved_ids(warehouse, run_id), bss)
     summary.held_reasons = [
         HeldReason(status=status, reason=reason, lines=lines, example=examples[(status, reason)])
@@ -359,16 +360,17 @@ def _priced(row: Mapping[str, Any], bss: Mapping[str, tuple[Any, str]]) -> dict[
 
 
 def _run_rows(warehouse: Warehouse, month: str, run_id: str) -> list[dict[str, Any]]:
-    plan = warehouse.table("plan_actions")
+    """The run's plan lines (what the form sums up), read as plain rows: the form is rewritten after every decision
+    on a month of 20,000 lines."""
     with warehouse.engine.connect() as conn:
-        return [
-            dict(row)
-            for row in conn.execute(
-                sa.select(*(plan.c[name] for name in _SUMMARY_COLUMNS))
-                .where(plan.c.month == month, plan.c.run_id == run_id)
-                .order_by(plan.c.seq)
-            ).mappings()
-        ]
+        rows = conn.execute(
+            sa.text(
+                f"SELECT {', '.join(_SUMMARY_COLUMNS)} FROM plan_actions"  # fixed column names
+                " WHERE month = :month AND run_id = :run_id ORDER BY seq"
+            ),
+            {"month": month, "run_id": run_id},
+        ).all()
+    return [dict(zip(_SUMMARY_COLUMNS, row, strict=True)) for row in rows]
 
 
 def _line_approved_ids(warehouse: Warehouse, run_id: str) -> set[str]:
@@ -858,12 +860,15 @@ def _quality_of(warehouse: Warehouse, run_id: str) -> list[QualityLine]:
 
 def _bss_subscriptions(warehouse: Warehouse, month: str) -> dict[str, tuple[Any, str]]:
     """The BSS unit cost and currency of each subscription billed in the month (its latest line's)."""
-    rows = warehouse.query(
-        "SELECT subscription_id, unit_cost, currency FROM charge_lines WHERE month = :month"
-        " ORDER BY effective_date, charged_at, charge_sequence, charge_id",
-        {"month": month},
-    )
-    return {row["subscription_id"]: (row["unit_cost"], row["currency"]) for row in rows}
+    with warehouse.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT subscription_id, unit_cost, currency FROM charge_lines WHERE month = :month"
+                " ORDER BY effective_date, charged_at, charge_sequence, charge_id"
+            ),
+            {"month": month},
+        ).all()
+    return {subscription: (cost, currency) for subscription, cost, currency in rows}
 
 
 def _role_rank(role: str | None) -> int:
