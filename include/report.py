@@ -603,10 +603,17 @@ class _Names:
             rows.sort(key=lambda row: (row["run_id"] == run_id, row["taken_at"]))
             return {int(row[key]): row for row in rows}
 
-        self.companies = snapshot("at_companies", "company_id", "t.company_name, t.currency")
         self.contracts = snapshot(
             "at_contracts", "contract_id", "t.contract_name, t.contract_number, t.company_id", only_contracts
         )
+        only_companies = ""
+        if accounts is not None:  # the companies the rows and their contracts name
+            named = {int(row["company_id"]) for row in plan_rows if row["company_id"] is not None}
+            named |= {int(row["company_id"]) for row in self.contracts.values() if row["company_id"] is not None}
+            companies, company_params = sql_in("t.company_id", named, "co")
+            only_companies = f" AND {companies}"
+            scope_params = {**scope_params, **company_params}
+        self.companies = snapshot("at_companies", "company_id", "t.company_name, t.currency", only_companies)
         self.services = snapshot("at_services", "service_id", "t.service_name, t.sku, t.unit_cost")
         self.contract_services = snapshot(
             "at_contract_services", "contract_service_id", "t.contract_id, t.service_id, t.unit_cost", only_contracts
