@@ -106,14 +106,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
             **clients,
         }
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            process.wait(timeout=30)
-        for client in clients.values():
-            client.close()
-        api_server.stop()
-        bss.stop()
-        autotask.stop()
+        try:
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                process.wait(timeout=30)
+            for client in clients.values():
+                client.close()
+        finally:
+            for server in (api_server, bss, autotask):  # each stopped, whatever the one before did
+                try:
+                    server.stop()
+                except Exception as error:  # the others must still stop
+                    print(f"could not stop {server}: {error}")
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
