@@ -27,7 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "plugins")]
 
 RUN_ID = "bench-run"  # what bench_reconcile's measure step plans
-DAG_ID = "bss_autotask_billing_sync"
+from include.identifiers import SYNC_DAG_ID as DAG_ID  # noqa: E402
+
 REPEATS = 5
 
 

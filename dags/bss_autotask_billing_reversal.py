@@ -8,8 +8,9 @@ a decrease): every other day gets the units of before the load back, and no day 
 Nothing is deleted; companies, contracts, services and contract extensions the run created stay.
 
 1. **plan_reversal** — the opposite adjustments as plan rows of this run (status proposed), with reasons;
-2. **approve_reversal** — a person approves or rejects (no answer within the approval time counts as reject);
-3. **record_approval** — the approver and time go on every reversal row;
+2. **approve_reversal** — a person approves or rejects in the same form as a month's (what each answer loads, who may
+   answer; no answer within the approval time counts as reject), recorded in `month_approvals` like a month's;
+3. **record_approval** — goes on only when the reversal was approved (a rejection skips the load);
 4. **load** — written once through the ledger (a second load writes nothing); a spent hourly budget pauses it
    and a retry resumes where it stopped;
 5. **verify** — Autotask's units read back on every reversed day and at the month end;
@@ -27,16 +28,18 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import Param, chain, dag, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from billing_approval import BillingApprovalOperator
+
+from include.identifiers import APPROVAL_TASK_IDS, REVERSAL_DAG_ID  # names only: parsing stays light
 
 _MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
 _APPROVAL_TIMEOUT_HOURS = float(os.environ.get("BILLING_SYNC_APPROVAL_TIMEOUT_HOURS", "168"))
 
 
 @dag(
-    dag_id="bss_autotask_billing_reversal",
+    dag_id=REVERSAL_DAG_ID,
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
@@ -63,55 +66,59 @@ def bss_autotask_billing_reversal() -> None:
         from include.plan import load_plan
         from include.reversal import ReversalError, describe_reversal
         from include.reversal import plan_reversal as plan
+        from include.runs import RunConflictError, register_run
+        from include.sync_settings import SyncSettings
 
         context = get_current_context()
         month, applied_run_id = _month_and_run(context)
         warehouse = get_warehouse()
         try:
+            register_run(warehouse, context["run_id"], REVERSAL_DAG_ID, month, SyncSettings.from_env(), applied_run_id)
             summary = plan(warehouse, month, applied_run_id, context["run_id"])
-        except ReversalError as error:
+        except (ReversalError, RunConflictError) as error:
             raise AirflowFailException(str(error)) from None
         rows = load_plan(warehouse, month, context["run_id"], statuses=["proposed"])
         return {**summary.as_dict(), "body": describe_reversal(rows, month, applied_run_id)}
 
-    approve_reversal = ApprovalOperator(
-        task_id="approve_reversal",
+    approve_reversal = BillingApprovalOperator(
+        task_id=APPROVAL_TASK_IDS[REVERSAL_DAG_ID],
         subject="Reverse billing run {{ params.run_id }} of {{ params.month }} in Autotask?",
-        body="{{ ti.xcom_pull(task_ids='plan_reversal')['body'] }}",
-        defaults="Reject",
-        response_timeout=timedelta(hours=_APPROVAL_TIMEOUT_HOURS),
+        response_timeout_hours=_APPROVAL_TIMEOUT_HOURS,
+        retries=0,
     )
 
     @task
     def record_approval() -> dict[str, Any]:
-        """Who approved the reversal and when, on every reversal row (only after Approve: Reject skips this)."""
-        from connectors.warehouse_connection import get_warehouse
-        from include.plan import load_plan, set_action_status
-
+        """The recorded approval (approve_reversal stored it, with who, when and the approved set, in month_approvals);
+        a rejected or timed-out reversal skips the load."""
         context = get_current_context()
-        month, _ = _month_and_run(context)
-        answer = context["ti"].xcom_pull(task_ids="approve_reversal") or {}
-        user = answer.get("responded_by_user") or {}
-        by = str(user.get("name") or user.get("id") or "unknown")
-        warehouse = get_warehouse()
-        rows = load_plan(warehouse, month, context["run_id"], statuses=["proposed"])
-        approved = set_action_status(warehouse, [row.action_id for row in rows], "approved", by)
-        return {"approved": approved, "by": by, "at": str(answer.get("responded_at"))}
+        decision = context["ti"].xcom_pull(task_ids=APPROVAL_TASK_IDS[REVERSAL_DAG_ID]) or {}
+        if not decision.get("loads"):
+            raise AirflowSkipException(f"the reversal was not approved ({decision.get('note')}): nothing is loaded.")
+        return {
+            "approved": decision.get("approved_actions", 0),
+            "by": decision.get("decided_by"),
+            "at": decision.get("decided_at"),
+        }
 
     @task(retries=24, retry_delay=timedelta(minutes=10))  # a spent hourly budget: the retry resumes the load
     def load(approval: dict[str, Any]) -> dict[str, Any]:
         """Write the approved reversal rows into Autotask exactly once (ledger); resumes where a load stopped."""
         from connectors.autotask_hook import AutotaskHook
         from connectors.warehouse_connection import get_warehouse
+        from include.approval import ApprovedSetChangedError, check_load_matches_approvals
         from include.loader import BudgetExhausted, load_plan_actions
         from include.sync_settings import SyncSettings
 
         context = get_current_context()
         month, _ = _month_and_run(context)
+        warehouse = get_warehouse()
         try:
-            summary = load_plan_actions(
-                AutotaskHook(), get_warehouse(), month, context["run_id"], SyncSettings.from_env()
-            )
+            check_load_matches_approvals(warehouse, month)
+        except ApprovedSetChangedError as error:
+            raise AirflowFailException(str(error)) from error
+        try:
+            summary = load_plan_actions(AutotaskHook(), warehouse, month, context["run_id"], SyncSettings.from_env())
         except BudgetExhausted as stop:
             print(str(stop))  # the plain-words reason and when it goes on, in the task log
             raise

@@ -39,17 +39,17 @@ from datetime import UTC, timedelta
 from typing import Any
 
 import pendulum
-from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.providers.standard.triggers.temporal import DateTimeTrigger
 from airflow.sdk import BaseOperator, Param, chain, dag, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from billing_approval import BillingApprovalOperator
+
+from include.identifiers import APPROVAL_TASK_IDS, SYNC_DAG_ID  # names only: parsing stays light
 
 log = logging.getLogger(__name__)
 _MONTH_OFFSET = int(os.environ.get("BILLING_MONTH_OFFSET", "0"))
 _MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
-# The approval form's options and timeout (include.approval.OPTIONS; a test keeps the two equal). Read here,
-# not imported from the include package, so parsing the DAG stays light; the timeout is fixed when the DAG is parsed.
-_APPROVE, _APPROVE_WITH_FLAGGED, _REJECT = "Approve proposed", "Approve incl. flagged", "Reject"
+# The approval's timeout is fixed when the DAG is parsed.
 _APPROVAL_TIMEOUT_HOURS = float(os.environ.get("BILLING_SYNC_APPROVAL_TIMEOUT_HOURS", "168"))
 # The load runs in shares side by side (one task each, on any worker), then as a whole month that takes what
 # the shares left. The Celery deployment sets 3 (deploy/airflow.env); unset (`airflow dags test`, which runs tasks
@@ -60,7 +60,7 @@ _DRY_RUN_DEFAULT = os.environ.get("BILLING_SYNC_DRY_RUN", "0").strip().lower() i
 
 
 @dag(
-    dag_id="bss_autotask_billing_sync",
+    dag_id=SYNC_DAG_ID,
     schedule="@monthly",
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
@@ -159,9 +159,15 @@ def bss_autotask_billing_sync() -> None:
         """BSS units at each effective date against Autotask's contract service units: the change plan."""
         from include.reconcile import reconcile_month
         from include.review import build_grid
+        from include.runs import RunConflictError, register_run
 
         warehouse = _warehouse_holding_runs_own_lines(month, links["run_id"])
-        plan = reconcile_month(warehouse, month, links["run_id"], _settings()).as_dict()
+        settings = _settings()
+        try:  # the run's DAG and settings: its review serves it under this DAG and re-plans with these settings
+            register_run(warehouse, links["run_id"], SYNC_DAG_ID, month, settings)
+        except RunConflictError as error:
+            raise AirflowFailException(str(error)) from error
+        plan = reconcile_month(warehouse, month, links["run_id"], settings).as_dict()
         build_grid(warehouse, links["run_id"])  # the review page's lines, names gathered once here
         return plan
 
@@ -201,7 +207,7 @@ def bss_autotask_billing_sync() -> None:
 
         context = get_current_context()
         run_id = context["run_id"]
-        decision = context["ti"].xcom_pull(task_ids="approve") or {}
+        decision = context["ti"].xcom_pull(task_ids=APPROVAL_TASK_IDS[SYNC_DAG_ID]) or {}
         dry_run = decision.get("decision") == "dry_run"
         written = write_run_report(get_warehouse(), month, run_id, data_docs_dir(month, run_id), dry_run=dry_run)
         note = _run_note(month, decision, written.html_path)
@@ -221,7 +227,13 @@ def bss_autotask_billing_sync() -> None:
     links = link_records(month, snapshot)
     plan = reconcile(month, links)
     plan_checked = validate_plan(month, plan)
-    approval = MonthApprovalOperator(task_id="approve", retries=0)
+    approval = BillingApprovalOperator(
+        task_id=APPROVAL_TASK_IDS[SYNC_DAG_ID],
+        month_task_id="resolve_month",
+        response_timeout_hours=_APPROVAL_TIMEOUT_HOURS,
+        notifiers=[_approval_notifier()],
+        retries=0,
+    )
     # a retry of the load is safe: the ledger asks Autotask about every write of unknown outcome first
     load_shares = LoadShareOperator.partial(
         task_id="load_share", shares=_LOAD_SHARES, retry_delay=timedelta(seconds=10), retry_exponential_backoff=False
@@ -278,15 +290,6 @@ def _settings(params: dict[str, Any] | None = None):
     return replace(SyncSettings.from_env(), effective_date_policy=policy, dry_run=bool(params.get("dry_run")))
 
 
-def _review_link(dag_id: str, run_id: str) -> str:
-    """The run's page in the Airflow UI's "Billing review" (plugins/billing_review), for the approval form."""
-    from airflow.configuration import conf
-
-    from include.review import review_url
-
-    return review_url(dag_id, run_id, conf.get("api", "base_url", fallback="") or "")
-
-
 def _run_note(month: str, decision: dict[str, Any], report_path: Any) -> str:
     what = {
         "approved": f"approved by {decision.get('decided_by')}, loaded and verified",
@@ -306,83 +309,23 @@ def _approval_notifier() -> Any:
     return BillingAlertNotifier(AlertEvent.APPROVAL_WAITING)
 
 
-class MonthApprovalOperator(HITLOperator):
-    """The approval gate: the plan summarised for a finance person; the answer recorded on the plan rows.
-
-    A dry run records `dry_run` and asks nobody; the `auto_if_clean` policy approves a clean, small month
-    alone; otherwise the task waits (state `awaiting_input`, no worker slot) for a person's answer or the
-    timeout, whose default is Reject. The task's result (XCom) is the recorded decision.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(
-            subject="Approve the Autotask changes of the billing month",
-            options=[_APPROVE, _APPROVE_WITH_FLAGGED, _REJECT],
-            defaults=[_REJECT],
-            multiple=False,
-            response_timeout=timedelta(hours=_APPROVAL_TIMEOUT_HOURS),
-            notifiers=[_approval_notifier()],
-            **kwargs,
-        )
-
-    def execute(self, context: Any) -> Any:
-        from include.approval import (
-            ApprovalDecision,
-            Decision,
-            policy_decision,
-            record_decision,
-            render_body,
-            render_subject,
-            summarise_plan,
-        )
-        from include.quality import data_docs_dir
-        from include.warehouse import utcnow
-
-        month, run_id = context["ti"].xcom_pull(task_ids="resolve_month"), context["run_id"]
-        warehouse = _warehouse_holding_runs_own_lines(month, run_id)
-        settings = _settings(context["params"])
-        summary = summarise_plan(
-            warehouse,
-            month,
-            run_id,
-            report_dir=str(data_docs_dir(month, run_id)),
-            review_link=_review_link(context["dag"].dag_id, run_id),
-        )
-        decision = None
-        if settings.dry_run:
-            note = "dry run: nothing approved, nothing is written to Autotask"
-            decision = ApprovalDecision(Decision.DRY_RUN, None, utcnow(), (), note)
-        else:
-            decision = policy_decision(summary, settings)
-        if decision is not None:
-            approved = record_decision(warehouse, month, run_id, decision)
-            log.info("%s: %s (%d actions approved)", month, decision.note, approved)
-            return {**decision.as_dict(), "approved_actions": approved}
-        self.subject = render_subject(summary)
-        self.body = render_body(summary, settings)
-        log.info("Waiting for a person to approve %s (answer in the Airflow UI or with `make approve`)", month)
-        return super().execute(context)
-
-    def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
-        from include.approval import decision_from_response, record_decision
-
-        response = super().execute_complete(context, event)
-        month, run_id = context["ti"].xcom_pull(task_ids="resolve_month"), context["run_id"]
-        decision = decision_from_response({**response, "timedout": event.get("timedout", False)})
-        approved = record_decision(_warehouse_holding_runs_own_lines(month, run_id), month, run_id, decision)
-        log.info("%s: %s (%d actions approved)", month, decision.note, approved)
-        return {**decision.as_dict(), "approved_actions": approved}
-
-
 def _month_to_load(context: Any) -> tuple[str, str, bool]:
     """The run's month, its run id and whether the approval made it a dry run. A month that was not approved
-    (rejected, timed out) skips the task: a rejection is a decision, not a fault."""
+    (rejected, timed out) skips the task: a rejection is a decision, not a fault. An approved month loads only the
+    set of lines its approval signed (`include.approval.check_load_matches_approvals`): any other set fails the
+    task before anything is written."""
+    from include.approval import ApprovedSetChangedError, check_load_matches_approvals
+
     month, run_id = context["ti"].xcom_pull(task_ids="resolve_month"), context["run_id"]
-    decision = context["ti"].xcom_pull(task_ids="approve") or {}
+    decision = context["ti"].xcom_pull(task_ids=APPROVAL_TASK_IDS[SYNC_DAG_ID]) or {}
     if decision.get("decision") == "dry_run":
         return month, run_id, True
     if not decision.get("loads"):
         raise AirflowSkipException(f"{month} was not approved ({decision.get('note')}): nothing is loaded.")
+    try:
+        check_load_matches_approvals(_warehouse_holding_runs_own_lines(month, run_id), month)
+    except ApprovedSetChangedError as error:
+        raise AirflowFailException(str(error)) from error
     return month, run_id, False
 
 

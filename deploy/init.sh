@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The airflow-init service of docker-compose.yaml (runs once, as root, before every other Airflow service):
-#  1. refuses to go on with a missing or placeholder secret (JWT secret, API secret key, Fernet key) or a user
-#     without a password, saying which and how to make one;
+#  1. refuses to go on with a missing or placeholder secret (JWT secret, API secret key, Fernet key), a database
+#     password that is empty or the well-known default (airflow / warehouse), or a user without a password, saying
+#     which and how to make one;
 #  2. creates the writable folders (Data Docs and run reports, logs, the login file) owned by AIRFLOW_UID;
 #  3. writes the simple auth manager's passwords file from AIRFLOW_PASSWORDS;
 #  4. migrates Airflow's metadata database (skipped with BILLING_INIT_SKIP_MIGRATE=1, for the static test).
@@ -23,6 +24,16 @@ placeholder "${AIRFLOW__API__SECRET_KEY:-}" && fail "AIRFLOW_API_SECRET_KEY is e
 Make one: python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
 placeholder "${AIRFLOW__CORE__FERNET_KEY:-}" && fail "AIRFLOW_FERNET_KEY is empty: connection passwords would be stored \
 unencrypted. Make one: python3 -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())'"
+
+weak_database_password() {  # $1: the password, $2: the database user (its name is the default everyone knows)
+    [[ -z "$1" || "$1" == "$2" || "$1" == change-me* || "$1" == "CHANGE_ME"* || ${#1} -lt 12 ]]
+}
+weak_database_password "${AIRFLOW_DB_PASSWORD:-}" airflow && fail "AIRFLOW_DB_PASSWORD (the metadata database's \
+user airflow) is empty, the default 'airflow', a placeholder or shorter than 12 characters: anyone who reaches the \
+database would read every connection and answer. Make one: python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
+weak_database_password "${WAREHOUSE_DB_PASSWORD:-}" warehouse && fail "WAREHOUSE_DB_PASSWORD (the warehouse's user \
+warehouse) is empty, the default 'warehouse', a placeholder or shorter than 12 characters. Make one: \
+python3 -c 'import secrets; print(secrets.token_urlsafe(24))'"
 
 PYTHON="${PYTHON:-python}"
 "$PYTHON" - <<'PY' || exit 1

@@ -1,54 +1,63 @@
 """Step 5½: a person (or, for a clean and small month, the approval policy) approves the change plan.
 
-The approval form shows a finance person what the month would change (`summarise_plan` → `render_body`,
-Markdown): actions by kind and status, units and cost added and removed, the lines that need a mapping, are
-flagged or blocked (with their most common reasons), the data-quality result, and where to look. Its
-options are `OPTIONS`; the answer (the HITL response: chosen option, responding user, time) becomes a
-`Decision` recorded by `record_decision`:
+What is signed is what loads. For each answer that loads something the form shows exactly what that answer approves
+(`AnswerFigures`: the lines by kind, the flagged lines a reviewer approved one by one on the review page, units and
+monthly cost added and removed per currency — never added across currencies) and a fingerprint of that set of plan
+lines. The form carries a fingerprint of itself (`FORM_FINGERPRINT_PARAM`); the review page refreshes the form
+after every decision that changes the plan, and an answer given to a form that no longer matches the plan is
+refused (`check_answer`, again under the month's lock in `record_decision`) and asked again. The recorded approval
+(`month_approvals`) stores the approved set's fingerprint and figures, and the load refuses to write a set that
+differs (`check_load_matches_approvals`).
 
-- "Approve proposed" → the run's `proposed` actions become `approved`;
-- "Approve incl. flagged" → its `proposed` and `flagged` actions become `approved`;
-- "Reject", or no answer within `approval_timeout_hours` (recorded as `timed_out`) → nothing changes and
-  nothing loads.
+The answers (`include.identifiers.OPTIONS`), each a `Decision`:
+- "Approve proposed" → the run's `proposed` lines, and the `flagged` lines approved one by one on the review page;
+- "Approve incl. flagged" → its `proposed` and `flagged` lines;
+- "Reject", or no answer within `approval_timeout_hours` (recorded as `timed_out`) → nothing changes, nothing loads.
+`needs-mapping` and `blocked` lines are never approved here. Approved rows carry who approved them and when.
 
-`needs-mapping` and `blocked` actions are never approved here: they wait for a mapping decision or a fix.
-Approved rows carry who approved them and when (`decided_by`, `decided_at`); `month_approvals` holds one
-row per decision for the run report and the audit trail.
+Who answers (`Approvers`): the users `approvers` names, or else anyone whose role is at least `approver_role`
+(Airflow's HITL `assigned_users` lists them where the auth manager can tell); with `four_eyes` nobody who took a
+review decision on the run approves it. Anyone else is refused with a message that says who may.
 
-Policy `auto_if_clean` (`policy_refusals`): the month is approved without a person only when the quality
-gates passed without a single warning, nothing needs a mapping or is flagged or blocked, and the units and
-cost it changes stay under `auto_approve_max_units` / `auto_approve_max_monthly_cost`. Otherwise it waits
-for a person exactly as under `manual`, and the form says why the policy did not approve.
+The gate (`gate`) decides in one place: a dry run records `dry_run`; the `auto_if_clean` policy approves a month
+alone only when the quality gates passed without a warning, nothing needs a mapping or is flagged or blocked, and
+the units and cost it changes (per currency) stay under `auto_approve_max_units` / `auto_approve_max_monthly_cost`;
+any other month waits for a person (`AskPerson`), and the form says why the policy did not approve it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
 
-from include.sync_settings import ApprovalPolicy, SyncSettings
+from include.identifiers import FORM_FINGERPRINT_PARAM, OPTION_APPROVE, OPTION_APPROVE_WITH_FLAGGED, OPTION_REJECT
+from include.identifiers import OPTIONS as _OPTIONS
+from include.sync_settings import APPROVER_ROLES, ApprovalPolicy, SyncSettings
 from include.warehouse import Warehouse, utcnow
 
-OPTION_APPROVE = "Approve proposed"
-OPTION_APPROVE_WITH_FLAGGED = "Approve incl. flagged"
-OPTION_REJECT = "Reject"
-OPTIONS = [OPTION_APPROVE, OPTION_APPROVE_WITH_FLAGGED, OPTION_REJECT]
+OPTIONS = list(_OPTIONS)
 POLICY_USER = "policy:auto_if_clean"
 
 # Statuses as text: the plan's enum gains `blocked` in the reconciliation part; text works either way.
 PROPOSED, FLAGGED, NEEDS_MAPPING, BLOCKED, APPROVED = "proposed", "flagged", "needs-mapping", "blocked", "approved"
+# what an approval approved, once the load has moved some of it on
+_APPROVED_OR_LOADED = (APPROVED, "applied", "failed")
 _ADJUSTING_KINDS = ("adjust_units", "change_cost")
 _TOP_REASONS = 8
 _REASON_CHARS = 240
+_ID_BATCH = 500
+ROLE_ORDER = APPROVER_ROLES  # a role grants what the ones before it grant
+UNKNOWN_CURRENCY = "?"
 
 
 class Decision(StrEnum):
@@ -63,6 +72,15 @@ class Decision(StrEnum):
     def loads(self) -> bool:
         """Whether the month goes on to the load."""
         return self in (Decision.APPROVED, Decision.APPROVED_WITH_FLAGGED, Decision.APPROVED_BY_POLICY)
+
+    @property
+    def answer(self) -> str | None:
+        """The form's answer whose set of lines this decision approves (None: it approves nothing)."""
+        if self is Decision.APPROVED_WITH_FLAGGED:
+            return OPTION_APPROVE_WITH_FLAGGED
+        if self in (Decision.APPROVED, Decision.APPROVED_BY_POLICY):
+            return OPTION_APPROVE
+        return None
 
     @property
     def approves(self) -> tuple[str, ...]:
@@ -127,6 +145,44 @@ class Changes:
         return self.cost_added + self.cost_removed
 
 
+@dataclass
+class AnswerFigures:
+    """What one answer of the form approves, exactly: the plan lines it turns `approved` (and so what loads), by kind,
+    how many of them are flagged lines a reviewer approved one by one, units and monthly cost added and removed per
+    currency (never added across currencies), and the fingerprint of the set (`set_fingerprint`)."""
+
+    answer: str
+    action_ids: tuple[str, ...] = ()
+    by_kind: dict[str, int] = field(default_factory=dict)
+    line_approved: int = 0
+    currencies: dict[str, Changes] = field(default_factory=dict)
+    fingerprint: str = ""
+
+    @property
+    def lines(self) -> int:
+        return len(self.action_ids)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The figures as recorded with the approval (`month_approvals.approved_figures`): no ids, exact amounts."""
+        return {
+            "answer": self.answer,
+            "lines": self.lines,
+            "by_kind": dict(sorted(self.by_kind.items())),
+            "line_approved": self.line_approved,
+            "currencies": {  # as the form shows them: units exact, money to the cent
+                currency: {
+                    "adjustments": changes.actions,
+                    "units_added": _plain(changes.units_added),
+                    "units_removed": _plain(changes.units_removed),
+                    "cost_added": _cents(changes.cost_added),
+                    "cost_removed": _cents(changes.cost_removed),
+                }
+                for currency, changes in sorted(self.currencies.items())
+            },
+            "fingerprint": self.fingerprint,
+        }
+
+
 @dataclass(frozen=True)
 class HeldReason:
     """A reason that holds lines back, how many lines it holds, and one example line."""
@@ -155,6 +211,8 @@ class ApprovalSummary:
     by_status: dict[str, int] = field(default_factory=dict)
     proposed: Changes = field(default_factory=Changes)
     flagged: Changes = field(default_factory=Changes)
+    # what each answer that loads something approves (OPTION_APPROVE, OPTION_APPROVE_WITH_FLAGGED)
+    answers: dict[str, AnswerFigures] = field(default_factory=dict)
     held_reasons: list[HeldReason] = field(default_factory=list)
     quality: list[QualityLine] = field(default_factory=list)
     report_dir: str | None = None
@@ -173,8 +231,41 @@ class ApprovalSummary:
     def data_docs_index(self) -> str | None:
         return next((line.data_docs_index for line in self.quality if line.data_docs_index), None)
 
+    @property
+    def form_fingerprint(self) -> str:
+        """The fingerprint of the form's figures: changes whenever what an answer would approve changes."""
+        return form_fingerprint(self.run_id, self.answers)
+
     def as_dict(self) -> dict[str, Any]:
         return _jsonable(asdict(self))
+
+
+def set_fingerprint(run_id: str, action_ids: Iterable[str]) -> str:
+    """The fingerprint of a set of a run's plan lines: sha256 of the run id and the sorted line ids (a line's id
+    hashes its content, so the same ids are the same changes)."""
+    text = run_id + "\n" + "\n".join(sorted(action_ids))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def form_fingerprint(run_id: str, answers: Mapping[str, AnswerFigures]) -> str:
+    text = run_id + "\n" + "\n".join(f"{answer}={answers[answer].fingerprint}" for answer in sorted(answers))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+_SUMMARY_COLUMNS = (
+    "action_id",
+    "kind",
+    "status",
+    "reason",
+    "account_id",
+    "subscription_ids",
+    "units_before",
+    "units_after",
+    "unit_change",
+    "unit_cost_before",
+    "unit_cost_after",
+    "idempotency_key",
+)
 
 
 def summarise_plan(
@@ -185,40 +276,13 @@ def summarise_plan(
     report_dir: str | None = None,
     review_link: str | None = None,
 ) -> ApprovalSummary:
-    """What the run's plan would change, and what holds lines back, for the approval form."""
+    """What the run's plan would change, what each answer approves, and what holds lines back, for the form."""
     summary = ApprovalSummary(month=month, run_id=run_id, report_dir=report_dir, review_link=review_link)
-    plan = warehouse.table("plan_actions")
-    columns = [
-        plan.c[name]
-        for name in (
-            "kind",
-            "status",
-            "reason",
-            "account_id",
-            "subscription_ids",
-            "units_before",
-            "units_after",
-            "unit_change",
-            "unit_cost_before",
-            "unit_cost_after",
-            "idempotency_key",
-        )
-    ]
-    with warehouse.engine.connect() as conn:
-        rows = (
-            conn.execute(sa.select(*columns).where(plan.c.month == month, plan.c.run_id == run_id).order_by(plan.c.seq))
-            .mappings()
-            .all()
-        )
-    bss_costs = _bss_unit_costs(warehouse, month)
+    rows = _run_rows(warehouse, month, run_id)
+    bss = _bss_subscriptions(warehouse, month)
     reasons: Counter[tuple[str, str]] = Counter()
     examples: dict[tuple[str, str], str] = {}
     for row in rows:
-        if row["unit_cost_after"] is None and row["unit_cost_before"] is None:
-            # a units-only adjustment: priced at its subscription's BSS unit cost
-            subscriptions = json.loads(row["subscription_ids"] or "[]")
-            cost = next((bss_costs[sub] for sub in subscriptions if sub in bss_costs), None)
-            row = {**row, "unit_cost_before": cost, "unit_cost_after": cost}
         kind, status = row["kind"], row["status"]
         by_kind = summary.by_kind_status.setdefault(kind, {})
         by_kind[status] = by_kind.get(status, 0) + 1
@@ -232,13 +296,122 @@ def summarise_plan(
             for reason in dict.fromkeys(part.strip() for part in (row["reason"] or "no reason given").split("; ")):
                 key = (status, reason)
                 reasons[key] += 1
-                examples.setdefault(key, _line_name(row))
+                if key not in examples:
+                    examples[key] = _line_name(row)
+    summary.answers = _answers(run_id, rows, _line_approved_ids(warehouse, run_id), bss)
     summary.held_reasons = [
         HeldReason(status=status, reason=reason, lines=lines, example=examples[(status, reason)])
         for (status, reason), lines in sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
     ]
     summary.quality = _quality_of(warehouse, run_id)
     return summary
+
+
+def answer_figures(warehouse: Warehouse, month: str, run_id: str) -> dict[str, AnswerFigures]:
+    """What each answer would approve now (the same figures `summarise_plan` puts on the form)."""
+    rows = _run_rows(warehouse, month, run_id)
+    return _answers(run_id, rows, _line_approved_ids(warehouse, run_id), _bss_subscriptions(warehouse, month))
+
+
+def _answers(
+    run_id: str,
+    rows: Sequence[Mapping[str, Any]],
+    line_approved: set[str],
+    bss: Mapping[str, tuple[Any, str]],
+) -> dict[str, AnswerFigures]:
+    answers = {answer: AnswerFigures(answer) for answer in (OPTION_APPROVE, OPTION_APPROVE_WITH_FLAGGED)}
+    ids: dict[str, list[str]] = {answer: [] for answer in answers}
+    for row in rows:
+        status = row["status"]
+        chosen_alone = status == FLAGGED and row["action_id"] in line_approved
+        approving = [
+            answer
+            for answer, takes in (
+                (OPTION_APPROVE, status == PROPOSED or chosen_alone),
+                (OPTION_APPROVE_WITH_FLAGGED, status in (PROPOSED, FLAGGED)),
+            )
+            if takes
+        ]
+        if not approving:
+            continue
+        priced = _priced(row, bss)
+        for answer in approving:
+            figures = answers[answer]
+            ids[answer].append(row["action_id"])
+            figures.by_kind[row["kind"]] = figures.by_kind.get(row["kind"], 0) + 1
+            figures.line_approved += int(chosen_alone)
+            if row["kind"] in _ADJUSTING_KINDS:
+                currency = priced["currency"] or UNKNOWN_CURRENCY
+                figures.currencies.setdefault(currency, Changes()).add(priced)
+    for answer, figures in answers.items():
+        figures.action_ids = tuple(sorted(ids[answer]))
+        figures.fingerprint = set_fingerprint(run_id, figures.action_ids)
+    return answers
+
+
+def _priced(row: Mapping[str, Any], bss: Mapping[str, tuple[Any, str]]) -> dict[str, Any]:
+    """The row with its currency and, for a units-only adjustment, its subscription's BSS unit cost."""
+    subscriptions = json.loads(row["subscription_ids"] or "[]")
+    known = next((bss[sub] for sub in subscriptions if sub in bss), (None, None))
+    priced = {**row, "currency": known[1]}
+    if row["unit_cost_after"] is None and row["unit_cost_before"] is None:
+        priced.update(unit_cost_before=known[0], unit_cost_after=known[0])
+    return priced
+
+
+def _run_rows(warehouse: Warehouse, month: str, run_id: str) -> list[dict[str, Any]]:
+    """The run's plan lines (what the form sums up), read as plain rows: the form is rewritten after every decision
+    on a month of 20,000 lines."""
+    with warehouse.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                f"SELECT {', '.join(_SUMMARY_COLUMNS)} FROM plan_actions"  # fixed column names
+                " WHERE month = :month AND run_id = :run_id ORDER BY seq"
+            ),
+            {"month": month, "run_id": run_id},
+        ).all()
+    return [dict(zip(_SUMMARY_COLUMNS, row, strict=True)) for row in rows]
+
+
+def _line_approved_ids(warehouse: Warehouse, run_id: str) -> set[str]:
+    rows = warehouse.query("SELECT action_id FROM review_line_approvals WHERE run_id = :run_id", {"run_id": run_id})
+    return {row["action_id"] for row in rows}
+
+
+# -- the gate: who decides, and whether a person must -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AskPerson:
+    """The gate's answer when a person must decide: the form to show and who may answer it."""
+
+    subject: str
+    body: str
+    form_fingerprint: str
+    approvers: Approvers
+    summary: ApprovalSummary
+
+
+def gate(
+    summary: ApprovalSummary, settings: SyncSettings, *, known_users: Sequence[tuple[str, str]] = ()
+) -> ApprovalDecision | AskPerson:
+    """The one place that decides how a month is approved: a dry run records `dry_run` and asks nobody; the
+    `auto_if_clean` policy approves a clean, small month alone; every other month waits for a person, and the form
+    says who may answer (`known_users`: the auth manager's users and roles, when it lists them)."""
+    if settings.dry_run:
+        note = "dry run: nothing approved, nothing is written to Autotask"
+        return ApprovalDecision(Decision.DRY_RUN, None, _now(), (), note)
+    decision = policy_decision(summary, settings)
+    if decision is not None:
+        return decision
+    approvers = Approvers.of(settings)
+    return AskPerson(
+        subject=render_subject(summary),
+        body=render_body(summary, settings, who_may=approvers.describe(known_users)),
+        form_fingerprint=summary.form_fingerprint,
+        approvers=approvers,
+        summary=summary,
+    )
 
 
 def policy_refusals(summary: ApprovalSummary, settings: SyncSettings) -> list[str]:
@@ -262,25 +435,163 @@ def policy_refusals(summary: ApprovalSummary, settings: SyncSettings) -> list[st
             f"{_number(summary.proposed.units_moved)} units change, more than auto_approve_max_units "
             f"({_number(settings.auto_approve_max_units)})"
         )
-    if summary.proposed.cost_moved > Decimal(str(settings.auto_approve_max_monthly_cost)):
-        refusals.append(
-            f"the cost changes by {_money(summary.proposed.cost_moved)}, more than auto_approve_max_monthly_cost "
-            f"({_money(settings.auto_approve_max_monthly_cost)})"
-        )
+    limit = Decimal(str(settings.auto_approve_max_monthly_cost))
+    for currency, changes in sorted(_policy_currencies(summary).items()):
+        if changes.cost_moved > limit:
+            refusals.append(
+                f"the cost changes by {_money(changes.cost_moved)} {currency}, more than auto_approve_max_monthly_cost "
+                f"({_money(limit)} in each currency)"
+            )
     return refusals
+
+
+def _policy_currencies(summary: ApprovalSummary) -> dict[str, Changes]:
+    figures = summary.answers.get(OPTION_APPROVE)
+    return figures.currencies if figures is not None else {UNKNOWN_CURRENCY: summary.proposed}
 
 
 def policy_decision(summary: ApprovalSummary, settings: SyncSettings) -> ApprovalDecision | None:
     """The policy's approval when the month is clean and small; None when a person must decide."""
     if policy_refusals(summary, settings):
         return None
+    moved = ", ".join(
+        f"{_money(changes.cost_moved)} {currency}" for currency, changes in sorted(_policy_currencies(summary).items())
+    )
     note = (
         f"approved by policy auto_if_clean: quality passed without warnings, nothing to map, flag or block; "
-        f"{_number(summary.proposed.units_moved)} units and {_money(summary.proposed.cost_moved)} changed "
+        f"{_number(summary.proposed.units_moved)} units and {moved or 'no cost'} changed "
         f"(limits {_number(settings.auto_approve_max_units)} units, "
-        f"{_money(settings.auto_approve_max_monthly_cost)})"
+        f"{_money(settings.auto_approve_max_monthly_cost)} in each currency)"
     )
     return ApprovalDecision(Decision.APPROVED_BY_POLICY, POLICY_USER, _now(), (OPTION_APPROVE,), note)
+
+
+@dataclass(frozen=True)
+class Approvers:
+    """Who may answer a month's approval: the users `approvers` names; else anyone whose role is at least
+    `approver_role` (Airflow's simple auth manager's roles: viewer < user < op < admin). With `four_eyes`, nobody
+    who took a review decision on the run approves it."""
+
+    users: tuple[str, ...] = ()
+    min_role: str = "op"
+    four_eyes: bool = False
+
+    @classmethod
+    def of(cls, settings: SyncSettings) -> Approvers:
+        return cls(tuple(settings.approvers), settings.approver_role, settings.four_eyes)
+
+    def may_answer(self, user_id: str, role: str | None) -> bool:
+        if self.users:
+            return user_id in self.users
+        return role is not None and _role_rank(role) >= _role_rank(self.min_role)
+
+    def describe(self, known_users: Sequence[tuple[str, str]] = ()) -> str:
+        """Who may, in words, for a refusal and the form: "finance or controller (BILLING_SYNC_APPROVERS)"."""
+        if self.users:
+            return f"{_either(self.users)} (named by BILLING_SYNC_APPROVERS)"
+        roles = ROLE_ORDER[_role_rank(self.min_role) :]
+        named = self.assigned(known_users) or []
+        who = f": {_either(named)}" if named else ""
+        return f"users with the role {_either(roles)} (BILLING_SYNC_APPROVER_ROLE={self.min_role}){who}"
+
+    def assigned(self, known_users: Sequence[tuple[str, str]]) -> list[str] | None:
+        """The user ids for the HITL form's `assigned_users` (Airflow then refuses everyone else itself): the named
+        users, else the known users (id, role) with the role; None when the auth manager lists no users."""
+        if self.users:
+            return list(self.users)
+        if not known_users:
+            return None
+        return [user for user, role in known_users if self.may_answer(user, role)]
+
+
+class RefusalReason(StrEnum):
+    """Why an answer to the approval form is refused; nothing is recorded and the form waits for another answer."""
+
+    NOT_AN_APPROVER = "not_an_approver"
+    REVIEWED_THE_RUN = "reviewed_the_run"  # the two-person rule
+    UNBOUND_ANSWER = "unbound_answer"  # an answer that does not say which form it answers
+    STALE_FORM = "stale_form"  # the plan changed after the form was shown
+    ALREADY_ANSWERED = "already_answered"
+
+    @property
+    def status(self) -> int:
+        """The HTTP status the answer gets: 403 for who answers, 409 for what the answer refers to."""
+        return 403 if self in (RefusalReason.NOT_AN_APPROVER, RefusalReason.REVIEWED_THE_RUN) else 409
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: RefusalReason
+    message: str
+
+    @property
+    def status(self) -> int:
+        return self.reason.status
+
+
+class ApprovalRefusedError(Exception):
+    """An answer `record_decision` refused (nothing recorded): the form is asked again."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.message)
+        self.refusal = refusal
+
+
+def check_answer(
+    warehouse: Warehouse,
+    month: str,
+    run_id: str,
+    *,
+    user_id: str,
+    role: str | None,
+    chosen_options: Sequence[str],
+    form_fingerprint: str | None,
+    settings: SyncSettings,
+    known_users: Sequence[tuple[str, str]] = (),
+) -> Refusal | None:
+    """Whether this user's answer may be recorded: None when it may, else why not (with who may, or what changed).
+    Checked before Airflow records an answer (the review plugin's guard on the form's answer) and again under the
+    month's lock when the decision is recorded."""
+    approvers = Approvers.of(settings)
+    if not approvers.may_answer(user_id, role):
+        return Refusal(
+            RefusalReason.NOT_AN_APPROVER,
+            f"{user_id} may not answer the approval of {month}: {approvers.describe(known_users)} may",
+        )
+    approves = bool(set(chosen_options) - {OPTION_REJECT})
+    if not approves:
+        return None  # rejecting loads nothing: any approver may, the form's figures do not matter
+    if approvers.four_eyes:
+        reviewed = warehouse.query(
+            "SELECT COUNT(*) AS decisions FROM review_decisions WHERE run_id = :run_id AND decided_by = :user",
+            {"run_id": run_id, "user": user_id},
+        )[0]["decisions"]
+        if reviewed:
+            others = [user for user in approvers.assigned(known_users) or () if user != user_id]
+            who = f" ({_either(others)} may)" if others else ""
+            return Refusal(
+                RefusalReason.REVIEWED_THE_RUN,
+                f"{user_id} took {reviewed} review decisions on this run: with BILLING_SYNC_FOUR_EYES=1 another "
+                f"approver approves it{who}",
+            )
+    if not form_fingerprint:
+        return Refusal(
+            RefusalReason.UNBOUND_ANSWER,
+            f"the answer does not say which figures it approves: send the form's {FORM_FINGERPRINT_PARAM} "
+            "(the params of GET …/hitlDetails) in params_input",
+        )
+    current = form_fingerprint_now(warehouse, month, run_id)
+    if form_fingerprint != current:
+        return Refusal(
+            RefusalReason.STALE_FORM,
+            f"the plan of {month} changed after this form was shown (review decisions since): nothing was approved. "
+            "Reload the form: it shows what approving loads now",
+        )
+    return None
+
+
+def form_fingerprint_now(warehouse: Warehouse, month: str, run_id: str) -> str:
+    return form_fingerprint(run_id, answer_figures(warehouse, month, run_id))
 
 
 def decision_from_response(response: Mapping[str, Any]) -> ApprovalDecision:
@@ -305,38 +616,60 @@ def decision_from_response(response: Mapping[str, Any]) -> ApprovalDecision:
     raise ValueError(f"unknown approval options {list(chosen)}; expected one of {OPTIONS}")
 
 
-def record_decision(warehouse: Warehouse, month: str, run_id: str, decision: ApprovalDecision) -> int:
-    """Store the decision: approve the run's rows it covers (with who and when) and add its `month_approvals`
-    row, in one transaction. Returns how many plan rows became approved."""
+def record_decision(
+    warehouse: Warehouse,
+    month: str,
+    run_id: str,
+    decision: ApprovalDecision,
+    *,
+    answered_form: str | None = None,
+) -> int:
+    """Store the decision in one transaction, holding the month (review decisions queue behind it, and a review
+    decision taken first makes a stale form's answer fail here): approve exactly the set of lines its answer
+    approves now, with who and when, and add its `month_approvals` row with that set's fingerprint and figures.
+    With `answered_form` (the fingerprint of the form a person answered), that form must still match the plan,
+    else `ApprovalRefusedError` and nothing is written. Returns how many plan rows became approved."""
     plan = warehouse.table("plan_actions")
-    approved = 0
     with warehouse.begin() as conn:
-        if decision.decision.approves:
-            approved = conn.execute(
-                plan.update()
-                .where(
-                    plan.c.month == month,
-                    plan.c.run_id == run_id,
-                    plan.c.status.in_(decision.decision.approves),
+        warehouse.lock_month(conn, month)
+        joined = warehouse.within(conn)
+        answered = joined.query(
+            "SELECT decision, decided_by FROM month_approvals WHERE run_id = :run_id", {"run_id": run_id}
+        )
+        if answered:
+            raise ApprovalRefusedError(
+                Refusal(
+                    RefusalReason.ALREADY_ANSWERED,
+                    f"the approval of run {run_id} was answered already ({answered[0]['decision']} by "
+                    f"{answered[0]['decided_by'] or 'the timeout'})",
                 )
-                .values(status=APPROVED, decided_by=decision.decided_by, decided_at=decision.decided_at)
-            ).rowcount
-            if FLAGGED not in decision.decision.approves:
-                # flagged lines a reviewer approved one by one on the review page (include/review.py) load with
-                # the proposed ones; a line whose content changed since has another action_id and stays flagged
-                line_approvals = warehouse.table("review_line_approvals")
+            )
+        answers = answer_figures(joined, month, run_id)
+        current_form = form_fingerprint(run_id, answers)
+        if answered_form is not None and answered_form != current_form:
+            raise ApprovalRefusedError(
+                Refusal(
+                    RefusalReason.STALE_FORM,
+                    f"the plan of {month} changed after the form was shown: the answer of {decision.decided_by} was "
+                    "not recorded; the form asks again with what approving loads now",
+                )
+            )
+        figures = answers.get(decision.decision.answer or "")
+        approved = 0
+        if figures is not None:
+            for batch in _batched(figures.action_ids, _ID_BATCH):
                 approved += conn.execute(
                     plan.update()
                     .where(
-                        plan.c.month == month,
                         plan.c.run_id == run_id,
-                        plan.c.status == FLAGGED,
-                        plan.c.action_id.in_(
-                            sa.select(line_approvals.c.action_id).where(line_approvals.c.run_id == run_id)
-                        ),
+                        plan.c.month == month,
+                        plan.c.action_id.in_(batch),
+                        plan.c.status.in_((PROPOSED, FLAGGED)),
                     )
                     .values(status=APPROVED, decided_by=decision.decided_by, decided_at=decision.decided_at)
                 ).rowcount
+            if approved != figures.lines:  # the lock holds the month: only a broken invariant gets here
+                raise RuntimeError(f"approved {approved} lines of run {run_id}, expected {figures.lines}")
         warehouse.insert(
             conn,
             "month_approvals",
@@ -350,6 +683,9 @@ def record_decision(warehouse: Warehouse, month: str, run_id: str, decision: App
                     "options": json.dumps(list(decision.options)),
                     "approved_actions": approved,
                     "note": decision.note,
+                    "approved_fingerprint": figures.fingerprint if figures is not None else None,
+                    "approved_figures": json.dumps(figures.as_dict(), sort_keys=True) if figures is not None else None,
+                    "form_fingerprint": current_form,
                 }
             ],
         )
@@ -366,6 +702,46 @@ def recorded_decisions(warehouse: Warehouse, month: str, run_id: str | None = No
         return [dict(row) for row in conn.execute(query.order_by(table.c.decided_at)).mappings()]
 
 
+class ApprovedSetChangedError(Exception):
+    """The plan lines a load would write are not the set an approval signed: nothing is loaded."""
+
+
+def check_load_matches_approvals(warehouse: Warehouse, month: str) -> int:
+    """Refuse a load whose set differs from what was signed: every run of the month with approved lines must have a
+    recorded approval whose fingerprint is the fingerprint of its approved (or since loaded) lines. Returns how many
+    approved lines wait to load; raises `ApprovedSetChangedError` naming the run and the difference."""
+    rows = warehouse.query(
+        "SELECT run_id, action_id, status FROM plan_actions WHERE month = :month AND status IN ('approved', 'applied',"
+        " 'failed')",
+        {"month": month},
+    )
+    by_run: dict[str, list[str]] = {}
+    waiting = 0
+    for row in rows:
+        by_run.setdefault(row["run_id"], []).append(row["action_id"])
+        waiting += row["status"] == APPROVED
+    pending_runs = {row["run_id"] for row in rows if row["status"] == APPROVED}
+    for run_id in sorted(pending_runs):
+        approvals = [row for row in recorded_decisions(warehouse, month, run_id) if Decision(row["decision"]).loads]
+        if not approvals:
+            raise ApprovedSetChangedError(
+                f"run {run_id} of {month} has approved lines but no recorded approval: nothing is loaded "
+                "(lines set to approved by hand are never written; approve the month in the form)"
+            )
+        signed = approvals[-1]
+        if signed["approved_fingerprint"] is None:
+            continue  # approved before approvals recorded their set
+        now = set_fingerprint(run_id, by_run[run_id])
+        if now != signed["approved_fingerprint"]:
+            figures = json.loads(signed["approved_figures"] or "{}")
+            raise ApprovedSetChangedError(
+                f"the approved lines of run {run_id} ({month}) are not the set {signed['decided_by']} approved at "
+                f"{signed['decided_at']}: {len(by_run[run_id])} lines now, {figures.get('lines', '?')} signed "
+                f"(fingerprint {now[:12]} ≠ {str(signed['approved_fingerprint'])[:12]}): nothing is loaded"
+            )
+    return waiting
+
+
 # -- the approval form --------------------------------------------------------------------------------------
 
 
@@ -373,33 +749,43 @@ def render_subject(summary: ApprovalSummary) -> str:
     return f"Approve the Autotask changes for {summary.month}?"
 
 
-def render_body(summary: ApprovalSummary, settings: SyncSettings | None = None) -> str:
-    """The approval form's text (Markdown) for a finance person. Every value from the data is escaped."""
+def render_body(summary: ApprovalSummary, settings: SyncSettings | None = None, who_may: str | None = None) -> str:
+    """The approval form's text (Markdown) for a finance person. Every value from the data is escaped. `who_may`:
+    who may answer, in words (`Approvers.describe`)."""
     settings = settings or SyncSettings()
     held = {status: summary.count(status) for status in (FLAGGED, NEEDS_MAPPING, BLOCKED)}
+    proposed = summary.answers.get(OPTION_APPROVE) or AnswerFigures(OPTION_APPROVE)
+    with_flagged = summary.answers.get(OPTION_APPROVE_WITH_FLAGGED) or AnswerFigures(OPTION_APPROVE_WITH_FLAGGED)
+    one_by_one = (
+        f", {proposed.line_approved} of them flagged lines approved one by one on the review page"
+        if proposed.line_approved
+        else ""
+    )
     lines = [
         f"## Billing month {summary.month}: changes for Autotask",
         "",
         f"Run {_code(summary.run_id)}. Nothing has been written to Autotask yet.",
         "",
         "**Your options**",
-        f"- **{OPTION_APPROVE}**: loads the {summary.count(PROPOSED)} proposed actions.",
-        f"- **{OPTION_APPROVE_WITH_FLAGGED}**: also loads the {held[FLAGGED]} flagged actions (read their reasons "
-        "below first).",
+        f"- **{OPTION_APPROVE}**: loads these {proposed.lines} lines{one_by_one}: {_kinds(proposed)}.",
+        f"- **{OPTION_APPROVE_WITH_FLAGGED}**: loads these {with_flagged.lines} lines, all {held[FLAGGED]} flagged "
+        f"lines included (read their reasons below first): {_kinds(with_flagged)}.",
         f"- **{OPTION_REJECT}**: loads nothing. Without an answer within {_number(settings.approval_timeout_hours)} "
         "hours the month counts as rejected.",
         "",
-        f"Never loaded from here: {held[NEEDS_MAPPING]} actions that need a mapping and {held[BLOCKED]} blocked "
-        "actions.",
+        f"Never loaded from here: {held[NEEDS_MAPPING]} lines that need a mapping and {held[BLOCKED]} blocked lines.",
         "",
-        "### What changes",
+        "### What each answer loads",
         "",
-        "| | actions | units added | units removed | cost added | cost removed |",
-        "|---|---:|---:|---:|---:|---:|",
-        _changes_row("Proposed adjustments", summary.proposed),
-        _changes_row("Flagged adjustments", summary.flagged),
+        *form_figures(summary),
         "",
-        "Cost is the BSS unit cost × units per billing period, in each customer's currency.",
+        "Cost is the BSS unit cost × units per billing period, per currency (amounts in different currencies are "
+        "never added together).",
+        "",
+        f"Form {_code(summary.form_fingerprint[:12])}: your answer approves exactly the lines above. A review decision "
+        "taken after this form was shown changes them; the form is then refreshed, and an answer to the old one is "
+        "refused.",
+        *([f"Who may answer: {_md(who_may)}."] if who_may else []),
         "",
         "### Actions by kind and status",
         "",
@@ -472,14 +858,32 @@ def _quality_of(warehouse: Warehouse, run_id: str) -> list[QualityLine]:
         ]
 
 
-def _bss_unit_costs(warehouse: Warehouse, month: str) -> dict[str, Any]:
-    """The BSS unit cost of each subscription billed in the month (its latest line's)."""
-    rows = warehouse.query(
-        "SELECT subscription_id, unit_cost FROM charge_lines WHERE month = :month"
-        " ORDER BY effective_date, charged_at, charge_sequence, charge_id",
-        {"month": month},
-    )
-    return {row["subscription_id"]: row["unit_cost"] for row in rows}
+def _bss_subscriptions(warehouse: Warehouse, month: str) -> dict[str, tuple[Any, str]]:
+    """The BSS unit cost and currency of each subscription billed in the month (its latest line's)."""
+    with warehouse.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT subscription_id, unit_cost, currency FROM charge_lines WHERE month = :month"
+                " ORDER BY effective_date, charged_at, charge_sequence, charge_id"
+            ),
+            {"month": month},
+        ).all()
+    return {subscription: (cost, currency) for subscription, cost, currency in rows}
+
+
+def _role_rank(role: str | None) -> int:
+    text = (role or "").strip().lower()
+    return ROLE_ORDER.index(text) if text in ROLE_ORDER else -1
+
+
+def _either(items: Sequence[str]) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1] if items else "nobody"
+
+
+def _batched(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _cost_change(row: Mapping[str, Any]) -> Decimal:
@@ -503,10 +907,31 @@ def _line_name(row: Mapping[str, Any]) -> str:
     return " / ".join(part for part in parts if part)
 
 
-def _changes_row(label: str, changes: Changes) -> str:
-    return (
-        f"| {label} | {changes.actions} | {_number(changes.units_added)} | {_number(changes.units_removed)} | "
-        f"{_money(changes.cost_added)} | {_money(changes.cost_removed)} |"
+def form_figures(summary: ApprovalSummary) -> list[str]:
+    """The form's table of figures (Markdown rows): per answer that loads something and per currency, the adjustments,
+    units and monthly cost it adds and removes. The one place the form's money comes from."""
+    rows = [
+        "| answer | currency | adjustments | units added | units removed | cost added | cost removed |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for answer in (OPTION_APPROVE, OPTION_APPROVE_WITH_FLAGGED):
+        figures = summary.answers.get(answer) or AnswerFigures(answer)
+        if not figures.currencies:
+            rows.append(f"| {answer} | – | 0 | 0 | 0 | 0.00 | 0.00 |")
+        for currency, changes in sorted(figures.currencies.items()):
+            rows.append(
+                f"| {answer} | {_md(currency)} | {changes.actions} | {_number(changes.units_added)} | "
+                f"{_number(changes.units_removed)} | {_money(changes.cost_added)} | {_money(changes.cost_removed)} |"
+            )
+    return rows
+
+
+def _kinds(figures: AnswerFigures) -> str:
+    if not figures.by_kind:
+        return "nothing"
+    return ", ".join(
+        f"{count} {_md(kind.replace('_', ' '))}"
+        for kind, count in sorted(figures.by_kind.items(), key=lambda item: (-item[1], item[0]))
     )
 
 
@@ -534,6 +959,14 @@ def _decimal(value: Any) -> Decimal | None:
 def _number(value: Any) -> str:
     number = Decimal(str(value)).normalize()
     return f"{number:f}" if number != number.to_integral_value() else f"{int(number):,}"
+
+
+def _plain(value: Decimal) -> str:
+    return f"{value.normalize():f}" if value else "0"
+
+
+def _cents(value: Decimal) -> str:
+    return str(value.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
 def _money(value: Any) -> str:

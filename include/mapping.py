@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection
 from include.extract import ensure_run_reads_own_lines
 from include.models import BillingMonth
 from include.names import compare_names, exact_name, loose_name
+from include.plan import PlanScope, sql_in
 from include.sync_settings import SyncSettings
 from include.warehouse import Warehouse, sql, utcnow
 
@@ -174,21 +175,40 @@ class _Month:
 # -- public entry points ---------------------------------------------------------------------------------
 
 
-def link_month(warehouse: Warehouse, month: str, run_id: str, settings: SyncSettings | None = None) -> MappingSummary:
+def link_month(
+    warehouse: Warehouse,
+    month: str,
+    run_id: str,
+    settings: SyncSettings | None = None,
+    scope: PlanScope | None = None,
+) -> MappingSummary:
     """Resolve every account, subscription and product of the month against the run's snapshot.
 
     Stores the per-run resolution in `month_links`, new links in `mapping_links`, candidates in
     `mapping_suggestions`, and an audit row per link made, demoted or (un)flagged in `mapping_link_events`.
     Re-running replaces the run's resolution; stored links are only added to (or demoted, see the module).
+    With `scope` (a review decision's), only the scope's accounts, their subscriptions and the scope's products are
+    resolved again and only their `month_links` rows replaced (its caller, a review decision, checked that the month
+    holds the run's own lines, under the month's hold).
     """
-    ensure_run_reads_own_lines(warehouse, month, run_id)
+    if scope is None:
+        ensure_run_reads_own_lines(warehouse, month, run_id)
     settings = settings or SyncSettings()
     billing_month = BillingMonth.parse(month).key
-    linking = _read_month(warehouse, billing_month, run_id)
+    linking = _read_month(warehouse, billing_month, run_id, scope)
     demoted = _links_made_by_loose_names(linking)
     trusted = {key: link for key, link in linking.stored.items() if key not in demoted}
     company_results = _resolve(LinkKind.COMPANY, linking, trusted, settings)
     company_of_account = {result.source_key: result.target_id for result in company_results}
+    if scope is not None:  # the contracts of the companies the scope's accounts resolved to
+        companies = {company for company in company_of_account.values() if company is not None}
+        more = _contract_targets(warehouse, run_id, (set(), set(), companies))
+        numbers = _numbers_of(more) - _numbers_of(linking.targets[LinkKind.CONTRACT])
+        linking = replace(
+            linking,
+            targets={**linking.targets, LinkKind.CONTRACT: {**linking.targets[LinkKind.CONTRACT], **more}},
+            subscription_ids=linking.subscription_ids | _subscription_ids(warehouse, numbers),
+        )
     # names only mean something among the contracts of the customer's own company, and never pick a contract
     # numbered with another subscription's id
     named_contracts: dict[int, dict[int, Target]] = defaultdict(dict)
@@ -219,7 +239,7 @@ def link_month(warehouse: Warehouse, month: str, run_id: str, settings: SyncSett
         sources={str(kind): len(sources) for kind, sources in linking.sources.items()},
     )
     with warehouse.begin() as conn:
-        _store(conn, warehouse, billing_month, run_id, results, linking, demoted, settings, summary)
+        _store(conn, warehouse, billing_month, run_id, results, linking, demoted, settings, summary, scope)
     for result in results:
         by_kind = summary.resolutions.setdefault(str(result.kind), {})
         by_kind[result.resolution] = by_kind.get(result.resolution, 0) + 1
@@ -299,22 +319,29 @@ def stored_links(warehouse: Warehouse, kind: str | None = None) -> list[dict]:
 # -- resolution ------------------------------------------------------------------------------------------
 
 
-def _read_month(warehouse: Warehouse, month: str, run_id: str) -> _Month:
+def _read_month(warehouse: Warehouse, month: str, run_id: str, scope: PlanScope | None = None) -> _Month:
     params = {"month": month}
     snapshot = {"run_id": run_id}
+
+    def month_rows(name: str, column: str, keys: frozenset[str] | None) -> Sequence[sa.Row]:
+        if keys is None:
+            return _rows(warehouse, sql(name), params)
+        condition, keys_params = sql_in(column, keys, "key")
+        return _rows(warehouse, f"SELECT * FROM ({sql(name)}) month_rows WHERE {condition}", {**params, **keys_params})
+
     sources = {
         LinkKind.COMPANY: [
             Source(row.account_id, row.account_name, row.account_id)
-            for row in _rows(warehouse, sql("month_accounts"), params)
+            for row in month_rows("month_accounts", "account_id", scope and scope.accounts)
         ],
         # a contract may also carry the subscription id as its name
         LinkKind.CONTRACT: [
             Source(row.subscription_id, row.product_name, row.subscription_id, row.account_id, (row.subscription_id,))
-            for row in _rows(warehouse, sql("month_subscriptions"), params)
+            for row in month_rows("month_subscriptions", "account_id", scope and scope.accounts)
         ],
         LinkKind.SERVICE: [
             Source(row.product_id, row.product_name, (row.product_sku or "").strip().casefold() or None)
-            for row in _rows(warehouse, sql("month_products"), params)
+            for row in month_rows("month_products", "product_id", scope and scope.products)
         ],
     }
     targets = {
@@ -326,17 +353,7 @@ def _read_month(warehouse: Warehouse, month: str, run_id: str) -> _Month:
                 snapshot,
             )
         },
-        LinkKind.CONTRACT: {
-            row.contract_id: Target(
-                row.contract_id, row.contract_name, row.status != 0, row.contract_number, row.company_id
-            )
-            for row in _rows(
-                warehouse,
-                "SELECT contract_id, contract_name, contract_number, status, company_id FROM at_contracts"
-                " WHERE run_id = :run_id",
-                snapshot,
-            )
-        },
+        LinkKind.CONTRACT: {},  # below: all of them, or a scope's (`_contract_targets`)
         LinkKind.SERVICE: {
             row.service_id: Target(row.service_id, row.service_name, bool(row.is_active), row.sku)
             for row in _rows(
@@ -346,23 +363,72 @@ def _read_month(warehouse: Warehouse, month: str, run_id: str) -> _Month:
             )
         },
     }
-    subscription_ids = frozenset(
-        row.subscription_id
-        for row in _rows(
-            warehouse,
-            "SELECT DISTINCT subscription_id FROM charge_lines UNION"
-            " SELECT source_key FROM mapping_links WHERE kind = 'contract'",
-            {},
-        )
-    )
+    stored = _stored_links(warehouse, None if scope is None else sources)
+    if scope is None:
+        targets[LinkKind.CONTRACT] = _contract_targets(warehouse, run_id)
+        subscription_ids = _subscription_ids(warehouse)
+    else:
+        # the contracts the scope's subscriptions are remembered with or numbered for; those of the companies its
+        # accounts resolve to are added once they are known (`link_month`)
+        remembered = {int(link["target_id"]) for (kind, _), link in stored.items() if kind == str(LinkKind.CONTRACT)}
+        numbers = {source.key for source in sources[LinkKind.CONTRACT]}
+        targets[LinkKind.CONTRACT] = _contract_targets(warehouse, run_id, (remembered, numbers, set()))
+        subscription_ids = _subscription_ids(warehouse, _numbers_of(targets[LinkKind.CONTRACT]))
     return _Month(
         sources=sources,
         source_names={kind: {source.key: source.name for source in rows} for kind, rows in sources.items()},
         targets=targets,
-        stored=_stored_links(warehouse),
+        stored=stored,
         rejected=_rejected_suggestions(warehouse),
         subscription_ids=subscription_ids,
     )
+
+
+def _subscription_ids(warehouse: Warehouse, among: set[str] | None = None) -> frozenset[str]:
+    """Every BSS subscription id the warehouse knows (a contract numbered with one belongs to that subscription);
+    `among`: only which of these contract numbers are such ids (all a scope needs to know)."""
+    statement = (
+        "SELECT DISTINCT subscription_id FROM charge_lines{where} UNION"
+        " SELECT source_key FROM mapping_links WHERE kind = 'contract'{also}"
+    )
+    if among is None:
+        return frozenset(row.subscription_id for row in _rows(warehouse, statement.format(where="", also=""), {}))
+    found: set[str] = set()
+    numbers = sorted(among)
+    for start in range(0, len(numbers), 500):
+        lines, params = sql_in("subscription_id", numbers[start : start + 500], "num")
+        links, _ = sql_in("source_key", numbers[start : start + 500], "num")
+        query = statement.format(where=f" WHERE {lines}", also=f" AND {links}")
+        found |= {row.subscription_id for row in _rows(warehouse, query, params)}
+    return frozenset(found)
+
+
+def _numbers_of(contracts: Mapping[int, Target]) -> set[str]:
+    return {contract.key for contract in contracts.values() if contract.key}
+
+
+def _contract_targets(
+    warehouse: Warehouse, run_id: str, only: tuple[set[int], set[str], set[int]] | None = None
+) -> dict[int, Target]:
+    """The run's snapshot contracts: all, or (`only`: ids, contract numbers, company ids) those a scope can link."""
+    statement = (
+        "SELECT contract_id, contract_name, contract_number, status, company_id FROM at_contracts"
+        " WHERE run_id = :run_id"
+    )
+    params: dict[str, Any] = {"run_id": run_id}
+    if only is not None:
+        ids, numbers, companies = only
+        by_id, id_params = sql_in("contract_id", ids, "cid")
+        by_number, number_params = sql_in("contract_number", numbers, "num")
+        by_company, company_params = sql_in("company_id", companies, "co")
+        statement += f" AND ({by_id} OR {by_number} OR {by_company})"
+        params = {**params, **id_params, **number_params, **company_params}
+    return {
+        row.contract_id: Target(
+            row.contract_id, row.contract_name, row.status != 0, row.contract_number, row.company_id
+        )
+        for row in _rows(warehouse, statement, params)
+    }
 
 
 def _links_made_by_loose_names(linking: _Month) -> dict[tuple[str, str], str]:
@@ -693,8 +759,22 @@ def _rows(warehouse: Warehouse, statement: str, params: Mapping[str, Any]) -> Se
         return conn.execute(sa.text(statement), dict(params)).all()
 
 
-def _stored_links(warehouse: Warehouse) -> dict[tuple[str, str], dict]:
-    return {(row["kind"], row["source_key"]): row for row in warehouse.query("SELECT * FROM mapping_links")}
+def _stored_links(
+    warehouse: Warehouse, sources: Mapping[LinkKind, Sequence[Source]] | None = None
+) -> dict[tuple[str, str], dict]:
+    """The remembered links (of these sources only, when given)."""
+    if sources is None:
+        return {(row["kind"], row["source_key"]): row for row in warehouse.query("SELECT * FROM mapping_links")}
+    found: dict[tuple[str, str], dict] = {}
+    for kind, of_kind in sources.items():
+        keys = [source.key for source in of_kind]
+        for start in range(0, len(keys), 500):
+            condition, params = sql_in("source_key", keys[start : start + 500], "key")
+            for row in warehouse.query(
+                f"SELECT * FROM mapping_links WHERE kind = :kind AND {condition}", {"kind": str(kind), **params}
+            ):
+                found[(row["kind"], row["source_key"])] = row
+    return found
 
 
 def _rejected_suggestions(warehouse: Warehouse) -> set[tuple[str, str, int]]:
@@ -715,11 +795,25 @@ def _store(
     demoted: Mapping[tuple[str, str], str],
     settings: SyncSettings,
     summary: MappingSummary,
+    scope: PlanScope | None = None,
 ) -> None:
-    """Write the run's resolution, the remembered links it changes with their audit events, and suggestions."""
+    """Write the run's resolution (of the scope's sources only, with a scope), the remembered links it changes with
+    their audit events, and suggestions."""
     now = utcnow()
     month_links = warehouse.table("month_links")
-    conn.execute(month_links.delete().where(month_links.c.run_id == run_id))
+    if scope is None:
+        conn.execute(month_links.delete().where(month_links.c.run_id == run_id))
+    else:
+        for kind, of_kind in linking.sources.items():
+            keys = [source.key for source in of_kind]
+            for start in range(0, len(keys), 500):
+                conn.execute(
+                    month_links.delete().where(
+                        month_links.c.run_id == run_id,
+                        month_links.c.kind == str(kind),
+                        month_links.c.source_key.in_(keys[start : start + 500]),
+                    )
+                )
     warehouse.insert(
         conn,
         "month_links",

@@ -11,7 +11,8 @@ refuse it or it would write a wrong figure; the reason says what a person can do
 moves approved rows to applied or failed.
 
 Re-running a month (`replace_plan`). Machine-owned rows (proposed / flagged / needs-mapping / blocked) of the month
-are replaced by the new run's rows: they were computed from an older comparison and nobody acted on them.
+are replaced by the new run's rows: they were computed from an older comparison and nobody acted on them. What an
+earlier run's review shows of them is kept first (`include.runs.supersede_open_lines`): a run is a snapshot.
 Rows a person or the loader owns (approved / excluded / applied / failed) are never touched:
 - a new action with the same action_id as such a row is the same decision; it is not inserted again;
 - a new action with the same idempotency_key but other content writes the same Autotask slot as an
@@ -39,6 +40,24 @@ from include.warehouse import Warehouse, utcnow
 # How a moved subscription's plan lines say so: reconciliation writes it into their reason, and the loader reads
 # it (the new contract under the new customer may share its number with the old customer's contract).
 MOVED_SUBSCRIPTION = "subscription moved to another customer"
+
+
+@dataclass(frozen=True)
+class PlanScope:
+    """The part of a month a review decision re-plans: the lines of these customers (BSS accounts), and the catalogue
+    services of these products. Linking and reconciling a scope gives the same lines for it as the whole month
+    would (`tests/plugins/test_billing_review_domain.py` compares them), in a fraction of the time."""
+
+    accounts: frozenset[str]
+    products: frozenset[str] = frozenset()
+
+
+def sql_in(column: str, values: Iterable[Any], name: str) -> tuple[str, dict[str, Any]]:
+    """`column IN (:name0, …)` and its parameters (`1 = 0` for no values): a scope's condition in SQL text."""
+    params = {f"{name}{index}": value for index, value in enumerate(sorted(set(values), key=str))}
+    if not params:
+        return "1 = 0", {}
+    return f"{column} IN ({', '.join(':' + key for key in params)})", params
 
 
 class ActionKind(StrEnum):
@@ -313,9 +332,23 @@ def order_actions(actions: Iterable[PlanAction]) -> list[PlanAction]:
 
 
 def replace_plan(
-    warehouse: Warehouse, month: str, run_id: str, actions: Sequence[PlanAction], summary: PlanSummary
+    warehouse: Warehouse,
+    month: str,
+    run_id: str,
+    actions: Sequence[PlanAction],
+    summary: PlanSummary,
+    scope: PlanScope | None = None,
+    scope_contracts: Iterable[int] = (),
 ) -> list[PlanAction]:
-    """Store the run's plan for `month` (see the module docstring). Returns the actions as stored."""
+    """Store the run's plan for `month` (see the module docstring). Returns the actions as stored.
+
+    With `scope`, `actions` are the plan of the scope's customers only (a review decision's re-plan): only the run's
+    open lines of those customers are replaced (their lines, the extensions of `scope_contracts`, the scope's
+    products' catalogue services), the new lines are added after the run's others, and a line the run already
+    holds for the same Autotask slot outside the scope (a catalogue service another customer needs too) is kept and
+    referenced in place of the new one."""
+    if scope is not None:
+        return _replace_scope(warehouse, month, run_id, actions, summary, scope, set(scope_contracts))
     table = warehouse.table("plan_actions")
     now = utcnow()
     stored: list[PlanAction] = []
@@ -327,6 +360,9 @@ def replace_plan(
         ).all()
         decided_ids = {row.action_id for row in decided}
         decided_keys = {row.idempotency_key: (row.action_id, row.status) for row in decided}
+        from include.runs import supersede_open_lines  # runs imports the settings, which import models only
+
+        supersede_open_lines(conn, warehouse, month, run_id, MACHINE_STATUSES)
         conn.execute(
             table.delete().where(
                 table.c.month == month, table.c.status.in_([str(status) for status in MACHINE_STATUSES])
@@ -350,6 +386,103 @@ def replace_plan(
     summary.by_kind = dict(sorted(Counter(str(action.kind) for action in stored).items()))
     summary.by_status = dict(sorted(Counter(str(action.status) for action in stored).items()))
     return stored
+
+
+_REFERENCES = ("company_action_id", "contract_action_id", "service_action_id", "contract_service_action_id")
+
+
+def _replace_scope(
+    warehouse: Warehouse,
+    month: str,
+    run_id: str,
+    actions: Sequence[PlanAction],
+    summary: PlanSummary,
+    scope: PlanScope,
+    scope_contracts: set[int],
+) -> list[PlanAction]:
+    table = warehouse.table("plan_actions")
+    machine = [str(status) for status in MACHINE_STATUSES]
+    now = utcnow()
+    of_accounts, account_params = sql_in("account_id", scope.accounts, "acc")
+    of_contracts, contract_params = sql_in("contract_id", scope_contracts, "con")
+    of_products, product_params = sql_in("product_id", scope.products, "prod")
+    statuses, status_params = sql_in("status", machine, "st")
+    stored: list[PlanAction] = []
+    with warehouse.begin() as conn:
+        decided = conn.execute(
+            sa.select(table.c.action_id, table.c.idempotency_key, table.c.status).where(
+                table.c.month == month, table.c.status.in_([str(status) for status in DECIDED_STATUSES])
+            )
+        ).all()
+        decided_ids = {row.action_id for row in decided}
+        decided_keys = {row.idempotency_key: (row.action_id, row.status) for row in decided}
+        conn.execute(
+            sa.text(
+                f"DELETE FROM plan_actions WHERE run_id = :run_id AND month = :month AND {statuses} AND ({of_accounts}"
+                f" OR (kind = 'extend_contract' AND {of_contracts}) OR (kind = 'create_service' AND {of_products}))"
+            ),
+            {"run_id": run_id, "month": month, **status_params, **account_params, **contract_params, **product_params},
+        )
+        # the run's other open lines that may be the same as, or write the same slot as, a line of the scope's plan
+        ids = {action.action_id for action in actions}
+        keys = {action.idempotency_key for action in actions}
+        kept = []
+        for start in range(0, max(len(ids), len(keys)), 250):
+            kept += conn.execute(
+                sa.select(table.c.action_id, table.c.idempotency_key).where(
+                    table.c.run_id == run_id,
+                    table.c.month == month,
+                    table.c.status.in_(machine),
+                    sa.or_(
+                        table.c.action_id.in_(sorted(ids)[start : start + 250]),
+                        table.c.idempotency_key.in_(sorted(keys)[start : start + 250]),
+                    ),
+                )
+            ).all()
+        kept_ids = {row.action_id for row in kept}
+        kept_keys = {row.idempotency_key: row.action_id for row in kept}
+        next_seq = int(
+            conn.execute(
+                sa.select(sa.func.coalesce(sa.func.max(table.c.seq), 0)).where(table.c.run_id == run_id)
+            ).scalar_one()
+        )
+        renamed: dict[str, str] = {}  # id the scope's plan gave -> id the line has in the run
+        rows = []
+        for computed in actions:
+            action = _with_references(computed, renamed)
+            if action.action_id != computed.action_id:
+                renamed[computed.action_id] = action.action_id
+            if action.action_id in decided_ids:
+                summary.already_decided += 1
+                continue
+            if action.action_id in kept_ids:
+                continue  # a line outside the scope the run holds already, unchanged
+            if action.idempotency_key in kept_keys:
+                renamed[computed.action_id] = kept_keys[action.idempotency_key]
+                continue  # the same slot another customer's lines need: the run's line stays theirs and the scope's
+            if action.idempotency_key in decided_keys:
+                other_id, other_status = decided_keys[action.idempotency_key]
+                action = action.held(
+                    ActionStatus.FLAGGED, f"writes the same Autotask slot as {other_status} action {other_id}"
+                )
+                summary.conflicting_with_decided += 1
+            stored.append(action)
+            rows.append(action.to_row(run_id, next_seq + len(rows) + 1, now))
+        warehouse.insert(conn, "plan_actions", rows)
+    summary.actions = len(stored)
+    summary.by_kind = dict(sorted(Counter(str(action.kind) for action in stored).items()))
+    summary.by_status = dict(sorted(Counter(str(action.status) for action in stored).items()))
+    return stored
+
+
+def _with_references(action: PlanAction, renamed: Mapping[str, str]) -> PlanAction:
+    """The action referring to renamed lines by their new ids (its own id then follows from its new content)."""
+    changes: dict[str, Any] = {
+        name: renamed[value] for name in _REFERENCES if (value := getattr(action, name)) in renamed
+    }
+    if any(dependency in renamed for dependency in action.depends_on):
+        changes["depends_on"] = tuple(renamed.get(dependency, dependency) for dependency in action.depends_on)
+    return replace(action, **changes, known_id=None) if changes else action
 
 
 def load_plan(

@@ -19,6 +19,7 @@ a suite only compares columns. GX is imported lazily (it takes seconds) and neve
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -63,7 +64,10 @@ _DATA_DOCS_SITE = "local_site"
 _DATASOURCE = "warehouse"
 # Example rows per failed expectation: enough to find the problem, small enough for XCom and the log.
 EXAMPLE_LIMIT = 10
-_RUN_DIR_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_RUN_FOLDER_KEPT = re.compile(r"[A-Za-z0-9._-]")
+# folder names stay well under file systems' 255 bytes; longer ones are cut and hashed
+_RUN_FOLDER_MAX = 180
+_RUN_FOLDER_PREFIX = 120
 
 # The raw suite reads these ChargeLine fields from each payload; the BSS names come from the adapter, so a
 # field rename on a live tenant stays a one-line change there.
@@ -263,10 +267,50 @@ def raise_on_critical(report: QualityReport) -> QualityReport:
 
 
 def data_docs_dir(month: str, run_id: str) -> Path:
-    """Where a run's Data Docs go: `$BILLING_DATA_DOCS_DIR/<month>/<run_id>/` (run id made path-safe)."""
+    """Where a run's Data Docs and report go: `$BILLING_DATA_DOCS_DIR/<month>/<run folder>/` (`run_folder_name`)."""
     base = Path(os.environ.get(DATA_DOCS_DIR_ENV) or DEFAULT_DATA_DOCS_DIR)
-    safe_run = _RUN_DIR_UNSAFE.sub("_", run_id).strip("._") or "run"
-    return base / BillingMonth.parse(month).key / safe_run
+    return base / BillingMonth.parse(month).key / run_folder_name(run_id)
+
+
+def run_folder_name(run_id: str) -> str:
+    """The run's folder name: a reversible, collision-free encoding of its id, so no run writes into another's folder.
+
+    Letters, digits, `_`, `-` and `.` stay as they are (a leading `.` does not: no hidden or `..` folder); every
+    other byte of the id's UTF-8 becomes `~XX` (its hex), `~` itself included. Two ids give two names: the run
+    `manual__2026-12-07T17:47:48.743912+00:00` is `manual__2026-12-07T17~3A47~3A48.743912~2B00~3A00`, and an id
+    crafted to look like the old name (`…T17_47_48.743912_00_00`) keeps its own. A name longer than
+    `_RUN_FOLDER_MAX` is cut and followed by `~~` and a hash of the whole id (`~~` never occurs otherwise)."""
+    encoded = "".join(
+        char if _RUN_FOLDER_KEPT.fullmatch(char) and not (index == 0 and char == ".") else _escape(char)
+        for index, char in enumerate(run_id)
+    )
+    if not encoded:
+        return "~"  # the empty id (no run has one): a name no other id encodes to
+    if len(encoded) <= _RUN_FOLDER_MAX:
+        return encoded
+    prefix = encoded[:_RUN_FOLDER_PREFIX]
+    prefix = prefix[: prefix.rfind("~")] if "~" in prefix[-2:] else prefix  # never half an escape
+    return f"{prefix}~~{hashlib.sha256(run_id.encode()).hexdigest()[:32]}"
+
+
+def run_id_of_folder(name: str) -> str | None:
+    """The run id a folder name encodes (`run_folder_name` reversed); None for a cut name (it holds a hash)."""
+    if "~~" in name or name == "~":
+        return None
+    data = bytearray()
+    index = 0
+    while index < len(name):
+        if name[index] == "~":
+            data.append(int(name[index + 1 : index + 3], 16))
+            index += 3
+        else:
+            data += name[index].encode()
+            index += 1
+    return data.decode()
+
+
+def _escape(char: str) -> str:
+    return "".join(f"~{byte:02X}" for byte in char.encode())
 
 
 def load_suite_definition(name: str) -> dict[str, Any]:

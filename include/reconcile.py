@@ -56,13 +56,15 @@ from include.plan import (
     ActionStatus,
     Hold,
     PlanAction,
+    PlanScope,
     PlanSummary,
     held_back,
     order_actions,
     replace_plan,
+    sql_in,
 )
 from include.sync_settings import RECURRING_SERVICE_CONTRACT_TYPE, SyncSettings
-from include.warehouse import Warehouse
+from include.warehouse import Warehouse, sql
 
 log = logging.getLogger(__name__)
 
@@ -89,22 +91,50 @@ class SnapshotState:
     companies: pd.DataFrame  # company_id, company_name, currency (ISO code; None when unknown)
 
     @classmethod
-    def load(cls, warehouse: Warehouse, run_id: str) -> SnapshotState:
-        params = {"run_id": run_id}
+    def load(
+        cls,
+        warehouse: Warehouse,
+        run_id: str,
+        contracts_of: tuple[set[int], set[int], set[str]] | None = None,
+    ) -> SnapshotState:
+        """The run's snapshot; with `contracts_of` (contract ids, company ids, subscription ids: a scope's), only the
+        contracts with those ids, of those companies or numbered with those subscriptions, and what hangs on them."""
+        params: dict[str, Any] = {"run_id": run_id}
+        only_contracts = ""
+        if contracts_of is not None:
+            ids, companies, numbers = contracts_of
+            by_id, id_params = sql_in("contract_id", ids, "cid")
+            by_company, company_params = sql_in("company_id", companies, "co")
+            by_number, number_params = sql_in("contract_number", numbers, "num")
+            only_contracts = f" AND ({by_id} OR {by_company} OR {by_number})"
+            params = {**params, **id_params, **company_params, **number_params}
         contracts = warehouse.read_frame(
             "SELECT contract_id, company_id, contract_number, status, start_date, end_date FROM at_contracts"
-            " WHERE run_id = :run_id",
+            " WHERE run_id = :run_id" + only_contracts,
             params,
         )
+        params = {"run_id": run_id}
         services = warehouse.read_frame(
             "SELECT service_id, is_active, unit_cost, period_type FROM at_services WHERE run_id = :run_id", params
         )
+        only_services = ""
+        if contracts_of is not None:
+            only_services, service_params = sql_in("contract_id", contracts["contract_id"].tolist(), "cid")
+            only_services = f" AND {only_services}"
+            params = {**params, **service_params}
         contract_services = warehouse.read_frame(
             "SELECT contract_service_id, contract_id, service_id, unit_cost FROM at_contract_services"
-            " WHERE run_id = :run_id ORDER BY contract_service_id",
+            " WHERE run_id = :run_id" + only_services + " ORDER BY contract_service_id",
             params,
         )
-        units = warehouse.read_frame("snapshot_units", params)
+        if contracts_of is None:
+            units = warehouse.read_frame("snapshot_units", params)
+        else:
+            held, held_params = sql_in("contract_service_id", contract_services["contract_service_id"].tolist(), "cs")
+            units = warehouse.read_frame(
+                f"SELECT * FROM ({sql('snapshot_units')}) units WHERE {held}", {"run_id": run_id, **held_params}
+            )
+        params = {"run_id": run_id}
         companies = warehouse.read_frame(
             "SELECT company_id, company_name, currency FROM at_companies WHERE run_id = :run_id", params
         )
@@ -125,24 +155,88 @@ class SnapshotState:
         return self
 
 
-def reconcile_month(warehouse: Warehouse, month: str, run_id: str, settings: SyncSettings | None = None) -> PlanSummary:
-    """Compute the month's change plan from the run's lines, links and snapshot, and store it."""
+def reconcile_month(
+    warehouse: Warehouse,
+    month: str,
+    run_id: str,
+    settings: SyncSettings | None = None,
+    scope: PlanScope | None = None,
+) -> PlanSummary:
+    """Compute the month's change plan from the run's lines, links and snapshot, and store it. With `scope` (a review
+    decision's), only the scope's customers' lines are compared and only their plan lines replaced."""
     started = time.monotonic()
     settings = settings or SyncSettings()
     billing_month = BillingMonth.parse(month)
     params = {"month": billing_month.key, "run_id": run_id}
-    ensure_run_reads_own_lines(warehouse, billing_month.key, run_id)
-    lines = warehouse.read_frame("reconcile_lines", params)
-    accounts = {row["account_id"]: row for row in warehouse.query("reconcile_accounts", params)}
-    history = warehouse.read_frame("subscription_history", {"month": billing_month.key})
-    contract_links = warehouse.read_frame("reconcile_contract_links", {"run_id": run_id})
-    snapshot = SnapshotState.load(warehouse, run_id)
+    if scope is None:  # a scope's caller (a review decision) checked it under the month's hold
+        ensure_run_reads_own_lines(warehouse, billing_month.key, run_id)
+    if scope is None:
+        lines = warehouse.read_frame("reconcile_lines", params)
+        history = warehouse.read_frame("subscription_history", {"month": billing_month.key})
+        contract_links = warehouse.read_frame("reconcile_contract_links", {"run_id": run_id})
+        snapshot = SnapshotState.load(warehouse, run_id)
+    else:
+        of_scope, scope_params = sql_in("account_id", scope.accounts, "acc")
+        lines = warehouse.read_frame(
+            f"SELECT * FROM ({sql('reconcile_lines')}) lines WHERE {of_scope}", {**params, **scope_params}
+        )
+        history = warehouse.read_frame(
+            f"SELECT * FROM ({sql('subscription_history')}) history WHERE {of_scope}",
+            {"month": billing_month.key, **scope_params},
+        )
+        subscriptions = set(lines["subscription_id"]) | set(history["subscription_id"])
+        of_subscriptions, subscription_params = sql_in("subscription_id", subscriptions, "sub")
+        contract_links = warehouse.read_frame(
+            f"SELECT * FROM ({sql('reconcile_contract_links')}) links WHERE {of_subscriptions}",
+            {"run_id": run_id, **subscription_params},
+        )
+        contract_ids = {int(value) for value in lines["contract_id"].dropna()} | {
+            int(value) for value in contract_links["contract_id"].dropna()
+        }
+        company_ids = {int(value) for value in lines["company_id"].dropna()}
+        snapshot = SnapshotState.load(warehouse, run_id, (contract_ids, company_ids, subscriptions))
+    if scope is None:
+        accounts = {row["account_id"]: row for row in warehouse.query("reconcile_accounts", params)}
+    else:
+        of_accounts, account_params = sql_in("account_id", scope.accounts, "acc")
+        accounts = {
+            row["account_id"]: row
+            for row in warehouse.query(
+                f"SELECT * FROM ({sql('reconcile_accounts')}) accounts WHERE {of_accounts}",
+                {**params, **account_params},
+            )
+        }
     earlier_approved = warehouse.read_frame("earlier_approved_actions", {"month": billing_month.key})
     summary = PlanSummary(run_id=run_id, month=billing_month.key)
     actions = compute_plan(
         lines, snapshot, accounts, billing_month, settings, summary, history, contract_links, earlier_approved
     )
-    replace_plan(warehouse, billing_month.key, run_id, actions, summary)
+    if scope is None:
+        replace_plan(warehouse, billing_month.key, run_id, actions, summary)
+    else:
+        # a contract reconciled from another customer's lines is not unbilled (the whole month's plan knows it)
+        unbilled = {action.contract_id for action in actions if action.kind is ActionKind.REVIEW_UNBILLED}
+        of_unbilled, unbilled_params = sql_in("target_id", unbilled, "con")
+        billed = (
+            {
+                int(row["target_id"])
+                for row in warehouse.query(
+                    "SELECT DISTINCT target_id FROM month_links WHERE run_id = :run_id AND kind = 'contract'"
+                    f" AND {of_unbilled} AND source_key IN (SELECT subscription_id FROM charge_lines"
+                    " WHERE month = :month AND charge_type <> 'OneTime')",
+                    {**params, **unbilled_params},
+                )
+            }
+            if unbilled
+            else set()
+        )
+        actions = [
+            action
+            for action in actions
+            if not (action.kind is ActionKind.REVIEW_UNBILLED and action.contract_id in billed)
+        ]
+        scope_contracts = {int(value) for value in lines["contract_id"].dropna()}
+        replace_plan(warehouse, billing_month.key, run_id, actions, summary, scope, scope_contracts)
     summary.seconds = round(time.monotonic() - started, 3)
     log.info("reconcile %s for %s: %s", run_id, billing_month, summary.as_dict())
     return summary

@@ -31,7 +31,7 @@ import logging
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -549,18 +549,38 @@ class _Names:
     BSS names come from the month's charge lines and accounts; Autotask names from the month's snapshots
     (the run's own snapshot wins); records not yet in Autotask from the plan rows that create them."""
 
-    def __init__(self, warehouse: Warehouse, month: str, run_id: str, plan_rows: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(
+        self,
+        warehouse: Warehouse,
+        month: str,
+        run_id: str,
+        plan_rows: Sequence[Mapping[str, Any]],
+        accounts: Collection[str] | None = None,
+    ) -> None:
+        """`accounts`: only these customers' lines are named (a review decision's re-planned lines): the month's
+        charge lines of those accounts and the snapshot's contracts the rows name are read, not the whole month."""
         self.accounts: dict[str, str] = {}
         self.account_currency: dict[str, str] = {}
         self.subscriptions: dict[str, dict[str, Any]] = {}
         self.products: dict[str, tuple[str, str]] = {}
-        for row in warehouse.query("SELECT account_id, name FROM bss_accounts"):
+        only_accounts, only_contracts, scope_params = "", "", {}
+        if accounts is not None:
+            from include.plan import sql_in
+
+            condition, account_params = sql_in("account_id", accounts, "acc")
+            contract_ids = {int(row["contract_id"]) for row in plan_rows if row["contract_id"] is not None}
+            contracts, contract_params = sql_in("t.contract_id", contract_ids, "con")
+            only_accounts, only_contracts = f" AND {condition}", f" AND {contracts}"
+            scope_params = {**account_params, **contract_params}
+        for row in warehouse.query(
+            f"SELECT account_id, name FROM bss_accounts WHERE 1 = 1{only_accounts}", scope_params
+        ):
             self.accounts[row["account_id"]] = row["name"]
         lines = warehouse.query(
             "SELECT account_id, account_name, subscription_id, product_id, product_name, product_sku, unit_cost, "
-            "currency, billing_plan_name, effective_date FROM charge_lines WHERE month = :month "
+            f"currency, billing_plan_name, effective_date FROM charge_lines WHERE month = :month{only_accounts} "
             "ORDER BY effective_date, charge_id",
-            {"month": month},
+            {"month": month, **scope_params},
         )
         for line in lines:
             self.accounts[line["account_id"]] = line["account_name"]
@@ -574,20 +594,29 @@ class _Names:
             known["billing_plan"] = line["billing_plan_name"] or known.get("billing_plan") or ""
             known["costs"].append((_day(line["effective_date"]), _decimal(line["unit_cost"])))
 
-        def snapshot(table: str, key: str, columns: str) -> dict[int, dict[str, Any]]:
+        def snapshot(table: str, key: str, columns: str, only: str = "") -> dict[int, dict[str, Any]]:
             rows = warehouse.query(
                 f"SELECT t.run_id, t.{key}, {columns}, s.taken_at FROM {table} t "  # table and columns: fixed names
-                "JOIN at_snapshots s ON s.run_id = t.run_id WHERE s.month = :month",
-                {"month": month},
+                f"JOIN at_snapshots s ON s.run_id = t.run_id WHERE s.month = :month{only}",
+                {"month": month, **scope_params},
             )
             rows.sort(key=lambda row: (row["run_id"] == run_id, row["taken_at"]))
             return {int(row[key]): row for row in rows}
 
-        self.companies = snapshot("at_companies", "company_id", "t.company_name, t.currency")
-        self.contracts = snapshot("at_contracts", "contract_id", "t.contract_name, t.contract_number, t.company_id")
+        self.contracts = snapshot(
+            "at_contracts", "contract_id", "t.contract_name, t.contract_number, t.company_id", only_contracts
+        )
+        only_companies = ""
+        if accounts is not None:  # the companies the rows and their contracts name
+            named = {int(row["company_id"]) for row in plan_rows if row["company_id"] is not None}
+            named |= {int(row["company_id"]) for row in self.contracts.values() if row["company_id"] is not None}
+            companies, company_params = sql_in("t.company_id", named, "co")
+            only_companies = f" AND {companies}"
+            scope_params = {**scope_params, **company_params}
+        self.companies = snapshot("at_companies", "company_id", "t.company_name, t.currency", only_companies)
         self.services = snapshot("at_services", "service_id", "t.service_name, t.sku, t.unit_cost")
         self.contract_services = snapshot(
-            "at_contract_services", "contract_service_id", "t.contract_id, t.service_id, t.unit_cost"
+            "at_contract_services", "contract_service_id", "t.contract_id, t.service_id, t.unit_cost", only_contracts
         )
         self.cost_of_pair = {
             (int(row["contract_id"]), int(row["service_id"])): row["unit_cost"]

@@ -34,7 +34,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -43,7 +43,11 @@ from typing import Any
 import sqlalchemy as sa
 
 from include.extract import StaleRunError, ensure_run_reads_own_lines
+from include.identifiers import SYNC_DAG_ID
+from include.plan import PlanScope, sql_in
+from include.reconcile import OTHER_COMPANY_FLAG
 from include.report import ADJUSTING_KINDS, KIND_LABELS, _Names
+from include.runs import billing_run, run_lines_source, runs_of_month
 from include.sync_settings import SyncSettings
 from include.warehouse import Warehouse, utcnow
 
@@ -102,6 +106,9 @@ class ReviewError(ValueError):
         self.status = status
         self.message = message
 
+    def __reduce__(self) -> tuple[Any, tuple[int, str]]:  # crosses from the decision process intact
+        return ReviewError, (self.status, self.message)
+
 
 # -- the run and whether it can still be decided on -------------------------------------------------------------
 
@@ -113,37 +120,52 @@ class RunState:
     lines: int
     approval: dict[str, Any] | None
     stale_reason: str | None
+    dag_id: str | None = None
+    superseded_by: str | None = None
 
     @property
     def pending(self) -> bool:
-        return self.approval is None and self.stale_reason is None
+        return self.approval is None and self.stale_reason is None and self.superseded_by is None
 
     @property
     def why_not_pending(self) -> str | None:
         if self.approval is not None:
             who = self.approval.get("decided_by") or "the approval timeout"
             return f"the month's approval was answered ({self.approval['decision']} by {who}): decisions are closed"
+        if self.superseded_by is not None:
+            return (
+                f"a later run ({self.superseded_by}) planned {self.month} again: this run's review stays as it was "
+                "and takes no more decisions"
+            )
         return self.stale_reason
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "run_id": self.run_id,
+            "dag_id": self.dag_id,
             "month": self.month,
             "lines": self.lines,
             "pending": self.pending,
             "why_not_pending": self.why_not_pending,
             "approval": self.approval,
+            "superseded_by": self.superseded_by,
         }
 
 
-def run_state(warehouse: Warehouse, run_id: str) -> RunState:
-    """The run's month and whether decisions are still open; 404 when the run has no plan."""
-    rows = warehouse.query(
-        "SELECT month, COUNT(*) AS lines FROM plan_actions WHERE run_id = :run_id GROUP BY month", {"run_id": run_id}
+def run_state(warehouse: Warehouse, run_id: str, dag_id: str | None = None) -> RunState:
+    """The run's month and whether decisions are still open; 404 when the run has no plan, or (with `dag_id`) is not
+    a run of that DAG: a route serves a run only under the DAG it belongs to."""
+    run = billing_run(warehouse, run_id)
+    if dag_id is not None and (run is None or run.dag_id != dag_id):
+        owner = f"it is a run of {run.dag_id}" if run is not None else "no billing DAG planned it"
+        raise ReviewError(404, f"run {run_id!r} is not a run of {dag_id}: {owner}")
+    source = run_lines_source(warehouse, run_id)
+    rows = _rows(
+        warehouse, f"SELECT MIN(month), COUNT(*) FROM {_plan_of(source)} WHERE run_id = :run_id", {"run_id": run_id}
     )
-    if not rows:
+    if not rows or not rows[0][1]:
         raise ReviewError(404, f"run {run_id!r} has no change plan in the warehouse")
-    month = rows[0]["month"]
+    month = rows[0][0]
     approvals = warehouse.query(
         "SELECT decision, decided_by, decided_at, note FROM month_approvals WHERE run_id = :run_id"
         " ORDER BY decided_at DESC",
@@ -157,7 +179,20 @@ def run_state(warehouse: Warehouse, run_id: str) -> RunState:
         ensure_run_reads_own_lines(warehouse, month, run_id)
     except StaleRunError as error:
         stale = f"a newer run extracted {month} again: {error}"
-    return RunState(run_id, month, int(rows[0]["lines"]), approval, stale)
+    return RunState(
+        run_id,
+        month,
+        int(rows[0][1]),
+        approval,
+        stale,
+        run.dag_id if run is not None else None,
+        run.superseded_by if run is not None else None,
+    )
+
+
+def _plan_of(source: str) -> str:
+    """A plan source (`include.runs.run_lines_source`) to select from: the table, or its subquery with an alias."""
+    return source if source == "plan_actions" else f"{source} run_lines"
 
 
 # -- the grid ---------------------------------------------------------------------------------------------------
@@ -259,10 +294,12 @@ _BUILDING = threading.Lock()  # one build of a run's grid lines at a time in thi
 
 
 def _fingerprint(warehouse: Warehouse, run_id: str) -> tuple[Any, ...]:
-    """Changes whenever the run's plan is re-planned (rows replaced) or its links change."""
+    """Changes whenever the run's plan is re-planned (rows replaced) or its links change; not when a later run
+    supersedes the run's open lines (they are kept, `include.runs`)."""
+    plan = _plan_of(run_lines_source(warehouse, run_id))
     rows = _rows(
         warehouse,
-        "SELECT COUNT(*), MAX(created_at) FROM plan_actions WHERE run_id = :run_id",
+        f"SELECT COUNT(*), MAX(created_at) FROM {plan} WHERE run_id = :run_id",
         {"run_id": run_id},
     )
     links = _rows(
@@ -271,6 +308,77 @@ def _fingerprint(warehouse: Warehouse, run_id: str) -> tuple[Any, ...]:
         {"run_id": run_id},
     )
     return (*rows[0], *links[0])
+
+
+def refresh_grid(warehouse: Warehouse, run_id: str, scope: PlanScope, new_lines: Collection[str] = ()) -> int:
+    """After a scoped re-plan: rebuild the stored grid lines of the scope's lines (`new_lines`: those the re-plan
+    added) and drop those of the scope's lines the plan no longer holds; the rest stay as stored. Returns how many
+    lines were built. A run whose grid was never stored is built whole."""
+    if _stored_fingerprint(warehouse, run_id) is None:
+        return build_grid(warehouse, run_id)
+    fingerprint = _fingerprint(warehouse, run_id)
+    of_accounts, account_params = sql_in("account_id", scope.accounts, "acc")
+    of_products, product_params = sql_in("product_id", scope.products, "prod")
+    of_scope = {
+        action_id
+        for (action_id,) in _rows(
+            warehouse,
+            f"SELECT action_id FROM plan_actions WHERE run_id = :run_id AND ({of_accounts} OR {of_products})",
+            {"run_id": run_id, **account_params, **product_params},
+        )
+    }
+    rebuilt = of_scope | set(new_lines)
+    # the scope's stored lines (a customer's, the catalogue's), rebuilt or dropped with their plan lines
+    shown, shown_params = sql_in("account_id", scope.accounts, "acc")
+    stale = {
+        action_id
+        for (action_id,) in _rows(
+            warehouse,
+            f"SELECT action_id FROM review_grid_lines WHERE run_id = :run_id AND ({shown} OR account_id = '')",
+            {"run_id": run_id, **shown_params},
+        )
+    }
+    in_plan = _existing(warehouse, run_id, stale - rebuilt)
+    dropped = sorted((stale - rebuilt - in_plan) | rebuilt)
+    lines = _rows(warehouse, "SELECT COUNT(*) FROM plan_actions WHERE run_id = :run_id", {"run_id": run_id})[0][0]
+    rows = _static_rows(warehouse, run_id, rebuilt, scope) if rebuilt else []
+    with warehouse.begin() as conn:
+        for start in range(0, len(dropped), 500):
+            condition, params = sql_in("action_id", dropped[start : start + 500], "id")
+            conn.execute(
+                sa.text(f"DELETE FROM review_grid_lines WHERE run_id = :run_id AND {condition}"),
+                {"run_id": run_id, **params},
+            )
+        warehouse.insert(
+            conn,
+            "review_grid_lines",
+            ({"run_id": run_id, **{column: row[key] for key, column in _STORED_COLUMNS.items()}} for row in rows),
+        )
+        conn.execute(
+            sa.text(
+                "UPDATE review_grids SET plan_fingerprint = :fingerprint, lines = :lines, built_at = :at"
+                " WHERE run_id = :run_id"
+            ),
+            {"fingerprint": _fingerprint_text(fingerprint), "lines": int(lines), "at": utcnow(), "run_id": run_id},
+        )
+    return len(rows)
+
+
+def _existing(warehouse: Warehouse, run_id: str, action_ids: Collection[str]) -> set[str]:
+    """Which of these lines the run's plan holds."""
+    ids = sorted(action_ids)
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        condition, params = sql_in("action_id", ids[start : start + 500], "id")
+        found |= {
+            action_id
+            for (action_id,) in _rows(
+                warehouse,
+                f"SELECT action_id FROM plan_actions WHERE run_id = :run_id AND {condition}",
+                {"run_id": run_id, **params},
+            )
+        }
+    return found
 
 
 def build_grid(warehouse: Warehouse, run_id: str) -> int:
@@ -398,16 +506,25 @@ _SHOWN_SQL = ", ".join(f"g.{_STORED_COLUMNS[key]}" for key in _SHOWN) + (
     ", p.status, COALESCE(p.reason, ''), COALESCE(p.decided_by, ''), COALESCE(a.approved_by, '')"
 )
 _SHOWN_KEYS = [*_SHOWN, "status", "reason", "decided_by", "line_approved_by"]
-_LINES_SQL = (
-    " FROM review_grid_lines g JOIN plan_actions p ON p.action_id = g.action_id AND p.run_id = g.run_id"
-    " LEFT JOIN review_line_approvals a ON a.run_id = g.run_id AND a.action_id = g.action_id"
-    " WHERE g.run_id = :run_id"
-)
-# the lines with their current status only (what filters, totals and counts need)
-_STATUS_SQL = (
-    " FROM review_grid_lines g JOIN plan_actions p ON p.action_id = g.action_id AND p.run_id = g.run_id"
-    " WHERE g.run_id = :run_id"
-)
+
+
+def _lines_sql(source: str) -> str:
+    """The run's grid lines joined with their live plan rows (`source`: `include.runs.run_lines_source`)."""
+    return (
+        f" FROM review_grid_lines g JOIN {source} p ON p.action_id = g.action_id AND p.run_id = g.run_id"
+        " LEFT JOIN review_line_approvals a ON a.run_id = g.run_id AND a.action_id = g.action_id"
+        " WHERE g.run_id = :run_id"
+    )
+
+
+def _status_sql(source: str) -> str:
+    """The lines with their current status only (what filters, totals and counts need)."""
+    return (
+        f" FROM review_grid_lines g JOIN {source} p ON p.action_id = g.action_id AND p.run_id = g.run_id"
+        " WHERE g.run_id = :run_id"
+    )
+
+
 _NUMERIC = {"seq", "bss_units", "autotask_units", "unit_change", "unit_price", "unit_cost", "cost_change"}
 _LIVE = {"status": "p.status", "reason": "COALESCE(p.reason, '')"}
 
@@ -461,11 +578,12 @@ def _lines(warehouse: Warehouse, run_id: str, query: GridQuery, page: tuple[int,
     two steps: the ordered ids of its lines (the sort handles ids only), then those lines' columns."""
     where, params = _where(warehouse, query)
     params["run_id"] = run_id
+    plan = run_lines_source(warehouse, run_id)
     if page is None:
-        statement = f"SELECT {_SHOWN_SQL}{_LINES_SQL}{where}{_order_by(warehouse, query)}"
+        statement = f"SELECT {_SHOWN_SQL}{_lines_sql(plan)}{where}{_order_by(warehouse, query)}"
         return [dict(zip(_SHOWN_KEYS, values, strict=True)) for values in _rows(warehouse, statement, params)]
     live = query.status or query.flagged_only or query.needs_mapping_only or query.search or query.sort in _LIVE
-    source = _STATUS_SQL if live else " FROM review_grid_lines g WHERE g.run_id = :run_id"  # names only: no join
+    source = _status_sql(plan) if live else " FROM review_grid_lines g WHERE g.run_id = :run_id"  # names: no join
     ids = [
         action_id
         for (action_id,) in _rows(
@@ -482,7 +600,7 @@ def _lines(warehouse: Warehouse, run_id: str, query: GridQuery, page: tuple[int,
         values[0]: dict(zip(_SHOWN_KEYS, values, strict=True))
         for values in _rows(
             warehouse,
-            f"SELECT {_SHOWN_SQL}{_LINES_SQL} AND g.action_id IN ({', '.join(':' + name for name in chosen)})",
+            f"SELECT {_SHOWN_SQL}{_lines_sql(plan)} AND g.action_id IN ({', '.join(':' + name for name in chosen)})",
             {"run_id": run_id, **chosen},
         )
     }
@@ -506,7 +624,7 @@ def _totals(warehouse: Warehouse, run_id: str, query: GridQuery) -> dict[str, An
         f" SUM(CASE WHEN {counted} AND (g.cost_added <> 0 OR g.cost_removed <> 0) THEN 1 ELSE 0 END),"
         f" SUM(CASE WHEN {counted} THEN g.cost_added ELSE 0 END),"
         f" SUM(CASE WHEN {counted} THEN g.cost_removed ELSE 0 END)"
-        f"{_STATUS_SQL}{where} GROUP BY 1",
+        f"{_status_sql(run_lines_source(warehouse, run_id))}{where} GROUP BY 1",
         params,
     ):
         lines += int(found)
@@ -537,15 +655,24 @@ def grid_export(warehouse: Warehouse, run_id: str, query: GridQuery) -> tuple[li
     return _lines(warehouse, run_id, query, None), _totals(warehouse, run_id, query)
 
 
+def grid_totals(warehouse: Warehouse, run_id: str, query: GridQuery, ensure: bool = True) -> dict[str, Any]:
+    """The totals of the lines matching the query (what the page shows above the grid). `ensure=False`: the caller
+    knows the stored lines are the plan's (a decision just refreshed them)."""
+    if ensure:
+        _ensure_grid(warehouse, run_id)
+    return _totals(warehouse, run_id, query)
+
+
 def grid_page(warehouse: Warehouse, run_id: str, query: GridQuery) -> dict[str, Any]:
     """One page of the grid with the filter's totals and the counts a reviewer filters by (of all the run's lines)."""
     _ensure_grid(warehouse, run_id)
     totals = _totals(warehouse, run_id, query)
     counts: dict[str, dict[str, int]] = {"status": {}, "kind": {}, "mapping": {}}
     total_lines = 0
+    plan = _plan_of(run_lines_source(warehouse, run_id))
     for status, kind, lines in _rows(
         warehouse,
-        "SELECT status, kind, COUNT(*) FROM plan_actions WHERE run_id = :run_id GROUP BY status, kind",
+        f"SELECT status, kind, COUNT(*) FROM {plan} WHERE run_id = :run_id GROUP BY status, kind",
         {"run_id": run_id},
     ):
         total_lines += int(lines)
@@ -573,28 +700,50 @@ def grid_page(warehouse: Warehouse, run_id: str, query: GridQuery) -> dict[str, 
     }
 
 
-def _static_rows(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
-    """The names and figures of the run's lines: what changes only when the run is re-planned."""
-    plan_rows = warehouse.query("SELECT * FROM plan_actions WHERE run_id = :run_id ORDER BY seq", {"run_id": run_id})
+def _static_rows(
+    warehouse: Warehouse, run_id: str, only: Collection[str] | None = None, scope: PlanScope | None = None
+) -> list[dict[str, Any]]:
+    """The names and figures of the run's lines: what changes only when the run is re-planned. `only` (with the
+    `scope` they belong to): just these lines, named from the scope's customers' data alone."""
+    if only is None:
+        plan_rows = warehouse.query(
+            "SELECT * FROM plan_actions WHERE run_id = :run_id ORDER BY seq", {"run_id": run_id}
+        )
+    else:
+        plan_rows = _plan_rows_by_id(warehouse, run_id, only)
     if not plan_rows:
         return []
     month = plan_rows[0]["month"]
-    names = _Names(warehouse, month, run_id, plan_rows)
+    accounts = None
+    month_condition, scope_params = "", {}
+    if only is not None and scope is not None:
+        # the lines a scoped line names (the company, contract or service its customer's lines create)
+        named = {row["action_id"] for row in plan_rows}
+        referenced = {
+            row[column]
+            for row in plan_rows
+            for column in ("company_action_id", "contract_action_id", "service_action_id", "contract_service_action_id")
+            if row[column] and row[column] not in named
+        }
+        accounts = {row["account_id"] for row in plan_rows if row["account_id"]} | set(scope.accounts)
+        month_condition, scope_params = sql_in("account_id", accounts, "acc")
+        month_condition = f" AND {month_condition}"
+        names = _Names(
+            warehouse, month, run_id, [*plan_rows, *_plan_rows_by_id(warehouse, run_id, referenced)], accounts
+        )
+    else:
+        names = _Names(warehouse, month, run_id, plan_rows)
     subscriptions: dict[str, tuple[str, str, Any]] = {}
     for sub_id, period, cycle, price in _rows(
         warehouse,
         "SELECT subscription_id, billing_period, billing_cycle, unit_price FROM charge_lines WHERE month = :month"
-        " ORDER BY effective_date, charge_id",
-        {"month": month},
+        f"{month_condition} ORDER BY effective_date, charge_id",
+        {"month": month, **scope_params},
     ):
         subscriptions[sub_id] = (period, cycle, price)
     links = {
         (kind, source): (resolution, suggestions, flag)
-        for kind, source, resolution, suggestions, flag in _rows(
-            warehouse,
-            "SELECT kind, source_key, resolution, suggestions, flag FROM month_links WHERE run_id = :run_id",
-            {"run_id": run_id},
-        )
+        for kind, source, resolution, suggestions, flag in _month_links(warehouse, run_id, plan_rows, only is not None)
     }
     rows = []
     for plan_row in plan_rows:
@@ -654,6 +803,41 @@ def _static_rows(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
         }
         rows.append(row)
     return rows
+
+
+def _plan_rows_by_id(warehouse: Warehouse, run_id: str, action_ids: Collection[str]) -> list[dict[str, Any]]:
+    ids = sorted(action_ids)
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(ids), 500):
+        condition, params = sql_in("action_id", ids[start : start + 500], "id")
+        rows += warehouse.query(
+            f"SELECT * FROM plan_actions WHERE run_id = :run_id AND {condition}", {"run_id": run_id, **params}
+        )
+    return sorted(rows, key=lambda row: row["seq"])
+
+
+def _month_links(
+    warehouse: Warehouse, run_id: str, plan_rows: Sequence[Mapping[str, Any]], only_theirs: bool
+) -> list[tuple]:
+    """The run's resolutions (kind, source, resolution, suggestions, flag): all, or those of these lines' sources."""
+    statement = "SELECT kind, source_key, resolution, suggestions, flag FROM month_links WHERE run_id = :run_id"
+    if not only_theirs:
+        return _rows(warehouse, statement, {"run_id": run_id})
+    found = []
+    for kind in TARGET_NOUN:
+        keys = {
+            key
+            for row in plan_rows
+            for source_kind, key in _sources_of(row, _json_list(row["subscription_ids"]))
+            if source_kind == kind
+        }
+        keys = sorted(keys)
+        for start in range(0, len(keys), 500):
+            condition, params = sql_in("source_key", keys[start : start + 500], "key")
+            found += _rows(
+                warehouse, f"{statement} AND kind = :kind AND {condition}", {"run_id": run_id, "kind": kind, **params}
+            )
+    return found
 
 
 def _changes(line: Any) -> tuple[Decimal, Decimal, Decimal, Decimal]:
@@ -745,16 +929,19 @@ def line_detail(warehouse: Warehouse, run_id: str, action_id: str) -> dict[str, 
     _ensure_grid(warehouse, run_id)
     found = _rows(
         warehouse,
-        f"SELECT {_SHOWN_SQL}{_LINES_SQL} AND g.action_id = :action_id",
+        f"SELECT {_SHOWN_SQL}{_lines_sql(run_lines_source(warehouse, run_id))} AND g.action_id = :action_id",
         {"run_id": run_id, "action_id": action_id},
     )
     row = dict(zip(_SHOWN_KEYS, found[0], strict=True)) if found else None
     if row is None:
         raise ReviewError(404, f"line {action_id!r} is not a line of run {run_id!r}")
-    plan_row = warehouse.query(
-        "SELECT account_id, subscription_ids, product_id FROM plan_actions WHERE action_id = :id AND run_id = :run_id",
+    plan_rows = warehouse.query(
+        "SELECT account_id, subscription_ids, product_id FROM plan_actions WHERE action_id = :id AND run_id = :run_id"
+        " UNION ALL SELECT account_id, subscription_ids, product_id FROM superseded_plan_actions"
+        " WHERE action_id = :id AND run_id = :run_id",
         {"id": action_id, "run_id": run_id},
-    )[0]
+    )
+    plan_row = plan_rows[0]
     sources = []
     for kind, source_key in _sources_of(plan_row, _json_list(plan_row["subscription_ids"])):
         link = warehouse.query(
@@ -898,11 +1085,20 @@ def _target_name(warehouse: Warehouse, run_id: str, kind: str, target_id: int) -
 
 
 def decide(
-    warehouse: Warehouse, run_id: str, request: Mapping[str, Any], by: str, settings: SyncSettings | None = None
+    warehouse: Warehouse,
+    run_id: str,
+    request: Mapping[str, Any],
+    by: str,
+    settings: SyncSettings | None = None,
+    dag_id: str | None = None,
 ) -> dict[str, Any]:
     """Carry out one decision of a reviewer (see the module docstring); returns what changed.
 
-    Everything is checked first: a ReviewError (4xx) leaves the warehouse as it was."""
+    Everything is checked first, and everything a decision writes (the link or the line's status, the re-plan of
+    the lines it changes, the grid's lines, the audit row) commits in one transaction that holds the month: a
+    decision and the month's approval never interleave, and the run is checked again under that hold. A
+    ReviewError (4xx) or any failure leaves the warehouse as it was. `dag_id`: the DAG the request names; the run
+    must be one of its runs. `settings`: those the run was planned with, by default (`billing_runs`)."""
     if not isinstance(request, Mapping):
         raise ReviewError(422, "the decision must be a JSON object")
     decision = request.get("decision")
@@ -910,12 +1106,32 @@ def decide(
         raise ReviewError(422, f"unknown decision {decision!r}; one of: {', '.join(DECISIONS)}")
     if not isinstance(by, str) or not by.strip():
         raise ReviewError(401, "the decision needs the name of the person taking it")
-    state = run_state(warehouse, run_id)
-    if not state.pending:
-        raise ReviewError(409, f"run {run_id!r} takes no more decisions: {state.why_not_pending}")
-    if decision in LINE_DECISIONS:
-        return _decide_line(warehouse, state, str(decision), request, by)
-    return _decide_mapping(warehouse, state, str(decision), request, by, settings or SyncSettings())
+    registered = billing_run(warehouse, run_id)
+    if registered is not None and dag_id in (None, registered.dag_id):
+        month = registered.month  # the run's state is checked under the month's hold below
+    else:
+        state = run_state(warehouse, run_id, dag_id)
+        if not state.pending:
+            raise ReviewError(409, f"run {run_id!r} takes no more decisions: {state.why_not_pending}")
+        month = state.month
+    with warehouse.begin() as conn:
+        warehouse.lock_month(conn, month)
+        joined = warehouse.within(conn)
+        state = run_state(joined, run_id, dag_id)
+        if not state.pending:
+            raise ReviewError(409, f"run {run_id!r} takes no more decisions: {state.why_not_pending}")
+        if decision in LINE_DECISIONS:
+            return _decide_line(joined, state, str(decision), request, by)
+        run = billing_run(joined, run_id)
+        if run is not None and run.is_reversal:
+            raise ReviewError(
+                409,
+                f"run {run_id!r} reverses run {run.reverses_run_id}: its lines are the opposite adjustments of that "
+                "run; a mapping decision does not apply (exclude or include its lines instead)",
+            )
+        if settings is None:
+            settings = run.sync_settings() if run is not None else SyncSettings.from_env()
+        return _decide_mapping(joined, state, str(decision), request, by, settings)
 
 
 def _decide_line(
@@ -1032,32 +1248,59 @@ _OPEN_STATUSES = ("proposed", "flagged", "needs-mapping", "blocked")
 def _dependents(conn: sa.Connection, run_id: str, action_ids: set[str]) -> list[Mapping[str, Any]]:
     """The run's lines that depend on any of `action_ids`, directly or through another line (`depends_on`: a later
     adjustment of the same contract service needs the earlier one; an adjustment needs the contract service, contract
-    or service it writes to be created and the contract extended), in plan order."""
-    rows = _cascade_rows(conn, run_id)
-    needs = {row["action_id"]: set(json.loads(row["depends_on"] or "[]")) for row in rows}
-    needed = set(action_ids)
-    found: dict[str, Mapping[str, Any]] = {}
-    changed = True
-    while changed:
-        changed = False
-        for row in rows:
-            if row["action_id"] not in needed and not needs[row["action_id"]].isdisjoint(needed):
-                needed.add(row["action_id"])
-                found[row["action_id"]] = row
-                changed = True
-    return [row for row in rows if row["action_id"] in found]
+    or service it writes to be created and the contract extended), in plan order. Found level by level: each level
+    reads only the lines whose `depends_on` names a line of the level before (a decision on a 20,000-line month
+    reads a few dozen lines, not the month)."""
+    found: set[str] = set()
+    frontier = set(action_ids)
+    while frontier:
+        level: set[str] = set()
+        for dependent, needs in _lines_needing(conn, run_id, frontier):
+            if dependent not in found and dependent not in action_ids and not frontier.isdisjoint(needs):
+                level.add(dependent)
+        found |= level
+        frontier = level
+    return _cascade_rows(conn, run_id, found) if found else []
 
 
-def _cascade_rows(conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
-    """The run's lines with what a cascade reads of them (the target is the idempotency key's third part)."""
-    rows = conn.execute(
-        sa.text(
-            "SELECT action_id, kind, idempotency_key, status, effective_date, depends_on, seq FROM plan_actions"
-            " WHERE run_id = :run_id ORDER BY seq"
-        ),
-        {"run_id": run_id},
-    ).mappings()
-    return [_with_target(row) for row in rows]
+def _lines_needing(conn: sa.Connection, run_id: str, action_ids: set[str]) -> list[tuple[str, set[str]]]:
+    """The run's lines whose `depends_on` may name one of `action_ids` (a text match, confirmed by the caller), with
+    what each needs."""
+    ids = sorted(action_ids)
+    found = []
+    for start in range(0, len(ids), 200):
+        patterns = {f"p{index}": f'%"{action_id}"%' for index, action_id in enumerate(ids[start : start + 200])}
+        matches = " OR ".join(f"depends_on LIKE :{name}" for name in patterns)
+        for action_id, depends_on in conn.execute(
+            sa.text(f"SELECT action_id, depends_on FROM plan_actions WHERE run_id = :run_id AND ({matches})"),
+            {"run_id": run_id, **patterns},
+        ):
+            found.append((action_id, set(json.loads(depends_on or "[]"))))
+    return found
+
+
+def _cascade_rows(
+    conn: sa.Connection, run_id: str, action_ids: Collection[str] | None = None, status: str | None = None
+) -> list[dict[str, Any]]:
+    """The run's lines (these only, or those of a status) with what a cascade reads of them (the target is the
+    idempotency key's third part), in plan order."""
+    statement = (
+        "SELECT action_id, kind, idempotency_key, status, effective_date, depends_on, seq FROM plan_actions"
+        " WHERE run_id = :run_id"
+    )
+    if status is not None:
+        return [
+            _with_target(row)
+            for row in conn.execute(
+                sa.text(statement + " AND status = :status ORDER BY seq"), {"run_id": run_id, "status": status}
+            ).mappings()
+        ]
+    ids = sorted(action_ids or ())
+    rows = []
+    for start in range(0, len(ids), 500):
+        condition, params = sql_in("action_id", ids[start : start + 500], "id")
+        rows += conn.execute(sa.text(f"{statement} AND {condition}"), {"run_id": run_id, **params}).mappings().all()
+    return sorted((_with_target(row) for row in rows), key=lambda row: row["seq"])
 
 
 def _with_target(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -1080,41 +1323,54 @@ def _relation(root: Mapping[str, Any], dependent: Mapping[str, Any]) -> str:
 
 
 def _exclude_dependents(
-    conn: sa.Connection, warehouse: Warehouse, state: RunState, root: Mapping[str, Any], by: str, at: datetime
+    conn: sa.Connection,
+    warehouse: Warehouse,
+    state: RunState,
+    root: Mapping[str, Any],
+    by: str,
+    at: datetime,
 ) -> list[Mapping[str, Any]]:
     """Exclude the open lines that depend on the excluded line `root`: loaded without it, they would wait for it
     and leave the month half loaded. Each is audited with the line it went with (`excluded_with`), so that
     including `root` brings back these lines and no line a person excluded on its own."""
-    plan = warehouse.table("plan_actions")
-    approvals = warehouse.table("review_line_approvals")
     went: list[Mapping[str, Any]] = []
     for dependent in _dependents(conn, state.run_id, {root["action_id"]}):
-        if dependent["status"] not in _OPEN_STATUSES:
-            continue
-        dependent_id = dependent["action_id"]
-        approval = conn.execute(
-            sa.select(approvals.c.approved_by).where(
-                approvals.c.run_id == state.run_id, approvals.c.action_id == dependent_id
-            )
-        ).first()
-        conn.execute(
-            plan.update()
-            .where(plan.c.action_id == dependent_id)
-            .values(status="excluded", decided_by=by, decided_at=at)
-        )
-        conn.execute(
-            approvals.delete().where(approvals.c.run_id == state.run_id, approvals.c.action_id == dependent_id)
-        )
-        before = {"status": dependent["status"], "line_approved_by": approval[0] if approval else None}
-        after = {
-            "status": "excluded",
-            "line_approved_by": None,
-            "excluded_with": root["action_id"],
-            "reason": f"excluded with line {root['action_id']} ({_relation(root, dependent)})",
-        }
-        _audit(conn, warehouse, state, "exclude", by, at, before, after, action_id=dependent_id)
-        went.append(dependent)
+        if dependent["status"] in _OPEN_STATUSES:
+            _exclude_with(conn, warehouse, state, root, dependent, by, at)
+            went.append(dependent)
     return went
+
+
+def _exclude_with(
+    conn: sa.Connection,
+    warehouse: Warehouse,
+    state: RunState,
+    root: Mapping[str, Any],
+    dependent: Mapping[str, Any],
+    by: str,
+    at: datetime,
+) -> None:
+    """Exclude the open line `dependent` with the excluded line `root` it depends on, audited so."""
+    plan = warehouse.table("plan_actions")
+    approvals = warehouse.table("review_line_approvals")
+    dependent_id = dependent["action_id"]
+    approval = conn.execute(
+        sa.select(approvals.c.approved_by).where(
+            approvals.c.run_id == state.run_id, approvals.c.action_id == dependent_id
+        )
+    ).first()
+    conn.execute(
+        plan.update().where(plan.c.action_id == dependent_id).values(status="excluded", decided_by=by, decided_at=at)
+    )
+    conn.execute(approvals.delete().where(approvals.c.run_id == state.run_id, approvals.c.action_id == dependent_id))
+    before = {"status": dependent["status"], "line_approved_by": approval[0] if approval else None}
+    after = {
+        "status": "excluded",
+        "line_approved_by": None,
+        "excluded_with": root["action_id"],
+        "reason": f"excluded with line {root['action_id']} ({_relation(root, dependent)})",
+    }
+    _audit(conn, warehouse, state, "exclude", by, at, before, after, action_id=dependent_id)
 
 
 def _excluded_with(conn: sa.Connection, run_id: str, action_id: str) -> str | None:
@@ -1167,19 +1423,68 @@ def _cascade_message(verb: str, root: Mapping[str, Any], dependents: Sequence[Ma
     return f"{verb}, with " + " and ".join(parts)
 
 
-def exclude_dependents_of_exclusions(warehouse: Warehouse, run_id: str, by: str) -> int:
+def exclude_dependents_of_exclusions(
+    warehouse: Warehouse, run_id: str, by: str, candidates: Collection[str] | None = None, month: str | None = None
+) -> int:
     """After re-planning: exclude the open lines that depend on an excluded line of the run (a new line the plan
     wrote since, e.g. a later change whose content changed with a mapping), each with the line it goes with (the
-    excluded line's own root when that one went with another). Returns how many lines were excluded."""
-    state = run_state(warehouse, run_id)
+    excluded line's own root when that one went with another). `candidates`: only these lines can be new (a scoped
+    re-plan's), so only their needs are followed. Returns how many lines were excluded."""
+    if candidates is not None and not candidates:
+        return 0
+    state = run_state(warehouse, run_id) if month is None else RunState(run_id, month, 0, None, None)
     count = 0
     with warehouse.begin() as conn:
         warehouse.lock_month(conn, state.month)
-        excluded = [row for row in _cascade_rows(conn, run_id) if row["status"] == "excluded"]
-        for row in excluded:
+        if candidates is not None:
+            return _exclude_candidates_needing_exclusions(conn, warehouse, state, set(candidates), by)
+        for row in _cascade_rows(conn, run_id, status="excluded"):
             if _excluded_with(conn, run_id, row["action_id"]) is None:
                 count += len(_exclude_dependents(conn, warehouse, state, row, by, utcnow()))
     return count
+
+
+def _exclude_candidates_needing_exclusions(
+    conn: sa.Connection, warehouse: Warehouse, state: RunState, candidates: set[str], by: str
+) -> int:
+    """Each open candidate line that needs an excluded line, directly or through other lines, is excluded with that
+    line's root. Followed forward from the candidates (a few dozen lines), never over the whole month."""
+    known: dict[str, dict[str, Any]] = {row["action_id"]: row for row in _cascade_rows(conn, state.run_id, candidates)}
+    count = 0
+    at = utcnow()
+    for candidate in sorted(candidates, key=lambda action_id: known[action_id]["seq"] if action_id in known else 0):
+        row = known.get(candidate)
+        if row is None or row["status"] not in _OPEN_STATUSES:
+            continue
+        excluded = _excluded_need(conn, state.run_id, row, known)
+        if excluded is None:
+            continue
+        root_id = _excluded_with(conn, state.run_id, excluded["action_id"]) or excluded["action_id"]
+        if root_id not in known:
+            known.update({found["action_id"]: found for found in _cascade_rows(conn, state.run_id, {root_id})})
+        _exclude_with(conn, warehouse, state, known.get(root_id, excluded), row, by, at)
+        row["status"] = "excluded"
+        count += 1
+    return count
+
+
+def _excluded_need(
+    conn: sa.Connection, run_id: str, row: Mapping[str, Any], known: dict[str, dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The first excluded line `row` needs, directly or through the lines it needs; None when it needs none."""
+    seen: set[str] = set()
+    frontier = set(json.loads(row["depends_on"] or "[]"))
+    while frontier:
+        missing = frontier - set(known)
+        if missing:
+            known.update({found["action_id"]: found for found in _cascade_rows(conn, run_id, missing)})
+        seen |= frontier
+        needed = [known[action_id] for action_id in sorted(frontier) if action_id in known]
+        for line in needed:
+            if line["status"] == "excluded":
+                return line
+        frontier = {need for line in needed for need in json.loads(line["depends_on"] or "[]")} - seen
+    return None
 
 
 def _status_before_exclusion(conn: sa.Connection, run_id: str, action_id: str) -> str:
@@ -1268,7 +1573,9 @@ def _decide_mapping(
     else:
         for suggested in open_targets:
             reject_suggestion(warehouse, kind, source_key, suggested, by)
-    summary = replan(warehouse, state.month, state.run_id, settings, by)
+    summary = replan(
+        warehouse, state.month, state.run_id, settings, by, scope_of_decision(warehouse, state, kind, source_key)
+    )
     after_link = warehouse.query(
         "SELECT target_id, resolution FROM month_links"
         " WHERE run_id = :run_id AND kind = :kind AND source_key = :source",
@@ -1344,23 +1651,86 @@ def _check_target(warehouse: Warehouse, state: RunState, kind: str, source_key: 
 
 
 def replan(
-    warehouse: Warehouse, month: str, run_id: str, settings: SyncSettings, by: str = "re-planning"
+    warehouse: Warehouse,
+    month: str,
+    run_id: str,
+    settings: SyncSettings,
+    by: str = "re-planning",
+    scope: PlanScope | None = None,
 ) -> dict[str, Any]:
     """Link and reconcile the run's month again (what a mapping decision changes), keeping what people decided:
-    the lines a new plan writes that depend on an excluded line are excluded with it (by `by`)."""
+    the lines a new plan writes that depend on an excluded line are excluded with it (by `by`). With `scope`, only
+    the decided customers' lines are linked, compared and replaced (a decision answers in well under a second on a
+    20,000-line month: `bench/bench_review_decision.py`); without, the whole month."""
     from include.mapping import link_month
     from include.reconcile import reconcile_month
 
-    link_month(warehouse, month, run_id, settings)
-    summary = reconcile_month(warehouse, month, run_id, settings)
-    excluded_with = exclude_dependents_of_exclusions(warehouse, run_id, by)
-    build_grid(warehouse, run_id)
+    last_line = None if scope is None else _last_seq(warehouse, run_id)
+    link_month(warehouse, month, run_id, settings, scope)
+    summary = reconcile_month(warehouse, month, run_id, settings, scope)
+    new_lines = None if last_line is None else _lines_after(warehouse, run_id, last_line)
+    excluded_with = exclude_dependents_of_exclusions(warehouse, run_id, by, new_lines, month)
+    if scope is None:
+        build_grid(warehouse, run_id)
+    else:
+        refresh_grid(warehouse, run_id, scope, new_lines or ())
     return {
         "actions": summary.actions,
         "by_status": summary.by_status,
         "excluded_with_an_excluded_line": excluded_with,
         "seconds": summary.seconds,
+        "scope": None if scope is None else {"accounts": sorted(scope.accounts), "products": sorted(scope.products)},
     }
+
+
+def _last_seq(warehouse: Warehouse, run_id: str) -> int:
+    found = _rows(warehouse, "SELECT MAX(seq) FROM plan_actions WHERE run_id = :run_id", {"run_id": run_id})
+    return int(found[0][0] or 0)
+
+
+def _lines_after(warehouse: Warehouse, run_id: str, seq: int) -> set[str]:
+    """The lines a scoped re-plan added (`replace_plan` numbers them after the run's others)."""
+    rows = _rows(
+        warehouse,
+        "SELECT action_id FROM plan_actions WHERE run_id = :run_id AND seq > :seq",
+        {"run_id": run_id, "seq": seq},
+    )
+    return {action_id for (action_id,) in rows}
+
+
+# a scope re-planning more than this share of the month's customers is re-planned whole
+_SCOPE_SHARE_LIMIT = 0.5
+
+
+def scope_of_decision(warehouse: Warehouse, state: RunState, kind: str, source_key: str) -> PlanScope | None:
+    """The customers a mapping decision on `source_key` changes the plan of (an account: its own lines; a
+    subscription: its customer's; a product: every customer billed for it, and its catalogue service), or None when
+    the whole month must be re-planned: a subscription of the scope moved between customers (its lines touch
+    another customer's contract), or the scope is most of the month anyway."""
+    column = {"company": "account_id", "contract": "subscription_id", "service": "product_id"}[kind]
+    accounts = frozenset(
+        row["account_id"]
+        for row in warehouse.query(
+            f"SELECT DISTINCT account_id FROM charge_lines WHERE month = :month AND {column} = :key",  # fixed column
+            {"month": state.month, "key": source_key},
+        )
+    )
+    if kind == "company":
+        accounts |= {source_key}
+    scope = PlanScope(accounts, frozenset({source_key}) if kind == "service" else frozenset())
+    of_accounts, params = sql_in("l.account_id", accounts, "acc")
+    moved = warehouse.query(
+        "SELECT 1 AS moved FROM month_links m JOIN charge_lines l ON l.subscription_id = m.source_key"
+        f" AND l.month = :month WHERE m.run_id = :run_id AND m.kind = 'contract' AND m.flag = :flag AND {of_accounts}"
+        " LIMIT 1",
+        {"month": state.month, "run_id": state.run_id, "flag": OTHER_COMPANY_FLAG, **params},
+    )
+    total = warehouse.query(
+        "SELECT COUNT(DISTINCT account_id) AS accounts FROM charge_lines WHERE month = :month", {"month": state.month}
+    )[0]["accounts"]
+    if moved or len(accounts) > _SCOPE_SHARE_LIMIT * max(int(total or 0), 1):
+        return None
+    return scope
 
 
 def _audit(
@@ -1423,53 +1793,106 @@ def decisions_of(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
 # -- the months overview ----------------------------------------------------------------------------------------
 
 
-def months_overview(warehouse: Warehouse) -> list[dict[str, Any]]:
-    """One row per run with a plan: its month, line counts by status, the approval and who gave it."""
-    counts: dict[tuple[str, str], dict[str, int]] = {}
-    for month, run_id, status, lines in _rows(
-        warehouse,
-        "SELECT month, run_id, status, COUNT(*) FROM plan_actions GROUP BY month, run_id, status",
-        {},
-    ):
-        counts.setdefault((month, run_id), {})[status] = int(lines)
+_OPEN = ("proposed", "flagged", "needs-mapping", "blocked")
+
+
+def runs_overview(warehouse: Warehouse) -> list[dict[str, Any]]:
+    """One row per run with a plan: its DAG, month, line counts by status (its open lines a later run replaced
+    included: a run is a snapshot), the approval and who gave it, and its state in words (`_run_status`)."""
+    counts: dict[str, dict[str, int]] = {}
+    months: dict[str, str] = {}
+    started: dict[str, Any] = {}
+    for table in ("plan_actions", "superseded_plan_actions"):  # fixed table names
+        for month, run_id, status, lines, first in _rows(
+            warehouse,
+            f"SELECT month, run_id, status, COUNT(*), MIN(created_at) FROM {table} GROUP BY month, run_id, status",
+            {},
+        ):
+            by_status = counts.setdefault(run_id, {})
+            by_status[status] = by_status.get(status, 0) + int(lines)
+            months[run_id] = month
+            first = _jsonable(first)
+            started[run_id] = first if run_id not in started else min(started[run_id], first, key=str)
     approvals: dict[str, dict[str, Any]] = {}
     for row in warehouse.query(
         "SELECT run_id, decision, decided_by, decided_at, approved_actions FROM month_approvals ORDER BY decided_at"
     ):
         approvals[row["run_id"]] = {key: _jsonable(value) for key, value in row.items()}
-    started = {
-        run_id: _jsonable(moment)
-        for run_id, moment in _rows(warehouse, "SELECT run_id, MIN(created_at) FROM plan_actions GROUP BY run_id", {})
-    }
+    registered = {run.run_id: run for run in runs_of_month(warehouse)}
     runs = []
-    for (month, run_id), by_status in counts.items():
+    for run_id, by_status in counts.items():
         approval = approvals.get(run_id)
+        run = registered.get(run_id)
         runs.append(
             {
-                "month": month,
+                "month": months[run_id],
                 "run_id": run_id,
+                "dag_id": run.dag_id if run is not None else SYNC_DAG_ID,
+                "reverses_run_id": run.reverses_run_id if run is not None else None,
+                "superseded_by": run.superseded_by if run is not None else None,
                 "planned_at": started.get(run_id),
                 "lines": sum(by_status.values()),
+                "open_lines": sum(by_status.get(status, 0) for status in _OPEN),
                 "by_status": dict(sorted(by_status.items())),
                 "approval": approval,
-                "status": _run_status(approval, by_status),
+                "status": _run_status(approval, by_status, run.superseded_by if run is not None else None),
             }
         )
-    runs.sort(key=lambda run: (run["month"], str(run["planned_at"])), reverse=True)
+    runs.sort(key=lambda run: (run["month"], str(run["planned_at"]), run["run_id"]), reverse=True)
     return runs
 
 
-def _run_status(approval: Mapping[str, Any] | None, by_status: Mapping[str, int]) -> str:
+def months_overview(warehouse: Warehouse) -> list[dict[str, Any]]:
+    """One row per month, newest first: the month's latest run of the monthly sync (its state tells the truth:
+    "loaded, 74 lines open", "waiting for approval", "rejected"), and the month's other runs behind it (earlier
+    runs, reversals), newest first."""
+    by_month: dict[str, list[dict[str, Any]]] = {}
+    for run in runs_overview(warehouse):
+        by_month.setdefault(run["month"], []).append(run)
+    months = []
+    for month, runs in sorted(by_month.items(), reverse=True):
+        syncs = [run for run in runs if run["dag_id"] == SYNC_DAG_ID] or runs
+        latest = syncs[0]
+        months.append(
+            {
+                "month": month,
+                "latest": latest,
+                "status": latest["status"],
+                "earlier": [run for run in runs if run is not latest],
+            }
+        )
+    return months
+
+
+def months_with_open_lines(warehouse: Warehouse, before: str | None = None) -> list[dict[str, Any]]:
+    """The months (before `before`, when given) whose latest run left lines open after its approval: what a person
+    still has to decide or fix (`make ui` names them)."""
+    return [
+        month
+        for month in months_overview(warehouse)
+        if (before is None or month["month"] < before)
+        and month["latest"]["approval"] is not None
+        and month["latest"]["open_lines"]
+    ]
+
+
+def _run_status(approval: Mapping[str, Any] | None, by_status: Mapping[str, int], superseded_by: str | None) -> str:
+    """The run's state in words, from its approval and its lines: what it loaded and what it left open."""
+    open_lines = sum(by_status.get(status, 0) for status in _OPEN)
+    left_open = f", {open_lines} line{'s' if open_lines != 1 else ''} open" if open_lines else ""
     if approval is None:
+        if superseded_by is not None:
+            return f"not approved: a later run planned the month again ({superseded_by})"
         return "waiting for approval"
     decision = approval["decision"]
     if decision in ("rejected", "timed_out", "dry_run"):
         return {"rejected": "rejected", "timed_out": "timed out (rejected)", "dry_run": "dry run"}[decision]
     if by_status.get("failed"):
-        return "approved, load failed for some lines"
+        return f"loaded with {by_status['failed']} failed line{'s' if by_status['failed'] != 1 else ''}{left_open}"
     if by_status.get("approved"):
-        return "approved, not fully loaded"
-    return "approved and loaded"
+        waiting = by_status["approved"]
+        return f"approved, {waiting} line{'s' if waiting != 1 else ''} not loaded yet{left_open}"
+    return f"loaded{left_open}"
 
 
 # -- helpers ----------------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ DEFAULT_COMPANY_KEY_UDF = "BSS Account ID"
 RECURRING_SERVICE_CONTRACT_TYPE = 7
 CUSTOMER_COMPANY_TYPE = 1
 ACTIVE_CONTRACT_STATUS = 1
+# Airflow's simple auth manager's roles, least to most: who may approve is named by one of them (approver_role).
+APPROVER_ROLES = ("viewer", "user", "op", "admin")
 
 
 class ApprovalPolicy(StrEnum):
@@ -71,6 +73,12 @@ class SyncSettings:
     auto_approve_max_units: float = 50.0  # units added plus units removed, over the whole month
     auto_approve_max_monthly_cost: float = 1000.0  # cost added plus cost removed, in the customers' currencies
     approval_timeout_hours: float = 168.0
+    # Who may answer the approval form: these users (Airflow user ids, comma-separated in BILLING_SYNC_APPROVERS);
+    # when none are named, anyone whose Airflow role is at least approver_role (viewer < user < op < admin).
+    approvers: tuple[str, ...] = ()
+    approver_role: str = "op"
+    # The two-person rule: whoever took a review decision on a run does not approve it.
+    four_eyes: bool = False
     # Everything up to the load, then the report of what would be written; zero writes to Autotask.
     dry_run: bool = False
     # Share of Autotask's hourly request budget a load leaves for the customer's other integrations.
@@ -104,8 +112,13 @@ class SyncSettings:
             values["effective_date_policy"] = EffectiveDatePolicy(values["effective_date_policy"])
         if "approval_policy" in values:
             values["approval_policy"] = ApprovalPolicy(values["approval_policy"])
-        if isinstance(values.get("dry_run"), str):
-            values["dry_run"] = _flag(values["dry_run"])
+        for name in ("dry_run", "four_eyes"):
+            if isinstance(values.get(name), str):
+                values[name] = _flag(values[name])
+        if "approvers" in values:
+            raw = values["approvers"]
+            names = raw.split(",") if isinstance(raw, str) else list(raw or ())
+            values["approvers"] = tuple(name.strip() for name in names if str(name).strip())
         settings = cls(**values)
         settings.check()
         return settings
@@ -124,6 +137,8 @@ class SyncSettings:
             raise ValueError("close_deadline_day and audit_posting_day must be days 1-28 of a month")
         if self.audit_tolerance < 0 or self.audit_alert_threshold < 0:
             raise ValueError("audit_tolerance and audit_alert_threshold must not be negative")
+        if self.approver_role.strip().lower() not in APPROVER_ROLES:
+            raise ValueError(f"approver_role must be one of {', '.join(APPROVER_ROLES)}, not {self.approver_role!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SyncSettings:
@@ -132,8 +147,8 @@ class SyncSettings:
         values: dict[str, Any] = {}
         for name, spec in cls.__dataclass_fields__.items():
             raw = environ.get(f"BILLING_SYNC_{name.upper()}")
-            if raw is None or name == "period_types":
-                continue
+            if raw is None or raw.strip() == "" or name == "period_types":
+                continue  # unset or empty (a deployment passes every setting, empty for the default)
             kind = str(spec.type)
             if kind == "bool":
                 values[name] = _flag(raw)
@@ -156,6 +171,7 @@ class SyncSettings:
         values["effective_date_policy"] = str(self.effective_date_policy)
         values["approval_policy"] = str(self.approval_policy)
         values["period_types"] = {str(key): value for key, value in self.period_types.items()}
+        values["approvers"] = list(self.approvers)
         return values
 
 

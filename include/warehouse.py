@@ -272,6 +272,15 @@ class Warehouse:
             count += len(batch)
         return count
 
+    def within(self, conn: Connection) -> Warehouse:
+        """A handle whose every read and write joins `conn`'s open transaction (nothing commits on its own).
+
+        A person's decision on the review page changes links, re-plans the affected lines and writes its audit row:
+        all of it must commit together or not at all, and the re-plan must read the links the decision just wrote.
+        The functions it calls take a warehouse and open their own connections and transactions; given this handle,
+        they all use `conn` instead (`begin()` and `engine.connect()` yield it and neither commit nor close it)."""
+        return _JoinedWarehouse(self, conn)
+
     def lock_month(self, conn: Connection, month: str) -> None:
         """Hold the month for writing until `conn`'s transaction ends: concurrent writers of a month queue.
 
@@ -307,6 +316,40 @@ class Warehouse:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class _JoinedEngine:
+    """An engine stand-in for `Warehouse.within`: its connections are the one open transaction's connection."""
+
+    def __init__(self, engine: Engine, conn: Connection) -> None:
+        self._engine = engine
+        self._conn = conn
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        yield self._conn
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        yield self._conn
+
+    def dispose(self) -> None:  # the engine belongs to the warehouse the transaction came from
+        pass
+
+    def __getattr__(self, name: str) -> Any:  # dialect, url
+        return getattr(self._engine, name)
+
+
+class _JoinedWarehouse(Warehouse):
+    def __init__(self, outer: Warehouse, conn: Connection) -> None:
+        super().__init__(engine=_JoinedEngine(outer.engine, conn))  # type: ignore[arg-type]
+        self._outer = outer
+
+    def table(self, name: str) -> sa.Table:
+        return self._outer.table(name)  # reflected once, by the warehouse's own engine
+
+    def within(self, conn: Connection) -> Warehouse:
+        return self
 
 
 def _batches(rows: Iterable[Mapping[str, Any]], size: int) -> Iterator[list[Mapping[str, Any]]]:

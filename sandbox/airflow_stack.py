@@ -29,12 +29,13 @@ from typing import Any
 
 import httpx
 
+from include.identifiers import SYNC_DAG_ID
 from sandbox.launcher import RunningServer, free_port, start_server
 from sandbox.local_stack import airflow_environment, migrate_metadata, start_airflow_component
 from scripts.approve import API_URL_FILE, PASSWORDS_FILE  # the files `make approve` and `make run` read
 from scripts.run import local_auth_environment
 
-DAG_ID = "bss_autotask_billing_sync"
+DAG_ID = SYNC_DAG_ID
 COMPONENTS = ("scheduler", "dag-processor", "triggerer")
 _HEALTH_KEYS = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
 

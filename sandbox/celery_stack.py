@@ -29,6 +29,7 @@ import httpx
 import psutil
 import sqlalchemy as sa
 
+from include.identifiers import SYNC_DAG_ID
 from sandbox.launcher import REPO_ROOT, free_port
 from sandbox.local_stack import (
     AUTOTASK_BILLING_CODE_ID,
@@ -40,7 +41,7 @@ from sandbox.local_stack import (
 from scripts.approve import API_URL_FILE, PASSWORDS_FILE, AirflowApi
 
 SHARED_ENV_FILE = REPO_ROOT / "deploy" / "airflow.env"
-DAG_ID = "bss_autotask_billing_sync"
+DAG_ID = SYNC_DAG_ID
 QUEUE = "default"
 # Redis databases a stack may take when the broker URL names none (the first empty one is claimed).
 _REDIS_DATABASES = range(6, 16)
@@ -65,6 +66,13 @@ def worker_hostname() -> str:
     """`[core] hostname_callable` of the stack: the Celery worker's name, so task instances say which of the
     workers on one machine ran them; the machine's name for every other process."""
     return os.environ.get("BILLING_WORKER_NAME") or socket.getfqdn()
+
+
+# What a worker never gets, as in docker-compose.yaml: it runs any task's code, so no login (the password file), no key
+# that signs a login or a task token, no session key.
+WORKER_WITHHELD = frozenset(
+    {"AIRFLOW__API__SECRET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"}
+)
 
 
 @dataclass
@@ -142,7 +150,7 @@ class CeleryStack:
             command = ["celery", "worker", "--celery-hostname", f"{worker}@%h", "--queues", QUEUE]
             if index:  # one log server a machine: the shared log folder lets the api-server read every log
                 command.append("--skip-serve-logs")
-            self._start(f"worker-{worker}", command, {"BILLING_WORKER_NAME": worker})
+            self._start(f"worker-{worker}", command, {"BILLING_WORKER_NAME": worker}, withheld=WORKER_WITHHELD)
         self._wait_until_ready()
         self.timings["start_s"] = round(time.monotonic() - started, 1)
         return self
@@ -227,9 +235,16 @@ class CeleryStack:
     def _migrate(self) -> None:
         migrate_metadata(self.env, self.settings.work_dir / "airflow-db-migrate.log", self.settings.ready_timeout_s)
 
-    def _start(self, name: str, airflow_args: list[str], extra_env: dict[str, str] | None = None) -> None:
+    def _start(
+        self,
+        name: str,
+        airflow_args: list[str],
+        extra_env: dict[str, str] | None = None,
+        withheld: frozenset[str] = frozenset(),
+    ) -> None:
         log_path = self.settings.work_dir / f"{name}.log"
-        process = start_airflow_component(airflow_args, {**self.env, **(extra_env or {})}, log_path)
+        env = {key: value for key, value in {**self.env, **(extra_env or {})}.items() if key not in withheld}
+        process = start_airflow_component(airflow_args, env, log_path)
         self.components[name] = Component(name, process, log_path)
         self.started_pids.add(process.pid)
 

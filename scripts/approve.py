@@ -1,17 +1,25 @@
 """`make approve MONTH=YYYY-MM [INCLUDE_FLAGGED=1] [REJECT=1] [BY=user]`: answer a month's pending approval.
 
-Answers through Airflow's REST API exactly as the approval form in the UI does (`PATCH …/hitlDetails`), so
-the plan rows record the Airflow user who answered (`BY`, default `admin`) and the time. Where Airflow is:
-`AIRFLOW_API_URL`, else the address `make run` / `make demo` wrote to `$AIRFLOW_HOME/billing-api-url`, else
-http://127.0.0.1:8080. The password: `AIRFLOW_API_PASSWORD`, else the user's entry in the simple auth
-manager's password file of `$AIRFLOW_HOME`.
+Answers through Airflow's REST API exactly as the approval form in the UI does (`PATCH …/hitlDetails`, with the
+form's fingerprint: the answer approves what the form shows, and is refused if review decisions changed the plan
+since), so the plan rows record the Airflow user who answered and the time.
+
+It answers as the person running it, never as someone else because a password is readable. Credentials, first found:
+`AIRFLOW_API_TOKEN` (a token from your own login: `POST /auth/token`); `AIRFLOW_API_PASSWORD` (your password; the
+user is `BY`, else `AIRFLOW_API_USER`, else your login name); the password of `BY` in a login file that is yours
+alone (owned by you, readable by nobody else: what `make run`, `make ui` and `make stack` write for their local
+users in `$AIRFLOW_HOME`); else, in a terminal, you are asked for the password. A shared login file is refused.
+Where Airflow is: `AIRFLOW_API_URL`, else the address `make run` / `make demo` wrote to
+`$AIRFLOW_HOME/billing-api-url`, else http://127.0.0.1:8080.
 """
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +27,21 @@ from typing import Any
 
 import httpx
 
-DAG_ID = "bss_autotask_billing_sync"
-APPROVAL_TASK = "approve"
-OPTION_APPROVE, OPTION_APPROVE_WITH_FLAGGED, OPTION_REJECT = "Approve proposed", "Approve incl. flagged", "Reject"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from include.identifiers import (  # noqa: E402
+    APPROVAL_TASK_IDS,
+    FORM_FINGERPRINT_PARAM,
+    OPTION_APPROVE,
+    OPTION_APPROVE_WITH_FLAGGED,
+    OPTION_REJECT,
+    SYNC_DAG_ID,
+)
+
+DAG_ID = SYNC_DAG_ID
+APPROVAL_TASK = APPROVAL_TASK_IDS[SYNC_DAG_ID]
 API_URL_FILE = "billing-api-url"
 PASSWORDS_FILE = "billing-passwords.json"
 
@@ -39,18 +59,28 @@ class PendingApproval:
     month: str | None
     subject: str
     body: str
+    form_fingerprint: str | None = None  # the form's own field: the answer binds to what the form shows
 
 
 class AirflowApi:
     """The few calls of Airflow's REST API (v2) the command line needs, as one authenticated user."""
 
-    def __init__(self, base_url: str, username: str, password: str, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        username: str,
+        password: str | None = None,
+        timeout_s: float = 30.0,
+        token: str | None = None,
+    ) -> None:
         self.username = username
         self.client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout_s)
-        answer = self.client.post("/auth/token", json={"username": username, "password": password})
-        if answer.status_code not in (200, 201):
-            raise ApprovalError(f"Airflow at {base_url} refused the login of {username!r}: {answer.status_code}")
-        self.client.headers["Authorization"] = f"Bearer {answer.json()['access_token']}"
+        if token is None:
+            answer = self.client.post("/auth/token", json={"username": username, "password": password})
+            if answer.status_code not in (200, 201):
+                raise ApprovalError(f"Airflow at {base_url} refused the login of {username!r}: {answer.status_code}")
+            token = answer.json()["access_token"]
+        self.client.headers["Authorization"] = f"Bearer {token}"
 
     def pending_approvals(self, dag_id: str = DAG_ID) -> list[PendingApproval]:
         answer = self._call(
@@ -62,6 +92,7 @@ class AirflowApi:
             if instance["task_id"] != APPROVAL_TASK:
                 continue
             run_id = instance["dag_run_id"]
+            field = (detail.get("params") or {}).get(FORM_FINGERPRINT_PARAM) or {}
             pending.append(
                 PendingApproval(
                     dag_id=instance["dag_id"],
@@ -71,16 +102,20 @@ class AirflowApi:
                     month=self.xcom(instance["dag_id"], run_id, "resolve_month"),
                     subject=detail["subject"],
                     body=detail.get("body") or "",
+                    form_fingerprint=field.get("value") if isinstance(field, dict) else None,
                 )
             )
         return pending
 
     def answer(self, approval: PendingApproval, option: str) -> dict[str, Any]:
+        """Answer the form as it was read (`pending_approvals`): an approval carries the form's fingerprint, so it
+        approves exactly what the form showed (a form the plan no longer matches is refused: read it again)."""
         path = (
             f"/api/v2/dags/{approval.dag_id}/dagRuns/{approval.run_id}/taskInstances/{approval.task_id}/"
             f"{approval.map_index}/hitlDetails"
         )
-        return self._call("PATCH", path, json={"chosen_options": [option], "params_input": {}}).json()
+        params = {FORM_FINGERPRINT_PARAM: approval.form_fingerprint} if approval.form_fingerprint else {}
+        return self._call("PATCH", path, json={"chosen_options": [option], "params_input": params}).json()
 
     def xcom(self, dag_id: str, run_id: str, task_id: str) -> Any:
         path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value"
@@ -123,27 +158,43 @@ def api_url() -> str:
     return "http://127.0.0.1:8080"
 
 
+def own_login_file(path: Path) -> bool:
+    """Whether a login file is the running person's own: owned by them and readable by nobody else (the local
+    stacks write theirs so). A file others can read, or someone else's, is a shared secret: never used to log in."""
+    info = path.stat()
+    return info.st_uid == os.getuid() and not info.st_mode & (stat.S_IRWXG | stat.S_IRWXO)
+
+
 def password_of(username: str) -> str:
+    """The password to log in as `username`, from the running person: `AIRFLOW_API_PASSWORD`, their own login file,
+    or (in a terminal) a prompt."""
     if os.environ.get("AIRFLOW_API_PASSWORD"):
         return os.environ["AIRFLOW_API_PASSWORD"]
     home = airflow_home()
     configured = os.environ.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")
-    for path in (
-        [Path(configured)]
-        if configured
-        else [
-            home / PASSWORDS_FILE,
-            home / "simple_auth_manager_passwords.json.generated",
-        ]
-    ):
-        if path.exists():
-            passwords = json.loads(path.read_text())
-            if username in passwords:
-                return passwords[username]
-    raise ApprovalError(f"no password for Airflow user {username!r}: set AIRFLOW_API_PASSWORD")
+    refused = []
+    for path in [Path(configured)] if configured else [home / PASSWORDS_FILE]:
+        if not path.exists():
+            continue
+        if not own_login_file(path):
+            refused.append(path)
+            continue
+        passwords = json.loads(path.read_text())
+        if username in passwords:
+            return passwords[username]
+    if sys.stdin.isatty():
+        return getpass.getpass(f"Airflow password of {username}: ")
+    shared = f" ({', '.join(map(str, refused))} is not yours alone: it is never used to log in)" if refused else ""
+    raise ApprovalError(
+        f"no credentials of {username!r}{shared}: answer as yourself with AIRFLOW_API_TOKEN=<your token> or "
+        "AIRFLOW_API_PASSWORD=<your password>, or run it in a terminal to be asked"
+    )
 
 
 def connect(username: str) -> AirflowApi:
+    token = os.environ.get("AIRFLOW_API_TOKEN")
+    if token:
+        return AirflowApi(api_url(), username, token=token)
     return AirflowApi(api_url(), username, password_of(username))
 
 
@@ -157,12 +208,19 @@ def pending_for_month(api: AirflowApi, month: str) -> PendingApproval:
     return pending[0]
 
 
-def approve_month(month: str, option: str, username: str = "admin") -> PendingApproval:
+def approve_month(month: str, option: str, username: str) -> PendingApproval:
     """Answer the month's pending approval with `option` as `username`; returns what was answered."""
     api = connect(username)
     approval = pending_for_month(api, month)
+    for line in approval.body.splitlines():  # what the answer approves, as the form shows it
+        if line.startswith(("- **", "| Approve", "Form ", "Who may")):
+            print(line)
     api.answer(approval, option)
     return approval
+
+
+def default_user() -> str:
+    return os.environ.get("AIRFLOW_API_USER") or getpass.getuser()
 
 
 def option_for(include_flagged: bool, reject: bool) -> str:
@@ -178,15 +236,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--month", required=True, help="billing month YYYY-MM")
     parser.add_argument("--include-flagged", action="store_true", help="approve the flagged actions too")
     parser.add_argument("--reject", action="store_true", help="reject the month: nothing is loaded")
-    parser.add_argument("--by", default=os.environ.get("AIRFLOW_API_USER", "admin"), help="Airflow user")
+    parser.add_argument("--by", default=None, help="your Airflow user (default AIRFLOW_API_USER, else your login)")
     args = parser.parse_args(argv)
+    user = args.by or default_user()
     try:
         option = option_for(args.include_flagged, args.reject)
-        approval = approve_month(args.month, option, args.by)
+        approval = approve_month(args.month, option, user)
     except (ApprovalError, httpx.HTTPError) as error:
         print(f"approve: {error}", file=sys.stderr)
         return 1
-    print(f"{args.month}: answered {option!r} as {args.by} (run {approval.run_id})")
+    print(f"{args.month}: answered {option!r} as {user} (run {approval.run_id})")
     return 0
 
 

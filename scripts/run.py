@@ -155,11 +155,11 @@ def print_approval(approval: PendingApproval, api_url: str) -> None:
     print()
     print(f"The run waits for your answer. Answer in the Airflow UI ({api_url}, Browse → Required Actions),")
     print("or from another terminal:")
-    print(f"    make approve MONTH={approval.month}                    # approve the proposed actions")
-    print(f"    make approve MONTH={approval.month} INCLUDE_FLAGGED=1  # approve the flagged actions too")
-    print(f"    make approve MONTH={approval.month} REJECT=1           # load nothing")
-    print("  (BY=<Airflow user> answers as another user; the local logins are in", end=" ")
-    print(f"$AIRFLOW_HOME/{PASSWORDS_FILE})", flush=True)
+    print(f"    make approve MONTH={approval.month} BY=admin                    # approve the proposed actions")
+    print(f"    make approve MONTH={approval.month} BY=admin INCLUDE_FLAGGED=1  # approve the flagged actions too")
+    print(f"    make approve MONTH={approval.month} BY=admin REJECT=1           # load nothing")
+    print("  (BY is the Airflow user you answer as: yours, from your own login file", end=" ")
+    print(f"$AIRFLOW_HOME/{PASSWORDS_FILE}, AIRFLOW_API_TOKEN or AIRFLOW_API_PASSWORD)", flush=True)
 
 
 def run_month(

@@ -105,7 +105,7 @@ def print_login(stack: LocalAirflow) -> None:
     print()
     print(f"    Airflow UI:  {stack.url.replace('127.0.0.1', 'localhost')}")
     print(f"    login:       admin / {stack.admin_password}")
-    print(f"    (also `finance`; passwords in {stack.settings.airflow_home / PASSWORDS_FILE})")
+    print(f"    (also `finance`; passwords in {stack.settings.airflow_home / PASSWORDS_FILE}, yours alone)")
     print(flush=True)
 
 
@@ -152,9 +152,35 @@ def print_review(stack: LocalAirflow, month: str, run_id: str) -> None:
         print(f"    {counts.get(key, 0):>5}  {label}")
     run_path = f"{url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}"
     print(f"  Review:  {run_path}/plugin/billing_review  (the run's Billing review tab)")
-    print(f"  Approve: {url}/required_actions  (Browse → Required Actions), or `make approve MONTH={month}`")
+    print(f"  Approve: {url}/required_actions  (Browse → Required Actions), or `make approve MONTH={month} BY=admin`")
     print(f"  Months:  {url}/plugin/billing_months  (Browse → Billing months)")
+    for earlier in earlier_open_months(stack.settings.warehouse_path, month):
+        print(f"  Still open in {earlier}: see its review under Billing months before invoicing it")
     print(flush=True)
+
+
+def earlier_open_months(warehouse_path: Path, month: str) -> list[str]:
+    """The months before `month` whose latest run was approved but left lines open, in words:
+    "2026-10: 74 lines (12 flagged, 60 needs-mapping, 2 blocked)"."""
+    from include.review import months_with_open_lines
+    from include.warehouse import Warehouse
+
+    if not warehouse_path.exists():
+        return []
+    warehouse = Warehouse(f"sqlite:///{warehouse_path}")
+    try:
+        found = []
+        for row in months_with_open_lines(warehouse, before=month):
+            run = row["latest"]
+            open_counts = ", ".join(
+                f"{count} {status}"
+                for status, count in run["by_status"].items()
+                if status in ("proposed", "flagged", "needs-mapping", "blocked")
+            )
+            found.append(f"{row['month']}: {run['open_lines']} lines ({open_counts}), {row['status']}")
+        return found
+    finally:
+        warehouse.dispose()
 
 
 def review_counts(warehouse_path: Path, month: str, run_id: str) -> dict[str, int]:

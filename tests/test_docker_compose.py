@@ -203,8 +203,55 @@ def test_data_docs_are_on_a_volume_the_workers_write_and_the_api_server_serves(c
 
 def test_secrets_have_no_usable_defaults(compose: dict) -> None:
     env = service_env(compose, "airflow-init")
-    for key in ("AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY"):
+    for key in (
+        "AIRFLOW__CORE__FERNET_KEY",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "AIRFLOW__API__SECRET_KEY",
+        "AIRFLOW_DB_PASSWORD",
+        "WAREHOUSE_DB_PASSWORD",
+    ):
         assert _default(env[key]) == "", f"{key} has a default: {env[key]}"
+    text = (ROOT / "docker-compose.yaml").read_text()
+    assert ":-airflow}" not in text and ":-warehouse}" not in text  # no well-known database password
+
+
+# Who gets which secret: a worker runs any task's code, so it gets no login, no key that signs a login or a task
+# token, and no session key; the login file only reaches the api-server (read only) and airflow-init.
+LOGIN_SECRETS = {"AIRFLOW_PASSWORDS", "AIRFLOW__API__SECRET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET"}
+
+
+def test_each_container_gets_only_the_settings_it_needs(compose: dict) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        files = [entry["path"] if isinstance(entry, dict) else entry for entry in service.get("env_file", [])]
+        assert ".env" not in files, f"{name} is handed the whole .env"
+    worker = service_env(compose, "airflow-worker")
+    assert not LOGIN_SECRETS & set(worker), LOGIN_SECRETS & set(worker)
+    # the Celery deployment test's workers run without the same settings, for real
+    from sandbox.celery_stack import WORKER_WITHHELD
+
+    assert not WORKER_WITHHELD & set(worker) and WORKER_WITHHELD & set(service_env(compose, "airflow-apiserver"))
+    assert not any("auth" in volume for volume in services["airflow-worker"]["volumes"])
+    assert {"AIRFLOW_CONN_BSS_DEFAULT", "AIRFLOW_CONN_AUTOTASK_DEFAULT", "AIRFLOW_CONN_BILLING_WAREHOUSE"} <= set(
+        worker
+    )
+    assert "BILLING_SYNC_APPROVERS" in worker and "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS" in worker
+    api_server = service_env(compose, "airflow-apiserver")
+    assert {"AIRFLOW__API__SECRET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET"} <= set(api_server)
+    assert (
+        "AIRFLOW_PASSWORDS" not in api_server
+        and "airflow-auth:/opt/airflow/auth:ro" in services["airflow-apiserver"]["volumes"]
+    )
+    assert not {"AIRFLOW_CONN_BSS_DEFAULT", "AIRFLOW_CONN_AUTOTASK_DEFAULT"} & set(api_server)
+    for name in ("airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"):
+        env = service_env(compose, name)
+        assert "AIRFLOW__API_AUTH__JWT_SECRET" in env, name  # they sign or check task tokens
+        assert not {"AIRFLOW_PASSWORDS", "AIRFLOW__API__SECRET_KEY", "AIRFLOW_CONN_BSS_DEFAULT"} & set(env), name
+    for name in ("bss-sandbox", "autotask-sandbox"):
+        assert set(services[name]["environment"]) == {"PYTHONPATH"}, name
+    init = service_env(compose, "airflow-init")
+    assert {"AIRFLOW_PASSWORDS", "AIRFLOW_DB_PASSWORD", "WAREHOUSE_DB_PASSWORD"} <= set(init)
+    assert "put tls in front" in (ROOT / "README.md").read_text().lower()
 
 
 def test_env_example_lists_every_setting_and_secret_with_a_comment() -> None:
@@ -242,6 +289,8 @@ def _init_env(tmp_path: Path, **values: str) -> dict[str, str]:
         "BILLING_DATA_DOCS_DIR": str(tmp_path / "var" / "data_docs"),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(tmp_path / "logs"),
         "AIRFLOW_UID": str(os.getuid()),
+        "AIRFLOW_DB_PASSWORD": "a-long-metadata-password",
+        "WAREHOUSE_DB_PASSWORD": "a-long-warehouse-password",
         "BILLING_INIT_SKIP_MIGRATE": "1",
     }
     env.update(values)
@@ -282,6 +331,10 @@ def test_init_prepares_the_writable_folders_and_the_logins(tmp_path: Path) -> No
             {"AIRFLOW_PASSWORDS": json.dumps({"admin": "admin", "finance": "x"})},
             "the password of admin is a placeholder",
         ),
+        ({"AIRFLOW_DB_PASSWORD": "airflow"}, "AIRFLOW_DB_PASSWORD (the metadata database's"),
+        ({"AIRFLOW_DB_PASSWORD": ""}, "AIRFLOW_DB_PASSWORD (the metadata database's"),
+        ({"WAREHOUSE_DB_PASSWORD": "warehouse"}, "WAREHOUSE_DB_PASSWORD (the warehouse's user"),
+        ({"WAREHOUSE_DB_PASSWORD": "short"}, "WAREHOUSE_DB_PASSWORD (the warehouse's user"),
     ],
 )
 def test_init_refuses_to_start_without_real_secrets_and_says_which(tmp_path: Path, values, message) -> None:

@@ -75,6 +75,42 @@ def context_for(decision: dict) -> dict:
 APPROVED = {"decision": "approved", "loads": True, "decided_by": "finance", "note": "approved by finance"}
 
 
+def sign(warehouse: Warehouse) -> None:
+    """The approval as the form records it (the load writes only a signed set): the lines `plan_month` approved,
+    approved again through `record_decision`, which stores their fingerprint."""
+    import sqlalchemy as sa
+
+    from include.approval import ApprovalDecision, Decision, record_decision
+    from include.warehouse import utcnow
+
+    with warehouse.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE plan_actions SET status = 'proposed' WHERE run_id = :r AND status = 'approved'"),
+            {"r": RUN_ID},
+        )
+    record_decision(warehouse, MONTH, RUN_ID, ApprovalDecision(Decision.APPROVED, "finance", utcnow(), ("x",), "ok"))
+
+
+def test_a_set_other_than_the_signed_one_is_not_loaded(load_task, autotask, admin, month_environment, monkeypatch):
+    import sqlalchemy as sa
+    from airflow.sdk.exceptions import AirflowFailException
+
+    plan_month(make_hook(autotask, monkeypatch), month_environment, RUN_ID)
+    sign(month_environment)
+    with month_environment.begin() as conn:  # a line approved by hand after the approval
+        conn.execute(
+            sa.text(
+                "UPDATE plan_actions SET status = 'approved' WHERE action_id = (SELECT action_id FROM plan_actions"
+                " WHERE run_id = :r AND status IN ('flagged', 'blocked', 'needs-mapping') LIMIT 1)"
+            ),
+            {"r": RUN_ID},
+        )
+    before = admin.stats()["total"]
+    with pytest.raises(AirflowFailException, match="not the set finance approved"):
+        load_task.execute(context_for(APPROVED))
+    assert admin.write_requests() == 0 and admin.stats()["total"] == before  # not even a read
+
+
 def test_a_low_budget_defers_the_load_until_the_hour_frees_and_the_resume_finishes_it(
     load_task, autotask, admin, month_environment, monkeypatch
 ) -> None:
@@ -83,6 +119,7 @@ def test_a_low_budget_defers_the_load_until_the_hour_frees_and_the_resume_finish
 
     hook = make_hook(autotask, monkeypatch)
     approved = plan_month(hook, month_environment, RUN_ID)
+    sign(month_environment)
     seeded = seeded_adjustment_ids(admin)
     used_before = int(hook.threshold_information()["currentTimeframeRequestCount"])
     admin.faults(hourly_limit=math.ceil((used_before + 10 + 25) / 0.8))  # room for ~25 of the month's writes

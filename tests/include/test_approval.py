@@ -92,11 +92,40 @@ def quality_row(suite: str, stage: str, success: bool = True, critical: int = 0,
     }
 
 
-def store(warehouse: Warehouse, plan: list[dict], quality: list[dict] | None = None) -> None:
+def charge_line(row: dict, currency: str, unit_cost: str) -> dict:
+    """The BSS line behind a plan row's subscription: its currency and unit cost."""
+    (subscription,) = json.loads(row["subscription_ids"])
+    return {
+        "month": row["month"],
+        "charge_id": f"CHG-{subscription}",
+        "account_id": row["account_id"],
+        "account_name": "Société Générale",
+        "subscription_id": subscription,
+        "product_id": "PRD-1",
+        "product_name": "Seats",
+        "billing_period": "Monthly",
+        "billing_cycle": "Monthly",
+        "charge_type": "Recurring",
+        "action": "Cycle",
+        "quantity": Decimal(1),
+        "subscription_quantity": Decimal(1),
+        "unit_cost": Decimal(unit_cost),
+        "unit_price": Decimal(unit_cost) * 2,
+        "currency": currency,
+        "charge_start_date": datetime(2026, 10, 1).date(),
+        "charge_end_date": datetime(2026, 10, 31).date(),
+        "effective_date": datetime(2026, 10, 1).date(),
+        "run_id": row["run_id"],
+    }
+
+
+def store(warehouse: Warehouse, plan: list[dict], quality: list[dict] | None = None, lines: list | None = None) -> None:
     with warehouse.begin() as conn:
         warehouse.insert(conn, "plan_actions", plan)
         if quality:
             warehouse.insert(conn, "quality_results", quality)
+        if lines:
+            warehouse.insert(conn, "charge_lines", lines)
 
 
 CLEAN_QUALITY = [quality_row("charge_lines", "charges"), quality_row("change_plan", "plan")]
@@ -104,28 +133,32 @@ CLEAN_QUALITY = [quality_row("charge_lines", "charges"), quality_row("change_pla
 
 @pytest.fixture
 def mixed_month(warehouse: Warehouse) -> Warehouse:
-    """A month with every status, hostile names in reasons, and an older run's rows of the same month."""
-    store(
-        warehouse,
-        [
-            adjustment("proposed", "10", "15", cost="12.50"),  # +5 units, +62.50
-            adjustment("proposed", "8", "6", cost="3"),  # -2 units, -6.00
-            plan_row("proposed", kind="create_company", target="account:ACC-9"),
-            adjustment(
-                "flagged",
-                "20",
-                "12",
-                cost="7",
-                reason="decrease inside a 12-month commitment; contract of Société Générale | <script>x</script>",
-            ),
-            adjustment("flagged", "5", "4", cost="7", reason="decrease inside a 12-month commitment"),
-            adjustment("needs-mapping", "0", "3", reason='account ACC-7 "Müller & Söhne GmbH" is not linked'),
-            adjustment("blocked", "1", "2", reason="the line is billed in USD, the company in GBP"),
-            adjustment("proposed", "1", "9", run_id=OTHER_RUN, month=MONTH),
-            adjustment("proposed", "1", "9", month="2026-09", run_id=RUN),
-        ],
-        CLEAN_QUALITY,
-    )
+    """A month with every status, hostile names in reasons, two currencies, and an older run's rows of the same
+    month."""
+    plan = [
+        adjustment("proposed", "10", "15", cost="12.50"),  # +5 units, +62.50 EUR
+        adjustment("proposed", "8", "6", cost="3"),  # -2 units, -6.00 GBP
+        plan_row("proposed", kind="create_company", target="account:ACC-9"),
+        adjustment(
+            "flagged",
+            "20",
+            "12",
+            cost="7",
+            reason="decrease inside a 12-month commitment; contract of Société Générale | <script>x</script>",
+        ),  # -8 units, -56.00 EUR
+        adjustment("flagged", "5", "4", cost="7", reason="decrease inside a 12-month commitment"),  # -1, -7.00 GBP
+        adjustment("needs-mapping", "0", "3", reason='account ACC-7 "Müller & Söhne GmbH" is not linked'),
+        adjustment("blocked", "1", "2", reason="the line is billed in USD, the company in GBP"),
+        adjustment("proposed", "1", "9", run_id=OTHER_RUN, month=MONTH),
+        adjustment("proposed", "1", "9", month="2026-09", run_id=RUN),
+    ]
+    currencies = ["EUR", "GBP", None, "EUR", "GBP", "EUR", "USD", "EUR", None]
+    lines = [
+        charge_line(row, currency, "1")
+        for row, currency in zip(plan, currencies, strict=True)
+        if currency and row["month"] == MONTH
+    ]
+    store(warehouse, plan, CLEAN_QUALITY, lines)
     return warehouse
 
 
@@ -143,10 +176,22 @@ def test_the_body_tells_a_finance_person_what_the_month_changes_and_why_lines_ar
     assert summary.held_reasons[0].reason == "decrease inside a 12-month commitment"
     assert summary.held_reasons[0].lines == 2
 
+    # what each answer approves, per currency: never an amount summed across currencies
+    approve, with_flagged = summary.answers[OPTION_APPROVE], summary.answers[OPTION_APPROVE_WITH_FLAGGED]
+    assert approve.lines == 3 and with_flagged.lines == 5
+    assert approve.by_kind == {"adjust_units": 2, "create_company": 1}
+    assert set(approve.currencies) == {"EUR", "GBP"}
+    assert (approve.currencies["EUR"].cost_added, approve.currencies["GBP"].cost_removed) == (Decimal("62.5"), 6)
+    assert with_flagged.currencies["EUR"].cost_removed == 56 and with_flagged.currencies["GBP"].cost_removed == 13
+
     body = render_body(summary, SyncSettings())
     for expected in (
-        "| Proposed adjustments | 2 | 5 | 2 | 62.50 | 6.00 |",
-        "| Flagged adjustments | 2 | 0 | 9 | 0.00 | 63.00 |",
+        "| Approve proposed | EUR | 1 | 5 | 0 | 62.50 | 0.00 |",
+        "| Approve proposed | GBP | 1 | 0 | 2 | 0.00 | 6.00 |",
+        "| Approve incl. flagged | EUR | 2 | 5 | 8 | 62.50 | 56.00 |",
+        "| Approve incl. flagged | GBP | 2 | 0 | 3 | 0.00 | 13.00 |",
+        "loads these 3 lines: 2 adjust units, 1 create company",
+        f"Form `{summary.form_fingerprint[:12]}`",
         "1 need a mapping, 2 are flagged, 1 are blocked",
         "Müller & Söhne GmbH",
         "billed in USD, the company in GBP",
@@ -304,3 +349,190 @@ def test_an_empty_plan_reads_as_nothing_to_change(warehouse: Warehouse) -> None:
     summary = summarise_plan(warehouse, MONTH, RUN)
     assert "Autotask already holds what the BSS billed" in render_body(summary)
     assert policy_decision(summary, AUTO) is not None
+
+
+# -- what is signed is what loads ---------------------------------------------------------------------------------
+
+
+def test_the_recorded_approval_stores_the_signed_set_and_its_figures(mixed_month) -> None:
+    from include.approval import ApprovalDecision, answer_figures, set_fingerprint
+
+    flagged = mixed_month.query(
+        "SELECT action_id FROM plan_actions WHERE run_id = :r AND status = 'flagged'", {"r": RUN}
+    )
+    with mixed_month.begin() as conn:  # a reviewer approved one flagged line on the review page
+        mixed_month.insert(
+            conn,
+            "review_line_approvals",
+            [
+                {
+                    "run_id": RUN,
+                    "action_id": flagged[0]["action_id"],
+                    "month": MONTH,
+                    "approved_by": "x",
+                    "approved_at": datetime(2026, 11, 2),
+                }
+            ],
+        )
+    signed = answer_figures(mixed_month, MONTH, RUN)[OPTION_APPROVE]
+    assert signed.lines == 4 and signed.line_approved == 1 and flagged[0]["action_id"] in signed.action_ids
+    decision = ApprovalDecision(Decision.APPROVED, APPROVER, datetime(2026, 11, 3, 9), (OPTION_APPROVE,))
+    assert record_decision(mixed_month, MONTH, RUN, decision) == 4
+    [recorded] = recorded_decisions(mixed_month, MONTH, RUN)
+    approved = mixed_month.query(
+        "SELECT action_id FROM plan_actions WHERE run_id = :r AND status = 'approved'", {"r": RUN}
+    )
+    assert {row["action_id"] for row in approved} == set(signed.action_ids)
+    assert recorded["approved_fingerprint"] == set_fingerprint(RUN, signed.action_ids) == signed.fingerprint
+    figures = json.loads(recorded["approved_figures"])
+    assert figures["lines"] == 4 and figures["line_approved"] == 1
+    assert figures["currencies"]["EUR"]["cost_removed"] == "56.00" and "cost_added" in figures["currencies"]["GBP"]
+
+
+def test_an_answer_to_a_form_the_plan_no_longer_matches_is_refused_and_nothing_is_written(mixed_month) -> None:
+    from include.approval import ApprovalDecision, ApprovalRefusedError, RefusalReason, form_fingerprint_now
+
+    shown = form_fingerprint_now(mixed_month, MONTH, RUN)
+    before = mixed_month.query("SELECT action_id, status FROM plan_actions ORDER BY action_id")
+    with mixed_month.begin() as conn:  # a review decision after the form was shown: a proposed line excluded
+        conn.execute(
+            __import__("sqlalchemy").text("UPDATE plan_actions SET status = 'excluded' WHERE action_id = :a"),
+            {"a": next(row["action_id"] for row in before if row["status"] == "proposed")},
+        )
+    changed = mixed_month.query("SELECT action_id, status FROM plan_actions ORDER BY action_id")
+    decision = ApprovalDecision(Decision.APPROVED, APPROVER, datetime(2026, 11, 3, 9), (OPTION_APPROVE,))
+    with pytest.raises(ApprovalRefusedError) as refused:
+        record_decision(mixed_month, MONTH, RUN, decision, answered_form=shown)
+    assert refused.value.refusal.reason is RefusalReason.STALE_FORM and refused.value.refusal.status == 409
+    assert mixed_month.query("SELECT action_id, status FROM plan_actions ORDER BY action_id") == changed
+    assert recorded_decisions(mixed_month, MONTH, RUN) == []
+    # the form as it is now is accepted; a second answer is refused
+    assert (
+        record_decision(mixed_month, MONTH, RUN, decision, answered_form=form_fingerprint_now(mixed_month, MONTH, RUN))
+        == 2
+    )
+    with pytest.raises(ApprovalRefusedError, match="answered already"):
+        record_decision(mixed_month, MONTH, RUN, decision)
+
+
+def test_who_may_answer_is_named_by_the_settings_and_anyone_else_is_told_who_may(mixed_month) -> None:
+    from include.approval import Approvers, RefusalReason, check_answer, form_fingerprint_now
+
+    known = [("admin", "admin"), ("finance", "op"), ("clerk", "user"), ("viewer", "viewer")]
+    by_role = Approvers.of(SyncSettings())
+    assert [user for user, role in known if by_role.may_answer(user, role)] == ["admin", "finance"]
+    assert by_role.assigned(known) == ["admin", "finance"] and by_role.assigned([]) is None
+    named = Approvers.of(SyncSettings.from_env({"BILLING_SYNC_APPROVERS": "finance, ctrl"}))
+    assert named.may_answer("finance", None) and not named.may_answer("admin", "admin")
+    assert named.assigned(known) == ["finance", "ctrl"]
+
+    form = form_fingerprint_now(mixed_month, MONTH, RUN)
+
+    def check(user: str, role: str | None, settings: SyncSettings, option: str = OPTION_APPROVE, fingerprint=form):
+        return check_answer(
+            mixed_month,
+            MONTH,
+            RUN,
+            user_id=user,
+            role=role,
+            chosen_options=[option],
+            form_fingerprint=fingerprint,
+            settings=settings,
+            known_users=known,
+        )
+
+    refused = check("clerk", "user", SyncSettings())
+    assert refused.reason is RefusalReason.NOT_AN_APPROVER and refused.status == 403
+    assert refused.message == (
+        "clerk may not answer the approval of 2026-10: users with the role op or admin "
+        "(BILLING_SYNC_APPROVER_ROLE=op): admin or finance may"
+    )
+    assert check("clerk", "user", SyncSettings(), OPTION_REJECT).reason is RefusalReason.NOT_AN_APPROVER
+    assert "finance or ctrl (named by BILLING_SYNC_APPROVERS)" in check("admin", "admin", named_settings()).message
+    assert check("finance", "op", SyncSettings()) is None
+    assert check("finance", "op", SyncSettings(), fingerprint=None).reason is RefusalReason.UNBOUND_ANSWER
+    assert check("finance", "op", SyncSettings(), fingerprint="0" * 64).reason is RefusalReason.STALE_FORM
+    assert check("finance", "op", SyncSettings(), OPTION_REJECT, fingerprint=None) is None  # a rejection loads nothing
+
+
+def named_settings() -> SyncSettings:
+    return SyncSettings.from_env({"BILLING_SYNC_APPROVERS": "finance,ctrl"})
+
+
+def test_the_two_person_rule_keeps_a_reviewer_from_approving_the_run_they_reviewed(mixed_month) -> None:
+    from include.approval import RefusalReason, check_answer, form_fingerprint_now
+
+    with mixed_month.begin() as conn:
+        mixed_month.insert(
+            conn,
+            "review_decisions",
+            [
+                {
+                    "decision_id": "d1",
+                    "run_id": RUN,
+                    "month": MONTH,
+                    "decision": "exclude",
+                    "action_id": "a1",
+                    "kind": None,
+                    "source_key": None,
+                    "target_id": None,
+                    "before_state": "{}",
+                    "after_state": "{}",
+                    "decided_by": "admin",
+                    "decided_at": datetime(2026, 11, 2),
+                    "note": None,
+                }
+            ],
+        )
+    known = [("admin", "admin"), ("finance", "op")]
+    four_eyes = SyncSettings(four_eyes=True)
+    form = form_fingerprint_now(mixed_month, MONTH, RUN)
+    kwargs = {"chosen_options": [OPTION_APPROVE], "form_fingerprint": form, "known_users": known}
+    refused = check_answer(mixed_month, MONTH, RUN, user_id="admin", role="admin", settings=four_eyes, **kwargs)
+    assert refused.reason is RefusalReason.REVIEWED_THE_RUN and "finance may" in refused.message
+    assert check_answer(mixed_month, MONTH, RUN, user_id="finance", role="op", settings=four_eyes, **kwargs) is None
+    # without the rule, the reviewer may approve
+    assert (
+        check_answer(mixed_month, MONTH, RUN, user_id="admin", role="admin", settings=SyncSettings(), **kwargs) is None
+    )
+
+
+def test_the_load_refuses_a_set_other_than_the_signed_one(mixed_month) -> None:
+    import sqlalchemy as sa
+
+    from include.approval import ApprovalDecision, ApprovedSetChangedError, check_load_matches_approvals
+
+    # lines set to approved by hand, without an approval
+    with mixed_month.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE plan_actions SET status = 'approved' WHERE run_id = :r AND status = 'blocked'"), {"r": RUN}
+        )
+    with pytest.raises(ApprovedSetChangedError, match="no recorded approval"):
+        check_load_matches_approvals(mixed_month, MONTH)
+    with mixed_month.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE plan_actions SET status = 'blocked' WHERE run_id = :r AND status = 'approved'"), {"r": RUN}
+        )
+    decision = ApprovalDecision(Decision.APPROVED, APPROVER, datetime(2026, 11, 3, 9), (OPTION_APPROVE,))
+    record_decision(mixed_month, MONTH, RUN, decision)
+    assert check_load_matches_approvals(mixed_month, MONTH) == 3  # the signed lines wait: 2 adjustments, 1 create
+    # a line approved after the approval (by hand) changes the set: nothing is loaded
+    with mixed_month.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE plan_actions SET status = 'approved' WHERE run_id = :r AND status = 'flagged'"), {"r": RUN}
+        )
+    with pytest.raises(
+        ApprovedSetChangedError, match=r"not the set Zoë O'Brien \(finance\) approved .*: 5 lines now, 3"
+    ):
+        check_load_matches_approvals(mixed_month, MONTH)
+
+
+def test_the_gate_decides_in_one_place(mixed_month) -> None:
+    from include.approval import ApprovalDecision, AskPerson, gate
+
+    summary = summarise_plan(mixed_month, MONTH, RUN)
+    asked = gate(summary, SyncSettings(), known_users=[("finance", "op"), ("clerk", "user")])
+    assert isinstance(asked, AskPerson) and asked.form_fingerprint == summary.form_fingerprint
+    assert "Who may answer: users with the role op or admin" in asked.body and "finance" in asked.body
+    dry = gate(summary, SyncSettings(dry_run=True))
+    assert isinstance(dry, ApprovalDecision) and dry.decision is Decision.DRY_RUN and not dry.decision.loads

@@ -338,7 +338,7 @@ def test_data_docs_are_kept_per_month_and_run_and_show_both_gates(
     plan = validate_plan(warehouse, MONTH, run_id)
 
     index = Path(charges.data_docs_index)
-    assert index == data_docs_dir / MONTH / "manual__2026-11-01T00_00_00_00_00" / "index.html"
+    assert index == data_docs_dir / MONTH / "manual__2026-11-01T00~3A00~3A00~2B00~3A00" / "index.html"
     assert plan.data_docs_index == charges.data_docs_index and index.is_file()
     html = index.read_text()
     pages = sorted(set(re.findall(r"validations/[^'\"\\]+\.html", html)))

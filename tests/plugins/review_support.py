@@ -51,15 +51,21 @@ def start_autotask(work: Path, customers: int = CUSTOMERS) -> RunningServer:
 
 
 def plan_month(
-    autotask: RunningServer, warehouse: Warehouse, run_id: str = RUN_ID, universe: Any = None, month: str = MONTH
+    autotask: RunningServer,
+    warehouse: Warehouse,
+    run_id: str = RUN_ID,
+    universe: Any = None,
+    month: str = MONTH,
+    dag_id: str = DAG_ID,
 ) -> None:
     """Snapshot (over HTTP) -> extract -> link -> reconcile (and the review grid's lines): the month as the DAG
-    plans it, waiting for approval."""
+    plans it (a run of `dag_id`, with its settings), waiting for approval."""
     from connectors.autotask_hook import AutotaskHook
     from include.extract import extract_month
     from include.mapping import link_month
     from include.reconcile import reconcile_month
     from include.review import build_grid
+    from include.runs import register_run
     from include.snapshot import take_snapshot
     from sandbox.bss_server import UniverseSource
 
@@ -69,6 +75,7 @@ def plan_month(
     take_snapshot(AutotaskHook(conn_id), warehouse, month, run_id, SETTINGS)
     extract_month(UniverseSource(universe or universe_with_probes()), warehouse, month, run_id)
     link_month(warehouse, month, run_id, SETTINGS)
+    register_run(warehouse, run_id, dag_id, month, SETTINGS)
     reconcile_month(warehouse, month, run_id, SETTINGS)
     build_grid(warehouse, run_id)
 

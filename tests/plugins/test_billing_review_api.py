@@ -357,12 +357,15 @@ def test_months_overview_and_run_files_behind_auth_without_path_traversal(stack:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "index.html").write_text("<html><body>data docs of the run</body></html>")
     (stack["data_docs"].parent / "secret.txt").write_text("not served")
-    months = admin.get("/billing/api/months").json()["runs"]
-    ours = next(run for run in months if run["run_id"] == RUN_ID)
-    assert ours["status"] == "waiting for approval" and ours["lines"] > 0
+    months = admin.get("/billing/api/months").json()["months"]
+    ours = next(month["latest"] for month in months if month["month"] == MONTH)
+    assert ours["run_id"] == RUN_ID and ours["status"] == "waiting for approval" and ours["lines"] > 0
     assert ours["files"]["data_docs"] and ours["files"]["report_html"] is None
     served = admin.get(ours["files"]["data_docs"])
     assert served.status_code == 200 and "data docs of the run" in served.text
+    # served sandboxed: nothing in a Data Docs page or a report runs, nor acts as Airflow's origin
+    assert served.headers["content-security-policy"].startswith("sandbox;")
+    assert served.headers["x-content-type-options"] == "nosniff"
     assert stack["anonymous"].get(ours["files"]["data_docs"]).status_code == 401
     base = ours["files"]["data_docs"].rsplit("/", 1)[0]
     for path in (f"{base}/..%2F..%2Fsecret.txt", f"{base}/%2e%2e/%2e%2e/secret.txt", f"{base}/missing.html"):

@@ -6,7 +6,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
+import threading
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -50,8 +54,10 @@ def test_grid_search_and_overview(planned: Warehouse) -> None:
     assert set(adjust["totals"]["cost"]) <= {"EUR", "GBP", "USD"} and adjust["totals"]["cost"]
     found = review.search_targets(planned, RUN_ID, "company", "gmbh")
     assert found and all("gmbh" in (item["name"] + (item["number"] or "")).lower() for item in found)
-    runs = review.months_overview(planned)
-    assert [(run["month"], run["run_id"], run["status"]) for run in runs] == [(MONTH, RUN_ID, "waiting for approval")]
+    months = review.months_overview(planned)
+    assert [(month["month"], month["latest"]["run_id"], month["status"]) for month in months] == [
+        (MONTH, RUN_ID, "waiting for approval")
+    ]
     workbook = load_workbook(io.BytesIO(to_xlsx(adjust["lines"], adjust["totals"], "t")))
     assert workbook["Review"].max_row >= len(adjust["lines"]) + 3
     exported = list(csv.DictReader(io.StringIO(to_csv(xss["lines"]))))
@@ -338,3 +344,312 @@ def test_make_ui_counts_the_open_suggestions_of_the_runs_own_sources(planned: Wa
         )
     everything = planned.query("SELECT COUNT(*) AS n FROM mapping_suggestions WHERE status = 'open'")[0]["n"]
     assert everything == own + 1 and review_counts(path, MONTH, RUN_ID)["suggestions"] == own
+
+
+# -- a decision re-plans only its customers, and gives the plan a whole-month re-plan gives -------------------------
+
+
+def _plan_state(path: Path) -> tuple[list, list, list]:
+    """The run's plan lines (id, status, reason), its links and its grid lines (without their line numbers)."""
+    store = Warehouse(f"sqlite:///{path}")
+    try:
+        plan = sorted(
+            (row["action_id"], row["status"], row["reason"] or "", row["kind"])
+            for row in store.query("SELECT * FROM plan_actions WHERE run_id = :r", {"r": RUN_ID})
+        )
+        links = sorted(
+            tuple(row.values())
+            for row in store.query(
+                "SELECT kind, source_key, target_id, resolution, flag, suggestions, detail FROM month_links"
+                " WHERE run_id = :r",
+                {"r": RUN_ID},
+            )
+        )
+        grid = sorted(
+            json.dumps({key: value for key, value in row.items() if key != "seq"}, sort_keys=True, default=str)
+            for row in review.grid_rows(store, RUN_ID)
+        )
+        return plan, links, grid
+    finally:
+        store.dispose()
+
+
+def _copy(source: Path, target: Path) -> Path:
+    shutil.copy(source, target)
+    return target
+
+
+def test_a_mapping_decision_replans_only_its_customers_and_gives_the_whole_months_plan(
+    autotask: RunningServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every mapping decision the month offers (confirm, reject, create, links of companies and products, a moved
+    customer's), once re-planned for its customers only and once for the whole month: the same plan, links and
+    grid. The customers of a moved subscription are re-planned whole."""
+    httpx = pytest.importorskip("httpx")
+    httpx.post(autotask.url + "/_admin/reset", timeout=30).raise_for_status()
+    base = tmp_path / "base.db"
+    store = Warehouse(f"sqlite:///{base}")
+    plan_month(autotask, store)
+    review.replan(store, MONTH, RUN_ID, SETTINGS)  # links made by key or name are remembered from here on
+    requests = []
+    seen = set()
+    for row in store.query(
+        "SELECT s.kind, s.source_key, s.target_id FROM mapping_suggestions s JOIN month_links m ON m.kind = s.kind"
+        " AND m.source_key = s.source_key AND m.run_id = :r WHERE s.status = 'open'"
+        " ORDER BY s.kind, s.source_key, s.target_id",
+        {"r": RUN_ID},
+    ):
+        if (row["kind"], row["source_key"]) not in seen:
+            seen.add((row["kind"], row["source_key"]))
+            requests += [
+                {"decision": "confirm_suggestion", **row},
+                {"decision": "reject_suggestion", **row},
+                {"decision": "create", "kind": row["kind"], "source_key": row["source_key"]},
+            ]
+    for row in store.query(
+        "SELECT kind, source_key FROM month_links WHERE run_id = :r AND target_id IS NULL AND suggestions = 0"
+        " ORDER BY kind, source_key",
+        {"r": RUN_ID},
+    )[:3]:
+        requests.append({"decision": "create", **row})
+    companies = [
+        row["company_id"]
+        for row in store.query(
+            "SELECT company_id FROM at_companies WHERE run_id = :r AND is_active = 1 ORDER BY company_id", {"r": RUN_ID}
+        )
+    ]
+    for row in store.query(
+        "SELECT source_key, target_id FROM month_links WHERE run_id = :r AND kind = 'company' AND target_id IS NOT NULL"
+        " ORDER BY source_key",
+        {"r": RUN_ID},
+    )[:2]:
+        other = next(company for company in companies if company != row["target_id"])
+        requests.append({"decision": "link", "kind": "company", "source_key": row["source_key"], "target_id": other})
+    services = [
+        row["service_id"]
+        for row in store.query(
+            "SELECT service_id FROM at_services WHERE run_id = :r AND is_active = 1 ORDER BY service_id", {"r": RUN_ID}
+        )
+    ]
+    product = store.query(
+        "SELECT source_key, target_id FROM month_links WHERE run_id = :r AND kind = 'service' AND target_id IS NOT NULL"
+        " ORDER BY source_key LIMIT 1",
+        {"r": RUN_ID},
+    )[0]
+    other_service = next(service for service in services if service != product["target_id"])
+    requests.append(
+        {"decision": "link", "kind": "service", "source_key": product["source_key"], "target_id": other_service}
+    )
+    moved = store.query(
+        "SELECT DISTINCT l.account_id, m.target_id FROM month_links m JOIN charge_lines l ON l.subscription_id ="
+        " m.source_key AND l.month = :month WHERE m.run_id = :r AND m.kind = 'contract' AND m.flag = 'other_company'",
+        {"r": RUN_ID, "month": MONTH},
+    )
+    assert moved, "the sandbox month has no moved subscription: the whole-month path would go untested"
+    moved_company = store.query(
+        "SELECT target_id FROM month_links WHERE run_id = :r AND kind = 'company' AND source_key = :a",
+        {"r": RUN_ID, "a": moved[0]["account_id"]},
+    )[0]["target_id"]
+    requests.append(
+        {
+            "decision": "link",
+            "kind": "company",
+            "source_key": moved[0]["account_id"],
+            "target_id": next(company for company in companies if company != moved_company),
+        }
+    )
+    store.dispose()
+    assert len(requests) >= 20
+
+    scoped_count = whole_count = 0
+    for index, request in enumerate(requests):
+        scoped, whole = _copy(base, tmp_path / f"scoped-{index}.db"), _copy(base, tmp_path / f"whole-{index}.db")
+        first = Warehouse(f"sqlite:///{scoped}")
+        result = review.decide(first, RUN_ID, request, "Zoë")
+        first.dispose()
+        with monkeypatch.context() as patched:
+            patched.setattr(review, "scope_of_decision", lambda *args: None)
+            second = Warehouse(f"sqlite:///{whole}")
+            review.decide(second, RUN_ID, request, "Zoë")
+            second.dispose()
+        assert _plan_state(scoped) == _plan_state(whole), request
+        if result["after"]["plan"]["scope"] is None:
+            whole_count += 1
+        else:
+            scoped_count += 1
+            if request["kind"] == "company":
+                assert result["after"]["plan"]["scope"]["accounts"] == [request["source_key"]]
+    assert whole_count == 1 and scoped_count == len(requests) - 1  # only the moved customer's decision
+
+
+# -- runs are snapshots ----------------------------------------------------------------------------------------------
+
+
+def test_a_later_run_of_the_month_leaves_the_earlier_runs_review_exports_and_months_row_as_they_were(
+    planned: Warehouse, autotask: RunningServer
+) -> None:
+    flagged = next(row for row in review.grid_rows(planned, RUN_ID) if row["status"] == "flagged")
+    review.decide(planned, RUN_ID, {"decision": "approve_line", "action_id": flagged["action_id"]}, "Zoë", SETTINGS)
+    record_decision(planned, MONTH, RUN_ID, ApprovalDecision(Decision.APPROVED, "finance", utcnow(), ("x",), "ok"))
+    query = review.GridQuery(page_size=500)
+    before = (review.grid_page(planned, RUN_ID, query), review.grid_export(planned, RUN_ID, query))
+    months_before = review.months_overview(planned)
+    assert months_before[0]["status"].startswith("loaded") or "not loaded yet" in months_before[0]["status"]
+
+    later = "manual__2026-11-09T06:00:00+00:00"
+    plan_month(autotask, planned, later)  # the month planned again: its open lines are the later run's now
+
+    assert (review.grid_page(planned, RUN_ID, query), review.grid_export(planned, RUN_ID, query)) == before
+    state = review.run_state(planned, RUN_ID)
+    assert state.lines == before[0]["total_lines"] and state.superseded_by == later
+    [month] = review.months_overview(planned)
+    assert month["latest"]["run_id"] == later and month["status"] == "waiting for approval"
+    [earlier] = month["earlier"]
+    assert {key: earlier[key] for key in ("run_id", "lines", "by_status", "status")} == {
+        key: months_before[0]["latest"][key] for key in ("run_id", "lines", "by_status", "status")
+    }
+    open_lines = sum(before[0]["counts"]["status"].get(status, 0) for status in ("flagged", "needs-mapping", "blocked"))
+    assert f"{open_lines} lines open" in earlier["status"]
+    # the earlier run takes no decision any more, and says why
+    with pytest.raises(review.ReviewError, match="takes no more decisions"):
+        review.decide(planned, RUN_ID, {"decision": "exclude", "action_id": flagged["action_id"]}, "Zoë", SETTINGS)
+
+
+# -- a decision is one transaction, serialised with the approval -----------------------------------------------------
+
+
+def test_a_decision_that_fails_half_way_leaves_no_link_no_line_and_no_audit(
+    planned: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from include import reconcile
+
+    suggestion = planned.query(
+        "SELECT s.kind, s.source_key, s.target_id FROM mapping_suggestions s JOIN month_links m ON m.kind = s.kind"
+        " AND m.source_key = s.source_key AND m.run_id = :r WHERE s.status = 'open' ORDER BY s.source_key",
+        {"r": RUN_ID},
+    )[0]
+    tables = (
+        "mapping_links",
+        "mapping_link_events",
+        "mapping_suggestions",
+        "month_links",
+        "plan_actions",
+        "review_decisions",
+        "review_grid_lines",
+    )
+    before = {table: planned.query(f"SELECT * FROM {table}") for table in tables}  # fixed names
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the re-plan broke after the link was written")
+
+    monkeypatch.setattr(reconcile, "reconcile_month", broken)
+    with pytest.raises(RuntimeError, match="re-plan broke"):
+        review.decide(planned, RUN_ID, {"decision": "confirm_suggestion", **suggestion}, "Zoë", SETTINGS)
+    assert {table: planned.query(f"SELECT * FROM {table}") for table in tables} == before
+
+
+def test_a_decision_waits_for_an_approval_being_recorded_and_is_then_refused(planned: Warehouse) -> None:
+    proposed = next(row for row in review.grid_rows(planned, RUN_ID) if row["status"] == "proposed")
+    outcome: dict[str, Any] = {}
+
+    def decide_meanwhile() -> None:
+        try:
+            review.decide(planned, RUN_ID, {"decision": "exclude", "action_id": proposed["action_id"]}, "Zoë", SETTINGS)
+        except review.ReviewError as error:
+            outcome["refused"] = error
+
+    decision = ApprovalDecision(Decision.APPROVED, "finance", utcnow(), ("x",), "ok")
+    with planned.begin() as conn:  # the approval holds the month while it records its answer
+        planned.lock_month(conn, MONTH)
+        thread = threading.Thread(target=decide_meanwhile)
+        thread.start()
+        thread.join(timeout=2)
+        assert thread.is_alive()  # the decision waits for the month
+        joined = planned.within(conn)
+        record_decision_in(joined, decision)
+    thread.join(timeout=60)
+    assert not thread.is_alive() and outcome["refused"].status == 409
+    assert "approval was answered" in outcome["refused"].message
+    status = planned.query("SELECT status FROM plan_actions WHERE action_id = :a", {"a": proposed["action_id"]})
+    assert status == [{"status": "approved"}]
+
+
+def record_decision_in(joined: Warehouse, decision: ApprovalDecision) -> None:
+    """What `record_decision` writes, inside a transaction the test holds (its own nests in it)."""
+    record_decision(joined, MONTH, RUN_ID, decision)
+
+
+# -- a reversal run has its own review -------------------------------------------------------------------------------
+
+
+def test_a_reversal_run_is_served_under_its_own_dag_and_takes_line_decisions_only(
+    planned: Warehouse, autotask: RunningServer
+) -> None:
+    from include.identifiers import REVERSAL_DAG_ID, SYNC_DAG_ID
+    from include.runs import RunConflictError, register_run
+
+    assert review.run_state(planned, RUN_ID, SYNC_DAG_ID).dag_id == SYNC_DAG_ID
+    with pytest.raises(review.ReviewError, match=f"is not a run of {REVERSAL_DAG_ID}: it is a run of {SYNC_DAG_ID}"):
+        review.run_state(planned, RUN_ID, REVERSAL_DAG_ID)
+    with pytest.raises(RunConflictError, match="already a run of"):
+        register_run(planned, RUN_ID, REVERSAL_DAG_ID, MONTH, SETTINGS, "another run")
+    reversal = "manual__2026-11-20T08:00:00+00:00"
+    register_run(planned, reversal, REVERSAL_DAG_ID, MONTH, SETTINGS, RUN_ID)
+    rows = planned.query(
+        "SELECT * FROM plan_actions WHERE run_id = :r AND kind = 'adjust_units' LIMIT 2", {"r": RUN_ID}
+    )
+    with planned.begin() as conn:  # two reversal lines of the reversal run
+        planned.insert(
+            conn,
+            "plan_actions",
+            [
+                {
+                    **row,
+                    "action_id": f"rev{index}",
+                    "run_id": reversal,
+                    "status": "proposed",
+                    "seq": index + 1,
+                    "idempotency_key": row["idempotency_key"] + f"|reversal{index}",
+                }
+                for index, row in enumerate(rows)
+            ],
+        )
+    review.build_grid(planned, reversal)
+    assert review.run_state(planned, reversal, REVERSAL_DAG_ID).pending
+    with pytest.raises(review.ReviewError, match="a mapping decision does not apply"):
+        review.decide(
+            planned,
+            reversal,
+            {"decision": "create", "kind": "company", "source_key": rows[0]["account_id"]},
+            "Zoë",
+            SETTINGS,
+            REVERSAL_DAG_ID,
+        )
+    done = review.decide(
+        planned, reversal, {"decision": "exclude", "action_id": "rev0"}, "Zoë", SETTINGS, REVERSAL_DAG_ID
+    )
+    assert done["after"]["status"] == "excluded"
+    months = review.months_overview(planned)
+    [month] = months
+    assert month["latest"]["run_id"] == RUN_ID  # the month's own run leads; the reversal is behind it
+    assert [(run["run_id"], run["dag_id"], run["reverses_run_id"]) for run in month["earlier"]] == [
+        (reversal, REVERSAL_DAG_ID, RUN_ID)
+    ]
+
+
+@pytest.mark.parametrize("warehouse", ["sqlite"], indirect=True)
+def test_make_ui_names_the_earlier_months_left_open_and_the_months_page_says_so(planned: Warehouse) -> None:
+    from scripts.ui import earlier_open_months
+
+    record_decision(planned, MONTH, RUN_ID, ApprovalDecision(Decision.APPROVED, "finance", utcnow(), ("x",), "ok"))
+    assert review.months_overview(planned)[0]["status"].startswith("approved, ")  # approved, not loaded yet
+    with planned.begin() as conn:  # what the load does with the approved lines
+        conn.execute(sa.text("UPDATE plan_actions SET status = 'applied' WHERE status = 'approved'"))
+    counts = review.grid_page(planned, RUN_ID, review.GridQuery())["counts"]["status"]
+    left = sum(counts.get(status, 0) for status in ("proposed", "flagged", "needs-mapping", "blocked"))
+    assert left > 0
+    [month] = review.months_overview(planned)
+    assert month["status"] == f"loaded, {left} lines open"
+    [named] = earlier_open_months(Path(planned.engine.url.database), "2026-11")
+    assert named.startswith(f"{MONTH}: {left} lines (") and named.endswith(f"loaded, {left} lines open")
+    assert "flagged" in named and earlier_open_months(Path(planned.engine.url.database), MONTH) == []
