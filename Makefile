@@ -19,7 +19,7 @@ export GX_ANALYTICS_ENABLED := false
 # and pytest rewrites every test module's asserts anew on each run; the caches are git-ignored.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: help install browser demo run approve audit ui stack test bench lint format lock clean
+.PHONY: help install browser demo run approve audit ui stack check test bench lint format lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ browser:  ## Debian's chromium for the browser tests (apt-get, as root; only whe
 	@command -v chromium >/dev/null || { echo "installing Debian's chromium (browser tests)"; \
 		$(if $(filter 0,$(shell id -u)),,sudo) sh -c 'apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium'; }
+
+check: lint  ## lint, then the fast lane: the `unit` tests (no PostgreSQL, no Airflow run, no browser, no Celery)
+	$(BIN)/python -m pytest -m unit -q $(PYTEST_ARGS)
 
 test: $(INSTALLED) browser  ## run the whole test suite (sandboxes, PostgreSQL, real Airflow, a real browser)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dis
+import inspect
 import json
 import os
 import tempfile
+import types
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 # Before anything imports Airflow or GX: a private Airflow home, no examples, no GX analytics.
 _TEST_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="billing-test-airflow-"))
@@ -80,6 +84,80 @@ def warehouse(request: pytest.FixtureRequest) -> Iterator[Warehouse]:
         yield handle
     finally:
         handle.dispose()
+
+
+# -- lanes ----------------------------------------------------------------------------------------
+# Every test runs in one or more lanes (markers declared in pyproject.toml). `make check` runs the `unit` lane:
+# everything that needs no PostgreSQL server, no real Airflow run, no browser and no Celery stack. The lanes
+# are worked out here from what a test uses, so a test added anywhere lands in the right one without being
+# marked by hand; a lane marker written on a test (or its module) wins over what is worked out.
+LANES = ("unit", "e2e", "postgres", "browser", "celery")
+E2E_FOLDER = Path(__file__).resolve().parent / "e2e"
+# fixtures that put a test in a lane (also when used through other fixtures: pytest's closure is searched)
+LANE_FIXTURES = {"postgres_server": "postgres", "postgres_url": "postgres"}
+# what a fixture the test uses imports or calls (fixtures start what a test runs against): module -> lane
+LANE_MODULES = {
+    "playwright": "browser",
+    "sandbox.celery_stack": "celery",
+    "celery": "celery",
+    "sandbox.airflow_stack": "e2e",  # a local Airflow (api-server, scheduler, triggerer) for real
+}
+
+
+def _modules_used(function: Any) -> set[str]:
+    """The modules a function (nested functions included) imports, and those its global names come from."""
+    code = getattr(inspect.unwrap(function), "__code__", None)
+    module_globals = getattr(inspect.unwrap(function), "__globals__", {})
+    used: set[str] = set()
+    codes = [code] if code is not None else []
+    while codes:
+        current = codes.pop()
+        codes.extend(constant for constant in current.co_consts if isinstance(constant, types.CodeType))
+        for instruction in dis.get_instructions(current):
+            if instruction.opname == "IMPORT_NAME":
+                used.add(instruction.argval)
+            elif instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+                value = module_globals.get(instruction.argval)
+                if isinstance(value, types.ModuleType):
+                    used.add(value.__name__)
+                elif value is not None:
+                    used.add(getattr(value, "__module__", None) or "")
+    return used
+
+
+def _derived_lanes(item: pytest.Item) -> set[str]:
+    lanes = set()
+    if E2E_FOLDER in Path(str(item.path)).parents:
+        lanes.add("e2e")
+    fixture_names = set(getattr(item, "fixturenames", ()))
+    lanes.update(lane for name, lane in LANE_FIXTURES.items() if name in fixture_names)
+    # a fixture or test parametrized over databases (the `warehouse` fixture, `database` params): its PostgreSQL case
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and "postgres" in [value for value in callspec.params.values() if isinstance(value, str)]:
+        lanes.add("postgres")
+    fixture_info = getattr(item, "_fixtureinfo", None)
+    definitions = fixture_info.name2fixturedefs if fixture_info is not None else {}
+    used = set().union(
+        *(_modules_used(definition.func) for name in fixture_names for definition in definitions.get(name, ()))
+    )
+    for prefix, lane in LANE_MODULES.items():
+        if any(module == prefix or module.startswith(prefix + ".") for module in used):
+            lanes.add(lane)
+    return lanes
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        explicit = {mark.name for mark in item.iter_markers() if mark.name in LANES}
+        derived = _derived_lanes(item)
+        if "unit" in explicit:
+            lanes = explicit  # written on a test, `unit` keeps it in the fast lane whatever it uses
+        elif explicit:
+            lanes = explicit | (derived - {"unit"})
+        else:
+            lanes = derived or {"unit"}
+        for lane in sorted(lanes - explicit):
+            item.add_marker(getattr(pytest.mark, lane))
 
 
 # -- sandboxes ------------------------------------------------------------------------------------
