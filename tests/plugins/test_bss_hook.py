@@ -214,11 +214,14 @@ def test_a_token_expiring_between_pages_is_renewed_and_paging_continues(
 
 
 def test_a_token_is_renewed_before_the_server_says_it_expires(make_hook: HookFactory, admin: Admin) -> None:
-    admin.faults(token_ttl_s=2)
-    hook = make_hook(page_size=100)
+    admin.faults(token_ttl_s=60)
+    clock = [1000.0]  # the hook's clock: moves only when the test moves it
+    hook = make_hook(page_size=100, clock=lambda: clock[0])
     pages = hook.iter_charges(*OCTOBER)
     next(pages)
-    time.sleep(2.1)
+    # a minute passes for both: the hook's clock, and the sandbox's (which refuses the first token from now on)
+    clock[0] += 60
+    admin.post("/_admin/clock", {"advance_s": 60})
     rest = list(pages)
     assert rest
     assert admin.count("/api/charges", 401) == 0  # renewed ahead of expiry, not after a refusal
