@@ -11,7 +11,7 @@ import types
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # Before anything imports Airflow or GX: a private Airflow home, no examples, no GX analytics.
 _TEST_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="billing-test-airflow-"))
@@ -24,6 +24,11 @@ import pytest  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
 
 from include.warehouse import Warehouse  # noqa: E402
+
+if TYPE_CHECKING:
+    from sandbox.dataset import Universe
+    from sandbox.launcher import RunningServer
+    from tests.include.loader_support import SandboxAdmin
 
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
 # CI sets REQUIRE_POSTGRES=1: an unreachable server then fails the PostgreSQL tests instead of skipping them.
@@ -162,6 +167,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 # -- sandboxes ------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
+def universe() -> Universe:
+    """The BSS sandbox's default data set (50 customers x 3 subscriptions, seed 42): what `bss_sandbox` serves and
+    `python -m sandbox.bss_server` serves without flags. Shared: treat its months as read-only."""
+    from sandbox.dataset import build_universe
+
+    return build_universe()
+
+
+@pytest.fixture(scope="session")
 def bss_sandbox():
     """The BSS sandbox (50 customers × 3 subscriptions, seed 42), shared by the session; reset after each use."""
     from tests.servers import start_server
@@ -173,11 +187,33 @@ def bss_sandbox():
 
 @pytest.fixture
 def bss(bss_sandbox, monkeypatch: pytest.MonkeyPatch):
-    """The shared BSS sandbox, with `bss_default` pointing at it and faults/overrides cleared afterwards."""
+    """The shared BSS sandbox, with `bss_default` pointing at it and faults/overrides cleared before and after."""
     import httpx
 
     from sandbox.local_stack import bss_connection
 
+    httpx.post(bss_sandbox.url + "/_admin/reset", timeout=10).raise_for_status()
     monkeypatch.setenv("AIRFLOW_CONN_BSS_DEFAULT", json.dumps(bss_connection(bss_sandbox.url)))
     yield bss_sandbox
     httpx.post(bss_sandbox.url + "/_admin/reset", timeout=10)
+
+
+@pytest.fixture(scope="module")
+def autotask(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """The Autotask sandbox of the loader, report, reversal and load-task tests (seeded from the BSS data set's
+    first 60 customers), one per test module."""
+    from tests.include.loader_support import sandbox_server
+
+    yield from sandbox_server(tmp_path_factory.mktemp("logs"))
+
+
+@pytest.fixture
+def admin(autotask: RunningServer) -> Iterator[SandboxAdmin]:
+    """`autotask`'s admin handle on a reset sandbox (its seed, no faults, zero counters); whatever faults a test
+    injects are taken off again afterwards."""
+    from tests.include.loader_support import FAULTS_OFF, SandboxAdmin
+
+    handle = SandboxAdmin(autotask)
+    handle.reset()
+    yield handle
+    handle.faults(**FAULTS_OFF)

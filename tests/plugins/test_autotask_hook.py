@@ -106,22 +106,22 @@ def max_concurrency(stats: dict) -> int:
     return max(per_endpoint.values(), default=0) if isinstance(per_endpoint, dict) else int(per_endpoint)
 
 
-@pytest.fixture
-def admin(sandbox: RunningServer) -> Iterator[Admin]:
-    handle = Admin(sandbox)
+def _admin_without_faults(server: RunningServer) -> Iterator[Admin]:
+    handle = Admin(server)
     handle.faults(**FAULTS_OFF)
     handle.reset_stats()
     yield handle
     handle.faults(**FAULTS_OFF)
+
+
+@pytest.fixture
+def admin(sandbox: RunningServer) -> Iterator[Admin]:
+    yield from _admin_without_faults(sandbox)
 
 
 @pytest.fixture
 def big_admin(big_sandbox: RunningServer) -> Iterator[Admin]:
-    handle = Admin(big_sandbox)
-    handle.faults(**FAULTS_OFF)
-    handle.reset_stats()
-    yield handle
-    handle.faults(**FAULTS_OFF)
+    yield from _admin_without_faults(big_sandbox)
 
 
 class SleepRecorder:

@@ -8,7 +8,6 @@ import time
 import httpx
 import pytest
 
-from sandbox.dataset import build_universe
 from tests.servers import RunningServer, start_server
 
 CLIENT = ("demo-client", "demo-client-secret")
@@ -16,23 +15,14 @@ USER = {"grant_type": "password", "username": "demo-user", "password": "demo-pas
 OCTOBER = "chargeStartDate ge 2026-10-01 and chargeStartDate le 2026-10-31"
 
 
-@pytest.fixture(scope="module")
-def server():
-    running = start_server(["sandbox.bss_server"])
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def universe():
-    return build_universe()
-
-
 @pytest.fixture
-def client(server: RunningServer):
-    httpx.post(server.url + "/_admin/reset").raise_for_status()
-    with httpx.Client(base_url=server.url, timeout=10) as http:
+def client(bss_sandbox: RunningServer):
+    """A client of the session's BSS sandbox (what `python -m sandbox.bss_server` serves without flags), reset
+    before and after."""
+    httpx.post(bss_sandbox.url + "/_admin/reset").raise_for_status()
+    with httpx.Client(base_url=bss_sandbox.url, timeout=10) as http:
         yield http
+    httpx.post(bss_sandbox.url + "/_admin/reset").raise_for_status()
 
 
 def get_token(http: httpx.Client) -> str:

@@ -36,11 +36,6 @@ CHARGE_KEYS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def universe():
-    return build_universe()
-
-
 def test_same_seed_gives_identical_data_and_another_seed_differs():
     first, second = build_universe(seed=7), build_universe(seed=7)
     assert first.accounts == second.accounts
