@@ -6,6 +6,7 @@ import dis
 import inspect
 import json
 import os
+import sys
 import tempfile
 import types
 import uuid
@@ -22,6 +23,7 @@ os.environ["GX_ANALYTICS_ENABLED"] = "false"
 
 import pytest  # noqa: E402
 import sqlalchemy as sa  # noqa: E402
+from hypothesis import is_hypothesis_test  # noqa: E402
 
 from include.warehouse import Warehouse  # noqa: E402
 
@@ -93,41 +95,74 @@ def warehouse(request: pytest.FixtureRequest) -> Iterator[Warehouse]:
 
 # -- lanes ----------------------------------------------------------------------------------------
 # Every test runs in one or more lanes (markers declared in pyproject.toml). `make check` runs the `unit` lane:
-# everything that needs no PostgreSQL server, no real Airflow run, no browser and no Celery stack. The lanes
-# are worked out here from what a test uses, so a test added anywhere lands in the right one without being
-# marked by hand; a lane marker written on a test (or its module) wins over what is worked out.
+# tests that run in this one process (in-process code, SQLite, servers in threads). A test that starts a process
+# (a sandbox over HTTP, Airflow, a make target, a script: by itself, through a fixture, or through a helper of
+# tests/ that these call) is `e2e`; one that needs the PostgreSQL server is `postgres`; Playwright is `browser`;
+# the Celery stack is `celery`. The lanes are worked out here from what a test uses, so a test added anywhere
+# lands in the right one without being marked by hand; a lane marker written on a test (or its module) wins.
 LANES = ("unit", "e2e", "postgres", "browser", "celery")
 E2E_FOLDER = Path(__file__).resolve().parent / "e2e"
 # fixtures that put a test in a lane (also when used through other fixtures: pytest's closure is searched)
 LANE_FIXTURES = {"postgres_server": "postgres", "postgres_url": "postgres"}
-# what a fixture the test uses imports or calls (fixtures start what a test runs against): module -> lane
-LANE_MODULES = {
+# what starts a process, in a test, its fixtures, or the tests/ helpers they call: -> e2e
+PROCESS_MODULES = ("subprocess", "multiprocessing", "sandbox.launcher.start_server")  # (tests.servers re-exports it)
+# in-process but seconds a test, so not in the fast lane: the GX gate (a validation and its Data Docs)
+SLOW_IN_PROCESS = (
+    "great_expectations",
+    "include.quality.validate_charges",
+    "include.quality.validate_plan",
+    "include.quality.configure_context",
+)
+# what a fixture (where a test's stack is started) uses: module (or object) -> lane
+FIXTURE_LANE_MODULES = {
+    "sandbox.airflow_stack": "e2e",  # a local Airflow (api-server, scheduler, triggerer) for real
     "playwright": "browser",
     "sandbox.celery_stack": "celery",
     "celery": "celery",
-    "sandbox.airflow_stack": "e2e",  # a local Airflow (api-server, scheduler, triggerer) for real
 }
+_HELPERS = "tests."  # helpers followed into: their code starts what the tests that call them use
 
 
-def _modules_used(function: Any) -> set[str]:
-    """The modules a function (nested functions included) imports, and those its global names come from."""
-    code = getattr(inspect.unwrap(function), "__code__", None)
-    module_globals = getattr(inspect.unwrap(function), "__globals__", {})
+def _names_used(function: Any, seen: set[types.CodeType] | None = None) -> set[str]:
+    """What a function's code (nested functions included) imports and refers to: module names, and for a global
+    or an imported name the module it comes from and its qualified name; followed into the functions of tests/
+    helpers it calls."""
+    function = inspect.unwrap(function)
+    if is_hypothesis_test(function):
+        function = function.hypothesis.inner_test  # the test's own body, not Hypothesis' runner
+    code = getattr(function, "__code__", None)
+    module_globals = getattr(function, "__globals__", {})
+    seen = set() if seen is None else seen
     used: set[str] = set()
     codes = [code] if code is not None else []
     while codes:
         current = codes.pop()
+        if current in seen:
+            continue
+        seen.add(current)
         codes.extend(constant for constant in current.co_consts if isinstance(constant, types.CodeType))
+        imported_from = None
         for instruction in dis.get_instructions(current):
+            value = None
             if instruction.opname == "IMPORT_NAME":
-                used.add(instruction.argval)
+                imported_from = instruction.argval
+                used.add(imported_from)
+            elif instruction.opname == "IMPORT_FROM" and imported_from:
+                value = getattr(sys.modules.get(imported_from), instruction.argval, None)
             elif instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
                 value = module_globals.get(instruction.argval)
-                if isinstance(value, types.ModuleType):
-                    used.add(value.__name__)
-                elif value is not None:
-                    used.add(getattr(value, "__module__", None) or "")
+            if isinstance(value, types.ModuleType):
+                used.add(value.__name__)
+            elif value is not None:
+                module = getattr(value, "__module__", None) or ""
+                used.update((module, f"{module}.{getattr(value, '__qualname__', '')}"))
+                if isinstance(value, types.FunctionType) and module.startswith(_HELPERS):
+                    used |= _names_used(value, seen)
     return used
+
+
+def _uses(names: set[str], prefix: str) -> bool:
+    return any(name == prefix or name.startswith(prefix + ".") for name in names)
 
 
 def _derived_lanes(item: pytest.Item) -> set[str]:
@@ -142,12 +177,16 @@ def _derived_lanes(item: pytest.Item) -> set[str]:
         lanes.add("postgres")
     fixture_info = getattr(item, "_fixtureinfo", None)
     definitions = fixture_info.name2fixturedefs if fixture_info is not None else {}
-    used = set().union(
-        *(_modules_used(definition.func) for name in fixture_names for definition in definitions.get(name, ()))
+    by_fixtures = set().union(
+        *(_names_used(definition.func) for name in fixture_names for definition in definitions.get(name, ()))
     )
-    for prefix, lane in LANE_MODULES.items():
-        if any(module == prefix or module.startswith(prefix + ".") for module in used):
-            lanes.add(lane)
+    by_test = _names_used(item.function) if isinstance(item, pytest.Function) else set()
+    if any(_uses(by_fixtures | by_test, name) for name in (*PROCESS_MODULES, *SLOW_IN_PROCESS)):
+        lanes.add("e2e")
+    # a Hypothesis search that builds a warehouse per example: the planning chain dozens of times over
+    if is_hypothesis_test(getattr(item, "obj", None)) and _uses(by_fixtures | by_test, "include.warehouse.Warehouse"):
+        lanes.add("e2e")
+    lanes.update(lane for module, lane in FIXTURE_LANE_MODULES.items() if _uses(by_fixtures, module))
     return lanes
 
 
