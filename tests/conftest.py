@@ -10,6 +10,7 @@ import sys
 import tempfile
 import types
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -148,7 +149,7 @@ def _names_used(function: Any, seen: set[types.CodeType] | None = None) -> set[s
                 imported_from = instruction.argval
                 used.add(imported_from)
             elif instruction.opname == "IMPORT_FROM" and imported_from:
-                value = getattr(sys.modules.get(imported_from), instruction.argval, None)
+                value = _imported(imported_from, instruction.argval)
             elif instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
                 value = module_globals.get(instruction.argval)
             if isinstance(value, types.ModuleType):
@@ -159,6 +160,16 @@ def _names_used(function: Any, seen: set[types.CodeType] | None = None) -> set[s
                 if isinstance(value, types.FunctionType) and module.startswith(_HELPERS):
                     used |= _names_used(value, seen)
     return used
+
+
+def _imported(module: str, name: str) -> Any:
+    """`from module import name` as already imported (a module's own deprecation warnings kept quiet)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return getattr(sys.modules.get(module), name, None)
+        except Exception:  # a module's lazy __getattr__ may fail in its own ways: then the name is not followed
+            return None
 
 
 def _uses(names: set[str], prefix: str) -> bool:
