@@ -60,7 +60,7 @@ browser:  ## Debian's chromium for the browser tests (apt-get, as root; only whe
 		$(if $(filter 0,$(shell id -u)),,sudo) sh -c 'apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium'; }
 
-check: lint  ## lint, then the fast lane: the `unit` tests (no PostgreSQL, no Airflow run, no browser, no Celery)
+check: lint  ## lint, then the fast lane: the `unit` tests (in the test process alone: no sandbox, Airflow, PostgreSQL, browser)
 	$(BIN)/python -m pytest -m unit -q $(PYTEST_ARGS)
 
 test: $(INSTALLED) browser  ## run the whole test suite (sandboxes, PostgreSQL, real Airflow, a real browser)
