@@ -14,8 +14,12 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export GX_ANALYTICS_ENABLED := false
+# Bytecode caches keep every Python process here from compiling Airflow, pandas and GX from source (seconds each:
+# test collection, every sandbox and Airflow subprocess). Where PYTHONDONTWRITEBYTECODE is set, nothing is cached
+# and pytest rewrites every test module's asserts anew on each run; the caches are git-ignored.
+unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: help install browser demo run approve audit ui stack test bench lint format lock clean
+.PHONY: help install browser demo run approve audit ui stack check test bench lint format lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -23,7 +27,7 @@ help:  ## list the targets
 $(INSTALLED): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip install --quiet --python $(BIN)/python -r requirements.txt -r requirements-dev.txt
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -r requirements.txt -r requirements-dev.txt
 	@touch $@
 
 install: $(INSTALLED)  ## create .venv with every pinned dependency (runtime and development locks)
@@ -55,6 +59,9 @@ browser:  ## Debian's chromium for the browser tests (apt-get, as root; only whe
 	@command -v chromium >/dev/null || { echo "installing Debian's chromium (browser tests)"; \
 		$(if $(filter 0,$(shell id -u)),,sudo) sh -c 'apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium'; }
+
+check: lint  ## lint, then the fast lane: the `unit` tests (in the test process alone: no sandbox, Airflow, PostgreSQL, browser)
+	$(BIN)/python -m pytest -m unit -q $(PYTEST_ARGS)
 
 test: $(INSTALLED) browser  ## run the whole test suite (sandboxes, PostgreSQL, real Airflow, a real browser)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -5,14 +5,18 @@ come from an environment variable `BSS_SANDBOX_<FLAG>` (e.g. `BSS_SANDBOX_ERROR_
 
 Besides the API it offers, without authentication, `/healthz` and an `/_admin` surface for tests:
 - `GET|POST /_admin/faults` `{"latency_ms","error_rate","rate_limit_every","retry_after_s","token_ttl_s",
-  "expire_tokens_now"}`: latency applies to `/oauth/token` and `/api/*`, the 429s and 503s to `/api/*`
-  only; setting `error_rate` or `rate_limit_every` restarts its sequence, so patterns repeat.
+  "expire_tokens_now"}`: latency applies to `/oauth/token` and `/api/*` (an answer that waited says so in
+  `X-Sandbox-Latency-Ms`), the 429s and 503s to `/api/*` only; setting `error_rate` or `rate_limit_every`
+  restarts its sequence, so patterns repeat.
 - `GET /_admin/stats` (`{"total", "by_path": {path: {status: count}}}`), `POST /_admin/stats/reset`.
 - `POST /_admin/overrides` `{"month","replace","add","remove","raw_body"}` (cumulative per month):
   injected lines belong to their month whatever their dates say, and a field they lack or carry with
   the wrong type does not hide them from a filter; `raw_body` answers that month's queries with the
   literal text (status 200).
-- `POST /_admin/reset`: start-up faults, no overrides, fresh statistics (issued tokens stay valid).
+- `POST /_admin/clock` `{"advance_s"}`: moves the sandbox's clock forward (token lifetimes run on it), so a test
+  expires a token without waiting; answers `{"advanced_s"}`, the total so far. The clock never goes back.
+- `POST /_admin/reset`: start-up faults, no overrides, fresh statistics (issued tokens stay valid, the clock
+  stays where it is).
 - The month's close (`sandbox/bss_invoices.py`): `GET /_admin/months/{month}`, `POST /_admin/months/{month}/open`,
   `POST /_admin/months/{month}/close` `{"issuedAt"}`, `POST /_admin/months/{month}/withhold` `{"accounts",
   "withheld"}`, `POST /_admin/invoices/{id}/reissue` `{"status": "Issued"|"Draft"}`.
@@ -58,6 +62,7 @@ from sandbox.odata_filter import (
 SUPPORTED_API_VERSIONS = ("1", "2", "2.1", "2.2", "3.0")
 MAX_PAGE_SIZE = 200
 DEFAULT_PAGE_SIZE = 50
+LATENCY_HEADER = "X-Sandbox-Latency-Ms"
 CHARGE_DATE_FIELDS = ("chargeStartDate", "chargeEndDate", "effectiveDate")
 _QUERY_CACHE_SIZE = 64
 
@@ -152,7 +157,8 @@ class BssSandbox:
         if config.account_names:
             self.universe = _renamed(self.universe, config.account_names)
         self._months = _month_starts(config.first_month, config.last_month)
-        self._tokens: dict[str, float] = {}
+        self._tokens: dict[str, float] = {}  # token -> the sandbox clock's time at which it expires
+        self._clock_advanced_s = 0.0
         self._base_months: dict[str, list[_Entry]] = {}
         self._account_entries = [_entry(account.id, account_json(account)) for account in self.universe.accounts]
         self._accounts_by_id = {entry.sort_id: entry for entry in self._account_entries}
@@ -227,11 +233,23 @@ class BssSandbox:
         self._query_cache.clear()
         return override
 
+    # --- the clock -----------------------------------------------------------------------------
+    def now(self) -> float:
+        """The sandbox's clock (monotonic seconds): the real one, plus what tests moved it forward."""
+        return time.monotonic() + self._clock_advanced_s
+
+    def advance_clock(self, seconds: float) -> float:
+        """Move the clock `seconds` forward (a token's lifetime passes without waiting for it)."""
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ApiError(400, f"the clock only moves forward: 'advance_s' must be a number >= 0, got {seconds}")
+        self._clock_advanced_s += seconds
+        return self._clock_advanced_s
+
     # --- auth ----------------------------------------------------------------------------------
     def issue_token(self) -> tuple[str, int]:
         token = secrets.token_urlsafe(32)
         ttl = self.faults.token_ttl_s
-        self._tokens[token] = time.monotonic() + ttl
+        self._tokens[token] = self.now() + ttl
         return token, max(1, math.ceil(ttl))
 
     def check_token(self, authorization: str | None) -> None:
@@ -249,7 +267,7 @@ class BssSandbox:
                 "Authorization has been denied for this request: unknown token",
                 {"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
-        if time.monotonic() >= expires_at:
+        if self.now() >= expires_at:
             del self._tokens[token]
             raise ApiError(
                 401,
@@ -518,9 +536,10 @@ def create_app(config: SandboxConfig) -> FastAPI:
     @app.middleware("http")
     async def count_and_guard(request: Request, call_next):
         path = request.url.path
+        delayed_ms = sandbox.faults.latency_ms if path.startswith("/api/") or path == "/oauth/token" else 0
         try:
-            if (path.startswith("/api/") or path == "/oauth/token") and sandbox.faults.latency_ms:
-                await asyncio.sleep(sandbox.faults.latency_ms / 1000)
+            if delayed_ms:
+                await asyncio.sleep(delayed_ms / 1000)
             if path.startswith("/api/"):
                 fault = sandbox.injected_fault()
                 if fault is not None:
@@ -540,6 +559,8 @@ def create_app(config: SandboxConfig) -> FastAPI:
             response = _error(error.status, error.message, error.headers)
         if not path.startswith("/_admin"):
             sandbox.stats[(_stats_path(path), response.status_code)] += 1
+        if delayed_ms:
+            response.headers[LATENCY_HEADER] = f"{delayed_ms:g}"  # the injected latency this answer waited
         return response
 
     @app.exception_handler(ApiError)
@@ -672,6 +693,13 @@ def create_app(config: SandboxConfig) -> FastAPI:
     async def reissue(invoice_id: str, request: Request) -> dict[str, Any]:
         payload = await _json_object(request)
         return sandbox.invoicing.reissue(invoice_id, str(payload.get("status", "Issued")))
+
+    @app.post("/_admin/clock")
+    async def advance_clock(request: Request) -> dict[str, float]:
+        advance = (await _json_object(request)).get("advance_s")
+        if not isinstance(advance, int | float) or isinstance(advance, bool):
+            raise ApiError(400, "'advance_s' must be a number of seconds")
+        return {"advanced_s": sandbox.advance_clock(float(advance))}
 
     @app.post("/_admin/reset")
     async def reset() -> dict[str, str]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date
 from types import SimpleNamespace
@@ -131,7 +131,7 @@ class BssSettings:
 @dataclass
 class _Token:
     value: _Secret
-    renew_at: float  # time.monotonic() after which the token is fetched again
+    renew_at: float  # the hook's clock time after which the token is fetched again
 
 
 def request_target(path: str, params: Mapping[str, Any] | None = None) -> str:
@@ -171,6 +171,7 @@ class BssHook(HttpHook):
         retry_wait_initial_s: float = 1.0,
         retry_wait_max_s: float = 60.0,
         max_pages: int = DEFAULT_MAX_PAGES,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(method="GET", http_conn_id=bss_conn_id)
         self.bss_conn_id = bss_conn_id
@@ -184,6 +185,7 @@ class BssHook(HttpHook):
         self._client_secret: _Secret | None = None
         self._session: Session | None = None
         self._token: _Token | None = None
+        self._clock = clock  # the seconds tokens are renewed by (a test moves it instead of waiting)
 
     # --- Airflow UI -----------------------------------------------------------------------------------
     @classmethod
@@ -282,7 +284,7 @@ class BssHook(HttpHook):
 
     # --- authentication -------------------------------------------------------------------------------
     def _access_token(self) -> str:
-        if self._token is None or time.monotonic() >= self._token.renew_at:
+        if self._token is None or self._clock() >= self._token.renew_at:
             self._token = self._fetch_token()
         return self._token.value.reveal()
 
@@ -322,7 +324,7 @@ class BssHook(HttpHook):
         lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else 3600.0
         margin = min(_TOKEN_EXPIRY_MARGIN_S, lifetime / 10)
         self.log.info("BSS: access token granted for %s (expires in %.0f s)", settings.username, lifetime)
-        return _Token(_Secret(token), time.monotonic() + lifetime - margin)
+        return _Token(_Secret(token), self._clock() + lifetime - margin)
 
     # --- one request, with retries -------------------------------------------------------------------
     def _get_json(self, path: str, params: Mapping[str, Any] | None = None) -> tuple[Any, Response]:

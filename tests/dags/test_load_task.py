@@ -15,11 +15,9 @@ from sandbox.local_stack import AUTOTASK_BILLING_CODE_ID, AUTOTASK_OWNER_RESOURC
 from tests.include.loader_support import (
     HOOK_EXTRA,
     MONTH,
-    SandboxAdmin,
     assert_each_applied_exactly_once,
     make_hook,
     plan_month,
-    sandbox_server,
     seeded_adjustment_ids,
 )
 
@@ -41,19 +39,6 @@ def load_task():
     from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(DAGS_FOLDER)).dags[DAG_ID].get_task("load")
-
-
-@pytest.fixture(scope="module")
-def autotask(tmp_path_factory):
-    yield from sandbox_server(tmp_path_factory.mktemp("logs"))
-
-
-@pytest.fixture
-def admin(autotask) -> SandboxAdmin:
-    handle = SandboxAdmin(autotask)
-    handle.reset()
-    yield handle
-    handle.faults(hourly_limit=10000)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from include.loader import BUDGET_RESERVE_SHARE
 from include.sync_settings import ApprovalPolicy, SyncSettings
 
 
@@ -13,7 +12,6 @@ def test_the_defaults_ask_a_person_wait_seven_days_and_write_for_real() -> None:
     assert settings.approval_policy is ApprovalPolicy.MANUAL
     assert settings.approval_timeout_hours == 168
     assert settings.dry_run is False
-    assert settings.budget_reserve_share == BUDGET_RESERVE_SHARE
 
 
 def test_the_environment_sets_policy_limits_timeout_dry_run_and_budget_reserve() -> None:

@@ -23,18 +23,11 @@ import pytest
 from include.extract import ExtractRejectedError, extract_month
 from include.quality import DataQualityError, raise_on_critical, validate_charges
 from include.warehouse import Warehouse
-from sandbox.dataset import build_universe
 
 MONTH = "2026-10"
 PREVIOUS_MONTH = "2026-09"
 RUN_ID = "bad-input-run"
 WRITE_VERBS = {"POST", "PATCH", "PUT", "DELETE"}
-
-
-@pytest.fixture(scope="module")
-def universe():
-    # The same universe the session BSS sandbox serves (tests/conftest.py: 50 customers x 3, seed 42).
-    return build_universe(customers=50, subscriptions_per_customer=3, seed=42)
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +37,6 @@ def autotask():
     server = start_server(["sandbox.autotask_server", "--seed-customers", "20"])
     yield server
     server.stop()
-
-
-@pytest.fixture(autouse=True)
-def data_docs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    directory = tmp_path / "data_docs"
-    monkeypatch.setenv("BILLING_DATA_DOCS_DIR", str(directory))
-    return directory
 
 
 def _hook():

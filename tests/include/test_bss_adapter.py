@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import pickle
-import time
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -276,15 +275,11 @@ def test_charge_id_of_is_best_effort(record: object, expected: str | None) -> No
     assert charge_id_of(record) == expected
 
 
-def test_typing_twenty_thousand_records_takes_well_under_a_second() -> None:
+def test_typing_twenty_thousand_records_keeps_each_one() -> None:
+    # How fast typing is belongs to `make bench` (bench_extract: >= 5,000 lines/s through HTTP, typing and SQL).
     records = [charge_with("id", f"CHG-2026-10-{n:06d}") for n in range(20_000)]
-    best = float("inf")
-    for _ in range(5):  # best of five: the machine is shared with other test runs (~0.35 s when idle)
-        started = time.perf_counter()
-        lines = [to_charge_line(record) for record in records]
-        best = min(best, time.perf_counter() - started)
-    assert len({line.charge_id for line in lines}) == 20_000
-    assert best < 1.0, f"typing 20,000 records took {best:.2f} s"
+    lines = [to_charge_line(record) for record in records]
+    assert [line.charge_id for line in lines] == [record["id"] for record in records]
 
 
 GOOD_ACCOUNT: dict[str, Any] = {

@@ -5,8 +5,6 @@ our names and severities) is all still there."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from datetime import date
 from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -18,23 +16,13 @@ from include.extract import extract_month
 from include.quality import validate_charges, validate_plan
 from include.warehouse import Warehouse
 from sandbox.dataset import build_universe
+from tests.bss_sources import ListSource
 
 MONTH = "2026-10"
 RUN_ID = "manual__2026-11-01T00:00:00+00:00"
 SUITES = ("bss_charges_raw", "charge_lines", "autotask_snapshot", "change_plan")
 FAILED = "subscription_quantity_follows_changes"
 EXTERNAL = re.compile(r"^\s*(?:[a-z][a-z0-9+.-]*:)?//", re.IGNORECASE)
-
-
-class ListSource:
-    def __init__(self, records: list[dict]) -> None:
-        self.records = records
-
-    def iter_charges(self, start: date, end: date) -> Iterator[list[dict]]:
-        yield list(self.records)
-
-    def list_accounts(self) -> Iterator[list[dict]]:
-        yield []
 
 
 class Tags(HTMLParser):

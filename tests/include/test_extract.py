@@ -12,14 +12,9 @@ import sqlalchemy as sa
 
 from include.extract import ExtractRejectedError, StaleRunError, ensure_run_reads_own_lines, extract_month
 from include.warehouse import Warehouse
-from sandbox.dataset import build_universe
+from tests.bss_sources import ListSource
 
 MONTH = "2026-10"
-
-
-@pytest.fixture(scope="module")
-def universe():
-    return build_universe(customers=50, subscriptions_per_customer=3, seed=42)
 
 
 def _hook():
@@ -125,23 +120,6 @@ def test_a_bad_month_is_refused_before_any_call(bss, sqlite_url: str) -> None:
 
 
 # --- every attempt ends in a final status; one month, one complete set of lines --------------------------
-
-
-class ListSource:
-    """The BSS as the extract sees it, from a list; `before_charges` runs first (a barrier, a failure)."""
-
-    def __init__(self, records: list[dict], before_charges=None, accounts: list[dict] | None = None) -> None:
-        self.records = records
-        self.before_charges = before_charges
-        self.accounts = accounts or []
-
-    def iter_charges(self, start, end):
-        if self.before_charges:
-            self.before_charges()
-        yield [dict(record) for record in self.records]
-
-    def list_accounts(self):
-        yield list(self.accounts)
 
 
 def _unreachable_bss() -> None:

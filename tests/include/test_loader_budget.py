@@ -13,7 +13,6 @@ from include.warehouse import Warehouse
 from tests.include.loader_support import (
     MONTH,
     SETTINGS,
-    SandboxAdmin,
     assert_each_applied_exactly_once,
     ledger_states,
     make_hook,
@@ -21,14 +20,6 @@ from tests.include.loader_support import (
     plan_statuses,
     seeded_adjustment_ids,
 )
-
-
-@pytest.fixture
-def admin(autotask) -> SandboxAdmin:
-    handle = SandboxAdmin(autotask)
-    handle.reset()
-    yield handle
-    handle.faults(hourly_limit=10000)
 
 
 def test_a_low_budget_pauses_the_load_with_a_reason_and_a_later_load_finishes_it(

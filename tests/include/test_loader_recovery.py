@@ -22,7 +22,6 @@ from tests.include.loader_support import (
     HOOK_EXTRA,
     MONTH,
     SETTINGS,
-    SandboxAdmin,
     assert_each_applied_exactly_once,
     ledger_states,
     make_hook,
@@ -30,14 +29,6 @@ from tests.include.loader_support import (
     plan_statuses,
     seeded_adjustment_ids,
 )
-
-
-@pytest.fixture
-def admin(autotask) -> SandboxAdmin:
-    handle = SandboxAdmin(autotask)
-    handle.reset()
-    yield handle
-    handle.faults(lost_response_rate=0.0, latency_ms=0)
 
 
 def test_lost_answers_to_applied_writes_are_found_in_autotask_not_sent_again(

@@ -7,7 +7,6 @@ import re
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import date, datetime
 from pathlib import Path
 from urllib.parse import unquote
@@ -25,35 +24,16 @@ from include.quality import (
 )
 from include.warehouse import Warehouse
 from sandbox.dataset import build_universe
+from tests.bss_sources import ListSource
 
 MONTH = "2026-10"
 PREVIOUS_MONTH = "2026-09"
 SUITES = ("bss_charges_raw", "charge_lines", "autotask_snapshot", "change_plan")
 
 
-class ListSource:
-    """The BSS as the extract sees it, from a list (no HTTP: the catalogue drives the real sandbox)."""
-
-    def __init__(self, records: list[dict]) -> None:
-        self.records = records
-
-    def iter_charges(self, start: date, end: date) -> Iterator[list[dict]]:
-        yield list(self.records)
-
-    def list_accounts(self) -> Iterator[list[dict]]:
-        yield []
-
-
 @pytest.fixture(scope="module")
 def universe():
     return build_universe(customers=20, subscriptions_per_customer=3, seed=7)
-
-
-@pytest.fixture(autouse=True)
-def data_docs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    directory = tmp_path / "data_docs"
-    monkeypatch.setenv("BILLING_DATA_DOCS_DIR", str(directory))
-    return directory
 
 
 def _extract(warehouse: Warehouse, universe, month: str, run_id: str, records: list[dict] | None = None) -> None:

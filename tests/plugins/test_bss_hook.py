@@ -17,38 +17,17 @@ import pytest
 
 from connectors.bss_hook import BssApiError, BssAuthError, BssHook, BssTransientError
 from connectors.retry_after import retry_after_seconds
-from sandbox.dataset import build_universe
 from tests.servers import RunningServer, start_server
 
-CUSTOMERS, SUBSCRIPTIONS, SEED = 50, 3, 42
+CUSTOMERS = 50  # the session's BSS sandbox (tests/conftest.py: `bss_sandbox`, serving `universe`)
 OCTOBER = (date(2026, 10, 1), date(2026, 10, 31))
 PASSWORD = "demo-password"
 CLIENT_SECRET = "demo-client-secret"
 
 
 @pytest.fixture(scope="module")
-def bss_server() -> Iterator[RunningServer]:
-    server = start_server(
-        [
-            "sandbox.bss_server",
-            "--customers",
-            str(CUSTOMERS),
-            "--subscriptions-per-customer",
-            str(SUBSCRIPTIONS),
-            "--seed",
-            str(SEED),
-        ]
-    )
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def october_ids() -> list[str]:
+def october_ids(universe) -> list[str]:
     """The truth: the ids the sandbox's data set holds for October 2026, in id order."""
-    universe = build_universe(CUSTOMERS, SUBSCRIPTIONS, SEED, ("2026-01", "2027-12"))
     return sorted(line["id"] for line in universe.charges_for_month("2026-10"))
 
 
@@ -72,10 +51,12 @@ class Admin:
 
 
 @pytest.fixture
-def admin(bss_server: RunningServer) -> Admin:
-    handle = Admin(bss_server)
+def admin(bss_sandbox: RunningServer) -> Iterator[Admin]:
+    """The session's BSS sandbox (50 customers x 3, seed 42), reset before and after: faults never outlive a test."""
+    handle = Admin(bss_sandbox)
     handle.post("/_admin/reset")
-    return handle
+    yield handle
+    handle.post("/_admin/reset")
 
 
 def _connection(port: int, **changes: Any) -> str:
@@ -98,12 +79,12 @@ HookFactory = Callable[..., BssHook]
 
 
 @pytest.fixture
-def make_hook(bss_server: RunningServer, admin: Admin, monkeypatch: pytest.MonkeyPatch) -> Iterator[HookFactory]:
+def make_hook(bss_sandbox: RunningServer, admin: Admin, monkeypatch: pytest.MonkeyPatch) -> Iterator[HookFactory]:
     """Build a hook on `bss_default`; keyword `connection=` changes the connection, the rest go to the hook."""
     hooks: list[BssHook] = []
 
     def make(connection: dict[str, Any] | None = None, port: int | None = None, **hook_kwargs: Any) -> BssHook:
-        monkeypatch.setenv("AIRFLOW_CONN_BSS_DEFAULT", _connection(port or bss_server.port, **(connection or {})))
+        monkeypatch.setenv("AIRFLOW_CONN_BSS_DEFAULT", _connection(port or bss_sandbox.port, **(connection or {})))
         hook_kwargs.setdefault("retry_wait_initial_s", 0.01)
         hook = BssHook(**hook_kwargs)
         hooks.append(hook)
@@ -214,11 +195,14 @@ def test_a_token_expiring_between_pages_is_renewed_and_paging_continues(
 
 
 def test_a_token_is_renewed_before_the_server_says_it_expires(make_hook: HookFactory, admin: Admin) -> None:
-    admin.faults(token_ttl_s=2)
-    hook = make_hook(page_size=100)
+    admin.faults(token_ttl_s=60)
+    clock = [1000.0]  # the hook's clock: moves only when the test moves it
+    hook = make_hook(page_size=100, clock=lambda: clock[0])
     pages = hook.iter_charges(*OCTOBER)
     next(pages)
-    time.sleep(2.1)
+    # a minute passes for both: the hook's clock, and the sandbox's (which refuses the first token from now on)
+    clock[0] += 60
+    admin.post("/_admin/clock", {"advance_s": 60})
     rest = list(pages)
     assert rest
     assert admin.count("/api/charges", 401) == 0  # renewed ahead of expiry, not after a refusal

@@ -404,24 +404,13 @@ def test_paging_follows_next_page_url_posted_with_the_same_body(api: Api) -> Non
     assert pages == -(-len(expected) // 7)
 
 
-def test_an_in_query_of_500_ids_over_10000_records_is_fast(tmp_path: Path) -> None:
-    big = start_server(_args("--seed-customers", "3000"), timeout_s=90)
-    try:
-        api = Api(big)
-        services = api.state("ContractServices")
-        assert len(services) > 4000
-        ids = [s["id"] for s in services][1000:1500]
-        api.query("ContractServices", {"op": "in", "field": "id", "value": ids})  # warm-up
-        started = time.perf_counter()
-        for _ in range(10):
-            items = api.query("ContractServices", {"op": "in", "field": "id", "value": ids})["items"]
-        elapsed = (time.perf_counter() - started) / 10
-        assert [item["id"] for item in items] == ids
-        assert elapsed < 0.1, f"a 500-id query took {elapsed * 1000:.1f} ms"
-        company_ids = [c["id"] for c in api.state("Companies")]
-        assert len(company_ids) + len(services) > 10000 or len(api.state("ContractServiceAdjustments")) > 4000
-    finally:
-        big.stop()
+def test_an_in_query_answers_exactly_the_asked_ids_in_id_order(api: Api) -> None:
+    # How fast a 500-id query over >10,000 records is, is `make bench` (autotask_sandbox_in_query), not a test.
+    services = [service["id"] for service in api.state("ContractServices")]
+    asked = services[::2]
+    assert len(asked) > 50
+    items = api.query("ContractServices", {"op": "in", "field": "id", "value": [*reversed(asked), 999_999]})["items"]
+    assert [item["id"] for item in items] == sorted(asked)
 
 
 # --- billing rules -------------------------------------------------------------------------------------------
