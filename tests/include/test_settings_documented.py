@@ -27,7 +27,7 @@ def documented_defaults() -> dict[str, str]:
 
 
 def _as_documented(value: object) -> str:
-    if value is None:
+    if value is None or value in ((), []):
         return "—"
     if isinstance(value, bool):
         return str(value).lower()
