@@ -29,7 +29,7 @@ import httpx  # noqa: E402
 
 from connectors.autotask_hook import AutotaskHook  # noqa: E402
 from include.models import BillingMonth  # noqa: E402
-from sandbox.local_stack import (  # noqa: E402
+from stacks.local_stack import (  # noqa: E402
     AUTOTASK_INTEGRATION_CODE,
     AUTOTASK_USER,
     autotask_connection,

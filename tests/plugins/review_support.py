@@ -16,8 +16,8 @@ import httpx
 
 from include.sync_settings import SyncSettings
 from include.warehouse import Warehouse
-from sandbox.launcher import REPO_ROOT, RunningServer, start_server
-from sandbox.local_stack import AUTOTASK_BILLING_CODE_ID, AUTOTASK_OWNER_RESOURCE_ID, autotask_connection
+from stacks.launcher import REPO_ROOT, RunningServer, start_server
+from stacks.local_stack import AUTOTASK_BILLING_CODE_ID, AUTOTASK_OWNER_RESOURCE_ID, autotask_connection
 
 MONTH = "2026-10"
 RUN_ID = "manual__2026-11-01T06:00:00+00:00"
@@ -111,7 +111,7 @@ def start_api_server(env: dict[str, str], work: Path, timeout_s: float = 240) ->
     ends it with every process it started."""
     import time
 
-    from sandbox.launcher import free_port
+    from stacks.launcher import free_port
 
     with (work / "migrate.log").open("w") as log:
         subprocess.run(
