@@ -29,12 +29,12 @@ import httpx  # noqa: E402
 
 from connectors.autotask_hook import AutotaskHook  # noqa: E402
 from include.models import BillingMonth  # noqa: E402
-from sandbox.local_stack import (  # noqa: E402
+from stacks.launcher import start_server  # noqa: E402
+from stacks.local_stack import (  # noqa: E402
     AUTOTASK_INTEGRATION_CODE,
     AUTOTASK_USER,
     autotask_connection,
 )
-from tests.servers import start_server  # noqa: E402
 
 CONTRACT_SERVICES = 5000
 LATENCY_MS = 100

@@ -20,7 +20,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sandbox.dataset import build_universe
-from tests.servers import start_server
+from stacks.launcher import start_server
 
 CUSTOMERS = 1000
 SUBSCRIPTIONS_PER_CUSTOMER = 20

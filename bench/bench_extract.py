@@ -15,8 +15,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "plugins")]
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-from sandbox.launcher import start_server  # noqa: E402
-from sandbox.local_stack import bss_connection  # noqa: E402
+from stacks.launcher import start_server  # noqa: E402
+from stacks.local_stack import bss_connection  # noqa: E402
 
 CUSTOMERS = 1_000
 # ≈ 20,000 lines in 2026-10 with seed 42 (quarterly, semi-annual and annual plans have no line in most months)

@@ -111,8 +111,8 @@ def main() -> None:
     from include.plan import PlanSummary, replace_plan, set_action_status
     from include.sync_settings import SyncSettings
     from include.warehouse import Warehouse
-    from sandbox.launcher import start_server
-    from sandbox.local_stack import autotask_connection
+    from stacks.launcher import start_server
+    from stacks.local_stack import autotask_connection
 
     with tempfile.TemporaryDirectory(prefix="bench-load-") as temporary:
         directory = Path(temporary)

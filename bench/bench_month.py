@@ -75,8 +75,8 @@ def main() -> None:
     from include.snapshot import take_snapshot
     from include.sync_settings import SyncSettings
     from include.warehouse import Warehouse
-    from sandbox.launcher import start_server
-    from sandbox.local_stack import (
+    from stacks.launcher import start_server
+    from stacks.local_stack import (
         AUTOTASK_BILLING_CODE_ID,
         AUTOTASK_OWNER_RESOURCE_ID,
         autotask_connection,

@@ -144,7 +144,7 @@ def main() -> None:
     from include.runs import register_run
     from include.sync_settings import SyncSettings
     from include.warehouse import Warehouse
-    from tests.plugins.review_support import airflow_env, start_api_server, stop_group, token
+    from stacks.review_server import airflow_env, start_api_server, stop_group, token
 
     with tempfile.TemporaryDirectory(prefix="bench-decision-") as temporary:
         directory = Path(temporary)

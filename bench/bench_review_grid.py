@@ -56,7 +56,7 @@ def main() -> None:
 
     from include.review import build_grid
     from include.warehouse import Warehouse
-    from tests.plugins.review_support import airflow_env, start_api_server, stop_group, token
+    from stacks.review_server import airflow_env, start_api_server, stop_group, token
 
     with tempfile.TemporaryDirectory(prefix="bench-review-") as temporary:
         directory = Path(temporary)

@@ -22,10 +22,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "plugins")]
 
 from include.identifiers import SYNC_DAG_ID  # noqa: E402
-from sandbox.launcher import RunningServer, start_server  # noqa: E402
-from sandbox.local_stack import airflow_environment  # noqa: E402
 from scripts.approve import OPTION_APPROVE  # noqa: E402
 from scripts.run import api_for, local_auth_environment, start_api_server, wait_for_approval  # noqa: E402
+from stacks.launcher import RunningServer, start_server  # noqa: E402
+from stacks.local_stack import airflow_environment  # noqa: E402
 
 DAG_ID = SYNC_DAG_ID
 DEMO_DIR = REPO_ROOT / "var" / "demo"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import subprocess
 import sys
 import threading
@@ -30,8 +29,6 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "plugins")]
 
-from sandbox.launcher import RunningServer, start_server  # noqa: E402
-from sandbox.local_stack import migrate_metadata  # noqa: E402
 from scripts.approve import (  # noqa: E402
     API_URL_FILE,
     DAG_ID,
@@ -40,31 +37,16 @@ from scripts.approve import (  # noqa: E402
     ApprovalError,
     PendingApproval,
 )
+from stacks.launcher import RunningServer, start_server  # noqa: E402
+from stacks.local_stack import local_auth_environment, migrate_metadata  # noqa: E402
 
 EXIT_OK, EXIT_FAILED, EXIT_REJECTED = 0, 1, 2
-LOCAL_USERS = ("admin", "finance")  # admin answers for the demo; finance is a second approver for scripts
 # The scheduler's own sweep that resolves timed-out approvals with their defaults (Reject).
 _TIMEOUT_SWEEP = (
     "import logging, types\n"
     "from airflow.jobs.scheduler_job_runner import SchedulerJobRunner\n"
     "SchedulerJobRunner.check_awaiting_input_timeouts(types.SimpleNamespace(log=logging.getLogger('sweep')))\n"
 )
-
-
-def local_auth_environment(airflow_home: Path, users: tuple[str, ...] = LOCAL_USERS) -> dict[str, str]:
-    """Fixed logins for the local api-server: each user an admin, passwords kept in `$AIRFLOW_HOME`."""
-    airflow_home.mkdir(parents=True, exist_ok=True)
-    passwords_path = airflow_home / PASSWORDS_FILE
-    passwords = json.loads(passwords_path.read_text()) if passwords_path.exists() else {}
-    for user in users:
-        passwords.setdefault(user, secrets.token_urlsafe(12))
-    passwords_path.write_text(json.dumps(passwords, indent=2))
-    passwords_path.chmod(0o600)
-    return {
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{user}:admin" for user in passwords),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_path),
-        "AIRFLOW__API__HOST": "127.0.0.1",
-    }
 
 
 def start_api_server(env: dict[str, str], log_dir: Path) -> RunningServer:

@@ -1,7 +1,7 @@
 """`make stack`: the Celery deployment of docker-compose.yaml on this machine, without Docker.
 
 Starts the BSS and Autotask sandboxes, then the api-server, scheduler, dag-processor, triggerer and two Celery
-workers (`sandbox.celery_stack`, the settings of `deploy/airflow.env`) on a fresh PostgreSQL metadata database,
+workers (`stacks.celery_stack`, the settings of `deploy/airflow.env`) on a fresh PostgreSQL metadata database,
 a Redis database of its own and a fresh PostgreSQL warehouse. Prints the UI's address and the logins, and runs
 until Ctrl-C, which stops every process and drops both databases (the stack forgets its runs).
 
@@ -23,8 +23,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "plugins")]
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
-from sandbox.celery_stack import DAG_ID, CeleryStack, StackSettings  # noqa: E402
-from sandbox.launcher import start_server  # noqa: E402
+from stacks.celery_stack import DAG_ID, CeleryStack, StackSettings  # noqa: E402
+from stacks.launcher import start_server  # noqa: E402
 
 STACK_DIR = REPO_ROOT / "var" / "stack"
 

@@ -25,7 +25,7 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "plugins")]
 
-from sandbox.airflow_stack import DAG_ID, PASSWORDS_FILE, LocalAirflow, StackError, StackSettings  # noqa: E402
+from stacks.airflow_stack import DAG_ID, PASSWORDS_FILE, LocalAirflow, StackError, StackSettings  # noqa: E402
 
 APPROVAL_TASK = "approve"
 

@@ -30,7 +30,7 @@ from include.warehouse import Warehouse  # noqa: E402
 
 if TYPE_CHECKING:
     from sandbox.dataset import Universe
-    from sandbox.launcher import RunningServer
+    from stacks.launcher import RunningServer
     from tests.include.loader_support import SandboxAdmin
 
 POSTGRES_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test")
@@ -106,7 +106,7 @@ E2E_FOLDER = Path(__file__).resolve().parent / "e2e"
 # fixtures that put a test in a lane (also when used through other fixtures: pytest's closure is searched)
 LANE_FIXTURES = {"postgres_server": "postgres", "postgres_url": "postgres"}
 # what starts a process, in a test, its fixtures, or the tests/ helpers they call: -> e2e
-PROCESS_MODULES = ("subprocess", "multiprocessing", "sandbox.launcher.start_server")  # (tests.servers re-exports it)
+PROCESS_MODULES = ("subprocess", "multiprocessing", "stacks.launcher.start_server")  # (tests.servers re-exports it)
 # in-process but seconds a test, so not in the fast lane: the GX gate (a validation and its Data Docs)
 SLOW_IN_PROCESS = (
     "great_expectations",
@@ -116,9 +116,9 @@ SLOW_IN_PROCESS = (
 )
 # what a fixture (where a test's stack is started) uses: module (or object) -> lane
 FIXTURE_LANE_MODULES = {
-    "sandbox.airflow_stack": "e2e",  # a local Airflow (api-server, scheduler, triggerer) for real
+    "stacks.airflow_stack": "e2e",  # a local Airflow (api-server, scheduler, triggerer) for real
     "playwright": "browser",
-    "sandbox.celery_stack": "celery",
+    "stacks.celery_stack": "celery",
     "celery": "celery",
 }
 _HELPERS = "tests."  # helpers followed into: their code starts what the tests that call them use
@@ -240,7 +240,7 @@ def bss(bss_sandbox, monkeypatch: pytest.MonkeyPatch):
     """The shared BSS sandbox, with `bss_default` pointing at it and faults/overrides cleared before and after."""
     import httpx
 
-    from sandbox.local_stack import bss_connection
+    from stacks.local_stack import bss_connection
 
     httpx.post(bss_sandbox.url + "/_admin/reset", timeout=10).raise_for_status()
     monkeypatch.setenv("AIRFLOW_CONN_BSS_DEFAULT", json.dumps(bss_connection(bss_sandbox.url)))

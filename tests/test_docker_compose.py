@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sandbox.celery_stack import SHARED_ENV_FILE, CeleryStack, StackSettings, read_env_file
+from stacks.celery_stack import SHARED_ENV_FILE, CeleryStack, StackSettings, read_env_file
 
 ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW_SERVICES = {
@@ -97,7 +97,7 @@ def test_sandboxes_start_only_with_their_profile_and_the_connections_default_to_
 def test_the_sandbox_connections_speak_plain_http_and_creates_have_their_owner_and_billing_code(compose) -> None:
     from airflow.models.connection import Connection
 
-    from sandbox.local_stack import AUTOTASK_BILLING_CODE_ID, AUTOTASK_OWNER_RESOURCE_ID
+    from stacks.local_stack import AUTOTASK_BILLING_CODE_ID, AUTOTASK_OWNER_RESOURCE_ID
 
     env = service_env(compose, "airflow-worker")
     bss = Connection(conn_id="bss_default", uri=_default(env["AIRFLOW_CONN_BSS_DEFAULT"]))
@@ -183,7 +183,7 @@ def test_the_local_stack_runs_on_the_same_shared_settings(tmp_path: Path) -> Non
 def test_the_worker_listens_on_the_queue_the_tasks_go_to(compose: dict) -> None:
     queue = read_env_file(SHARED_ENV_FILE)["AIRFLOW__OPERATORS__DEFAULT_QUEUE"]
     assert compose["services"]["airflow-worker"]["command"].split("--queues ", 1)[1].split()[0] == queue
-    from sandbox.celery_stack import QUEUE
+    from stacks.celery_stack import QUEUE
 
     assert queue == QUEUE
 
@@ -228,7 +228,7 @@ def test_each_container_gets_only_the_settings_it_needs(compose: dict) -> None:
     worker = service_env(compose, "airflow-worker")
     assert not LOGIN_SECRETS & set(worker), LOGIN_SECRETS & set(worker)
     # the Celery deployment test's workers run without the same settings, for real
-    from sandbox.celery_stack import WORKER_WITHHELD
+    from stacks.celery_stack import WORKER_WITHHELD
 
     assert not WORKER_WITHHELD & set(worker) and WORKER_WITHHELD & set(service_env(compose, "airflow-apiserver"))
     assert not any("auth" in volume for volume in services["airflow-worker"]["volumes"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from include.warehouse import Warehouse
-from sandbox.local_stack import AUTOTASK_BILLING_CODE_ID, AUTOTASK_OWNER_RESOURCE_ID, autotask_connection
+from stacks.local_stack import AUTOTASK_BILLING_CODE_ID, AUTOTASK_OWNER_RESOURCE_ID, autotask_connection
 from tests.include.loader_support import (
     HOOK_EXTRA,
     MONTH,

@@ -23,7 +23,6 @@ import httpx
 import pytest
 
 from include.warehouse import Warehouse
-from sandbox.local_stack import airflow_environment
 from scripts.run import (
     DAG_ID,
     EXIT_OK,
@@ -38,6 +37,7 @@ from scripts.run import (
     sweep_approval_timeouts,
     wait_for_approval,
 )
+from stacks.local_stack import airflow_environment
 from tests.servers import REPO_ROOT, start_server
 
 pytestmark = pytest.mark.e2e

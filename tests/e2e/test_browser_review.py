@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import pytest
 
-from sandbox.airflow_stack import DAG_ID, LocalAirflow, StackSettings
+from stacks.airflow_stack import DAG_ID, LocalAirflow, StackSettings
 from tests.servers import REPO_ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]

@@ -1,4 +1,4 @@
-"""The production deployment on Celery workers, for real on this machine (`sandbox.celery_stack`).
+"""The production deployment on Celery workers, for real on this machine (`stacks.celery_stack`).
 
 The api-server, scheduler, dag-processor, triggerer and two Celery workers (w1, w2, on the DAG's queue) run as
 real processes on a fresh PostgreSQL metadata database, a Redis database of their own as the broker and a fresh
@@ -24,9 +24,9 @@ import pytest
 from include.loader import WRITING_KINDS
 from include.plan import ActionKind, ActionStatus, load_plan
 from include.warehouse import Warehouse
-from sandbox.celery_stack import DAG_ID, QUEUE, CeleryStack, StackSettings
 from scripts.approve import OPTION_APPROVE_WITH_FLAGGED
 from scripts.run import wait_for_approval
+from stacks.celery_stack import DAG_ID, QUEUE, CeleryStack, StackSettings
 from tests.include.loader_support import SandboxAdmin
 from tests.servers import start_server
 

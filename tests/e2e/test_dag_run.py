@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from include.warehouse import Warehouse
-from sandbox.local_stack import airflow_environment
+from stacks.local_stack import airflow_environment
 from tests.servers import REPO_ROOT, start_server
 
 pytestmark = pytest.mark.e2e

@@ -29,9 +29,9 @@ import pytest
 from include.approval import OPTION_APPROVE, answer_figures, form_fingerprint, set_fingerprint
 from include.identifiers import FORM_FINGERPRINT_PARAM, REVERSAL_DAG_ID, SYNC_DAG_ID
 from include.warehouse import Warehouse
-from sandbox.local_stack import airflow_environment
 from scripts.approve import PASSWORDS_FILE, AirflowApi
 from scripts.run import migrate, start_api_server, start_dag_run, wait_for_approval
+from stacks.local_stack import airflow_environment
 from tests.servers import start_server
 
 pytestmark = pytest.mark.e2e

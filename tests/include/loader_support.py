@@ -18,8 +18,8 @@ import pytest
 from include.plan import ActionKind, ActionStatus, PlanAction, load_plan, set_action_status
 from include.sync_settings import SyncSettings
 from include.warehouse import Warehouse
-from sandbox.launcher import RunningServer
-from sandbox.local_stack import AUTOTASK_BILLING_CODE_ID, AUTOTASK_OWNER_RESOURCE_ID, autotask_connection
+from stacks.launcher import RunningServer
+from stacks.local_stack import AUTOTASK_BILLING_CODE_ID, AUTOTASK_OWNER_RESOURCE_ID, autotask_connection
 
 MONTH = "2026-10"
 CUSTOMERS = 60  # ~50 approved adjustments (a few chains of two dates), creates of every kind, extensions

@@ -20,8 +20,8 @@ from aiosmtpd.controller import Controller
 from include.alerts import AlertEvent, BillingAlertNotifier, alert
 from include.month_close import BssMonthClosedTrigger, WaitForMonthCloseOperator, check_month_closed, close_deadline
 from include.sync_settings import SyncSettings
-from sandbox.launcher import free_port
-from sandbox.local_stack import bss_connection
+from stacks.launcher import free_port
+from stacks.local_stack import bss_connection
 
 OPEN_MONTH = "2026-11"
 

@@ -20,8 +20,8 @@ import pytest
 from include.audit import AuditInputError, LeakReason, audit_month, bss_line_amounts, latest_audit
 from include.loader import load_plan_actions
 from include.warehouse import Warehouse
-from sandbox.launcher import RunningServer
-from sandbox.local_stack import bss_connection
+from stacks.launcher import RunningServer
+from stacks.local_stack import bss_connection
 from tests.include.loader_support import CUSTOMERS, MONTH, SETTINGS, make_hook, plan_month
 
 HOSTILE = {"ACC-1009": '=HYPERLINK("http://x")', "ACC-1030": "<script>alert(1)</script> Bäckerei GmbH"}
@@ -249,7 +249,7 @@ def test_make_audit_runs_against_the_environments_connections_and_prints_the_csv
     warehouse = Warehouse(url)
     warehouse.migrate()
     _synced_and_posted(autotask, admin, warehouse, monkeypatch, unbilled_contracts=[])
-    from sandbox.local_stack import autotask_connection
+    from stacks.local_stack import autotask_connection
 
     env = {
         "AIRFLOW_CONN_BSS_DEFAULT": json.dumps(bss_connection(bss_server.url)),

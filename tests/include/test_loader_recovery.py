@@ -16,8 +16,8 @@ import pytest
 
 from include.loader import LoadSettings, load_plan_actions
 from include.warehouse import Warehouse
-from sandbox.launcher import REPO_ROOT
-from sandbox.local_stack import autotask_connection
+from stacks.launcher import REPO_ROOT
+from stacks.local_stack import autotask_connection
 from tests.include.loader_support import (
     HOOK_EXTRA,
     MONTH,

@@ -26,7 +26,7 @@ from include.reconcile import reconcile_month
 from include.snapshot import take_snapshot
 from include.sync_settings import SyncSettings
 from include.warehouse import Warehouse
-from sandbox.local_stack import autotask_connection
+from stacks.local_stack import autotask_connection
 from tests.servers import start_server
 
 MONTH = "2026-10"

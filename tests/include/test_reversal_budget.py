@@ -14,7 +14,7 @@ from include.loader import BudgetExhausted, LoadSettings, load_plan_actions
 from include.plan import load_plan, set_action_status
 from include.reversal import plan_reversal, verify_reversal
 from include.warehouse import Warehouse
-from sandbox.local_stack import autotask_connection
+from stacks.local_stack import autotask_connection
 from tests.include.loader_support import (
     MONTH,
     SETTINGS,

@@ -16,7 +16,7 @@ from include.warehouse import Warehouse
 from sandbox.autotask_seed import seed_state
 from sandbox.bss_server import UniverseSource
 from sandbox.dataset import build_universe
-from sandbox.local_stack import autotask_connection
+from stacks.local_stack import autotask_connection
 from tests.servers import start_server
 
 MONTH = "2026-10"

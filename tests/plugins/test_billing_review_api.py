@@ -24,18 +24,15 @@ from include.approval import ApprovalDecision, Decision, record_decision, render
 from include.plan import load_plan
 from include.review import review_url
 from include.warehouse import Warehouse, utcnow
+from stacks.review_server import airflow_env, start_api_server, stop_group, token
 from tests.plugins.review_support import (
     DAG_ID,
     FORMULA_NAME,
     MONTH,
     RUN_ID,
     XSS_NAME,
-    airflow_env,
     plan_month,
-    start_api_server,
     start_autotask,
-    stop_group,
-    token,
 )
 
 OTHER_RUN = "manual__2026-10-01T06:00:00+00:00"

@@ -21,7 +21,7 @@ from include.approval import ApprovalDecision, Decision, record_decision
 from include.plan import load_plan
 from include.review_export import to_csv, to_xlsx
 from include.warehouse import Warehouse, utcnow
-from sandbox.launcher import RunningServer
+from stacks.launcher import RunningServer
 from tests.plugins.review_support import MONTH, RUN_ID, SETTINGS, XSS_NAME, plan_month, start_autotask
 
 

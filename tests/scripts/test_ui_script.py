@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sandbox.launcher import free_port
+from stacks.launcher import free_port
 from tests.servers import REPO_ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]

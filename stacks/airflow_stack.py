@@ -30,10 +30,9 @@ from typing import Any
 import httpx
 
 from include.identifiers import SYNC_DAG_ID
-from sandbox.launcher import RunningServer, free_port, start_server
-from sandbox.local_stack import airflow_environment, migrate_metadata, start_airflow_component
-from scripts.approve import API_URL_FILE, PASSWORDS_FILE  # the files `make approve` and `make run` read
-from scripts.run import local_auth_environment
+from stacks.airflow_api import API_URL_FILE, PASSWORDS_FILE  # the files `make approve` and `make run` read
+from stacks.launcher import RunningServer, free_port, start_server
+from stacks.local_stack import airflow_environment, local_auth_environment, migrate_metadata, start_airflow_component
 
 DAG_ID = SYNC_DAG_ID
 COMPONENTS = ("scheduler", "dag-processor", "triggerer")

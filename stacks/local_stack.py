@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
-from sandbox.launcher import REPO_ROOT
+from stacks.airflow_api import PASSWORDS_FILE
+from stacks.launcher import REPO_ROOT
 
 # The sandboxes' default credentials (see `sandbox.bss_server` and `sandbox.autotask_server`).
 BSS_LOGIN, BSS_PASSWORD = "demo-user", "demo-password"
@@ -103,3 +105,22 @@ def start_airflow_component(arguments: list[str], env: dict[str, str], log_path:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+
+
+LOCAL_USERS = ("admin", "finance")  # admin answers for the demo; finance is a second approver for scripts
+
+
+def local_auth_environment(airflow_home: Path, users: tuple[str, ...] = LOCAL_USERS) -> dict[str, str]:
+    """Fixed logins for the local api-server: each user an admin, passwords kept in `$AIRFLOW_HOME`."""
+    airflow_home.mkdir(parents=True, exist_ok=True)
+    passwords_path = airflow_home / PASSWORDS_FILE
+    passwords = json.loads(passwords_path.read_text()) if passwords_path.exists() else {}
+    for user in users:
+        passwords.setdefault(user, secrets.token_urlsafe(12))
+    passwords_path.write_text(json.dumps(passwords, indent=2))
+    passwords_path.chmod(0o600)
+    return {
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": ",".join(f"{user}:admin" for user in passwords),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_path),
+        "AIRFLOW__API__HOST": "127.0.0.1",
+    }

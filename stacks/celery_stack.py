@@ -30,15 +30,15 @@ import psutil
 import sqlalchemy as sa
 
 from include.identifiers import SYNC_DAG_ID
-from sandbox.launcher import REPO_ROOT, free_port
-from sandbox.local_stack import (
+from stacks.airflow_api import API_URL_FILE, PASSWORDS_FILE, AirflowApi
+from stacks.launcher import REPO_ROOT, free_port
+from stacks.local_stack import (
     AUTOTASK_BILLING_CODE_ID,
     AUTOTASK_OWNER_RESOURCE_ID,
     airflow_environment,
     migrate_metadata,
     start_airflow_component,
 )
-from scripts.approve import API_URL_FILE, PASSWORDS_FILE, AirflowApi
 
 SHARED_ENV_FILE = REPO_ROOT / "deploy" / "airflow.env"
 DAG_ID = SYNC_DAG_ID
@@ -176,7 +176,7 @@ class CeleryStack:
                 "AIRFLOW__CELERY__BROKER_URL": self.redis_url,
                 "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + metadata,
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
-                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "sandbox.celery_stack.worker_hostname",
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "stacks.celery_stack.worker_hostname",
                 # runs are triggered (`make stack`, the test): no scheduled run of the current month on unpausing
                 "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
                 "AIRFLOW__CORE__FERNET_KEY": urlsafe_b64encode(secrets.token_bytes(32)).decode(),
