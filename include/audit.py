@@ -10,7 +10,8 @@ done, BillingItems exist) and the BSS month is closed:
    within its billing period (`bss_line_amounts`), every other line (OneTime, Usage, Credit) whole.
 2. **The Autotask side**: the month's BillingItems (itemDate within the month) of every contract the sync
    knows for the invoiced accounts' companies (the month's snapshot plus the contracts it created, from the
-   warehouse), read by contract in `in` batches of at most 500 ids; the ContractCharges they bill (by id, for the
+   warehouse, plus those companies' contracts as Autotask holds them now: one made by hand after the snapshot bills
+   them too), read by contract in `in` batches of at most 500 ids; the ContractCharges they bill (by id, for the
    BSS charge id in `purchaseOrderNumber`) and their Invoices (by id: items of a voided invoice do not count).
 3. **Per account, product and currency**: an item belongs to the account and product of the BSS charge its
    ContractCharge names, else to the product linked to its service and the account of its contract's
@@ -69,6 +70,7 @@ BILLING_ITEM_FIELDS = [
     "ourCost",
     "extendedPrice",
 ]
+CONTRACT_FIELDS = ["id", "companyID", "contractNumber"]
 CHARGE_FIELDS = ["id", "contractID", "name", "purchaseOrderNumber"]
 INVOICE_FIELDS = ["id", "invoiceNumber", "companyID", "isVoided"]
 
@@ -236,6 +238,7 @@ class AutotaskKnowledge:
     company_currency: dict[int, str] = field(default_factory=dict)
     service_names: dict[int, str] = field(default_factory=dict)
     contract_ids: set[int] = field(default_factory=set)
+    companies: set[int] = field(default_factory=set)  # the companies of the invoiced accounts
 
     @classmethod
     def read(cls, warehouse: Warehouse, month: BillingMonth, accounts: set[str]) -> AutotaskKnowledge:
@@ -267,7 +270,26 @@ class AutotaskKnowledge:
                 known.contract_ids.add(contract_id)
         # contracts the sync linked (created ones included) whose subscription the month billed
         known.contract_ids.update(known.subscription_of_contract)
+        known.companies = companies
         return known
+
+    def add_live_contracts(self, autotask: AutotaskBilling, accounts: set[str]) -> int:
+        """The invoiced companies' contracts as Autotask holds them now: a contract made by hand after the month's
+        snapshot (a one-off charge, a service the sync does not know) bills those customers too, and what it bills
+        must be compared, not missed. Returns how many contracts the snapshot did not know."""
+        if not self.companies:
+            return 0
+        live = autotask.query_in("Contracts", "companyID", sorted(self.companies), None, CONTRACT_FIELDS)
+        new = 0
+        for contract in live:
+            contract_id, company_id = int(contract["id"]), int(contract["companyID"])
+            if contract_id not in self.contract_ids:
+                new += 1
+            self.contract_ids.add(contract_id)
+            self.company_of_contract.setdefault(contract_id, company_id)
+            if contract.get("contractNumber") in accounts:
+                self.account_of_usage_contract.setdefault(contract_id, str(contract["contractNumber"]))
+        return new
 
 
 # -- the Autotask side -----------------------------------------------------------------------------------------
@@ -570,10 +592,14 @@ def audit_month(
     invoices, lines = read_bss_billing(bss, billing_month)
     accounts = {line.account_id for line in lines}
     known = AutotaskKnowledge.read(warehouse, billing_month, accounts)
+    made_by_hand = known.add_live_contracts(autotask, accounts)
+    if made_by_hand:
+        log.info("audit of %s: %d contracts of the invoiced companies were not in the snapshot", month, made_by_hand)
     # the sync mirrors the BSS: about one item per BSS line, so that many per contract sizes the batches
     items_per_contract = len(lines) / max(1, len(known.contract_ids))
     autotask_read = read_autotask_billing(autotask, billing_month, known.contract_ids, items_per_contract)
     findings = compare(lines, autotask_read.items, autotask_read.charge_po_numbers, known, tolerance)
+    autotask_read.reads["Contracts"] = len(known.companies)  # ids asked for, as for the other entities
     result = AuditResult(
         audit_id=f"audit-{billing_month.key}-{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}",
         month=billing_month.key,

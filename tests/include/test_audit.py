@@ -285,3 +285,55 @@ def test_make_audit_runs_against_the_environments_connections_and_prints_the_csv
     assert "not closed" in refused.stderr and "Error 1" in refused.stderr
     bad = make_audit("2026-13")
     assert bad.returncode != 0 and "month must look like YYYY-MM" in bad.stderr and "Error 64" in bad.stderr
+
+
+def test_a_contract_made_by_hand_after_the_snapshot_is_audited_too(
+    autotask, admin, bss, warehouse: Warehouse, monkeypatch, tmp_path: Path
+):
+    """A person adds a contract with a one-off charge in Autotask after the month's snapshot (an onsite visit): Approve
+    & Post bills it, and the audit must see it (billed with no BSS line), not silently skip the contract."""
+    hook = make_hook(autotask, monkeypatch)
+    plan_month(hook, warehouse)
+    assert load_plan_actions(hook, warehouse, MONTH, "run-1", SETTINGS).failed == 0
+    account, company = next(
+        (row["source_key"], int(row["target_id"]))
+        for row in warehouse.query("SELECT * FROM mapping_links WHERE kind = 'company' ORDER BY source_key")
+    )
+    contract = hook.create(
+        "Contracts",
+        {
+            "companyID": company,
+            "contractName": "Onsite support (made by hand)",
+            "contractType": 7,
+            "startDate": f"{MONTH}-01",
+            "endDate": f"{MONTH}-28",
+            "status": 1,
+            "timeReportingRequiresStartAndStopTimes": 1,
+        },
+    )
+    hook.create_child(
+        "Contracts",
+        contract,
+        "Charges",
+        {
+            "name": "Onsite visit",
+            "datePurchased": f"{MONTH}-15",
+            "chargeType": 1,
+            "unitQuantity": 2,
+            "unitCost": 40.0,
+            "unitPrice": 95.0,
+            "billingCodeID": 29682805,  # the seed's material code
+            "isBillableToCompany": True,
+        },
+    )
+    assert contract not in {
+        int(row["contract_id"]) for row in warehouse.query("SELECT contract_id FROM at_contracts")
+    }  # not in the snapshot
+    admin.client.post("/_admin/approve-and-post", json={"month": MONTH}).raise_for_status()
+    assert any(item["contractID"] == contract for item in admin.state("BillingItems"))
+
+    audited = audit_month(bss, hook, warehouse, MONTH, report_dir=tmp_path / "audit")
+    by_hand = [row for row in audited.findings if row.reason == LeakReason.NOT_IN_BSS and row.company_id == company]
+    assert len(by_hand) == 1 and by_hand[0].account_id == account
+    assert by_hand[0].billed_amount == Decimal("190.00") and by_hand[0].billed_items == 1
+    assert audited.reads["Contracts"] >= 1
