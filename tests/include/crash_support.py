@@ -133,6 +133,45 @@ def load_killed(autotask: RunningServer, admin: SandboxAdmin, database_url: str,
     return sum(admin.stats()["write_attempts"].values())
 
 
+def crash_and_rerun(
+    autotask: RunningServer, admin: SandboxAdmin, database_url: str, approval: str, kill: Kill, expected, monkeypatch
+) -> CrashOutcome:
+    """Run 1 planned, approved and its load killed where `kill` says; then run 2 of the month as a person does it
+    (planned, approved the same way, loaded, and loaded once more as a retry would); Autotask compared with
+    `expected` (`clean_run`)."""
+    admin.reset()
+    warehouse = Warehouse(database_url)
+    warehouse.migrate()
+    hook = make_hook(autotask, monkeypatch)
+    plan_and_approve(hook, warehouse, "run-1", approval)
+    if kill.budget_pause:  # the hour's budget runs out about half-way through the month's writes
+        used = int(admin.stats()["total"])
+        admin.faults(hourly_limit=int((used + 10 + expected[1] // 2 + 4) / 0.8) + 1)
+    killed_at = load_killed(autotask, admin, database_url, "run-1", kill)
+    assert killed_at < expected[1], "the kill came after the month's last write: it proved nothing"
+    if kill.budget_pause:
+        admin.faults(hourly_limit=10000)  # the hour frees
+    plan_and_approve(hook, warehouse, "run-2", approval)
+    summary = load_in_process(hook, warehouse, "run-2")
+    assert summary.status == "succeeded" and summary.failed == 0, summary.failures or summary.waits
+    assert load_in_process(hook, warehouse, "run-2").write_requests == 0  # a retry of the load writes nothing
+    return compare(admin, killed_at, expected)
+
+
+# The kill points that matter to the ledger (besides a share of the month's writes, `Kill(after_writes=n)`):
+KILL_POINTS = {
+    # the ledger row says sent, the request is on the wire, Autotask never processes it
+    "before-the-request-is-processed": Kill(moment="before"),
+    # Autotask applied it, the answer never reaches the ledger
+    "after-the-request-before-the-answer": Kill(moment="after"),
+    # every create confirmed, the first adjustment (which uses them) dies on the wire
+    "between-a-create-and-its-first-adjustment": Kill(entity="ContractServiceAdjustments", moment="before"),
+    # a contract service's first adjustment applied, its second (relative to the first) applied without an answer
+    "mid-way-through-a-contract-service's-adjustments": Kill(chained=True, moment="after"),
+    "during-a-budget-pause": Kill(budget_pause=True),
+}
+
+
 def _kill_in_budget_pause(child: subprocess.Popen, warehouse: Warehouse, run_id: str) -> None:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and child.poll() is None:

@@ -1,25 +1,18 @@
-"""A load SIGKILLed early, then the month run again as a person does (a new run, approved again): Autotask ends
-exactly as one clean run leaves it — nothing twice, nothing lost, no write beyond the month's own.
+"""A load SIGKILLed, then the month run again as a person does (a new run, approved again): Autotask ends exactly
+as one clean run leaves it — nothing twice, nothing lost, no write beyond the month's own.
 
-The representative subset of the crash matrix (`make test-crash` runs it all: tests/include/test_crash_matrix.py).
+The representative subset of the crash matrix that `make test` runs; `make test-crash` runs all of it
+(tests/include/crash_matrix.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from include.warehouse import Warehouse
-from tests.include.crash_support import (
-    PROPOSED_ONLY,
-    WITH_FLAGGED,
-    Kill,
-    clean_run,
-    compare,
-    load_in_process,
-    load_killed,
-    plan_and_approve,
-)
-from tests.include.loader_support import make_hook
+from tests.include.crash_support import KILL_POINTS, PROPOSED_ONLY, WITH_FLAGGED, Kill, clean_run, crash_and_rerun
 
 _EXPECTED: dict[str, tuple] = {}
 
@@ -34,26 +27,14 @@ def expected_state(autotask, admin, approval: str, tmp_path, monkeypatch) -> tup
     return _EXPECTED[key]
 
 
-def crash_and_rerun(autotask, admin, database_url: str, approval: str, kill: Kill, expected, monkeypatch):
-    admin.reset()
-    warehouse = Warehouse(database_url)
-    warehouse.migrate()
-    hook = make_hook(autotask, monkeypatch)
-    plan_and_approve(hook, warehouse, "run-1", approval)
-    killed_at = load_killed(autotask, admin, database_url, "run-1", kill)
-    assert killed_at < expected[1], "the kill came after the month's last write: it proved nothing"
-    # the person sees the run fail and runs the month again: a new run, approved the same way
-    plan_and_approve(hook, warehouse, "run-2", approval)
-    summary = load_in_process(hook, warehouse, "run-2")
-    assert summary.status == "succeeded" and summary.failed == 0, summary.failures or summary.waits
-    again = load_in_process(hook, warehouse, "run-2")  # a retry of the load writes nothing
-    assert again.write_requests == 0
-    return compare(admin, killed_at, expected)
+def explain(outcome) -> str:
+    lines = [f"killed at write {outcome.killed_at} of {outcome.month_writes}; {outcome.writes} writes in all"]
+    return "\n".join(lines + [f"{kind}: {found}" for kind, found in outcome.differences.items()])
 
 
 @pytest.mark.parametrize("approval", [PROPOSED_ONLY, WITH_FLAGGED])
 @pytest.mark.parametrize("share", [0.01, 0.03, 0.5])
-def test_a_load_killed_then_run_again_writes_every_change_exactly_once(
+def test_a_load_killed_at_a_share_of_the_month_then_run_again_writes_every_change_once(
     autotask, admin, tmp_path, monkeypatch, approval, share
 ):
     expected = expected_state(autotask, admin, approval, tmp_path, monkeypatch)
@@ -61,4 +42,28 @@ def test_a_load_killed_then_run_again_writes_every_change_exactly_once(
     outcome = crash_and_rerun(
         autotask, admin, f"sqlite:///{tmp_path / 'crash.db'}", approval, kill, expected, monkeypatch
     )
-    assert outcome.clean, "\n".join(f"{k} {v}" for k, v in outcome.differences.items())
+    assert outcome.clean, explain(outcome)
+
+
+@pytest.mark.parametrize(("approval", "share"), [(WITH_FLAGGED, 0.01), (PROPOSED_ONLY, 0.5)])
+def test_on_postgresql_a_killed_load_run_again_writes_every_change_once(
+    autotask, admin, tmp_path, monkeypatch, postgres_url, approval, share
+):
+    expected = expected_state(autotask, admin, approval, tmp_path, monkeypatch)
+    kill = Kill(after_writes=max(1, round(expected[1] * share)), moment="before")
+    outcome = crash_and_rerun(autotask, admin, postgres_url, approval, kill, expected, monkeypatch)
+    assert outcome.clean, explain(outcome)
+
+
+@pytest.mark.parametrize("point", sorted(set(KILL_POINTS) - {"after-the-request-before-the-answer"}))
+def test_a_load_killed_at_each_step_of_the_ledger_then_run_again_writes_every_change_once(
+    autotask, admin, tmp_path, monkeypatch, point
+):
+    expected = expected_state(autotask, admin, WITH_FLAGGED, tmp_path, monkeypatch)
+    kill = replace(KILL_POINTS[point], after_writes=KILL_POINTS[point].after_writes, label=point)
+    if point == "before-the-request-is-processed":
+        kill = replace(kill, after_writes=max(1, expected[1] // 10))
+    outcome = crash_and_rerun(
+        autotask, admin, f"sqlite:///{tmp_path / 'crash.db'}", WITH_FLAGGED, kill, expected, monkeypatch
+    )
+    assert outcome.clean, explain(outcome)
