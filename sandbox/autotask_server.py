@@ -65,6 +65,9 @@ class Faults:
     # A stand-in Autotask that takes a second adjustment of one contract service on one date (the real one refuses
     # it): a write sent twice then lands twice, as a duplicate a customer is billed for, instead of a refusal.
     accept_duplicate_adjustments: bool = False
+    # Only writes of this kind lose their answer ("POST Contracts", "PATCH Contracts", or an endpoint for every verb:
+    # "ContractServiceAdjustments"); empty: every request may (`lost_response_rate`).
+    lost_response_only: str = ""
 
 
 @dataclass
@@ -269,13 +272,23 @@ class Sandbox:
             finally:
                 if kill_after:
                     self._kill_client()
-            if faulty and self.faults.lost_response_rate > 0 and self.random.random() < self.faults.lost_response_rate:
+            if self._loses_answer(faulty, verb, route) and self.random.random() < self.faults.lost_response_rate:
                 # The work is done (a write is applied and will be saved); only the answer goes missing.
                 self.stats.faults["lost_responses"] += 1
                 return _error_response(ApiError("Gateway Timeout: the upstream response was lost.", 504))
             return JSONResponse(payload)
         finally:
             self.in_flight[slot] -= 1
+
+    def _loses_answer(self, faulty: bool, verb: str, route: _Route) -> bool:
+        only = self.faults.lost_response_only.strip()
+        if not faulty or self.faults.lost_response_rate <= 0:
+            return False
+        if not only:
+            return True
+        wanted_verb, _, endpoint = only.rpartition(" ")
+        writing = verb in ("POST", "PATCH", "PUT", "DELETE") and route.kind in ("root", "record", "child")
+        return writing and endpoint == route.endpoint and (not wanted_verb or wanted_verb == verb)
 
     def _kill_switch_fires(self, endpoint: str, body: Any) -> str | None:
         """Counts a write for an armed kill switch; the moment to kill the client at when this write fires it."""
