@@ -19,7 +19,7 @@ export GX_ANALYTICS_ENABLED := false
 # and pytest rewrites every test module's asserts anew on each run; the caches are git-ignored.
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: help install browser demo run approve audit ui stack check test bench lint format lock clean
+.PHONY: help install browser demo run approve audit ui stack check test test-crash bench lint format lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ check: lint  ## lint, then the fast lane: the `unit` tests (in the test process 
 
 test: $(INSTALLED) browser  ## run the whole test suite (sandboxes, PostgreSQL, real Airflow, a real browser)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-crash: $(INSTALLED)  ## the whole crash matrix: loads SIGKILLed at 1-50 % and at each ledger step, run again; one CRASH {json} line each
+	set -o pipefail; $(BIN)/python -m pytest tests/include/crash_matrix.py -q -s $(PYTEST_ARGS) | grep --line-buffered -E '^CRASH |^(FAILED|ERROR) |^[0-9]+ (passed|failed)'
 
 bench: $(INSTALLED)  ## run every benchmark; one BENCH {json} line each
 	@set -e; for script in bench/bench_*.py; do $(BIN)/python $$script; done

@@ -139,12 +139,17 @@ def bss_autotask_billing_sync() -> None:
 
     @task  # only reads Autotask: a burst of 5xx that outlasts the hook's own attempts is retried here
     def snapshot_autotask(month: str, extracted: dict[str, Any]) -> dict[str, Any]:
-        """The Autotask state the month needs, read with batched queries and stored for this run."""
+        """Earlier loads' writes of unknown outcome settled by reading Autotask (a crashed load's), then the Autotask
+        state the month needs, read with batched queries and stored for this run."""
         from connectors.autotask_hook import AutotaskHook
         from connectors.warehouse_connection import get_warehouse
+        from include.loader import settle_unknown_writes
         from include.snapshot import take_snapshot
 
-        return take_snapshot(AutotaskHook(), get_warehouse(), month, extracted["run_id"], _settings()).as_dict()
+        hook, warehouse, settings = AutotaskHook(), get_warehouse(), _settings()
+        if not settings.dry_run:
+            settle_unknown_writes(hook, warehouse, month, extracted["run_id"], settings)
+        return take_snapshot(hook, warehouse, month, extracted["run_id"], settings).as_dict()
 
     @task
     def link_records(month: str, snapshot: dict[str, Any]) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 
+from include import ledger
 from include.autotask_errors import (
     AutotaskApiError,
     AutotaskBudgetExhaustedError,
@@ -52,6 +53,7 @@ from include.autotask_errors import (
     AutotaskRateLimitError,
 )
 from include.autotask_reader import api_date, to_api_value, udf_value
+from include.ledger import ASK_FIRST, LedgerState
 from include.mapping import record_created_link
 from include.plan import MOVED_SUBSCRIPTION, ActionKind, ActionStatus, PlanAction, load_plan
 from include.sync_settings import SyncSettings
@@ -125,19 +127,6 @@ def share_of(action: PlanAction, shares: int) -> int | None:
         return None
     key = action.account_id or action.target
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % shares
-
-
-class LedgerState(StrEnum):
-    PENDING = "pending"
-    SENT = "sent"
-    CONFIRMED = "confirmed"
-    FAILED = "failed"
-    UNKNOWN = "unknown"
-    RESENT = "resent"
-
-
-# A write in one of these states may have reached Autotask: ask before sending it again.
-ASK_FIRST = frozenset({LedgerState.SENT, LedgerState.UNKNOWN, LedgerState.RESENT})
 
 
 class BudgetExhausted(Exception):
@@ -249,6 +238,38 @@ def load_plan_actions(
     return _Loader(writer, warehouse, month, run_id, settings, load_settings).run()
 
 
+@dataclass
+class SettleSummary:
+    """What settling a month's writes of unknown outcome found (`settle_unknown_writes`)."""
+
+    month: str
+    asked: int = 0  # writes whose outcome was not known
+    found_applied: int = 0  # Autotask holds them: confirmed, their plan rows applied
+    not_applied: int = 0  # Autotask does not hold them and their load has ended: back to pending, never sent twice
+    cannot_tell: int = 0  # a person looks (the plan row failed with the reason)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def settle_unknown_writes(
+    writer: AutotaskWriter, warehouse: Warehouse, month: str, run_id: str, settings: SyncSettings | None = None
+) -> list[SettleSummary]:
+    """Before a new run of `month` plans: every write of an earlier load of this month or an earlier month whose
+    outcome is not known (sent, unknown, resent: its process died, or its answer was lost) is settled by reading
+    Autotask — found (confirmed, its plan row applied), not there (pending again: the slot is free for the new plan,
+    nothing was applied), or cannot tell (its plan row fails with the reason a person reads). Nothing is sent.
+
+    The DAG runs one run at a time (`max_active_runs=1`), so an earlier run's load has ended when a new run plans;
+    a load found still `running` is marked interrupted, as the next load of the month would."""
+    settings = settings or SyncSettings()
+    summaries = []
+    for each in ledger.months_in_doubt(warehouse):
+        if each <= month:
+            summaries.append(_Loader(writer, warehouse, each, run_id, settings, LoadSettings()).settle())
+    return summaries
+
+
 class _Loader:
     def __init__(
         self,
@@ -310,6 +331,51 @@ class _Loader:
         self._finish_load_run(started, message)
         log.info("load %s of %s: %s", self.load_id, self.month, self._counts())
         return self.summary
+
+    def settle(self) -> SettleSummary:
+        """Ask Autotask about the month's writes of unknown outcome, level by level; send nothing."""
+        summary = SettleSummary(self.month)
+        table = self.tables["load_runs"]
+        with self.warehouse.begin() as conn:
+            conn.execute(
+                table.update()
+                .where(table.c.month == self.month, table.c.status == "running")
+                .values(status="interrupted", message="a later run found it still running: the process stopped")
+            )
+        self._read_state()
+        for level in LEVELS:
+            in_doubt = [
+                action
+                for action in self.plan.values()
+                if action.kind in level
+                and action.status == ActionStatus.APPROVED
+                and not self._settled(action)
+                and self._outcome_unknown(action)
+                and self.ledger[action.idempotency_key].action_id == action.action_id
+            ]
+            if not in_doubt:
+                continue
+            summary.asked += len(in_doubt)
+            failed_before = len(self.failed)
+            self._recover(in_doubt)
+            summary.found_applied += sum(1 for action in in_doubt if action.action_id in self.applied)
+            summary.cannot_tell += len(self.failed) - failed_before
+            for action in in_doubt:
+                if self._settled(action):
+                    continue
+                with self.warehouse.begin() as conn:
+                    self._move(
+                        conn,
+                        action.idempotency_key,
+                        LedgerState.PENDING,
+                        error="not in Autotask after its load ended: never applied",
+                    )
+                with self.lock:
+                    self.ledger[action.idempotency_key].state = LedgerState.PENDING
+                summary.not_applied += 1
+        if summary.asked:
+            log.info("settled the writes of unknown outcome of %s: %s", self.month, summary.as_dict())
+        return summary
 
     def _read_state(self) -> None:
         plan = load_plan(self.warehouse, self.month)
@@ -672,7 +738,13 @@ class _Loader:
         """Send what is not settled: chains of one contract service in date order, independent chains at once.
         Every write gets its ledger row (pending) before any is sent; the budget gate reads the budget every
         `write_batch_size` writes while the writes already on their way go on (no pause between batches)."""
-        chains = self._chains([action for action in actions if not self._settled(action)])
+        # one Autotask slot, one write: a second approved action for a slot (two runs' decisions for it) waits for
+        # the next pass, whose recovery sees the slot held by the first and refuses it
+        first_of_slot: dict[str, PlanAction] = {}
+        for action in actions:
+            if not self._settled(action):
+                first_of_slot.setdefault(action.idempotency_key, action)
+        chains = self._chains(list(first_of_slot.values()))
         if not chains:
             return
         self._record_pending([action for chain in chains for action in chain])
@@ -917,37 +989,39 @@ class _Loader:
         if rows:
             with self.warehouse.begin() as conn:
                 # a row another load inserted meanwhile stays theirs (the claim in _mark_sent sees it)
-                self.warehouse.insert(conn, "load_ledger", rows, ignore_conflicts=True)
+                ledger.record_pending(conn, self.warehouse, rows)
 
-    def _update_ledger(self, conn: sa.Connection, key: str, **values: Any) -> None:
-        table = self.tables["load_ledger"]
-        conn.execute(table.update().where(table.c.idempotency_key == key).values(**values))
+    def _move(self, conn: sa.Connection, key: str, after: LedgerState, **values: Any) -> None:
+        """Move the slot's ledger row from the state this load holds it in (`include.ledger.move`)."""
+        before = self.ledger[key].state
+        if not ledger.move(conn, self.tables["load_ledger"], key, before, after, **values):
+            log.warning("the ledger row of %s left %s meanwhile: not moved to %s", key, before, after)
 
     def _mark_sent(self, write: _Write, resend: bool) -> bool:
         """Claim the write: move its row from the state this load last saw to sent (or resent). A row another
         load moved meanwhile is not claimed, so two loads of one month never send the same write."""
         row = self.ledger[write.key]
         state = LedgerState.RESENT if resend else LedgerState.SENT
-        table = self.tables["load_ledger"]
+        if not ledger.allowed(row.state, state):  # a confirmed slot is never sent again
+            log.warning("the write %s is %s in the ledger: it is not sent again", write.key, row.state)
+            return False
         with self.warehouse.begin() as conn:
-            claimed = conn.execute(
-                table.update()
-                .where(
-                    table.c.idempotency_key == write.key,
-                    table.c.state == str(row.state),
-                    table.c.attempts == row.attempts,
-                )
-                .values(
-                    state=str(state),
-                    action_id=write.action.action_id,
-                    payload=json.dumps(write.body, sort_keys=True),
-                    load_id=self.load_id,
-                    attempts=row.attempts + 1,
-                    sent_at=utcnow(),
-                    error=None,
-                )
-            ).rowcount
-        if claimed != 1:
+            claimed = ledger.move(
+                conn,
+                self.tables["load_ledger"],
+                write.key,
+                row.state,
+                state,
+                seen_attempts=row.attempts,
+                action_id=write.action.action_id,
+                payload=json.dumps(write.body, sort_keys=True),
+                run_id=self.run_id,
+                load_id=self.load_id,
+                attempts=row.attempts + 1,
+                sent_at=utcnow(),
+                error=None,
+            )
+        if not claimed:
             log.warning("another load holds the write %s: this load leaves it alone", write.key)
             return False
         with self.lock:
@@ -957,9 +1031,7 @@ class _Loader:
 
     def _mark_unknown(self, write: _Write, error: str) -> None:
         with self.warehouse.begin() as conn:
-            self._update_ledger(
-                conn, write.key, state=str(LedgerState.UNKNOWN), error=error[:2000], finished_at=utcnow()
-            )
+            self._move(conn, write.key, LedgerState.UNKNOWN, error=error[:2000], finished_at=utcnow())
         with self.lock:
             self.ledger[write.key].state = LedgerState.UNKNOWN
         log.warning("outcome unknown for %s (%s): Autotask is asked before anything is sent again", write.key, error)
@@ -967,17 +1039,17 @@ class _Loader:
     def _back_to_pending(self, write: _Write, error: str) -> None:
         # rejected before Autotask processed it (request limit, never connected): provably not applied
         with self.warehouse.begin() as conn:
-            self._update_ledger(conn, write.key, state=str(LedgerState.PENDING), error=error[:2000])
+            self._move(conn, write.key, LedgerState.PENDING, error=error[:2000])
         with self.lock:
             self.ledger[write.key].state = LedgerState.PENDING
 
     def _fail(self, write: _Write, error: str) -> None:
         action = write.action
         with self.warehouse.begin() as conn:
-            self._update_ledger(
+            self._move(
                 conn,
                 write.key,
-                state=str(LedgerState.FAILED),
+                LedgerState.FAILED,
                 error=error[:2000],
                 response_summary="Autotask refused the write",
                 finished_at=utcnow(),
@@ -1007,15 +1079,18 @@ class _Loader:
         key = action.idempotency_key
         now = utcnow()
         with self.warehouse.begin() as conn:
-            if key in self.ledger:
-                values: dict[str, Any] = {"state": str(LedgerState.CONFIRMED), "finished_at": now, "error": None}
+            if key in self.ledger and self.ledger[key].state is not LedgerState.CONFIRMED:
+                values: dict[str, Any] = {"finished_at": now, "error": None, "run_id": self.run_id}
                 if autotask_id is not None:
                     values["autotask_id"] = autotask_id
                 if counter != "already_applied":
                     values["response_summary"] = note
-                self._update_ledger(conn, key, **values)
+                self._move(conn, key, LedgerState.CONFIRMED, **values)
+            elif key in self.ledger:
+                pass  # confirmed by an earlier load: the row says so already
             else:  # found in Autotask before this load ever sent it (a create matched by its key)
                 write = self._write_for(action)
+                ledger.check_move(None, LedgerState.CONFIRMED)
                 conn.execute(
                     self.tables["load_ledger"].insert(),
                     [

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import date
 from decimal import Decimal
@@ -353,13 +353,7 @@ def replace_plan(
     now = utcnow()
     stored: list[PlanAction] = []
     with warehouse.begin() as conn:
-        decided = conn.execute(
-            sa.select(table.c.action_id, table.c.idempotency_key, table.c.status).where(
-                table.c.month == month, table.c.status.in_([str(status) for status in DECIDED_STATUSES])
-            )
-        ).all()
-        decided_ids = {row.action_id for row in decided}
-        decided_keys = {row.idempotency_key: (row.action_id, row.status) for row in decided}
+        from include.ledger import ASK_FIRST, slots_held
         from include.runs import supersede_open_lines  # runs imports the settings, which import models only
 
         supersede_open_lines(conn, warehouse, month, run_id, MACHINE_STATUSES)
@@ -368,12 +362,47 @@ def replace_plan(
                 table.c.month == month, table.c.status.in_([str(status) for status in MACHINE_STATUSES])
             )
         )
+        held = slots_held(conn, month)
+        _supersede_unsent_approvals(conn, warehouse, month, run_id, held, {a.idempotency_key for a in actions})
+        decided = conn.execute(
+            sa.select(table.c.action_id, table.c.idempotency_key, table.c.status).where(
+                table.c.month == month, table.c.status.in_([str(status) for status in DECIDED_STATUSES])
+            )
+        ).all()
+        decided_ids = {row.action_id for row in decided}
+        decided_keys = {row.idempotency_key: (row.action_id, row.status) for row in decided}
+        # a slot an earlier run's write may have reached (its outcome still not known once settled) is that write's:
+        # never planned again; what the new plan hangs on the slot refers to the earlier run's line
+        in_flight = {
+            key: holder.action_id
+            for key, holder in held.items()
+            if holder.state in ASK_FIRST and holder.action_id in decided_ids
+        }
+        renamed = {
+            action.action_id: in_flight[action.idempotency_key]
+            for action in actions
+            if action.idempotency_key in in_flight and action.action_id != in_flight[action.idempotency_key]
+        }
         rows = []
         for action in actions:
             if action.action_id in decided_ids:
                 summary.already_decided += 1
                 continue
-            if action.idempotency_key in decided_keys:
+            if action.idempotency_key in in_flight:
+                summary.already_decided += 1
+                continue
+            action = _with_references(action, renamed) if renamed else action
+            holder = held.get(action.idempotency_key)
+            if holder is not None and holder.action_id != action.action_id:
+                # Autotask's slot was written by another decision: a second write there posts it twice
+                action = action.held(
+                    ActionStatus.BLOCKED,
+                    f"Autotask's slot {action.idempotency_key} was already written by action {holder.action_id} "
+                    f"(run {holder.run_id}, {holder.state}): writing it again would post it twice; check the "
+                    "record in Autotask and correct it there",
+                )
+                summary.conflicting_with_decided += 1
+            elif action.idempotency_key in decided_keys:
                 other_id, other_status = decided_keys[action.idempotency_key]
                 action = action.held(
                     ActionStatus.FLAGGED, f"writes the same Autotask slot as {other_status} action {other_id}"
@@ -389,6 +418,73 @@ def replace_plan(
 
 
 _REFERENCES = ("company_action_id", "contract_action_id", "service_action_id", "contract_service_action_id")
+
+
+def _supersede_unsent_approvals(
+    conn: sa.Connection,
+    warehouse: Warehouse,
+    month: str,
+    run_id: str,
+    held: Mapping[str, Any],
+    new_keys: Collection[str],
+) -> int:
+    """An earlier sync run's approved lines that never reached Autotask (no ledger write holds their slot), when the
+    new run plans their slot again, or when they write to records that earlier run was to create (their slot's name
+    changes once the record exists: a contract created before a crash is `cs:C<id>/…` in the new plan, not the
+    earlier `cs:S:<subscription>/…`), were computed from an older Autotask and signed for that run: the new run plans
+    them afresh from today's Autotask and its own approval signs them. Kept for the earlier run's review
+    (`include.runs.supersede_lines`), then taken out of the month's plan. Any other approved line stays and loads
+    (an existing record's change the new plan does not repeat, e.g. a moved subscription's zeroing of its old
+    contract once the new contract is its remembered link), and so do lines a write of unknown outcome depends on.
+    A reversal run's lines are its own: never superseded here."""
+    table = warehouse.table("plan_actions")
+    approved = (
+        conn.execute(
+            sa.select(
+                table.c.action_id,
+                table.c.idempotency_key,
+                table.c.run_id,
+                table.c.depends_on,
+                *(table.c[name] for name in _REFERENCES),
+            ).where(table.c.month == month, table.c.status == str(ActionStatus.APPROVED), table.c.run_id != run_id)
+        )
+        .mappings()
+        .all()
+    )
+    if not approved:
+        return 0
+    reversal_runs = {
+        row[0]
+        for row in conn.execute(
+            sa.text("SELECT run_id FROM billing_runs WHERE month = :month AND reverses_run_id IS NOT NULL"),
+            {"month": month},
+        )
+    }
+    by_id = {row["action_id"]: row for row in approved if row["run_id"] not in reversal_runs}
+    keep = [
+        action_id
+        for action_id, row in by_id.items()
+        if row["idempotency_key"] in held
+        or (row["idempotency_key"] not in new_keys and not any(row[name] for name in _REFERENCES))
+    ]
+    kept: set[str] = set()
+    while keep:  # what a write in flight depends on stays with it
+        action_id = keep.pop()
+        if action_id in kept or action_id not in by_id:
+            continue
+        kept.add(action_id)
+        keep.extend(json.loads(by_id[action_id]["depends_on"] or "[]"))
+    stale = sorted(set(by_id) - kept)
+    if not stale:
+        return 0
+    from include.runs import supersede_lines
+
+    superseded = 0
+    for start in range(0, len(stale), 250):
+        batch = stale[start : start + 250]
+        superseded += supersede_lines(conn, warehouse, run_id, table.c.action_id.in_(batch))
+        conn.execute(table.delete().where(table.c.action_id.in_(batch), table.c.status == str(ActionStatus.APPROVED)))
+    return superseded
 
 
 def _replace_scope(

@@ -119,7 +119,16 @@ def supersede_open_lines(
     one. In the caller's transaction; returns how many lines were kept."""
     plan = warehouse.table("plan_actions")
     statuses = [str(status) for status in open_statuses]
-    others = plan.c.month == month, plan.c.run_id != run_id, plan.c.status.in_(statuses)
+    return supersede_lines(
+        conn, warehouse, run_id, sa.and_(plan.c.month == month, plan.c.run_id != run_id, plan.c.status.in_(statuses))
+    )
+
+
+def supersede_lines(conn: sa.Connection, warehouse: Warehouse, run_id: str, which: Any) -> int:
+    """Keep what the reviews of the plan lines `which` (a condition on `plan_actions`) show of them in
+    `superseded_plan_actions`, superseded by `run_id`, and mark their runs superseded. The caller removes them."""
+    plan = warehouse.table("plan_actions")
+    others = (which,)
     rows = (
         conn.execute(
             sa.select(

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import random
+import signal
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator
@@ -61,6 +62,12 @@ class Faults:
     thread_limit: int = 3
     thread_limit_status: int = 429
     hourly_limit: int = 10000
+    # A stand-in Autotask that takes a second adjustment of one contract service on one date (the real one refuses
+    # it): a write sent twice then lands twice, as a duplicate a customer is billed for, instead of a refusal.
+    accept_duplicate_adjustments: bool = False
+    # Only writes of this kind lose their answer ("POST Contracts", "PATCH Contracts", or an endpoint for every verb:
+    # "ContractServiceAdjustments"); empty: every request may (`lost_response_rate`).
+    lost_response_only: str = ""
 
 
 @dataclass
@@ -78,12 +85,45 @@ class Settings:
     faults: Faults | None = None
 
 
+@dataclass
+class KillSwitch:
+    """A crash test's trigger (`POST /_admin/kill-switch`): SIGKILL the client process `pid` when the `after_writes`-th
+    write it arms for reaches the sandbox, at a `moment` that matters to a ledger: "before" Autotask processes it
+    (the request left, nothing applied), or "after" (applied, the answer never leaves). `entity` counts only writes to
+    that endpoint; `chained` counts only adjustments of a contract service that already took one since arming (the
+    middle of its date-ordered chain). Fires once."""
+
+    pid: int
+    after_writes: int = 1
+    moment: str = "before"
+    entity: str | None = None
+    chained: bool = False
+    seen: int = 0
+    adjusted: set = None  # type: ignore[assignment]
+    fired_at: int | None = None
+
+    def counts(self, endpoint: str, body: Any) -> bool:
+        """Whether this write counts towards the trigger (and remember an adjusted contract service)."""
+        if self.entity and endpoint.lower() != self.entity.lower():
+            return False
+        if not self.chained:
+            return True
+        if endpoint.lower() != "contractserviceadjustments" or not isinstance(body, dict):
+            return False
+        slot = (body.get("contractServiceID"), body.get("contractID"), body.get("serviceID"))
+        seen_before = slot in self.adjusted
+        self.adjusted.add(slot)
+        return seen_before
+
+
 class Stats:
     def __init__(self) -> None:
         self.requests: dict[str, Counter] = defaultdict(Counter)
         self.max_concurrency: Counter = Counter()
         self.rejected: Counter = Counter()
         self.faults: Counter = Counter()
+        self.write_attempts: Counter = Counter()  # writes that reached processing, by entity (refused ones too)
+        self.refused_writes: Counter = Counter()  # of those, the ones Autotask refused, by entity
         self.writes_at_reset = 0
 
     def as_dict(self, writes: int) -> dict:
@@ -94,6 +134,8 @@ class Stats:
             "max_concurrency": dict(self.max_concurrency),
             "rejected": dict(self.rejected),
             "faults": dict(self.faults),
+            "write_attempts": dict(self.write_attempts),
+            "refused_writes": dict(self.refused_writes),
         }
 
 
@@ -108,6 +150,7 @@ class Sandbox:
         self.window: deque[float] = deque()  # times of counted requests in the rolling hour
         self.in_flight: Counter = Counter()
         self.random = random.Random(settings.seed)
+        self.kill_switch: KillSwitch | None = None
         self._facts: list[dict] | None = None
         self.store = Store()
         self._last_save = 0.0
@@ -209,17 +252,62 @@ class Sandbox:
                 self.stats.faults["errors"] += 1
                 return _error_response(ApiError("Service Unavailable (injected fault); nothing was applied.", 503))
             body = await _json_body(request) if verb in ("POST", "PATCH", "PUT") else None
+            writing = verb in ("POST", "PATCH", "PUT", "DELETE") and route.kind in ("root", "record", "child")
+            kill_after = False
+            if writing:
+                self.stats.write_attempts[route.endpoint] += 1
+                self.store.accept_duplicate_adjustments = self.faults.accept_duplicate_adjustments
+                kill_at = self._kill_switch_fires(route.endpoint, body)
+                if kill_at == "before":  # the client dies with its request on the wire: nothing is applied
+                    self.stats.write_attempts[route.endpoint] -= 1  # it never reached processing
+                    self._kill_client()
+                    return _error_response(ApiError("The client was killed before the write was processed.", 503))
+                kill_after = kill_at == "after"
             try:
                 payload = self._dispatch(route, verb, request, body)
             except ApiError as error:
+                if writing:
+                    self.stats.refused_writes[route.endpoint] += 1
                 return _error_response(error)
-            if faulty and self.faults.lost_response_rate > 0 and self.random.random() < self.faults.lost_response_rate:
+            finally:
+                if kill_after:
+                    self._kill_client()
+            if self._loses_answer(faulty, verb, route) and self.random.random() < self.faults.lost_response_rate:
                 # The work is done (a write is applied and will be saved); only the answer goes missing.
                 self.stats.faults["lost_responses"] += 1
                 return _error_response(ApiError("Gateway Timeout: the upstream response was lost.", 504))
             return JSONResponse(payload)
         finally:
             self.in_flight[slot] -= 1
+
+    def _loses_answer(self, faulty: bool, verb: str, route: _Route) -> bool:
+        only = self.faults.lost_response_only.strip()
+        if not faulty or self.faults.lost_response_rate <= 0:
+            return False
+        if not only:
+            return True
+        wanted_verb, _, endpoint = only.rpartition(" ")
+        writing = verb in ("POST", "PATCH", "PUT", "DELETE") and route.kind in ("root", "record", "child")
+        return writing and endpoint == route.endpoint and (not wanted_verb or wanted_verb == verb)
+
+    def _kill_switch_fires(self, endpoint: str, body: Any) -> str | None:
+        """Counts a write for an armed kill switch; the moment to kill the client at when this write fires it."""
+        switch = self.kill_switch
+        if switch is None or switch.fired_at is not None or not switch.counts(endpoint, body):
+            return None
+        switch.seen += 1
+        if switch.seen < switch.after_writes:
+            return None
+        switch.fired_at = sum(self.stats.write_attempts.values())
+        return switch.moment
+
+    def _kill_client(self) -> None:
+        switch = self.kill_switch
+        if switch is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(switch.pid, signal.SIGKILL)
+        self.stats.faults["killed"] += 1
 
     def _open_endpoint(self, route: _Route, verb: str, request: Request) -> dict:
         if verb != "GET":
@@ -522,9 +610,34 @@ def create_app(settings: Settings) -> FastAPI:
         sandbox.stats.writes_at_reset = sandbox.store.writes
         return sandbox.stats.as_dict(sandbox.store.writes)
 
+    @app.post("/_admin/kill-switch")
+    async def arm_kill_switch(request: Request) -> JSONResponse:
+        """Arm (or, with {}, disarm) the crash tests' SIGKILL of a client process (`KillSwitch`)."""
+        body = await _json_body(request) or {}
+        if not body:
+            sandbox.kill_switch = None
+            return JSONResponse({"armed": False})
+        if body.get("moment", "before") not in ("before", "after"):
+            return JSONResponse({"errors": ["moment is before or after"]}, status_code=400)
+        sandbox.kill_switch = KillSwitch(
+            pid=int(body["pid"]),
+            after_writes=max(1, int(body.get("after_writes", 1))),
+            moment=body.get("moment", "before"),
+            entity=body.get("entity"),
+            chained=bool(body.get("chained", False)),
+            adjusted=set(),
+        )
+        return JSONResponse({"armed": True})
+
+    @app.get("/_admin/kill-switch")
+    async def kill_switch_state() -> dict:
+        switch = sandbox.kill_switch
+        return {"armed": switch is not None, "fired_at": None if switch is None else switch.fired_at}
+
     @app.post("/_admin/reset")
     async def reset() -> dict:
         sandbox.reset()
+        sandbox.kill_switch = None
         return {"status": "reset"}
 
     @app.post("/_admin/save")

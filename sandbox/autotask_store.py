@@ -135,6 +135,7 @@ class Store:
     def __init__(self, state: dict[str, list[dict]] | None = None) -> None:
         self.tables: dict[str, Table] = {}
         self.writes = 0
+        self.accept_duplicate_adjustments = False  # the server's fault switch of the same name
         self.dirty = False
         self._units_cache: dict[int, list[dict]] = {}
         self._unit_plans: dict[int, _UnitPlan] = {}
@@ -590,7 +591,8 @@ class Store:
             self._insert_contract_service(cs_record, {}, service)
             cs = cs_record
         history = self.tables["ContractServiceAdjustments"].find("contractServiceID", cs["id"])
-        if any(item["effectiveDate"] == effective and not item.get("_initial") for item in history):
+        same_day = any(item["effectiveDate"] == effective and not item.get("_initial") for item in history)
+        if same_day and not self.accept_duplicate_adjustments:
             raise ApiError("Attempt to insert duplicate data into contract_service_period")
         self._check_units_stay_positive(history, effective, record["unitChange"])
         record.update(contractServiceID=cs["id"], contractID=cs["contractID"], serviceID=cs["serviceID"])

@@ -1,0 +1,69 @@
+"""A load SIGKILLed, then the month run again as a person does (a new run, approved again): Autotask ends exactly
+as one clean run leaves it — nothing twice, nothing lost, no write beyond the month's own.
+
+The representative subset of the crash matrix that `make test` runs; `make test-crash` runs all of it
+(tests/include/crash_matrix.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from include.warehouse import Warehouse
+from tests.include.crash_support import KILL_POINTS, PROPOSED_ONLY, WITH_FLAGGED, Kill, clean_run, crash_and_rerun
+
+_EXPECTED: dict[str, tuple] = {}
+
+
+def expected_state(autotask, admin, approval: str, tmp_path, monkeypatch) -> tuple:
+    """One clean run's final Autotask state and write count (once per approval kind and sandbox)."""
+    key = f"{autotask.url}|{approval}"
+    if key not in _EXPECTED:
+        warehouse = Warehouse(f"sqlite:///{tmp_path / 'clean.db'}")
+        warehouse.migrate()
+        _EXPECTED[key] = clean_run(autotask, admin, warehouse, approval, monkeypatch)
+    return _EXPECTED[key]
+
+
+def explain(outcome) -> str:
+    lines = [f"killed at write {outcome.killed_at} of {outcome.month_writes}; {outcome.writes} writes in all"]
+    return "\n".join(lines + [f"{kind}: {found}" for kind, found in outcome.differences.items()])
+
+
+@pytest.mark.parametrize("approval", [PROPOSED_ONLY, WITH_FLAGGED])
+@pytest.mark.parametrize("share", [0.01, 0.03, 0.5])
+def test_a_load_killed_at_a_share_of_the_month_then_run_again_writes_every_change_once(
+    autotask, admin, tmp_path, monkeypatch, approval, share
+):
+    expected = expected_state(autotask, admin, approval, tmp_path, monkeypatch)
+    kill = Kill(after_writes=max(1, round(expected[1] * share)), moment="after")
+    outcome = crash_and_rerun(
+        autotask, admin, f"sqlite:///{tmp_path / 'crash.db'}", approval, kill, expected, monkeypatch
+    )
+    assert outcome.clean, explain(outcome)
+
+
+@pytest.mark.parametrize(("approval", "share"), [(WITH_FLAGGED, 0.01), (PROPOSED_ONLY, 0.5)])
+def test_on_postgresql_a_killed_load_run_again_writes_every_change_once(
+    autotask, admin, tmp_path, monkeypatch, postgres_url, approval, share
+):
+    expected = expected_state(autotask, admin, approval, tmp_path, monkeypatch)
+    kill = Kill(after_writes=max(1, round(expected[1] * share)), moment="before")
+    outcome = crash_and_rerun(autotask, admin, postgres_url, approval, kill, expected, monkeypatch)
+    assert outcome.clean, explain(outcome)
+
+
+@pytest.mark.parametrize("point", sorted(set(KILL_POINTS) - {"after-the-request-before-the-answer"}))
+def test_a_load_killed_at_each_step_of_the_ledger_then_run_again_writes_every_change_once(
+    autotask, admin, tmp_path, monkeypatch, point
+):
+    expected = expected_state(autotask, admin, WITH_FLAGGED, tmp_path, monkeypatch)
+    kill = replace(KILL_POINTS[point], after_writes=KILL_POINTS[point].after_writes, label=point)
+    if point == "before-the-request-is-processed":
+        kill = replace(kill, after_writes=max(1, expected[1] // 10))
+    outcome = crash_and_rerun(
+        autotask, admin, f"sqlite:///{tmp_path / 'crash.db'}", WITH_FLAGGED, kill, expected, monkeypatch
+    )
+    assert outcome.clean, explain(outcome)
