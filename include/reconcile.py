@@ -49,7 +49,7 @@ from include.field_mapping import (
     commitment_term,
     renewed_end_date,
 )
-from include.models import BillingMonth, ChargeAction
+from include.models import RECURRING_PRICE_CHARGE_TYPES, BillingMonth, ChargeAction
 from include.plan import (
     MOVED_SUBSCRIPTION,
     ActionKind,
@@ -223,7 +223,8 @@ def reconcile_month(
                 for row in warehouse.query(
                     "SELECT DISTINCT target_id FROM month_links WHERE run_id = :run_id AND kind = 'contract'"
                     f" AND {of_unbilled} AND source_key IN (SELECT subscription_id FROM charge_lines"
-                    " WHERE month = :month AND charge_type <> 'OneTime')",
+                    " WHERE month = :month AND charge_type IN ('Recurring', 'Prorated', 'Credit') AND action IN"
+                    " ('Cycle', 'New', 'Renewal', 'QuantityIncrease', 'QuantityDecrease', 'Cancellation'))",
                     {**params, **unbilled_params},
                 )
             }
@@ -496,9 +497,19 @@ def _groups(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
     groups["subscriptions"] = pd.Series({group: tuple(ids) for group, ids in members.items()}, dtype=object)
     groups["commitment_months"] = by_group["commitment_months"].max()
     groups["billing_cycle"] = lines.sort_values("commitment_months").groupby("group")["billing_cycle"].last()
-    last_line = billed.groupby("group", sort=False)[["unit_price", "unit_cost"]].last()
+    # the money of the recurring line (its latest Recurring or Prorated line), never a cancellation's credit; only
+    # a contract service billed by nothing else (a cancellation alone) falls back to its last line
+    recurring = (
+        billed[billed["charge_type"].isin([str(kind) for kind in RECURRING_PRICE_CHARGE_TYPES])]
+        if "charge_type" in billed
+        else billed
+    )
+    last_line = billed.groupby("group", sort=False)[["unit_price", "unit_cost", "currency"]].last()
+    last_recurring = recurring.groupby("group", sort=False)[["unit_price", "unit_cost", "currency"]].last()
+    last_line = last_recurring.combine_first(last_line)
     groups["unit_price"] = last_line["unit_price"]
     groups["unit_cost"] = last_line["unit_cost"]
+    groups["currency"] = last_line["currency"]
     groups["first_point"] = by_group["point"].min()
     groups["last_point"] = billed.groupby("group")["point"].max()
     groups["last_charge_end"] = billed.groupby("group")["charge_end_date"].max()
