@@ -53,7 +53,7 @@ from include.autotask_errors import (
 )
 from include.autotask_reader import api_date, to_api_value, udf_value
 from include.mapping import record_created_link
-from include.plan import MOVED_SUBSCRIPTION, ActionKind, ActionStatus, PlanAction, load_plan
+from include.plan import ADJUSTMENT_KINDS, MOVED_SUBSCRIPTION, ActionKind, ActionStatus, PlanAction, load_plan
 from include.sync_settings import SyncSettings
 from include.warehouse import Warehouse, utcnow
 
@@ -188,10 +188,10 @@ LEVELS: tuple[tuple[ActionKind, ...], ...] = (
     (ActionKind.CREATE_CONTRACT,),
     (ActionKind.EXTEND_CONTRACT,),
     (ActionKind.CREATE_CONTRACT_SERVICE,),
-    (ActionKind.ADJUST_UNITS, ActionKind.CHANGE_COST),
+    (ActionKind.ADJUST_UNITS, ActionKind.CHANGE_COST, ActionKind.CHANGE_PRICE),
 )
 WRITING_KINDS = frozenset(kind for level in LEVELS for kind in level)
-ADJUSTING_KINDS = frozenset({ActionKind.ADJUST_UNITS, ActionKind.CHANGE_COST})
+ADJUSTING_KINDS = ADJUSTMENT_KINDS
 _ENTITY_OF = {
     ActionKind.CREATE_COMPANY: ("Companies", "POST"),
     ActionKind.CREATE_SERVICE: ("Services", "POST"),
@@ -200,6 +200,7 @@ _ENTITY_OF = {
     ActionKind.CREATE_CONTRACT_SERVICE: ("ContractServices", "POST"),
     ActionKind.ADJUST_UNITS: ("ContractServiceAdjustments", "POST"),
     ActionKind.CHANGE_COST: ("ContractServiceAdjustments", "POST"),
+    ActionKind.CHANGE_PRICE: ("ContractServiceAdjustments", "POST"),
 }
 
 
@@ -1245,6 +1246,7 @@ _FINDERS: dict[ActionKind, Callable[[_Loader, Sequence[PlanAction]], Iterable[tu
     ActionKind.CREATE_CONTRACT_SERVICE: _Loader._find_contract_services,
     ActionKind.ADJUST_UNITS: _Loader._find_adjustments,
     ActionKind.CHANGE_COST: _Loader._find_adjustments,
+    ActionKind.CHANGE_PRICE: _Loader._find_adjustments,
 }
 
 

@@ -31,14 +31,14 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from include.models import BillingMonth
-from include.plan import ActionKind, ActionStatus, PlanAction, PlanSummary, load_plan
+from include.plan import ADJUSTMENT_KINDS, ActionKind, ActionStatus, PlanAction, PlanSummary, load_plan
 from include.verify import AutotaskUnitsReader, VerificationResult, _checks_of, _contract_ends, _units_rows
 from include.verify import _store as _store_verification
 from include.warehouse import Warehouse, utcnow
 
 log = logging.getLogger(__name__)
 
-_ADJUSTING = (ActionKind.ADJUST_UNITS, ActionKind.CHANGE_COST)
+_ADJUSTING = tuple(ADJUSTMENT_KINDS)
 _NOT_UNDONE = (
     ActionKind.CREATE_COMPANY,
     ActionKind.CREATE_SERVICE,

@@ -25,12 +25,12 @@ import sqlalchemy as sa
 
 from include.autotask_reader import api_date
 from include.models import BillingMonth
-from include.plan import ActionKind, ActionStatus, PlanAction, load_plan
+from include.plan import ADJUSTMENT_KINDS, ActionKind, ActionStatus, PlanAction, load_plan
 from include.warehouse import Warehouse, utcnow
 
 log = logging.getLogger(__name__)
 
-_ADJUSTING = (ActionKind.ADJUST_UNITS, ActionKind.CHANGE_COST)
+_ADJUSTING = tuple(ADJUSTMENT_KINDS)
 _UNITS_TOLERANCE = Decimal("0.0001")
 
 
