@@ -525,7 +525,8 @@ def _groups(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
     last_line = last_recurring.combine_first(last_line)
     groups["unit_price"] = last_line["unit_price"]
     groups["unit_cost"] = last_line["unit_cost"]
-    groups["currency"] = last_line["currency"]
+    # a contract service only a moved subscription's zeroing line reaches: that subscription's currency
+    groups["currency"] = last_line["currency"].reindex(groups.index).fillna(by_group["currency"].last())
     groups["first_point"] = by_group["point"].min()
     groups["last_point"] = billed.groupby("group")["point"].max()
     groups["last_charge_end"] = billed.groupby("group")["charge_end_date"].max()
