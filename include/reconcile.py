@@ -831,20 +831,18 @@ def _money_changes(points: pd.DataFrame, target_column: str, autotask_column: st
 
 
 def _price_policies(groups: pd.DataFrame, default: PricePolicy, overrides: Mapping[str, PricePolicy]) -> None:
-    """Each contract service's price policy (its customer's override, else the setting), and the unit price a new
-    one is created with: the policy's price from the BSS figures of its recurring line, in the customer's currency."""
-    policies = [policy_of(account, default, overrides) for account in groups["account_id"].tolist()]
-    groups["price_policy"] = pd.Series(policies, index=groups.index, dtype=object)
-    groups["reprices"] = [policy.reprices_existing for policy in policies]
-    groups["markup_factor"] = [
-        float(1 + policy.markup_percent / 100) if policy.rule is PriceRule.MARKUP else np.nan for policy in policies
-    ]
-    groups["policy_unit_price"] = [
-        policy.price(None if pd.isna(price) else price, None if pd.isna(cost) else cost)
-        for policy, price, cost in zip(
-            policies, groups["unit_price"].tolist(), groups["unit_cost"].tolist(), strict=True
-        )
-    ]
+    """Each contract service's price policy (its customer's override, else the setting): whether an existing one is
+    repriced, and the markup factor of a `markup` policy."""
+    # one policy per customer, mapped (a Python call per contract service costs seconds at 60,000 of them); the
+    # price of a new one is computed when it is created (`_create_contract_service`)
+    accounts = groups["account_id"].dropna().unique().tolist()
+    of_account = {account: policy_of(account, default, overrides) for account in accounts}
+    policies = groups["account_id"].map(of_account).where(groups["account_id"].notna(), default)
+    groups["price_policy"] = policies.astype(object)
+    groups["reprices"] = policies.map(lambda policy: policy.reprices_existing).astype(bool)
+    groups["markup_factor"] = policies.map(
+        lambda policy: float(1 + policy.markup_percent / 100) if policy.rule is PriceRule.MARKUP else np.nan
+    ).astype("float64")
 
 
 def _policy_prices(points: pd.DataFrame, groups: pd.DataFrame, holdings: pd.DataFrame) -> None:
@@ -875,10 +873,15 @@ def _policy_prices(points: pd.DataFrame, groups: pd.DataFrame, holdings: pd.Data
 def _price_changes(points: pd.DataFrame) -> None:
     _money_changes(points, "policy_price", "at_price", "price_change", "price_before")
     # what the customer pays and what the MSP pays at each date once the plan is loaded: the plan's last figure
-    # set on or before it, else Autotask's
-    by_group = points.groupby("group", sort=False)
-    points["price_in_force"] = by_group["price_change"].ffill().fillna(points["at_price"])
-    points["cost_in_force"] = by_group["cost_change"].ffill().fillna(points["at_cost"])
+    # set on or before it, else Autotask's (carried forward only in the groups the plan sets a figure in)
+    points["price_in_force"] = points["at_price"]
+    points["cost_in_force"] = points["at_cost"]
+    setting = points["group"].isin(points.loc[points["price_change"].notna() | points["cost_change"].notna(), "group"])
+    if setting.any():
+        subset = points[setting]
+        by_group = subset.groupby("group", sort=False)
+        points.loc[setting, "price_in_force"] = by_group["price_change"].ffill().fillna(subset["at_price"])
+        points.loc[setting, "cost_in_force"] = by_group["cost_change"].ffill().fillna(subset["at_cost"])
 
 
 def _unit_changes(points: pd.DataFrame) -> None:
@@ -1355,8 +1358,11 @@ class _PlanBuilder:
                     "another service",
                 )
             )
-        price = info["policy_unit_price"]
-        cost = None if pd.isna(info["unit_cost"]) else _decimal(info["unit_cost"])
+        bss_price, bss_cost = info["unit_price"], info["unit_cost"]
+        price = info["price_policy"].price(
+            None if pd.isna(bss_price) else bss_price, None if pd.isna(bss_cost) else bss_cost
+        )
+        cost = None if pd.isna(bss_cost) else _decimal(bss_cost)
         if price is None:
             holds.append(
                 Hold(
