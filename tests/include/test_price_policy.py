@@ -214,3 +214,31 @@ def test_a_markup_customers_new_contract_service_is_priced_from_the_cost(warehou
     )
     assert created.payload["unitPrice"] == Decimal("11.0000") and created.payload["unitCost"] == Decimal("10.0000")
     assert SETTINGS.default_price_policy == PricePolicy()
+
+
+def test_a_reversal_puts_back_the_price_of_before_the_load():
+    """A price change 11 -> 12 on the 1st alone (no units) is undone on the 2nd with the price of before."""
+    from include.reversal import _Original, _reverse_chain
+
+    applied = PlanAction(
+        kind=ActionKind.CHANGE_PRICE,
+        month=MONTH,
+        target="cs:C7/V3",
+        status=ActionStatus.APPLIED,
+        effective_date=D(2026, 10, 1),
+        units_before=Decimal(10),
+        units_after=Decimal(10),
+        unit_change=Decimal(0),
+        unit_price_before=Decimal("11.0000"),
+        unit_price_after=Decimal("12.0000"),
+        currency="GBP",
+    )
+    (reversal,) = _reverse_chain(MONTH, "run-1", [_Original(applied, 7, 3, 70)], "Not undone: nothing.")
+    assert reversal.kind is ActionKind.CHANGE_PRICE and reversal.effective_date == D(2026, 10, 2)
+    assert reversal.payload["adjustedUnitPrice"] == 11 and "adjustedUnitCost" not in reversal.payload
+    assert (reversal.unit_price_before, reversal.unit_price_after, reversal.currency) == (
+        Decimal("12.0000"),
+        Decimal("11.0000"),
+        "GBP",
+    )
+    assert "unit price goes back to 11" in reversal.reason
