@@ -772,7 +772,7 @@ def _static_rows(
             "bss_units": _float(line.units_after),
             "autotask_units": _float(line.units_before),
             "unit_change": _float(line.unit_change if line.unit_change is not None else _minus(line)),
-            "change": _change_text(plan_row["kind"], line, payload),
+            "change": _change_text(plan_row["kind"], line, payload, plan_row),
             "effective_date": line.effective_date.isoformat() if line.effective_date else "",
             "unit_price": _float(unit_price),
             "unit_cost": _float(line.unit_cost_after if line.unit_cost_after is not None else line.unit_cost_before),
@@ -865,11 +865,14 @@ def _minus(line: Any) -> Decimal | None:
     return line.units_after - line.units_before
 
 
-def _change_text(kind: str, line: Any, payload: Mapping[str, Any]) -> str:
+def _change_text(kind: str, line: Any, payload: Mapping[str, Any], row: Mapping[str, Any] | None = None) -> str:
     if kind == "adjust_units" and line.unit_change is not None:
         return f"{_signed(line.unit_change)} units"
     if kind == "change_cost":
         return f"unit cost {_plain(line.unit_cost_before)} → {_plain(line.unit_cost_after)}"
+    if kind == "change_price":
+        before = row.get("unit_price_before") if row is not None else None
+        return f"unit price {_plain(before)} → {_plain(payload.get('adjustedUnitPrice'))}"
     if kind == "extend_contract":
         before = line.end_date_before.isoformat() if line.end_date_before else "?"
         after = line.end_date_after.isoformat() if line.end_date_after else "?"
