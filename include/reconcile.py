@@ -91,6 +91,7 @@ class SnapshotState:
     contract_services: pd.DataFrame  # contract_service_id, contract_id, service_id, unit_cost
     units: pd.DataFrame  # contract_service_id, start_date, end_date, units, cost, price
     companies: pd.DataFrame  # company_id, company_name, currency (ISO code; None when unknown)
+    internal_currency: str | None = None  # the tenant's (a catalogue Service's price is in it); None when unknown
 
     @classmethod
     def load(
@@ -140,7 +141,9 @@ class SnapshotState:
         companies = warehouse.read_frame(
             "SELECT company_id, company_name, currency FROM at_companies WHERE run_id = :run_id", params
         )
-        return cls(contracts, services, contract_services, units, companies).typed()
+        internal = warehouse.query("SELECT internal_currency FROM at_snapshots WHERE run_id = :run_id", params)
+        internal_currency = internal[0]["internal_currency"] if internal else None
+        return cls(contracts, services, contract_services, units, companies, internal_currency).typed()
 
     def typed(self) -> SnapshotState:
         """The same frames with the column types the comparison relies on (dates, floats)."""
@@ -955,6 +958,7 @@ class _PlanBuilder:
         self.groups = groups
         self.points = points
         self.accounts = accounts
+        self.internal_currency = snapshot.internal_currency
         self.contracts = snapshot.contracts.set_index("contract_id")
         self.contract_starts = self.contracts["start_date"].dropna().to_dict()
         self.contract_companies = self.contracts["company_id"].dropna().astype("int64").to_dict()
@@ -1251,10 +1255,11 @@ class _PlanBuilder:
         product_id = info["product_id"]
         if product_id in self.service_actions:
             return self.service_actions[product_id]
+        price, cost = self._catalogue_money(info)
         payload = {
             "name": str(info["product_name"])[:100],
-            "unitPrice": _decimal(info["unit_price"]),
-            "unitCost": _decimal(info["unit_cost"]),
+            "unitPrice": price,
+            "unitCost": cost,
             "periodType": self.settings.period_type(info["billing_period"]),
             "billingCodeID": self.settings.billing_code_id,
             "sku": (info["product_sku"] or None),
@@ -1284,6 +1289,21 @@ class _PlanBuilder:
         self.service_actions[product_id] = action
         self.actions.append(action)
         return action
+
+    def _catalogue_money(self, info: Mapping[str, Any]) -> tuple[Decimal, Decimal]:
+        """A new catalogue Service's price and cost: its own price is in the tenant's internal currency, so they come
+        from a month's line of the product in that currency when there is one (the first contract service's
+        otherwise; every contract service carries its own money, so no customer pays this figure)."""
+        if self.internal_currency:
+            same = self.groups[
+                (self.groups["product_id"] == info["product_id"])
+                & (self.groups["currency"].astype(str).str.upper() == str(self.internal_currency).upper())
+                & self.groups["unit_price"].notna()
+            ]
+            if not same.empty:
+                first = same.sort_index().iloc[0]
+                return _decimal(first["unit_price"]), _decimal(first["unit_cost"])
+        return _decimal(info["unit_price"]), _decimal(info["unit_cost"])
 
     def _create_contract(self, group: str, info: Mapping[str, Any]) -> PlanAction:
         (subscription_id,) = info["subscriptions"]
@@ -1536,7 +1556,9 @@ def with_earlier_approved(snapshot: SnapshotState, earlier_approved: pd.DataFram
         contracts["end_date"] = contracts["end_date"].where(
             approved_end.isna() | (contracts["end_date"] >= approved_end), approved_end
         )
-    return SnapshotState(contracts, snapshot.services, snapshot.contract_services, units, snapshot.companies)
+    return SnapshotState(
+        contracts, snapshot.services, snapshot.contract_services, units, snapshot.companies, snapshot.internal_currency
+    )
 
 
 def _in_flight(earlier_approved: pd.DataFrame) -> pd.Series:

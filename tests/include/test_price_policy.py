@@ -242,3 +242,53 @@ def test_a_reversal_puts_back_the_price_of_before_the_load():
         "GBP",
     )
     assert "unit price goes back to 11" in reversal.reason
+
+
+def test_a_new_catalogue_service_is_priced_in_the_internal_currency_not_a_foreign_customers(warehouse):
+    """Copilot is new to Autotask; a USD customer's subscription sorts first, an EUR customer's second: the Service is
+    priced from the EUR line (the tenant's internal currency), and each contract service carries its own money."""
+    copilot = ("PRD-COP", "COP-1", "Microsoft 365 Copilot")
+    dollars = ("ACC-7", "Tailspin Inc")
+    fake = FakeAutotask()
+    us = fake.add_company(dollars[1], key=dollars[0], currency="USD")
+    eu = fake.add_company(ACME[1], key=ACME[0])
+    fake.add_contract(us, "Copilot", "SUB-1", D(2026, 1, 1), D(2026, 12, 31))
+    fake.add_contract(eu, "Copilot", "SUB-2", D(2026, 1, 1), D(2026, 12, 31))
+    october = [
+        line(
+            MONTH,
+            dollars,
+            "SUB-1",
+            copilot,
+            "New",
+            3,
+            3,
+            D(2026, 10, 1),
+            unit_cost="25.0000",
+            unit_price="30.4688",
+            currency="USD",
+        ),
+        line(
+            MONTH,
+            ACME,
+            "SUB-2",
+            copilot,
+            "New",
+            2,
+            2,
+            D(2026, 10, 1),
+            unit_cost="23.0000",
+            unit_price="28.1000",
+            currency="EUR",
+        ),
+    ]
+    plan = _plan(warehouse, fake, october, accounts=[account_row(*ACME), account_row(*dollars)])
+    (service,) = [action for action in plan if action.kind is ActionKind.CREATE_SERVICE]
+    assert Decimal(str(service.payload["unitPrice"])) == Decimal("28.1")
+    assert Decimal(str(service.payload["unitCost"])) == Decimal("23")
+    prices = {
+        action.currency: Decimal(str(action.payload["unitPrice"]))
+        for action in plan
+        if action.kind is ActionKind.CREATE_CONTRACT_SERVICE
+    }
+    assert prices == {"USD": Decimal("30.4688"), "EUR": Decimal("28.1")}
