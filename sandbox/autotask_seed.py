@@ -42,7 +42,7 @@ ONE_OFF_BILLING_CODE_ID = RECURRING_BILLING_CODE_ID + 5
 PERIOD_TYPES = {"Monthly": 2, "Quarterly": 3, "SemiAnnually": 4, "Annually": 5}
 # Contract services whose Autotask price is an older one than the BSS's list: the price times this factor.
 OLDER_PRICE_SHARE = 0.15
-OLDER_PRICE_FACTOR = 0.92
+OLDER_PRICE_FACTOR = 0.97
 _SEEDED_AT = format_datetime(datetime(2023, 1, 2, 9, 0, 0))
 
 # The first customers of every universe get fixed fates, so small seeds hold each case.

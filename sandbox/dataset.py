@@ -69,7 +69,7 @@ _PRICE_LIST_FACTORS = (Decimal("1"), Decimal("1"), Decimal("1.05"), Decimal("0.9
 # The distributor's cost of a share of the products rose by COST_RISE from this day on (a month start).
 COST_CHANGE_DAY = date(2026, 10, 1)
 COST_CHANGE_SHARE = 0.3
-COST_RISE = Decimal("1.04")
+COST_RISE = Decimal("1.03")
 # Of quantity increases, the share followed by a OneTime `Setup` line (an onboarding fee per added seat).
 SETUP_ON_INCREASE_SHARE = 0.25
 ONBOARDING_FEE_SHARE = Decimal("0.5")
