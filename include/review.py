@@ -734,10 +734,12 @@ def _static_rows(
     else:
         names = _Names(warehouse, month, run_id, plan_rows)
     subscriptions: dict[str, tuple[str, str, Any]] = {}
+    # the price of the recurring line (Recurring, Prorated), never a setup fee's, a usage line's or a credit's
     for sub_id, period, cycle, price in _rows(
         warehouse,
         "SELECT subscription_id, billing_period, billing_cycle, unit_price FROM charge_lines WHERE month = :month"
-        f"{month_condition} ORDER BY effective_date, charge_id",
+        f" AND charge_type IN ('Recurring', 'Prorated'){month_condition}"
+        " ORDER BY effective_date, charge_id",
         {"month": month, **scope_params},
     ):
         subscriptions[sub_id] = (period, cycle, price)
