@@ -734,14 +734,15 @@ def _static_rows(
     else:
         names = _Names(warehouse, month, run_id, plan_rows)
     subscriptions: dict[str, tuple[str, str, Any]] = {}
-    # the price of the recurring line (Recurring, Prorated), never a setup fee's, a usage line's or a credit's
-    for sub_id, period, cycle, price in _rows(
+    for sub_id, period, cycle, price, charge_type in _rows(
         warehouse,
-        "SELECT subscription_id, billing_period, billing_cycle, unit_price FROM charge_lines WHERE month = :month"
-        f" AND charge_type IN ('Recurring', 'Prorated'){month_condition}"
-        " ORDER BY effective_date, charge_id",
+        "SELECT subscription_id, billing_period, billing_cycle, unit_price, charge_type FROM charge_lines"
+        f" WHERE month = :month{month_condition} ORDER BY effective_date, charge_id",
         {"month": month, **scope_params},
     ):
+        # the price of the recurring line (Recurring, Prorated), never a setup fee's, a usage line's or a credit's
+        if charge_type not in ("Recurring", "Prorated"):
+            price = subscriptions[sub_id][2] if sub_id in subscriptions else None
         subscriptions[sub_id] = (period, cycle, price)
     links = {
         (kind, source): (resolution, suggestions, flag)
@@ -753,7 +754,7 @@ def _static_rows(
         subs = _json_list(plan_row["subscription_ids"])
         known = next((subscriptions[sub] for sub in subs if sub in subscriptions), None)
         payload = _json_object(plan_row["payload"])
-        unit_price = _decimal(known[2]) if known else _decimal(payload.get("unitPrice"))
+        unit_price = _decimal(known[2]) if known and known[2] is not None else _decimal(payload.get("unitPrice"))
         units_added, units_removed, cost_added, cost_removed = _changes(line)
         sources = _sources_of(plan_row, subs)
         mapping = _mapping_state(sources, links)
