@@ -155,3 +155,16 @@ def test_the_charge_line_checks_compare_seat_lines_only(warehouse):
     assert (others["subscription_quantity"] == others["expected_subscription_quantity"]).all()
     # a usage line's fractional GB is not a fractional seat
     assert (checked["quantity_fraction"] == 0).all()
+
+
+def test_the_review_grid_shows_the_recurring_lines_price_not_the_setup_fees(warehouse):
+    """The setup fee (3.00) and the credit (6.00) come after the New line (12.00) in the month: the grid's unit price
+    of the subscription's lines is still 12.00."""
+    from include.review import grid_rows
+
+    fake, company, _ = _autotask()
+    fake.add_contract(company, "M365", "SUB-1", D(2026, 1, 1), D(2026, 12, 31))
+    plan = _plan(warehouse, fake, _month_with_extras())
+    rows = grid_rows(warehouse, "run-1")
+    assert len(rows) == len(plan) and rows
+    assert {row["unit_price"] for row in rows if row["subscription"]} == {12.0}
