@@ -52,7 +52,7 @@ POLICY_USER = "policy:auto_if_clean"
 PROPOSED, FLAGGED, NEEDS_MAPPING, BLOCKED, APPROVED = "proposed", "flagged", "needs-mapping", "blocked", "approved"
 # what an approval approved, once the load has moved some of it on
 _APPROVED_OR_LOADED = (APPROVED, "applied", "failed")
-_ADJUSTING_KINDS = ("adjust_units", "change_cost")
+_ADJUSTING_KINDS = ("adjust_units", "change_cost", "change_price")
 _TOP_REASONS = 8
 _REASON_CHARS = 240
 _ID_BATCH = 500

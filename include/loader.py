@@ -15,8 +15,8 @@ effective date) and only then sends what is still missing. A month already appli
 Order: companies -> services -> contracts -> contract extensions -> contract services -> adjustments and
 cost changes; an action waits until everything it depends on is applied. Creates look their key up first,
 so a record is never created twice (not across months, not after a lost warehouse), and what they create
-carries its key. A new contract service is created by its first adjustment (contractID + serviceID); only a
-contract service no approved adjustment will create is created on its own.
+carries its key. A new contract service is created on its own with its unit price and unit cost (the customer's
+currency: never the catalogue Service's price); only one without figures is created by its first adjustment.
 
 Speed and budget: the adjustments of independent contract services run concurrently (the hook allows 3
 requests per endpoint); the adjustments of one contract service run in date order, each unitChange being
@@ -55,7 +55,7 @@ from include.autotask_errors import (
 from include.autotask_reader import api_date, to_api_value, udf_value
 from include.ledger import ASK_FIRST, LedgerState
 from include.mapping import record_created_link
-from include.plan import MOVED_SUBSCRIPTION, ActionKind, ActionStatus, PlanAction, load_plan
+from include.plan import ADJUSTMENT_KINDS, MOVED_SUBSCRIPTION, ActionKind, ActionStatus, PlanAction, load_plan
 from include.sync_settings import SyncSettings
 from include.warehouse import Warehouse, utcnow
 
@@ -177,10 +177,10 @@ LEVELS: tuple[tuple[ActionKind, ...], ...] = (
     (ActionKind.CREATE_CONTRACT,),
     (ActionKind.EXTEND_CONTRACT,),
     (ActionKind.CREATE_CONTRACT_SERVICE,),
-    (ActionKind.ADJUST_UNITS, ActionKind.CHANGE_COST),
+    (ActionKind.ADJUST_UNITS, ActionKind.CHANGE_COST, ActionKind.CHANGE_PRICE),
 )
 WRITING_KINDS = frozenset(kind for level in LEVELS for kind in level)
-ADJUSTING_KINDS = frozenset({ActionKind.ADJUST_UNITS, ActionKind.CHANGE_COST})
+ADJUSTING_KINDS = ADJUSTMENT_KINDS
 _ENTITY_OF = {
     ActionKind.CREATE_COMPANY: ("Companies", "POST"),
     ActionKind.CREATE_SERVICE: ("Services", "POST"),
@@ -189,6 +189,7 @@ _ENTITY_OF = {
     ActionKind.CREATE_CONTRACT_SERVICE: ("ContractServices", "POST"),
     ActionKind.ADJUST_UNITS: ("ContractServiceAdjustments", "POST"),
     ActionKind.CHANGE_COST: ("ContractServiceAdjustments", "POST"),
+    ActionKind.CHANGE_PRICE: ("ContractServiceAdjustments", "POST"),
 }
 
 
@@ -407,10 +408,12 @@ class _Loader:
         approved = [action for action in plan if action.status == ActionStatus.APPROVED and self._mine(action)]
         self.summary.skipped = sum(1 for action in approved if action.kind not in WRITING_KINDS)
         self.summary.approved = len(approved) - self.summary.skipped
-        # a new contract service is created by its first adjustment (contractID + serviceID, no own write), but
-        # only when that first adjustment is approved: a later one waits for it (each unitChange is relative to
-        # the one before), so folding into it would leave the contract service uncreated; then it is created on
-        # its own
+        # a new contract service that carries its money (unitPrice, unitCost in the customer's currency) is created
+        # on its own, so the record itself holds them: created by an adjustment it would take the catalogue Service's
+        # price, in the internal currency, whatever the customer's currency is. Only one without figures is created
+        # by its first adjustment (contractID + serviceID, no own write), and only when that first adjustment is
+        # approved: a later one waits for it (each unitChange is relative to the one before), so folding into it
+        # would leave the contract service uncreated; then it is created on its own
         first_adjustment: dict[str, PlanAction] = {}
         for action in sorted(plan, key=lambda item: (item.effective_date or date.min, item.action_id)):
             cs_action_id = action.contract_service_action_id
@@ -420,6 +423,8 @@ class _Loader:
             cs_action = self.plan.get(cs_action_id)
             if cs_action is None or cs_action.status != ActionStatus.APPROVED or cs_action.blocked_by_plan:
                 continue  # a blocked one is refused on its own (`_refuse_blocked`)
+            if any(cs_action.payload.get(name) is not None for name in ("unitPrice", "unitCost")):
+                continue
             if action.status in (ActionStatus.APPROVED, ActionStatus.APPLIED) and not action.blocked_by_plan:
                 self.folded[cs_action_id] = action
 
@@ -712,7 +717,17 @@ class _Loader:
                 {"op": "lte", "field": "startDate", "value": f"{max(days).isoformat()}T00:00:00"},
                 {"op": "gte", "field": "endDate", "value": f"{min(days).isoformat()}T00:00:00"},
             ]
-            fields = ["id", "contractID", "serviceID", "contractServiceID", "startDate", "endDate", "units", "cost"]
+            fields = [
+                "id",
+                "contractID",
+                "serviceID",
+                "contractServiceID",
+                "startDate",
+                "endDate",
+                "units",
+                "cost",
+                "price",
+            ]
             for record in self._query_in("ContractServiceUnits", "contractID", contract_ids, fields, overlap):
                 rows_by_pair[(int(record["contractID"]), int(record["serviceID"]))].append(record)
         results = []
@@ -1320,6 +1335,7 @@ _FINDERS: dict[ActionKind, Callable[[_Loader, Sequence[PlanAction]], Iterable[tu
     ActionKind.CREATE_CONTRACT_SERVICE: _Loader._find_contract_services,
     ActionKind.ADJUST_UNITS: _Loader._find_adjustments,
     ActionKind.CHANGE_COST: _Loader._find_adjustments,
+    ActionKind.CHANGE_PRICE: _Loader._find_adjustments,
 }
 
 
@@ -1358,15 +1374,17 @@ def _units_are(row: Mapping[str, Any], units: Any) -> bool:
 
 def _adjustment_shows(action: PlanAction, row: Mapping[str, Any]) -> bool:
     """The units row on the effective date shows this adjustment: the units it leads to and, when the
-    units do not change (a cost change), its cost on a row that starts that day."""
+    units do not change (a cost or price change), its cost and price on a row that starts that day."""
     if not _units_are(row, action.units_after):
         return False
     if action.unit_change is not None and action.unit_change != 0:
         return True
-    if action.unit_cost_after is None or row.get("cost") is None:
+    figures = [(name, value) for name, value in (("cost", action.unit_cost_after), ("price", action.unit_price_after))]
+    figures = [(name, value) for name, value in figures if value is not None]
+    if not figures or any(row.get(name) is None for name, _ in figures):
         return False
     starts_here = api_date(row.get("startDate")) == action.effective_date
-    return starts_here and abs(float(row["cost"]) - float(action.unit_cost_after)) <= 0.00005
+    return starts_here and all(abs(float(row[name]) - float(value)) <= 0.00005 for name, value in figures)
 
 
 def _describe(action: PlanAction, why: str) -> dict[str, Any]:

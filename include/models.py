@@ -32,8 +32,9 @@ class BillingCycle(StrEnum):
 class ChargeType(StrEnum):
     RECURRING = "Recurring"
     PRORATED = "Prorated"
-    ONE_TIME = "OneTime"
-    CREDIT = "Credit"
+    ONE_TIME = "OneTime"  # a setup fee or one-off purchase: billed once, no seat count
+    USAGE = "Usage"  # consumption billed in arrears (Azure, storage, SPLA): no seat count
+    CREDIT = "Credit"  # a cancellation's refund (a seat line) or money back (action Credit: not one)
 
 
 class ChargeAction(StrEnum):
@@ -43,6 +44,33 @@ class ChargeAction(StrEnum):
     QUANTITY_INCREASE = "QuantityIncrease"
     QUANTITY_DECREASE = "QuantityDecrease"
     CANCELLATION = "Cancellation"
+    SETUP = "Setup"  # a setup fee (OneTime)
+    USAGE = "Usage"  # a rated consumption line (Usage)
+    CREDIT = "Credit"  # money back, e.g. a goodwill credit (Credit); `creditFor` names what it reverses
+
+
+# The lines that carry the seat count (units, and the recurring unit cost and price): every other line (setup
+# fees, usage, credits that are not a cancellation) is kept in the warehouse for the charges part, and never
+# moves the units, cost or price of a contract service. The SQL that reads seat lines spells the same rule
+# (`reconcile_lines.sql`, `subscription_history.sql`, `quality_charge_lines.sql`).
+SEAT_CHARGE_TYPES = frozenset({ChargeType.RECURRING, ChargeType.PRORATED, ChargeType.CREDIT})
+SEAT_ACTIONS = frozenset(
+    {
+        ChargeAction.CYCLE,
+        ChargeAction.NEW,
+        ChargeAction.RENEWAL,
+        ChargeAction.QUANTITY_INCREASE,
+        ChargeAction.QUANTITY_DECREASE,
+        ChargeAction.CANCELLATION,
+    }
+)
+# The lines whose unit price and cost are the subscription's recurring ones (a cancellation's credit is not)
+RECURRING_PRICE_CHARGE_TYPES = frozenset({ChargeType.RECURRING, ChargeType.PRORATED})
+
+
+def counts_seats(charge_type: str, action: str) -> bool:
+    """Whether a line of this type and action carries the subscription's seat count."""
+    return charge_type in SEAT_CHARGE_TYPES and action in SEAT_ACTIONS
 
 
 @dataclass(frozen=True, slots=True)

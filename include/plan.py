@@ -67,7 +67,8 @@ class ActionKind(StrEnum):
     CREATE_CONTRACT_SERVICE = "create_contract_service"
     EXTEND_CONTRACT = "extend_contract"
     ADJUST_UNITS = "adjust_units"
-    CHANGE_COST = "change_cost"
+    CHANGE_COST = "change_cost"  # an adjustment that sets the unit cost (and maybe the price), units unchanged
+    CHANGE_PRICE = "change_price"  # an adjustment that sets only the customer's unit price, units unchanged
     # a contract service the BSS no longer bills: shown for review, writes nothing (the loader skips it)
     REVIEW_UNBILLED = "review_unbilled"
 
@@ -82,8 +83,11 @@ KIND_ORDER = {
     ActionKind.EXTEND_CONTRACT: 4,
     ActionKind.ADJUST_UNITS: 5,
     ActionKind.CHANGE_COST: 5,
+    ActionKind.CHANGE_PRICE: 5,
     ActionKind.REVIEW_UNBILLED: 6,
 }
+# The kinds that write a ContractServiceAdjustment: one Autotask slot per contract service and date (family `adjust`)
+ADJUSTMENT_KINDS = frozenset({ActionKind.ADJUST_UNITS, ActionKind.CHANGE_COST, ActionKind.CHANGE_PRICE})
 # The kinds the loader writes to Autotask (a review writes nothing unless a person chooses a change)
 WRITING_KINDS = frozenset(KIND_ORDER) - {ActionKind.REVIEW_UNBILLED}
 
@@ -180,13 +184,19 @@ class PlanAction:
     payload: Mapping[str, Any] = field(default_factory=dict)
     charge_ids: tuple[str, ...] = ()
     depends_on: tuple[str, ...] = ()
+    # What the customer's unit price is before and after this action (a new contract service: None -> its price;
+    # an adjustment that sets no price: both None), and the currency of every figure of the action (the BSS line's).
+    # Shown, not hashed: what the action writes is in its payload (adjustedUnitPrice, unitPrice), which is hashed.
+    unit_price_before: Decimal | None = None
+    unit_price_after: Decimal | None = None
+    currency: str | None = None
     # the id when it is already known: a stored row's (JSON does not give back Decimal/date types to re-hash
     # exactly), or that of the action this one holds back (same content, same id)
     known_id: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def family(self) -> str:
-        return "adjust" if self.kind in (ActionKind.ADJUST_UNITS, ActionKind.CHANGE_COST) else str(self.kind)
+        return "adjust" if self.kind in ADJUSTMENT_KINDS else str(self.kind)
 
     @cached_property
     def idempotency_key(self) -> str:
@@ -251,6 +261,9 @@ class PlanAction:
             "unit_cost_after": self.unit_cost_after,
             "end_date_before": self.end_date_before,
             "end_date_after": self.end_date_after,
+            "unit_price_before": self.unit_price_before,
+            "unit_price_after": self.unit_price_after,
+            "currency": self.currency,
             "payload": json.dumps(self.payload, sort_keys=True, default=_jsonable),
             "charge_ids": json.dumps(list(self.charge_ids)),
             "depends_on": json.dumps(list(self.depends_on)),
@@ -294,6 +307,9 @@ class PlanAction:
             unit_cost_after=decimal(row["unit_cost_after"]),
             end_date_before=day(row["end_date_before"]),
             end_date_after=day(row["end_date_after"]),
+            unit_price_before=decimal(row.get("unit_price_before")),
+            unit_price_after=decimal(row.get("unit_price_after")),
+            currency=row.get("currency"),
             payload=json.loads(row["payload"]),
             charge_ids=tuple(json.loads(row["charge_ids"])),
             depends_on=tuple(json.loads(row["depends_on"])),
@@ -611,7 +627,11 @@ def set_action_status(warehouse: Warehouse, action_ids: Iterable[str], status: s
     return result.rowcount
 
 
-_CONTENT_FIELDS = tuple(item.name for item in fields(PlanAction) if item.name not in ("status", "reason", "known_id"))
+# shown, not hashed (their written figures are in the payload): an action's id is what it was before prices were shown
+_DESCRIPTIVE_FIELDS = ("unit_price_before", "unit_price_after", "currency")
+_CONTENT_FIELDS = tuple(
+    item.name for item in fields(PlanAction) if item.name not in ("status", "reason", "known_id", *_DESCRIPTIVE_FIELDS)
+)
 # the content fields' values as one tuple, in field order
 _content_of = attrgetter(*_CONTENT_FIELDS)
 

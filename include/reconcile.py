@@ -49,8 +49,9 @@ from include.field_mapping import (
     commitment_term,
     renewed_end_date,
 )
-from include.models import BillingMonth, ChargeAction
+from include.models import RECURRING_PRICE_CHARGE_TYPES, BillingMonth, ChargeAction
 from include.plan import (
+    ADJUSTMENT_KINDS,
     MOVED_SUBSCRIPTION,
     ActionKind,
     ActionStatus,
@@ -63,6 +64,7 @@ from include.plan import (
     replace_plan,
     sql_in,
 )
+from include.prices import PricePolicy, PriceRule, policy_of, price_policy_overrides
 from include.sync_settings import RECURRING_SERVICE_CONTRACT_TYPE, SyncSettings
 from include.warehouse import Warehouse, sql
 
@@ -87,8 +89,9 @@ class SnapshotState:
     contracts: pd.DataFrame  # contract_id, company_id, contract_number, status, start_date, end_date
     services: pd.DataFrame  # service_id, is_active, unit_cost, period_type
     contract_services: pd.DataFrame  # contract_service_id, contract_id, service_id, unit_cost
-    units: pd.DataFrame  # contract_service_id, start_date, end_date, units, cost
+    units: pd.DataFrame  # contract_service_id, start_date, end_date, units, cost, price
     companies: pd.DataFrame  # company_id, company_name, currency (ISO code; None when unknown)
+    internal_currency: str | None = None  # the tenant's (a catalogue Service's price is in it); None when unknown
 
     @classmethod
     def load(
@@ -138,7 +141,9 @@ class SnapshotState:
         companies = warehouse.read_frame(
             "SELECT company_id, company_name, currency FROM at_companies WHERE run_id = :run_id", params
         )
-        return cls(contracts, services, contract_services, units, companies).typed()
+        internal = warehouse.query("SELECT internal_currency FROM at_snapshots WHERE run_id = :run_id", params)
+        internal_currency = internal[0]["internal_currency"] if internal else None
+        return cls(contracts, services, contract_services, units, companies, internal_currency).typed()
 
     def typed(self) -> SnapshotState:
         """The same frames with the column types the comparison relies on (dates, floats)."""
@@ -148,9 +153,11 @@ class SnapshotState:
         for frame, columns in (
             (self.services, ("unit_cost",)),
             (self.contract_services, ("unit_cost",)),
-            (self.units, ("units", "cost")),
+            (self.units, ("units", "cost", "price")),
         ):
             for column in columns:
+                if column not in frame:
+                    frame[column] = np.nan
                 frame[column] = frame[column].astype("float64")
         return self
 
@@ -209,7 +216,16 @@ def reconcile_month(
     earlier_approved = warehouse.read_frame("earlier_approved_actions", {"month": billing_month.key})
     summary = PlanSummary(run_id=run_id, month=billing_month.key)
     actions = compute_plan(
-        lines, snapshot, accounts, billing_month, settings, summary, history, contract_links, earlier_approved
+        lines,
+        snapshot,
+        accounts,
+        billing_month,
+        settings,
+        summary,
+        history,
+        contract_links,
+        earlier_approved,
+        price_policy_overrides(warehouse),
     )
     if scope is None:
         replace_plan(warehouse, billing_month.key, run_id, actions, summary)
@@ -223,7 +239,8 @@ def reconcile_month(
                 for row in warehouse.query(
                     "SELECT DISTINCT target_id FROM month_links WHERE run_id = :run_id AND kind = 'contract'"
                     f" AND {of_unbilled} AND source_key IN (SELECT subscription_id FROM charge_lines"
-                    " WHERE month = :month AND charge_type <> 'OneTime')",
+                    " WHERE month = :month AND charge_type IN ('Recurring', 'Prorated', 'Credit') AND action IN"
+                    " ('Cycle', 'New', 'Renewal', 'QuantityIncrease', 'QuantityDecrease', 'Cancellation'))",
                     {**params, **unbilled_params},
                 )
             }
@@ -252,13 +269,15 @@ def compute_plan(
     history: pd.DataFrame | None = None,
     contract_links: pd.DataFrame | None = None,
     earlier_approved: pd.DataFrame | None = None,
+    price_policies: Mapping[str, PricePolicy] | None = None,
 ) -> list[PlanAction]:
     """The plan for `lines` (rows of `reconcile_lines.sql`) against `snapshot`, in apply order. Pure.
 
     `history` (rows of `subscription_history.sql`) tells what each subscription held before the month;
     `contract_links` (rows of `reconcile_contract_links.sql`) find the contracts of subscriptions without a
     line this month; `earlier_approved` (rows of `earlier_approved_actions.sql`) are earlier months' approved
-    changes not loaded yet, counted as if Autotask held them."""
+    changes not loaded yet, counted as if Autotask held them. `price_policies` are customers' own price policies (BSS
+    account -> policy, include/prices.py); every other customer is priced by `settings.price_policy`."""
     summary = summary or PlanSummary(run_id="", month=month.key)
     snapshot = with_earlier_approved(snapshot, earlier_approved)
     history = history if history is not None else _empty_history()
@@ -267,6 +286,7 @@ def compute_plan(
     if not lines.empty:
         lines = _prepare_lines(lines, settings, history, snapshot)
         groups = _groups(lines, snapshot)
+        _price_policies(groups, settings.default_price_policy, price_policies or {})
         points = _compare(lines, groups, snapshot, month)
         builder = _PlanBuilder(month, settings, lines, groups, points, snapshot, accounts)
         actions = builder.build()
@@ -496,9 +516,20 @@ def _groups(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
     groups["subscriptions"] = pd.Series({group: tuple(ids) for group, ids in members.items()}, dtype=object)
     groups["commitment_months"] = by_group["commitment_months"].max()
     groups["billing_cycle"] = lines.sort_values("commitment_months").groupby("group")["billing_cycle"].last()
-    last_line = billed.groupby("group", sort=False)[["unit_price", "unit_cost"]].last()
+    # the money of the recurring line (its latest Recurring or Prorated line), never a cancellation's credit; only
+    # a contract service billed by nothing else (a cancellation alone) falls back to its last line
+    recurring = (
+        billed[billed["charge_type"].isin([str(kind) for kind in RECURRING_PRICE_CHARGE_TYPES])]
+        if "charge_type" in billed
+        else billed
+    )
+    last_line = billed.groupby("group", sort=False)[["unit_price", "unit_cost", "currency"]].last()
+    last_recurring = recurring.groupby("group", sort=False)[["unit_price", "unit_cost", "currency"]].last()
+    last_line = last_recurring.combine_first(last_line)
     groups["unit_price"] = last_line["unit_price"]
     groups["unit_cost"] = last_line["unit_cost"]
+    # a contract service only a moved subscription's zeroing line reaches: that subscription's currency
+    groups["currency"] = last_line["currency"].reindex(groups.index).fillna(by_group["currency"].last())
     groups["first_point"] = by_group["point"].min()
     groups["last_point"] = billed.groupby("group")["point"].max()
     groups["last_charge_end"] = billed.groupby("group")["charge_end_date"].max()
@@ -534,7 +565,9 @@ def _holdings(lines: pd.DataFrame) -> pd.DataFrame:
     """One row per (holding, compared date): the subscription's units and unit cost after its last line there,
     and the change since its previous date (from what it held before the month; 0 when that is unknown)."""
     last = lines.drop_duplicates(["holding", "point"], keep="last")
-    holdings = last[["group", "holding", "point", "subscription_quantity", "unit_cost", "units_before_month"]]
+    holdings = last[
+        ["group", "holding", "point", "subscription_quantity", "unit_cost", "unit_price", "units_before_month"]
+    ]
     previous = holdings.groupby("holding", sort=False)["subscription_quantity"].shift()
     start = holdings["units_before_month"].fillna(0.0)
     return holdings.assign(delta=holdings["subscription_quantity"] - previous.fillna(start))
@@ -612,6 +645,9 @@ def _compare(lines: pd.DataFrame, groups: pd.DataFrame, snapshot: SnapshotState,
     # never a cost change to a figure in another currency
     points.loc[points["group"].isin(blocked_groups), "bss_cost"] = np.nan
     _cost_changes(points)
+    _policy_prices(points, groups, holdings)
+    points.loc[points["group"].isin(blocked_groups), "policy_price"] = np.nan
+    _price_changes(points)
     _unit_changes(points)
     points["folded_difference"] = _folded_differences(points, holdings, units, month)
     return points
@@ -668,12 +704,13 @@ def _autotask_units_and_cost(
     """Autotask's units and cost at each compared date: the row starting on or before it."""
     points["at_units"] = np.nan
     points["at_cost"] = np.nan
+    points["at_price"] = np.nan
     existing = points["contract_service_id"].notna()
     if existing.any() and len(units):
         left = points.loc[existing, ["point", "contract_service_id"]].astype({"contract_service_id": "int64"})
         left = left.reset_index().sort_values("point")
         right = (
-            units[["contract_service_id", "start_date", "units", "cost"]]
+            units[["contract_service_id", "start_date", "units", "cost", "price"]]
             .astype({"contract_service_id": "int64"})
             .sort_values("start_date")
         )
@@ -682,6 +719,7 @@ def _autotask_units_and_cost(
         ).set_index("index")
         points.loc[found.index, "at_units"] = found["units"]
         points.loc[found.index, "at_cost"] = found["cost"]
+        points.loc[found.index, "at_price"] = found["price"]
     units_known = points["contract_service_id"].isin(set(units["contract_service_id"].astype("int64")))
     points["units_unknown"] = existing & ~units_known
     points["at_units"] = points["at_units"].fillna(0.0)
@@ -721,8 +759,16 @@ def _bss_cost(points: pd.DataFrame, holdings: pd.DataFrame) -> None:
     """The unit cost the BSS bills at each compared date, decided once per contract service and date from the
     subscriptions in force there (their latest line at or before the date, with units). `cost_conflict`
     names the costs when those subscriptions disagree; no cost is proposed then."""
+    points["bss_cost"], points["cost_conflict"] = _bss_money(points, holdings, "unit_cost", "cost")
+
+
+def _bss_money(points: pd.DataFrame, holdings: pd.DataFrame, column: str, what: str) -> tuple[pd.Series, pd.Series]:
+    """The BSS's figure of `column` (unit cost or unit price) at each compared date, and a reason where the
+    subscriptions in force there disagree (no figure then)."""
     # every compared date of a group against every subscription of the group, as of that date
-    state = holdings.loc[holdings["unit_cost"].notna(), ["group", "holding", "point", "unit_cost"]]
+    state = holdings.loc[holdings[column].notna(), ["group", "holding", "point", column]].rename(
+        columns={column: "unit_cost"}
+    )
     state = state.assign(units_after=holdings["subscription_quantity"])
     grid = (
         points[["group", "point"]]
@@ -739,8 +785,8 @@ def _bss_cost(points: pd.DataFrame, holdings: pd.DataFrame) -> None:
     in_force = as_of[as_of["unit_cost"].notna() & (as_of["units_after"] > _UNITS_EPSILON)]
     costs = in_force.groupby("index")["unit_cost"].agg(["min", "max"])
     agreed = (costs["max"] - costs["min"]) <= _MONEY_EPSILON
-    points["bss_cost"] = costs["min"].where(agreed)
-    points["cost_conflict"] = None
+    figure = costs["min"].where(agreed).reindex(points.index)
+    conflicts = pd.Series(None, index=points.index, dtype=object)
     if (~agreed).any():
         conflicting = in_force[in_force["index"].isin(costs.index[~agreed])]
         for index, rows in conflicting.groupby("index"):
@@ -748,25 +794,33 @@ def _bss_cost(points: pd.DataFrame, holdings: pd.DataFrame) -> None:
                 f"{holding.split('|', 1)[1]} at {cost:.4f}"
                 for holding, cost in sorted(zip(rows["holding"], rows["unit_cost"], strict=True))
             )
-            points.at[index, "cost_conflict"] = (
-                f"the subscriptions on this contract service are billed at different unit costs ({named}): "
-                "no cost change is proposed; set the unit cost in Autotask by hand"
+            conflicts[index] = (
+                f"the subscriptions on this contract service are billed at different unit {what}s ({named}): "
+                f"no {what} change is proposed; set the unit {what} in Autotask by hand"
             )
+    return figure, conflicts
 
 
 def _cost_changes(points: pd.DataFrame) -> None:
     """Mark where an adjustedUnitCost is needed. An adjustment's cost holds from its date on, so once the
     plan sets a cost, later dates compare with that, not with what Autotask had."""
-    mismatch = (points["bss_cost"] - points["at_cost"]).abs() > _MONEY_EPSILON
-    candidates = points.loc[mismatch & points["at_cost"].notna(), "group"].unique()
+    _money_changes(points, "bss_cost", "at_cost", "cost_change", "cost_before")
+
+
+def _money_changes(points: pd.DataFrame, target_column: str, autotask_column: str, change: str, before: str) -> None:
+    """Mark where the figure `target_column` differs from Autotask's `autotask_column` at a compared date: the
+    figure to set (`change`) and the one in force before (`before`). Once the plan sets a figure, later dates
+    compare with it."""
+    mismatch = (points[target_column] - points[autotask_column]).abs() > _MONEY_EPSILON
+    candidates = points.loc[mismatch & points[autotask_column].notna(), "group"].unique()
     if len(candidates) == 0:
         return
     subset = points[points["group"].isin(candidates)]
-    changes: dict[Any, tuple[float, float]] = {}  # index -> (cost_change, cost_before)
+    changes: dict[Any, tuple[float, float]] = {}  # index -> (figure set, figure before)
     for _, group_points in subset.groupby("group", sort=False):
         override: float | None = None
         for index, target, autotask in zip(
-            group_points.index, group_points["bss_cost"], group_points["at_cost"], strict=True
+            group_points.index, group_points[target_column], group_points[autotask_column], strict=True
         ):
             in_force = override if override is not None else autotask
             if pd.isna(target) or (pd.notna(in_force) and abs(target - in_force) <= _MONEY_EPSILON):
@@ -775,8 +829,62 @@ def _cost_changes(points: pd.DataFrame) -> None:
             override = target
     if changes:
         changed = list(changes)
-        points.loc[changed, "cost_change"] = [cost for cost, _ in changes.values()]
-        points.loc[changed, "cost_before"] = [before for _, before in changes.values()]
+        points.loc[changed, change] = [figure for figure, _ in changes.values()]
+        points.loc[changed, before] = [previous for _, previous in changes.values()]
+
+
+def _price_policies(groups: pd.DataFrame, default: PricePolicy, overrides: Mapping[str, PricePolicy]) -> None:
+    """Each contract service's price policy (its customer's override, else the setting): whether an existing one is
+    repriced, and the markup factor of a `markup` policy."""
+    # one policy per customer, mapped (a Python call per contract service costs seconds at 60,000 of them); the
+    # price of a new one is computed when it is created (`_create_contract_service`)
+    accounts = groups["account_id"].dropna().unique().tolist()
+    of_account = {account: policy_of(account, default, overrides) for account in accounts}
+    policies = groups["account_id"].map(of_account).where(groups["account_id"].notna(), default)
+    groups["price_policy"] = policies.astype(object)
+    groups["reprices"] = policies.map(lambda policy: policy.reprices_existing).astype(bool)
+    groups["markup_factor"] = policies.map(
+        lambda policy: float(1 + policy.markup_percent / 100) if policy.rule is PriceRule.MARKUP else np.nan
+    ).astype("float64")
+
+
+def _policy_prices(points: pd.DataFrame, groups: pd.DataFrame, holdings: pd.DataFrame) -> None:
+    """The unit price the policy asks for at each compared date of an existing contract service whose policy
+    reprices (`bss`: the BSS unit price there; `markup`: the BSS unit cost there plus the markup), NaN elsewhere
+    (`keep`: Autotask's price stands). `price_change` / `price_before` mark where an adjustedUnitPrice is needed."""
+    points["policy_price"] = np.nan
+    points["price_conflict"] = None
+    points["price_change"] = np.nan
+    points["price_before"] = np.nan
+    reprices = (
+        points["group"].map(groups["reprices"]).fillna(False).astype(bool) & points["contract_service_id"].notna()
+    )
+    if not reprices.any():
+        return  # every customer keeps its Autotask prices: nothing to compare (the default costs nothing)
+    factor = points["group"].map(groups["markup_factor"]).astype("float64")
+    by_markup = reprices & factor.notna()
+    by_bss = reprices & factor.isna()
+    if by_bss.any():
+        price, conflict = _bss_money(points[by_bss], holdings, "unit_price", "price")
+        points.loc[by_bss, "policy_price"] = price
+        points.loc[by_bss, "price_conflict"] = conflict
+    if by_markup.any():
+        points.loc[by_markup, "policy_price"] = (points.loc[by_markup, "bss_cost"] * factor[by_markup]).round(4)
+        points.loc[by_markup, "price_conflict"] = points.loc[by_markup, "cost_conflict"]
+
+
+def _price_changes(points: pd.DataFrame) -> None:
+    _money_changes(points, "policy_price", "at_price", "price_change", "price_before")
+    # what the customer pays and what the MSP pays at each date once the plan is loaded: the plan's last figure
+    # set on or before it, else Autotask's (carried forward only in the groups the plan sets a figure in)
+    points["price_in_force"] = points["at_price"]
+    points["cost_in_force"] = points["at_cost"]
+    setting = points["group"].isin(points.loc[points["price_change"].notna() | points["cost_change"].notna(), "group"])
+    if setting.any():
+        subset = points[setting]
+        by_group = subset.groupby("group", sort=False)
+        points.loc[setting, "price_in_force"] = by_group["price_change"].ffill().fillna(subset["at_price"])
+        points.loc[setting, "cost_in_force"] = by_group["cost_change"].ffill().fillna(subset["at_cost"])
 
 
 def _unit_changes(points: pd.DataFrame) -> None:
@@ -819,6 +927,11 @@ class _AdjustmentRow(NamedTuple):
     cost_change: float  # NaN: no cost change
     cost_before: float
     cost_conflict: str | None
+    price_change: float  # NaN: no price change
+    price_before: float
+    price_conflict: str | None
+    price_in_force: float  # what the customer pays from this date on once the plan is loaded (NaN: unknown)
+    cost_in_force: float
     units_before: float
     target: float
     blocked_here: bool
@@ -845,6 +958,7 @@ class _PlanBuilder:
         self.groups = groups
         self.points = points
         self.accounts = accounts
+        self.internal_currency = snapshot.internal_currency
         self.contracts = snapshot.contracts.set_index("contract_id")
         self.contract_starts = self.contracts["start_date"].dropna().to_dict()
         self.contract_companies = self.contracts["company_id"].dropna().astype("int64").to_dict()
@@ -870,7 +984,11 @@ class _PlanBuilder:
         self.point_array = lines["point"].to_numpy()
 
     def build(self) -> list[PlanAction]:
-        emitted = self.points[(self.points["unit_change"].abs() > _UNITS_EPSILON) | self.points["cost_change"].notna()]
+        emitted = self.points[
+            (self.points["unit_change"].abs() > _UNITS_EPSILON)
+            | self.points["cost_change"].notna()
+            | self.points["price_change"].notna()
+        ]
         emitted = emitted.sort_values(["group", "point"], kind="stable")
         self._extensions()
         # one dict per group that has something to write: a pandas row lookup per action costs more than
@@ -984,6 +1102,8 @@ class _PlanBuilder:
         for row in rows:
             unit_change = _decimal(row.unit_change)
             cost_after = None if pd.isna(row.cost_change) else _decimal(row.cost_change)
+            price_after = None if pd.isna(row.price_change) else _decimal(row.price_change)
+            price_before = None if price_after is None or pd.isna(row.price_before) else _decimal(row.price_before)
             effective = row.point.date()
             payload: dict[str, Any] = {
                 "contractID": contract_id,
@@ -992,6 +1112,8 @@ class _PlanBuilder:
                 "effectiveDate": _api_date(effective),
                 "unitChange": unit_change,
             }
+            if price_after is not None:
+                payload["adjustedUnitPrice"] = price_after
             if cost_after is not None:
                 payload["adjustedUnitCost"] = cost_after
             # each unitChange is relative to the previous one of the same contract service: a chain
@@ -1009,8 +1131,18 @@ class _PlanBuilder:
                         "another effective-date policy",
                     )
                 )
-            if row.cost_conflict:
+            if isinstance(row.cost_conflict, str):
                 holds.append(Hold(ActionStatus.FLAGGED, row.cost_conflict))
+            if isinstance(row.price_conflict, str) and row.price_conflict != row.cost_conflict:
+                holds.append(Hold(ActionStatus.FLAGGED, row.price_conflict))
+            holds += _price_holds(
+                info,
+                price_before,
+                price_after,
+                row.price_in_force,
+                row.cost_in_force,
+                sets_money=(price_after is not None or cost_after is not None),
+            )
             if isinstance(row.folded_difference, str):
                 holds.append(Hold(ActionStatus.FLAGGED, row.folded_difference))
             if row.units_unknown:
@@ -1032,8 +1164,12 @@ class _PlanBuilder:
                 holds.append(Hold(ActionStatus.FLAGGED, "effective date is before the contract's start date"))
             holds += self._dependency_holds(depends)
             status, reason = held_back(holds)
+            if unit_change != 0:
+                kind = ActionKind.ADJUST_UNITS
+            else:
+                kind = ActionKind.CHANGE_COST if cost_after is not None else ActionKind.CHANGE_PRICE
             action = PlanAction(
-                kind=ActionKind.ADJUST_UNITS if unit_change != 0 else ActionKind.CHANGE_COST,
+                kind=kind,
                 month=self.month.key,
                 target=f"cs:{group}",
                 status=status,
@@ -1053,6 +1189,9 @@ class _PlanBuilder:
                 unit_change=unit_change,
                 unit_cost_before=None if cost_after is None or pd.isna(row.cost_before) else _decimal(row.cost_before),
                 unit_cost_after=cost_after,
+                unit_price_before=price_before,
+                unit_price_after=price_after,
+                currency=_currency_of(info),
                 payload=payload,
                 charge_ids=self._charge_ids_at(group, row.point),
                 depends_on=tuple(sorted(action.action_id for action in depends)),
@@ -1116,10 +1255,11 @@ class _PlanBuilder:
         product_id = info["product_id"]
         if product_id in self.service_actions:
             return self.service_actions[product_id]
+        price, cost = self._catalogue_money(info)
         payload = {
             "name": str(info["product_name"])[:100],
-            "unitPrice": _decimal(info["unit_price"]),
-            "unitCost": _decimal(info["unit_cost"]),
+            "unitPrice": price,
+            "unitCost": cost,
             "periodType": self.settings.period_type(info["billing_period"]),
             "billingCodeID": self.settings.billing_code_id,
             "sku": (info["product_sku"] or None),
@@ -1149,6 +1289,21 @@ class _PlanBuilder:
         self.service_actions[product_id] = action
         self.actions.append(action)
         return action
+
+    def _catalogue_money(self, info: Mapping[str, Any]) -> tuple[Decimal, Decimal]:
+        """A new catalogue Service's price and cost: its own price is in the tenant's internal currency, so they come
+        from a month's line of the product in that currency when there is one (the first contract service's
+        otherwise; every contract service carries its own money, so no customer pays this figure)."""
+        if self.internal_currency:
+            same = self.groups[
+                (self.groups["product_id"] == info["product_id"])
+                & (self.groups["currency"].astype(str).str.upper() == str(self.internal_currency).upper())
+                & self.groups["unit_price"].notna()
+            ]
+            if not same.empty:
+                first = same.sort_index().iloc[0]
+                return _decimal(first["unit_price"]), _decimal(first["unit_cost"])
+        return _decimal(info["unit_price"]), _decimal(info["unit_cost"])
 
     def _create_contract(self, group: str, info: Mapping[str, Any]) -> PlanAction:
         (subscription_id,) = info["subscriptions"]
@@ -1223,6 +1378,20 @@ class _PlanBuilder:
                     "another service",
                 )
             )
+        bss_price, bss_cost = info["unit_price"], info["unit_cost"]
+        price = info["price_policy"].price(
+            None if pd.isna(bss_price) else bss_price, None if pd.isna(bss_cost) else bss_cost
+        )
+        cost = None if pd.isna(bss_cost) else _decimal(bss_cost)
+        if price is None:
+            holds.append(
+                Hold(
+                    ActionStatus.FLAGGED,
+                    f"the {info['price_policy']} price policy has no BSS figure to price this contract service from: "
+                    "set its unit price by hand",
+                )
+            )
+        holds += _price_holds(info, None, price, price, cost, sets_money=True)
         holds += self._dependency_holds(dependencies)
         status, reason = held_back(holds)
         action = PlanAction(
@@ -1238,11 +1407,15 @@ class _PlanBuilder:
             contract_action_id=_id_of(contract_action),
             service_id=service_id,
             service_action_id=_id_of(service_action),
+            unit_cost_after=cost,
+            unit_price_after=price,
+            currency=_currency_of(info),
+            # explicit money in the customer's currency: never the catalogue Service's (internal currency) price
             payload={
                 "contractID": contract_id,
                 "serviceID": service_id,
-                "unitPrice": _decimal(info["unit_price"]),
-                "unitCost": _decimal(info["unit_cost"]),
+                "unitPrice": price,
+                "unitCost": cost,
             },
             charge_ids=self._charge_ids_of(group),
             depends_on=tuple(sorted(action.action_id for action in dependencies)),
@@ -1333,7 +1506,7 @@ class _PlanBuilder:
 
 # -- what earlier months approved and the loader has not applied yet ----------------------------------------
 
-_ADJUSTMENT_KINDS = (ActionKind.ADJUST_UNITS.value, ActionKind.CHANGE_COST.value)
+_ADJUSTMENT_KINDS = tuple(sorted(str(kind) for kind in ADJUSTMENT_KINDS))
 _CREATE_KINDS = (
     ActionKind.CREATE_COMPANY.value,
     ActionKind.CREATE_SERVICE.value,
@@ -1369,6 +1542,7 @@ def with_earlier_approved(snapshot: SnapshotState, earlier_approved: pd.DataFram
             pd.Timestamp(row.effective_date),
             0.0 if pd.isna(row.unit_change) else float(row.unit_change),
             None if pd.isna(row.unit_cost_after) else float(row.unit_cost_after),
+            None if pd.isna(getattr(row, "unit_price_after", None)) else float(row.unit_price_after),
         )
     contracts = snapshot.contracts.copy()
     if not extensions.empty:
@@ -1382,7 +1556,9 @@ def with_earlier_approved(snapshot: SnapshotState, earlier_approved: pd.DataFram
         contracts["end_date"] = contracts["end_date"].where(
             approved_end.isna() | (contracts["end_date"] >= approved_end), approved_end
         )
-    return SnapshotState(contracts, snapshot.services, snapshot.contract_services, units, snapshot.companies)
+    return SnapshotState(
+        contracts, snapshot.services, snapshot.contract_services, units, snapshot.companies, snapshot.internal_currency
+    )
 
 
 def _in_flight(earlier_approved: pd.DataFrame) -> pd.Series:
@@ -1393,10 +1569,16 @@ def _in_flight(earlier_approved: pd.DataFrame) -> pd.Series:
 
 
 def _units_after_adjustment(
-    units: pd.DataFrame, contract_service_id: int, day: pd.Timestamp, unit_change: float, unit_cost: float | None
+    units: pd.DataFrame,
+    contract_service_id: int,
+    day: pd.Timestamp,
+    unit_change: float,
+    unit_cost: float | None,
+    unit_price: float | None = None,
 ) -> pd.DataFrame:
     """ContractServiceUnits rows of one contract service with an adjustment on `day` added: the row holding
-    `day` splits there (as Autotask splits it), and every row from `day` on carries the change."""
+    `day` splits there (as Autotask splits it), and every row from `day` on carries the change (and the cost and
+    price it sets)."""
     own = units["contract_service_id"].astype("int64") == contract_service_id
     rows = units[own].sort_values("start_date", kind="stable")
     if rows.empty:
@@ -1422,6 +1604,8 @@ def _units_after_adjustment(
     units.loc[from_day, "units"] = units.loc[from_day, "units"] + unit_change
     if unit_cost is not None:
         units.loc[from_day, "cost"] = unit_cost
+    if unit_price is not None and "price" in units:
+        units.loc[from_day, "price"] = unit_price
     return units.sort_values(["contract_service_id", "start_date"], kind="stable", ignore_index=True)
 
 
@@ -1539,6 +1723,44 @@ def _unbilled_reviews(
             )
         )
     return actions
+
+
+def _price_holds(
+    info: Mapping[str, Any],
+    price_before: Decimal | None,
+    price_after: Decimal | None,
+    price_in_force: Any,
+    cost_in_force: Any,
+    sets_money: bool,
+) -> list[Hold]:
+    """What a person signs about money: a price that raises what the customer pays (old and new figure), and a
+    price below the cost once the action is loaded ("sold below cost", both figures), when the action sets money."""
+    currency = _currency_of(info) or ""
+    holds = []
+    if price_before is not None and price_after is not None and price_after > price_before:
+        holds.append(
+            Hold(
+                ActionStatus.FLAGGED,
+                f"raises the unit price the customer pays from {price_before:f} to {price_after:f} {currency}".rstrip(),
+            )
+        )
+    if sets_money and pd.notna(price_in_force) and pd.notna(cost_in_force):
+        price, cost = _decimal(price_in_force), _decimal(cost_in_force)
+        if price < cost:
+            holds.append(
+                Hold(
+                    ActionStatus.FLAGGED,
+                    f"sold below cost: unit price {price:f} {currency} is below unit cost {cost:f} {currency}".replace(
+                        "  ", " "
+                    ),
+                )
+            )
+    return holds
+
+
+def _currency_of(info: Mapping[str, Any]) -> str | None:
+    currency = info.get("currency")
+    return None if currency is None or pd.isna(currency) else str(currency).upper()
 
 
 def _suggested(count: int, singular: str, plural: str) -> str:

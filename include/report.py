@@ -53,8 +53,8 @@ XLSX_NAME = "report.xlsx"
 # Kinds that write to Autotask, by what they do there. A kind in neither set writes nothing (a line to
 # review) or is unknown to this report; both are reported as they stand, never counted as written.
 CREATE_KINDS = ("create_company", "create_service", "create_contract", "create_contract_service")
-CHANGE_KINDS = ("extend_contract", "adjust_units", "change_cost")
-ADJUSTING_KINDS = ("adjust_units", "change_cost")
+CHANGE_KINDS = ("extend_contract", "adjust_units", "change_cost", "change_price")
+ADJUSTING_KINDS = ("adjust_units", "change_cost", "change_price")
 KIND_LABELS = {
     "create_company": "Create company",
     "create_service": "Create service",
@@ -63,6 +63,7 @@ KIND_LABELS = {
     "extend_contract": "Extend contract",
     "adjust_units": "Adjust units",
     "change_cost": "Change unit cost",
+    "change_price": "Change unit price",
     "review_unbilled": "Review unbilled line",
 }
 # Statuses that wait for a person (or, blocked, for a fix by hand in Autotask).
@@ -464,6 +465,7 @@ _KIND_ORDER = (
     "create_contract_service",
     "adjust_units",
     "change_cost",
+    "change_price",
 )
 
 

@@ -31,14 +31,14 @@ from decimal import Decimal
 import sqlalchemy as sa
 
 from include.models import BillingMonth
-from include.plan import ActionKind, ActionStatus, PlanAction, PlanSummary, load_plan
+from include.plan import ADJUSTMENT_KINDS, ActionKind, ActionStatus, PlanAction, PlanSummary, load_plan
 from include.verify import AutotaskUnitsReader, VerificationResult, _checks_of, _contract_ends, _units_rows
 from include.verify import _store as _store_verification
 from include.warehouse import Warehouse, utcnow
 
 log = logging.getLogger(__name__)
 
-_ADJUSTING = (ActionKind.ADJUST_UNITS, ActionKind.CHANGE_COST)
+_ADJUSTING = tuple(ADJUSTMENT_KINDS)
 _NOT_UNDONE = (
     ActionKind.CREATE_COMPANY,
     ActionKind.CREATE_SERVICE,
@@ -187,13 +187,16 @@ def _reverse_chain(month: str, applied_run_id: str, chain: list[_Original], kept
             groups[before].append(original)
         elif original.change != 0:
             groups[free_day(original.day, +1)].append(original)
-        if original.action.unit_cost_after is not None:
-            # a cost holds from its day on: it goes back after the original's day, whatever the units do
+        if original.action.unit_cost_after is not None or original.action.unit_price_after is not None:
+            # a cost or price holds from its day on: it goes back after the original's day, whatever the units do
             cost_days.add(free_day(original.day, +1))
             groups.setdefault(free_day(original.day, +1), [])
     # the cost before the run's first cost change holds again wherever the run changed the cost
     cost_changes = [original for original in chain if original.action.unit_cost_after is not None]
     cost_before_load = cost_changes[0].action.unit_cost_before if cost_changes else None
+    # the same for the customer's unit price
+    price_changes = [original for original in chain if original.action.unit_price_after is not None]
+    price_before_load = price_changes[0].action.unit_price_before if price_changes else None
     changes = {day: -sum((original.change for original in group), Decimal(0)) for day, group in groups.items()}
 
     def units_on(day: date) -> Decimal | None:
@@ -211,7 +214,8 @@ def _reverse_chain(month: str, applied_run_id: str, chain: list[_Original], kept
         group = groups[day]
         change = changes[day]
         restores_cost = day in cost_days and cost_before_load is not None
-        if change == 0 and not restores_cost:
+        restores_price = day in cost_days and price_before_load is not None
+        if change == 0 and not restores_cost and not restores_price:
             continue  # nothing to write on this day
         latest = max(chain, key=lambda original: (original.day <= day, original.day))
         units_after = units_on(day)
@@ -225,6 +229,8 @@ def _reverse_chain(month: str, applied_run_id: str, chain: list[_Original], kept
         }
         if restores_cost:
             payload["adjustedUnitCost"] = _number(cost_before_load)
+        if restores_price:
+            payload["adjustedUnitPrice"] = _number(price_before_load)
         reason = (
             f"Reverses run {applied_run_id}: {_signed(change)} units on {day}, undoing the change of "
             f"{undone_days}. Autotask cannot delete an adjustment nor take a second one on the same day, so the "
@@ -233,11 +239,17 @@ def _reverse_chain(month: str, applied_run_id: str, chain: list[_Original], kept
         )
         if restores_cost:
             reason += f" The unit cost goes back to {cost_before_load.normalize():f}."
-        elif day in cost_days:
+        elif day in cost_days and cost_changes:
             reason += " The run set a unit cost where none was known before: that cost stays."
+        if restores_price:
+            reason += f" The unit price goes back to {price_before_load.normalize():f}."
         undone = [original.action.action_id for original in group]
         action = PlanAction(
-            kind=ActionKind.ADJUST_UNITS if change != 0 else ActionKind.CHANGE_COST,
+            kind=ActionKind.ADJUST_UNITS
+            if change != 0
+            else ActionKind.CHANGE_COST
+            if restores_cost
+            else ActionKind.CHANGE_PRICE,
             month=month,
             target=latest.action.target,
             status=ActionStatus.PROPOSED,
@@ -259,6 +271,9 @@ def _reverse_chain(month: str, applied_run_id: str, chain: list[_Original], kept
             unit_change=change,
             unit_cost_before=latest.action.unit_cost_after if restores_cost else None,
             unit_cost_after=cost_before_load if restores_cost else None,
+            unit_price_before=latest.action.unit_price_after if restores_price else None,
+            unit_price_after=price_before_load if restores_price else None,
+            currency=latest.action.currency,
             payload=payload,
             # what it undoes must be applied first; a reversal removing units waits for those adding them
             depends_on=tuple(sorted({*undone, *(adding if change < 0 else [])}))

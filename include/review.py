@@ -734,12 +734,15 @@ def _static_rows(
     else:
         names = _Names(warehouse, month, run_id, plan_rows)
     subscriptions: dict[str, tuple[str, str, Any]] = {}
-    for sub_id, period, cycle, price in _rows(
+    for sub_id, period, cycle, price, charge_type in _rows(
         warehouse,
-        "SELECT subscription_id, billing_period, billing_cycle, unit_price FROM charge_lines WHERE month = :month"
-        f"{month_condition} ORDER BY effective_date, charge_id",
+        "SELECT subscription_id, billing_period, billing_cycle, unit_price, charge_type FROM charge_lines"
+        f" WHERE month = :month{month_condition} ORDER BY effective_date, charge_id",
         {"month": month, **scope_params},
     ):
+        # the price of the recurring line (Recurring, Prorated), never a setup fee's, a usage line's or a credit's
+        if charge_type not in ("Recurring", "Prorated"):
+            price = subscriptions[sub_id][2] if sub_id in subscriptions else None
         subscriptions[sub_id] = (period, cycle, price)
     links = {
         (kind, source): (resolution, suggestions, flag)
@@ -751,7 +754,7 @@ def _static_rows(
         subs = _json_list(plan_row["subscription_ids"])
         known = next((subscriptions[sub] for sub in subs if sub in subscriptions), None)
         payload = _json_object(plan_row["payload"])
-        unit_price = _decimal(known[2]) if known else _decimal(payload.get("unitPrice"))
+        unit_price = _decimal(known[2]) if known and known[2] is not None else _decimal(payload.get("unitPrice"))
         units_added, units_removed, cost_added, cost_removed = _changes(line)
         sources = _sources_of(plan_row, subs)
         mapping = _mapping_state(sources, links)
@@ -772,7 +775,7 @@ def _static_rows(
             "bss_units": _float(line.units_after),
             "autotask_units": _float(line.units_before),
             "unit_change": _float(line.unit_change if line.unit_change is not None else _minus(line)),
-            "change": _change_text(plan_row["kind"], line, payload),
+            "change": _change_text(plan_row["kind"], line, payload, plan_row),
             "effective_date": line.effective_date.isoformat() if line.effective_date else "",
             "unit_price": _float(unit_price),
             "unit_cost": _float(line.unit_cost_after if line.unit_cost_after is not None else line.unit_cost_before),
@@ -865,11 +868,14 @@ def _minus(line: Any) -> Decimal | None:
     return line.units_after - line.units_before
 
 
-def _change_text(kind: str, line: Any, payload: Mapping[str, Any]) -> str:
+def _change_text(kind: str, line: Any, payload: Mapping[str, Any], row: Mapping[str, Any] | None = None) -> str:
     if kind == "adjust_units" and line.unit_change is not None:
         return f"{_signed(line.unit_change)} units"
     if kind == "change_cost":
         return f"unit cost {_plain(line.unit_cost_before)} → {_plain(line.unit_cost_after)}"
+    if kind == "change_price":
+        before = row.get("unit_price_before") if row is not None else None
+        return f"unit price {_plain(before)} → {_plain(payload.get('adjustedUnitPrice'))}"
     if kind == "extend_contract":
         before = line.end_date_before.isoformat() if line.end_date_before else "?"
         after = line.end_date_after.isoformat() if line.end_date_after else "?"

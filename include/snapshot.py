@@ -186,6 +186,7 @@ def take_snapshot(
                     "contract_services": summary.contract_services,
                     "contract_service_units": summary.contract_service_units,
                     "reader_calls": summary.reader_calls,
+                    "internal_currency": company_currency.internal,
                 }
             ],
         )

@@ -9,6 +9,7 @@ from enum import StrEnum
 from typing import Any
 
 from include.models import BillingPeriod
+from include.prices import PricePolicy
 
 # Autotask Services.periodType per BSS billing period (autotask-api.md §5: 2 Monthly, 3 Quarterly,
 # 4 Semi-Annual, 5 Yearly). The only place these numbers live; a tenant with other ids overrides them.
@@ -48,6 +49,10 @@ class SyncSettings:
     """Settings of the map and reconcile steps, with defaults that work against the sandbox."""
 
     effective_date_policy: EffectiveDatePolicy = EffectiveDatePolicy.CHANGE_DATE
+    # What a customer pays (include/prices.py): `keep` (an existing contract service keeps its Autotask price; a new
+    # one gets the BSS price of its recurring line), `bss` (every contract service follows the BSS price), or
+    # `markup:<percent>` (the BSS unit cost plus that markup). A customer's override (review page) wins.
+    price_policy: str = "keep"
     # Required by Autotask to create a company / a service; None leaves such creates flagged for review.
     owner_resource_id: int | None = None
     billing_code_id: int | None = None
@@ -137,6 +142,7 @@ class SyncSettings:
             raise ValueError("close_deadline_day and audit_posting_day must be days 1-28 of a month")
         if self.audit_tolerance < 0 or self.audit_alert_threshold < 0:
             raise ValueError("audit_tolerance and audit_alert_threshold must not be negative")
+        PricePolicy.parse(self.price_policy)  # refuses anything but keep, bss or markup:<percent>
         if self.approver_role.strip().lower() not in APPROVER_ROLES:
             raise ValueError(f"approver_role must be one of {', '.join(APPROVER_ROLES)}, not {self.approver_role!r}")
 
@@ -159,6 +165,11 @@ class SyncSettings:
             else:
                 values[name] = raw
         return cls.from_mapping(values)
+
+    @property
+    def default_price_policy(self) -> PricePolicy:
+        """The price policy of every customer without an override of its own."""
+        return PricePolicy.parse(self.price_policy)
 
     def period_type(self, billing_period: str) -> int:
         try:

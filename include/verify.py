@@ -1,4 +1,4 @@
-"""Step 7: read Autotask back after a load and compare the units with what the plan set.
+"""Step 7: read Autotask back after a load and compare the units and the money with what the plan set.
 
 For every contract service an applied adjustment touched, the ContractServiceUnits row covering each
 effective date must hold the plan's `units_after` for that date, and the row covering the month end the
@@ -6,8 +6,11 @@ units of the last change on or before it. A contract that ends inside the month 
 and the plan did not extend) has no units row after its end: there the last day the load was meant to make
 true is the contract's end (as the load left it: the applied extension, the created contract's end, else the
 snapshot's), checked as `contract_end` instead of `month_end`. Adjustments cannot be read back
-(autotask-api.md §6), so the units are the proof. The comparison is stored per run in `load_verifications`;
-the differences are returned.
+(autotask-api.md §6), so the units are the proof. The money too: where the plan set a unit cost or unit price (a
+new contract service's, a cost or price change's), the same rows must hold it from that date on, to the month end. A
+price or cost changed in Autotask behind the loader's back is a difference naming the contract service. (A figure the
+plan never set, such as an existing contract service's price under the `keep` policy, is not the load's to check.)
+The comparison is stored per run in `load_verifications`; the differences are returned.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ import sqlalchemy as sa
 
 from include.autotask_reader import api_date
 from include.models import BillingMonth
-from include.plan import ActionKind, ActionStatus, PlanAction, load_plan
+from include.plan import ADJUSTMENT_KINDS, ActionKind, ActionStatus, PlanAction, load_plan
 from include.warehouse import Warehouse, utcnow
 
 log = logging.getLogger(__name__)
 
-_ADJUSTING = (ActionKind.ADJUST_UNITS, ActionKind.CHANGE_COST)
+_ADJUSTING = tuple(ADJUSTMENT_KINDS)
 _UNITS_TOLERANCE = Decimal("0.0001")
+_MONEY_TOLERANCE = Decimal("0.00005")
 
 
 class AutotaskUnitsReader(Protocol):
@@ -57,18 +61,50 @@ class UnitCheck:
     check_kind: str  # effective_date | month_end | contract_end (the contract ends before the month does)
     expected: Decimal
     found: Decimal | None
+    # the unit cost and price the plan set and Autotask's on that date (expected None: the plan set none)
+    expected_cost: Decimal | None = None
+    found_cost: Decimal | None = None
+    expected_price: Decimal | None = None
+    found_price: Decimal | None = None
+    currency: str | None = None
+
+    @property
+    def units_match(self) -> bool:
+        return self.found is not None and abs(self.found - self.expected) <= _UNITS_TOLERANCE
+
+    @property
+    def cost_matches(self) -> bool:
+        return _money_matches(self.expected_cost, self.found_cost)
+
+    @property
+    def price_matches(self) -> bool:
+        return _money_matches(self.expected_price, self.found_price)
 
     @property
     def matches(self) -> bool:
-        return self.found is not None and abs(self.found - self.expected) <= _UNITS_TOLERANCE
+        return self.units_match and self.cost_matches and self.price_matches
 
     def describe(self) -> str:
-        found = "no units row" if self.found is None else f"{self.found.normalize():f} units"
-        return (
-            f"{', '.join(self.subscription_ids) or '?'} (contract {self.contract_id}, service {self.service_id}) on "
-            f"{self.check_date} ({self.check_kind.replace('_', ' ')}): expected "
-            f"{self.expected.normalize():f} units, Autotask holds {found}"
+        holder = f"contract service {self.contract_service_id}, " if self.contract_service_id is not None else ""
+        where = (
+            f"{', '.join(self.subscription_ids) or '?'} ({holder}contract {self.contract_id}, service "
+            f"{self.service_id}) on {self.check_date} ({self.check_kind.replace('_', ' ')})"
         )
+        currency = f" {self.currency}" if self.currency else ""
+        differences = []
+        if not self.units_match:
+            found = "no units row" if self.found is None else f"{self.found.normalize():f} units"
+            differences.append(f"expected {self.expected.normalize():f} units, Autotask holds {found}")
+        for name, expected, found, ok in (
+            ("unit cost", self.expected_cost, self.found_cost, self.cost_matches),
+            ("unit price", self.expected_price, self.found_price, self.price_matches),
+        ):
+            if not ok:
+                held = "none" if found is None else f"{found:f}{currency}"
+                differences.append(f"expected {name} {expected:f}{currency}, Autotask holds {held}")
+        if not differences:
+            differences.append(f"holds the expected {self.expected.normalize():f} units")
+        return f"{where}: " + "; ".join(differences)
 
 
 @dataclass
@@ -90,7 +126,7 @@ class VerificationResult:
         if self.ok:
             return (
                 f"Verified {self.month}: {len(self.checks)} dates of {self.contract_services} contract services "
-                "hold the units the plan set."
+                "hold the units, unit costs and unit prices the plan set."
             )
         lines = [check.describe() for check in self.differences[:limit]]
         more = len(self.differences) - len(lines)
@@ -121,13 +157,26 @@ def verify_load(reader: AutotaskUnitsReader, warehouse: Warehouse, month: str, r
     if by_pair:
         rows = _units_rows(reader, by_pair, billing_month)
         contract_ends = _contract_ends(warehouse, billing_month.key, applied_plan, by_pair)
+        created_by_id = {
+            action.action_id: action for action in applied_plan if action.kind is ActionKind.CREATE_CONTRACT_SERVICE
+        }
         for pair, actions in sorted(by_pair.items()):
             actions.sort(key=lambda action: action.effective_date or date.min)
             last_day = billing_month.last_day
             ends = contract_ends.get(pair[0])
             if ends is not None and ends < last_day:
                 last_day = ends
-            result.checks.extend(_checks_of(pair, actions, rows.get(pair, []), last_day, billing_month.last_day))
+            created = next(
+                (
+                    created_by_id[action.contract_service_action_id]
+                    for action in actions
+                    if action.contract_service_action_id in created_by_id
+                ),
+                None,
+            )
+            result.checks.extend(
+                _checks_of(pair, actions, rows.get(pair, []), last_day, billing_month.last_day, created)
+            )
     _store(warehouse, result)
     if result.ok:
         log.info(result.message())
@@ -213,7 +262,7 @@ def _units_rows(
         {"op": "lte", "field": "startDate", "value": f"{last.isoformat()}T00:00:00"},
         {"op": "gte", "field": "endDate", "value": f"{first.isoformat()}T00:00:00"},
     ]
-    fields = ["id", "contractID", "serviceID", "contractServiceID", "startDate", "endDate", "units"]
+    fields = ["id", "contractID", "serviceID", "contractServiceID", "startDate", "endDate", "units", "cost", "price"]
     contract_ids = sorted({pair[0] for pair in by_pair})
     rows: dict[tuple[int, int], list[dict]] = defaultdict(list)
     for record in reader.query_in("ContractServiceUnits", "contractID", contract_ids, overlap, fields):
@@ -224,20 +273,48 @@ def _units_rows(
 
 
 def _checks_of(
-    pair: tuple[int, int], actions: Sequence[PlanAction], rows: Sequence[dict], last_day: date, month_end: date
+    pair: tuple[int, int],
+    actions: Sequence[PlanAction],
+    rows: Sequence[dict],
+    last_day: date,
+    month_end: date,
+    created: PlanAction | None = None,
 ) -> list[UnitCheck]:
-    """`last_day` is the month end, or the contract's end when it comes first (`month_end` tells them apart)."""
+    """`last_day` is the month end, or the contract's end when it comes first (`month_end` tells them apart).
+    `created`: the applied action that created the contract service (its unit cost and price hold from the start)."""
     subscriptions = tuple(sorted({s for action in actions for s in action.subscription_ids}))
     checks = []
+    # the money the plan set, in force from each action on (a new contract service's from its creation)
+    cost = created.unit_cost_after if created is not None else None
+    price = created.unit_price_after if created is not None else None
+    currency = next((action.currency for action in [created, *actions] if action is not None and action.currency), None)
 
     def check(day: date, kind: str, expected: Decimal) -> None:
         row = _row_covering(rows, day)
         found = None if row is None or row.get("units") is None else Decimal(str(row["units"]))
         cs_id = None if row is None or row.get("contractServiceID") is None else int(row["contractServiceID"])
-        checks.append(UnitCheck(subscriptions, pair[0], pair[1], cs_id, day, kind, expected, found))
+        checks.append(
+            UnitCheck(
+                subscriptions,
+                pair[0],
+                pair[1],
+                cs_id,
+                day,
+                kind,
+                expected,
+                found,
+                expected_cost=cost,
+                found_cost=_figure(row, "cost") if cost is not None else None,
+                expected_price=price,
+                found_price=_figure(row, "price") if price is not None else None,
+                currency=currency,
+            )
+        )
 
     for action in actions:
         assert action.effective_date is not None and action.units_after is not None
+        cost = action.unit_cost_after if action.unit_cost_after is not None else cost
+        price = action.unit_price_after if action.unit_price_after is not None else price
         check(action.effective_date, "effective_date", action.units_after)
     # on the month's last billed day: the last change on or before it, else the units before the first later one
     before_end = [action for action in actions if action.effective_date and action.effective_date <= last_day]
@@ -245,6 +322,14 @@ def _checks_of(
     if expected is not None:
         check(last_day, "month_end" if last_day == month_end else "contract_end", expected)
     return checks
+
+
+def _figure(row: dict | None, name: str) -> Decimal | None:
+    return None if row is None or row.get(name) is None else Decimal(str(row[name]))
+
+
+def _money_matches(expected: Decimal | None, found: Decimal | None) -> bool:
+    return expected is None or (found is not None and abs(found - expected) <= _MONEY_TOLERANCE)
 
 
 def _row_covering(rows: Sequence[dict], day: date) -> dict | None:
@@ -272,6 +357,11 @@ def _store(warehouse: Warehouse, result: VerificationResult) -> None:
             "subscription_ids": json.dumps(list(check.subscription_ids)),
             "expected_units": check.expected,
             "found_units": check.found,
+            "expected_cost": check.expected_cost,
+            "found_cost": check.found_cost,
+            "expected_price": check.expected_price,
+            "found_price": check.found_price,
+            "currency": check.currency,
             "matches": int(check.matches),
             "checked_at": now,
         }

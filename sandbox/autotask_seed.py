@@ -8,7 +8,10 @@ same name twice). Companies carry their currency (`currencyID` → `Currencies`;
 EUR); a few GBP customers' companies are EUR in Autotask. Contracts of subscriptions that moved to
 another customer stay under the old customer's company; contracts of subscriptions the BSS no longer
 bills still hold their units; a few contract services already have an adjustment a person typed by
-hand on the day the BSS changes the units this month. Decisions are made per BSS key with a stable
+hand on the day the BSS changes the units this month. Money: a contract service holds the price and cost of its
+customer's currency as Autotask was last loaded (the day before the seed month: a cost the BSS raised on the month's
+first day is still the old one here), and a share of them (`OLDER_PRICE_SHARE`) still bills an older, lower price
+than the BSS's list. Decisions are made per BSS key with a stable
 hash, so a customer keeps its fate whatever the universe size. `SeedFacts` (not an entity) records
 every decision, for tests that need the truth.
 """
@@ -37,6 +40,9 @@ RECURRING_BILLING_CODE_ID = FIRST_IDS["BillingCodes"]
 USAGE_BILLING_CODE_ID = RECURRING_BILLING_CODE_ID + 4
 ONE_OFF_BILLING_CODE_ID = RECURRING_BILLING_CODE_ID + 5
 PERIOD_TYPES = {"Monthly": 2, "Quarterly": 3, "SemiAnnually": 4, "Annually": 5}
+# Contract services whose Autotask price is an older one than the BSS's list: the price times this factor.
+OLDER_PRICE_SHARE = 0.15
+OLDER_PRICE_FACTOR = 0.97
 _SEEDED_AT = format_datetime(datetime(2023, 1, 2, 9, 0, 0))
 
 # The first customers of every universe get fixed fates, so small seeds hold each case.
@@ -402,7 +408,12 @@ class _Builder:
                 match="missing",
             )
             return
-        unit_cost, unit_price = self.universe.prices_for(product, account.currency)
+        # Autotask as last loaded: the figures of the day before the seed month
+        unit_cost, unit_price = self.universe.prices_for(product, account.currency, self.first - timedelta(days=1))
+        price_match = "equal"
+        if _fraction("older-price", subscription.id) < OLDER_PRICE_SHARE:
+            unit_price = round(float(unit_price) * OLDER_PRICE_FACTOR, 4)
+            price_match = "older-price"
         units = bss_units
         match = "equal"
         stops = subscription.stops_billing_on
@@ -454,6 +465,10 @@ class _Builder:
             units=units,
             match=match,
             stopReason=subscription.stop_reason,
+            currency=account.currency,
+            unitPrice=float(unit_price),
+            unitCost=float(unit_cost),
+            priceMatch=price_match,
         )
         self.seeded_services[subscription.id] = (cs_id, contract, units)
         self.service_of_contract_service[cs_id] = service["id"]

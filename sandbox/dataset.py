@@ -28,7 +28,13 @@ agrees with `effectiveDate`:
 - a subscription may move to another account at a month start (`moved_on`): from that month on its
   lines are under the new account, the month before under the old one; within a month a
   subscription's lines are all under one account;
-- money is in the account's currency (EUR, GBP, USD).
+- money is in the account's currency (EUR, GBP, USD), from that currency's own price list: the EUR catalogue
+  converted, then moved per product by the list (`price_list_factor`: a GBP list rounds some prices up, a USD list
+  discounts others), so one product has three prices that are not each other's conversion;
+- the BSS's unit cost of some products rose on `COST_CHANGE_DAY` (`cost_changed`): every line from that day on
+  carries the new cost (the Autotask seed still holds the old one);
+- setup fees: a `New` subscription's OneTime line (action `New`), and a OneTime `Setup` line (an onboarding fee
+  per added seat) after some quantity increases (`SETUP_ON_INCREASE_SHARE`); neither carries the seat count.
 """
 
 from __future__ import annotations
@@ -58,6 +64,15 @@ BILLING_PLANS = {
 # Prices in the catalogue are EUR; other currencies are converted at these fixed rates.
 EXCHANGE_RATES = {"EUR": Decimal("1"), "GBP": Decimal("0.8571"), "USD": Decimal("1.0843")}
 SETUP_FEE_SHARE = Decimal("0.25")
+# Each currency's own price list: the converted catalogue price times one of these, per (product, currency).
+_PRICE_LIST_FACTORS = (Decimal("1"), Decimal("1"), Decimal("1.05"), Decimal("0.96"), Decimal("1.10"))
+# The distributor's cost of a share of the products rose by COST_RISE from this day on (a month start).
+COST_CHANGE_DAY = date(2026, 10, 1)
+COST_CHANGE_SHARE = 0.3
+COST_RISE = Decimal("1.03")
+# Of quantity increases, the share followed by a OneTime `Setup` line (an onboarding fee per added seat).
+SETUP_ON_INCREASE_SHARE = 0.25
+ONBOARDING_FEE_SHARE = Decimal("0.5")
 _FOUR_PLACES = Decimal("0.0001")
 _ONE_DAY = timedelta(days=1)
 # Months between two charges of a billing plan (billingPlan.billingPeriod).
@@ -197,10 +212,14 @@ class Universe:
     def product(self, id: str) -> Product:
         return self._products_by_id[id]
 
-    def prices_for(self, product: Product, currency: str) -> tuple[Decimal, Decimal]:
-        """(unit cost, unit price) of a product in a customer's currency."""
+    def prices_for(self, product: Product, currency: str, on: date | None = None) -> tuple[Decimal, Decimal]:
+        """(unit cost, unit price) of a product in a customer's currency on `on` (None: the latest figures): the
+        price from that currency's own list, the cost after its rise when the product's cost changed by then."""
         rate = EXCHANGE_RATES[currency]
-        return _money(product.unit_cost * rate), _money(product.unit_price * rate)
+        cost = product.unit_cost * rate
+        if cost_changed(product) and (on is None or on >= COST_CHANGE_DAY):
+            cost = cost * COST_RISE
+        return _money(cost), _money(product.unit_price * rate * price_list_factor(product, currency))
 
     def charges_for_month(self, month: str) -> list[dict]:
         """BSS charge JSON elements with chargeStartDate in `month` ("YYYY-MM"), in the BSS's order
@@ -255,7 +274,7 @@ class Universe:
     ) -> list[tuple[date, int, str, int, dict]]:
         account = self._accounts_by_id[subscription.account_on(first)]
         product = self._products_by_id[subscription.product_id]
-        unit_cost, unit_price = self.prices_for(product, account.currency)
+        unit_cost, unit_price = self.prices_for(product, account.currency, first)
         plan_id, plan_name = BILLING_PLANS[product.billing_period]
         period_months = BILLING_PERIOD_MONTHS[product.billing_period]
         account_ref = {"id": account.id, "name": account.name, "code": account.code}
@@ -361,6 +380,23 @@ class Universe:
             delta = new_total - changes[index - 1][1]
             action = "QuantityIncrease" if delta > 0 else "QuantityDecrease"
             emit(day, same_day, line("Prorated", action, delta, new_total, day, period_end(day)))
+            onboarding = _fraction("onboarding-fee", f"{subscription.id}:{day.isoformat()}")
+            if delta > 0 and onboarding < SETUP_ON_INCREASE_SHARE:
+                # an onboarding fee per added seat: a OneTime Setup line right after the increase
+                emit(
+                    day,
+                    same_day,
+                    line(
+                        "OneTime",
+                        "Setup",
+                        delta,
+                        new_total,
+                        day,
+                        day,
+                        _money(unit_cost * ONBOARDING_FEE_SHARE),
+                        _money(unit_price * ONBOARDING_FEE_SHARE),
+                    ),
+                )
         cancelled = subscription.cancelled_on
         if cancelled is not None and first <= cancelled <= last:
             total = subscription.units_before(cancelled)
@@ -985,6 +1021,18 @@ def _shuffled(items: list, kind: str) -> list:
     order = list(items)
     random.Random(kind).shuffle(order)
     return order
+
+
+def price_list_factor(product: Product, currency: str) -> Decimal:
+    """How a currency's own price list moves a product's converted catalogue price (EUR is the catalogue)."""
+    if currency == "EUR":
+        return Decimal("1")
+    return _PRICE_LIST_FACTORS[int(_fraction(f"price-list-{currency}", product.id) * len(_PRICE_LIST_FACTORS))]
+
+
+def cost_changed(product: Product) -> bool:
+    """Whether the product's BSS unit cost rose on COST_CHANGE_DAY."""
+    return _fraction("cost-change", product.id) < COST_CHANGE_SHARE
 
 
 def _fraction(kind: str, key: str) -> float:

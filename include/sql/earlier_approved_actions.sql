@@ -1,6 +1,6 @@
 -- The approved plan rows of months before the month reconciled that the loader has not applied yet: Autotask (and so the
 -- run's snapshot) does not hold them, but they will be written. Reconciliation counts them: the adjustments'
--- unitChange and adjustedUnitCost are in force from their effective date, an extension's end date holds, and
+-- unitChange, adjustedUnitCost and adjustedUnitPrice are in force from their effective date, an extension's end date holds, and
 -- a record they create is not created a second time. Oldest month first, each month in its apply order.
 -- in_flight: 1 when the loader's ledger says the write may already have reached Autotask (sent, unknown,
 -- resent, or confirmed before the plan row was marked): the snapshot may or may not hold it, so it is neither
@@ -15,6 +15,7 @@ SELECT
     actions.effective_date,
     CAST(actions.unit_change AS DOUBLE PRECISION) AS unit_change,
     CAST(actions.unit_cost_after AS DOUBLE PRECISION) AS unit_cost_after,
+    CAST(actions.unit_price_after AS DOUBLE PRECISION) AS unit_price_after,
     actions.end_date_after,
     CASE WHEN EXISTS (
         SELECT 1 FROM load_ledger ledger

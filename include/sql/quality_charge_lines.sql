@@ -1,15 +1,18 @@
 -- The month's typed charge lines with the helper columns the `charge_lines` suite compares.
 -- Numbers are cast to DOUBLE PRECISION so both dialects hand pandas floats (PostgreSQL NUMERIC would come
 -- back as Decimal objects, which are slow to validate). Helper columns:
+--   seat_line: 1 for a line that carries the seat count (include.models.counts_seats); setup fees, usage and
+--     credits that are not a cancellation do not (usage may be fractional: GB, hours), and are compared with
+--     nothing below: their quantity_fraction is 0 and their expected_subscription_quantity their own;
 --   quantity_fraction, subscription_quantity_fraction: the non-integral part (0 for whole units);
---   previous_subscription_quantity: the total before the line: the subscription's previous line this month,
+--   previous_subscription_quantity: the total before the line: the subscription's previous seat line this month,
 --     else (its first line of the month) the previous total the warehouse's earlier months left it with
 --     (`include/sql/subscription_history.sql`, the same total reconciliation starts from); NULL when neither
 --     is known (the first month in this warehouse: the previous total then comes from Autotask).
 --     Lines of one subscription are in the BSS's order: effective date, then its timestamp, then the
 --     numeric sequence of the charge id, never the id's text ("CHG-9" before "CHG-10");
 --   expected_subscription_quantity: what subscription_quantity must be. Restating lines (Cycle, Renewal,
---     New) state the total themselves; a OneTime line (setup fee) leaves the total as it was; every other
+--     New) state the total themselves; a line that is not a seat line states nothing about it; every other
 --     line (increase, decrease, cancellation) moves the previous total by its signed quantity. Where the
 --     previous total is unknown, the line's own total stands (nothing to compare it with);
 --   account_mixed_currency: 1 when the line's account is billed in more than one currency this month;
@@ -22,12 +25,23 @@
 WITH history AS (
 {subscription_history}
 ),
+seats AS (
+    SELECT
+        lines.*,
+        CASE
+            WHEN lines.charge_type IN ('Recurring', 'Prorated', 'Credit')
+                AND lines.action IN ('Cycle', 'New', 'Renewal', 'QuantityIncrease', 'QuantityDecrease', 'Cancellation')
+            THEN 1 ELSE 0
+        END AS seat_line
+    FROM charge_lines lines
+    WHERE lines.month = :month
+),
 ordered AS (
     SELECT
         lines.*,
         COALESCE(
             LAG(lines.subscription_quantity) OVER (
-                PARTITION BY lines.subscription_id
+                PARTITION BY lines.subscription_id, lines.seat_line
                 ORDER BY lines.effective_date,
                          CASE WHEN lines.charged_at IS NULL THEN 0 ELSE 1 END, lines.charged_at,
                          COALESCE(lines.charge_sequence, 0), lines.charge_id
@@ -44,9 +58,8 @@ ordered AS (
                 <> MAX(lines.account_id) OVER (PARTITION BY lines.subscription_id)
             THEN 1 ELSE 0
         END AS subscription_mixed_account
-    FROM charge_lines lines
+    FROM seats lines
     LEFT JOIN history ON history.subscription_id = lines.subscription_id
-    WHERE lines.month = :month
 )
 SELECT
     ordered.charge_id,
@@ -65,14 +78,21 @@ SELECT
     ordered.charge_start_date,
     ordered.charge_end_date,
     ordered.effective_date,
-    CAST(ordered.quantity - ROUND(ordered.quantity) AS DOUBLE PRECISION) AS quantity_fraction,
-    CAST(ordered.subscription_quantity - ROUND(ordered.subscription_quantity) AS DOUBLE PRECISION)
-        AS subscription_quantity_fraction,
+    ordered.seat_line,
+    CAST(
+        CASE WHEN ordered.seat_line = 1 THEN ordered.quantity - ROUND(ordered.quantity) ELSE 0 END
+        AS DOUBLE PRECISION
+    ) AS quantity_fraction,
+    CAST(
+        CASE
+            WHEN ordered.seat_line = 1 THEN ordered.subscription_quantity - ROUND(ordered.subscription_quantity)
+            ELSE 0
+        END AS DOUBLE PRECISION
+    ) AS subscription_quantity_fraction,
     CAST(ordered.previous_subscription_quantity AS DOUBLE PRECISION) AS previous_subscription_quantity,
     CAST(
         CASE
-            WHEN ordered.charge_type = 'OneTime'
-                THEN COALESCE(ordered.previous_subscription_quantity, ordered.subscription_quantity)
+            WHEN ordered.seat_line = 0 THEN ordered.subscription_quantity
             WHEN ordered.action IN ('Cycle', 'Renewal', 'New') THEN ordered.quantity
             WHEN ordered.previous_subscription_quantity IS NULL THEN ordered.subscription_quantity
             ELSE ordered.previous_subscription_quantity + ordered.quantity

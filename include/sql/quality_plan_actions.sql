@@ -2,7 +2,7 @@
 -- with helper columns for the `change_plan` suite.
 --   contract_service_key: the contract service an action touches, by Autotask id or by the plan row that
 --     creates it;
---   adjustment_slot: for an adjustment that is or will be written (adjust_units / change_cost, the
+--   adjustment_slot: for an adjustment that is or will be written (adjust_units / change_cost / change_price, the
 --     `adjust` family, status proposed / approved / applied), "<contract service>@<effective date>";
 --     Autotask refuses a second adjustment of one contract service on one date, so it must be unique.
 --     NULL for every other row (NULLs are not compared);
@@ -29,7 +29,7 @@ SELECT
     CAST(plan.unit_change AS DOUBLE PRECISION) AS unit_change,
     CAST(plan.unit_cost_after AS DOUBLE PRECISION) AS unit_cost_after,
     CASE
-        WHEN plan.kind IN ('adjust_units', 'change_cost')
+        WHEN plan.kind IN ('adjust_units', 'change_cost', 'change_price')
             AND plan.status IN ('proposed', 'approved', 'applied')
             AND plan.contract_service_key IS NOT NULL
         THEN plan.contract_service_key || '@' || COALESCE(CAST(plan.effective_date AS VARCHAR(10)), '-')

@@ -1,4 +1,5 @@
--- The month's unit-bearing BSS charge lines (OneTime fees change no units and are left out), each with the
+-- The month's seat lines (include.models.counts_seats: setup fees, usage and credits that are not a cancellation
+-- change no units, cost or price and are left out), each with the
 -- Autotask company, contract and service its account, subscription and product resolved to in the run
 -- (NULL when unlinked), the link's flag and detail, how many suggestions wait for a person, and the
 -- company's Autotask currency (NULL when unknown or the company is not linked).
@@ -6,7 +7,7 @@
 -- the id); reconciliation sorts again with the numeric tail of the id where the sequence is missing, so the
 -- order here is only for reading.
 SELECT l.charge_id, l.account_id, l.account_name, l.subscription_id, l.product_id, l.product_sku,
-       l.product_name, l.billing_period, l.billing_cycle, l.action, l.quantity, l.subscription_quantity,
+       l.product_name, l.billing_period, l.billing_cycle, l.charge_type, l.action, l.quantity, l.subscription_quantity,
        l.unit_cost, l.unit_price, l.currency, l.charge_end_date, l.effective_date, l.charged_at,
        l.charge_sequence,
        co.target_id AS company_id, co.flag AS company_flag, co.suggestions AS company_suggestions,
@@ -23,5 +24,6 @@ LEFT JOIN month_links sv
        ON sv.run_id = :run_id AND sv.kind = 'service' AND sv.source_key = l.product_id
 LEFT JOIN at_companies company
        ON company.run_id = :run_id AND company.company_id = co.target_id
-WHERE l.month = :month AND l.charge_type <> 'OneTime'
+WHERE l.month = :month AND l.charge_type IN ('Recurring', 'Prorated', 'Credit')
+      AND l.action IN ('Cycle', 'New', 'Renewal', 'QuantityIncrease', 'QuantityDecrease', 'Cancellation')
 ORDER BY l.subscription_id, l.effective_date, l.charged_at, l.charge_sequence, l.charge_id

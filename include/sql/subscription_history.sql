@@ -5,7 +5,8 @@
 -- restating Cycle/Renewal line, or a change line of an annually billed plan, does not say it); the
 -- `charge_lines` suite checks a first change line against the same total. Subscriptions without a line this
 -- month are here too: a contract service the BSS no longer bills is found from them.
--- OneTime lines (setup fees) carry no total and are left out. Lines of one date are ordered as the BSS
+-- Only seat lines count (include.models.counts_seats): setup fees, usage and credits that are not a
+-- cancellation carry no total and are left out. Lines of one date are ordered as the BSS
 -- ordered them (its timestamp, then the numeric sequence of the charge id), never by the id's text.
 WITH ranked AS (
     SELECT l.subscription_id, l.month, l.effective_date, l.subscription_quantity, l.account_id, l.product_id,
@@ -17,7 +18,8 @@ WITH ranked AS (
                         COALESCE(l.charge_sequence, 0) DESC, l.charge_id DESC
            ) AS newest_first
     FROM charge_lines l
-    WHERE l.month < :month AND l.charge_type <> 'OneTime'
+    WHERE l.month < :month AND l.charge_type IN ('Recurring', 'Prorated', 'Credit')
+          AND l.action IN ('Cycle', 'New', 'Renewal', 'QuantityIncrease', 'QuantityDecrease', 'Cancellation')
 )
 SELECT subscription_id, month AS last_month, effective_date AS last_effective_date,
        subscription_quantity AS previous_total, account_id, product_id, billing_period, billing_cycle,

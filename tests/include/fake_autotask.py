@@ -40,6 +40,8 @@ class _ContractService:
     unit_cost: float | None
     # (effective date, unit change, adjusted unit cost or None), sorted by date
     adjustments: list[tuple[date, float, float | None]] = field(default_factory=list)
+    # (effective date, adjusted unit price): the price an adjustment set from its date on
+    price_changes: list[tuple[date, float]] = field(default_factory=list)
 
 
 class FakeAutotask:
@@ -164,6 +166,7 @@ class FakeAutotask:
         unit_change: float,
         adjusted_unit_cost: float | None = None,
         check: bool = True,
+        adjusted_unit_price: float | None = None,
     ) -> None:
         contract_service = self.contract_services[cs_id]
         contract = self.contracts[contract_service.contract_id]
@@ -175,6 +178,8 @@ class FakeAutotask:
         bisect.insort(
             contract_service.adjustments, (effective, float(unit_change), adjusted_unit_cost), key=lambda item: item[0]
         )
+        if adjusted_unit_price is not None:
+            bisect.insort(contract_service.price_changes, (effective, float(adjusted_unit_price)), key=lambda x: x[0])
 
     # -- reading ---------------------------------------------------------------------------------------
     def units_on(self, cs_id: int, day: date) -> float:
@@ -187,6 +192,14 @@ class FakeAutotask:
             if when <= day and adjusted is not None:
                 cost = adjusted
         return cost
+
+    def price_on(self, cs_id: int, day: date) -> float | None:
+        contract_service = self.contract_services[cs_id]
+        price = contract_service.unit_price
+        for when, adjusted in contract_service.price_changes:
+            if when <= day:
+                price = adjusted
+        return price
 
     def unit_rows(self, cs_id: int, start: date, end: date) -> list[dict]:
         contract_service = self.contract_services[cs_id]
@@ -219,7 +232,7 @@ class FakeAutotask:
                     "startDate": _api(row_start),
                     "endDate": _api(row_end),
                     "units": self.units_on(cs_id, row_start),
-                    "price": contract_service.unit_price,
+                    "price": self.price_on(cs_id, row_start),
                     "cost": self.cost_on(cs_id, row_start),
                     "approveAndPostDate": None,
                 }
@@ -338,7 +351,13 @@ class FakeAutotask:
                 new_id = action.contract_id
             else:
                 cs_id = resolve(action.contract_service_id, action.contract_service_action_id)
-                self.adjust(cs_id, action.effective_date, float(action.unit_change), payload.get("adjustedUnitCost"))
+                self.adjust(
+                    cs_id,
+                    action.effective_date,
+                    float(action.unit_change),
+                    payload.get("adjustedUnitCost"),
+                    adjusted_unit_price=payload.get("adjustedUnitPrice"),
+                )
                 new_id = cs_id
             created[action.action_id] = (str(action.kind), new_id)
         return created

@@ -35,9 +35,10 @@ def line(
     charge_sequence: int | None = None,
 ) -> dict[str, Any]:
     """One `charge_lines` row. account = (id, name); product = (id, sku, name)."""
-    charge_type = charge_type or RESTATING.get(action) or CHANGE_TYPES[action]
-    if action == "New" and effective.day != 1:
-        charge_type = "Prorated"
+    if charge_type is None:  # a type given is kept (a setup fee is a OneTime line of action New on any day)
+        charge_type = RESTATING.get(action) or CHANGE_TYPES[action]
+        if action == "New" and effective.day != 1:
+            charge_type = "Prorated"
     return {
         "month": month,
         "charge_id": charge_id or f"CHG-{month}-{next(_SEQUENCE):06d}",

@@ -118,9 +118,10 @@ EXPECTED = [
     ("create_contract", "subscription:SUB-10", None, "proposed", None, None, None, None, D(2027, 10, 31)),
     ("create_contract", "subscription:SUB-8", None, "needs-mapping", None, None, None, None, D(2027, 10, 31)),
     ("create_contract", "subscription:SUB-9", None, "proposed", None, None, None, None, D(2027, 9, 30)),
-    ("create_contract_service", "cs:S:SUB-10/V502", None, "proposed", None, None, None, None, None),
-    ("create_contract_service", "cs:S:SUB-8/V501", None, "needs-mapping", None, None, None, None, None),
-    ("create_contract_service", "cs:S:SUB-9/P:PRD-PBI", None, "proposed", None, None, None, None, None),
+    # a new contract service carries the BSS unit cost of its recurring line (never the setup fee's 2.50 of SUB-8)
+    ("create_contract_service", "cs:S:SUB-10/V502", None, "proposed", None, None, None, "4", None),
+    ("create_contract_service", "cs:S:SUB-8/V501", None, "needs-mapping", None, None, None, "10", None),
+    ("create_contract_service", "cs:S:SUB-9/P:PRD-PBI", None, "proposed", None, None, None, "11", None),
     ("extend_contract", "contract:C1003", None, "proposed", None, None, None, None, D(2027, 9, 30)),
     ("change_cost", "cs:C1001/V501", D(2026, 10, 1), "proposed", "0", "10", "10", "9.5", None),
     ("adjust_units", "cs:C1001/V501", D(2026, 10, 8), "proposed", "2", "10", "12", None, None),
