@@ -39,6 +39,8 @@ SEAT_CHARGE_TYPES = ("Recurring", "Prorated", "Credit")
 ONE_OFF_CHARGE_TYPE = "OneTime"
 ONE_OFF_STATE = "one-off charge, not posted yet"
 UNKNOWN_CURRENCY = "?"
+# plan_actions columns of the price policy (unit price before and after), read where the plan has them
+PRICE_COLUMNS = ("unit_price_before", "unit_price_after")
 
 # The buckets of the totals: what loads on approval, what waits for a person, what is blocked or excluded.
 LOADS, WAITS, HELD = "loads", "waits", "held"
