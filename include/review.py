@@ -772,9 +772,24 @@ def grid_rows(warehouse: Warehouse, run_id: str, query: GridQuery | None = None)
 
 
 def grid_export(warehouse: Warehouse, run_id: str, query: GridQuery) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Every line matching the query in its order, and their totals: what the CSV and XLSX exports hold."""
+    """Every line matching the query in its order, and their totals (with the month's one-off charges of the
+    query's customers, `one_off`): what the CSV and XLSX exports hold."""
     _ensure_grid(warehouse, run_id)
-    return _lines(warehouse, run_id, query, None), _totals(warehouse, run_id, query)
+    totals = _totals(warehouse, run_id, query)
+    totals["one_off"] = [charge.as_dict() for charge in _one_off(warehouse, run_id, query)]
+    return _lines(warehouse, run_id, query, None), totals
+
+
+def _one_off(warehouse: Warehouse, run_id: str, query: GridQuery) -> list[Any]:
+    """The month's one-off (OneTime) charges, of the query's customer when it names one: shown, not posted yet."""
+    plan = _plan_of(run_lines_source(warehouse, run_id))
+    month = _rows(warehouse, f"SELECT MIN(month) FROM {plan} WHERE run_id = :run_id", {"run_id": run_id})[0][0]
+    wanted = (query.customer or "").casefold()
+    return [
+        charge
+        for charge in (one_off_charges(warehouse, month) if month else [])
+        if not wanted or wanted == charge.account_id.casefold() or wanted in charge.customer.casefold()
+    ]
 
 
 def grid_totals(warehouse: Warehouse, run_id: str, query: GridQuery, ensure: bool = True) -> dict[str, Any]:
@@ -807,14 +822,7 @@ def grid_page(warehouse: Warehouse, run_id: str, query: GridQuery) -> dict[str, 
     ):
         counts["mapping"][mapping] = int(lines)
     start = (query.page - 1) * query.page_size
-    month = _rows(warehouse, f"SELECT MIN(month) FROM {plan} WHERE run_id = :run_id", {"run_id": run_id})[0][0]
-    one_off = [
-        charge
-        for charge in (one_off_charges(warehouse, month) if month else [])
-        if not query.customer
-        or query.customer.casefold() == charge.account_id.casefold()
-        or query.customer.casefold() in charge.customer.casefold()
-    ]
+    one_off = _one_off(warehouse, run_id, query)
     return {
         "run_id": run_id,
         "total_lines": total_lines,
