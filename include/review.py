@@ -1986,12 +1986,24 @@ def months_overview(warehouse: Warehouse) -> list[dict[str, Any]]:
         months.append(
             {
                 "month": month,
+                # the latest run's billed, cost and margin per currency and part of the month (the review's totals)
+                "money": _run_money(warehouse, latest["run_id"]),
+                "buckets": BUCKETS,
                 "latest": latest,
                 "status": latest["status"],
                 "earlier": [run for run in runs if run is not latest],
             }
         )
     return months
+
+
+def _run_money(warehouse: Warehouse, run_id: str) -> dict[str, Any]:
+    """A run's money per currency and bucket, as its review page totals it (no filter); {} when it cannot be built."""
+    try:
+        return grid_totals(warehouse, run_id, GridQuery())["money"]
+    except (sa.exc.SQLAlchemyError, StaleRunError, ReviewError) as error:
+        log.warning("months page: the money of run %s could not be totalled: %s", run_id, error)
+        return {}
 
 
 def months_with_open_lines(warehouse: Warehouse, before: str | None = None) -> list[dict[str, Any]]:
