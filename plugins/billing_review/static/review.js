@@ -61,6 +61,7 @@
     return getJSON(api + "/lines?" + queryString(true)).then(function (page) {
       renderRows(page.lines);
       renderTotals(page.totals);
+      renderOneOff(page.one_off || []);
       $("page-info").textContent = "page " + page.page + " of " + page.pages + " · " + page.matching + " of " + page.total_lines + " lines";
       $("page-prev").disabled = page.page <= 1;
       $("page-next").disabled = page.page >= page.pages;
@@ -136,6 +137,31 @@
         cell(tr, m.text.margin, null, "num").setAttribute("data-testid", "money-margin");
         rows.appendChild(tr);
       });
+    });
+  }
+
+  // the month's one-off charges (setup fees) of the filter's customer: shown, not posted yet
+  function renderOneOff(charges) {
+    var tbody = $("one-off-body");
+    if (!tbody) { return; }
+    tbody.replaceChildren();
+    if (!charges.length) {
+      var empty = el("tr");
+      empty.appendChild(el("td", "No one-off charges this month.", { "colspan": "8" }));
+      tbody.appendChild(empty);
+      return;
+    }
+    charges.forEach(function (charge) {
+      var tr = el("tr", null, { "data-testid": "one-off-row", "data-charge-id": charge.charge_id });
+      cell(tr, charge.customer, charge.account_id);
+      cell(tr, charge.subscription);
+      cell(tr, charge.product, charge.sku);
+      cell(tr, charge.effective_date);
+      cell(tr, charge.text.quantity, null, "num");
+      cell(tr, charge.text.unit_price + " " + charge.currency, null, "num");
+      cell(tr, charge.text.amount + " " + charge.currency, null, "num");
+      cell(tr, charge.state);
+      tbody.appendChild(tr);
     });
   }
 
