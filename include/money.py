@@ -211,13 +211,20 @@ class PriceBook:
                 self.account_currency.setdefault(account, currency)
                 if charge_type in SEAT_CHARGE_TYPES:
                     self.seats.setdefault(subscription, []).append((_day(day), _decimal(price), _decimal(cost)))
+            only_contracts, contract_params = "", {}
+            if accounts is not None:  # a scope's lines: the contract services of the contracts they name
+                from include.plan import sql_in
+
+                contract_ids = {int(row["contract_id"]) for row in plan_rows if row.get("contract_id") is not None}
+                condition, contract_params = sql_in("t.contract_id", contract_ids, "con")
+                only_contracts = f" AND {condition}"
             snapshot = conn.execute(
                 sa.text(
                     "SELECT t.run_id, t.contract_service_id, t.contract_id, t.service_id, t.unit_price, t.unit_cost,"
                     " s.taken_at FROM at_contract_services t JOIN at_snapshots s ON s.run_id = t.run_id"
-                    " WHERE s.month = :month"
+                    f" WHERE s.month = :month{only_contracts}"
                 ),
-                {"month": month},
+                {"month": month, **contract_params},
             ).all()
             companies = conn.execute(
                 sa.text(
