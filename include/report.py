@@ -5,8 +5,11 @@ month and writes `report.html` and `report.xlsx` into the run's directory next t
 (`$BILLING_DATA_DOCS_DIR/<month>/<run_id>/`, see `include.quality.data_docs_dir`):
 
 - what the run created, changed, skipped, failed or excluded in Autotask (a dry run: what it would write),
-  per customer by name, with units and unit costs before and after, and totals of units and monthly cost
-  added and removed per customer and overall, per currency (amounts in different currencies never add up);
+  per customer by name, with units and unit costs before and after, the unit price loaded, the BSS and Autotask
+  price and cost, and totals of units, billed, cost and margin per customer and overall, per currency (amounts in
+  different currencies never add up; every figure from `include.money.line_money`, as on the review page); the
+  run's lines per currency split into loads / waits for a person / blocked or excluded; the month's one-off
+  charges (setup fees), shown, not posted yet;
 - who approved and how (`month_approvals` when the approval gate recorded it, else `decided_by` on the plan
   rows, else "approval not recorded"); the loads of the run (`load_runs`: writes, requests, a budget pause);
   the read-back verification (`load_verifications`) with every difference; the data-quality result;
