@@ -519,7 +519,12 @@ def one_off_totals(charges: Iterable[OneOffCharge]) -> dict[str, dict[str, Any]]
         of["amount"] += charge.amount
         of["cost"] += charge.cost
     return {
-        currency: {**values, "text": {"amount": money_text(values["amount"]), "cost": money_text(values["cost"])}}
+        currency: {
+            "charges": values["charges"],
+            "amount": str(values["amount"]),
+            "cost": str(values["cost"]),
+            "text": {"amount": money_text(values["amount"]), "cost": money_text(values["cost"])},
+        }
         for currency, values in sorted(totals.items())
     }
 

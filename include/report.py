@@ -1255,7 +1255,7 @@ def render_xlsx(content: Content) -> Any:
             for charge in content.one_off
         ],
         totals=[
-            [f"Total {currency}", None, None, None, None, None, None, None, figures["amount"], currency]
+            [f"Total {currency}", None, None, None, None, None, None, None, Decimal(figures["amount"]), currency]
             for currency, figures in one_off_totals(content.one_off).items()
         ],
     )
@@ -1338,7 +1338,7 @@ def _summary_sheet(workbook: Any, content: Content) -> None:
                     [f"The month, {label}: margin", figures.margin, currency],
                 ]
     for currency, figures in one_off_totals(content.one_off).items():
-        rows.append([f"One-off charges, not posted yet ({figures['charges']})", figures["amount"], currency])
+        rows.append([f"One-off charges, not posted yet ({figures['charges']})", Decimal(figures["amount"]), currency])
     for load in content.loads:
         rows.append([f"Load {load['load_id'][:8]}", f"{load['status']}: {load['message'] or ''}".strip(": "), None])
     sheet = _sheet(workbook, "Summary", [("Item", None), ("Value", None), ("Currency", None)], rows, totals=[])

@@ -85,6 +85,7 @@ def test_no_figure_on_any_surface_mixes_currencies_and_every_surface_shows_the_s
     # -- the review page's totals (SQL over the stored grid lines) -----------------------------------------------
     page = review.grid_page(planned, RUN_ID, review.GridQuery(page_size=500))
     assert page["totals"]["money"] == figures
+    json.dumps(page)  # what the page's JSON endpoint sends as it stands
     # and per line: the grid's billed change per currency adds up to the same amounts
     per_line: dict[str, Decimal] = {}
     for line in review.grid_rows(planned, RUN_ID):
@@ -207,6 +208,7 @@ def test_a_subscription_with_a_setup_fee_is_priced_at_its_recurring_line_and_the
     assert any(fees[line["subscription"]] != seats[line["subscription"]] for line in lines)
 
     page = review.grid_page(planned, RUN_ID, review.GridQuery())
+    assert json.loads(json.dumps(page))["one_off_totals"] == page["one_off_totals"]
     assert {charge["charge_id"] for charge in page["one_off"]} == {row["charge_id"] for row in one_off}
     for charge in page["one_off"]:
         assert charge["state"] == "one-off charge, not posted yet"
