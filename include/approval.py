@@ -42,6 +42,18 @@ import sqlalchemy as sa
 
 from include.identifiers import FORM_FINGERPRINT_PARAM, OPTION_APPROVE, OPTION_APPROVE_WITH_FLAGGED, OPTION_REJECT
 from include.identifiers import OPTIONS as _OPTIONS
+from include.money import ADJUSTING_KINDS as MONEY_KINDS
+from include.money import (
+    BUCKETS,
+    PRICE_COLUMNS,
+    LineMoney,
+    MoneyTotals,
+    PriceBook,
+    line_money,
+    money_bucket,
+    money_text,
+    units_text,
+)
 from include.sync_settings import APPROVER_ROLES, ApprovalPolicy, SyncSettings
 from include.warehouse import Warehouse, utcnow
 
@@ -52,7 +64,6 @@ POLICY_USER = "policy:auto_if_clean"
 PROPOSED, FLAGGED, NEEDS_MAPPING, BLOCKED, APPROVED = "proposed", "flagged", "needs-mapping", "blocked", "approved"
 # what an approval approved, once the load has moved some of it on
 _APPROVED_OR_LOADED = (APPROVED, "applied", "failed")
-_ADJUSTING_KINDS = ("adjust_units", "change_cost", "change_price")
 _TOP_REASONS = 8
 _REASON_CHARS = 240
 _ID_BATCH = 500
@@ -113,28 +124,29 @@ class ApprovalDecision:
 
 @dataclass
 class Changes:
-    """What a set of adjustments changes in Autotask: units and cost (unit cost × units) up and down."""
+    """What a set of adjustments changes in Autotask, in one currency: units, what the customer is billed (unit price
+    × units) and cost (unit cost × units) up and down, each line's figures from `include.money.line_money`."""
 
     actions: int = 0
     units_added: Decimal = Decimal(0)
     units_removed: Decimal = Decimal(0)
     cost_added: Decimal = Decimal(0)
     cost_removed: Decimal = Decimal(0)
+    billed_added: Decimal = Decimal(0)
+    billed_removed: Decimal = Decimal(0)
 
-    def add(self, row: Mapping[str, Any]) -> None:
+    def add(self, line: LineMoney) -> None:
         self.actions += 1
-        change = _decimal(row["unit_change"])
-        if change is None and row["units_after"] is not None and row["units_before"] is not None:
-            change = _decimal(row["units_after"]) - _decimal(row["units_before"])
-        if change and change > 0:
-            self.units_added += change
-        elif change and change < 0:
-            self.units_removed -= change
-        cost = _cost_change(row)
-        if cost > 0:
-            self.cost_added += cost
-        elif cost < 0:
-            self.cost_removed -= cost
+        self.units_added += line.units_added
+        self.units_removed += line.units_removed
+        self.cost_added += max(line.cost_change, Decimal(0))
+        self.cost_removed += max(-line.cost_change, Decimal(0))
+        self.billed_added += max(line.billed_change, Decimal(0))
+        self.billed_removed += max(-line.billed_change, Decimal(0))
+
+    @property
+    def margin(self) -> Decimal:
+        return (self.billed_added - self.billed_removed) - (self.cost_added - self.cost_removed)
 
     @property
     def units_moved(self) -> Decimal:
@@ -176,6 +188,9 @@ class AnswerFigures:
                     "units_removed": _plain(changes.units_removed),
                     "cost_added": _cents(changes.cost_added),
                     "cost_removed": _cents(changes.cost_removed),
+                    "billed_added": _cents(changes.billed_added),
+                    "billed_removed": _cents(changes.billed_removed),
+                    "margin": _cents(changes.margin),
                 }
                 for currency, changes in sorted(self.currencies.items())
             },
@@ -213,6 +228,8 @@ class ApprovalSummary:
     flagged: Changes = field(default_factory=Changes)
     # what each answer that loads something approves (OPTION_APPROVE, OPTION_APPROVE_WITH_FLAGGED)
     answers: dict[str, AnswerFigures] = field(default_factory=dict)
+    # the run's lines per currency and bucket (loads on approval, waits for a person, blocked or excluded)
+    money: MoneyTotals = field(default_factory=MoneyTotals)
     held_reasons: list[HeldReason] = field(default_factory=list)
     quality: list[QualityLine] = field(default_factory=list)
     report_dir: str | None = None
@@ -265,6 +282,14 @@ _SUMMARY_COLUMNS = (
     "unit_cost_before",
     "unit_cost_after",
     "idempotency_key",
+    # what `include.money.line_money` prices a line with
+    "effective_date",
+    "company_id",
+    "contract_id",
+    "service_id",
+    "contract_service_id",
+    "contract_service_action_id",
+    "payload",
 )
 
 
@@ -279,7 +304,8 @@ def summarise_plan(
     """What the run's plan would change, what each answer approves, and what holds lines back, for the form."""
     summary = ApprovalSummary(month=month, run_id=run_id, report_dir=report_dir, review_link=review_link)
     rows = _run_rows(warehouse, month, run_id)
-    bss = _bss_subscriptions(warehouse, month)
+    book = PriceBook(warehouse, month, run_id, rows)
+    line_approved = _line_approved_ids(warehouse, run_id)
     reasons: Counter[tuple[str, str]] = Counter()
     examples: dict[tuple[str, str], str] = {}
     for row in rows:
@@ -287,10 +313,13 @@ def summarise_plan(
         by_kind = summary.by_kind_status.setdefault(kind, {})
         by_kind[status] = by_kind.get(status, 0) + 1
         summary.by_status[status] = summary.by_status.get(status, 0) + 1
-        if kind in _ADJUSTING_KINDS and status == PROPOSED:
-            summary.proposed.add(row)
-        elif kind in _ADJUSTING_KINDS and status == FLAGGED:
-            summary.flagged.add(row)
+        money = line_money(row, book)
+        if kind in MONEY_KINDS:
+            summary.money.add(money, money_bucket(status, row["action_id"] in line_approved))
+        if kind in MONEY_KINDS and status == PROPOSED:
+            summary.proposed.add(money)
+        elif kind in MONEY_KINDS and status == FLAGGED:
+            summary.flagged.add(money)
         if status in (FLAGGED, NEEDS_MAPPING, BLOCKED):
             # a reason joins several causes with "; ": each counts on its own
             for reason in dict.fromkeys(part.strip() for part in (row["reason"] or "no reason given").split("; ")):
@@ -298,7 +327,7 @@ def summarise_plan(
                 reasons[key] += 1
                 if key not in examples:
                     examples[key] = _line_name(row)
-    summary.answers = _answers(run_id, rows, _line_approved_ids(warehouse, run_id), bss)
+    summary.answers = _answers(run_id, rows, line_approved, book)
     summary.held_reasons = [
         HeldReason(status=status, reason=reason, lines=lines, example=examples[(status, reason)])
         for (status, reason), lines in sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
@@ -310,14 +339,14 @@ def summarise_plan(
 def answer_figures(warehouse: Warehouse, month: str, run_id: str) -> dict[str, AnswerFigures]:
     """What each answer would approve now (the same figures `summarise_plan` puts on the form)."""
     rows = _run_rows(warehouse, month, run_id)
-    return _answers(run_id, rows, _line_approved_ids(warehouse, run_id), _bss_subscriptions(warehouse, month))
+    return _answers(run_id, rows, _line_approved_ids(warehouse, run_id), PriceBook(warehouse, month, run_id, rows))
 
 
 def _answers(
     run_id: str,
     rows: Sequence[Mapping[str, Any]],
     line_approved: set[str],
-    bss: Mapping[str, tuple[Any, str]],
+    book: PriceBook,
 ) -> dict[str, AnswerFigures]:
     answers = {answer: AnswerFigures(answer) for answer in (OPTION_APPROVE, OPTION_APPROVE_WITH_FLAGGED)}
     ids: dict[str, list[str]] = {answer: [] for answer in answers}
@@ -334,43 +363,34 @@ def _answers(
         ]
         if not approving:
             continue
-        priced = _priced(row, bss)
+        money = line_money(row, book)
         for answer in approving:
             figures = answers[answer]
             ids[answer].append(row["action_id"])
             figures.by_kind[row["kind"]] = figures.by_kind.get(row["kind"], 0) + 1
             figures.line_approved += int(chosen_alone)
-            if row["kind"] in _ADJUSTING_KINDS:
-                currency = priced["currency"] or UNKNOWN_CURRENCY
-                figures.currencies.setdefault(currency, Changes()).add(priced)
+            if row["kind"] in MONEY_KINDS:
+                figures.currencies.setdefault(money.currency, Changes()).add(money)
     for answer, figures in answers.items():
         figures.action_ids = tuple(sorted(ids[answer]))
         figures.fingerprint = set_fingerprint(run_id, figures.action_ids)
     return answers
 
 
-def _priced(row: Mapping[str, Any], bss: Mapping[str, tuple[Any, str]]) -> dict[str, Any]:
-    """The row with its currency and, for a units-only adjustment, its subscription's BSS unit cost."""
-    subscriptions = json.loads(row["subscription_ids"] or "[]")
-    known = next((bss[sub] for sub in subscriptions if sub in bss), (None, None))
-    priced = {**row, "currency": known[1]}
-    if row["unit_cost_after"] is None and row["unit_cost_before"] is None:
-        priced.update(unit_cost_before=known[0], unit_cost_after=known[0])
-    return priced
-
-
 def _run_rows(warehouse: Warehouse, month: str, run_id: str) -> list[dict[str, Any]]:
     """The run's plan lines (what the form sums up), read as plain rows: the form is rewritten after every decision
     on a month of 20,000 lines."""
+    # the unit prices a plan sets (the price policy), when the plan has them
+    columns = (*_SUMMARY_COLUMNS, *(name for name in PRICE_COLUMNS if name in warehouse.table("plan_actions").c))
     with warehouse.engine.connect() as conn:
         rows = conn.execute(
             sa.text(
-                f"SELECT {', '.join(_SUMMARY_COLUMNS)} FROM plan_actions"  # fixed column names
+                f"SELECT {', '.join(columns)} FROM plan_actions"  # fixed column names
                 " WHERE month = :month AND run_id = :run_id ORDER BY seq"
             ),
             {"month": month, "run_id": run_id},
         ).all()
-    return [dict(zip(_SUMMARY_COLUMNS, row, strict=True)) for row in rows]
+    return [dict(zip(columns, row, strict=True)) for row in rows]
 
 
 def _line_approved_ids(warehouse: Warehouse, run_id: str) -> set[str]:
@@ -787,8 +807,13 @@ def render_body(summary: ApprovalSummary, settings: SyncSettings | None = None, 
         "",
         *form_figures(summary),
         "",
-        "Cost is the BSS unit cost × units per billing period, per currency (amounts in different currencies are "
+        "Billed is what the customer is billed (unit price × units), cost what you pay (BSS unit cost × units), margin "
+        "billed − cost: the monthly change per billing period, per currency (amounts in different currencies are "
         "never added together).",
+        "",
+        "### The month per currency",
+        "",
+        *form_buckets(summary),
         "",
         f"Form {_code(summary.form_fingerprint[:12])}: your answer approves exactly the lines above. A review decision "
         "taken after this form was shown changes them; the form is then refreshed, and an answer to the old one is "
@@ -866,19 +891,6 @@ def _quality_of(warehouse: Warehouse, run_id: str) -> list[QualityLine]:
         ]
 
 
-def _bss_subscriptions(warehouse: Warehouse, month: str) -> dict[str, tuple[Any, str]]:
-    """The BSS unit cost and currency of each subscription billed in the month (its latest line's)."""
-    with warehouse.engine.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT subscription_id, unit_cost, currency FROM charge_lines WHERE month = :month"
-                " ORDER BY effective_date, charged_at, charge_sequence, charge_id"
-            ),
-            {"month": month},
-        ).all()
-    return {subscription: (cost, currency) for subscription, cost, currency in rows}
-
-
 def _role_rank(role: str | None) -> int:
     text = (role or "").strip().lower()
     return ROLE_ORDER.index(text) if text in ROLE_ORDER else -1
@@ -894,20 +906,6 @@ def _batched(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
         yield items[start : start + size]
 
 
-def _cost_change(row: Mapping[str, Any]) -> Decimal:
-    before_units, after_units = _decimal(row["units_before"]), _decimal(row["units_after"])
-    before_cost, after_cost = _decimal(row["unit_cost_before"]), _decimal(row["unit_cost_after"])
-    before_cost = before_cost if before_cost is not None else after_cost
-    after_cost = after_cost if after_cost is not None else before_cost
-    if before_cost is None:
-        return Decimal(0)
-    if after_units is None and before_units is not None and row["unit_change"] is not None:
-        after_units = before_units + _decimal(row["unit_change"])
-    if before_units is None and after_units is not None and row["unit_change"] is not None:
-        before_units = after_units - _decimal(row["unit_change"])
-    return (after_units or Decimal(0)) * after_cost - (before_units or Decimal(0)) * before_cost
-
-
 def _line_name(row: Mapping[str, Any]) -> str:
     subscriptions = json.loads(row["subscription_ids"] or "[]")
     target = str(row["idempotency_key"]).split("|")[2] if row["idempotency_key"] else ""
@@ -919,17 +917,42 @@ def form_figures(summary: ApprovalSummary) -> list[str]:
     """The form's table of figures (Markdown rows): per answer that loads something and per currency, the adjustments,
     units and monthly cost it adds and removes. The one place the form's money comes from."""
     rows = [
-        "| answer | currency | adjustments | units added | units removed | cost added | cost removed |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| answer | currency | adjustments | units added | units removed | billed added | billed removed "
+        "| cost added | cost removed | margin |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for answer in (OPTION_APPROVE, OPTION_APPROVE_WITH_FLAGGED):
         figures = summary.answers.get(answer) or AnswerFigures(answer)
         if not figures.currencies:
-            rows.append(f"| {answer} | – | 0 | 0 | 0 | 0.00 | 0.00 |")
+            rows.append(f"| {answer} | – | 0 | 0 | 0 | 0.00 | 0.00 | 0.00 | 0.00 | 0.00 |")
         for currency, changes in sorted(figures.currencies.items()):
             rows.append(
-                f"| {answer} | {_md(currency)} | {changes.actions} | {_number(changes.units_added)} | "
-                f"{_number(changes.units_removed)} | {_money(changes.cost_added)} | {_money(changes.cost_removed)} |"
+                f"| {answer} | {_md(currency)} | {changes.actions} | {units_text(changes.units_added)} | "
+                f"{units_text(changes.units_removed)} | {money_text(changes.billed_added)} | "
+                f"{money_text(changes.billed_removed)} | {money_text(changes.cost_added)} | "
+                f"{money_text(changes.cost_removed)} | {money_text(changes.margin, signed=True)} |"
+            )
+    return rows
+
+
+def form_buckets(summary: ApprovalSummary) -> list[str]:
+    """The form's table of the whole run per currency (Markdown rows): billed, cost and margin of what loads on
+    approval ("Approve proposed"), what waits for a person and what is blocked or excluded — the same figures, from
+    the same lines, as the review page's totals."""
+    rows = [
+        "| currency | part of the month: lines | billed | cost | margin |",
+        "|---|---|---:|---:|---:|",
+    ]
+    if not summary.money.by_currency:
+        rows.append("| – | – | 0.00 | 0.00 | 0.00 |")
+    for currency in summary.money.currencies():
+        for bucket, label in BUCKETS.items():
+            money = summary.money.by_currency[currency].get(bucket)
+            if money is None:
+                continue
+            rows.append(
+                f"| {_md(currency)} | {label}: {money.lines} | {money_text(money.billed, signed=True)} | "
+                f"{money_text(money.cost, signed=True)} | {money_text(money.margin, signed=True)} |"
             )
     return rows
 
@@ -978,7 +1001,7 @@ def _cents(value: Decimal) -> str:
 
 
 def _money(value: Any) -> str:
-    return f"{Decimal(str(value)):,.2f}"
+    return money_text(value)
 
 
 def _timestamp(value: Any) -> datetime:

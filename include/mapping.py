@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection
 
 from include.extract import ensure_run_reads_own_lines
 from include.models import BillingMonth
-from include.names import compare_names, exact_name, loose_name
+from include.names import LOOK_ALIKES_NOTE, compare_names, exact_name, loose_name, other_entity
 from include.plan import PlanScope, sql_in
 from include.sync_settings import SyncSettings
 from include.warehouse import Warehouse, sql, utcnow
@@ -198,7 +198,14 @@ def link_month(
     linking = _read_month(warehouse, billing_month, run_id, scope)
     demoted = _links_made_by_loose_names(linking)
     trusted = {key: link for key, link in linking.stored.items() if key not in demoted}
-    company_results = _resolve(LinkKind.COMPANY, linking, trusted, settings)
+    # an account linked to a company before (a link since demoted, changed or removed) is no new customer
+    known_accounts = {source for kind, source in demoted if kind == str(LinkKind.COMPANY)} | {
+        row[0]
+        for row in _rows(
+            warehouse, "SELECT DISTINCT source_key FROM mapping_link_events WHERE kind = :kind", {"kind": "company"}
+        )
+    }
+    company_results = _resolve(LinkKind.COMPANY, linking, trusted, settings, known_sources=known_accounts)
     company_of_account = {result.source_key: result.target_id for result in company_results}
     if scope is not None:  # the contracts of the companies the scope's accounts resolved to
         companies = {company for company in company_of_account.values() if company is not None}
@@ -474,8 +481,11 @@ def _resolve(
     settings: SyncSettings,
     target_key: Callable[[Target], str | None] | None = None,
     name_scopes: tuple[Callable[[Source], Any], Mapping[Any, Mapping[int, Target]]] | None = None,
+    known_sources: Collection[str] = frozenset(),
 ) -> list[Resolution]:
-    """Link each source by its remembered link, else its key, else a unique exact name; else suggest."""
+    """Link each source by its remembered link, else its key, else a unique exact name; else suggest. A new
+    customer (an account never linked before, not in `known_sources`) whose only look-alikes are other legal
+    entities is proposed as a new company (`_other_entities`)."""
     targets = linking.targets[kind]
     target_key = target_key or (lambda target: target.key)
     by_key: dict[str, list[Target]] = defaultdict(list)
@@ -538,8 +548,38 @@ def _resolve(
             continue
         # shared keys or exact names, and everything looser: a person picks, we never guess
         suggestions = _suggest(kind, source, index, keyed, exact, linking.rejected, settings)
-        results.append(Resolution(kind, source.key, None, UNLINKED, suggestions=suggestions))
+        detail = None
+        if kind is LinkKind.COMPANY and suggestions and not keyed and not exact and source.key not in known_sources:
+            suggestions, detail = _other_entities(source, suggestions)
+        results.append(Resolution(kind, source.key, None, UNLINKED, suggestions=suggestions, detail=detail))
     return results
+
+
+def _other_entities(source: Source, suggestions: tuple[Suggestion, ...]) -> tuple[tuple[Suggestion, ...], str | None]:
+    """A new customer is not held because another company looks like it: when every candidate is evidently another
+    legal entity (another legal form, another distinctive word: `include.names.other_entity`), the look-alikes are
+    named in the link's detail and the account counts no suggestion that waits (`waiting_suggestions`), so the plan
+    proposes creating its company, flagged with that detail; the look-alikes stay offered on the review page, to
+    confirm if a person knows better. Any candidate a person must judge (accents, spacing, a typo) holds the account
+    as before."""
+    reasons = [other_entity(source.name, suggestion.target_name) for suggestion in suggestions]
+    if not all(reasons):
+        return suggestions, None
+    named = "; ".join(
+        f'"{suggestion.target_name}" (company {suggestion.target_id}: {reason})'
+        for suggestion, reason in zip(suggestions, reasons, strict=True)
+    )
+    return suggestions, f"{LOOK_ALIKES_NOTE} {named}"
+
+
+def proposes_new_company(result: Resolution) -> bool:
+    """An unlinked account whose only look-alikes are other legal entities: its company is proposed new."""
+    return result.target_id is None and bool(result.detail) and str(result.detail).startswith(LOOK_ALIKES_NOTE)
+
+
+def waiting_suggestions(result: Resolution) -> int:
+    """How many of the result's suggestions hold its lines for a person (none for a proposed new company)."""
+    return 0 if proposes_new_company(result) else len(result.suggestions)
 
 
 def _remembered(kind: LinkKind, source: Source, link: Mapping[str, Any], target: Target | None) -> Resolution:
@@ -647,7 +687,9 @@ def _suggest_owners_of_linked_contracts(
             else:
                 suggestions[company_id] = Suggestion(company_id, CONTRACT_OWNER_SCORE, company.name, reason)
         ranked = tuple(sorted(suggestions.values(), key=lambda item: (-item.score, item.target_id)))
-        updated.append(replace(result, suggestions=ranked))
+        # a contract of the account held by a company is evidence: the account waits for a person again
+        detail = None if proposes_new_company(result) else result.detail
+        updated.append(replace(result, suggestions=ranked, detail=detail))
     return updated
 
 
@@ -664,6 +706,8 @@ class _NameIndex:
     targets: list[Target]
     names: list[str]
     _sorted_names: list[str] | None = None
+    # loose names without spaces: "Data Bridge" finds "DataBridge", which the fuzzy search scores low
+    by_squashed: dict[str, list[Target]] = field(default_factory=lambda: defaultdict(list))
 
     @classmethod
     def of(cls, targets: Iterable[Target]) -> _NameIndex:
@@ -678,6 +722,7 @@ class _NameIndex:
             if loose:
                 index.targets.append(target)
                 index.names.append(loose)
+                index.by_squashed[loose.replace(" ", "")].append(target)
         return index
 
     @property
@@ -716,6 +761,11 @@ def _suggest(
         shared.setdefault(target.id, Suggestion(target.id, 100.0, target.name, reason))
     looser: dict[int, Suggestion] = {}
     query = loose_name(source.name)
+    for target in index.by_squashed.get(query.replace(" ", ""), []) if query else []:
+        if target.id not in shared:
+            comparison = compare_names(source.name, target.name)
+            if comparison.score >= settings.suggestion_min_score:
+                looser[target.id] = Suggestion(target.id, comparison.score, target.name, comparison.reason)
     if query and index.names:
         matches = process.extract(
             _sorted_tokens(query),
@@ -827,7 +877,7 @@ def _store(
                 "resolution": result.resolution,
                 "link_method": result.link_method,
                 "flag": str(result.flag) if result.flag else None,
-                "suggestions": len(result.suggestions),
+                "suggestions": waiting_suggestions(result),
                 "detail": result.detail,
             }
             for result in results

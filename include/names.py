@@ -197,6 +197,8 @@ def compare_names(name: str, other: str) -> NameComparison:
         return NameComparison(
             SPELLING_ONLY_SCORE, "same name apart from accents, punctuation or how the legal form is written"
         )
+    if "".join(core) == "".join(other_core) and form_key == other_form_key:
+        return NameComparison(SPELLING_ONLY_SCORE, "same name apart from spacing")
     if core == other_core:
         score, reasons = 100.0, ["same name"]
     else:
@@ -218,3 +220,59 @@ def compare_names(name: str, other: str) -> NameComparison:
         shown = [f'"{" ".join(found)}"' if found else "none" for found in (numbers, other_numbers)]
         reasons.append(f"and the numbers differ: {shown[0]} vs {shown[1]}")
     return NameComparison(round(max(score, 0.0), 2), ", ".join(reasons))
+
+
+# Begins the detail of a new customer's link whose only look-alikes in Autotask are other legal entities
+# (`include.mapping`), which flags the create of its company (`include.reconcile`).
+LOOK_ALIKES_NOTE = "new company proposed; Autotask has look-alikes that are other legal entities:"
+# Below this fuzzy ratio two words are different words, not one word misspelt ("sanchez" / "schafer": 57;
+# "northwnd" / "northwind": 94).
+DIFFERENT_WORD_RATIO = 75.0
+
+
+def other_entity(name: str, other: str) -> str | None:
+    """Why `other`, a look-alike of `name`, is evidently another legal entity, in words; None when a person must
+    decide (the same name apart from accents, spacing, punctuation or how the same legal form is written; a typo;
+    a legal form on one side only).
+
+    Another entity: both names carry a legal form and the forms differ ("Brennan Café Oy" / "Brennan Café Ltd"), or
+    each name has a word the other has nothing close to (not a misspelling, not another form of the same word) — its
+    distinctive word ("Sánchez Medical Centre Ltd" / "Schäfer Medical Centre Limited"; "Northwind Trading Ltd" /
+    "Northwind Traders Ltd" still waits)."""
+    if exact_name(_strip_accents(name)) == exact_name(_strip_accents(other)):
+        return None
+    core, form = _loose_parts(name)
+    other_core, other_form = _loose_parts(other)
+    form_key, other_form_key = _legal_form_key(form), _legal_form_key(other_form)
+    if form_key and other_form_key and form_key != other_form_key:
+        return f'the legal form differs: "{legal_form(name)}" vs "{legal_form(other)}"'
+    if core == other_core or "".join(core) == "".join(other_core):
+        return None  # the same words, or the same letters spaced otherwise
+    own = [token for token in core if token not in other_core]
+    theirs = [token for token in other_core if token not in core]
+    if not own or not theirs:
+        return None  # a word more on one side only: it may be the same customer written longer
+    lonely = [token for token in own if not any(_same_word(token, candidate) for candidate in theirs)]
+    lonely_theirs = [token for token in theirs if not any(_same_word(token, candidate) for candidate in own)]
+    if lonely and lonely_theirs:
+        return f'the distinctive word differs: "{_word_of(name, lonely[0])}" vs "{_word_of(other, lonely_theirs[0])}"'
+    return None
+
+
+def _same_word(word: str, other: str) -> bool:
+    """Whether two words may be one word, misspelt or in another form: alike (fuzzy ratio at least
+    `DIFFERENT_WORD_RATIO`: "northwnd" / "northwind") or with a common stem of 4 letters or more ("trading" /
+    "traders"). "sanchez" / "schafer" are two words."""
+    if fuzz.ratio(word, other) >= DIFFERENT_WORD_RATIO:
+        return True
+    stem = 0
+    for left, right in zip(word, other, strict=False):
+        if left != right:
+            break
+        stem += 1
+    return stem >= min(4, len(word), len(other))
+
+
+def _word_of(name: str, token: str) -> str:
+    """The word of `name` as written whose loose form is `token` (the token itself when none is)."""
+    return next((word for word in name.split() if loose_name(word) == token), token)

@@ -50,6 +50,7 @@ from include.field_mapping import (
     renewed_end_date,
 )
 from include.models import RECURRING_PRICE_CHARGE_TYPES, BillingMonth, ChargeAction
+from include.names import LOOK_ALIKES_NOTE
 from include.plan import (
     ADJUSTMENT_KINDS,
     MOVED_SUBSCRIPTION,
@@ -347,7 +348,7 @@ def _prepare_lines(
         lines[column] = lines[column].astype("Int64")
     for column in ("company_suggestions", "contract_suggestions", "service_suggestions"):
         lines[column] = lines[column].fillna(0).astype("int64")
-    for column in ("contract_detail", "company_currency", "currency"):
+    for column in ("contract_detail", "company_detail", "company_currency", "currency"):
         if column not in lines:
             lines[column] = None
     lines = _charge_order(lines)
@@ -504,6 +505,7 @@ def _groups(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
             "billing_period",
             "company_id",
             "company_flag",
+            "company_detail",
             "contract_flag",
             "service_flag",
             "company_suggestions",
@@ -1233,6 +1235,10 @@ class _PlanBuilder:
                     "confirm one, or approve creating a new one",
                 )
             )
+        detail = info.get("company_detail")
+        if isinstance(detail, str) and detail.startswith(LOOK_ALIKES_NOTE):
+            # a new customer whose only look-alikes are other legal entities: proposed, for a person to glance at
+            holds.append(Hold(ActionStatus.FLAGGED, detail))
         if self.settings.owner_resource_id is None:
             holds.append(Hold(ActionStatus.FLAGGED, "owner_resource_id is not configured"))
         if not payload["phone"]:

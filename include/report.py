@@ -5,8 +5,11 @@ month and writes `report.html` and `report.xlsx` into the run's directory next t
 (`$BILLING_DATA_DOCS_DIR/<month>/<run_id>/`, see `include.quality.data_docs_dir`):
 
 - what the run created, changed, skipped, failed or excluded in Autotask (a dry run: what it would write),
-  per customer by name, with units and unit costs before and after, and totals of units and monthly cost
-  added and removed per customer and overall, per currency (amounts in different currencies never add up);
+  per customer by name, with units and unit costs before and after, the unit price loaded, the BSS and Autotask
+  price and cost, and totals of units, billed, cost and margin per customer and overall, per currency (amounts in
+  different currencies never add up; every figure from `include.money.line_money`, as on the review page); the
+  run's lines per currency split into loads / waits for a person / blocked or excluded; the month's one-off
+  charges (setup fees), shown, not posted yet;
 - who approved and how (`month_approvals` when the approval gate recorded it, else `decided_by` on the plan
   rows, else "approval not recorded"); the loads of the run (`load_runs`: writes, requests, a budget pause);
   the read-back verification (`load_verifications`) with every difference; the data-quality result;
@@ -41,6 +44,20 @@ from typing import Any
 import sqlalchemy as sa
 
 from include.models import BillingMonth
+from include.money import (
+    BUCKETS,
+    LineMoney,
+    MoneyTotals,
+    OneOffCharge,
+    PriceBook,
+    line_money,
+    money_bucket,
+    money_text,
+    one_off_charges,
+    one_off_totals,
+    unit_amount_text,
+    units_text,
+)
 from include.quality import data_docs_dir
 from include.warehouse import Warehouse, utcnow
 
@@ -125,6 +142,8 @@ class Totals:
     units_removed: Decimal = Decimal(0)
     cost_added: Decimal = Decimal(0)
     cost_removed: Decimal = Decimal(0)
+    billed_added: Decimal = Decimal(0)
+    billed_removed: Decimal = Decimal(0)
     lines: int = 0
 
     @property
@@ -135,12 +154,22 @@ class Totals:
     def net_cost(self) -> Decimal:
         return self.cost_added - self.cost_removed
 
+    @property
+    def net_billed(self) -> Decimal:
+        return self.billed_added - self.billed_removed
+
+    @property
+    def net_margin(self) -> Decimal:
+        return self.net_billed - self.net_cost
+
     def add(self, line: ReportLine) -> None:
         self.lines += 1
         self.units_added += line.units_added or 0
         self.units_removed += line.units_removed or 0
         self.cost_added += line.cost_added or 0
         self.cost_removed += line.cost_removed or 0
+        self.billed_added += line.billed_added or 0
+        self.billed_removed += line.billed_removed or 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -150,6 +179,9 @@ class Totals:
             "units_removed": float(self.units_removed),
             "monthly_cost_added": float(self.cost_added),
             "monthly_cost_removed": float(self.cost_removed),
+            "monthly_billed_added": str(self.billed_added),
+            "monthly_billed_removed": str(self.billed_removed),
+            "monthly_margin": str(self.net_margin),
         }
 
 
@@ -186,6 +218,9 @@ class ReportLine:
     units_removed: Decimal | None = None
     cost_added: Decimal | None = None
     cost_removed: Decimal | None = None
+    billed_added: Decimal | None = None
+    billed_removed: Decimal | None = None
+    money: LineMoney | None = None  # include.money.line_money: prices, costs, billed / cost / margin change
 
     @property
     def kind_label(self) -> str:
@@ -200,6 +235,25 @@ class ReportLine:
         if self.cost_added is None and self.cost_removed is None:
             return None
         return (self.cost_added or 0) - (self.cost_removed or 0)
+
+    @property
+    def billed_change(self) -> Decimal | None:
+        if self.billed_added is None and self.billed_removed is None:
+            return None
+        return (self.billed_added or 0) - (self.billed_removed or 0)
+
+    @property
+    def margin_change(self) -> Decimal | None:
+        billed, cost = self.billed_change, self.cost_change
+        return None if billed is None or cost is None else billed - cost
+
+    @property
+    def unit_price(self) -> Decimal | None:
+        return self.money.unit_price if self.money else None
+
+    @property
+    def below_cost(self) -> bool:
+        return bool(self.money and self.money.below_cost)
 
 
 @dataclass
@@ -262,6 +316,10 @@ class Content:
     writes_recorded: int  # ledger rows of this run: a dry run must have none
     would_write_basis: str = ""
     data_docs: str = ""
+    # the run's lines per currency and bucket (loads / waits for a person / blocked or excluded)
+    money: MoneyTotals = field(default_factory=MoneyTotals)
+    # the month's OneTime BSS lines (setup fees): shown, not posted yet
+    one_off: list[OneOffCharge] = field(default_factory=list)
 
     def count(self, *outcomes: str) -> int:
         return sum(1 for line in self.lines if line.outcome in outcomes)
@@ -375,6 +433,7 @@ def gather_report(warehouse: Warehouse, month: str, run_id: str, *, dry_run: boo
         for key in ("started_at", "finished_at", "resume_at"):
             load[key] = _timestamp(load[key])
     names = _Names(warehouse, month, run_id, plan_rows)
+    book = PriceBook(warehouse, month, run_id, plan_rows)
     approval = _approval(warehouse, month, run_id, plan_rows)
     writes_recorded = sum(1 for row in ledger.values() if row["run_id"] == run_id)
 
@@ -386,9 +445,14 @@ def gather_report(warehouse: Warehouse, month: str, run_id: str, *, dry_run: boo
         proposed = any(row["status"] == "proposed" and _writes(row["kind"]) for row in plan_rows)
         would_write_basis = "proposed" if proposed and not run_approved else "approved"
     lines = []
+    money = MoneyTotals()
     for row in plan_rows:
         outcome, reason = _outcome(row, ledger.get(row["action_id"]), run_id, loads, approval, would_write_basis)
-        lines.append(names.line(row, outcome, reason, ledger.get(row["action_id"])))
+        line = names.line(row, outcome, reason, ledger.get(row["action_id"]))
+        line.money = line_money(row, book)
+        if row["run_id"] == run_id and row["kind"] in ADJUSTING_KINDS:
+            money.add(line.money, money_bucket(row["status"]))
+        lines.append(line)
     for line in lines:
         line.counted = line.outcome in (Outcome.CREATED, Outcome.CHANGED, Outcome.WOULD_WRITE)
         if line.counted:
@@ -443,6 +507,8 @@ def gather_report(warehouse: Warehouse, month: str, run_id: str, *, dry_run: boo
         open_suggestions=len(suggestions),
         writes_recorded=writes_recorded,
         would_write_basis=would_write_basis,
+        money=money,
+        one_off=one_off_charges(warehouse, month),
     )
     content.tasks = _tasks(content, suggestions)
     return content
@@ -532,6 +598,12 @@ def _count_change(line: ReportLine) -> None:
     if change is not None:
         line.units_added = max(change, Decimal(0))
         line.units_removed = max(-change, Decimal(0))
+    if line.money is not None:  # the figures every page shows (include.money.line_money)
+        line.cost_added = max(line.money.cost_change, Decimal(0))
+        line.cost_removed = max(-line.money.cost_change, Decimal(0))
+        line.billed_added = max(line.money.billed_change, Decimal(0))
+        line.billed_removed = max(-line.money.billed_change, Decimal(0))
+        return
     cost_after = line.unit_cost_after
     cost_before = line.unit_cost_before if line.unit_cost_before is not None else cost_after
     if None in (after, before, cost_after, cost_before):
@@ -962,6 +1034,7 @@ def render_html(content: Content) -> str:
         units=_units_text,
         signed=_signed_text,
         money=_money_text,
+        signed_money=_signed_money_text,
         unit_cost=_unit_cost_text,
         day=_day_text,
         when=_when_text,
@@ -977,6 +1050,8 @@ def render_html(content: Content) -> str:
         would_write=content.lines_of(Outcome.WOULD_WRITE),
         left_open=content.lines_of(*OPEN_OUTCOMES),
         task_groups=_grouped(content.tasks),
+        buckets=BUCKETS,
+        one_off_totals=one_off_totals(content.one_off),
     )
 
 
@@ -989,33 +1064,36 @@ def _grouped(tasks: Sequence[Task]) -> list[tuple[str, list[Task]]]:
 
 
 def _units_text(value: Decimal | None) -> str:
+    """Units with thousands separators, whole units without ".0", never "−0" (`include.money.units_text`)."""
     if value is None:
         return ""
-    text = f"{value.quantize(_UNITS).normalize():f}"
-    return "0" if text in ("-0", "0") else text
+    return units_text(value.quantize(_UNITS))
 
 
 def _signed_text(value: Decimal | None) -> str:
     if value is None:
         return ""
-    text = _units_text(value)
-    return f"+{text}" if value > 0 else text.replace("-", "−")
+    return units_text(value.quantize(_UNITS), signed=True)
 
 
 def _money_text(value: Decimal | None, currency: str = "") -> str:
+    """Money to 2 decimals with thousands separators, never "−0.00" (`include.money.money_text`)."""
     if value is None:
         return ""
-    text = f"{value.quantize(_CENT, rounding=ROUND_HALF_UP):,.2f}".replace("-", "−")
-    return f"{text} {currency}".strip()
+    return f"{money_text(value)} {currency}".strip()
+
+
+def _signed_money_text(value: Decimal | None, currency: str = "") -> str:
+    if value is None:
+        return ""
+    return f"{money_text(value, signed=True)} {currency}".strip()
 
 
 def _unit_cost_text(value: Decimal | None, currency: str = "") -> str:
-    """A unit cost as the BSS gives it (up to 4 places, at least 2): 9.1333 stays 9.1333, 5 reads 5.00."""
+    """A unit cost or price as the BSS gives it (up to 4 places, at least 2): 9.1333 stays 9.1333, 5 reads 5.00."""
     if value is None:
         return ""
-    text = f"{value.quantize(_UNITS).normalize():,f}"
-    whole, _, places = text.partition(".")
-    return f"{whole}.{places.ljust(2, '0')} {currency}".replace("-", "−").strip()
+    return f"{unit_amount_text(value)} {currency}".strip()
 
 
 def _day_text(value: date | None) -> str:
@@ -1053,11 +1131,19 @@ _LINE_COLUMNS: tuple[tuple[str, Callable[[ReportLine], Any], str | None], ...] =
     ("Unit change", lambda line: line.unit_change, _UNITS_FORMAT),
     ("Unit cost before", lambda line: line.unit_cost_before, _UNIT_COST_FORMAT),
     ("Unit cost after", lambda line: line.unit_cost_after, _UNIT_COST_FORMAT),
+    ("Unit price", lambda line: line.unit_price, _UNIT_COST_FORMAT),
+    ("BSS unit price", lambda line: line.money.bss_unit_price if line.money else None, _UNIT_COST_FORMAT),
+    ("BSS unit cost", lambda line: line.money.bss_unit_cost if line.money else None, _UNIT_COST_FORMAT),
+    ("Autotask unit price", lambda line: line.money.autotask_unit_price if line.money else None, _UNIT_COST_FORMAT),
+    ("Autotask unit cost", lambda line: line.money.autotask_unit_cost if line.money else None, _UNIT_COST_FORMAT),
     ("Currency", lambda line: line.currency, None),
     ("Units added", lambda line: line.units_added, _UNITS_FORMAT),
     ("Units removed", lambda line: line.units_removed, _UNITS_FORMAT),
     ("Monthly cost added", lambda line: line.cost_added, _MONEY_FORMAT),
     ("Monthly cost removed", lambda line: line.cost_removed, _MONEY_FORMAT),
+    ("Monthly billed added", lambda line: line.billed_added, _MONEY_FORMAT),
+    ("Monthly billed removed", lambda line: line.billed_removed, _MONEY_FORMAT),
+    ("Monthly margin change", lambda line: line.margin_change if line.counted else None, _MONEY_FORMAT),
     ("End date before", lambda line: line.end_date_before, _DATE_FORMAT),
     ("End date after", lambda line: line.end_date_after, _DATE_FORMAT),
     ("Status", lambda line: line.status, None),
@@ -1066,7 +1152,37 @@ _LINE_COLUMNS: tuple[tuple[str, Callable[[ReportLine], Any], str | None], ...] =
     ("Autotask ID", lambda line: line.autotask_id, "0"),
     ("Plan action", lambda line: line.action_id, None),
 )
-SUMMED_COLUMNS = ("Units added", "Units removed", "Monthly cost added", "Monthly cost removed")
+SUMMED_COLUMNS = (
+    "Units added",
+    "Units removed",
+    "Monthly cost added",
+    "Monthly cost removed",
+    "Monthly billed added",
+    "Monthly billed removed",
+    "Monthly margin change",
+)
+# columns in the line's currency: their cells get a number format naming it (`_currency_format`)
+_CURRENCY_COLUMNS = {
+    "Unit cost before": _UNIT_COST_FORMAT,
+    "Unit cost after": _UNIT_COST_FORMAT,
+    "Unit price": _UNIT_COST_FORMAT,
+    "BSS unit price": _UNIT_COST_FORMAT,
+    "BSS unit cost": _UNIT_COST_FORMAT,
+    "Autotask unit price": _UNIT_COST_FORMAT,
+    "Autotask unit cost": _UNIT_COST_FORMAT,
+    "Monthly cost added": _MONEY_FORMAT,
+    "Monthly cost removed": _MONEY_FORMAT,
+    "Monthly billed added": _MONEY_FORMAT,
+    "Monthly billed removed": _MONEY_FORMAT,
+    "Monthly margin change": _MONEY_FORMAT,
+}
+
+
+def _currency_format(pattern: str, currency: str) -> str:
+    """A number format in a currency (`#,##0.00 "EUR"`); negative with a minus, zero without a sign."""
+    label = "".join(char for char in currency if char.isalnum())
+    suffix = f' "{label}"' if label else ""
+    return f"{pattern}{suffix};-{pattern}{suffix};{pattern}{suffix}"
 
 
 def render_xlsx(content: Content) -> Any:
@@ -1105,6 +1221,45 @@ def render_xlsx(content: Content) -> Any:
             for task in content.tasks
         ],
         totals=[["Total", len(content.tasks)]],
+    )
+    _sheet(
+        workbook,
+        "One-off charges",
+        [
+            ("Customer", None),
+            ("Account ID", None),
+            ("Subscription", None),
+            ("Product", None),
+            ("SKU", None),
+            ("Date", _DATE_FORMAT),
+            ("Quantity", _UNITS_FORMAT),
+            ("Unit price", _UNIT_COST_FORMAT),
+            ("Amount", _MONEY_FORMAT),
+            ("Currency", None),
+            ("State", None),
+            ("Charge id", None),
+        ],
+        [
+            [
+                charge.customer,
+                charge.account_id,
+                charge.subscription_id,
+                charge.product,
+                charge.sku,
+                charge.effective_date,
+                charge.quantity,
+                charge.unit_price,
+                charge.amount,
+                charge.currency,
+                charge.state,
+                charge.charge_id,
+            ]
+            for charge in content.one_off
+        ],
+        totals=[
+            [f"Total {currency}", None, None, None, None, None, None, None, Decimal(figures["amount"]), currency]
+            for currency, figures in one_off_totals(content.one_off).items()
+        ],
     )
     _sheet(
         workbook,
@@ -1170,7 +1325,22 @@ def _summary_sheet(workbook: Any, content: Content) -> None:
             ["Monthly cost added", totals.cost_added, currency],
             ["Monthly cost removed", totals.cost_removed, currency],
             ["Monthly cost net", totals.net_cost, currency],
+            ["Monthly billed added", totals.billed_added, currency],
+            ["Monthly billed removed", totals.billed_removed, currency],
+            ["Monthly billed net", totals.net_billed, currency],
+            ["Monthly margin net", totals.net_margin, currency],
         ]
+    for currency in content.money.currencies():
+        for bucket, label in BUCKETS.items():
+            figures = content.money.by_currency[currency].get(bucket)
+            if figures is not None:
+                rows += [
+                    [f"The month, {label}: billed", figures.billed, currency],
+                    [f"The month, {label}: cost", figures.cost, currency],
+                    [f"The month, {label}: margin", figures.margin, currency],
+                ]
+    for currency, figures in one_off_totals(content.one_off).items():
+        rows.append([f"One-off charges, not posted yet ({figures['charges']})", Decimal(figures["amount"]), currency])
     for load in content.loads:
         rows.append([f"Load {load['load_id'][:8]}", f"{load['status']}: {load['message'] or ''}".strip(": "), None])
     sheet = _sheet(workbook, "Summary", [("Item", None), ("Value", None), ("Currency", None)], rows, totals=[])
@@ -1179,7 +1349,8 @@ def _summary_sheet(workbook: Any, content: Content) -> None:
             if isinstance(cell.value, datetime):
                 cell.number_format = _TIME_FORMAT
             elif isinstance(cell.value, Decimal):
-                cell.number_format = _MONEY_FORMAT
+                currency = str(sheet.cell(row=cell.row, column=3).value or "")
+                cell.number_format = _currency_format(_MONEY_FORMAT, "" if " " in currency else currency)
 
 
 def _lines_sheet(workbook: Any, title: str, lines: Sequence[ReportLine]) -> None:
@@ -1198,7 +1369,15 @@ def _lines_sheet(workbook: Any, title: str, lines: Sequence[ReportLine]) -> None
             getter = dict((column, value) for column, value, _ in _LINE_COLUMNS)[name]
             total[names.index(name)] = sum((getter(line) or Decimal(0) for line in of_currency), Decimal(0))
         totals.append(total)
-    _sheet(workbook, title, columns, rows, totals=totals)
+    sheet = _sheet(workbook, title, columns, rows, totals=totals)
+    # money and unit prices in the currency of their row (a totals row's currency is in its Currency cell)
+    currency_column = names.index("Currency") + 1
+    for row in sheet.iter_rows(min_row=2):
+        currency = str(row[currency_column - 1].value or "")
+        for name, pattern in _CURRENCY_COLUMNS.items():
+            cell = row[names.index(name)]
+            if isinstance(cell.value, (int, float, Decimal)):
+                cell.number_format = _currency_format(pattern, currency)
 
 
 def _sheet(

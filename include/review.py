@@ -37,13 +37,30 @@ import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 
 from include.extract import StaleRunError, ensure_run_reads_own_lines
 from include.identifiers import SYNC_DAG_ID
+from include.money import (
+    ADJUSTING_KINDS as MONEY_KINDS,
+)
+from include.money import (
+    BUCKETS,
+    ONE_OFF_CHARGE_TYPE,
+    UNKNOWN_CURRENCY,
+    MoneyTotals,
+    PriceBook,
+    bucket_sql,
+    line_money,
+    money_text,
+    one_off_charges,
+    one_off_totals,
+    unit_amount_text,
+    units_text,
+)
 from include.plan import PlanScope, sql_in
 from include.reconcile import OTHER_COMPANY_FLAG
 from include.report import ADJUSTING_KINDS, KIND_LABELS, _Names
@@ -91,6 +108,12 @@ SORTABLE = (
     "unit_cost",
     "currency",
     "cost_change",
+    "bss_unit_price",
+    "bss_unit_cost",
+    "autotask_unit_price",
+    "autotask_unit_cost",
+    "billed_change",
+    "margin_change",
     "reason",
 )
 MAPPING_DECISIONS = ("confirm_suggestion", "reject_suggestion", "link", "create")
@@ -444,12 +467,20 @@ _STORED_COLUMNS = {
             "cost_change",
             "mapping",
             "mapping_detail",
+            "bss_unit_price",
+            "bss_unit_cost",
+            "autotask_unit_price",
+            "autotask_unit_cost",
+            "billed_change",
+            "margin_change",
         )
     },
     "_units_added": "units_added",
     "_units_removed": "units_removed",
     "_cost_added": "cost_added",
     "_cost_removed": "cost_removed",
+    "_billed_added": "billed_added",
+    "_billed_removed": "billed_removed",
     "_customer_key": "customer_key",
     "_search": "search_text",
 }
@@ -525,7 +556,21 @@ def _status_sql(source: str) -> str:
     )
 
 
-_NUMERIC = {"seq", "bss_units", "autotask_units", "unit_change", "unit_price", "unit_cost", "cost_change"}
+_NUMERIC = {
+    "seq",
+    "bss_units",
+    "autotask_units",
+    "unit_change",
+    "unit_price",
+    "unit_cost",
+    "cost_change",
+    "bss_unit_price",
+    "bss_unit_cost",
+    "autotask_unit_price",
+    "autotask_unit_cost",
+    "billed_change",
+    "margin_change",
+}
 _LIVE = {"status": "p.status", "reason": "COALESCE(p.reason, '')"}
 
 
@@ -581,7 +626,9 @@ def _lines(warehouse: Warehouse, run_id: str, query: GridQuery, page: tuple[int,
     plan = run_lines_source(warehouse, run_id)
     if page is None:
         statement = f"SELECT {_SHOWN_SQL}{_lines_sql(plan)}{where}{_order_by(warehouse, query)}"
-        return [dict(zip(_SHOWN_KEYS, values, strict=True)) for values in _rows(warehouse, statement, params)]
+        return [
+            _with_texts(dict(zip(_SHOWN_KEYS, values, strict=True))) for values in _rows(warehouse, statement, params)
+        ]
     live = query.status or query.flagged_only or query.needs_mapping_only or query.search or query.sort in _LIVE
     source = _status_sql(plan) if live else " FROM review_grid_lines g WHERE g.run_id = :run_id"  # names: no join
     ids = [
@@ -597,7 +644,7 @@ def _lines(warehouse: Warehouse, run_id: str, query: GridQuery, page: tuple[int,
         return []
     chosen = {f"id{index}": action_id for index, action_id in enumerate(ids)}
     found = {
-        values[0]: dict(zip(_SHOWN_KEYS, values, strict=True))
+        values[0]: _with_texts(dict(zip(_SHOWN_KEYS, values, strict=True)))
         for values in _rows(
             warehouse,
             f"SELECT {_SHOWN_SQL}{_lines_sql(plan)} AND g.action_id IN ({', '.join(':' + name for name in chosen)})",
@@ -608,38 +655,113 @@ def _lines(warehouse: Warehouse, run_id: str, query: GridQuery, page: tuple[int,
 
 
 def _totals(warehouse: Warehouse, run_id: str, query: GridQuery) -> dict[str, Any]:
-    """Units and monthly cost added and removed by the matching lines (excluded lines count for nothing), the cost
-    per currency: amounts in different currencies are never added up. One scan, grouped by currency."""
+    """Units and money of the matching lines, per currency: amounts in different currencies are never added up.
+
+    `money`: per currency and bucket (`include.money.BUCKETS`: what loads on approval, what waits for a person, what
+    is blocked or excluded) the billed, cost and margin added and removed, summed exactly from the lines' own figures
+    (`include.money.line_money`, stored with the grid's lines). `cost`, units and `counted_lines`: of the lines that
+    are not excluded, as before. One scan, grouped by currency and bucket."""
     where, params = _where(warehouse, query)
     params["run_id"] = run_id
     counted = "p.status <> 'excluded'"
+    bucket = bucket_sql("p.status", "a.action_id IS NOT NULL")
+    source = run_lines_source(warehouse, run_id)
     lines = counted_lines = units_added = units_removed = 0
-    cost = {}
-    for currency, found, counting, added, removed, costed, cost_added, cost_removed in _rows(
+    cost: dict[str, dict[str, Any]] = {}
+    money = MoneyTotals()
+    for (
+        currency,
+        in_bucket,
+        found,
+        counting,
+        added,
+        removed,
+        moved,
+        cost_added,
+        cost_removed,
+        billed_added,
+        billed_removed,
+        bucket_added,
+        bucket_removed,
+    ) in _rows(
         warehouse,
-        "SELECT CASE WHEN g.currency = '' THEN '?' ELSE g.currency END, COUNT(*),"
+        f"SELECT CASE WHEN g.currency = '' THEN '{UNKNOWN_CURRENCY}' ELSE g.currency END, {bucket}, COUNT(*),"
         f" SUM(CASE WHEN {counted} THEN 1 ELSE 0 END),"
         f" SUM(CASE WHEN {counted} THEN g.units_added ELSE 0 END),"
         f" SUM(CASE WHEN {counted} THEN g.units_removed ELSE 0 END),"
-        f" SUM(CASE WHEN {counted} AND (g.cost_added <> 0 OR g.cost_removed <> 0) THEN 1 ELSE 0 END),"
-        f" SUM(CASE WHEN {counted} THEN g.cost_added ELSE 0 END),"
-        f" SUM(CASE WHEN {counted} THEN g.cost_removed ELSE 0 END)"
-        f"{_status_sql(run_lines_source(warehouse, run_id))}{where} GROUP BY 1",
+        " SUM(CASE WHEN g.units_added <> 0 OR g.units_removed <> 0 OR g.cost_added <> 0 OR g.cost_removed <> 0"
+        " OR g.billed_added <> 0 OR g.billed_removed <> 0 THEN 1 ELSE 0 END),"
+        " SUM(g.cost_added), SUM(g.cost_removed), SUM(g.billed_added), SUM(g.billed_removed),"
+        " SUM(g.units_added), SUM(g.units_removed)"
+        f" FROM review_grid_lines g JOIN {source} p ON p.action_id = g.action_id AND p.run_id = g.run_id"
+        " LEFT JOIN review_line_approvals a ON a.run_id = g.run_id AND a.action_id = g.action_id"
+        f" WHERE g.run_id = :run_id{where} GROUP BY 1, 2",
         params,
     ):
         lines += int(found)
         counted_lines += int(counting or 0)
         units_added += int(added or 0)
         units_removed += int(removed or 0)
-        if costed:
-            cost[currency] = {"cost_added": int(cost_added) / _SCALE, "cost_removed": int(cost_removed) / _SCALE}
+        if in_bucket != "held" and (cost_added or cost_removed):
+            into = cost.setdefault(currency, {"cost_added": 0, "cost_removed": 0})
+            into["cost_added"] += int(cost_added or 0)
+            into["cost_removed"] += int(cost_removed or 0)
+        if moved:
+            figures = money.of(currency, in_bucket)
+            figures.lines += int(moved)
+            figures.units_added += _scaled(bucket_added)
+            figures.units_removed += _scaled(bucket_removed)
+            figures.cost_added += _scaled(cost_added)
+            figures.cost_removed += _scaled(cost_removed)
+            figures.billed_added += _scaled(billed_added)
+            figures.billed_removed += _scaled(billed_removed)
     return {
         "lines": lines,
         "counted_lines": counted_lines,
         "units_added": units_added / _SCALE,
         "units_removed": units_removed / _SCALE,
-        "cost": dict(sorted(cost.items())),
+        "units_text": {
+            "added": units_text(Decimal(units_added) / _SCALE),
+            "removed": units_text(Decimal(units_removed) / _SCALE),
+        },
+        "cost": {
+            currency: {"cost_added": figures["cost_added"] / _SCALE, "cost_removed": figures["cost_removed"] / _SCALE}
+            for currency, figures in sorted(cost.items())
+        },
+        "money": money.as_dict(),
+        "buckets": BUCKETS,
     }
+
+
+_UNIT_TEXTS = (
+    "unit_price",
+    "unit_cost",
+    "bss_unit_price",
+    "bss_unit_cost",
+    "autotask_unit_price",
+    "autotask_unit_cost",
+)
+
+
+def _with_texts(row: dict[str, Any]) -> dict[str, Any]:
+    """The line with its figures as the page shows them (`text`): money to 2 decimals with thousands separators,
+    unit prices and costs to their 4 places, whole units without ".0"; `below_cost` when the unit price it loads is
+    under its unit cost."""
+    texts = {key: units_text(row.get(key)) for key in ("bss_units", "autotask_units")}
+    texts["unit_change"] = units_text(row.get("unit_change"), signed=True)
+    texts.update({key: unit_amount_text(row.get(key)) for key in _UNIT_TEXTS})
+    texts.update(
+        {key: money_text(row.get(key), signed=True) for key in ("cost_change", "billed_change", "margin_change")}
+    )
+    price, cost = row.get("unit_price"), row.get("unit_cost")
+    row["below_cost"] = price is not None and cost is not None and Decimal(str(price)) < Decimal(str(cost))
+    row["text"] = texts
+    return row
+
+
+def _scaled(value: Any) -> Decimal:
+    """A sum of figures scaled by 10,000 back to an exact Decimal."""
+    return Decimal(int(value or 0)) / _SCALE
 
 
 def grid_rows(warehouse: Warehouse, run_id: str, query: GridQuery | None = None) -> list[dict[str, Any]]:
@@ -650,9 +772,24 @@ def grid_rows(warehouse: Warehouse, run_id: str, query: GridQuery | None = None)
 
 
 def grid_export(warehouse: Warehouse, run_id: str, query: GridQuery) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Every line matching the query in its order, and their totals: what the CSV and XLSX exports hold."""
+    """Every line matching the query in its order, and their totals (with the month's one-off charges of the
+    query's customers, `one_off`): what the CSV and XLSX exports hold."""
     _ensure_grid(warehouse, run_id)
-    return _lines(warehouse, run_id, query, None), _totals(warehouse, run_id, query)
+    totals = _totals(warehouse, run_id, query)
+    totals["one_off"] = [charge.as_dict() for charge in _one_off(warehouse, run_id, query)]
+    return _lines(warehouse, run_id, query, None), totals
+
+
+def _one_off(warehouse: Warehouse, run_id: str, query: GridQuery) -> list[Any]:
+    """The month's one-off (OneTime) charges, of the query's customer when it names one: shown, not posted yet."""
+    plan = _plan_of(run_lines_source(warehouse, run_id))
+    month = _rows(warehouse, f"SELECT MIN(month) FROM {plan} WHERE run_id = :run_id", {"run_id": run_id})[0][0]
+    wanted = (query.customer or "").casefold()
+    return [
+        charge
+        for charge in (one_off_charges(warehouse, month) if month else [])
+        if not wanted or wanted == charge.account_id.casefold() or wanted in charge.customer.casefold()
+    ]
 
 
 def grid_totals(warehouse: Warehouse, run_id: str, query: GridQuery, ensure: bool = True) -> dict[str, Any]:
@@ -685,6 +822,7 @@ def grid_page(warehouse: Warehouse, run_id: str, query: GridQuery) -> dict[str, 
     ):
         counts["mapping"][mapping] = int(lines)
     start = (query.page - 1) * query.page_size
+    one_off = _one_off(warehouse, run_id, query)
     return {
         "run_id": run_id,
         "total_lines": total_lines,
@@ -697,6 +835,9 @@ def grid_page(warehouse: Warehouse, run_id: str, query: GridQuery) -> dict[str, 
         "totals": totals,
         "counts": {column: dict(sorted(values.items())) for column, values in counts.items()},
         "lines": _lines(warehouse, run_id, query, (start, query.page_size)),
+        # OneTime BSS lines (setup fees): shown with the month, not posted to Autotask yet
+        "one_off": [charge.as_dict() for charge in one_off],
+        "one_off_totals": one_off_totals(one_off),
     }
 
 
@@ -728,22 +869,20 @@ def _static_rows(
         accounts = {row["account_id"] for row in plan_rows if row["account_id"]} | set(scope.accounts)
         month_condition, scope_params = sql_in("account_id", accounts, "acc")
         month_condition = f" AND {month_condition}"
-        names = _Names(
-            warehouse, month, run_id, [*plan_rows, *_plan_rows_by_id(warehouse, run_id, referenced)], accounts
-        )
+        named_rows = [*plan_rows, *_plan_rows_by_id(warehouse, run_id, referenced)]
+        names = _Names(warehouse, month, run_id, named_rows, accounts)
+        book = PriceBook(warehouse, month, run_id, named_rows, accounts)
     else:
         names = _Names(warehouse, month, run_id, plan_rows)
-    subscriptions: dict[str, tuple[str, str, Any]] = {}
-    for sub_id, period, cycle, price, charge_type in _rows(
+        book = PriceBook(warehouse, month, run_id, plan_rows)
+    subscriptions: dict[str, tuple[str, str]] = {}
+    for sub_id, period, cycle in _rows(
         warehouse,
-        "SELECT subscription_id, billing_period, billing_cycle, unit_price, charge_type FROM charge_lines"
-        f" WHERE month = :month{month_condition} ORDER BY effective_date, charge_id",
+        "SELECT subscription_id, billing_period, billing_cycle FROM charge_lines WHERE month = :month"
+        f" AND charge_type <> '{ONE_OFF_CHARGE_TYPE}'{month_condition} ORDER BY effective_date, charge_id",
         {"month": month, **scope_params},
     ):
-        # the price of the recurring line (Recurring, Prorated), never a setup fee's, a usage line's or a credit's
-        if charge_type not in ("Recurring", "Prorated"):
-            price = subscriptions[sub_id][2] if sub_id in subscriptions else None
-        subscriptions[sub_id] = (period, cycle, price)
+        subscriptions[sub_id] = (period, cycle)
     links = {
         (kind, source): (resolution, suggestions, flag)
         for kind, source, resolution, suggestions, flag in _month_links(warehouse, run_id, plan_rows, only is not None)
@@ -754,8 +893,7 @@ def _static_rows(
         subs = _json_list(plan_row["subscription_ids"])
         known = next((subscriptions[sub] for sub in subs if sub in subscriptions), None)
         payload = _json_object(plan_row["payload"])
-        unit_price = _decimal(known[2]) if known and known[2] is not None else _decimal(payload.get("unitPrice"))
-        units_added, units_removed, cost_added, cost_removed = _changes(line)
+        money = line_money(plan_row, book)
         sources = _sources_of(plan_row, subs)
         mapping = _mapping_state(sources, links)
         customer = line.customer or ""
@@ -777,17 +915,25 @@ def _static_rows(
             "unit_change": _float(line.unit_change if line.unit_change is not None else _minus(line)),
             "change": _change_text(plan_row["kind"], line, payload, plan_row),
             "effective_date": line.effective_date.isoformat() if line.effective_date else "",
-            "unit_price": _float(unit_price),
-            "unit_cost": _float(line.unit_cost_after if line.unit_cost_after is not None else line.unit_cost_before),
+            "unit_price": _float(money.unit_price),
+            "unit_cost": _float(money.unit_cost),
             "unit_cost_before": _float(line.unit_cost_before),
-            "currency": line.currency or "",
-            "cost_change": _float(cost_added - cost_removed) if (cost_added or cost_removed) else None,
+            "currency": money.currency if money.currency != UNKNOWN_CURRENCY else (line.currency or ""),
+            "cost_change": _float(money.cost_change) if plan_row["kind"] in MONEY_KINDS else None,
             "mapping": mapping,
             "mapping_detail": _mapping_detail(sources, links),
-            "_units_added": int(units_added * _SCALE),
-            "_units_removed": int(units_removed * _SCALE),
-            "_cost_added": int(cost_added * _SCALE),
-            "_cost_removed": int(cost_removed * _SCALE),
+            "bss_unit_price": _float(money.bss_unit_price),
+            "bss_unit_cost": _float(money.bss_unit_cost),
+            "autotask_unit_price": _float(money.autotask_unit_price),
+            "autotask_unit_cost": _float(money.autotask_unit_cost),
+            "billed_change": _float(money.billed_change) if plan_row["kind"] in MONEY_KINDS else None,
+            "margin_change": _float(money.margin_change) if plan_row["kind"] in MONEY_KINDS else None,
+            "_units_added": int(money.units_added * _SCALE),
+            "_units_removed": int(money.units_removed * _SCALE),
+            "_cost_added": int(max(money.cost_change, 0) * _SCALE),
+            "_cost_removed": int(max(-money.cost_change, 0) * _SCALE),
+            "_billed_added": int(max(money.billed_change, 0) * _SCALE),
+            "_billed_removed": int(max(-money.billed_change, 0) * _SCALE),
             "_customer_key": customer.casefold(),
             "_search": " ".join(
                 str(part)
@@ -841,25 +987,6 @@ def _month_links(
                 warehouse, f"{statement} AND kind = :kind AND {condition}", {"run_id": run_id, "kind": kind, **params}
             )
     return found
-
-
-def _changes(line: Any) -> tuple[Decimal, Decimal, Decimal, Decimal]:
-    """Units and monthly cost the line adds and removes (adjustments only; creates carry no units)."""
-    zero = Decimal(0)
-    if line.kind not in ADJUSTING_KINDS:
-        return zero, zero, zero, zero
-    after, before = line.units_after, line.units_before
-    if before is None and after is not None and line.unit_change is not None:
-        before = after - line.unit_change
-    change = line.unit_change if line.unit_change is not None else (None if None in (after, before) else after - before)
-    units_added = max(change, zero) if change is not None else zero
-    units_removed = max(-change, zero) if change is not None else zero
-    cost_after = line.unit_cost_after
-    cost_before = line.unit_cost_before if line.unit_cost_before is not None else cost_after
-    if None in (after, before, cost_after, cost_before):
-        return units_added, units_removed, zero, zero
-    delta = (after * cost_after - before * cost_before).quantize(_CENT, rounding=ROUND_HALF_UP)
-    return units_added, units_removed, max(delta, zero), max(-delta, zero)
 
 
 def _minus(line: Any) -> Decimal | None:
@@ -1862,12 +1989,24 @@ def months_overview(warehouse: Warehouse) -> list[dict[str, Any]]:
         months.append(
             {
                 "month": month,
+                # the latest run's billed, cost and margin per currency and part of the month (the review's totals)
+                "money": _run_money(warehouse, latest["run_id"]),
+                "buckets": BUCKETS,
                 "latest": latest,
                 "status": latest["status"],
                 "earlier": [run for run in runs if run is not latest],
             }
         )
     return months
+
+
+def _run_money(warehouse: Warehouse, run_id: str) -> dict[str, Any]:
+    """A run's money per currency and bucket, as its review page totals it (no filter); {} when it cannot be built."""
+    try:
+        return grid_totals(warehouse, run_id, GridQuery())["money"]
+    except (sa.exc.SQLAlchemyError, StaleRunError, ReviewError) as error:
+        log.warning("months page: the money of run %s could not be totalled: %s", run_id, error)
+        return {}
 
 
 def months_with_open_lines(warehouse: Warehouse, before: str | None = None) -> list[dict[str, Any]]:

@@ -14,13 +14,16 @@ import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date
+from decimal import Decimal
 from typing import Any
 
 import xlsxwriter
 
+from include.money import cents
 from include.report import FORMULA_START  # what a spreadsheet reads as a formula, as the run report escapes it
 
-# (key in the grid row, header, type): text | number | date
+# (key in the grid row, header, type): text | number | units | unit (a unit price or cost) | money | date.
+# Money and unit prices are in the line's currency (its Currency column; XLSX: a number format naming it).
 COLUMNS: Sequence[tuple[str, str, str]] = (
     ("seq", "Line", "number"),
     ("customer", "Customer", "text"),
@@ -33,14 +36,20 @@ COLUMNS: Sequence[tuple[str, str, str]] = (
     ("commitment", "Commitment", "text"),
     ("kind_label", "Action", "text"),
     ("change", "Proposed change", "text"),
-    ("bss_units", "BSS units", "number"),
-    ("autotask_units", "Autotask units", "number"),
-    ("unit_change", "Unit change", "number"),
+    ("bss_units", "BSS units", "units"),
+    ("autotask_units", "Autotask units", "units"),
+    ("unit_change", "Unit change", "units"),
     ("effective_date", "Effective date", "date"),
-    ("unit_price", "Unit price", "number"),
-    ("unit_cost", "Unit cost", "number"),
+    ("unit_price", "Unit price (loads)", "unit"),
+    ("unit_cost", "Unit cost", "unit"),
     ("currency", "Currency", "text"),
-    ("cost_change", "Monthly cost change", "number"),
+    ("bss_unit_price", "BSS unit price", "unit"),
+    ("bss_unit_cost", "BSS unit cost", "unit"),
+    ("autotask_unit_price", "Autotask unit price", "unit"),
+    ("autotask_unit_cost", "Autotask unit cost", "unit"),
+    ("billed_change", "Billed change per month", "money"),
+    ("cost_change", "Cost change per month", "money"),
+    ("margin_change", "Margin change per month", "money"),
     ("mapping", "Mapping", "text"),
     ("mapping_detail", "Mapping detail", "text"),
     ("status", "Status", "text"),
@@ -63,11 +72,28 @@ def to_csv(rows: Iterable[Mapping[str, Any]]) -> str:
     for row in rows:
         writer.writerow(
             [
-                safe_text(row.get(key)) if kind != "number" or row.get(key) is None else _number_text(row.get(key))
+                safe_text(row.get(key))
+                if kind not in _NUMBERS or row.get(key) is None
+                else _csv_number(row.get(key), kind)
                 for key, _header, kind in COLUMNS
             ]
         )
     return buffer.getvalue()
+
+
+_NUMBERS = ("number", "units", "unit", "money")
+
+
+def _csv_number(value: Any, kind: str) -> str:
+    """A number for CSV as a spreadsheet reads it: money to the cent, unit prices to their 4 places at most, whole
+    units without ".0"; no thousands separators (a CSV reader would split or misread them), never "-0.00"."""
+    number = Decimal(str(value))
+    if kind == "money":
+        return str(cents(number))
+    if kind == "unit":
+        whole, _, places = f"{number.quantize(Decimal('0.0001')):f}".partition(".")
+        return f"{whole}.{places.rstrip('0').ljust(2, '0')}"
+    return _number_text(value)
 
 
 def to_xlsx(rows: Iterable[Mapping[str, Any]], totals: Mapping[str, Any], title: str) -> bytes:
@@ -84,7 +110,25 @@ def to_xlsx(rows: Iterable[Mapping[str, Any]], totals: Mapping[str, Any], title:
     day = workbook.add_format({"num_format": "yyyy-mm-dd"})
     amount = workbook.add_format({"num_format": "#,##0.00##"})
     whole = workbook.add_format({"num_format": "0"})
-    bold_amount = workbook.add_format({"bold": True, "num_format": "#,##0.00##"})
+    units = {
+        True: workbook.add_format({"num_format": "#,##0"}),
+        False: workbook.add_format({"num_format": "#,##0.####"}),
+    }
+    formats: dict[tuple[str, str, bool], Any] = {}
+
+    def currency_format(currency: str, kind: str, bold_cell: bool = False) -> Any:
+        """A number format in the line's currency: money `#,##0.00 "EUR"`, unit prices with up to 4 places."""
+        key = (currency, kind, bold_cell)
+        if key not in formats:
+            pattern = "#,##0.00" if kind == "money" else "#,##0.00##"
+            label = "".join(char for char in currency if char.isalnum())
+            suffix = f' "{label}"' if label else ""
+            # negative amounts with a minus, zero as 0.00 (never -0.00)
+            formats[key] = workbook.add_format(
+                {"num_format": f"{pattern}{suffix};-{pattern}{suffix};{pattern}{suffix}", "bold": bold_cell}
+            )
+        return formats[key]
+
     sheet = workbook.add_worksheet("Review")
     keys = [key for key, _name, _kind in COLUMNS]
     widths = {"customer": 32, "product": 30, "contract": 30, "change": 26, "reason": 60, "mapping_detail": 30}
@@ -97,12 +141,18 @@ def to_xlsx(rows: Iterable[Mapping[str, Any]], totals: Mapping[str, Any], title:
     typed = [(index, key, kind, whole if key == "seq" else amount) for index, (key, _n, kind) in enumerate(COLUMNS)]
     last = 0
     for last, row in enumerate(rows, start=1):
+        currency = str(row.get("currency") or "")
         for index, key, kind, number_format in typed:
             value = row.get(key)
             if value is None or value == "":
                 continue
             if kind == "number" and _finite(value):
                 write_number(last, index, value, number_format)
+            elif kind == "units" and _finite(value):
+                write_number(last, index, value, units[float(value).is_integer()])
+            elif kind in ("unit", "money") and _finite(value):
+                number = float(cents(value)) if kind == "money" else float(value)
+                write_number(last, index, number + 0.0, currency_format(currency, kind))
             elif kind == "date":
                 write_date(last, index, value if isinstance(value, date) else date.fromisoformat(str(value)[:10]), day)
             else:
@@ -110,12 +160,18 @@ def to_xlsx(rows: Iterable[Mapping[str, Any]], totals: Mapping[str, Any], title:
     sheet.autofilter(0, 0, last, len(COLUMNS) - 1)
     column = {key: index for index, key in enumerate(keys)}
 
-    def totals_row(at: int, label: str, values: Mapping[str, Any]) -> None:
+    def totals_row(at: int, label: str, values: Mapping[str, Any], currency: str = "") -> None:
         if label:
             sheet.write_string(at, column["customer"], label, bold)
         for key, value in values.items():
-            if isinstance(value, (int, float)) and _finite(value):
-                sheet.write_number(at, column[key], value, bold_amount)
+            if isinstance(value, (int, float, Decimal)) and _finite(value):
+                kind = dict((k, t) for k, _h, t in COLUMNS).get(key)
+                if kind == "money":
+                    sheet.write_number(
+                        at, column[key], float(cents(value)) + 0.0, currency_format(currency, kind, True)
+                    )
+                else:
+                    sheet.write_number(at, column[key], float(value), units[float(value).is_integer()])
             else:
                 sheet.write_string(at, column[key], str(value), bold)
 
@@ -127,16 +183,63 @@ def to_xlsx(rows: Iterable[Mapping[str, Any]], totals: Mapping[str, Any], title:
     )
     at += 1
     totals_row(at, "", {"product": "units removed", "bss_units": totals["units_removed"]})
-    for currency, money in totals["cost"].items():
-        at += 1
-        totals_row(at, "", {"product": "monthly cost added", "currency": currency, "cost_change": money["cost_added"]})
-        at += 1
-        totals_row(
-            at, "", {"product": "monthly cost removed", "currency": currency, "cost_change": -money["cost_removed"]}
+    # per currency and part of the month: billed, cost and margin, never added across currencies
+    for currency, buckets in totals.get("money", {}).items():
+        for bucket, label in totals.get("buckets", {}).items():
+            figures = buckets[bucket]
+            at += 1
+            totals_row(
+                at,
+                "",
+                {
+                    "product": f"{label} ({figures['lines']} lines)",
+                    "currency": currency,
+                    "billed_change": Decimal(figures["billed"]),
+                    "cost_change": Decimal(figures["cost"]),
+                    "margin_change": Decimal(figures["margin"]),
+                },
+                currency,
+            )
+    one_off = totals.get("one_off") or []
+    if one_off:
+        charges = workbook.add_worksheet("One-off charges")
+        headers = (
+            "Customer",
+            "BSS account",
+            "Subscription",
+            "Product",
+            "SKU",
+            "Date",
+            "Quantity",
+            "Unit price",
+            "Amount",
+            "Currency",
+            "State",
+            "Charge id",
         )
+        for index, name in enumerate(headers):
+            charges.write_string(0, index, name, bold)
+        for at_row, charge in enumerate(one_off, start=1):
+            for index, key in enumerate(("customer", "account_id", "subscription", "product", "sku")):
+                charges.write_string(at_row, index, str(charge[key] or ""))
+            if charge["effective_date"]:
+                charges.write_datetime(at_row, 5, date.fromisoformat(charge["effective_date"]), day)
+            charges.write_number(at_row, 6, charge["quantity"], units[float(charge["quantity"]).is_integer()])
+            charges.write_number(at_row, 7, charge["unit_price"], currency_format(charge["currency"], "unit"))
+            charges.write_number(at_row, 8, charge["amount"] + 0.0, currency_format(charge["currency"], "money"))
+            charges.write_string(at_row, 9, charge["currency"])
+            charges.write_string(at_row, 10, charge["state"])
+            charges.write_string(at_row, 11, charge["charge_id"])
     about = workbook.add_worksheet("About")
     about.write_string(0, 0, str(title), bold)
-    about.write_string(1, 0, "Excluded lines are listed but count for nothing in the totals.")
+    about.write_string(1, 0, "Excluded lines are listed but count for nothing in the units and cost totals.")
+    about.write_string(
+        2,
+        0,
+        "Billed: unit price × units; cost: unit cost × units; margin: billed − cost — the change per month, in the "
+        "line's currency. Totals are per currency and never added across currencies.",
+    )
+    about.write_string(3, 0, "One-off charges (setup fees) are listed on their own sheet: shown, not posted yet.")
     workbook.close()
     return buffer.getvalue()
 

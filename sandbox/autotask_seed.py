@@ -69,6 +69,14 @@ _FIXED_LOOKALIKES = {
     "Brücke Logistik GmbH": "Brücke Logistik AG",
     "Hart & Hale Ltd": "Hart & Hale Ltd",
 }
+# Other companies Autotask holds that look like a brand-new customer (one without a company here) and are other
+# legal entities (`sandbox.dataset.NEW_CUSTOMER_NAMES`): added after every other company, so no id changes.
+NEW_CUSTOMER_LOOKALIKES = {
+    "Brennan Café Oy": ("Brennan Café Ltd", "Brennan Café LLP"),
+    "Sánchez Medical Centre Ltd": ("Schäfer Medical Centre Limited",),
+}
+# Share of customers the seed leaves without a company (unless a moved subscription needs one).
+_MISSING_SHARE = 0.10
 # Shares of customers with a look-alike company of another legal form, or of the very same name.
 _LOOKALIKE_SHARE = 0.04
 _TWIN_SHARE = 0.01
@@ -198,6 +206,7 @@ class _Builder:
         for account in self.universe.accounts:
             self._company(account)
         self._extra_companies()
+        self._new_customer_lookalikes()
         for product in self.universe.products:
             self._service(product)
         self._extra_services()
@@ -209,13 +218,16 @@ class _Builder:
 
     def _company(self, account: Account) -> None:
         fate, autotask_name = _FIXED_COMPANY_FATES.get(account.name, (None, None))
+        if account.name in NEW_CUSTOMER_LOOKALIKES and account.id not in self.needs_company:
+            fate = "missing"  # a brand-new customer
         if fate is None:
             draw = _fraction("company", account.id)
-            fate = "missing" if draw < 0.10 else "near" if draw < 0.20 else "name" if draw < 0.45 else "udf"
+            fate = "missing" if draw < _MISSING_SHARE else "near" if draw < 0.20 else "name" if draw < 0.45 else "udf"
             if fate == "missing" and account.id in self.needs_company:
                 fate = "udf"
         lookalike = _FIXED_LOOKALIKES.get(account.name)
-        if lookalike is None and account.name not in _FIXED_COMPANY_FATES and fate != "near":
+        new_customer = account.name in NEW_CUSTOMER_LOOKALIKES
+        if lookalike is None and account.name not in _FIXED_COMPANY_FATES and fate != "near" and not new_customer:
             draw = _fraction("lookalike", account.id)
             if draw < _TWIN_SHARE:
                 lookalike = account.name
@@ -301,6 +313,27 @@ class _Builder:
                 {"name": "Billing Contact Email", "value": None},
             ]
             self.state["Companies"].append(record)
+
+    def _new_customer_lookalikes(self) -> None:
+        """Look-alikes of brand-new customers that are other legal entities (after every other company)."""
+        for account in self.universe.accounts:
+            for name in NEW_CUSTOMER_LOOKALIKES.get(account.name, ()):
+                record = _company_record(self._new_id("Companies"), name, "+00 000 0000", None, account.city, None)
+                record["currencyID"] = None
+                record["userDefinedFields"] = [
+                    {"name": COMPANY_UDF_BSS_ACCOUNT_ID, "value": None},
+                    {"name": "Billing Contact Email", "value": None},
+                ]
+                self.state["Companies"].append(record)
+                self._fact(
+                    kind="lookalike",
+                    bssId=None,
+                    looksLike=account.id,
+                    bssName=account.name,
+                    autotaskId=record["id"],
+                    autotaskName=name,
+                    match="other-entity",
+                )
 
     # --- services --------------------------------------------------------------------------------------
 
@@ -562,6 +595,11 @@ def near_miss(name: str) -> str:
         if old in name:
             return name.replace(old, new, 1)
     return name + "."
+
+
+def missing_company_draw(account_id: str) -> bool:
+    """Whether the seed's draw leaves this (not fixed) customer without a company in Autotask."""
+    return _fraction("company", account_id) < _MISSING_SHARE
 
 
 def _fraction(kind: str, key: str) -> float:

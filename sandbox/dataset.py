@@ -47,7 +47,7 @@ import re
 import unicodedata
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -423,6 +423,13 @@ _FIXED_CUSTOMERS = [
     ("Hart & Hale Ltd", "GB"),
     ("Brücke Logistik GmbH", "DE"),
 ]
+# Brand-new customers (no company in Autotask yet) whose only look-alikes there are other legal entities: the
+# Autotask seed adds those look-alikes (`sandbox.autotask_seed.NEW_CUSTOMER_LOOKALIKES`). They take the names of the
+# first generated customers the seed leaves without a company, so no other record changes.
+NEW_CUSTOMER_NAMES = [
+    "Brennan Café Oy",  # Autotask: "Brennan Café Ltd", "Brennan Café LLP" (another legal form)
+    "Sánchez Medical Centre Ltd",  # Autotask: "Schäfer Medical Centre Limited" (another distinctive word)
+]
 _NAME_STEMS = [
     "Adatum",
     "Northwind",
@@ -668,6 +675,7 @@ def build_universe(
     showcase = _parse_month(showcase_month) if months[0] <= showcase_month <= months[1] else None
     shapes = _Shapes(accounts, products, subscriptions, window_months, showcase, renewal_anchors, forced_months)
     shapes.apply()
+    accounts = _named_new_customers(accounts, subscriptions)
     universe = Universe(accounts=accounts, products=products, subscriptions=subscriptions, months=months)
     shapes.show_ids_out_of_text_order(universe)
     return universe
@@ -1100,6 +1108,25 @@ def _build_accounts(rng: random.Random, customers: int) -> list[Account]:
             )
         )
     return accounts
+
+
+def _named_new_customers(accounts: list[Account], subscriptions: list[Subscription]) -> list[Account]:
+    """Two generated customers no subscription shape needs a company for (in any month), renamed
+    `NEW_CUSTOMER_NAMES` — the Autotask seed gives them no company — preferably ones it leaves without a company
+    anyway. Names only: no random draw changes, so every other record of the universe stays as it was."""
+    from sandbox.autotask_seed import missing_company_draw  # the seed imports this module
+
+    shaped = {
+        account
+        for subscription in subscriptions
+        if subscription.moved_to or subscription.stops_billing_on or subscription.second_of
+        for account in (subscription.account_id, subscription.moved_to)
+    }
+    candidates = [account.id for account in accounts[len(_FIXED_CUSTOMERS) :] if account.id not in shaped]
+    # those the seed leaves without a company anyway first (their fate changes nothing), then the others
+    candidates.sort(key=lambda account_id: not missing_company_draw(account_id))
+    chosen = dict(zip(candidates, NEW_CUSTOMER_NAMES, strict=False))
+    return [replace(account, name=chosen[account.id]) if account.id in chosen else account for account in accounts]
 
 
 def _quantity_changes(

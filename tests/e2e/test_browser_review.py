@@ -105,6 +105,11 @@ def rows(page):
     return page.locator("#grid-body tr[data-testid=grid-row]")
 
 
+def number(text: str) -> float:
+    """A figure as the page writes it (thousands separators, "−" for minus) as a number."""
+    return float(text.replace(",", "").replace("−", "-"))
+
+
 def totals(page) -> dict[str, str]:
     return {
         key: page.get_by_test_id(f"totals-{key}").inner_text()
@@ -228,7 +233,12 @@ def test_the_review_page_sorts_filters_searches_decides_and_exports(
     after_totals = totals(page)
     assert int(after_totals["lines"]) == int(before["lines"]) - 1 - len(went)
     added = units + sum(max(proposed_lines[line]["unit_change"] or 0, 0) for line in went)
-    assert float(after_totals["units-added"]) == pytest.approx(float(before["units-added"]) - added)
+    assert number(after_totals["units-added"]) == pytest.approx(number(before["units-added"]) - added)
+    # billed, cost and margin per currency and part of the month: each row in one currency
+    money_rows = page.locator("#totals-money-body tr[data-testid=money-row]")
+    assert money_rows.count() >= 3 and all(
+        text.split()[0] in ("EUR", "GBP", "USD") for text in money_rows.all_inner_texts()
+    )
     assert after_totals["units-removed"] == before["units-removed"]
     assert after_totals["cost"] != before["cost"]
     shown = rows(page).evaluate_all("rows => rows.map(row => row.dataset.actionId)")

@@ -186,10 +186,17 @@ def test_the_body_tells_a_finance_person_what_the_month_changes_and_why_lines_ar
 
     body = render_body(summary, SyncSettings())
     for expected in (
-        "| Approve proposed | EUR | 1 | 5 | 0 | 62.50 | 0.00 |",
-        "| Approve proposed | GBP | 1 | 0 | 2 | 0.00 | 6.00 |",
-        "| Approve incl. flagged | EUR | 2 | 5 | 8 | 62.50 | 56.00 |",
-        "| Approve incl. flagged | GBP | 2 | 0 | 3 | 0.00 | 13.00 |",
+        # billed at the BSS unit price (2 here), cost at the plan's unit cost, margin = billed − cost
+        "| Approve proposed | EUR | 1 | 5 | 0 | 10.00 | 0.00 | 62.50 | 0.00 | −52.50 |",
+        "| Approve proposed | GBP | 1 | 0 | 2 | 0.00 | 4.00 | 0.00 | 6.00 | +2.00 |",
+        "| Approve incl. flagged | EUR | 2 | 5 | 8 | 10.00 | 16.00 | 62.50 | 56.00 | −12.50 |",
+        "| Approve incl. flagged | GBP | 2 | 0 | 3 | 0.00 | 6.00 | 0.00 | 13.00 | +7.00 |",
+        # the whole run per currency: what waits for a person (flagged), what is blocked (the USD line)
+        "| EUR | loads on approval: 1 | +10.00 | +62.50 | −52.50 |",
+        "| EUR | waits for a person: 2 | −10.00 | −26.00 | +16.00 |",  # flagged −8 units, needs-mapping +3
+        "| GBP | loads on approval: 1 | −4.00 | −6.00 | +2.00 |",
+        "| GBP | waits for a person: 1 | −2.00 | −7.00 | +5.00 |",
+        "| USD | blocked or excluded: 1 | +2.00 | +10.00 | −8.00 |",
         "loads these 3 lines: 2 adjust units, 1 create company",
         f"Form `{summary.form_fingerprint[:12]}`",
         "1 need a mapping, 2 are flagged, 1 are blocked",

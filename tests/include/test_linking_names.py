@@ -50,7 +50,11 @@ def test_a_different_legal_form_is_a_suggestion_that_says_so_never_a_link(wareho
     fake = FakeAutotask()
     aps = fake.add_company("Kowalski Bäckerei ApS")
     link_accounts(warehouse, fake, [("ACC-1", "Kowalski Bäckerei SARL")])
-    assert company_link(warehouse, "ACC-1") == (None, "unlinked", 1)
+    # its only look-alike is another legal entity: it holds nothing (the plan proposes a new company, flagged
+    # with the look-alike named), and stays offered for a person who knows better
+    assert company_link(warehouse, "ACC-1") == (None, "unlinked", 0)
+    detail = warehouse.scalar("SELECT detail FROM month_links WHERE kind = 'company' AND source_key = 'ACC-1'")
+    assert detail.startswith("new company proposed") and f'"Kowalski Bäckerei ApS" (company {aps}' in detail
     [suggestion] = suggestions_for(warehouse, "ACC-1")
     assert suggestion["target_id"] == aps and suggestion["status"] == "open"
     assert 80 <= suggestion["score"] < 95

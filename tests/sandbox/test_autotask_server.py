@@ -657,7 +657,11 @@ def test_seed_holds_look_alike_companies_that_are_other_companies(api: Api) -> N
     assert "Müller & Söhne GmbH" not in names
     assert names.count("Hart & Hale Ltd") == 2
     lookalikes = api.facts("lookalike")
-    assert {f["match"] for f in lookalikes} == {"same-name", "other-legal-form"}
+    assert {f["match"] for f in lookalikes} == {"same-name", "other-legal-form", "other-entity"}
+    # brand-new customers (no company of their own) whose look-alikes are other legal entities
+    new = {f["bssName"]: f["autotaskName"] for f in lookalikes if f["match"] == "other-entity"}
+    assert set(new) == {"Brennan Café Oy", "Sánchez Medical Centre Ltd"} and "Schäfer Medical Centre Limited" in names
+    assert {"Brennan Café Ltd", "Brennan Café LLP"} <= set(names) and "Brennan Café Oy" not in names
     own = {f["bssId"]: f["autotaskId"] for f in api.facts("company")}
     for fact in lookalikes:
         assert fact["bssId"] is None and fact["autotaskId"] != own[fact["looksLike"]]

@@ -18,7 +18,8 @@
     return node;
   }
   function value(v) { return v === null || v === undefined ? "" : v; }
-  function money(v) { return Number(v).toFixed(2); }
+  // money to 2 decimals with thousands separators (the server sends the page's texts; this only for the cost spans)
+  function money(v) { return Number(v).toLocaleString("en-GB", { minimumFractionDigits: 2, maximumFractionDigits: 2 }); }
 
   function readState() {
     var params = new URLSearchParams(window.location.search);
@@ -60,6 +61,7 @@
     return getJSON(api + "/lines?" + queryString(true)).then(function (page) {
       renderRows(page.lines);
       renderTotals(page.totals);
+      renderOneOff(page.one_off || []);
       $("page-info").textContent = "page " + page.page + " of " + page.pages + " · " + page.matching + " of " + page.total_lines + " lines";
       $("page-prev").disabled = page.page <= 1;
       $("page-next").disabled = page.page >= page.pages;
@@ -89,13 +91,17 @@
       cell(tr, line.subscription, line.contract);
       cell(tr, line.product, line.sku);
       cell(tr, line.billing_period, line.commitment);
-      cell(tr, line.bss_units, null, "num");
-      cell(tr, line.autotask_units, null, "num");
+      cell(tr, line.text.bss_units, null, "num");
+      cell(tr, line.text.autotask_units, null, "num");
       cell(tr, line.kind_label + ": " + line.change);
       cell(tr, line.effective_date);
-      cell(tr, line.unit_price, null, "num");
-      cell(tr, value(line.unit_cost) + " " + line.currency, null, "num");
-      cell(tr, line.cost_change, null, "num");
+      var price = cell(tr, line.text.unit_price + " " + line.currency, "BSS " + (line.text.bss_unit_price || "–") + " · Autotask " + (line.text.autotask_unit_price || "–"), "num");
+      price.setAttribute("data-testid", "cell-unit-price");
+      if (line.below_cost) { price.insertBefore(el("br"), price.childNodes[1]); price.insertBefore(el("span", "sold below cost", { "class": "badge status-blocked" }), price.childNodes[2]); }
+      cell(tr, line.text.unit_cost + " " + line.currency, "BSS " + (line.text.bss_unit_cost || "–") + " · Autotask " + (line.text.autotask_unit_cost || "–"), "num").setAttribute("data-testid", "cell-unit-cost");
+      cell(tr, line.text.billed_change, null, "num").setAttribute("data-testid", "cell-billed");
+      cell(tr, line.text.cost_change, null, "num").setAttribute("data-testid", "cell-cost");
+      cell(tr, line.text.margin_change, null, "num").setAttribute("data-testid", "cell-margin");
       cell(tr, line.mapping, line.mapping_detail);
       var status = cell(tr, line.status, line.line_approved_by ? "line approved by " + line.line_approved_by : null);
       status.setAttribute("data-testid", "cell-status");
@@ -108,14 +114,54 @@
   function renderTotals(totals) {
     $("totals-lines").textContent = totals.lines;
     $("totals-counted").textContent = totals.counted_lines;
-    $("totals-units-added").textContent = totals.units_added;
-    $("totals-units-removed").textContent = totals.units_removed;
+    $("totals-units-added").textContent = totals.units_text.added;
+    $("totals-units-removed").textContent = totals.units_text.removed;
     var cost = $("totals-cost");
     cost.replaceChildren();
     Object.keys(totals.cost).forEach(function (currency) {
       var m = totals.cost[currency];
-      cost.appendChild(el("span", currency + " +" + money(m.cost_added) + " / −" + money(m.cost_removed) + " per month", { "class": "money", "data-currency": currency }));
+      cost.appendChild(el("span", currency + " cost +" + money(m.cost_added) + " / −" + money(m.cost_removed) + " per month", { "class": "money", "data-currency": currency }));
       cost.appendChild(document.createTextNode(" "));
+    });
+    var rows = $("totals-money-body");
+    rows.replaceChildren();
+    Object.keys(totals.money).forEach(function (currency) {
+      Object.keys(totals.buckets).forEach(function (bucket) {
+        var m = totals.money[currency][bucket];
+        var tr = el("tr", null, { "data-testid": "money-row", "data-currency": currency, "data-bucket": bucket });
+        cell(tr, currency);
+        cell(tr, totals.buckets[bucket]);
+        cell(tr, m.lines, null, "num");
+        cell(tr, m.text.billed, null, "num").setAttribute("data-testid", "money-billed");
+        cell(tr, m.text.cost, null, "num").setAttribute("data-testid", "money-cost");
+        cell(tr, m.text.margin, null, "num").setAttribute("data-testid", "money-margin");
+        rows.appendChild(tr);
+      });
+    });
+  }
+
+  // the month's one-off charges (setup fees) of the filter's customer: shown, not posted yet
+  function renderOneOff(charges) {
+    var tbody = $("one-off-body");
+    if (!tbody) { return; }
+    tbody.replaceChildren();
+    if (!charges.length) {
+      var empty = el("tr");
+      empty.appendChild(el("td", "No one-off charges this month.", { "colspan": "8" }));
+      tbody.appendChild(empty);
+      return;
+    }
+    charges.forEach(function (charge) {
+      var tr = el("tr", null, { "data-testid": "one-off-row", "data-charge-id": charge.charge_id });
+      cell(tr, charge.customer, charge.account_id);
+      cell(tr, charge.subscription);
+      cell(tr, charge.product, charge.sku);
+      cell(tr, charge.effective_date);
+      cell(tr, charge.text.quantity, null, "num");
+      cell(tr, charge.text.unit_price + " " + charge.currency, null, "num");
+      cell(tr, charge.text.amount + " " + charge.currency, null, "num");
+      cell(tr, charge.state);
+      tbody.appendChild(tr);
     });
   }
 
