@@ -63,6 +63,7 @@ from include.plan import (
     replace_plan,
     sql_in,
 )
+from include.review_words import units_text
 from include.sync_settings import RECURRING_SERVICE_CONTRACT_TYPE, SyncSettings
 from include.warehouse import Warehouse, sql
 
@@ -1025,7 +1026,7 @@ class _PlanBuilder:
                 holds.append(
                     Hold(
                         ActionStatus.FLAGGED,
-                        f"decrease of {-unit_change} units inside a {info['commitment_months']}-month commitment",
+                        f"decrease of {units_text(-unit_change)} inside a {info['commitment_months']}-month commitment",
                     )
                 )
             if contract_start is not None and row.point < contract_start:

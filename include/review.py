@@ -866,24 +866,28 @@ def _minus(line: Any) -> Decimal | None:
 
 
 def _change_text(kind: str, line: Any, payload: Mapping[str, Any]) -> str:
+    """One phrase per change, the kind included ("+3 units from 18 Oct 2026", "new company X", "extend contract to
+    2 Oct 2027"): the grid shows it alone."""
+    from include.review_words import day_text, units_text
+
     if kind == "adjust_units" and line.unit_change is not None:
-        return f"{_signed(line.unit_change)} units"
+        sign = "-" if line.unit_change < 0 else "+"
+        since = f" from {day_text(line.effective_date)}" if line.effective_date else ""
+        return f"{sign}{units_text(line.unit_change)}{since}"
     if kind == "change_cost":
         return f"unit cost {_plain(line.unit_cost_before)} → {_plain(line.unit_cost_after)}"
     if kind == "extend_contract":
-        before = line.end_date_before.isoformat() if line.end_date_before else "?"
-        after = line.end_date_after.isoformat() if line.end_date_after else "?"
-        return f"end date {before} → {after}"
+        return f"extend contract to {day_text(line.end_date_after)}"
     if kind == "create_company":
-        return f"create company {payload.get('companyName') or ''}".strip()
+        return f"new company {payload.get('companyName') or ''}".strip()
     if kind == "create_service":
-        return f"create service {payload.get('name') or ''}".strip()
+        return f"new service {payload.get('name') or ''}".strip()
     if kind == "create_contract":
-        return f"create contract {payload.get('contractName') or ''}".strip()
+        return f"new contract {payload.get('contractName') or ''}".strip()
     if kind == "create_contract_service":
         return "add the service to the contract"
     if kind == "review_unbilled":
-        return "review: the BSS no longer bills this contract service"
+        return "check by hand: the BSS no longer bills this contract service"
     return KIND_LABELS.get(kind, kind)
 
 
@@ -941,7 +945,9 @@ def line_detail(warehouse: Warehouse, run_id: str, action_id: str) -> dict[str, 
         " WHERE action_id = :id AND run_id = :run_id",
         {"id": action_id, "run_id": run_id},
     )
-    plan_row = plan_rows[0]
+    # a line without an account of its own (an extend-contract line) still asks about its customer's company: the
+    # decision its reason asks for (confirm the suggested company) is offered on the line itself
+    plan_row = {**plan_rows[0], "account_id": plan_rows[0]["account_id"] or row["account_id"] or None}
     sources = []
     for kind, source_key in _sources_of(plan_row, _json_list(plan_row["subscription_ids"])):
         link = warehouse.query(
@@ -1780,7 +1786,7 @@ def decisions_of(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
         " note FROM review_decisions WHERE run_id = :run_id ORDER BY decided_at DESC",
         {"run_id": run_id},
     )
-    return [
+    decisions = [
         {
             **{key: _jsonable(value) for key, value in row.items() if key not in ("before_state", "after_state")},
             "before": json.loads(row["before_state"]),
@@ -1788,6 +1794,34 @@ def decisions_of(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
         }
         for row in rows
     ]
+    return _in_words(warehouse, run_id, decisions)
+
+
+def _in_words(warehouse: Warehouse, run_id: str, decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The audit rows with the words the page shows (`include.review_words.describe_decisions`): the line or the
+    link each one changed, named, instead of ids and JSON."""
+    from include.review_words import describe_decisions
+
+    action_ids = sorted({str(entry["action_id"]) for entry in decisions if entry.get("action_id")})
+    lines: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(action_ids), 500):
+        condition, params = sql_in("action_id", action_ids[start : start + 500], "line")
+        for found in warehouse.query(
+            f"SELECT action_id, customer, product, subscription, change FROM review_grid_lines"
+            f" WHERE run_id = :run_id AND {condition}",
+            {"run_id": run_id, **params},
+        ):
+            lines[str(found["action_id"])] = dict(found)
+    sources = {(str(e["kind"]), str(e["source_key"])) for e in decisions if e.get("kind") and e.get("source_key")}
+    names = {(kind, key): _source_name(warehouse, kind, key) for kind, key in sources}
+    targets = {
+        (str(e["kind"]), int(target)): _target_name(warehouse, run_id, str(e["kind"]), int(target))
+        for e in decisions
+        if e.get("kind")
+        for target in (e.get("target_id"), (e.get("after") or {}).get("target_id"))
+        if target is not None
+    }
+    return describe_decisions(decisions, lines, names, targets)
 
 
 # -- the months overview ----------------------------------------------------------------------------------------

@@ -266,6 +266,62 @@ def test_the_review_page_sorts_filters_searches_decides_and_exports(
     assert page.dialogs == []
 
 
+def status_counts(page) -> dict[str, int]:
+    """The status filter's counts as the page shows them (`needs-mapping (24)`)."""
+    texts = page.get_by_test_id("filter-status").locator("option[value]:not([value=''])").all_inner_texts()
+    return {text.rsplit(" (", 1)[0]: int(text.rsplit(" (", 1)[1].rstrip(")")) for text in texts}
+
+
+def test_a_lower_lines_detail_opens_under_it_offers_its_decision_and_the_counts_follow(
+    stack: LocalAirflow, pending_run: str, page
+) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(review_url(stack, pending_run, "sort=seq&dir=asc"))
+    grid_settled(page)
+    # the last line of the page: its detail opens right under it, in view
+    last = rows(page).last
+    last.click()
+    page.get_by_test_id("detail-row").wait_for(timeout=30_000)
+    assert last.evaluate("row => row.nextElementSibling.id") == "detail-row"
+    box, viewport = page.get_by_test_id("line-detail").bounding_box(), page.viewport_size
+    assert box is not None and 0 <= box["y"] < viewport["height"], box
+    shot(page, "15-detail-under-its-row")
+
+    # the extend-contract line that asks to confirm its customer's company has the Confirm button itself
+    asking = [
+        line
+        for line in api_lines(stack, pending_run, kind="extend_contract", page_size="500")["lines"]
+        if "confirm that company" in line["reason"]
+    ]
+    assert asking, "the month has no extend-contract line waiting on its customer's company"
+    line = asking[0]
+    company = line["reason"].split("belongs to company ", 1)[1].split(":", 1)[0]
+    page.get_by_test_id("filter-kind").select_option("extend_contract")
+    grid_settled(page)
+    counts_before = status_counts(page)
+    page.locator(f"#grid-body tr[data-action-id='{line['action_id']}']").click()
+    confirm = page.locator(
+        f"[data-testid=source-company] li[data-target-id='{company}'] [data-testid=confirm-suggestion]"
+    )
+    confirm.wait_for(timeout=30_000)
+    shot(page, "16-extend-contract-confirms-its-company")
+    page.evaluate("document.getElementById('review').removeAttribute('data-last-decision')")
+    confirm.click()
+    page.wait_for_selector('#review[data-last-decision="confirm_suggestion"]', timeout=30_000)
+    grid_settled(page)
+    expect(page.get_by_test_id("detail-message")).to_contain_text("Saved: confirm_suggestion.", timeout=30_000)
+
+    # the status counts follow the decision without a reload, and match the server's
+    counts_after = status_counts(page)
+    served = api_lines(stack, pending_run)["counts"]["status"]
+    assert counts_after == {status: count for status, count in served.items() if count}
+    assert counts_after.get("needs-mapping", 0) < counts_before["needs-mapping"]
+    page.get_by_test_id("filter-kind").select_option("")
+    grid_settled(page)
+    assert page.dialogs == []
+
+
 def test_the_approval_answered_in_required_actions_lets_the_run_load(
     stack: LocalAirflow, pending_run: str, page
 ) -> None:

@@ -18,6 +18,11 @@
     return node;
   }
   function value(v) { return v === null || v === undefined ? "" : v; }
+  // a moment in the reader's own time zone, to the minute, the zone named: "8 Dec 2026, 01:42 CET"
+  function when(iso) {
+    if (!iso) { return ""; }
+    return new Date(iso).toLocaleString(undefined, { day: "numeric", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit", timeZoneName: "short" });
+  }
   function money(v) { return Number(v).toFixed(2); }
 
   function readState() {
@@ -60,6 +65,7 @@
     return getJSON(api + "/lines?" + queryString(true)).then(function (page) {
       renderRows(page.lines);
       renderTotals(page.totals);
+      renderCounts(page.counts);
       $("page-info").textContent = "page " + page.page + " of " + page.pages + " · " + page.matching + " of " + page.total_lines + " lines";
       $("page-prev").disabled = page.page <= 1;
       $("page-next").disabled = page.page >= page.pages;
@@ -79,8 +85,46 @@
     return td;
   }
 
+  // The filter's counts follow every decision (a decision re-plans lines: their statuses and mappings change).
+  function renderCounts(counts) {
+    if (!counts) { return; }
+    [["filter-status", "status"], ["filter-kind", "kind"], ["filter-mapping", "mapping"]].forEach(function (pair) {
+      var select = $(pair[0]);
+      var chosen = select.value;
+      var options = [el("option", "all", { "value": "" })];
+      Object.keys(counts[pair[1]] || {}).forEach(function (key) {
+        if (!key) { return; }
+        options.push(el("option", key + " (" + counts[pair[1]][key] + ")", { "value": key, "data-count": String(counts[pair[1]][key]) }));
+      });
+      if (chosen && !counts[pair[1]][chosen]) { options.push(el("option", chosen + " (0)", { "value": chosen, "data-count": "0" })); }
+      select.replaceChildren.apply(select, options);
+      select.value = chosen;
+    });
+  }
+
+  // The line's detail opens right under its row (and scrolls into view), not at the top of a long page.
+  function placeDetail(scroll) {
+    var panel = $("line-detail");
+    var holder = $("detail-row");
+    var row = selected ? document.querySelector('#grid-body tr[data-action-id="' + CSS.escape(selected) + '"]') : null;
+    if (!row || panel.hidden) {
+      $("detail-home").appendChild(panel);
+      if (holder) { holder.remove(); }
+      return;
+    }
+    if (!holder) {
+      holder = el("tr", null, { "id": "detail-row", "class": "detail-row", "data-testid": "detail-row" });
+      holder.appendChild(el("td"));
+    }
+    holder.firstChild.colSpan = row.children.length;
+    holder.firstChild.appendChild(panel);
+    row.after(holder);
+    if (scroll) { panel.scrollIntoView({ block: "nearest" }); }
+  }
+
   function renderRows(lines) {
     var tbody = $("grid-body");
+    $("detail-home").appendChild($("line-detail"));
     tbody.replaceChildren();
     lines.forEach(function (line) {
       var tr = el("tr", null, { "data-testid": "grid-row", "data-action-id": line.action_id, "data-status": line.status, "class": "status-" + line.status });
@@ -91,7 +135,7 @@
       cell(tr, line.billing_period, line.commitment);
       cell(tr, line.bss_units, null, "num");
       cell(tr, line.autotask_units, null, "num");
-      cell(tr, line.kind_label + ": " + line.change);
+      cell(tr, line.change).setAttribute("data-testid", "cell-change");
       cell(tr, line.effective_date);
       cell(tr, line.unit_price, null, "num");
       cell(tr, value(line.unit_cost) + " " + line.currency, null, "num");
@@ -103,6 +147,7 @@
       if (selected === line.action_id) { tr.classList.add("selected"); }
       tbody.appendChild(tr);
     });
+    placeDetail(false);
   }
 
   function renderTotals(totals) {
@@ -188,6 +233,7 @@
       sources.replaceChildren();
       detail.sources.forEach(function (source) { sources.appendChild(renderSource(source)); });
       if (!keepMessage) { say("", false, "detail-message"); }
+      placeDetail(!keepMessage);
     }).catch(function (error) { say(error.message, true, "detail-message"); });
   }
 
@@ -199,7 +245,7 @@
     var list = el("ul", null, { "class": "suggestions" });
     source.suggestions.forEach(function (s) {
       var li = el("li", null, { "data-testid": "suggestion", "data-target-id": String(s.target_id), "data-status": s.status });
-      li.appendChild(el("span", s.target_name + " (" + s.target_id + ") · score " + s.score + " · " + value(s.reason) + (s.status === "rejected" ? " · rejected" : "")));
+      li.appendChild(el("span", s.target_name + " (" + s.target_id + ") · score " + Math.round(s.score) + " % · " + value(s.reason) + (s.status === "rejected" ? " · rejected" : "")));
       if (s.status === "open") {
         li.appendChild(button("Confirm", "confirm-suggestion", function () { decide({ decision: "confirm_suggestion", kind: source.kind, source_key: source.source_key, target_id: s.target_id }); }));
         li.appendChild(button("Reject", "reject-suggestion", function () { decide({ decision: "reject_suggestion", kind: source.kind, source_key: source.source_key, target_id: s.target_id }); }));
@@ -240,9 +286,7 @@
       tbody.replaceChildren();
       data.decisions.forEach(function (d) {
         var tr = el("tr", null, { "data-testid": "decision-row" });
-        [d.decided_at, d.decided_by, d.decision,
-          d.action_id ? "line " + d.action_id : d.kind + " " + d.source_key + (d.target_id !== null ? " → " + d.target_id : ""),
-          JSON.stringify(d.before), JSON.stringify(d.after)].forEach(function (text) { tr.appendChild(el("td", text)); });
+        [when(d.decided_at_utc), d.decided_by, d.label, d.what, d.outcome].forEach(function (text) { tr.appendChild(el("td", text)); });
         tbody.appendChild(tr);
       });
     }).catch(function (error) { say(error.message, true); });
@@ -280,6 +324,29 @@
     Array.prototype.forEach.call(document.querySelectorAll("#grid-body tr.selected"), function (r) { r.classList.remove("selected"); });
     row.classList.add("selected");
     showDetail(row.getAttribute("data-action-id"));
+  });
+  // Keyboard: ↑/↓ move to the previous/next line and open it, Enter opens the line, and one key per decision on the
+  // open line: x exclude, i include again, a approve the flagged line, c confirm its first suggestion.
+  var decisionKeys = { "x": "decide-exclude", "i": "decide-include", "a": "decide-approve-line", "c": "confirm-suggestion" };
+  function openRow(row) {
+    if (!row) { return; }
+    Array.prototype.forEach.call(document.querySelectorAll("#grid-body tr.selected"), function (r) { r.classList.remove("selected"); });
+    row.classList.add("selected");
+    showDetail(row.getAttribute("data-action-id"));
+  }
+  document.addEventListener("keydown", function (event) {
+    if (event.altKey || event.ctrlKey || event.metaKey || event.target.closest("input, select, textarea, button")) { return; }
+    var rowsShown = Array.prototype.slice.call(document.querySelectorAll("#grid-body tr[data-action-id]"));
+    var current = rowsShown.findIndex(function (r) { return r.getAttribute("data-action-id") === selected; });
+    if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+      event.preventDefault();
+      openRow(rowsShown[Math.max(0, Math.min(rowsShown.length - 1, current + (event.key === "ArrowDown" ? 1 : -1)))]);
+    } else if (event.key === "Enter" && current < 0 && rowsShown.length) {
+      openRow(rowsShown[0]);
+    } else if (decisionKeys[event.key] && selected) {
+      var target = document.querySelector('#line-detail [data-testid="' + decisionKeys[event.key] + '"]:not([disabled])');
+      if (target) { event.preventDefault(); target.click(); }
+    }
   });
   loadDecisions();
   body.setAttribute("data-ready", "true");
