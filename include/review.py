@@ -2001,6 +2001,20 @@ def review_path(dag_id: str, run_id: str) -> str:
     return f"/billing/run/{quote(dag_id, safe='')}/{quote(run_id, safe='')}"
 
 
+def run_files_url(month: str, run_id: str, base_url: str | None = None) -> str:
+    """Where the review plugin serves the run's Data Docs and report (`/billing/files/<month>/<run folder>`)."""
+    from urllib.parse import quote
+
+    from include.quality import data_docs_dir
+
+    folder = data_docs_dir(month, run_id)
+    return (base_url or "").rstrip("/") + f"/billing/files/{quote(folder.parent.name)}/{quote(folder.name)}"
+
+
+def months_url(base_url: str | None = None) -> str:
+    return (base_url or "").rstrip("/") + "/billing/months"
+
+
 def review_url(dag_id: str, run_id: str, base_url: str | None = None) -> str:
     """The review page's address for the approval form: `[api] base_url` + the path (just the path without one)."""
     return (base_url or "").rstrip("/") + review_path(dag_id, run_id)
