@@ -993,7 +993,8 @@ def line_detail(warehouse: Warehouse, run_id: str, action_id: str) -> dict[str, 
 def search_targets(
     warehouse: Warehouse, run_id: str, kind: str, text: str, company_id: int | None = None
 ) -> list[dict]:
-    """Autotask records of the run's snapshot whose name, number/SKU or id contains the text."""
+    """Autotask records of the run's snapshot whose name, number/SKU or id contains the text; companies with what
+    tells two of one name apart (`_company_particulars`: address, city, active contracts, linked BSS accounts)."""
     if kind not in TARGET_NOUN:
         raise ReviewError(422, f"kind must be one of company, contract, service, not {kind!r}")
     needle = "%" + text.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -1036,7 +1037,7 @@ def search_targets(
                 sa.text(statement + f" LIMIT {SEARCH_LIMIT}"), {"run_id": run_id, "q": needle, "company": company_id}
             ).mappings()
         ]
-    return [
+    found = [
         {
             "id": int(row["id"]),
             "name": row["name"],
@@ -1046,6 +1047,44 @@ def search_targets(
         }
         for row in rows
     ]
+    return _company_particulars(warehouse, run_id, found) if kind == "company" and found else found
+
+
+def _company_particulars(warehouse: Warehouse, run_id: str, companies: list[dict]) -> list[dict]:
+    """Each company with its address and city, its active contracts in the snapshot and the BSS accounts already
+    linked to it (remembered links and this run's links): what tells "Hart & Hale Ltd" from "Hart & Hale Ltd"."""
+    ids = [company["id"] for company in companies]
+    condition, params = sql_in("company_id", ids, "company")
+    targets, target_params = sql_in("target_id", ids, "company")
+    params = {"run_id": run_id, **params, **target_params}
+    places = {
+        int(row["company_id"]): row
+        for row in warehouse.query(
+            f"SELECT company_id, address, city FROM at_companies WHERE run_id = :run_id AND {condition}", params
+        )
+    }
+    contracts = {
+        int(row["company_id"]): int(row["contracts"])
+        for row in warehouse.query(
+            "SELECT company_id, COUNT(*) AS contracts FROM at_contracts WHERE run_id = :run_id"
+            f" AND (status IS NULL OR status = 1) AND {condition} GROUP BY company_id",
+            params,
+        )
+    }
+    accounts: dict[int, set[str]] = {}
+    for row in warehouse.query(
+        f"SELECT target_id, source_key FROM month_links WHERE run_id = :run_id AND kind = 'company' AND {targets}"
+        f" UNION SELECT target_id, source_key FROM mapping_links WHERE kind = 'company' AND {targets}",
+        params,
+    ):
+        accounts.setdefault(int(row["target_id"]), set()).add(str(row["source_key"]))
+    for company in companies:
+        place = places.get(company["id"]) or {}
+        company["address"] = place.get("address")
+        company["city"] = place.get("city")
+        company["active_contracts"] = contracts.get(company["id"], 0)
+        company["linked_accounts"] = sorted(accounts.get(company["id"], set()))
+    return companies
 
 
 def _casefold_sql(warehouse: Warehouse) -> Any:

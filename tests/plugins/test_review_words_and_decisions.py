@@ -102,3 +102,26 @@ def test_the_decisions_read_as_sentences_about_lines_and_links_with_the_moment_i
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", entry["decided_at_utc"])
         words = entry["label"] + entry["what"] + entry["outcome"]
         assert "{" not in words and proposed["action_id"] not in words
+
+
+def test_the_company_search_tells_companies_of_one_name_apart(planned: Warehouse) -> None:
+    names = planned.query(
+        "SELECT company_name FROM at_companies WHERE run_id = :run_id GROUP BY company_name HAVING COUNT(*) > 1",
+        {"run_id": RUN_ID},
+    )
+    assert names, "the sandbox's Autotask holds no two companies of one name"
+    found = review.search_targets(planned, RUN_ID, "company", names[0]["company_name"])
+    twins = [company for company in found if company["name"] == names[0]["company_name"]]
+    assert len(twins) >= 2
+    particulars = {
+        (company["address"], company["city"], company["active_contracts"], tuple(company["linked_accounts"]))
+        for company in twins
+    }
+    assert len(particulars) == len(twins), twins  # every twin reads differently
+    assert all(company["city"] for company in twins)
+    contracts = planned.query(
+        "SELECT company_id, COUNT(*) AS n FROM at_contracts WHERE run_id = :run_id GROUP BY company_id",
+        {"run_id": RUN_ID},
+    )
+    held = {int(row["company_id"]): int(row["n"]) for row in contracts}
+    assert all(company["active_contracts"] == held.get(company["id"], 0) for company in twins)

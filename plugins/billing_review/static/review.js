@@ -253,7 +253,8 @@
       list.appendChild(li);
     });
     box.appendChild(list);
-    var search = el("input", null, { "type": "search", "placeholder": "search the Autotask " + source.kind + "s of the snapshot", "data-testid": "target-search-" + source.kind });
+    var plural = { "company": "companies", "contract": "contracts", "service": "services" }[source.kind] || source.kind;
+    var search = el("input", null, { "type": "search", "class": "target-search", "placeholder": "Find Autotask " + plural + ": name, number or id", "title": "Search the Autotask " + plural + " of this run's snapshot", "data-testid": "target-search-" + source.kind });
     search.disabled = !pending;
     var results = el("ul", null, { "class": "targets", "data-testid": "target-results-" + source.kind });
     var timer = null;
@@ -265,7 +266,8 @@
           results.replaceChildren();
           data.targets.forEach(function (t) {
             var li = el("li", null, { "data-testid": "target-result", "data-target-id": String(t.id) });
-            li.appendChild(el("span", t.name + " (" + t.id + (t.number ? ", " + t.number : "") + ")" + (t.active ? "" : " · inactive")));
+            li.appendChild(el("span", t.name + " (" + t.id + (t.number ? ", " + t.number : "") + ")" + (t.active ? "" : " · inactive"), { "class": "target-name" }));
+            if (source.kind === "company") { li.appendChild(el("span", companyParticulars(t), { "class": "hint", "data-testid": "target-particulars" })); }
             li.appendChild(button("Link", "link-target", function () { decide({ decision: "link", kind: source.kind, source_key: source.source_key, target_id: t.id }); }));
             results.appendChild(li);
           });
@@ -278,6 +280,14 @@
       box.appendChild(button("Create in Autotask", "create-in-autotask", function () { decide({ decision: "create", kind: source.kind, source_key: source.source_key }); }));
     }
     return box;
+  }
+
+  // what tells two companies of one name apart: where they are, their contracts, the BSS accounts linked to them
+  function companyParticulars(t) {
+    var place = [t.address, t.city].filter(function (part) { return part; }).join(", ") || "no address in Autotask";
+    var contracts = t.active_contracts === 1 ? "1 active contract" : (t.active_contracts || "no") + " active contracts";
+    var linked = t.linked_accounts && t.linked_accounts.length ? "linked to BSS " + t.linked_accounts.join(", ") : "no BSS account linked";
+    return " · " + place + " · " + contracts + " · " + linked + " ";
   }
 
   function loadDecisions() {
