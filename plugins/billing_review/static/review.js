@@ -77,10 +77,13 @@
     }).catch(function (error) { body.setAttribute("data-loading", "false"); say(error.message, true); });
   }
 
-  function cell(row, main, hint, cls) {
-    var td = el("td", null, cls ? { "class": cls } : {});
+  // One line per cell: the text cut by the stylesheet, the whole of it (and what used to be a second line) on hover.
+  function cell(row, col, main, hint, cls) {
+    var td = el("td", null, { "data-col": col });
+    if (cls) { td.className = cls; }
     td.appendChild(document.createTextNode(String(value(main))));
-    if (hint) { td.appendChild(el("br")); td.appendChild(el("span", hint, { "class": "hint" })); }
+    var whole = [value(main), value(hint)].filter(function (part) { return part !== ""; }).join(" · ");
+    if (whole) { td.title = whole; }
     row.appendChild(td);
     return td;
   }
@@ -116,7 +119,9 @@
       holder = el("tr", null, { "id": "detail-row", "class": "detail-row", "data-testid": "detail-row" });
       holder.appendChild(el("td"));
     }
-    holder.firstChild.colSpan = row.children.length;
+    holder.firstChild.colSpan = Array.prototype.filter.call(row.children, function (td) {
+      return window.getComputedStyle(td).display !== "none";
+    }).length;
     holder.firstChild.appendChild(panel);
     row.after(holder);
     if (scroll) { panel.scrollIntoView({ block: "nearest" }); }
@@ -128,22 +133,28 @@
     tbody.replaceChildren();
     lines.forEach(function (line) {
       var tr = el("tr", null, { "data-testid": "grid-row", "data-action-id": line.action_id, "data-status": line.status, "class": "status-" + line.status });
-      cell(tr, line.seq, null, "num");
-      cell(tr, line.customer, line.account_id).setAttribute("data-testid", "cell-customer");
-      cell(tr, line.subscription, line.contract);
-      cell(tr, line.product, line.sku);
-      cell(tr, line.billing_period, line.commitment);
-      cell(tr, line.bss_units, null, "num");
-      cell(tr, line.autotask_units, null, "num");
-      cell(tr, line.change).setAttribute("data-testid", "cell-change");
-      cell(tr, line.effective_date);
-      cell(tr, line.unit_price, null, "num");
-      cell(tr, value(line.unit_cost) + " " + line.currency, null, "num");
-      cell(tr, line.cost_change, null, "num");
-      cell(tr, line.mapping, line.mapping_detail);
-      var status = cell(tr, line.status, line.line_approved_by ? "line approved by " + line.line_approved_by : null);
+      cell(tr, "seq", line.seq, null, "num");
+      cell(tr, "customer", line.customer, line.account_id).setAttribute("data-testid", "cell-customer");
+      cell(tr, "product", line.product, line.sku);
+      var change = cell(tr, "unit_change", line.change);
+      change.setAttribute("data-testid", "cell-change");
+      change.title = line.kind_label + ": " + line.change;
+      cell(tr, "unit_price", line.unit_price, null, "num");
+      cell(tr, "unit_cost", value(line.unit_cost) + " " + line.currency, null, "num");
+      cell(tr, "cost_change", line.cost_change, null, "num");
+      var status = cell(tr, "status", "", line.line_approved_by ? "line approved by " + line.line_approved_by : null);
       status.setAttribute("data-testid", "cell-status");
-      cell(tr, line.reason, null, "reason");
+      status.replaceChildren(el("span", line.status, { "class": "badge status-" + line.status }));
+      if (line.line_approved_by) { status.appendChild(document.createTextNode(" ✓")); }
+      status.title = line.status + (line.line_approved_by ? " · line approved by " + line.line_approved_by : "");
+      var mapping = cell(tr, "mapping", "", line.mapping_detail || line.mapping);
+      if (line.mapping) { mapping.replaceChildren(el("span", line.mapping, { "class": "badge" })); }
+      cell(tr, "reason", line.reason, null, "reason");
+      cell(tr, "subscription", line.subscription, line.contract);
+      cell(tr, "billing_period", [line.billing_period, line.commitment].filter(Boolean).join(" · "));
+      cell(tr, "bss_units", line.bss_units, null, "num");
+      cell(tr, "autotask_units", line.autotask_units, null, "num");
+      cell(tr, "effective_date", line.effective_date);
       if (selected === line.action_id) { tr.classList.add("selected"); }
       tbody.appendChild(tr);
     });
@@ -335,6 +346,31 @@
     row.classList.add("selected");
     showDetail(row.getAttribute("data-action-id"));
   });
+  // The column chooser: the deciding columns show by default, the others on demand; the choice stays in the browser.
+  var COLUMNS_KEY = "billing-review-columns";
+  function chosenColumns() {
+    try { return JSON.parse(window.localStorage.getItem(COLUMNS_KEY) || "{}") || {}; } catch (error) { return {}; }
+  }
+  function showColumns() {
+    var chosen = chosenColumns();
+    Array.prototype.forEach.call(document.querySelectorAll("#column-chooser input[data-col]"), function (box) {
+      var col = box.dataset.col;
+      var shown = col in chosen ? !!chosen[col] : box.dataset["default"] === "shown";
+      box.checked = shown;
+      $("grid").classList.toggle("hide-" + col, !shown);
+    });
+    placeDetail(false);
+  }
+  Array.prototype.forEach.call(document.querySelectorAll("#column-chooser input[data-col]"), function (box) {
+    box.addEventListener("change", function () {
+      var chosen = chosenColumns();
+      chosen[box.dataset.col] = box.checked;
+      try { window.localStorage.setItem(COLUMNS_KEY, JSON.stringify(chosen)); } catch (error) { /* private mode */ }
+      showColumns();
+    });
+  });
+  showColumns();
+
   // Keyboard: ↑/↓ move to the previous/next line and open it, Enter opens the line, and one key per decision on the
   // open line: x exclude, i include again, a approve the flagged line, c confirm its first suggestion.
   var decisionKeys = { "x": "decide-exclude", "i": "decide-include", "a": "decide-approve-line", "c": "confirm-suggestion" };
