@@ -13,8 +13,9 @@ approval task checks the same again under the month's lock when it records the a
 
 Answers to one approval go to Airflow one after the other: a double-click on "Approve proposed" sends two answers at
 once, and Airflow, which checks "answered already" before it writes, would take both. One after the other, the second
-finds the first recorded and Airflow refuses it (409): one answer is recorded. (The lock is one api-server process's: with
-several api-server workers two answers may still reach Airflow together; the approval task then records the first.)
+finds the first recorded and Airflow refuses it (409): one answer is recorded. (The lock is one api-server
+process's: with several api-server workers two answers may still reach Airflow together; the approval task then
+records the first.)
 """
 
 from __future__ import annotations
