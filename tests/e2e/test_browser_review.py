@@ -273,6 +273,31 @@ def status_counts(page) -> dict[str, int]:
     return {text.rsplit(" (", 1)[0]: int(text.rsplit(" (", 1)[1].rstrip(")")) for text in texts}
 
 
+def test_a_wrong_month_in_the_trigger_form_is_explained_in_words(stack: LocalAirflow, page) -> None:
+    """Airflow's own Trigger dialog: a month written otherwise is refused with a sentence (not a JSON-schema dump),
+    and the month field says what an empty month bills; no run is created."""
+    from playwright.sync_api import expect
+
+    with closing(stack.client()) as client:
+        stack.wait_for_dag(client)
+        runs_before = client.get(f"/api/v2/dags/{DAG_ID}/dagRuns").json()["total_entries"]
+    page.goto(f"{stack.url}/dags/{DAG_ID}")
+    page.get_by_role("button", name="Trigger").first.click()
+    month = page.locator("#element_month")
+    month.wait_for(timeout=30_000)
+    expect(page.get_by_text("Leave empty for the last closed month").first).to_be_visible()
+    month.fill("Nov 2026")
+    page.get_by_role("dialog").get_by_role("button", name="Trigger").last.click()
+    message = page.get_by_text('Billing month: "Nov 2026" is not a month the sync understands')
+    expect(message.first).to_be_visible(timeout=30_000)
+    dialog = page.get_by_role("dialog").inner_text()
+    assert "Did you mean 2026-11?" in dialog and "Failed validating" not in dialog and "\\d{4}" not in dialog
+    shot(page, "07-trigger-form-wrong-month")
+    with closing(stack.client()) as client:
+        assert client.get(f"/api/v2/dags/{DAG_ID}/dagRuns").json()["total_entries"] == runs_before
+    assert page.dialogs == []
+
+
 def review_frame(page):
     """The review page inside the run's "Billing review" tab of the Airflow UI (an iframe)."""
     import time
