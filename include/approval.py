@@ -877,10 +877,10 @@ def _where_to_look(summary: ApprovalSummary) -> list[str]:
             "(Browse → Billing months)"
         ]
     docs = f"[open the Data Docs]({summary.files_link}/index.html)" if summary.data_docs_index else "not written yet"
-    months = f"[Billing months]({summary.months_link})" if summary.months_link else "Billing months"
+    months = f"[the Billing months page]({summary.months_link})" if summary.months_link else "the Billing months page"
     return [
         f"- Data-quality report (Data Docs): {docs}",
-        f"- Run report: written when the run ends (also for a rejection); it opens from the {months} page",
+        f"- Run report: written when the run ends (also for a rejection); open it from {months}",
     ]
 
 

@@ -206,7 +206,7 @@ def test_the_body_tells_a_finance_person_what_the_month_changes_and_why_lines_ar
         "billed in USD, the company in GBP",
         "charge\\_lines (charges): passed, 0 critical, 0 warnings",
         "[open the Data Docs](https://airflow/billing/files/2026-10/run/index.html)",
-        "it opens from the [Billing months](https://airflow/billing/months) page",
+        "open it from [the Billing months page](https://airflow/billing/months)",
         "https://airflow/billing/review",
         OPTION_APPROVE,
         OPTION_APPROVE_WITH_FLAGGED,

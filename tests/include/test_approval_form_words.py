@@ -27,4 +27,4 @@ def test_where_to_look_links_the_files_and_names_no_server_path() -> None:
     linked = render_body(summary, SyncSettings())
     assert "/tmp/" not in linked
     assert "Data Docs): not written yet" in linked  # no quality result recorded: no link to a missing page
-    assert "[Billing months](/billing/months)" in linked
+    assert "[the Billing months page](/billing/months)" in linked
