@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         print("screenshot: no run waits for review; start `make ui` first", file=sys.stderr)
         return 1
-    run_id = runs[0]["dag_run_id"]
+    run_id, month = runs[0]["dag_run_id"], (runs[0].get("conf") or {}).get("month", "")
     from playwright.sync_api import sync_playwright
 
     executable = shutil.which("chromium")
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         page.click("button[type=submit]")
         page.wait_for_url(lambda url: "/auth/login" not in url, timeout=60_000)
         shoot_review(page, args.url, run_id, args.out)
-        shoot_approval_form(page, args.url, args.out)
+        shoot_approval_form(page, args.url, month, args.out)
         shoot_months_and_report(page, args.url, args.out)
         browser.close()
     print(f"screenshots of {run_id}: {args.out}")
@@ -83,15 +83,21 @@ def shoot_review(page, url: str, run_id: str, out: Path) -> None:
     frame.locator('#review[data-loading="false"]').wait_for(timeout=30_000)
     frame.locator("#filter-status").select_option("needs-mapping")
     frame.locator('#review[data-loading="false"]').wait_for(timeout=30_000)
-    frame.locator("#grid-body tr[data-action-id]").nth(2).click()
-    frame.locator("#detail-row [data-testid=suggestion], #detail-row .source").first.wait_for(timeout=30_000)
+    frame.locator("#filter-kind").select_option("create_company")
+    frame.locator('#review[data-loading="false"]').wait_for(timeout=30_000)
+    row = frame.locator("#grid-body tr[data-action-id]").nth(1)
+    customer = row.locator("[data-testid=cell-customer]").inner_text()
+    row.click()
+    # the company search tells companies of one name apart
+    frame.get_by_test_id("target-search-company").fill(customer.split()[0])
+    frame.get_by_test_id("target-result").first.wait_for(timeout=30_000)
     page.wait_for_timeout(500)
     page.screenshot(path=str(out / "billing-review-detail.png"))
 
 
-def shoot_approval_form(page, url: str, out: Path) -> None:
+def shoot_approval_form(page, url: str, month: str, out: Path) -> None:
     page.goto(f"{url}/required_actions")
-    page.get_by_text("Approve the Autotask changes for").first.click()
+    page.get_by_text(f"Approve the Autotask changes for {month}?").first.click()
     page.get_by_role("button", name="Approve proposed").wait_for(timeout=60_000)
     page.wait_for_timeout(500)
     page.screenshot(path=str(out / "approval-form.png"))
