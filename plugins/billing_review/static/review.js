@@ -97,7 +97,8 @@
       var options = [el("option", "all", { "value": "" })];
       Object.keys(counts[pair[1]] || {}).forEach(function (key) {
         if (!key) { return; }
-        options.push(el("option", key + " (" + counts[pair[1]][key] + ")", { "value": key, "data-count": String(counts[pair[1]][key]) }));
+        var label = pair[1] === "kind" ? key.replace(/_/g, " ") : key;  // "adjust units", not the id adjust_units
+        options.push(el("option", label + " (" + counts[pair[1]][key] + ")", { "value": key, "data-count": String(counts[pair[1]][key]) }));
       });
       if (chosen && !counts[pair[1]][chosen]) { options.push(el("option", chosen + " (0)", { "value": chosen, "data-count": "0" })); }
       select.replaceChildren.apply(select, options);
