@@ -24,9 +24,11 @@ Moves one billing month of recurring charges from the **interworks.cloud BSS** i
 **Dry run** (`dry_run` param or `BILLING_SYNC_DRY_RUN=1`): everything up to the approval, then the report of
 what would be written; nothing is written to Autotask.
 
-Trigger it with **month** = `YYYY-MM`; scheduled runs take the month of the run date (shifted by
-`BILLING_MONTH_OFFSET` months, default 0). Re-running a month is always safe; a later step of an older run
-stops (saying what to do) once a newer run has extracted the same month again: each run reads its own inputs.
+Trigger it with **month** = `YYYY-MM`; left empty (and for scheduled runs) the run bills the last closed month:
+the run date's month shifted by `BILLING_MONTH_OFFSET` months (default -1, the month that just ended). A triggered
+run's id starts with its month (`2026-11__manual__…`, named by the billing plugin's trigger form).
+Re-running a month is always safe; a later step of an older run stops (saying what to do) once a newer run has
+extracted the same month again: each run reads its own inputs.
 Reads retry (extract, snapshot_autotask); checks and rejected data fail at once.
 Connections: `bss_default`, `autotask_default`, `billing_warehouse` (see the README).
 """
@@ -45,9 +47,9 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from billing_approval import BillingApprovalOperator
 
 from include.identifiers import APPROVAL_TASK_IDS, SYNC_DAG_ID  # names only: parsing stays light
+from include.month_input import default_month, month_field_description  # light: include.models only
 
 log = logging.getLogger(__name__)
-_MONTH_OFFSET = int(os.environ.get("BILLING_MONTH_OFFSET", "0"))
 _MONTH_PATTERN = r"^\d{4}-(0[1-9]|1[0-2])$"
 # The approval's timeout is fixed when the DAG is parsed.
 _APPROVAL_TIMEOUT_HOURS = float(os.environ.get("BILLING_SYNC_APPROVAL_TIMEOUT_HOURS", "168"))
@@ -73,7 +75,7 @@ _DRY_RUN_DEFAULT = os.environ.get("BILLING_SYNC_DRY_RUN", "0").strip().lower() i
             type=["null", "string"],
             pattern=_MONTH_PATTERN,
             title="Billing month",
-            description="YYYY-MM. Leave empty for the month of the run date.",
+            description=month_field_description(),
         ),
         "effective_date_policy": Param(
             os.environ.get("BILLING_SYNC_EFFECTIVE_DATE_POLICY", "change_date"),
@@ -92,7 +94,7 @@ _DRY_RUN_DEFAULT = os.environ.get("BILLING_SYNC_DRY_RUN", "0").strip().lower() i
         ),
         "dry_run": Param(
             _DRY_RUN_DEFAULT,
-            type="boolean",
+            type=["boolean", "null"],  # optional: the form marks a field required unless it may be null
             title="Dry run",
             description="Everything up to the approval, then the report of what would be written. No writes.",
         ),
@@ -103,7 +105,8 @@ _DRY_RUN_DEFAULT = os.environ.get("BILLING_SYNC_DRY_RUN", "0").strip().lower() i
 def bss_autotask_billing_sync() -> None:
     @task
     def resolve_month() -> str:
-        """The billing month of this run: the `month` param, else the run date's month plus the offset."""
+        """The billing month of this run: the `month` param, else the last closed month of the run date
+        (`include.month_input.default_month`: the run date's month shifted by `BILLING_MONTH_OFFSET`, default -1)."""
         from include.models import BillingMonth
 
         context = get_current_context()
@@ -111,7 +114,7 @@ def bss_autotask_billing_sync() -> None:
         if requested:
             return BillingMonth.parse(requested).key
         run_date = context.get("logical_date") or context["dag_run"].run_after
-        return BillingMonth.of(run_date.date()).shifted(_MONTH_OFFSET).key
+        return default_month(run_date).key
 
     @task
     def extract(month: str) -> dict[str, Any]:

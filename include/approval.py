@@ -234,6 +234,9 @@ class ApprovalSummary:
     quality: list[QualityLine] = field(default_factory=list)
     report_dir: str | None = None
     review_link: str | None = None
+    # the run's files (Data Docs, report) and the months page, as links built from the configured base URL
+    files_link: str | None = None
+    months_link: str | None = None
 
     def count(self, status: str) -> int:
         return self.by_status.get(status, 0)
@@ -300,9 +303,18 @@ def summarise_plan(
     *,
     report_dir: str | None = None,
     review_link: str | None = None,
+    files_link: str | None = None,
+    months_link: str | None = None,
 ) -> ApprovalSummary:
     """What the run's plan would change, what each answer approves, and what holds lines back, for the form."""
-    summary = ApprovalSummary(month=month, run_id=run_id, report_dir=report_dir, review_link=review_link)
+    summary = ApprovalSummary(
+        month=month,
+        run_id=run_id,
+        report_dir=report_dir,
+        review_link=review_link,
+        files_link=files_link,
+        months_link=months_link,
+    )
     rows = _run_rows(warehouse, month, run_id)
     book = PriceBook(warehouse, month, run_id, rows)
     line_approved = _line_approved_ids(warehouse, run_id)
@@ -321,12 +333,12 @@ def summarise_plan(
         elif kind in MONEY_KINDS and status == FLAGGED:
             summary.flagged.add(money)
         if status in (FLAGGED, NEEDS_MAPPING, BLOCKED):
-            # a reason joins several causes with "; ": each counts on its own
-            for reason in dict.fromkeys(part.strip() for part in (row["reason"] or "no reason given").split("; ")):
-                key = (status, reason)
-                reasons[key] += 1
-                if key not in examples:
-                    examples[key] = _line_name(row)
+            # a reason is counted whole: its text is a sentence (names and reasons hold "; " of their own), never
+            # cut into fragments a person cannot read
+            key = (status, (row["reason"] or "no reason given").strip())
+            reasons[key] += 1
+            if key not in examples:
+                examples[key] = _line_name(row)
     summary.answers = _answers(run_id, rows, line_approved, book)
     summary.held_reasons = [
         HeldReason(status=status, reason=reason, lines=lines, example=examples[(status, reason)])
@@ -795,9 +807,7 @@ def render_body(summary: ApprovalSummary, settings: SyncSettings | None = None, 
         f"Run {_code(summary.run_id)}. Nothing has been written to Autotask yet.",
         "",
         "**Your options**",
-        f"- **{OPTION_APPROVE}**: loads these {proposed.lines} lines{one_by_one}: {_kinds(proposed)}.",
-        f"- **{OPTION_APPROVE_WITH_FLAGGED}**: loads these {with_flagged.lines} lines, all {held[FLAGGED]} flagged "
-        f"lines included (read their reasons below first): {_kinds(with_flagged)}.",
+        *_loading_options(proposed, with_flagged, held[FLAGGED], one_by_one),
         f"- **{OPTION_REJECT}**: loads nothing. Without an answer within {_number(settings.approval_timeout_hours)} "
         "hours the month counts as rejected.",
         "",
@@ -861,14 +871,50 @@ def render_body(summary: ApprovalSummary, settings: SyncSettings | None = None, 
         lines += ["", "### Why the policy did not approve this month", ""]
         lines += [f"- {_md(refusal)}" for refusal in refusals]
     lines += ["", "### Where to look", ""]
-    lines.append(f"- Data-quality report (Data Docs): {_code(summary.data_docs_index or 'not written')}")
-    lines.append(f"- Run report (after the load): {_code(summary.report_dir or 'not written yet')}")
+    lines += _where_to_look(summary)
     lines.append(
         f"- Review page (grid, mapping decisions, exports): [open the billing review]({summary.review_link})"
         if summary.review_link
         else "- Review page: not available yet (use the warehouse table plan_actions)"
     )
     return "\n".join(lines)
+
+
+def _loading_options(proposed: AnswerFigures, with_flagged: AnswerFigures, flagged: int, one_by_one: str) -> list[str]:
+    """What the two approving answers load, in words; an answer that loads no line says so (a re-run of a month
+    Autotask already holds offers nothing to load, and approving it closes the month without a write)."""
+    if proposed.lines:
+        approve = f"- **{OPTION_APPROVE}**: loads these {proposed.lines} lines{one_by_one}: {_kinds(proposed)}."
+    else:
+        approve = (
+            f"- **{OPTION_APPROVE}**: nothing to load: no line is proposed (Autotask already holds what the BSS "
+            "billed, or every line is held back below). Approving closes the month without writing to Autotask."
+        )
+    if with_flagged.lines and flagged:
+        flagged_text = (
+            f"- **{OPTION_APPROVE_WITH_FLAGGED}**: loads these {with_flagged.lines} lines, all {flagged} flagged "
+            f"lines included (read their reasons below first): {_kinds(with_flagged)}."
+        )
+    elif with_flagged.lines:
+        flagged_text = f"- **{OPTION_APPROVE_WITH_FLAGGED}**: no line is flagged: the same as {OPTION_APPROVE}."
+    else:
+        flagged_text = f"- **{OPTION_APPROVE_WITH_FLAGGED}**: nothing to load either: no line is proposed or flagged."
+    return [approve, flagged_text]
+
+
+def _where_to_look(summary: ApprovalSummary) -> list[str]:
+    """Links a person can open (built from the configured base URL), never a path on the server."""
+    if summary.files_link is None:  # no address known: say where the files are without a server path
+        return [
+            "- Data-quality report (Data Docs) and run report: on the Billing months page of the Airflow UI "
+            "(Browse → Billing months)"
+        ]
+    docs = f"[open the Data Docs]({summary.files_link}/index.html)" if summary.data_docs_index else "not written yet"
+    months = f"[the Billing months page]({summary.months_link})" if summary.months_link else "the Billing months page"
+    return [
+        f"- Data-quality report (Data Docs): {docs}",
+        f"- Run report: written when the run ends (also for a rejection); open it from {months}",
+    ]
 
 
 # -- helpers --------------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 SYNC_DAG_ID = "bss_autotask_billing_sync"
 REVERSAL_DAG_ID = "bss_autotask_billing_reversal"
+AUDIT_DAG_ID = "bss_autotask_billing_audit"
 BILLING_DAG_IDS = (SYNC_DAG_ID, REVERSAL_DAG_ID)
 
 # The task of each DAG that asks a person for the approval (Browse → Required Actions).

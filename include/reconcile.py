@@ -66,6 +66,7 @@ from include.plan import (
     sql_in,
 )
 from include.prices import PricePolicy, PriceRule, policy_of, price_policy_overrides
+from include.review_words import units_text
 from include.sync_settings import RECURRING_SERVICE_CONTRACT_TYPE, SyncSettings
 from include.warehouse import Warehouse, sql
 
@@ -1159,7 +1160,7 @@ class _PlanBuilder:
                 holds.append(
                     Hold(
                         ActionStatus.FLAGGED,
-                        f"decrease of {-unit_change} units inside a {info['commitment_months']}-month commitment",
+                        f"decrease of {units_text(-unit_change)} inside a {info['commitment_months']}-month commitment",
                     )
                 )
             if contract_start is not None and row.point < contract_start:

@@ -59,6 +59,7 @@ from include.money import (
     units_text,
 )
 from include.quality import data_docs_dir
+from include.review_words import score_text
 from include.warehouse import Warehouse, utcnow
 
 log = logging.getLogger(__name__)
@@ -995,7 +996,7 @@ def _tasks(content: Content, suggestions: Sequence[Mapping[str, Any]]) -> list[T
                 status="open",
                 detail=(
                     f"{suggestion['source_name'] or suggestion['source_key']} → "
-                    f"{suggestion['target_name'] or suggestion['target_id']} (score {_decimal(suggestion['score'])})"
+                    f"{suggestion['target_name'] or suggestion['target_id']} (score {score_text(suggestion['score'])})"
                     + (f": {suggestion['reason']}" if suggestion.get("reason") else "")
                 ),
             )

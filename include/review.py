@@ -996,27 +996,31 @@ def _minus(line: Any) -> Decimal | None:
 
 
 def _change_text(kind: str, line: Any, payload: Mapping[str, Any], row: Mapping[str, Any] | None = None) -> str:
+    """One phrase per change, the kind included ("+3 units from 18 Oct 2026", "new company X", "extend contract to
+    2 Oct 2027"): the grid shows it alone."""
+    from include.review_words import day_text, units_text
+
     if kind == "adjust_units" and line.unit_change is not None:
-        return f"{_signed(line.unit_change)} units"
+        sign = "-" if line.unit_change < 0 else "+"
+        since = f" from {day_text(line.effective_date)}" if line.effective_date else ""
+        return f"{sign}{units_text(line.unit_change)}{since}"
     if kind == "change_cost":
         return f"unit cost {_plain(line.unit_cost_before)} → {_plain(line.unit_cost_after)}"
     if kind == "change_price":
         before = row.get("unit_price_before") if row is not None else None
         return f"unit price {_plain(before)} → {_plain(payload.get('adjustedUnitPrice'))}"
     if kind == "extend_contract":
-        before = line.end_date_before.isoformat() if line.end_date_before else "?"
-        after = line.end_date_after.isoformat() if line.end_date_after else "?"
-        return f"end date {before} → {after}"
+        return f"extend contract to {day_text(line.end_date_after)}"
     if kind == "create_company":
-        return f"create company {payload.get('companyName') or ''}".strip()
+        return f"new company {payload.get('companyName') or ''}".strip()
     if kind == "create_service":
-        return f"create service {payload.get('name') or ''}".strip()
+        return f"new service {payload.get('name') or ''}".strip()
     if kind == "create_contract":
-        return f"create contract {payload.get('contractName') or ''}".strip()
+        return f"new contract {payload.get('contractName') or ''}".strip()
     if kind == "create_contract_service":
         return "add the service to the contract"
     if kind == "review_unbilled":
-        return "review: the BSS no longer bills this contract service"
+        return "check by hand: the BSS no longer bills this contract service"
     return KIND_LABELS.get(kind, kind)
 
 
@@ -1074,7 +1078,9 @@ def line_detail(warehouse: Warehouse, run_id: str, action_id: str) -> dict[str, 
         " WHERE action_id = :id AND run_id = :run_id",
         {"id": action_id, "run_id": run_id},
     )
-    plan_row = plan_rows[0]
+    # a line without an account of its own (an extend-contract line) still asks about its customer's company: the
+    # decision its reason asks for (confirm the suggested company) is offered on the line itself
+    plan_row = {**plan_rows[0], "account_id": plan_rows[0]["account_id"] or row["account_id"] or None}
     sources = []
     for kind, source_key in _sources_of(plan_row, _json_list(plan_row["subscription_ids"])):
         link = warehouse.query(
@@ -1120,7 +1126,8 @@ def line_detail(warehouse: Warehouse, run_id: str, action_id: str) -> dict[str, 
 def search_targets(
     warehouse: Warehouse, run_id: str, kind: str, text: str, company_id: int | None = None
 ) -> list[dict]:
-    """Autotask records of the run's snapshot whose name, number/SKU or id contains the text."""
+    """Autotask records of the run's snapshot whose name, number/SKU or id contains the text; companies with what
+    tells two of one name apart (`_company_particulars`: address, city, active contracts, linked BSS accounts)."""
     if kind not in TARGET_NOUN:
         raise ReviewError(422, f"kind must be one of company, contract, service, not {kind!r}")
     needle = "%" + text.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
@@ -1163,7 +1170,7 @@ def search_targets(
                 sa.text(statement + f" LIMIT {SEARCH_LIMIT}"), {"run_id": run_id, "q": needle, "company": company_id}
             ).mappings()
         ]
-    return [
+    found = [
         {
             "id": int(row["id"]),
             "name": row["name"],
@@ -1173,6 +1180,44 @@ def search_targets(
         }
         for row in rows
     ]
+    return _company_particulars(warehouse, run_id, found) if kind == "company" and found else found
+
+
+def _company_particulars(warehouse: Warehouse, run_id: str, companies: list[dict]) -> list[dict]:
+    """Each company with its address and city, its active contracts in the snapshot and the BSS accounts already
+    linked to it (remembered links and this run's links): what tells "Hart & Hale Ltd" from "Hart & Hale Ltd"."""
+    ids = [company["id"] for company in companies]
+    condition, params = sql_in("company_id", ids, "company")
+    targets, target_params = sql_in("target_id", ids, "company")
+    params = {"run_id": run_id, **params, **target_params}
+    places = {
+        int(row["company_id"]): row
+        for row in warehouse.query(
+            f"SELECT company_id, address, city FROM at_companies WHERE run_id = :run_id AND {condition}", params
+        )
+    }
+    contracts = {
+        int(row["company_id"]): int(row["contracts"])
+        for row in warehouse.query(
+            "SELECT company_id, COUNT(*) AS contracts FROM at_contracts WHERE run_id = :run_id"
+            f" AND (status IS NULL OR status = 1) AND {condition} GROUP BY company_id",
+            params,
+        )
+    }
+    accounts: dict[int, set[str]] = {}
+    for row in warehouse.query(
+        f"SELECT target_id, source_key FROM month_links WHERE run_id = :run_id AND kind = 'company' AND {targets}"
+        f" UNION SELECT target_id, source_key FROM mapping_links WHERE kind = 'company' AND {targets}",
+        params,
+    ):
+        accounts.setdefault(int(row["target_id"]), set()).add(str(row["source_key"]))
+    for company in companies:
+        place = places.get(company["id"]) or {}
+        company["address"] = place.get("address")
+        company["city"] = place.get("city")
+        company["active_contracts"] = contracts.get(company["id"], 0)
+        company["linked_accounts"] = sorted(accounts.get(company["id"], set()))
+    return companies
 
 
 def _casefold_sql(warehouse: Warehouse) -> Any:
@@ -1913,7 +1958,7 @@ def decisions_of(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
         " note FROM review_decisions WHERE run_id = :run_id ORDER BY decided_at DESC",
         {"run_id": run_id},
     )
-    return [
+    decisions = [
         {
             **{key: _jsonable(value) for key, value in row.items() if key not in ("before_state", "after_state")},
             "before": json.loads(row["before_state"]),
@@ -1921,6 +1966,34 @@ def decisions_of(warehouse: Warehouse, run_id: str) -> list[dict[str, Any]]:
         }
         for row in rows
     ]
+    return _in_words(warehouse, run_id, decisions)
+
+
+def _in_words(warehouse: Warehouse, run_id: str, decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The audit rows with the words the page shows (`include.review_words.describe_decisions`): the line or the
+    link each one changed, named, instead of ids and JSON."""
+    from include.review_words import describe_decisions
+
+    action_ids = sorted({str(entry["action_id"]) for entry in decisions if entry.get("action_id")})
+    lines: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(action_ids), 500):
+        condition, params = sql_in("action_id", action_ids[start : start + 500], "line")
+        for found in warehouse.query(
+            f"SELECT action_id, customer, product, subscription, change FROM review_grid_lines"
+            f" WHERE run_id = :run_id AND {condition}",
+            {"run_id": run_id, **params},
+        ):
+            lines[str(found["action_id"])] = dict(found)
+    sources = {(str(e["kind"]), str(e["source_key"])) for e in decisions if e.get("kind") and e.get("source_key")}
+    names = {(kind, key): _source_name(warehouse, kind, key) for kind, key in sources}
+    targets = {
+        (str(e["kind"]), int(target)): _target_name(warehouse, run_id, str(e["kind"]), int(target))
+        for e in decisions
+        if e.get("kind")
+        for target in (e.get("target_id"), (e.get("after") or {}).get("target_id"))
+        if target is not None
+    }
+    return describe_decisions(decisions, lines, names, targets)
 
 
 # -- the months overview ----------------------------------------------------------------------------------------
@@ -2110,6 +2183,20 @@ def review_path(dag_id: str, run_id: str) -> str:
     from urllib.parse import quote
 
     return f"/billing/run/{quote(dag_id, safe='')}/{quote(run_id, safe='')}"
+
+
+def run_files_url(month: str, run_id: str, base_url: str | None = None) -> str:
+    """Where the review plugin serves the run's Data Docs and report (`/billing/files/<month>/<run folder>`)."""
+    from urllib.parse import quote
+
+    from include.quality import data_docs_dir
+
+    folder = data_docs_dir(month, run_id)
+    return (base_url or "").rstrip("/") + f"/billing/files/{quote(folder.parent.name)}/{quote(folder.name)}"
+
+
+def months_url(base_url: str | None = None) -> str:
+    return (base_url or "").rstrip("/") + "/billing/months"
 
 
 def review_url(dag_id: str, run_id: str, base_url: str | None = None) -> str:

@@ -233,7 +233,15 @@ def _company_row(run_id: str, record: dict, settings: SyncSettings, currency: Co
         "phone": record.get("phone"),
         "external_key": key or None,
         "currency": currency.of(record),
+        # what tells companies of one name apart in the review's search
+        "address": _text_or_none(record.get("address1"), 150),
+        "city": _text_or_none(record.get("city"), 50),
     }
+
+
+def _text_or_none(value: object, limit: int) -> str | None:
+    text = str(value).strip() if value is not None else ""
+    return text[:limit] or None
 
 
 def _contract_row(run_id: str, record: dict) -> dict:

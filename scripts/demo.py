@@ -10,18 +10,21 @@ Autotask sandbox, verified and reported. Everything it starts, it stops.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "plugins")]
 
-from include.identifiers import SYNC_DAG_ID  # noqa: E402
+from include.identifiers import APPROVAL_TASK_IDS, SYNC_DAG_ID  # noqa: E402
 from scripts.approve import OPTION_APPROVE  # noqa: E402
 from scripts.run import api_for, local_auth_environment, start_api_server, wait_for_approval  # noqa: E402
 from stacks.launcher import RunningServer, start_server  # noqa: E402
@@ -105,7 +108,7 @@ def approve_when_asked(month: str, env: dict[str, str]) -> None:
     approval = wait_for_approval(api, month, lambda: True)
     if approval is None:
         return
-    print("\n" + approval.body + "\n", flush=True)
+    print("\n" + without_ui_links(approval.body) + "\n", flush=True)
     step(f"approving the proposed actions of {month} as admin (what `make approve MONTH={month}` does)")
     api.answer(approval, OPTION_APPROVE)
 
@@ -146,17 +149,71 @@ def run_dag(month: str, env: dict[str, str], log_path: Path) -> int:
         return process.wait()
 
 
+_TASK_ID = re.compile(r"task_id=['\"]?([\w.-]+)")
+_LOGGER_TRAILER = re.compile(r"\s+\[[\w.]+\](\s+\w+=\S*)*\s*$")
+_UI_LINK = re.compile(r"\[([^\]]+)\]\((/[^)\s]*)\)")
+
+
 def _readable(line: str, task_id: str) -> str:
-    """`2026-…Z [info     ] message [logger] loc=… k=v` → `info  message` (task states as `task → state`)."""
+    """`2026-…Z [info     ] message [logger] loc=… k=v` → `info  message` (task states as `task → state`); a
+    message that ends in a task's result (a dict) becomes a few plain lines of figures, never a cut dict."""
     text = line.rstrip()
     if "new_state=" in text:
-        state = text.split("new_state=", 1)[1].split()[0]
-        return f"{task_id} → {state}"
+        state = text.split("new_state=", 1)[1].split()[0].strip("'\",")
+        named = _TASK_ID.search(text)
+        if state == "awaiting_input":  # only the approval task waits for a person
+            return (
+                f"{APPROVAL_TASK_IDS[DAG_ID]} → awaiting_input: the month waits for a person's approval (the demo "
+                "answers it below; in Airflow: Browse → Required Actions, or `make approve`)"
+            )
+        return f"{named.group(1) if named else task_id} → {state}"
     if text[:4].isdigit() and "] " in text:
         level = text.split("[", 1)[1].split("]", 1)[0].strip()
-        message = text.split("] ", 1)[1].split(" [", 1)[0].rstrip()
+        message = _LOGGER_TRAILER.sub("", text.split("] ", 1)[1]).rstrip()
+        summary = _figures(message)
+        if summary is not None:
+            return "\n   ".join([f"{level:<7} {summary[0]}", *(f"        {line}" for line in summary[1:])])
         return clip(f"{level:<7} {message}")
     return clip(text)
+
+
+def _figures(message: str, width: int = 100) -> list[str] | None:
+    """`reconcile run-1 for 2026-10: {'actions': 92, 'by_kind': {...}}` → the head, then the figures as short plain
+    lines (`actions 92`, `by kind: adjust units 42, create company 7`); None when the message holds no dict."""
+    head, brace, rest = message.partition(": {")
+    if not brace:
+        return None
+    try:
+        figures = ast.literal_eval("{" + rest)
+    except (ValueError, SyntaxError):
+        return None
+    if not isinstance(figures, dict):
+        return None
+    items = [_item(key, value) for key, value in figures.items() if key not in ("run_id", "month", "seconds")]
+    lines, current = [], ""
+    for item in (item for item in items if item):
+        if current and len(current) + 2 + len(item) > width:
+            lines.append(current)
+            current = item
+        else:
+            current = f"{current}; {item}" if current else item
+    return [head + ":", *lines, *([current] if current else [])]
+
+
+def _item(key: Any, value: Any) -> str:
+    name = str(key).replace("_", " ")
+    if isinstance(value, dict):
+        inner = ", ".join(filter(None, (_item(k, v) for k, v in value.items())))
+        return f"{name}: {inner}" if inner else ""
+    if isinstance(value, list | tuple):
+        return f"{name} {len(value)}"
+    return f"{name} {value}"
+
+
+def without_ui_links(body: str) -> str:
+    """The approval form for a terminal: a link into the Airflow UI (`/billing/…`, a server that stops with the demo)
+    becomes its words and how to open it (`make ui`)."""
+    return _UI_LINK.sub(lambda link: f"{link.group(1)} (in the Airflow UI: `make ui`)", body)
 
 
 def clip(text: str, limit: int = 240) -> str:

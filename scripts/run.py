@@ -16,6 +16,7 @@ scheduler), so an unanswered approval times out as it would in a deployment.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -164,6 +165,9 @@ def run_month(
         process = start_dag_run(env, {"month": month, **(conf or {})}, log_path)
         try:
             approval = wait_for_approval(api, month, lambda: process.poll() is None)
+            if approval is not None:  # `airflow dags test` names the run by its date: the note names the month
+                with contextlib.suppress(ApprovalError):
+                    api.set_note(DAG_ID, approval.run_id, f"Billing month {month}: waiting for approval")
             if approval is not None and on_approval is not None:
                 threading.Thread(target=on_approval, args=(approval,), daemon=True).start()
             last_sweep = time.monotonic()

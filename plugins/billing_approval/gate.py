@@ -157,6 +157,7 @@ def approval_form(
     from include.plan import load_plan
     from include.quality import data_docs_dir
     from include.reversal import describe_reversal
+    from include.review import months_url, run_files_url
     from include.runs import billing_run
 
     summary = summarise_plan(
@@ -165,6 +166,8 @@ def approval_form(
         run_id,
         report_dir=str(data_docs_dir(month, run_id)),
         review_link=_review_link(dag_id, run_id),
+        files_link=_base_url() + run_files_url(month, run_id),
+        months_link=_base_url() + months_url(),
     )
     outcome = gate(summary, settings, known_users=known_users() if known is None else known)
     run = billing_run(warehouse, run_id)
@@ -217,6 +220,13 @@ def _run_settings(warehouse: Any, run_id: str, context: Any) -> Any:
         return run.sync_settings()
     params = context.get("params") or {}
     return replace(SyncSettings.from_env(), dry_run=bool(params.get("dry_run")))
+
+
+def _base_url() -> str:
+    """`[api] base_url` without its trailing slash ("" when unset: the links are then paths of the Airflow UI)."""
+    from airflow.configuration import conf
+
+    return (conf.get("api", "base_url", fallback="") or "").rstrip("/")
 
 
 def _review_link(dag_id: str, run_id: str) -> str:

@@ -10,10 +10,17 @@ DAGs' approval tasks this root middleware asks `include.approval.check_answer` f
   decisions were taken after it was shown), gets 409: reload the form, it shows what approving loads now.
 Everything else goes on to Airflow unchanged (its own checks: login, permissions, an answer given already). The
 approval task checks the same again under the month's lock when it records the answer.
+
+Answers to one approval go to Airflow one after the other: a double-click on "Approve proposed" sends two answers at
+once, and Airflow, which checks "answered already" before it writes, would take both. One after the other, the second
+finds the first recorded and Airflow refuses it (409): one answer is recorded. (The lock is one api-server
+process's: with several api-server workers two answers may still reach Airflow together; the approval task then
+records the first.)
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -29,6 +36,7 @@ log = logging.getLogger(__name__)
 
 _ANSWER_PATH = re.compile(r"^/api/v2/dags/([^/]+)/dagRuns/([^/]+)/taskInstances/([^/]+)/(-?\d+)/hitlDetails/?$")
 _MAX_ANSWER_BYTES = 64 * 1024
+_ANSWERING: dict[tuple[str, str, str], asyncio.Lock] = {}
 
 
 class ApprovalAnswerGuard:
@@ -71,7 +79,9 @@ class ApprovalAnswerGuard:
             replayed = True
             return {"type": "http.request", "body": body, "more_body": False}
 
-        await self.app(scope, replay, send)
+        lock = _ANSWERING.setdefault((dag_id, run_id, task_id), asyncio.Lock())
+        async with lock:  # a second answer (a double-click) finds the first one recorded: Airflow answers 409
+            await self.app(scope, replay, send)
 
     async def _refusal(self, scope: Any, dag_id: str, run_id: str, body: bytes) -> tuple[int, str] | None:
         user = await _user_of(scope)

@@ -689,10 +689,13 @@ def _page(request: Request, template: str, context: dict[str, Any]) -> HTMLRespo
     if _TEMPLATES is None:
         from jinja2 import Environment, FileSystemLoader
 
+        from include.review_words import plain_number
+
         _TEMPLATES = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=True,
         )
+        _TEMPLATES.filters["plain_number"] = plain_number  # units as people write them: 668, not 668.0
     html = _TEMPLATES.get_template(template).render(prefix=_prefix(request), **context)
     return HTMLResponse(
         html,

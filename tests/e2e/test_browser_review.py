@@ -184,8 +184,9 @@ def test_the_review_page_sorts_filters_searches_decides_and_exports(
     page.get_by_test_id("apply-filters").click()
     grid_settled(page)
     assert rows(page).count() > 0
-    customers = rows(page).locator("[data-testid=cell-customer]").all_inner_texts()
-    assert all(text.splitlines() == [XSS_NAME, XSS_ACCOUNT] for text in customers), customers
+    customers = rows(page).locator("[data-testid=cell-customer]")
+    assert set(customers.all_inner_texts()) == {XSS_NAME}
+    assert set(customers.evaluate_all("cells => cells.map(cell => cell.title)")) == {f"{XSS_NAME} · {XSS_ACCOUNT}"}
     assert page.locator("#grid img").count() == 0 and page.locator("img[src=x]").count() == 0
     shot(page, "12-review-search-xss")
     page.get_by_test_id("search").fill("")
@@ -276,6 +277,139 @@ def test_the_review_page_sorts_filters_searches_decides_and_exports(
     assert page.dialogs == []
 
 
+def status_counts(page) -> dict[str, int]:
+    """The status filter's counts as the page shows them (`needs-mapping (24)`)."""
+    texts = page.get_by_test_id("filter-status").locator("option[value]:not([value=''])").all_inner_texts()
+    return {text.rsplit(" (", 1)[0]: int(text.rsplit(" (", 1)[1].rstrip(")")) for text in texts}
+
+
+def test_a_wrong_month_in_the_trigger_form_is_explained_in_words(stack: LocalAirflow, page) -> None:
+    """Airflow's own Trigger dialog: a month written otherwise is refused with a sentence (not a JSON-schema dump),
+    and the month field says what an empty month bills; no run is created."""
+    from playwright.sync_api import expect
+
+    with closing(stack.client()) as client:
+        stack.wait_for_dag(client)
+        runs_before = client.get(f"/api/v2/dags/{DAG_ID}/dagRuns").json()["total_entries"]
+    page.goto(f"{stack.url}/dags/{DAG_ID}")
+    page.get_by_role("button", name="Trigger").first.click()
+    month = page.locator("#element_month")
+    month.wait_for(timeout=30_000)
+    expect(page.get_by_text("Leave empty for the last closed month").first).to_be_visible()
+    month.fill("Nov 2026")
+    page.get_by_role("dialog").get_by_role("button", name="Trigger").last.click()
+    message = page.get_by_text('Billing month: "Nov 2026" is not a month the sync understands')
+    expect(message.first).to_be_visible(timeout=30_000)
+    dialog = page.get_by_role("dialog").inner_text()
+    assert "Did you mean 2026-11?" in dialog and "Failed validating" not in dialog and "\\d{4}" not in dialog
+    shot(page, "07-trigger-form-wrong-month")
+    with closing(stack.client()) as client:
+        assert client.get(f"/api/v2/dags/{DAG_ID}/dagRuns").json()["total_entries"] == runs_before
+    assert page.dialogs == []
+
+
+def review_frame(page):
+    """The review page inside the run's "Billing review" tab of the Airflow UI (an iframe)."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for frame in page.frames:
+            if "/billing/run/" in frame.url:
+                frame.wait_for_selector('#review[data-ready="true"]', timeout=30_000)
+                return frame
+        page.wait_for_timeout(250)
+    raise AssertionError(f"no review frame among {[frame.url for frame in page.frames]}")
+
+
+def test_the_grid_fits_airflows_tab_one_line_a_row_with_more_columns_on_demand(
+    stack: LocalAirflow, pending_run: str, page
+) -> None:
+    page.goto(f"{stack.url}/dags/{DAG_ID}/runs/{quote(pending_run, safe='')}")
+    page.get_by_text("Billing review").first.click()
+    frame = review_frame(page)
+    # no horizontal scroll inside the tab, and a plain line is one line high
+    width = frame.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert width[0] <= width[1], width
+    heights = frame.locator("#grid-body tr[data-testid=grid-row]").evaluate_all(
+        "rows => rows.map(row => row.getBoundingClientRect().height)"
+    )
+    assert heights and max(heights) <= 40, heights
+    # the deciding columns first; a long text is cut, and whole on hover
+    shown = frame.locator("#grid thead th").evaluate_all(
+        "cells => cells.filter(cell => getComputedStyle(cell).display !== 'none').map(cell => cell.dataset.col)"
+    )
+    assert shown[:4] == ["seq", "customer", "product", "unit_change"] and {"status", "mapping"} <= set(shown)
+    assert not {"subscription", "bss_units", "autotask_units"} & set(shown)
+    cut = frame.locator("#grid-body td[data-col=reason]").evaluate_all(
+        "cells => cells.filter(cell => cell.scrollWidth > cell.clientWidth).map(cell => [cell.textContent, cell.title])"
+    )
+    assert cut and all(text == title for text, title in cut), cut[:3]
+    shot(page, "17-grid-in-airflows-tab")
+    # more columns on demand, still within the tab; the choice stays after a reload
+    frame.locator("#column-chooser summary").click()
+    frame.get_by_test_id("column-bss_units").check()
+    assert frame.locator("#grid-body td[data-col=bss_units]").first.is_visible()
+    width = frame.evaluate("[document.documentElement.scrollWidth, document.documentElement.clientWidth]")
+    assert width[0] <= width[1], width
+    frame.goto(frame.url)
+    frame.wait_for_selector('#review[data-ready="true"]', timeout=30_000)
+    assert frame.locator("#grid-body td[data-col=bss_units]").first.is_visible()
+    frame.locator("#column-chooser summary").click()
+    frame.get_by_test_id("column-bss_units").uncheck()
+    assert page.dialogs == []
+
+
+def test_a_lower_lines_detail_opens_under_it_offers_its_decision_and_the_counts_follow(
+    stack: LocalAirflow, pending_run: str, page
+) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(review_url(stack, pending_run, "sort=seq&dir=asc"))
+    grid_settled(page)
+    # the last line of the page: its detail opens right under it, in view
+    last = rows(page).last
+    last.click()
+    page.get_by_test_id("detail-row").wait_for(timeout=30_000)
+    assert last.evaluate("row => row.nextElementSibling.id") == "detail-row"
+    box, viewport = page.get_by_test_id("line-detail").bounding_box(), page.viewport_size
+    assert box is not None and 0 <= box["y"] < viewport["height"], box
+    shot(page, "15-detail-under-its-row")
+
+    # the extend-contract line that asks to confirm its customer's company has the Confirm button itself
+    asking = [
+        line
+        for line in api_lines(stack, pending_run, kind="extend_contract", page_size="500")["lines"]
+        if "confirm that company" in line["reason"]
+    ]
+    assert asking, "the month has no extend-contract line waiting on its customer's company"
+    line = asking[0]
+    company = line["reason"].split("belongs to company ", 1)[1].split(":", 1)[0]
+    page.get_by_test_id("filter-kind").select_option("extend_contract")
+    grid_settled(page)
+    counts_before = status_counts(page)
+    page.locator(f"#grid-body tr[data-action-id='{line['action_id']}']").click()
+    confirm = page.locator(
+        f"[data-testid=source-company] li[data-target-id='{company}'] [data-testid=confirm-suggestion]"
+    )
+    confirm.wait_for(timeout=30_000)
+    shot(page, "16-extend-contract-confirms-its-company")
+    page.evaluate("document.getElementById('review').removeAttribute('data-last-decision')")
+    confirm.click()
+    page.wait_for_selector('#review[data-last-decision="confirm_suggestion"]', timeout=30_000)
+    grid_settled(page)
+    expect(page.get_by_test_id("detail-message")).to_contain_text("Saved: confirm_suggestion.", timeout=30_000)
+
+    # the status counts follow the decision without a reload, and match the server's
+    counts_after = status_counts(page)
+    served = api_lines(stack, pending_run)["counts"]["status"]
+    assert counts_after == {status: count for status, count in served.items() if count}
+    assert counts_after.get("needs-mapping", 0) < counts_before["needs-mapping"]
+    page.get_by_test_id("filter-kind").select_option("")
+    grid_settled(page)
+    assert page.dialogs == []
+
+
 def test_the_approval_answered_in_required_actions_lets_the_run_load(
     stack: LocalAirflow, pending_run: str, page
 ) -> None:
@@ -293,8 +427,11 @@ def test_the_approval_answered_in_required_actions_lets_the_run_load(
     assert page.get_by_text(f"Billing month {MONTH}: changes for Autotask").first.is_visible()
     review_link = page.get_by_role("link", name="open the billing review")
     assert review_link.get_attribute("href").endswith(f"/billing/run/{DAG_ID}/{quote(pending_run, safe='')}")
+    # where to look: links a person can open, never a path on the server
+    assert page.get_by_role("link", name="open the Data Docs").count() == 1
+    assert "/var/" not in page.get_by_text("Where to look").locator("xpath=following-sibling::*[1]").inner_text()
     shot(page, "02-approval-form")
-    approve.click()
+    approve.dblclick()  # a double-click records one answer (the approval guard takes answers one after the other)
 
     with closing(stack.client()) as client:
         states = stack.wait_for_task_state(client, pending_run, "report", ("success",), timeout_s=900)
@@ -396,7 +533,8 @@ def test_a_rerun_of_the_month_leaves_the_first_runs_review_as_it_was_and_the_mon
     page.goto(review_url(stack, pending_run))
     grid_settled(page)
     assert totals(page) == totals_before
-    assert "Decisions are closed" in page.get_by_test_id("run-state").inner_text()
+    banner = page.get_by_test_id("run-state").inner_text()
+    assert "Decisions are closed" in banner and banner.lower().count("decisions are closed") == 1, banner
     assert files_of(folder) == files_before
     crafted_folder = stack.settings.data_docs_dir / MONTH / data_docs_dir(MONTH, crafted).name
     assert crafted_folder != folder and (crafted_folder / "report.html").is_file()

@@ -18,6 +18,11 @@
     return node;
   }
   function value(v) { return v === null || v === undefined ? "" : v; }
+  // a moment in the reader's own time zone, to the minute, the zone named: "8 Dec 2026, 01:42 CET"
+  function when(iso) {
+    if (!iso) { return ""; }
+    return new Date(iso).toLocaleString(undefined, { day: "numeric", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit", timeZoneName: "short" });
+  }
   // money to 2 decimals with thousands separators (the server sends the page's texts; this only for the cost spans)
   function money(v) { return Number(v).toLocaleString("en-GB", { minimumFractionDigits: 2, maximumFractionDigits: 2 }); }
 
@@ -62,6 +67,7 @@
       renderRows(page.lines);
       renderTotals(page.totals);
       renderOneOff(page.one_off || []);
+      renderCounts(page.counts);
       $("page-info").textContent = "page " + page.page + " of " + page.pages + " · " + page.matching + " of " + page.total_lines + " lines";
       $("page-prev").disabled = page.page <= 1;
       $("page-next").disabled = page.page >= page.pages;
@@ -73,42 +79,97 @@
     }).catch(function (error) { body.setAttribute("data-loading", "false"); say(error.message, true); });
   }
 
-  function cell(row, main, hint, cls) {
-    var td = el("td", null, cls ? { "class": cls } : {});
+  // One line per cell: the text cut by the stylesheet, the whole of it (and what used to be a second line) on hover.
+  function cell(row, col, main, hint, cls) {
+    var td = el("td", null, { "data-col": col });
+    if (cls) { td.className = cls; }
     td.appendChild(document.createTextNode(String(value(main))));
-    if (hint) { td.appendChild(el("br")); td.appendChild(el("span", hint, { "class": "hint" })); }
+    var whole = [value(main), value(hint)].filter(function (part) { return part !== ""; }).join(" · ");
+    if (whole) { td.title = whole; }
     row.appendChild(td);
     return td;
   }
 
+  // The filter's counts follow every decision (a decision re-plans lines: their statuses and mappings change).
+  function renderCounts(counts) {
+    if (!counts) { return; }
+    [["filter-status", "status"], ["filter-kind", "kind"], ["filter-mapping", "mapping"]].forEach(function (pair) {
+      var select = $(pair[0]);
+      var chosen = select.value;
+      var options = [el("option", "all", { "value": "" })];
+      Object.keys(counts[pair[1]] || {}).forEach(function (key) {
+        if (!key) { return; }
+        var label = pair[1] === "kind" ? key.replace(/_/g, " ") : key;  // "adjust units", not the id adjust_units
+        options.push(el("option", label + " (" + counts[pair[1]][key] + ")", { "value": key, "data-count": String(counts[pair[1]][key]) }));
+      });
+      if (chosen && !counts[pair[1]][chosen]) { options.push(el("option", chosen + " (0)", { "value": chosen, "data-count": "0" })); }
+      select.replaceChildren.apply(select, options);
+      select.value = chosen;
+    });
+  }
+
+  // The line's detail opens right under its row (and scrolls into view), not at the top of a long page.
+  function placeDetail(scroll) {
+    var panel = $("line-detail");
+    var holder = $("detail-row");
+    var row = selected ? document.querySelector('#grid-body tr[data-action-id="' + CSS.escape(selected) + '"]') : null;
+    if (!row || panel.hidden) {
+      $("detail-home").appendChild(panel);
+      if (holder) { holder.remove(); }
+      return;
+    }
+    if (!holder) {
+      holder = el("tr", null, { "id": "detail-row", "class": "detail-row", "data-testid": "detail-row" });
+      holder.appendChild(el("td"));
+    }
+    holder.firstChild.colSpan = Array.prototype.filter.call(row.children, function (td) {
+      return window.getComputedStyle(td).display !== "none";
+    }).length;
+    holder.firstChild.appendChild(panel);
+    row.after(holder);
+    if (scroll) { panel.scrollIntoView({ block: "nearest" }); }
+  }
+
   function renderRows(lines) {
     var tbody = $("grid-body");
+    $("detail-home").appendChild($("line-detail"));
     tbody.replaceChildren();
     lines.forEach(function (line) {
       var tr = el("tr", null, { "data-testid": "grid-row", "data-action-id": line.action_id, "data-status": line.status, "class": "status-" + line.status });
-      cell(tr, line.seq, null, "num");
-      cell(tr, line.customer, line.account_id).setAttribute("data-testid", "cell-customer");
-      cell(tr, line.subscription, line.contract);
-      cell(tr, line.product, line.sku);
-      cell(tr, line.billing_period, line.commitment);
-      cell(tr, line.text.bss_units, null, "num");
-      cell(tr, line.text.autotask_units, null, "num");
-      cell(tr, line.kind_label + ": " + line.change);
-      cell(tr, line.effective_date);
-      var price = cell(tr, line.text.unit_price + " " + line.currency, "BSS " + (line.text.bss_unit_price || "–") + " · Autotask " + (line.text.autotask_unit_price || "–"), "num");
+      cell(tr, "seq", line.seq, null, "num");
+      cell(tr, "customer", line.customer, line.account_id).setAttribute("data-testid", "cell-customer");
+      cell(tr, "product", line.product, line.sku);
+      var change = cell(tr, "unit_change", line.change);
+      change.setAttribute("data-testid", "cell-change");
+      change.title = line.kind_label + ": " + line.change;
+      var t = line.text || {};
+      var price = cell(tr, "unit_price", t.unit_price ? t.unit_price + " " + line.currency : "", "BSS " + (t.bss_unit_price || "–") + " · Autotask " + (t.autotask_unit_price || "–"), "num");
       price.setAttribute("data-testid", "cell-unit-price");
-      if (line.below_cost) { price.insertBefore(el("br"), price.childNodes[1]); price.insertBefore(el("span", "sold below cost", { "class": "badge status-blocked" }), price.childNodes[2]); }
-      cell(tr, line.text.unit_cost + " " + line.currency, "BSS " + (line.text.bss_unit_cost || "–") + " · Autotask " + (line.text.autotask_unit_cost || "–"), "num").setAttribute("data-testid", "cell-unit-cost");
-      cell(tr, line.text.billed_change, null, "num").setAttribute("data-testid", "cell-billed");
-      cell(tr, line.text.cost_change, null, "num").setAttribute("data-testid", "cell-cost");
-      cell(tr, line.text.margin_change, null, "num").setAttribute("data-testid", "cell-margin");
-      cell(tr, line.mapping, line.mapping_detail);
-      var status = cell(tr, line.status, line.line_approved_by ? "line approved by " + line.line_approved_by : null);
+      if (line.below_cost) {
+        price.appendChild(document.createTextNode(" "));
+        price.appendChild(el("span", "below cost", { "class": "badge status-blocked", "title": "sold below cost: price " + t.unit_price + ", cost " + t.unit_cost }));
+      }
+      cell(tr, "unit_cost", t.unit_cost ? t.unit_cost + " " + line.currency : "", "BSS " + (t.bss_unit_cost || "–") + " · Autotask " + (t.autotask_unit_cost || "–"), "num").setAttribute("data-testid", "cell-unit-cost");
+      cell(tr, "billed_change", t.billed_change, null, "num").setAttribute("data-testid", "cell-billed");
+      cell(tr, "cost_change", t.cost_change, null, "num").setAttribute("data-testid", "cell-cost");
+      cell(tr, "margin_change", t.margin_change, null, "num").setAttribute("data-testid", "cell-margin");
+      var status = cell(tr, "status", "", line.line_approved_by ? "line approved by " + line.line_approved_by : null);
       status.setAttribute("data-testid", "cell-status");
-      cell(tr, line.reason, null, "reason");
+      status.replaceChildren(el("span", line.status, { "class": "badge status-" + line.status }));
+      if (line.line_approved_by) { status.appendChild(document.createTextNode(" ✓")); }
+      status.title = line.status + (line.line_approved_by ? " · line approved by " + line.line_approved_by : "");
+      var mapping = cell(tr, "mapping", "", line.mapping_detail || line.mapping);
+      if (line.mapping) { mapping.replaceChildren(el("span", line.mapping, { "class": "badge" })); }
+      cell(tr, "reason", line.reason, null, "reason");
+      cell(tr, "subscription", line.subscription, line.contract);
+      cell(tr, "billing_period", [line.billing_period, line.commitment].filter(Boolean).join(" · "));
+      cell(tr, "bss_units", (line.text || {}).bss_units, null, "num");
+      cell(tr, "autotask_units", (line.text || {}).autotask_units, null, "num");
+      cell(tr, "effective_date", line.effective_date);
       if (selected === line.action_id) { tr.classList.add("selected"); }
       tbody.appendChild(tr);
     });
+    placeDetail(false);
   }
 
   function renderTotals(totals) {
@@ -129,12 +190,12 @@
       Object.keys(totals.buckets).forEach(function (bucket) {
         var m = totals.money[currency][bucket];
         var tr = el("tr", null, { "data-testid": "money-row", "data-currency": currency, "data-bucket": bucket });
-        cell(tr, currency);
-        cell(tr, totals.buckets[bucket]);
-        cell(tr, m.lines, null, "num");
-        cell(tr, m.text.billed, null, "num").setAttribute("data-testid", "money-billed");
-        cell(tr, m.text.cost, null, "num").setAttribute("data-testid", "money-cost");
-        cell(tr, m.text.margin, null, "num").setAttribute("data-testid", "money-margin");
+        cell(tr, "money", currency);
+        cell(tr, "money", totals.buckets[bucket]);
+        cell(tr, "money", m.lines, null, "num");
+        cell(tr, "money", m.text.billed, null, "num").setAttribute("data-testid", "money-billed");
+        cell(tr, "money", m.text.cost, null, "num").setAttribute("data-testid", "money-cost");
+        cell(tr, "money", m.text.margin, null, "num").setAttribute("data-testid", "money-margin");
         rows.appendChild(tr);
       });
     });
@@ -153,14 +214,14 @@
     }
     charges.forEach(function (charge) {
       var tr = el("tr", null, { "data-testid": "one-off-row", "data-charge-id": charge.charge_id });
-      cell(tr, charge.customer, charge.account_id);
-      cell(tr, charge.subscription);
-      cell(tr, charge.product, charge.sku);
-      cell(tr, charge.effective_date);
-      cell(tr, charge.text.quantity, null, "num");
-      cell(tr, charge.text.unit_price + " " + charge.currency, null, "num");
-      cell(tr, charge.text.amount + " " + charge.currency, null, "num");
-      cell(tr, charge.state);
+      cell(tr, "one-off", charge.customer, charge.account_id);
+      cell(tr, "one-off", charge.subscription);
+      cell(tr, "one-off", charge.product, charge.sku);
+      cell(tr, "one-off", charge.effective_date);
+      cell(tr, "one-off", charge.text.quantity, null, "num");
+      cell(tr, "one-off", charge.text.unit_price + " " + charge.currency, null, "num");
+      cell(tr, "one-off", charge.text.amount + " " + charge.currency, null, "num");
+      cell(tr, "one-off", charge.state);
       tbody.appendChild(tr);
     });
   }
@@ -234,6 +295,7 @@
       sources.replaceChildren();
       detail.sources.forEach(function (source) { sources.appendChild(renderSource(source)); });
       if (!keepMessage) { say("", false, "detail-message"); }
+      placeDetail(!keepMessage);
     }).catch(function (error) { say(error.message, true, "detail-message"); });
   }
 
@@ -245,7 +307,7 @@
     var list = el("ul", null, { "class": "suggestions" });
     source.suggestions.forEach(function (s) {
       var li = el("li", null, { "data-testid": "suggestion", "data-target-id": String(s.target_id), "data-status": s.status });
-      li.appendChild(el("span", s.target_name + " (" + s.target_id + ") · score " + s.score + " · " + value(s.reason) + (s.status === "rejected" ? " · rejected" : "")));
+      li.appendChild(el("span", s.target_name + " (" + s.target_id + ") · score " + Math.round(s.score) + " % · " + value(s.reason) + (s.status === "rejected" ? " · rejected" : "")));
       if (s.status === "open") {
         li.appendChild(button("Confirm", "confirm-suggestion", function () { decide({ decision: "confirm_suggestion", kind: source.kind, source_key: source.source_key, target_id: s.target_id }); }));
         li.appendChild(button("Reject", "reject-suggestion", function () { decide({ decision: "reject_suggestion", kind: source.kind, source_key: source.source_key, target_id: s.target_id }); }));
@@ -253,7 +315,8 @@
       list.appendChild(li);
     });
     box.appendChild(list);
-    var search = el("input", null, { "type": "search", "placeholder": "search the Autotask " + source.kind + "s of the snapshot", "data-testid": "target-search-" + source.kind });
+    var plural = { "company": "companies", "contract": "contracts", "service": "services" }[source.kind] || source.kind;
+    var search = el("input", null, { "type": "search", "class": "target-search", "placeholder": "Find Autotask " + plural + ": name, number or id", "title": "Search the Autotask " + plural + " of this run's snapshot", "data-testid": "target-search-" + source.kind });
     search.disabled = !pending;
     var results = el("ul", null, { "class": "targets", "data-testid": "target-results-" + source.kind });
     var timer = null;
@@ -265,7 +328,8 @@
           results.replaceChildren();
           data.targets.forEach(function (t) {
             var li = el("li", null, { "data-testid": "target-result", "data-target-id": String(t.id) });
-            li.appendChild(el("span", t.name + " (" + t.id + (t.number ? ", " + t.number : "") + ")" + (t.active ? "" : " · inactive")));
+            li.appendChild(el("span", t.name + " (" + t.id + (t.number ? ", " + t.number : "") + ")" + (t.active ? "" : " · inactive"), { "class": "target-name" }));
+            if (source.kind === "company") { li.appendChild(el("span", companyParticulars(t), { "class": "hint", "data-testid": "target-particulars" })); }
             li.appendChild(button("Link", "link-target", function () { decide({ decision: "link", kind: source.kind, source_key: source.source_key, target_id: t.id }); }));
             results.appendChild(li);
           });
@@ -280,15 +344,21 @@
     return box;
   }
 
+  // what tells two companies of one name apart: where they are, their contracts, the BSS accounts linked to them
+  function companyParticulars(t) {
+    var place = [t.address, t.city].filter(function (part) { return part; }).join(", ") || "no address in Autotask";
+    var contracts = t.active_contracts === 1 ? "1 active contract" : (t.active_contracts || "no") + " active contracts";
+    var linked = t.linked_accounts && t.linked_accounts.length ? "linked to BSS " + t.linked_accounts.join(", ") : "no BSS account linked";
+    return " · " + place + " · " + contracts + " · " + linked + " ";
+  }
+
   function loadDecisions() {
     return getJSON(api + "/decisions").then(function (data) {
       var tbody = $("decisions-body");
       tbody.replaceChildren();
       data.decisions.forEach(function (d) {
         var tr = el("tr", null, { "data-testid": "decision-row" });
-        [d.decided_at, d.decided_by, d.decision,
-          d.action_id ? "line " + d.action_id : d.kind + " " + d.source_key + (d.target_id !== null ? " → " + d.target_id : ""),
-          JSON.stringify(d.before), JSON.stringify(d.after)].forEach(function (text) { tr.appendChild(el("td", text)); });
+        [when(d.decided_at_utc), d.decided_by, d.label, d.what, d.outcome].forEach(function (text) { tr.appendChild(el("td", text)); });
         tbody.appendChild(tr);
       });
     }).catch(function (error) { say(error.message, true); });
@@ -326,6 +396,54 @@
     Array.prototype.forEach.call(document.querySelectorAll("#grid-body tr.selected"), function (r) { r.classList.remove("selected"); });
     row.classList.add("selected");
     showDetail(row.getAttribute("data-action-id"));
+  });
+  // The column chooser: the deciding columns show by default, the others on demand; the choice stays in the browser.
+  var COLUMNS_KEY = "billing-review-columns";
+  function chosenColumns() {
+    try { return JSON.parse(window.localStorage.getItem(COLUMNS_KEY) || "{}") || {}; } catch (error) { return {}; }
+  }
+  function showColumns() {
+    var chosen = chosenColumns();
+    Array.prototype.forEach.call(document.querySelectorAll("#column-chooser input[data-col]"), function (box) {
+      var col = box.dataset.col;
+      var shown = col in chosen ? !!chosen[col] : box.dataset["default"] === "shown";
+      box.checked = shown;
+      $("grid").classList.toggle("hide-" + col, !shown);
+    });
+    placeDetail(false);
+  }
+  Array.prototype.forEach.call(document.querySelectorAll("#column-chooser input[data-col]"), function (box) {
+    box.addEventListener("change", function () {
+      var chosen = chosenColumns();
+      chosen[box.dataset.col] = box.checked;
+      try { window.localStorage.setItem(COLUMNS_KEY, JSON.stringify(chosen)); } catch (error) { /* private mode */ }
+      showColumns();
+    });
+  });
+  showColumns();
+
+  // Keyboard: ↑/↓ move to the previous/next line and open it, Enter opens the line, and one key per decision on the
+  // open line: x exclude, i include again, a approve the flagged line, c confirm its first suggestion.
+  var decisionKeys = { "x": "decide-exclude", "i": "decide-include", "a": "decide-approve-line", "c": "confirm-suggestion" };
+  function openRow(row) {
+    if (!row) { return; }
+    Array.prototype.forEach.call(document.querySelectorAll("#grid-body tr.selected"), function (r) { r.classList.remove("selected"); });
+    row.classList.add("selected");
+    showDetail(row.getAttribute("data-action-id"));
+  }
+  document.addEventListener("keydown", function (event) {
+    if (event.altKey || event.ctrlKey || event.metaKey || event.target.closest("input, select, textarea, button")) { return; }
+    var rowsShown = Array.prototype.slice.call(document.querySelectorAll("#grid-body tr[data-action-id]"));
+    var current = rowsShown.findIndex(function (r) { return r.getAttribute("data-action-id") === selected; });
+    if (event.key === "ArrowDown" || event.key === "ArrowUp") {
+      event.preventDefault();
+      openRow(rowsShown[Math.max(0, Math.min(rowsShown.length - 1, current + (event.key === "ArrowDown" ? 1 : -1)))]);
+    } else if (event.key === "Enter" && current < 0 && rowsShown.length) {
+      openRow(rowsShown[0]);
+    } else if (decisionKeys[event.key] && selected) {
+      var target = document.querySelector('#line-detail [data-testid="' + decisionKeys[event.key] + '"]:not([disabled])');
+      if (target) { event.preventDefault(); target.click(); }
+    }
   });
   loadDecisions();
   body.setAttribute("data-ready", "true");
