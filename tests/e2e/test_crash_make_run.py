@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from include.warehouse import Warehouse
-from sandbox.local_stack import airflow_environment
 from scripts.run import api_for, local_auth_environment, migrate, outcome, start_api_server, start_dag_run
 from scripts.run import wait_for_approval as wait_for_form
+from stacks.local_stack import airflow_environment
 from tests.servers import REPO_ROOT, start_server
 
 pytestmark = pytest.mark.e2e

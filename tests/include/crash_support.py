@@ -23,8 +23,8 @@ from typing import Any
 
 from include.plan import ActionStatus, load_plan, set_action_status
 from include.warehouse import Warehouse
-from sandbox.launcher import REPO_ROOT, RunningServer
-from sandbox.local_stack import autotask_connection
+from stacks.launcher import REPO_ROOT, RunningServer
+from stacks.local_stack import autotask_connection
 from tests.include.loader_support import APPROVER, HOOK_EXTRA, MONTH, SETTINGS, SandboxAdmin, make_hook, universe
 
 PROPOSED_ONLY = "proposed"

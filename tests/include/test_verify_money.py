@@ -12,7 +12,7 @@ from include.loader import load_plan_actions
 from include.plan import ActionKind
 from include.verify import verify_load
 from include.warehouse import Warehouse
-from sandbox.local_stack import AUTOTASK_INTEGRATION_CODE, AUTOTASK_SECRET, AUTOTASK_USER
+from stacks.local_stack import AUTOTASK_INTEGRATION_CODE, AUTOTASK_SECRET, AUTOTASK_USER
 from tests.include.loader_support import MONTH, SETTINGS, make_hook, plan_month
 
 

@@ -31,7 +31,7 @@ from include.money import (
 from include.report import write_run_report
 from include.review_export import to_csv, to_xlsx
 from include.warehouse import Warehouse
-from sandbox.launcher import RunningServer
+from stacks.launcher import RunningServer
 from tests.plugins.review_support import MONTH, RUN_ID, plan_month, start_autotask
 
 CURRENCIES = {"EUR", "GBP", "USD"}

@@ -11,7 +11,7 @@ import pytest
 
 from include.plan import load_plan
 from include.warehouse import Warehouse
-from sandbox.launcher import RunningServer
+from stacks.launcher import RunningServer
 from tests.plugins.review_support import MONTH, RUN_ID, plan_month, start_autotask
 
 NEW_CUSTOMERS = {

@@ -10,7 +10,7 @@ import pytest
 
 from include import review
 from include.warehouse import Warehouse
-from sandbox.launcher import RunningServer
+from stacks.launcher import RunningServer
 from tests.plugins.review_support import RUN_ID, SETTINGS, plan_month, start_autotask
 
 
