@@ -341,7 +341,9 @@ def _prepare_lines(
         ignore_index=True,
     )
     previous_total = history.set_index("subscription_id")["previous_total"].astype("float64")
-    first = lines.drop_duplicates("subscription_id")
+    # (read on the lines that stay on the subscription's contract when it has some: a moved line starts from
+    # nothing on its new contract, and the zeroing of the old one starts from this)
+    first = lines.sort_values("moved", kind="stable").drop_duplicates("subscription_id")
     from_history = first["subscription_id"].map(previous_total)
     stated = (first["subscription_quantity"] - first["quantity"]).where(first["action"].isin(_CHANGES))
     before = from_history.fillna(stated).where(first["action"] != ChargeAction.NEW, 0.0)
@@ -383,13 +385,37 @@ def _prepare_lines(
 
 
 def _regroup_moved(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
-    """A subscription whose contract belongs to another company than its account's (the mapping part flags it
-    `other_company`; a company mismatch found here counts the same) gets a contract of its own under the
-    account's company; `moved_from` keeps the old contract, `move_reason` says why for the reviewer."""
+    """A subscription's lines billed to another company than the one owning its contract get a contract of their
+    own under their account's company; `moved_from` keeps the old contract, `move_reason` says why for the reviewer.
+
+    A line is moved when its contract belongs to another company than its account's (the mapping part flags it
+    `other_company`; a company mismatch found here counts the same), or when its subscription is billed to more
+    than one account this month (a move in mid-month: a cancellation credit on the old account, a New line on the
+    new one) and the line is not of the subscription's first account in the BSS's order: the first account's lines
+    stay on the subscription's contract, the later account's never land there, even when its company is not
+    linked yet (its contract then waits for the company to be created or linked)."""
     contract_company = snapshot.contracts.set_index("contract_id")["company_id"]
     owner = lines["contract_id"].map(contract_company).astype("Int64")
     mismatch = (owner.notna() & lines["company_id"].notna() & (owner != lines["company_id"])).fillna(False)
-    moved = (lines["contract_flag"] == OTHER_COMPANY_FLAG).fillna(False) | mismatch
+    flagged = (lines["contract_flag"] == OTHER_COMPANY_FLAG).fillna(False) & ~(
+        owner.notna() & (owner == lines["company_id"])
+    ).fillna(False)
+    # the subscription's first account: the one billing it from the earliest date; on one date (a cancellation
+    # credit and a New line on the move's day, in whatever order the BSS issued them) the one that cancels to 0
+    holding = lines.groupby(["subscription_id", "account_id"], sort=False)
+    account_from = holding["effective_date"].transform("min")
+    cancels = (lines["action"] == ChargeAction.CANCELLATION) & (lines["subscription_quantity"] == 0)
+    leaves = cancels.groupby([lines["subscription_id"], lines["account_id"]], sort=False).transform("any")
+    in_order = lines.assign(account_from=account_from, stays=~leaves).sort_values(
+        ["subscription_id", "account_from", "stays", "effective_date", "charged_at", "charge_sequence", "charge_id"],
+        kind="stable",
+        na_position="first",
+    )
+    first_account = in_order.drop_duplicates("subscription_id").set_index("subscription_id")["account_id"]
+    previous_account = lines["subscription_id"].map(first_account)
+    changed_account = (lines["account_id"] != previous_account).fillna(False)
+    moved = flagged | mismatch | changed_account
+    lines["moved"] = moved
     lines["moved_from"] = lines["contract_id"].where(moved).astype("Int64")
     lines["move_reason"] = None
     if moved.any():
@@ -403,8 +429,26 @@ def _regroup_moved(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame
             + " is linked to company "
             + lines.loc[moved, "company_id"].astype(str)
         )
+        names = lines.drop_duplicates("account_id").set_index("account_id")["account_name"]
+        move_day = lines[moved].groupby("subscription_id")["effective_date"].min()
+        from_account = (
+            "account "
+            + previous_account[moved]
+            + ' "'
+            + previous_account[moved].map(names).fillna("").astype(str)
+            + '" billed it until '
+            + lines.loc[moved, "subscription_id"].map(move_day).dt.strftime("%Y-%m-%d")
+            + ", account "
+            + lines.loc[moved, "account_id"]
+            + ' "'
+            + lines.loc[moved, "account_name"].fillna("").astype(str)
+            + '" from then on: the old contract service goes to 0 from that day, a contract of the new customer '
+            "holds the units"
+        )
         detail = lines.loc[moved, "contract_detail"]
-        lines.loc[moved, "move_reason"] = MOVED_SUBSCRIPTION + ": " + detail.where(detail.notna(), generated)
+        detail = detail.where(~changed_account[moved], from_account)
+        detail = detail.where(detail.notna(), generated)
+        lines.loc[moved, "move_reason"] = MOVED_SUBSCRIPTION + ": " + detail
         lines.loc[moved, "contract_id"] = _own_contract_of_moved(lines[moved], snapshot).reindex(lines.index)[moved]
         lines.loc[moved, "contract_flag"] = None
         lines.loc[moved, "contract_suggestions"] = 0
@@ -436,6 +480,8 @@ def _add_zeroing_lines(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataF
     after a contract's end, and refuses an adjustment there)."""
     moved = lines[lines["moved_from"].notna()]
     lines["zeroing"] = False
+    # the moved subscription's own lines start from nothing on their new contract
+    lines.loc[lines["moved"], "units_before_month"] = 0.0
     if moved.empty:
         return lines
     first = moved.drop_duplicates("subscription_id").copy()
@@ -450,8 +496,6 @@ def _add_zeroing_lines(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataF
         .merge(existing.rename(columns={"contract_id": "moved_from"}).astype("Int64"), how="left", indicator=True)
     )
     first = first[(on_old_contract["_merge"] == "both").to_numpy()]
-    # the moved subscription's own lines start from nothing on their new contract
-    lines.loc[lines["moved_from"].notna(), "units_before_month"] = 0.0
     zeroing = first.assign(
         contract_id=first["moved_from"],
         contract_flag=None,
@@ -461,6 +505,7 @@ def _add_zeroing_lines(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataF
         subscription_quantity=0.0,
         unit_cost=np.nan,
         zeroing=True,
+        moved=False,
     )
     return pd.concat([lines, zeroing], ignore_index=True)
 
