@@ -23,8 +23,9 @@ What a reviewer sees held back: `needs-mapping` (a link waits for a person), `fl
 decreases inside commitments, inactive or missing links, a subscription that moved to another customer, a
 contract service the BSS no longer bills, a first change inside a billing period over a units difference
 Autotask held before it: corrected from the change's date only, the days before are left to the person),
-`blocked` (never loads as it stands: Autotask already has an adjustment on that date, or the BSS line is in
-another currency than the company's Autotask currency).
+`blocked` (never loads as it stands: Autotask already has an adjustment on that date, the BSS line is in
+another currency than the company's Autotask currency, or a data-quality check holds one of the subscription's
+lines: `quality_holds`, the check's reason and what a person can do; the month's other lines go on).
 Everything that is a set operation over lines runs in pandas; Python loops only over the actions.
 """
 
@@ -209,7 +210,16 @@ def reconcile_month(
     earlier_approved = warehouse.read_frame("earlier_approved_actions", {"month": billing_month.key})
     summary = PlanSummary(run_id=run_id, month=billing_month.key)
     actions = compute_plan(
-        lines, snapshot, accounts, billing_month, settings, summary, history, contract_links, earlier_approved
+        lines,
+        snapshot,
+        accounts,
+        billing_month,
+        settings,
+        summary,
+        history,
+        contract_links,
+        earlier_approved,
+        held_subscriptions(warehouse, billing_month.key, run_id),
     )
     if scope is None:
         replace_plan(warehouse, billing_month.key, run_id, actions, summary)
@@ -242,6 +252,30 @@ def reconcile_month(
     return summary
 
 
+def held_subscriptions(warehouse: Warehouse, month: str, run_id: str) -> dict[str, str]:
+    """The subscriptions a data-quality check of the run holds (`quality_holds`), each with why: the held lines
+    and the checks' reasons. All of a held subscription's plan lines are blocked; the month goes on."""
+    rows = warehouse.query(
+        "SELECT h.charge_id, h.reason, l.subscription_id FROM quality_holds h"
+        " JOIN charge_lines l ON l.month = h.month AND l.charge_id = h.charge_id"
+        " WHERE h.run_id = :run_id AND h.month = :month ORDER BY l.subscription_id, h.charge_id, h.expectation",
+        {"run_id": run_id, "month": month},
+    )
+    lines: dict[str, list[str]] = defaultdict(list)
+    reasons: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        subscription = row["subscription_id"]
+        if row["charge_id"] not in lines[subscription]:
+            lines[subscription].append(row["charge_id"])
+        if row["reason"] not in reasons[subscription]:
+            reasons[subscription].append(row["reason"])
+    return {
+        subscription: f"line {', '.join(lines[subscription])} of subscription {subscription} is "
+        + "; ".join(reasons[subscription])
+        for subscription in lines
+    }
+
+
 def compute_plan(
     lines: pd.DataFrame,
     snapshot: SnapshotState,
@@ -252,19 +286,22 @@ def compute_plan(
     history: pd.DataFrame | None = None,
     contract_links: pd.DataFrame | None = None,
     earlier_approved: pd.DataFrame | None = None,
+    held: Mapping[str, str] | None = None,
 ) -> list[PlanAction]:
     """The plan for `lines` (rows of `reconcile_lines.sql`) against `snapshot`, in apply order. Pure.
 
     `history` (rows of `subscription_history.sql`) tells what each subscription held before the month;
     `contract_links` (rows of `reconcile_contract_links.sql`) find the contracts of subscriptions without a
     line this month; `earlier_approved` (rows of `earlier_approved_actions.sql`) are earlier months' approved
-    changes not loaded yet, counted as if Autotask held them."""
+    changes not loaded yet, counted as if Autotask held them; `held` (`held_subscriptions`) the subscriptions a
+    data-quality check holds: every plan line of theirs is blocked with the check's reason."""
     summary = summary or PlanSummary(run_id="", month=month.key)
     snapshot = with_earlier_approved(snapshot, earlier_approved)
     history = history if history is not None else _empty_history()
     actions: list[PlanAction] = []
     groups = pd.DataFrame()
     if not lines.empty:
+        lines = lines.assign(quality_hold=lines["subscription_id"].map(dict(held or {})))
         lines = _prepare_lines(lines, settings, history, snapshot)
         groups = _groups(lines, snapshot)
         points = _compare(lines, groups, snapshot, month)
@@ -554,6 +591,12 @@ def _groups(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
     groups["company_currency"] = by_group["company_currency"].first()
     moved = lines[lines["move_reason"].notna()]
     groups["move_reason"] = moved.groupby("group")["move_reason"].first()
+    held = lines[lines["quality_hold"].notna()] if "quality_hold" in lines else lines.iloc[0:0]
+    groups["quality_hold"] = (
+        held.drop_duplicates(["group", "quality_hold"]).groupby("group")["quality_hold"].agg("; ".join)
+        if not held.empty
+        else None
+    )
     pairs = snapshot.contract_services.drop_duplicates(["contract_id", "service_id"], keep="first")
     pairs = pairs.astype({"contract_id": "Int64", "service_id": "Int64"})
     groups = (
@@ -954,7 +997,8 @@ class _PlanBuilder:
             groups_of[int(contract_id)].append(group)
         # what holds a contract's groups back, read once (a row lookup per contract costs more than all the rest)
         info_of = extended.to_dict("index")
-        only_blocked_currencies = extended.groupby(extended["contract_id"].astype("int64"))["currency_mismatch"].all()
+        blocked_groups = extended["currency_mismatch"] | extended["quality_hold"].notna()
+        only_blocked_currencies = blocked_groups.groupby(extended["contract_id"].astype("int64")).all()
         for contract_id, end, commitment_months, last_point in zip(
             reach.index, reach["end_date"], reach["commitment_months"], reach["last_point"], strict=True
         ):
@@ -969,7 +1013,7 @@ class _PlanBuilder:
                 *self._company_confirmation_holds(first_group),
             ]
             if only_blocked_currencies[contract_id]:
-                # the extension serves only adjustments that are blocked for their currency
+                # the extension serves only adjustments that are blocked (their currency, a held line)
                 holds += self._group_holds(first_group)
             status, reason = held_back(holds)
             action = PlanAction(
@@ -1306,6 +1350,8 @@ class _PlanBuilder:
         ]
         if pd.notna(info["move_reason"]):
             holds.append(Hold(ActionStatus.FLAGGED, info["move_reason"]))
+        if isinstance(info.get("quality_hold"), str):
+            holds.append(Hold(ActionStatus.BLOCKED, info["quality_hold"]))
         if info["currency_mismatch"]:
             holds.append(
                 Hold(

@@ -10,8 +10,8 @@ from datetime import date, datetime
 
 from include.extract import extract_month
 from include.mapping import link_month
-from include.plan import load_plan
-from include.quality import validate_charges
+from include.plan import ActionStatus, load_plan
+from include.quality import raise_on_critical, validate_charges, validate_plan
 from include.reconcile import reconcile_month
 from include.snapshot import take_snapshot
 from include.warehouse import Warehouse
@@ -174,38 +174,54 @@ def test_the_charges_gate_lets_a_move_through_and_names_it_for_the_review(wareho
     assert set(moved.example_keys("charge_id")) == {"CHG-10-1", "CHG-10-2", "CHG-10-3"}
 
 
-def test_a_subscription_billed_to_two_customers_at_once_is_no_move(warehouse, data_docs_dir):
-    # both accounts billed for the whole month, no cancellation between them: not a move
+def test_a_subscription_billed_to_two_customers_at_once_holds_its_lines_and_the_month_goes_on(warehouse, data_docs_dir):
+    # both accounts billed for the whole month, no cancellation between them: not a move, and whose contract holds
+    # the units is a person's decision. Its lines are held (blocked, with the reason); SUB-1 is planned as usual.
+    fake, acme, service = _autotask()
+    fake.add_company(NEW_OWNER[1], key=NEW_OWNER[0])
+    old = fake.add_contract(acme, "M365 (SUB-9)", "SUB-9", D(2026, 1, 1), D(2026, 12, 31))
+    fake.add_contract_service(old, service, 10)
+    other = fake.add_contract(acme, "M365 (SUB-1)", "SUB-1", D(2026, 1, 1), D(2026, 12, 31))
+    fake.add_contract_service(other, service, 3)
     both = [
         _record("CHG-10-0", ACME, "Cycle", 4, 4, "2026-10-01", "2026-10-01T02:00:00Z", subscription="SUB-1"),
         _record("CHG-10-1", ACME, "Cycle", 10, 10, "2026-10-01", "2026-10-01T02:00:00Z"),
-        _record("CHG-10-3", NEW_OWNER, "Cycle", 10, 10, "2026-10-01", "2026-10-01T02:01:00Z"),
+        _record("CHG-10-3", NEW_OWNER, "Cycle", 11, 11, "2026-10-01", "2026-10-01T02:01:00Z"),
     ]
-    extract_month(ListSource(both), warehouse, MONTH, "run-10")
-    report = validate_charges(warehouse, MONTH, "run-10")
-    failure = next(failure for failure in report.failures if failure.name == "one_customer_per_subscription")
-    assert set(failure.example_keys("charge_id")) == {"CHG-10-1", "CHG-10-3"}
+    # the month's other customers' lines: the two held lines are a few of the month's, not most of it
+    both += [
+        _record(
+            f"CHG-10-X{n}",
+            (f"ACC-X{n}", f"Kunde {n} AG"),
+            "Cycle",
+            2,
+            2,
+            "2026-10-01",
+            "2026-10-01T03:00:00Z",
+            subscription=f"SUB-X{n}",
+        )
+        for n in range(10)
+    ]
+    extract_month(ListSource(both), warehouse, MONTH, "run-1")
+    report = validate_charges(warehouse, MONTH, "run-1")
+    assert report.passed, [str(failure) for failure in report.critical]
+    failure = next(failure for failure in report.holds if failure.name == "one_customer_per_subscription")
+    assert failure.held_keys == ("CHG-10-1", "CHG-10-3")
     assert not any(failure.name == "subscription_moved_in_month" for failure in report.failures)
+    assert raise_on_critical(report) is report
 
-
-def test_a_move_whose_new_line_the_bss_issued_before_the_credit_is_read_the_same(warehouse):
-    # only the move's two lines in the month, the New line issued a minute before the old account's credit
-    fake, acme, service = _autotask()
-    new_company = fake.add_company(NEW_OWNER[1], key=NEW_OWNER[0])
-    old = fake.add_contract(acme, "M365 (SUB-9)", "SUB-9", D(2026, 1, 1), D(2026, 12, 31))
-    fake.add_contract_service(old, service, 10)
-    september = [line(SEPTEMBER, ACME, "SUB-9", M365, "Cycle", 10, 10, D(2026, 9, 1))]
-    october = [
-        line(MONTH, NEW_OWNER, "SUB-9", M365, "New", 12, 12, D(2026, 10, 15), charged_at=datetime(2026, 10, 15, 9)),
-        line(
-            MONTH, ACME, "SUB-9", M365, "Cancellation", -10, 0, D(2026, 10, 15), charged_at=datetime(2026, 10, 15, 9, 1)
-        ),
+    take_snapshot(fake, warehouse, MONTH, "run-1", SETTINGS)
+    _store_company_currencies(warehouse, fake, "run-1")
+    link_month(warehouse, MONTH, "run-1", SETTINGS)
+    reconcile_month(warehouse, MONTH, "run-1", SETTINGS)
+    plan = load_plan(warehouse, MONTH, "run-1")
+    on_sub9 = [action for action in plan if "SUB-9" in action.subscription_ids]
+    assert on_sub9 and all(action.status is ActionStatus.BLOCKED for action in on_sub9)
+    for action in on_sub9:
+        assert "one_customer_per_subscription" in action.reason and "CHG-10-1, CHG-10-3" in action.reason
+        assert "whose contract holds the units is a person's decision" in action.reason
+    assert _writes([action for action in plan if action.subscription_ids == ("SUB-1",)]) == [
+        ("adjust_units", f"cs:C{other}/V{service}", D(2026, 10, 1), "proposed", "1")
     ]
-    plan = _plan_the_move(warehouse, fake, october, september)
-    assert _writes(plan) == [
-        ("create_contract", "subscription:SUB-9", None, "flagged", None),
-        ("create_contract_service", f"cs:S:SUB-9/V{service}", None, "flagged", None),
-        ("adjust_units", f"cs:C{old}/V{service}", D(2026, 10, 15), "flagged", "-10"),
-        ("adjust_units", f"cs:S:SUB-9/V{service}", D(2026, 10, 15), "flagged", "12"),
-    ]
-    assert plan[0].company_id == new_company
+    # the plan's own gate lets the month through too: the held lines are blocked, never loaded
+    assert validate_plan(warehouse, MONTH, "run-1").passed
