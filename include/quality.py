@@ -6,8 +6,14 @@ Two gates per run, each a function the DAG calls:
 - `validate_plan` (after reconciliation, before approval): the Autotask snapshot and the month's change plan.
 
 Each expectation carries `meta.severity`: a `critical` failure stops the run before review
-(`raise_on_critical` raises `DataQualityError` naming each failed expectation with example rows); a
-`warning` lets the run continue and is listed in the report for the reviewer. Every validation renders
+(`raise_on_critical` raises `DataQualityError` naming each failed expectation with example rows): only a
+problem that makes the whole month untrustworthy (the feed truncated or repeating records, the wrong month);
+a `hold` failure holds the lines it fails on, never the month: their subscriptions' plan lines are blocked with
+the check's reason and `meta.remedy` (what a person can do), stored in `quality_holds` for reconciliation
+(`held_lines`); unless it fails on more than `meta.stops_month_above_percent` of the lines (the suite's
+`hold_stops_month_above_percent`, default 20) or on more than `HOLD_LIMIT` lines: then the feed is broken, not
+some lines, and it stops the month as a critical one would; a `warning` lets the run continue and is listed in
+the report for the reviewer. Every validation renders
 Data Docs into `$BILLING_DATA_DOCS_DIR/<month>/<run_id>/index.html` (both gates of a run share the site;
 `include/report_assets.py` then makes every page self-contained: no CDN, readable offline) and stores a
 summary per suite in `quality_results`.
@@ -68,6 +74,10 @@ _RUN_FOLDER_KEPT = re.compile(r"[A-Za-z0-9._-]")
 # folder names stay well under file systems' 255 bytes; longer ones are cut and hashed
 _RUN_FOLDER_MAX = 180
 _RUN_FOLDER_PREFIX = 120
+# A hold check failing on more lines than this stops the month (and every held line's key is read from GX).
+HOLD_LIMIT = 2000
+_HOLD_STOPS_MONTH_ABOVE_PERCENT = 20.0
+_DEFAULT_REMEDY = "correct the line in the BSS and run the month again; the month's other lines go on"
 
 # The raw suite reads these ChargeLine fields from each payload; the BSS names come from the adapter, so a
 # field rename on a live tenant stays a one-line change there.
@@ -98,8 +108,9 @@ _DATE_COLUMNS = {
 
 
 class Severity(StrEnum):
-    CRITICAL = "critical"
-    WARNING = "warning"
+    CRITICAL = "critical"  # stops the month
+    HOLD = "hold"  # holds the lines it fails on (their subscriptions' plan lines blocked), not the month
+    WARNING = "warning"  # listed for the reviewer
 
 
 class Stage(StrEnum):
@@ -125,6 +136,14 @@ class ExpectationFailure:
     examples: tuple[dict[str, str], ...] = ()
     observed: str | None = None
     error: str | None = None
+    # a hold check's: every line it holds (its keys), and what a person can do
+    held_keys: tuple[str, ...] = ()
+    remedy: str | None = None
+
+    @property
+    def hold_reason(self) -> str:
+        """Why a held line is held, and what a person can do (the plan line's reason)."""
+        return f"held by the data-quality check {self.suite}.{self.name} ({self.description}): {self.remedy}"
 
     def example_keys(self, index_column: str | None = None) -> list[str]:
         """The example rows' keys (charge ids, action ids ...): the first value of each example."""
@@ -158,6 +177,7 @@ class SuiteResult:
     evaluated: int
     critical_failures: int
     warning_failures: int
+    held_failures: int = 0
 
 
 @dataclass(frozen=True)
@@ -182,6 +202,20 @@ class QualityReport:
         return [failure for failure in self.failures if failure.severity is Severity.WARNING]
 
     @property
+    def holds(self) -> list[ExpectationFailure]:
+        """Failures that hold some lines (never the month)."""
+        return [failure for failure in self.failures if failure.severity is Severity.HOLD]
+
+    @property
+    def held_lines(self) -> dict[str, list[ExpectationFailure]]:
+        """Each held line's key (charge id) and the checks that hold it."""
+        held: dict[str, list[ExpectationFailure]] = {}
+        for failure in self.holds:
+            for key in failure.held_keys:
+                held.setdefault(key, []).append(failure)
+        return held
+
+    @property
     def passed(self) -> bool:
         """True when nothing critical failed (warnings may remain for the review)."""
         return not self.critical
@@ -190,7 +224,8 @@ class QualityReport:
         counts = ", ".join(f"{suite.suite}: {suite.row_count} rows" for suite in self.suites)
         return (
             f"data quality ({self.stage}) for {self.month}, run {self.run_id}: "
-            f"{len(self.critical)} critical, {len(self.warnings)} warning(s) ({counts}); "
+            f"{len(self.critical)} critical, {len(self.holds)} holding {len(self.held_lines)} line(s), "
+            f"{len(self.warnings)} warning(s) ({counts}); "
             f"report: {self.data_docs_index}"
         )
 
@@ -206,6 +241,8 @@ class QualityReport:
             "parameters": _jsonable(self.parameters),
             "suites": [asdict(suite) for suite in self.suites],
             "critical": [_failure_dict(failure) for failure in self.critical],
+            "holds": [_failure_dict(failure) for failure in self.holds],
+            "held_lines": len(self.held_lines),
             "warnings": [_failure_dict(failure) for failure in self.warnings],
         }
 
@@ -238,7 +275,45 @@ def validate_charges(warehouse: Warehouse, month: str, run_id: str) -> QualityRe
         "bss_charges_raw": raw_charges_frame(warehouse, billing_month.key, run_id),
         "charge_lines": _frame(warehouse, charge_lines_query(), {"month": billing_month.key}, "charge_lines"),
     }
-    return _run_gate(warehouse, Stage.CHARGES, billing_month.key, run_id, frames, parameters)
+    report = _run_gate(warehouse, Stage.CHARGES, billing_month.key, run_id, frames, parameters)
+    store_holds(warehouse, report)
+    return report
+
+
+def store_holds(warehouse: Warehouse, report: QualityReport) -> int:
+    """Replace the run's held lines in `quality_holds` with the report's (a retried task validates again)."""
+    table = warehouse.table("quality_holds")
+    now = utcnow()
+    rows = [
+        {
+            "run_id": report.run_id,
+            "month": report.month,
+            "charge_id": key,
+            "expectation": failure.name,
+            "reason": failure.hold_reason,
+            "held_at": now,
+        }
+        for key, failures in sorted(report.held_lines.items())
+        for failure in failures
+    ]
+    with warehouse.begin() as conn:
+        conn.execute(sa.delete(table).where(table.c.run_id == report.run_id))
+        warehouse.insert(conn, "quality_holds", rows)
+    return len(rows)
+
+
+def held_lines(warehouse: Warehouse, month: str, run_id: str) -> dict[str, str]:
+    """The run's held charge lines and why (the checks' reasons joined), for reconciliation to block."""
+    rows = warehouse.query(
+        "SELECT charge_id, reason FROM quality_holds WHERE run_id = :run_id AND month = :month"
+        " ORDER BY charge_id, expectation",
+        {"run_id": run_id, "month": month},
+    )
+    held: dict[str, str] = {}
+    for row in rows:
+        earlier = held.get(row["charge_id"])
+        held[row["charge_id"]] = f"{earlier}; {row['reason']}" if earlier else row["reason"]
+    return held
 
 
 def validate_plan(warehouse: Warehouse, month: str, run_id: str) -> QualityReport:
@@ -326,11 +401,16 @@ def load_suite_definition(name: str) -> dict[str, Any]:
             raise SuiteConfigurationError(f"suite {name}: expectation #{position} has no meta.name")
         if meta.get("severity") not in {str(severity) for severity in Severity}:
             raise SuiteConfigurationError(
-                f"suite {name}: expectation {meta['name']} needs meta.severity critical or warning, "
+                f"suite {name}: expectation {meta['name']} needs meta.severity critical, hold or warning, "
                 f"got {meta.get('severity')!r}"
             )
-        # GX's own severity field follows meta, so Data Docs show the same severity the gate applies.
-        expectation["severity"] = meta["severity"]
+        if meta["severity"] == Severity.HOLD and not (definition.get("meta") or {}).get("index_column"):
+            raise SuiteConfigurationError(
+                f"suite {name}: hold expectation {meta['name']} needs the suite's meta.index_column"
+            )
+        # GX's own severity field follows meta, so Data Docs show the same severity the gate applies (GX knows
+        # critical, warning and info: a hold shows as a warning there, its description names it a hold).
+        expectation["severity"] = Severity.WARNING if meta["severity"] == Severity.HOLD else meta["severity"]
     return definition
 
 
@@ -405,14 +485,15 @@ def _run_gate(
     for suite_name, frame in frames.items():
         definition = load_suite_definition(suite_name)
         index_column = definition.get("meta", {}).get("index_column")
+        holds = any(item["meta"]["severity"] == Severity.HOLD for item in definition.get("expectations", []))
         validation = configure_validation(context, suite_name, definition)
         result = validation.run(
             batch_parameters={"dataframe": frame},
             expectation_parameters=dict(parameters),
-            result_format=_result_format(index_column, frame),
+            result_format=_result_format(index_column, frame, HOLD_LIMIT if holds else EXAMPLE_LIMIT),
             run_id=gx_run_id,
         )
-        suite_failures = _failures(suite_name, result, index_column)
+        suite_failures = _failures(suite_name, result, index_column, definition.get("meta") or {}, len(frame))
         failures.extend(suite_failures)
         suites.append(
             SuiteResult(
@@ -422,6 +503,7 @@ def _run_gate(
                 evaluated=len(result.results),
                 critical_failures=sum(failure.severity is Severity.CRITICAL for failure in suite_failures),
                 warning_failures=sum(failure.severity is Severity.WARNING for failure in suite_failures),
+                held_failures=sum(failure.severity is Severity.HOLD for failure in suite_failures),
             )
         )
     context.build_data_docs(site_names=[_DATA_DOCS_SITE])
@@ -572,9 +654,10 @@ def _gx_run_id(run_id: str) -> Any:
     return RunIdentifier(run_name=run_id, run_time=datetime.now().astimezone())
 
 
-def _result_format(index_column: str | None, frame: pd.DataFrame) -> dict[str, Any]:
-    # SUMMARY keeps results small however many rows fail; the index column turns examples into row keys.
-    result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": EXAMPLE_LIMIT}
+def _result_format(index_column: str | None, frame: pd.DataFrame, rows: int = EXAMPLE_LIMIT) -> dict[str, Any]:
+    # SUMMARY keeps results small however many rows fail; the index column turns examples into row keys. A suite
+    # with hold checks reads up to HOLD_LIMIT failing rows (every line a hold holds).
+    result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": rows}
     if index_column and index_column in frame.columns:
         result_format["unexpected_index_column_names"] = [index_column]
     return result_format
@@ -584,7 +667,11 @@ def _result_format(index_column: str | None, frame: pd.DataFrame) -> dict[str, A
 
 
 def _failures(
-    suite_name: str, result: ExpectationSuiteValidationResult, index_column: str | None
+    suite_name: str,
+    result: ExpectationSuiteValidationResult,
+    index_column: str | None,
+    suite_meta: Mapping[str, Any] | None = None,
+    row_count: int = 0,
 ) -> list[ExpectationFailure]:
     failures = []
     for outcome in result.results:
@@ -595,21 +682,60 @@ def _failures(
         kwargs = config.kwargs or {}
         details = outcome.result or {}
         observed = details.get("observed_value")
+        severity = Severity(meta.get("severity", Severity.CRITICAL))
+        error = _exception_message(outcome.exception_info)
+        held: tuple[str, ...] = ()
+        if severity is Severity.HOLD:
+            held = _held_keys(details, index_column)
+            if error or _stops_month(details, held, meta, suite_meta or {}, row_count):
+                severity = Severity.CRITICAL  # the feed is broken, not some lines: nothing to hold precisely
+                held = ()
         failures.append(
             ExpectationFailure(
                 suite=suite_name,
                 name=str(meta.get("name") or config.type),
                 description=_plain_description(config.description, meta) or config.type,
                 expectation_type=config.type,
-                severity=Severity(meta.get("severity", Severity.CRITICAL)),
+                severity=severity,
                 column=kwargs.get("column") or kwargs.get("column_A"),
                 unexpected_count=details.get("unexpected_count"),
                 examples=_examples(details, index_column),
                 observed=None if observed is None else _text(observed),
-                error=_exception_message(outcome.exception_info),
+                error=error,
+                held_keys=held,
+                remedy=str(meta.get("remedy") or _DEFAULT_REMEDY) if held else None,
             )
         )
     return failures
+
+
+def _held_keys(details: Mapping[str, Any], index_column: str | None) -> tuple[str, ...]:
+    """Every failing row's key of a hold check (the index column of each row GX lists)."""
+    keys = []
+    for row in details.get("partial_unexpected_index_list") or []:
+        if isinstance(row, Mapping) and index_column in row and row[index_column] is not None:
+            keys.append(_text(row[index_column]))
+    return tuple(sorted(set(keys)))
+
+
+def _stops_month(
+    details: Mapping[str, Any],
+    held: tuple[str, ...],
+    meta: Mapping[str, Any],
+    suite_meta: Mapping[str, Any],
+    row_count: int,
+) -> bool:
+    """Whether a failing hold check stops the month instead: it fails on more than its share of the month's lines
+    (all of them, not only those a row condition checks), on more lines than GX lists (HOLD_LIMIT), or on rows it
+    cannot name."""
+    limit = float(
+        meta.get("stops_month_above_percent")
+        or suite_meta.get("hold_stops_month_above_percent")
+        or _HOLD_STOPS_MONTH_ABOVE_PERCENT
+    )
+    count = int(details.get("unexpected_count") or 0)
+    percent = 100.0 * count / row_count if row_count else 100.0
+    return percent > limit or count > HOLD_LIMIT or not held
 
 
 def _plain_description(description: str | None, meta: Mapping[str, Any]) -> str | None:
@@ -704,6 +830,8 @@ def _reader(path: tuple[str, ...]) -> Any:
 
 def _failure_dict(failure: ExpectationFailure) -> dict[str, Any]:
     data = asdict(failure)
+    # the held lines are in `quality_holds`; XCom and `quality_results` keep their count and the examples
+    data["held_lines"] = len(data.pop("held_keys"))
     data["severity"] = str(failure.severity)
     data["examples"] = [dict(example) for example in failure.examples]
     data["message"] = str(failure)

@@ -23,8 +23,9 @@ What a reviewer sees held back: `needs-mapping` (a link waits for a person), `fl
 decreases inside commitments, inactive or missing links, a subscription that moved to another customer, a
 contract service the BSS no longer bills, a first change inside a billing period over a units difference
 Autotask held before it: corrected from the change's date only, the days before are left to the person),
-`blocked` (never loads as it stands: Autotask already has an adjustment on that date, or the BSS line is in
-another currency than the company's Autotask currency).
+`blocked` (never loads as it stands: Autotask already has an adjustment on that date, the BSS line is in
+another currency than the company's Autotask currency, or a data-quality check holds one of the subscription's
+lines: `quality_holds`, the check's reason and what a person can do; the month's other lines go on).
 Everything that is a set operation over lines runs in pandas; Python loops only over the actions.
 """
 
@@ -228,6 +229,7 @@ def reconcile_month(
         contract_links,
         earlier_approved,
         price_policy_overrides(warehouse),
+        held_subscriptions(warehouse, billing_month.key, run_id),
     )
     if scope is None:
         replace_plan(warehouse, billing_month.key, run_id, actions, summary)
@@ -261,6 +263,30 @@ def reconcile_month(
     return summary
 
 
+def held_subscriptions(warehouse: Warehouse, month: str, run_id: str) -> dict[str, str]:
+    """The subscriptions a data-quality check of the run holds (`quality_holds`), each with why: the held lines
+    and the checks' reasons. All of a held subscription's plan lines are blocked; the month goes on."""
+    rows = warehouse.query(
+        "SELECT h.charge_id, h.reason, l.subscription_id FROM quality_holds h"
+        " JOIN charge_lines l ON l.month = h.month AND l.charge_id = h.charge_id"
+        " WHERE h.run_id = :run_id AND h.month = :month ORDER BY l.subscription_id, h.charge_id, h.expectation",
+        {"run_id": run_id, "month": month},
+    )
+    lines: dict[str, list[str]] = defaultdict(list)
+    reasons: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        subscription = row["subscription_id"]
+        if row["charge_id"] not in lines[subscription]:
+            lines[subscription].append(row["charge_id"])
+        if row["reason"] not in reasons[subscription]:
+            reasons[subscription].append(row["reason"])
+    return {
+        subscription: f"line {', '.join(lines[subscription])} of subscription {subscription} is "
+        + "; ".join(reasons[subscription])
+        for subscription in lines
+    }
+
+
 def compute_plan(
     lines: pd.DataFrame,
     snapshot: SnapshotState,
@@ -272,6 +298,7 @@ def compute_plan(
     contract_links: pd.DataFrame | None = None,
     earlier_approved: pd.DataFrame | None = None,
     price_policies: Mapping[str, PricePolicy] | None = None,
+    held: Mapping[str, str] | None = None,
 ) -> list[PlanAction]:
     """The plan for `lines` (rows of `reconcile_lines.sql`) against `snapshot`, in apply order. Pure.
 
@@ -279,13 +306,16 @@ def compute_plan(
     `contract_links` (rows of `reconcile_contract_links.sql`) find the contracts of subscriptions without a
     line this month; `earlier_approved` (rows of `earlier_approved_actions.sql`) are earlier months' approved
     changes not loaded yet, counted as if Autotask held them. `price_policies` are customers' own price policies (BSS
-    account -> policy, include/prices.py); every other customer is priced by `settings.price_policy`."""
+    account -> policy, include/prices.py); every other customer is priced by `settings.price_policy`. `held`
+    (`held_subscriptions`) the subscriptions a data-quality check holds: every plan line of theirs is blocked with
+    the check's reason."""
     summary = summary or PlanSummary(run_id="", month=month.key)
     snapshot = with_earlier_approved(snapshot, earlier_approved)
     history = history if history is not None else _empty_history()
     actions: list[PlanAction] = []
     groups = pd.DataFrame()
     if not lines.empty:
+        lines = lines.assign(quality_hold=lines["subscription_id"].map(dict(held or {})))
         lines = _prepare_lines(lines, settings, history, snapshot)
         groups = _groups(lines, snapshot)
         _price_policies(groups, settings.default_price_policy, price_policies or {})
@@ -363,7 +393,9 @@ def _prepare_lines(
         ignore_index=True,
     )
     previous_total = history.set_index("subscription_id")["previous_total"].astype("float64")
-    first = lines.drop_duplicates("subscription_id")
+    # (read on the lines that stay on the subscription's contract when it has some: a moved line starts from
+    # nothing on its new contract, and the zeroing of the old one starts from this)
+    first = lines.sort_values("moved", kind="stable").drop_duplicates("subscription_id")
     from_history = first["subscription_id"].map(previous_total)
     stated = (first["subscription_quantity"] - first["quantity"]).where(first["action"].isin(_CHANGES))
     before = from_history.fillna(stated).where(first["action"] != ChargeAction.NEW, 0.0)
@@ -405,13 +437,37 @@ def _prepare_lines(
 
 
 def _regroup_moved(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
-    """A subscription whose contract belongs to another company than its account's (the mapping part flags it
-    `other_company`; a company mismatch found here counts the same) gets a contract of its own under the
-    account's company; `moved_from` keeps the old contract, `move_reason` says why for the reviewer."""
+    """A subscription's lines billed to another company than the one owning its contract get a contract of their
+    own under their account's company; `moved_from` keeps the old contract, `move_reason` says why for the reviewer.
+
+    A line is moved when its contract belongs to another company than its account's (the mapping part flags it
+    `other_company`; a company mismatch found here counts the same), or when its subscription is billed to more
+    than one account this month (a move in mid-month: a cancellation credit on the old account, a New line on the
+    new one) and the line is not of the subscription's first account in the BSS's order: the first account's lines
+    stay on the subscription's contract, the later account's never land there, even when its company is not
+    linked yet (its contract then waits for the company to be created or linked)."""
     contract_company = snapshot.contracts.set_index("contract_id")["company_id"]
     owner = lines["contract_id"].map(contract_company).astype("Int64")
     mismatch = (owner.notna() & lines["company_id"].notna() & (owner != lines["company_id"])).fillna(False)
-    moved = (lines["contract_flag"] == OTHER_COMPANY_FLAG).fillna(False) | mismatch
+    flagged = (lines["contract_flag"] == OTHER_COMPANY_FLAG).fillna(False) & ~(
+        owner.notna() & (owner == lines["company_id"])
+    ).fillna(False)
+    # the subscription's first account: the one billing it from the earliest date; on one date (a cancellation
+    # credit and a New line on the move's day, in whatever order the BSS issued them) the one that cancels to 0
+    holding = lines.groupby(["subscription_id", "account_id"], sort=False)
+    account_from = holding["effective_date"].transform("min")
+    cancels = (lines["action"] == ChargeAction.CANCELLATION) & (lines["subscription_quantity"] == 0)
+    leaves = cancels.groupby([lines["subscription_id"], lines["account_id"]], sort=False).transform("any")
+    in_order = lines.assign(account_from=account_from, stays=~leaves).sort_values(
+        ["subscription_id", "account_from", "stays", "effective_date", "charged_at", "charge_sequence", "charge_id"],
+        kind="stable",
+        na_position="first",
+    )
+    first_account = in_order.drop_duplicates("subscription_id").set_index("subscription_id")["account_id"]
+    previous_account = lines["subscription_id"].map(first_account)
+    changed_account = (lines["account_id"] != previous_account).fillna(False)
+    moved = flagged | mismatch | changed_account
+    lines["moved"] = moved
     lines["moved_from"] = lines["contract_id"].where(moved).astype("Int64")
     lines["move_reason"] = None
     if moved.any():
@@ -425,8 +481,26 @@ def _regroup_moved(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame
             + " is linked to company "
             + lines.loc[moved, "company_id"].astype(str)
         )
+        names = lines.drop_duplicates("account_id").set_index("account_id")["account_name"]
+        move_day = lines[moved].groupby("subscription_id")["effective_date"].min()
+        from_account = (
+            "account "
+            + previous_account[moved]
+            + ' "'
+            + previous_account[moved].map(names).fillna("").astype(str)
+            + '" billed it until '
+            + lines.loc[moved, "subscription_id"].map(move_day).dt.strftime("%Y-%m-%d")
+            + ", account "
+            + lines.loc[moved, "account_id"]
+            + ' "'
+            + lines.loc[moved, "account_name"].fillna("").astype(str)
+            + '" from then on: the old contract service goes to 0 from that day, a contract of the new customer '
+            "holds the units"
+        )
         detail = lines.loc[moved, "contract_detail"]
-        lines.loc[moved, "move_reason"] = MOVED_SUBSCRIPTION + ": " + detail.where(detail.notna(), generated)
+        detail = detail.where(~changed_account[moved], from_account)
+        detail = detail.where(detail.notna(), generated)
+        lines.loc[moved, "move_reason"] = MOVED_SUBSCRIPTION + ": " + detail
         lines.loc[moved, "contract_id"] = _own_contract_of_moved(lines[moved], snapshot).reindex(lines.index)[moved]
         lines.loc[moved, "contract_flag"] = None
         lines.loc[moved, "contract_suggestions"] = 0
@@ -458,6 +532,8 @@ def _add_zeroing_lines(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataF
     after a contract's end, and refuses an adjustment there)."""
     moved = lines[lines["moved_from"].notna()]
     lines["zeroing"] = False
+    # the moved subscription's own lines start from nothing on their new contract
+    lines.loc[lines["moved"], "units_before_month"] = 0.0
     if moved.empty:
         return lines
     first = moved.drop_duplicates("subscription_id").copy()
@@ -472,8 +548,6 @@ def _add_zeroing_lines(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataF
         .merge(existing.rename(columns={"contract_id": "moved_from"}).astype("Int64"), how="left", indicator=True)
     )
     first = first[(on_old_contract["_merge"] == "both").to_numpy()]
-    # the moved subscription's own lines start from nothing on their new contract
-    lines.loc[lines["moved_from"].notna(), "units_before_month"] = 0.0
     zeroing = first.assign(
         contract_id=first["moved_from"],
         contract_flag=None,
@@ -483,6 +557,7 @@ def _add_zeroing_lines(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataF
         subscription_quantity=0.0,
         unit_cost=np.nan,
         zeroing=True,
+        moved=False,
     )
     return pd.concat([lines, zeroing], ignore_index=True)
 
@@ -543,6 +618,12 @@ def _groups(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame:
     groups["company_currency"] = by_group["company_currency"].first()
     moved = lines[lines["move_reason"].notna()]
     groups["move_reason"] = moved.groupby("group")["move_reason"].first()
+    held = lines[lines["quality_hold"].notna()] if "quality_hold" in lines else lines.iloc[0:0]
+    groups["quality_hold"] = (
+        held.drop_duplicates(["group", "quality_hold"]).groupby("group")["quality_hold"].agg("; ".join)
+        if not held.empty
+        else None
+    )
     pairs = snapshot.contract_services.drop_duplicates(["contract_id", "service_id"], keep="first")
     pairs = pairs.astype({"contract_id": "Int64", "service_id": "Int64"})
     groups = (
@@ -1030,7 +1111,8 @@ class _PlanBuilder:
             groups_of[int(contract_id)].append(group)
         # what holds a contract's groups back, read once (a row lookup per contract costs more than all the rest)
         info_of = extended.to_dict("index")
-        only_blocked_currencies = extended.groupby(extended["contract_id"].astype("int64"))["currency_mismatch"].all()
+        blocked_groups = extended["currency_mismatch"] | extended["quality_hold"].notna()
+        only_blocked_currencies = blocked_groups.groupby(extended["contract_id"].astype("int64")).all()
         for contract_id, end, commitment_months, last_point in zip(
             reach.index, reach["end_date"], reach["commitment_months"], reach["last_point"], strict=True
         ):
@@ -1045,7 +1127,7 @@ class _PlanBuilder:
                 *self._company_confirmation_holds(first_group),
             ]
             if only_blocked_currencies[contract_id]:
-                # the extension serves only adjustments that are blocked for their currency
+                # the extension serves only adjustments that are blocked (their currency, a held line)
                 holds += self._group_holds(first_group)
             status, reason = held_back(holds)
             action = PlanAction(
@@ -1441,6 +1523,8 @@ class _PlanBuilder:
         ]
         if pd.notna(info["move_reason"]):
             holds.append(Hold(ActionStatus.FLAGGED, info["move_reason"]))
+        if isinstance(info.get("quality_hold"), str):
+            holds.append(Hold(ActionStatus.BLOCKED, info["quality_hold"]))
         if info["currency_mismatch"]:
             holds.append(
                 Hold(

@@ -16,7 +16,15 @@
 --     line (increase, decrease, cancellation) moves the previous total by its signed quantity. Where the
 --     previous total is unknown, the line's own total stands (nothing to compare it with);
 --   account_mixed_currency: 1 when the line's account is billed in more than one currency this month;
---   subscription_mixed_account: 1 when the line's subscription appears under more than one account.
+--   subscription_moved: 1 when the line's subscription moved to another account this month: exactly two
+--     accounts, and one of them (the old one) bills it up to a cancellation that leaves 0 units on or before the
+--     other's first line (a cancellation credit on the old account, a New line on the new one). Reconciliation
+--     plans it as a moved subscription (the old contract service to 0 from the move, a contract of the new
+--     customer's company), flagged for a person;
+--   subscription_mixed_account: 1 when the line's subscription appears under more than one account and that is
+--     not such a move (billed to two customers at once, or to three): its lines are held, never the month.
+--   The previous total is read per subscription and account: the new account's first line does not follow the
+--     old account's cancellation.
 --   billed_for_the_month: 1 for a monthly-billed line other than a renewal, whose charge period ends in the month
 --     (quarterly, semi-annual and annual charges and renewals run to the end of their billing period or term);
 -- (Window MIN/MAX rather than COUNT(DISTINCT) joins: PostgreSQL has no DISTINCT in window functions, and
@@ -36,12 +44,57 @@ seats AS (
     FROM charge_lines lines
     WHERE lines.month = :month
 ),
+accounts AS (
+    -- per line: its subscription's lowest and highest account, and its own account's span of dates in the month
+    -- and the date of its cancellation to 0 (the two windows a move is read from)
+    SELECT
+        lines.*,
+        MIN(lines.account_id) OVER (PARTITION BY lines.subscription_id) AS first_account,
+        MAX(lines.account_id) OVER (PARTITION BY lines.subscription_id) AS last_account,
+        MIN(lines.effective_date) OVER (PARTITION BY lines.subscription_id, lines.account_id) AS account_from,
+        MAX(lines.effective_date) OVER (PARTITION BY lines.subscription_id, lines.account_id) AS account_until,
+        MAX(CASE WHEN lines.action = 'Cancellation' AND lines.subscription_quantity = 0
+                 THEN lines.effective_date END)
+            OVER (PARTITION BY lines.subscription_id, lines.account_id) AS account_cancelled_on
+    FROM seats lines
+),
+spans AS (
+    SELECT
+        accounts.*,
+        MAX(CASE WHEN accounts.account_id <> accounts.first_account AND accounts.account_id <> accounts.last_account
+                 THEN 1 ELSE 0 END) OVER (PARTITION BY accounts.subscription_id) AS third_account,
+        MIN(CASE WHEN accounts.account_id = accounts.first_account THEN accounts.account_from END)
+            OVER (PARTITION BY accounts.subscription_id) AS first_from,
+        MAX(CASE WHEN accounts.account_id = accounts.first_account THEN accounts.account_until END)
+            OVER (PARTITION BY accounts.subscription_id) AS first_until,
+        MAX(CASE WHEN accounts.account_id = accounts.first_account THEN accounts.account_cancelled_on END)
+            OVER (PARTITION BY accounts.subscription_id) AS first_cancelled_on,
+        MIN(CASE WHEN accounts.account_id = accounts.last_account THEN accounts.account_from END)
+            OVER (PARTITION BY accounts.subscription_id) AS last_from,
+        MAX(CASE WHEN accounts.account_id = accounts.last_account THEN accounts.account_until END)
+            OVER (PARTITION BY accounts.subscription_id) AS last_until,
+        MAX(CASE WHEN accounts.account_id = accounts.last_account THEN accounts.account_cancelled_on END)
+            OVER (PARTITION BY accounts.subscription_id) AS last_cancelled_on
+    FROM accounts
+),
+moves AS (
+    SELECT
+        spans.*,
+        CASE
+            WHEN spans.first_account = spans.last_account THEN 0
+            WHEN spans.third_account = 0
+                AND ((spans.first_cancelled_on = spans.first_until AND spans.first_until <= spans.last_from)
+                  OR (spans.last_cancelled_on = spans.last_until AND spans.last_until <= spans.first_from))
+            THEN 1 ELSE 0
+        END AS moved
+    FROM spans
+),
 ordered AS (
     SELECT
         lines.*,
         COALESCE(
             LAG(lines.subscription_quantity) OVER (
-                PARTITION BY lines.subscription_id, lines.seat_line
+                PARTITION BY lines.subscription_id, lines.account_id, lines.seat_line
                 ORDER BY lines.effective_date,
                          CASE WHEN lines.charged_at IS NULL THEN 0 ELSE 1 END, lines.charged_at,
                          COALESCE(lines.charge_sequence, 0), lines.charge_id
@@ -53,12 +106,10 @@ ordered AS (
                 <> MAX(lines.currency) OVER (PARTITION BY lines.account_id)
             THEN 1 ELSE 0
         END AS account_mixed_currency,
-        CASE
-            WHEN MIN(lines.account_id) OVER (PARTITION BY lines.subscription_id)
-                <> MAX(lines.account_id) OVER (PARTITION BY lines.subscription_id)
-            THEN 1 ELSE 0
-        END AS subscription_mixed_account
-    FROM seats lines
+        lines.moved AS subscription_moved,
+        CASE WHEN lines.first_account <> lines.last_account AND lines.moved = 0 THEN 1 ELSE 0 END
+            AS subscription_mixed_account
+    FROM moves lines
     LEFT JOIN history ON history.subscription_id = lines.subscription_id
 )
 SELECT
@@ -99,6 +150,7 @@ SELECT
         END AS DOUBLE PRECISION
     ) AS expected_subscription_quantity,
     ordered.account_mixed_currency,
+    ordered.subscription_moved,
     ordered.subscription_mixed_account,
     CASE WHEN ordered.billing_period = 'Monthly' AND ordered.action <> 'Renewal' THEN 1 ELSE 0 END
         AS billed_for_the_month

@@ -8,7 +8,8 @@
 --     NULL for every other row (NULLs are not compared);
 --   unit_change_unmapped: 1 for an action to be written (proposed / approved) that changes units without
 --     a contract service to change them on; rows held as needs-mapping say so themselves and are exempt;
---   unit_change_mismatch: 1 when units_before, units_after and unit_change are all given and disagree.
+--   unit_change_mismatch: 1 when units_before, units_after and unit_change are all given and disagree;
+--   units_after, unit_cost_after: NULL on a blocked row (it never loads; its figures may come from a held line).
 WITH plan AS (
     SELECT
         actions.*,
@@ -25,9 +26,11 @@ SELECT
     plan.contract_service_key,
     plan.effective_date,
     CAST(plan.units_before AS DOUBLE PRECISION) AS units_before,
-    CAST(plan.units_after AS DOUBLE PRECISION) AS units_after,
+    -- a blocked row never loads (a held BSS line, a currency ...): its figures are not checked, so a bad line
+    -- holds its own plan lines, never the month
+    CAST(CASE WHEN plan.status <> 'blocked' THEN plan.units_after END AS DOUBLE PRECISION) AS units_after,
     CAST(plan.unit_change AS DOUBLE PRECISION) AS unit_change,
-    CAST(plan.unit_cost_after AS DOUBLE PRECISION) AS unit_cost_after,
+    CAST(CASE WHEN plan.status <> 'blocked' THEN plan.unit_cost_after END AS DOUBLE PRECISION) AS unit_cost_after,
     CASE
         WHEN plan.kind IN ('adjust_units', 'change_cost', 'change_price')
             AND plan.status IN ('proposed', 'approved', 'applied')

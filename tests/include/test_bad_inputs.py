@@ -3,8 +3,10 @@
 End to end: the BSS sandbox serves the month with the corruption (`/_admin/overrides`), the real extract
 reads it through the BSS hook, and the quality gate validates what landed. A record the extract cannot
 type stops the run there (`ExtractRejectedError`, naming the field); everything else reaches the gate,
-where a critical expectation stops the run with `DataQualityError` naming the expectation and the charge,
-and a warning lets it continue. Either way nothing may reach Autotask: the Autotask sandbox must have seen
+where a critical expectation stops the run with `DataQualityError` naming the expectation (only what makes the
+whole month untrustworthy: a collapsed month), a hold expectation holds the bad line (stored in `quality_holds`
+with its reason, the month goes on: reconciliation blocks the subscription's plan lines), and a warning lets it
+continue. Either way nothing may reach Autotask: the Autotask sandbox must have seen
 no write when the gate is done (the loader is wired after the gate; this guards that wiring).
 """
 
@@ -211,7 +213,7 @@ class BadInput:
 
     kind: str
     corrupt: Callable[[list[dict]], tuple[dict, str]]
-    stops_at: str  # "extract" | "gate" | "warning" (the run continues with a warning for review)
+    stops_at: str  # "extract" | "gate" (the month) | "hold" (the line; the month goes on) | "warning" (for review)
     named: str  # the rejected BSS field (extract) or the expectation (gate, warning)
     previous_month: bool = False
     also: tuple[str, ...] = field(default=())
@@ -233,27 +235,32 @@ CATALOGUE = [
     BadInput(
         "fractional quantity",
         _fractional_quantity,
-        "gate",
+        "hold",
         "quantity_integral",
         also=("subscription_quantity_integral",),
     ),
-    BadInput("negative subscription quantity", _negative_total, "gate", "subscription_quantity_not_negative"),
-    BadInput("total not previous plus change", _total_not_following, "gate", "subscription_quantity_follows_changes"),
-    BadInput("cancellation leaves units", _cancellation_not_at_zero, "gate", "cancellation_ends_at_zero"),
-    BadInput("increase that removes units", _increase_removing_units, "gate", "increase_is_positive"),
-    BadInput("negative unit cost", _negative_cost, "gate", "unit_cost_not_negative"),
-    BadInput("charge starts before the month", _start_outside_month, "gate", "charge_start_in_month"),
-    BadInput("effective date before its period", _effective_before_period, "gate", "effective_date_not_before_period"),
+    BadInput("negative subscription quantity", _negative_total, "hold", "subscription_quantity_not_negative"),
+    BadInput("total not previous plus change", _total_not_following, "hold", "subscription_quantity_follows_changes"),
+    BadInput("cancellation leaves units", _cancellation_not_at_zero, "hold", "cancellation_ends_at_zero"),
+    BadInput("increase that removes units", _increase_removing_units, "hold", "increase_is_positive"),
+    BadInput("negative unit cost", _negative_cost, "hold", "unit_cost_not_negative"),
+    BadInput("charge starts before the month", _start_outside_month, "hold", "charge_start_in_month"),
+    BadInput("effective date before its period", _effective_before_period, "hold", "effective_date_not_before_period"),
     BadInput(
         "effective date after the month",
         _effective_after_month,
-        "gate",
+        "hold",
         "effective_date_in_month",
         also=("effective_date_not_after_period",),
     ),
-    BadInput("period ends before it starts", _period_ends_before_start, "gate", "charge_period_ordered"),
-    BadInput("two currencies for one customer", _two_currencies, "gate", "one_currency_per_customer"),
-    BadInput("subscription under two customers", _subscription_moves_customer, "gate", "one_customer_per_subscription"),
+    BadInput("period ends before it starts", _period_ends_before_start, "hold", "charge_period_ordered"),
+    BadInput("two currencies for one customer", _two_currencies, "hold", "one_currency_per_customer"),
+    BadInput(
+        "subscription under two customers at once",
+        _subscription_moves_customer,
+        "hold",
+        "one_customer_per_subscription",
+    ),
     BadInput(
         "month collapses vs last month", _month_collapses, "gate", "row_count_within_critical_band", previous_month=True
     ),
@@ -271,7 +278,7 @@ def _assert_no_autotask_writes(autotask) -> None:
 
 def test_the_catalogue_holds_fifteen_distinct_kinds_of_bad_input() -> None:
     assert len({case.kind for case in CATALOGUE}) == len(CATALOGUE) >= 15
-    assert {case.stops_at for case in CATALOGUE} == {"extract", "gate", "warning"}
+    assert {case.stops_at for case in CATALOGUE} == {"extract", "gate", "hold", "warning"}
 
 
 @pytest.mark.parametrize("case", CATALOGUE, ids=[case.kind.replace(" ", "-") for case in CATALOGUE])
@@ -313,6 +320,20 @@ def test_bad_input_stops_or_warns_by_name_and_writes_nothing_to_autotask(
             "SELECT suite, success, critical_failures FROM quality_results WHERE run_id = :r", {"r": RUN_ID}
         )
         assert any(row["suite"] == "charge_lines" and row["critical_failures"] >= 1 for row in stored)
+    elif case.stops_at == "hold":
+        assert raise_on_critical(report) is report  # the month goes on: the line is held, not the month
+        held = {failure.name: failure for failure in report.holds}
+        assert {case.named, *case.also} <= set(held), [str(failure) for failure in report.failures]
+        assert charge_id in held[case.named].held_keys
+        # only the bad line's own subscription (or customer, for a currency) is held: a few lines of the month
+        assert len(report.held_lines) <= 10, sorted(report.held_lines)
+        stored = warehouse.query(
+            "SELECT charge_id, expectation, reason FROM quality_holds WHERE run_id = :r", {"r": RUN_ID}
+        )
+        row = next(row for row in stored if row["charge_id"] == charge_id and row["expectation"] == case.named)
+        assert (case.named in row["reason"] and "the month's other lines go on" in row["reason"]) or "BSS" in row[
+            "reason"
+        ]
     else:
         assert raise_on_critical(report) is report  # the run continues
         assert report.passed and not report.critical

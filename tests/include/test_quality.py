@@ -65,7 +65,7 @@ def test_a_clean_month_passes_every_charge_expectation(warehouse: Warehouse, uni
     assert stored[0]["data_docs_index"] == report.data_docs_index
 
 
-def test_critical_failure_raises_naming_expectation_and_charge_and_is_stored(warehouse: Warehouse, universe) -> None:
+def test_a_bad_line_is_held_by_name_and_charge_and_stored_and_the_month_goes_on(warehouse: Warehouse, universe) -> None:
     records = [dict(record) for record in universe.charges_for_month(MONTH)]
     victim = next(index for index, record in enumerate(records) if record["action"] == "QuantityIncrease")
     records[victim]["subscriptionQuantity"] += 4
@@ -73,22 +73,50 @@ def test_critical_failure_raises_naming_expectation_and_charge_and_is_stored(war
     _extract(warehouse, universe, MONTH, "run-bad", records)
 
     report = validate_charges(warehouse, MONTH, "run-bad")
-    with pytest.raises(DataQualityError) as stopped:
-        raise_on_critical(report)
-
-    message = str(stopped.value)
-    assert "subscription_quantity_follows_changes" in message and charge_id in message
-    assert report.data_docs_index in message
-    assert [failure.name for failure in report.critical] == ["subscription_quantity_follows_changes"]
-    example = report.critical[0].examples[0]
-    assert example["charge_id"] == charge_id
+    assert raise_on_critical(report) is report and report.critical == []
+    assert [failure.name for failure in report.holds] == ["subscription_quantity_follows_changes"]
+    example = report.holds[0].examples[0]
+    # the line, and the subscription's next line that follows from its wrong total: that subscription only
+    subscription = records[victim]["subscription"]["id"]
+    held_keys = report.holds[0].held_keys
+    assert example["charge_id"] == charge_id and charge_id in held_keys
+    assert {record["subscription"]["id"] for record in records if record["id"] in held_keys} == {subscription}
     assert float(example["subscription_quantity"]) == float(example["expected_subscription_quantity"]) + 4
     row = warehouse.query(
         "SELECT success, critical_failures, failures FROM quality_results WHERE suite = 'charge_lines'"
     )
-    assert row[0]["critical_failures"] == 1 and not row[0]["success"]
+    assert row[0]["critical_failures"] == 0 and not row[0]["success"]
     assert json.loads(row[0]["failures"])[0]["examples"][0]["charge_id"] == charge_id
-    assert json.loads(json.dumps(report.as_dict()))["critical"][0]["name"] == "subscription_quantity_follows_changes"
+    assert json.loads(json.dumps(report.as_dict()))["holds"][0]["name"] == "subscription_quantity_follows_changes"
+    held = warehouse.query("SELECT charge_id, expectation, reason FROM quality_holds WHERE run_id = 'run-bad'")
+    assert [(row["charge_id"], row["expectation"]) for row in held] == [
+        (key, "subscription_quantity_follows_changes") for key in held_keys
+    ]
+    assert "a missing or repeated change line" in held[0]["reason"]
+
+
+def test_critical_failure_raises_naming_expectation_and_charge_and_is_stored(warehouse: Warehouse, universe) -> None:
+    # the same fault on most of the month's changes and cycles: the feed is broken, the month stops
+    records = [dict(record) for record in universe.charges_for_month(MONTH)]
+    for record in records:
+        record["subscriptionQuantity"] += 4 if record["action"] != "New" else 0
+    _extract(warehouse, universe, MONTH, "run-bad", records)
+
+    report = validate_charges(warehouse, MONTH, "run-bad")
+    with pytest.raises(DataQualityError) as stopped:
+        raise_on_critical(report)
+
+    message = str(stopped.value)
+    failure = next(failure for failure in report.critical if failure.name == "subscription_quantity_follows_changes")
+    assert "subscription_quantity_follows_changes" in message
+    assert failure.examples[0]["charge_id"] in message
+    assert report.data_docs_index in message
+    row = warehouse.query(
+        "SELECT success, critical_failures, failures FROM quality_results WHERE suite = 'charge_lines'"
+    )
+    assert row[0]["critical_failures"] >= 1 and not row[0]["success"]
+    names = [item["name"] for item in json.loads(json.dumps(report.as_dict()))["critical"]]
+    assert "subscription_quantity_follows_changes" in names
 
 
 def test_row_count_band_warns_on_a_moderate_drop_and_is_absent_in_the_first_month(
@@ -344,6 +372,7 @@ def test_every_expectation_has_a_unique_name_and_a_severity() -> None:
         assert len(names) == len(set(names)) > 0, suite
         assert {expectation["meta"]["severity"] for expectation in definition["expectations"]} <= {
             "critical",
+            "hold",
             "warning",
         }
 
