@@ -14,6 +14,7 @@ from include.sync_settings import SyncSettings
 from include.warehouse import Warehouse
 from stacks.launcher import RunningServer, start_server
 from stacks.local_stack import AUTOTASK_BILLING_CODE_ID, AUTOTASK_OWNER_RESOURCE_ID, autotask_connection
+from stacks.review_server import USERS, airflow_env, start_api_server, stop_group, token  # noqa: F401 (the tests use them from here)
 
 MONTH = "2026-10"
 RUN_ID = "manual__2026-11-01T06:00:00+00:00"
