@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import date
 from decimal import Decimal
@@ -379,7 +379,7 @@ def replace_plan(
             )
         )
         held = slots_held(conn, month)
-        _supersede_unsent_approvals(conn, warehouse, month, run_id, held, {a.idempotency_key for a in actions})
+        replaced = _supersede_unsent_approvals(conn, warehouse, month, run_id, held, actions)
         decided = conn.execute(
             sa.select(table.c.action_id, table.c.idempotency_key, table.c.status).where(
                 table.c.month == month, table.c.status.in_([str(status) for status in DECIDED_STATUSES])
@@ -418,6 +418,14 @@ def replace_plan(
                     "record in Autotask and correct it there",
                 )
                 summary.conflicting_with_decided += 1
+            elif action.idempotency_key in replaced:
+                other_id, other_run = replaced[action.idempotency_key]
+                action = action.held(
+                    action.status,
+                    f"replaces approved action {other_id} of run {other_run}, which never reached Autotask: "
+                    "this run planned its slot again from today's Autotask",
+                )
+                summary.conflicting_with_decided += 1
             elif action.idempotency_key in decided_keys:
                 other_id, other_status = decided_keys[action.idempotency_key]
                 action = action.held(
@@ -442,8 +450,8 @@ def _supersede_unsent_approvals(
     month: str,
     run_id: str,
     held: Mapping[str, Any],
-    new_keys: Collection[str],
-) -> int:
+    actions: Sequence[PlanAction],
+) -> dict[str, tuple[str, str]]:
     """An earlier sync run's approved lines that never reached Autotask (no ledger write holds their slot), when the
     new run plans their slot again, or when they write to records that earlier run was to create (their slot's name
     changes once the record exists: a contract created before a crash is `cs:C<id>/…` in the new plan, not the
@@ -452,7 +460,10 @@ def _supersede_unsent_approvals(
     (`include.runs.supersede_lines`), then taken out of the month's plan. Any other approved line stays and loads
     (an existing record's change the new plan does not repeat, e.g. a moved subscription's zeroing of its old
     contract once the new contract is its remembered link), and so do lines a write of unknown outcome depends on.
-    A reversal run's lines are its own: never superseded here."""
+    A line the new plan gives again word for word (the same action id) is the same decision: it stays approved.
+    A reversal run's lines are its own: never superseded here. Returns slot -> (the superseded line, its run)."""
+    new_keys = {action.idempotency_key for action in actions}
+    new_ids = {action.action_id for action in actions}
     table = warehouse.table("plan_actions")
     approved = (
         conn.execute(
@@ -468,7 +479,7 @@ def _supersede_unsent_approvals(
         .all()
     )
     if not approved:
-        return 0
+        return {}
     reversal_runs = {
         row[0]
         for row in conn.execute(
@@ -481,6 +492,7 @@ def _supersede_unsent_approvals(
         action_id
         for action_id, row in by_id.items()
         if row["idempotency_key"] in held
+        or action_id in new_ids
         or (row["idempotency_key"] not in new_keys and not any(row[name] for name in _REFERENCES))
     ]
     kept: set[str] = set()
@@ -492,15 +504,14 @@ def _supersede_unsent_approvals(
         keep.extend(json.loads(by_id[action_id]["depends_on"] or "[]"))
     stale = sorted(set(by_id) - kept)
     if not stale:
-        return 0
+        return {}
     from include.runs import supersede_lines
 
-    superseded = 0
     for start in range(0, len(stale), 250):
         batch = stale[start : start + 250]
-        superseded += supersede_lines(conn, warehouse, run_id, table.c.action_id.in_(batch))
+        supersede_lines(conn, warehouse, run_id, table.c.action_id.in_(batch))
         conn.execute(table.delete().where(table.c.action_id.in_(batch), table.c.status == str(ActionStatus.APPROVED)))
-    return superseded
+    return {by_id[action_id]["idempotency_key"]: (action_id, by_id[action_id]["run_id"]) for action_id in stale}
 
 
 def _replace_scope(

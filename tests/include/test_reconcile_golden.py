@@ -265,7 +265,9 @@ def test_rerun_keeps_decided_rows_and_flags_a_conflicting_change(golden):
     assert summary.already_decided == 1
     assert load_plan(warehouse, MONTH, "run-1")[0].status is ActionStatus.APPROVED
 
-    # the BSS now says +2 on that date: same Autotask slot, other content -> flagged, never a second proposal
+    # the BSS now says +2 on that date: same Autotask slot, other content. The approved +1 never reached Autotask, so
+    # the new run's +2 takes its place (one line for the slot, never two approved), saying which approval it replaces;
+    # run-1's review keeps its approved line
     lines, accounts = bss_month()
     for row in lines:
         if row["subscription_id"] == "SUB-3" and row["action"] == "QuantityIncrease":
@@ -273,9 +275,15 @@ def test_rerun_keeps_decided_rows_and_flags_a_conflicting_change(golden):
     store_month(warehouse, MONTH, lines, accounts)
     _, summary, third = _run(warehouse, fake, "run-3")
     conflicting = [a for a in third if a.target == "cs:C1002/V502" and a.effective_date == D(2026, 10, 5)]
-    assert len(conflicting) == 1 and conflicting[0].status is ActionStatus.FLAGGED
-    assert approved.action_id in conflicting[0].reason
+    assert len(conflicting) == 1 and conflicting[0].status is ActionStatus.PROPOSED
+    assert approved.action_id in conflicting[0].reason and "never reached Autotask" in conflicting[0].reason
     assert summary.conflicting_with_decided == 1
+    slot = [a for a in load_plan(warehouse, MONTH) if a.idempotency_key == conflicting[0].idempotency_key]
+    assert [a.action_id for a in slot] == [conflicting[0].action_id]
+    kept = warehouse.query(
+        "SELECT status, superseded_by FROM superseded_plan_actions WHERE action_id = :id", {"id": approved.action_id}
+    )
+    assert kept == [{"status": "approved", "superseded_by": "run-3"}]
 
 
 def test_applying_the_proposed_plan_leaves_nothing_to_do(golden):
