@@ -8,7 +8,8 @@ Moves one billing month of recurring charges from the **interworks.cloud BSS** i
 1. **extract** — the month's charges and accounts from the BSS API into the staging warehouse
    (all or nothing: a record that cannot be typed stops the run and is listed by charge id and field);
 2. **validate_charges** — Great Expectations suites on the raw and typed lines; critical failures stop here;
-3. **snapshot_autotask → link_records → reconcile** — the Autotask state the month needs, links from each BSS
+3. **snapshot_autotask → link_records → reconcile** — earlier loads' writes of unknown outcome settled by reading
+   Autotask (a crashed load's: never sent twice), the Autotask state the month needs, links from each BSS
    line to a company, contract and service (remembered for next month), and the change plan;
 4. **validate_plan** — the plan's own suites (never two adjustments on one date, no unit change unmapped);
 5. **approve** — a person approves in the Airflow UI (Browse → Required Actions) or with `make approve`:

@@ -53,7 +53,7 @@ from include.autotask_errors import (
     AutotaskRateLimitError,
 )
 from include.autotask_reader import api_date, to_api_value, udf_value
-from include.ledger import ASK_FIRST, LedgerState
+from include.ledger import ASK_FIRST, Found, LedgerState, Lookup
 from include.mapping import record_created_link
 from include.plan import ADJUSTMENT_KINDS, MOVED_SUBSCRIPTION, ActionKind, ActionStatus, PlanAction, load_plan
 from include.sync_settings import SyncSettings
@@ -561,14 +561,26 @@ class _Loader:
         for action in asking:
             by_kind[action.kind].append(action)
         for kind, group in by_kind.items():
-            finder = _FINDERS[kind]
-            for action, found, note in finder(self, group):
-                if found is _NOT_FOUND:
+            for action, answer in self.look_up(kind, group):
+                if answer.found is Found.NOT_FOUND:
                     continue
-                if isinstance(found, _Refusal):
-                    self._fail_without_write(action, found.reason)
+                if answer.found is Found.CANNOT_TELL:
+                    self._fail_without_write(action, answer.note)
                 else:
-                    self._confirm(action, found, note, counter="found_applied")
+                    self._confirm(action, answer.autotask_id, answer.note, counter="found_applied")
+
+    def look_up(self, kind: ActionKind, actions: Sequence[PlanAction]) -> list[tuple[PlanAction, Lookup]]:
+        """What Autotask holds for these writes of one kind (`include.ledger.RecoveryLookups`): one batched read, one
+        answer each — found (with the record's id), not found, or cannot tell (why, for a person)."""
+        answers = []
+        for action, found, note in _FINDERS[kind](self, actions):
+            if found is _NOT_FOUND:
+                answers.append((action, Lookup.not_found()))
+            elif isinstance(found, _Refusal):
+                answers.append((action, Lookup.cannot_tell(found.reason)))
+            else:
+                answers.append((action, Lookup.of(found, note)))
+        return answers
 
     def _find_companies(self, actions: Sequence[PlanAction]) -> Iterable[tuple[PlanAction, Any, str]]:
         keys = {action.account_id: action for action in actions if action.account_id}

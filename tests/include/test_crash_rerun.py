@@ -67,3 +67,34 @@ def test_a_load_killed_at_each_step_of_the_ledger_then_run_again_writes_every_ch
         autotask, admin, f"sqlite:///{tmp_path / 'crash.db'}", WITH_FLAGGED, kill, expected, monkeypatch
     )
     assert outcome.clean, explain(outcome)
+
+
+def test_the_next_month_first_settles_a_killed_loads_writes_by_reading_and_sends_nothing(
+    autotask, admin, tmp_path, monkeypatch
+):
+    """November's run starts after October's load died: October's writes of unknown outcome are settled by reading
+    Autotask (the killed write was applied: confirmed; writes that never got there: pending again), nothing sent."""
+    from include.loader import settle_unknown_writes
+    from tests.include.crash_support import load_killed, plan_and_approve
+    from tests.include.loader_support import MONTH, SETTINGS, ledger_states, make_hook
+
+    admin.reset()
+    url = f"sqlite:///{tmp_path / 'crash.db'}"
+    warehouse = Warehouse(url)
+    warehouse.migrate()
+    hook = make_hook(autotask, monkeypatch)
+    plan_and_approve(hook, warehouse, "run-1", PROPOSED_ONLY)
+    killed_at = load_killed(autotask, admin, url, "run-1", Kill(after_writes=5, moment="after"))
+    in_doubt = sum(ledger_states(warehouse)[state] for state in ("sent", "unknown", "resent"))
+    assert in_doubt >= 1, ledger_states(warehouse)
+
+    (october,) = settle_unknown_writes(hook, warehouse, "2026-11", "run-november", SETTINGS)
+
+    assert october.month == MONTH and october.asked == in_doubt
+    assert october.found_applied >= 1 and october.found_applied + october.not_applied == in_doubt
+    assert october.cannot_tell == 0
+    states = ledger_states(warehouse)
+    assert not {"sent", "unknown", "resent"} & set(states), states
+    assert sum(admin.stats()["write_attempts"].values()) == killed_at  # settling sent nothing
+    runs = warehouse.query("SELECT status FROM load_runs WHERE run_id = 'run-1'")
+    assert [row["status"] for row in runs] == ["interrupted"]
