@@ -306,7 +306,6 @@ def summarise_plan(
     rows = _run_rows(warehouse, month, run_id)
     book = PriceBook(warehouse, month, run_id, rows)
     line_approved = _line_approved_ids(warehouse, run_id)
-    priced: dict[str, LineMoney] = {}  # each line's money, worked out once
     reasons: Counter[tuple[str, str]] = Counter()
     examples: dict[tuple[str, str], str] = {}
     for row in rows:
@@ -314,13 +313,14 @@ def summarise_plan(
         by_kind = summary.by_kind_status.setdefault(kind, {})
         by_kind[status] = by_kind.get(status, 0) + 1
         summary.by_status[status] = summary.by_status.get(status, 0) + 1
-        if kind in MONEY_KINDS:
-            money = priced[row["action_id"]] = line_money(row, book)
+        money = line_money(row, book) if kind in MONEY_KINDS else None
+        if money is not None:
+            book.priced[row["action_id"]] = money  # worked out once: the answers reuse it
             summary.money.add(money, money_bucket(status, row["action_id"] in line_approved))
-            if status == PROPOSED:
-                summary.proposed.add(money)
-            elif status == FLAGGED:
-                summary.flagged.add(money)
+        if kind in MONEY_KINDS and status == PROPOSED:
+            summary.proposed.add(money)
+        elif kind in MONEY_KINDS and status == FLAGGED:
+            summary.flagged.add(money)
         if status in (FLAGGED, NEEDS_MAPPING, BLOCKED):
             # a reason joins several causes with "; ": each counts on its own
             for reason in dict.fromkeys(part.strip() for part in (row["reason"] or "no reason given").split("; ")):
@@ -328,7 +328,7 @@ def summarise_plan(
                 reasons[key] += 1
                 if key not in examples:
                     examples[key] = _line_name(row)
-    summary.answers = _answers(run_id, rows, line_approved, book, priced)
+    summary.answers = _answers(run_id, rows, line_approved, book)
     summary.held_reasons = [
         HeldReason(status=status, reason=reason, lines=lines, example=examples[(status, reason)])
         for (status, reason), lines in sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
@@ -348,7 +348,6 @@ def _answers(
     rows: Sequence[Mapping[str, Any]],
     line_approved: set[str],
     book: PriceBook,
-    priced: Mapping[str, LineMoney] | None = None,
 ) -> dict[str, AnswerFigures]:
     answers = {answer: AnswerFigures(answer) for answer in (OPTION_APPROVE, OPTION_APPROVE_WITH_FLAGGED)}
     ids: dict[str, list[str]] = {answer: [] for answer in answers}
@@ -367,8 +366,7 @@ def _answers(
             continue
         money = None
         if row["kind"] in MONEY_KINDS:
-            money = priced.get(row["action_id"]) if priced else None
-            money = money or line_money(row, book)
+            money = book.priced.get(row["action_id"]) or line_money(row, book)
         for answer in approving:
             figures = answers[answer]
             ids[answer].append(row["action_id"])

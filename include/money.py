@@ -241,6 +241,8 @@ class PriceBook:
         self.pairs = {(int(row[2]), int(row[3])): (_decimal(row[4]), _decimal(row[5])) for row in snapshot}
         companies = sorted(companies, key=lambda row: (row[0] == run_id, str(row[3])))
         self.company_currency = {int(row[1]): row[2] for row in companies if row[2]}
+        # each line's money once worked out (by action id), for a caller that needs it twice
+        self.priced: dict[str, LineMoney] = {}
         self.created: dict[str, tuple[Decimal | None, Decimal | None]] = {}
         for row in plan_rows:
             if row["kind"] == "create_contract_service":
