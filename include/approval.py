@@ -325,8 +325,9 @@ def summarise_plan(
         by_kind = summary.by_kind_status.setdefault(kind, {})
         by_kind[status] = by_kind.get(status, 0) + 1
         summary.by_status[status] = summary.by_status.get(status, 0) + 1
-        money = line_money(row, book)
-        if kind in MONEY_KINDS:
+        money = line_money(row, book) if kind in MONEY_KINDS else None
+        if money is not None:
+            book.priced[row["action_id"]] = money  # worked out once: the answers reuse it
             summary.money.add(money, money_bucket(status, row["action_id"] in line_approved))
         if kind in MONEY_KINDS and status == PROPOSED:
             summary.proposed.add(money)
@@ -375,13 +376,15 @@ def _answers(
         ]
         if not approving:
             continue
-        money = line_money(row, book)
+        money = None
+        if row["kind"] in MONEY_KINDS:
+            money = book.priced.get(row["action_id"]) or line_money(row, book)
         for answer in approving:
             figures = answers[answer]
             ids[answer].append(row["action_id"])
             figures.by_kind[row["kind"]] = figures.by_kind.get(row["kind"], 0) + 1
             figures.line_approved += int(chosen_alone)
-            if row["kind"] in MONEY_KINDS:
+            if money is not None:
                 figures.currencies.setdefault(money.currency, Changes()).add(money)
     for answer, figures in answers.items():
         figures.action_ids = tuple(sorted(ids[answer]))

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -194,7 +195,8 @@ class PriceBook:
 
             condition, account_params = sql_in("account_id", accounts, "acc")
             only, params = f" AND {condition}", {**params, **account_params}
-        self.seats: dict[str, list[tuple[date | None, Decimal | None, Decimal | None]]] = {}
+        # per subscription its seat lines of the month in order: (ISO date, unit price, unit cost) as read
+        self.seats: dict[str, list[tuple[str, Any, Any]]] = {}
         self.subscription_currency: dict[str, str] = {}
         self.account_currency: dict[str, str] = {}
         with warehouse.engine.connect() as conn:
@@ -210,7 +212,7 @@ class PriceBook:
                 self.subscription_currency.setdefault(subscription, currency)
                 self.account_currency.setdefault(account, currency)
                 if charge_type in SEAT_CHARGE_TYPES:
-                    self.seats.setdefault(subscription, []).append((_day(day), _decimal(price), _decimal(cost)))
+                    self.seats.setdefault(subscription, []).append((_iso_day(day), price, cost))
             only_contracts, contract_params = "", {}
             if accounts is not None:  # a scope's lines: the contract services of the contracts they name
                 from include.plan import sql_in
@@ -239,6 +241,8 @@ class PriceBook:
         self.pairs = {(int(row[2]), int(row[3])): (_decimal(row[4]), _decimal(row[5])) for row in snapshot}
         companies = sorted(companies, key=lambda row: (row[0] == run_id, str(row[3])))
         self.company_currency = {int(row[1]): row[2] for row in companies if row[2]}
+        # each line's money once worked out (by action id), for a caller that needs it twice
+        self.priced: dict[str, LineMoney] = {}
         self.created: dict[str, tuple[Decimal | None, Decimal | None]] = {}
         for row in plan_rows:
             if row["kind"] == "create_contract_service":
@@ -252,8 +256,8 @@ class PriceBook:
                 payload = _json_object(row.get("payload"))
                 self.created[row["action_id"]] = (_decimal(payload.get("unitPrice")), _decimal(payload.get("unitCost")))
 
-    def currency_of(self, row: Mapping[str, Any]) -> str:
-        for subscription in _subscriptions(row):
+    def currency_of(self, row: Mapping[str, Any], subscriptions: Sequence[str] | None = None) -> str:
+        for subscription in _subscriptions(row) if subscriptions is None else subscriptions:
             if self.subscription_currency.get(subscription):
                 return self.subscription_currency[subscription]
         if row.get("account_id") in self.account_currency:
@@ -261,16 +265,22 @@ class PriceBook:
         company = _int(row.get("company_id"))
         return self.company_currency.get(company, "") if company is not None else ""
 
-    def bss_seat(self, row: Mapping[str, Any]) -> tuple[Decimal | None, Decimal | None]:
+    def bss_seat(
+        self, row: Mapping[str, Any], subscriptions: Sequence[str] | None = None
+    ) -> tuple[Decimal | None, Decimal | None]:
         """The BSS unit price and cost of the line's subscription: its recurring line in force on the line's date
         (the latest one of the month up to that date, else the month's first)."""
-        day = _day(row.get("effective_date")) or date.max
-        for subscription in _subscriptions(row):
+        day = _iso_day(row.get("effective_date")) or "9999-12-31"
+        for subscription in _subscriptions(row) if subscriptions is None else subscriptions:
             seats = self.seats.get(subscription)
             if not seats:
                 continue
-            in_force = [seat for seat in seats if seat[0] is None or seat[0] <= day] or seats[:1]
-            return in_force[-1][1], in_force[-1][2]
+            chosen = seats[0]
+            for seat in seats:
+                if seat[0] and seat[0] > day:
+                    break
+                chosen = seat
+            return _decimal(chosen[1]), _decimal(chosen[2])
         return None, None
 
     def autotask(self, row: Mapping[str, Any]) -> tuple[Decimal | None, Decimal | None]:
@@ -288,8 +298,9 @@ def line_money(row: Mapping[str, Any], book: PriceBook) -> LineMoney:
     """What a plan line (a `plan_actions` row) does to the money, in its currency. The unit cost it is priced at:
     the plan's, else Autotask's contract service's, else the one the plan gives a new contract service, else the BSS
     recurring line's. The unit price: `loaded_unit_price`."""
-    currency = book.currency_of(row) or UNKNOWN_CURRENCY
-    bss_price, bss_cost = book.bss_seat(row)
+    subscriptions = _subscriptions(row)
+    currency = book.currency_of(row, subscriptions) or UNKNOWN_CURRENCY
+    bss_price, bss_cost = book.bss_seat(row, subscriptions)
     at_price, at_cost = book.autotask(row)
     _created_price, created_cost = book.created.get(row.get("contract_service_action_id") or "", (None, None))
     if row["kind"] == "create_contract_service":
@@ -298,17 +309,9 @@ def line_money(row: Mapping[str, Any], book: PriceBook) -> LineMoney:
     cost_before = _first(_decimal(row.get("unit_cost_before")), cost_after)
     price_after = loaded_unit_price(row, bss_price)
     price_before = _first(_price_before(row), price_after)
-    money = LineMoney(
-        currency=currency,
-        bss_unit_price=bss_price,
-        bss_unit_cost=bss_cost,
-        autotask_unit_price=at_price,
-        autotask_unit_cost=at_cost,
-        unit_price=price_after,
-        unit_cost=cost_after,
-    )
+    prices = (currency, bss_price, bss_cost, at_price, at_cost, price_after, cost_after)
     if row["kind"] not in ADJUSTING_KINDS:
-        return money
+        return LineMoney(*prices)
     after, before, change = (_decimal(row.get(key)) for key in ("units_after", "units_before", "unit_change"))
     if before is None and after is not None and change is not None:
         before = after - change
@@ -323,9 +326,7 @@ def line_money(row: Mapping[str, Any], book: PriceBook) -> LineMoney:
             billed = cents(after * price_after - before * price_before)  # type: ignore[operator]
         if None not in (cost_after, cost_before):
             cost = cents(after * cost_after - before * cost_before)  # type: ignore[operator]
-    return replace(
-        money, units_added=max(change, ZERO), units_removed=max(-change, ZERO), billed_change=billed, cost_change=cost
-    )
+    return LineMoney(*prices, max(change, ZERO), max(-change, ZERO), billed, cost)
 
 
 # -- totals -----------------------------------------------------------------------------------------------------
@@ -536,15 +537,27 @@ def _first(*values: Decimal | None) -> Decimal | None:
     return next((value for value in values if value is not None), None)
 
 
-def _subscriptions(row: Mapping[str, Any]) -> list[str]:
+def _subscriptions(row: Mapping[str, Any]) -> Sequence[str]:
     value = row.get("subscription_ids")
     if isinstance(value, (list, tuple)):
         return [str(item) for item in value]
+    return _parsed_subscriptions(value or "[]")
+
+
+@lru_cache(maxsize=65_536)
+def _parsed_subscriptions(text: str) -> tuple[str, ...]:
     try:
-        parsed = json.loads(value or "[]")
+        parsed = json.loads(text)
     except (TypeError, ValueError):
-        return []
-    return [str(item) for item in parsed] if isinstance(parsed, list) else []
+        return ()
+    return tuple(str(item) for item in parsed) if isinstance(parsed, list) else ()
+
+
+def _iso_day(value: Any) -> str:
+    """A date as ISO text (compared as text: "2026-10-09" < "2026-10-10"); "" for none."""
+    if value is None or value == "":
+        return ""
+    return value.isoformat()[:10] if isinstance(value, date) else str(value)[:10]
 
 
 def _json_object(value: Any) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from include.models import BillingMonth
+from include.money import ADJUSTING_KINDS as MONEY_KINDS
 from include.money import (
     BUCKETS,
     LineMoney,
@@ -84,6 +85,8 @@ KIND_LABELS = {
     "change_price": "Change unit price",
     "review_unbilled": "Review unbilled line",
 }
+# Kinds whose lines show a unit price and cost (include.money), and those that change units or money.
+PRICED_KINDS = (*MONEY_KINDS, "create_contract_service")
 # Statuses that wait for a person (or, blocked, for a fix by hand in Autotask).
 OPEN_STATUSES = ("proposed", "flagged", "needs-mapping", "blocked")
 
@@ -450,9 +453,10 @@ def gather_report(warehouse: Warehouse, month: str, run_id: str, *, dry_run: boo
     for row in plan_rows:
         outcome, reason = _outcome(row, ledger.get(row["action_id"]), run_id, loads, approval, would_write_basis)
         line = names.line(row, outcome, reason, ledger.get(row["action_id"]))
-        line.money = line_money(row, book)
-        if row["run_id"] == run_id and row["kind"] in ADJUSTING_KINDS:
-            money.add(line.money, money_bucket(row["status"]))
+        if row["kind"] in PRICED_KINDS:  # the lines with a price: what changes units or money, and a new service
+            line.money = line_money(row, book)
+            if row["run_id"] == run_id and row["kind"] in MONEY_KINDS:
+                money.add(line.money, money_bucket(row["status"]))
         lines.append(line)
     for line in lines:
         line.counted = line.outcome in (Outcome.CREATED, Outcome.CHANGED, Outcome.WOULD_WRITE)
@@ -478,7 +482,7 @@ def gather_report(warehouse: Warehouse, month: str, run_id: str, *, dry_run: boo
             (line.customer, line.account_id), CustomerSection(line.customer, line.account_id)
         )
         section.lines.append(line)
-        if line.counted and line.kind in ADJUSTING_KINDS:
+        if line.counted and line.kind in MONEY_KINDS:
             section.totals.setdefault(line.currency, Totals(line.currency)).add(line)
             totals.setdefault(line.currency, Totals(line.currency)).add(line)
 
@@ -589,7 +593,7 @@ def _not_loaded_reason(ledger: Mapping[str, Any] | None, loads: Sequence[Mapping
 
 def _count_change(line: ReportLine) -> None:
     """Units and monthly cost this line adds or removes (adjustments only: creates carry no units)."""
-    if line.kind not in ADJUSTING_KINDS:
+    if line.kind not in MONEY_KINDS:
         return
     after = line.units_after
     before = line.units_before
