@@ -228,7 +228,7 @@ def test_a_subscription_billed_to_two_customers_at_once_holds_its_lines_and_the_
 
 
 def test_a_move_of_a_subscription_autotask_never_had_writes_only_the_new_customers_part(warehouse):
-    fake, acme, service = _autotask()
+    fake, _acme, service = _autotask()
     new_company = fake.add_company(NEW_OWNER[1], key=NEW_OWNER[0])
     september, october = _month_with_a_move()
     plan = _plan_the_move(warehouse, fake, october, september)
