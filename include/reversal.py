@@ -217,13 +217,18 @@ def _reverse_chain(month: str, applied_run_id: str, chain: list[_Original], kept
     cost_before_load = cost_changes[0].action.unit_cost_before if cost_changes else None
     changes = {day: -sum((original.change for original in group), Decimal(0)) for day, group in groups.items()}
 
+    sent: dict[date, Decimal] = {}  # the reversal's changes sent so far, in the order the loader sends them
+
     def units_on(day: date) -> Decimal | None:
-        """The units on `day` once the run and all its reversals are applied."""
+        """The units on `day` once the run and the reversal's changes sent before this one are applied: what
+        Autotask holds when the loader sends the next one (adding ones first, each in date order), so a row's
+        units before and after are what its write finds and leaves, and a load resumed after a crash tells an
+        applied row from one never sent by reading the units on its day."""
         known = [units for start, units in base if start <= day] or [units for _, units in base[:1]]
         if not known:
             return None
         applied = sum((original.change for original in chain if original.day <= day), Decimal(0))
-        undone = sum((change for start, change in changes.items() if start <= day), Decimal(0))
+        undone = sum((change for start, change in sent.items() if start <= day), Decimal(0))
         return known[-1] + applied + undone
 
     adding: list[str] = []
@@ -235,7 +240,9 @@ def _reverse_chain(month: str, applied_run_id: str, chain: list[_Original], kept
         if change == 0 and not restores_cost:
             continue  # nothing to write on this day
         latest = max(chain, key=lambda original: (original.day <= day, original.day))
-        units_after = units_on(day)
+        units_before = units_on(day)
+        units_after = None if units_before is None else units_before + change
+        sent[day] = change
         undone_days = ", ".join(original.day.isoformat() for original in group) or "-"
         payload: dict[str, object] = {
             "contractID": latest.contract_id,
@@ -275,7 +282,7 @@ def _reverse_chain(month: str, applied_run_id: str, chain: list[_Original], kept
             contract_service_action_id=None
             if latest.contract_service_id is not None
             else latest.action.contract_service_action_id,
-            units_before=None if units_after is None else units_after - change,
+            units_before=units_before,
             units_after=units_after,
             unit_change=change,
             unit_cost_before=latest.action.unit_cost_after if restores_cost else None,
@@ -498,6 +505,7 @@ def verify_reversal(reader: AutotaskUnitsReader, warehouse: Warehouse, month: st
         applied_in_month = [action for action in month_plan if action.status is ActionStatus.APPLIED]
         contract_ends = _contract_ends(warehouse, month_key, applied_in_month, by_pair)
         for pair, actions in sorted(by_pair.items()):
+            actions = _finally_held(actions)
             actions.sort(key=lambda action: action.effective_date or date.min)
             # a contract that ends inside the month holds no units after its end: check its last day instead
             last_day = min(billing_month.last_day, contract_ends.get(pair[0]) or billing_month.last_day)
@@ -522,6 +530,28 @@ def verify_reversal(reader: AutotaskUnitsReader, warehouse: Warehouse, month: st
     _store_verification(warehouse, result)
     (log.info if result.ok else log.warning)("reversal %s: %s", run_id, result.message())
     return result
+
+
+def _finally_held(actions: list[PlanAction]) -> list[PlanAction]:
+    """One contract service's reversal rows with the units each day holds once all of them are applied: a row's
+    units after are those its write left (`_reverse_chain`), plus the changes sent after it on or before its day
+    (the loader sends the rows adding units first, then those removing them, each kind in date order)."""
+    in_order = sorted(actions, key=lambda action: ((action.unit_change or 0) < 0, action.effective_date or date.min))
+    held = []
+    for position, action in enumerate(in_order):
+        if action.units_after is None or action.effective_date is None:
+            held.append(action)
+            continue
+        later = sum(
+            (
+                other.unit_change or Decimal(0)
+                for other in in_order[position + 1 :]
+                if other.effective_date is not None and other.effective_date <= action.effective_date
+            ),
+            Decimal(0),
+        )
+        held.append(replace(action, units_after=action.units_after + later) if later else action)
+    return held
 
 
 def describe_reversal(rows: Sequence[PlanAction], month: str, applied_run_id: str, limit: int = 15) -> str:

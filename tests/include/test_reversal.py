@@ -218,7 +218,13 @@ def test_consecutive_days_and_a_cost_change_are_reversed_on_the_next_free_day_wi
     assert (first.units_before, first.units_after) == (Decimal(10), Decimal(5))
     assert first.payload["adjustedUnitCost"] == 10 and first.unit_cost_after == Decimal("10")
     assert "adjustedUnitCost" not in second.payload
-    assert (second.units_before, second.units_after) == (Decimal(5), Decimal(6))
+    # each row's units are what its write finds and leaves: the +1 goes first (10 -> 11 on the 19th), then the -5
+    # (10 -> 5 on the 7th); once both are in, the 19th holds 6 (what verification reads back)
+    assert (second.units_before, second.units_after) == (Decimal(10), Decimal(11))
+    from include.reversal import _finally_held
+
+    held = {action.effective_date.day: action.units_after for action in _finally_held(reversals)}
+    assert held == {7: Decimal(5), 19: Decimal(6)}
     assert first.payload["contractServiceID"] == 70 and first.payload["effectiveDate"] == "2026-10-07T00:00:00"
     by_id = {original.action.effective_date.day: original.action.action_id for original in chain}
     assert set(first.depends_on) == {by_id[5], by_id[6], second.action_id}
