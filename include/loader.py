@@ -697,7 +697,12 @@ class _Loader:
         results = []
         for action, contract_id in wanted:
             end = end_of.get(contract_id)
-            if end is not None and action.end_date_after is not None and end >= action.end_date_after:
+            # a reversal's row takes an extension back (an earlier end): there when the contract ends by then
+            shortens = action.end_date_before is not None and action.end_date_after is not None
+            shortens = shortens and action.end_date_after < action.end_date_before
+            there = end is not None and action.end_date_after is not None
+            there = there and (end <= action.end_date_after if shortens else end >= action.end_date_after)
+            if there:
                 results.append((action, contract_id, f"already in Autotask: contract {contract_id} ends {end}"))
             else:
                 results.append((action, _NOT_FOUND, ""))

@@ -467,6 +467,15 @@ def _regroup_moved(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame
     previous_account = lines["subscription_id"].map(first_account)
     changed_account = (lines["account_id"] != previous_account).fillna(False)
     moved = flagged | mismatch | changed_account
+    # the old account's part of a move in mid-month, when Autotask has no contract for the subscription: nothing
+    # there to take to 0, and a contract for a customer who left is a person's decision (the reason says so)
+    moved_in_month = lines["subscription_id"].isin(lines.loc[changed_account, "subscription_id"])
+    unwritten = moved_in_month & ~moved & lines["contract_id"].isna()
+    unwritten_subscriptions = set(lines.loc[unwritten, "subscription_id"])
+    names = lines.drop_duplicates("account_id").set_index("account_id")["account_name"]
+    lines = lines[~unwritten].copy()
+    moved, flagged, changed_account = moved[~unwritten], flagged[~unwritten], changed_account[~unwritten]
+    owner, previous_account = owner[~unwritten], previous_account[~unwritten]
     lines["moved"] = moved
     lines["moved_from"] = lines["contract_id"].where(moved).astype("Int64")
     lines["move_reason"] = None
@@ -481,7 +490,6 @@ def _regroup_moved(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame
             + " is linked to company "
             + lines.loc[moved, "company_id"].astype(str)
         )
-        names = lines.drop_duplicates("account_id").set_index("account_id")["account_name"]
         move_day = lines[moved].groupby("subscription_id")["effective_date"].min()
         from_account = (
             "account "
@@ -500,7 +508,13 @@ def _regroup_moved(lines: pd.DataFrame, snapshot: SnapshotState) -> pd.DataFrame
         detail = lines.loc[moved, "contract_detail"]
         detail = detail.where(~changed_account[moved], from_account)
         detail = detail.where(detail.notna(), generated)
-        lines.loc[moved, "move_reason"] = MOVED_SUBSCRIPTION + ": " + detail
+        unwritten_note = np.where(
+            lines.loc[moved, "subscription_id"].isin(unwritten_subscriptions),
+            "; the old customer's lines up to the move are not written (Autotask has no contract of the "
+            "subscription for them): bill them by hand if they are due",
+            "",
+        )
+        lines.loc[moved, "move_reason"] = MOVED_SUBSCRIPTION + ": " + detail + unwritten_note
         lines.loc[moved, "contract_id"] = _own_contract_of_moved(lines[moved], snapshot).reindex(lines.index)[moved]
         lines.loc[moved, "contract_flag"] = None
         lines.loc[moved, "contract_suggestions"] = 0

@@ -9,8 +9,15 @@ gets the units (and the unit cost, where the original changed it) of before the 
 between hold at least the units of before the load or those the load left, so none goes below zero. Every
 reversal row says so in its reason.
 
+A contract the run extended ends where it ended before again (`extend_contract` back to its old end date,
+sent before the opposite adjustments, as the loader sends extensions): the units the extension carried on into
+its days go with them, so every contract service the run touched holds, on every day, the units of before the
+run. Opposite adjustments that would fall in the removed days are not written (those days go). The extension
+stays, flagged for a person, when another run's approved or applied lines use its days, or when the run changed
+the units on the old last day itself (its opposite change would fall after the old end).
+
 Nothing is deleted and nothing else is undone: companies, services, contracts and contract services the run
-created stay, and so do contract extensions; the reasons say that too.
+created stay; the reasons say that too.
 
 The reversal rows are ordinary plan rows of the month (status proposed, run_id = the reversal run), with
 their own idempotency keys (their own days), loaded by `include.loader.load_plan_actions` like any other
@@ -44,7 +51,6 @@ _NOT_UNDONE = (
     ActionKind.CREATE_SERVICE,
     ActionKind.CREATE_CONTRACT,
     ActionKind.CREATE_CONTRACT_SERVICE,
-    ActionKind.EXTEND_CONTRACT,
 )
 
 
@@ -118,7 +124,7 @@ def plan_reversal(warehouse: Warehouse, month: str, applied_run_id: str, reversa
         "Not undone: " + ", ".join(f"{count} {kind}" for kind, count in sorted(not_undone.items()))
         if not_undone
         else "Nothing else of the run is undone"
-    ) + " (records the run created and contract extensions stay; nothing is ever deleted)."
+    ) + " (records the run created stay; nothing is ever deleted)."
 
     sent = _sent_references(warehouse, month_key, original_ids)
     by_target: dict[str, list[_Original]] = defaultdict(list)
@@ -133,6 +139,21 @@ def plan_reversal(warehouse: Warehouse, month: str, applied_run_id: str, reversa
         for target in sorted(by_target)
         for reversal in _reverse_chain(month_key, applied_run_id, by_target[target], kept)
     ]
+    extended = [
+        action
+        for action in plan
+        if action.kind is ActionKind.EXTEND_CONTRACT
+        and action.status == ActionStatus.APPLIED
+        and run_of.get(action.action_id) == applied_run_id
+        and action.contract_id is not None
+        and action.end_date_before is not None
+        and action.end_date_after is not None
+        and action.end_date_after > action.end_date_before
+    ]
+    original_days = {action.action_id: action.effective_date for action in originals}
+    reversals = _shorten_extensions(
+        warehouse, month_key, applied_run_id, reversal_run_id, extended, reversals, original_days
+    )
     stored = _store(warehouse, month_key, reversal_run_id, reversals, plan)
     summary.actions = len(stored)
     summary.by_kind = dict(sorted(Counter(str(action.kind) for action in stored).items()))
@@ -199,13 +220,18 @@ def _reverse_chain(month: str, applied_run_id: str, chain: list[_Original], kept
     price_before_load = price_changes[0].action.unit_price_before if price_changes else None
     changes = {day: -sum((original.change for original in group), Decimal(0)) for day, group in groups.items()}
 
+    sent: dict[date, Decimal] = {}  # the reversal's changes sent so far, in the order the loader sends them
+
     def units_on(day: date) -> Decimal | None:
-        """The units on `day` once the run and all its reversals are applied."""
+        """The units on `day` once the run and the reversal's changes sent before this one are applied: what
+        Autotask holds when the loader sends the next one (adding ones first, each in date order), so a row's
+        units before and after are what its write finds and leaves, and a load resumed after a crash tells an
+        applied row from one never sent by reading the units on its day."""
         known = [units for start, units in base if start <= day] or [units for _, units in base[:1]]
         if not known:
             return None
         applied = sum((original.change for original in chain if original.day <= day), Decimal(0))
-        undone = sum((change for start, change in changes.items() if start <= day), Decimal(0))
+        undone = sum((change for start, change in sent.items() if start <= day), Decimal(0))
         return known[-1] + applied + undone
 
     adding: list[str] = []
@@ -218,7 +244,9 @@ def _reverse_chain(month: str, applied_run_id: str, chain: list[_Original], kept
         if change == 0 and not restores_cost and not restores_price:
             continue  # nothing to write on this day
         latest = max(chain, key=lambda original: (original.day <= day, original.day))
-        units_after = units_on(day)
+        units_before = units_on(day)
+        units_after = None if units_before is None else units_before + change
+        sent[day] = change
         undone_days = ", ".join(original.day.isoformat() for original in group) or "-"
         payload: dict[str, object] = {
             "contractID": latest.contract_id,
@@ -266,7 +294,7 @@ def _reverse_chain(month: str, applied_run_id: str, chain: list[_Original], kept
             contract_service_action_id=None
             if latest.contract_service_id is not None
             else latest.action.contract_service_action_id,
-            units_before=None if units_after is None else units_after - change,
+            units_before=units_before,
             units_after=units_after,
             unit_change=change,
             unit_cost_before=latest.action.unit_cost_after if restores_cost else None,
@@ -283,6 +311,114 @@ def _reverse_chain(month: str, applied_run_id: str, chain: list[_Original], kept
             adding.append(action.action_id)
         reversals.append(action)
     return sorted(reversals, key=lambda action: action.effective_date or date.min)
+
+
+def _shorten_extensions(
+    warehouse: Warehouse,
+    month: str,
+    applied_run_id: str,
+    reversal_run_id: str,
+    extended: Sequence[PlanAction],
+    reversals: list[PlanAction],
+    original_days: dict[str, date | None],
+) -> list[PlanAction]:
+    """Each contract the run extended ends where it ended before: an `extend_contract` row back to the old end
+    (sent before the adjustments), and the opposite adjustments that would fall in the removed days left out (see
+    the module docstring). Returns the reversal's rows."""
+    if not extended:
+        return reversals
+    ids = sorted({int(action.contract_id) for action in extended if action.contract_id is not None})
+    table = warehouse.table("plan_actions")
+    with warehouse.engine.connect() as conn:
+        others = conn.execute(
+            sa.select(table.c.contract_id, table.c.kind, table.c.effective_date, table.c.run_id, table.c.month).where(
+                table.c.contract_id.in_(ids),
+                table.c.status.in_([str(ActionStatus.APPROVED), str(ActionStatus.APPLIED)]),
+                table.c.run_id.notin_([applied_run_id, reversal_run_id]),
+                table.c.kind.in_([str(kind) for kind in (*_ADJUSTING, ActionKind.EXTEND_CONTRACT)]),
+            )
+        ).all()
+    kept = list(reversals)
+    rows = []
+    for extension in sorted(extended, key=lambda action: int(action.contract_id or 0)):
+        contract_id, old_end = int(extension.contract_id or 0), extension.end_date_before
+        assert old_end is not None and extension.end_date_after is not None
+        users = sorted(
+            {
+                f"{row.run_id} ({row.month})"
+                for row in others
+                if int(row.contract_id) == contract_id
+                and (row.kind == ActionKind.EXTEND_CONTRACT or _day(row.effective_date) > old_end)
+            }
+        )
+        on_contract = [row for row in kept if row.contract_id == contract_id]
+        gone = [row for row in on_contract if row.effective_date is not None and row.effective_date > old_end]
+        # an original on or before the old end undone after it: its opposite change cannot be written once the
+        # contract ends there again
+        undone_late = [
+            row
+            for row in gone
+            if any((original_days.get(dependency) or date.max) <= old_end for dependency in row.depends_on)
+        ]
+        status, why = ActionStatus.PROPOSED, ""
+        if users:
+            status = ActionStatus.FLAGGED
+            why = (
+                f" Run(s) {', '.join(users)} use the extended days (approved or applied lines on this contract after "
+                f"{old_end}): shortening the contract would cut them; a person decides."
+            )
+        elif undone_late:
+            status = ActionStatus.BLOCKED
+            why = (
+                f" The run changed the units on or before the old end {old_end} and its opposite change falls after "
+                "it: the contract keeps its extension; set the units of the days after the old end to 0 by hand."
+            )
+        else:
+            dropped = {row.action_id for row in gone}
+            kept = [
+                replace(row, depends_on=tuple(d for d in row.depends_on if d not in dropped), known_id=None)
+                if dropped.intersection(row.depends_on)
+                else row
+                for row in kept
+                if row.action_id not in dropped
+            ]
+        reason = (
+            f"Reverses run {applied_run_id}'s extension of contract {contract_id} ({old_end} -> "
+            f"{extension.end_date_after}): the contract ends on {old_end} again, so the days after it hold no "
+            "units, as before the run."
+            + (
+                " Its opposite adjustments in those days are not written (the days go)."
+                if status is ActionStatus.PROPOSED and gone
+                else ""
+            )
+            + why
+        )
+        if status is ActionStatus.BLOCKED:
+            reason = "blocked: " + reason
+        rows.append(
+            PlanAction(
+                kind=ActionKind.EXTEND_CONTRACT,
+                month=month,
+                target=f"contract:C{contract_id}",
+                status=status,
+                reason=reason,
+                # the first day it removes: a slot of its own, not the extension's
+                effective_date=old_end + timedelta(days=1),
+                account_id=extension.account_id,
+                subscription_ids=extension.subscription_ids,
+                contract_id=contract_id,
+                end_date_before=extension.end_date_after,
+                end_date_after=old_end,
+                payload={"id": contract_id, "endDate": f"{old_end.isoformat()}T00:00:00"},
+                charge_ids=extension.charge_ids,
+                depends_on=(extension.action_id,),
+            )
+        )
+    return rows + kept
+
+
+def _day(value: object) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value)[:10])
 
 
 def _store(
@@ -384,6 +520,7 @@ def verify_reversal(reader: AutotaskUnitsReader, warehouse: Warehouse, month: st
         applied_in_month = [action for action in month_plan if action.status is ActionStatus.APPLIED]
         contract_ends = _contract_ends(warehouse, month_key, applied_in_month, by_pair)
         for pair, actions in sorted(by_pair.items()):
+            actions = _finally_held(actions)
             actions.sort(key=lambda action: action.effective_date or date.min)
             # a contract that ends inside the month holds no units after its end: check its last day instead
             last_day = min(billing_month.last_day, contract_ends.get(pair[0]) or billing_month.last_day)
@@ -408,6 +545,28 @@ def verify_reversal(reader: AutotaskUnitsReader, warehouse: Warehouse, month: st
     _store_verification(warehouse, result)
     (log.info if result.ok else log.warning)("reversal %s: %s", run_id, result.message())
     return result
+
+
+def _finally_held(actions: list[PlanAction]) -> list[PlanAction]:
+    """One contract service's reversal rows with the units each day holds once all of them are applied: a row's
+    units after are those its write left (`_reverse_chain`), plus the changes sent after it on or before its day
+    (the loader sends the rows adding units first, then those removing them, each kind in date order)."""
+    in_order = sorted(actions, key=lambda action: ((action.unit_change or 0) < 0, action.effective_date or date.min))
+    held = []
+    for position, action in enumerate(in_order):
+        if action.units_after is None or action.effective_date is None:
+            held.append(action)
+            continue
+        later = sum(
+            (
+                other.unit_change or Decimal(0)
+                for other in in_order[position + 1 :]
+                if other.effective_date is not None and other.effective_date <= action.effective_date
+            ),
+            Decimal(0),
+        )
+        held.append(replace(action, units_after=action.units_after + later) if later else action)
+    return held
 
 
 def describe_reversal(rows: Sequence[PlanAction], month: str, applied_run_id: str, limit: int = 15) -> str:

@@ -244,6 +244,15 @@ def _contract_ends(
     for action in applied_plan:
         if action.kind is ActionKind.EXTEND_CONTRACT and action.contract_id is not None and action.end_date_after:
             ends[action.contract_id] = max(action.end_date_after, ends.get(action.contract_id, action.end_date_after))
+    for action in applied_plan:  # a reversal took an extension back: the contract ends where it ended before
+        shortened = action.kind is ActionKind.EXTEND_CONTRACT and action.contract_id is not None
+        if (
+            shortened
+            and action.end_date_after
+            and action.end_date_before
+            and action.end_date_after < action.end_date_before
+        ):
+            ends[action.contract_id] = min(action.end_date_after, ends[action.contract_id])
     return ends
 
 

@@ -27,7 +27,12 @@ agrees with `effectiveDate`:
   gone from the BSS, or an annual term that lapsed without renewal);
 - a subscription may move to another account at a month start (`moved_on`): from that month on its
   lines are under the new account, the month before under the old one; within a month a
-  subscription's lines are all under one account;
+  subscription's lines are all under one account, except
+- a move in mid-month (`moved_on` on day 2-28, only in the showcase month and the month after it, to a
+  customer whose name has accents and a legal form): the old account is billed up to the move (its Cycle on
+  the 1st) and credited on the move day (a `Cancellation` to 0), the new account gets a `New` line (Prorated,
+  the same units, no setup fee) on that day, issued after the credit; from the next month on the new account
+  is billed. Two accounts, one subscription id, in one month;
 - money is in the account's currency (EUR, GBP, USD), from that currency's own price list: the EUR catalogue
   converted, then moved per product by the list (`price_list_factor`: a GBP list rounds some prices up, a USD list
   discounts others), so one product has three prices that are not each other's conversion;
@@ -120,7 +125,7 @@ class Subscription:
     term_end_date: date
     quantity_changes: list[tuple[date, int]]  # (day, new total), in order; one day may hold several
     cancelled_on: date | None = None
-    # moved to `moved_to` on `moved_on` (a month start)
+    # moved to `moved_to` on `moved_on` (a month start, or a day in mid-month: `moved_mid_month`)
     moved_on: date | None = None
     moved_to: str | None = None
     # from this day on the BSS bills nothing, without a cancellation line; stop_reason says why:
@@ -155,6 +160,10 @@ class Subscription:
     def units_before(self, day: date) -> int:
         """Total units in force when `day` begins (before that day's changes)."""
         return self.units_on(day - _ONE_DAY)
+
+    @property
+    def moved_mid_month(self) -> bool:
+        return self.moved_on is not None and self.moved_on.day != 1
 
     def account_on(self, day: date) -> str:
         """The account the subscription belongs to on `day`."""
@@ -273,11 +282,15 @@ class Universe:
         self, subscription: Subscription, first: date, last: date
     ) -> list[tuple[date, int, str, int, dict]]:
         account = self._accounts_by_id[subscription.account_on(first)]
+        moved_on = subscription.moved_on if subscription.moved_mid_month else None
+        moved_here = moved_on is not None and first < moved_on <= last
+        new_account = self._accounts_by_id[str(subscription.moved_to)] if moved_here else account
         product = self._products_by_id[subscription.product_id]
         unit_cost, unit_price = self.prices_for(product, account.currency, first)
         plan_id, plan_name = BILLING_PLANS[product.billing_period]
         period_months = BILLING_PERIOD_MONTHS[product.billing_period]
         account_ref = {"id": account.id, "name": account.name, "code": account.code}
+        new_account_ref = {"id": new_account.id, "name": new_account.name, "code": new_account.code}
         product_ref = {"id": product.id, "sku": product.sku, "name": product.name}
         plan_ref = {"id": plan_id, "name": plan_name, "billingPeriod": product.billing_period}
         start_day = subscription.start_date
@@ -299,10 +312,13 @@ class Universe:
             end: date,
             cost: Decimal = unit_cost,
             price: Decimal = unit_price,
+            billed_to: dict | None = None,
         ) -> dict:
             status = "Cancelled" if action == "Cancellation" else "Active"
+            if billed_to is None:  # in the month of a move in mid-month: the new account from the move day on
+                billed_to = new_account_ref if moved_here and moved_on is not None and start > moved_on else account_ref
             return {  # key order as in the BSS documentation
-                "account": account_ref,
+                "account": billed_to,
                 "subscription": {"id": subscription.id, "status": status},
                 "product": product_ref,
                 "billingPlan": plan_ref,
@@ -401,6 +417,12 @@ class Universe:
         if cancelled is not None and first <= cancelled <= last:
             total = subscription.units_before(cancelled)
             emit(cancelled, 1, line("Credit", "Cancellation", -total, 0, cancelled, period_end(cancelled)))
+        if moved_here and moved_on is not None:
+            # the move: the old account credited to 0, then the new one billed the same units from that day
+            total = subscription.units_on(moved_on)
+            end = period_end(moved_on)
+            emit(moved_on, 1, line("Credit", "Cancellation", -total, 0, moved_on, end, billed_to=account_ref))
+            emit(moved_on, 2, line("Prorated", "New", total, total, moved_on, end, billed_to=new_account_ref))
         return out
 
 
@@ -757,6 +779,51 @@ class _Shapes:
             self._add_same_day_change,
             lambda subscription: {day.replace(day=1) for day, _ in subscription.quantity_changes[1:]},
         )
+        self._moves_in_mid_month(monthly)
+
+    # --- moved to another customer in mid-month -------------------------------------------------------
+
+    def _moves_in_mid_month(self, monthly: list[Subscription]) -> None:
+        """SHOWCASE_MIN subscriptions of the showcase month and of the month after it move to another customer
+        in mid-month (the last shape drawn: the other shapes keep their subscriptions). The new customer is one
+        of the fixed customers in the old one's currency whose name has accents and a legal form."""
+        if self.showcase is None:
+            return
+        order = _shuffled(monthly, "mid-month-move")
+        for month in (self.showcase, _add_months(self.showcase, 1)):
+            if month > self.window_end:
+                continue
+            wanted = SHOWCASE_MIN
+            for subscription in order:
+                if wanted <= 0:
+                    break
+                if subscription.id in self.taken:
+                    continue
+                target = self._can_move_in_mid_month(subscription, month)
+                if target:
+                    day = month.replace(day=2 + int(_fraction("mid-month-move-day", subscription.id) * 27))
+                    subscription.moved_on = day
+                    subscription.moved_to = target
+                    self.taken.add(subscription.id)
+                    wanted -= 1
+
+    def _can_move_in_mid_month(self, subscription: Subscription, month: date) -> str | None:
+        if not self._old_and_steady(subscription, month):
+            return None
+        last = _month_end(month)
+        if any(month <= day <= last for day, _ in subscription.quantity_changes[1:]):
+            return None  # no change of units in the move's month: the move is the month's only event
+        if any(month <= day <= last for day in subscription.renewal_dates(last)):
+            return None
+        owner = self.accounts[self.account_index[subscription.account_id]]
+        targets = [
+            account
+            for account in self.accounts_by_currency[owner.currency]
+            if account.id in self.fixed_accounts and account.id != owner.id and not account.name.isascii()
+        ]
+        if not targets:
+            return None
+        return targets[int(_fraction("mid-month-move-to", subscription.id) * len(targets))].id
 
     # --- choosing -------------------------------------------------------------------------------------
 

@@ -192,18 +192,39 @@ def run_month(
         server.stop()
 
 
+# Where a run's logs go when --log-dir is not given: this setting's <month>/ folder, else the Airflow home's.
+LOG_DIR_SETTING = "BILLING_RUN_LOG_DIR"
+
+
+def run_log_dir(month: str, env: dict[str, str], override: Path | None = None) -> Path:
+    """The folder of `make run`'s logs for `month`: `--log-dir`, else `$BILLING_RUN_LOG_DIR/<month>/`, else
+    `$AIRFLOW_HOME/logs/billing-run/<month>/` beside the Airflow home the run uses (never inside the checkout
+    unless the Airflow home is): two environments driven from one checkout keep their logs apart."""
+    if override is not None:
+        return override
+    configured = (env.get(LOG_DIR_SETTING) or "").strip()
+    if configured:
+        return Path(configured).expanduser() / month
+    return Path(env["AIRFLOW_HOME"]).expanduser() / "logs" / "billing-run" / month
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--month", required=True, help="billing month YYYY-MM")
     parser.add_argument("--dry-run", action="store_true", help="report what would be written; write nothing")
-    parser.add_argument("--log-dir", type=Path, help="where the run's logs go (default var/run/<month>)")
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        help=f"where the run's logs go (default ${LOG_DIR_SETTING}/<month>, else "
+        "$AIRFLOW_HOME/logs/billing-run/<month>)",
+    )
     args = parser.parse_args(argv)
     from include.models import BillingMonth
 
     month = BillingMonth.parse(args.month).key
     env = dict(os.environ)
     env.setdefault("AIRFLOW_HOME", str(REPO_ROOT / ".airflow"))
-    log_dir = args.log_dir or REPO_ROOT / "var" / "run" / month
+    log_dir = run_log_dir(month, env, args.log_dir)
     conf = {"dry_run": True} if args.dry_run else {}
     print(f"==> running {DAG_ID} for {month}{' (dry run)' if args.dry_run else ''}; log: {log_dir}", flush=True)
     result = run_month(

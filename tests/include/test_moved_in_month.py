@@ -225,3 +225,17 @@ def test_a_subscription_billed_to_two_customers_at_once_holds_its_lines_and_the_
     ]
     # the plan's own gate lets the month through too: the held lines are blocked, never loaded
     assert validate_plan(warehouse, MONTH, "run-1").passed
+
+
+def test_a_move_of_a_subscription_autotask_never_had_writes_only_the_new_customers_part(warehouse):
+    fake, _acme, service = _autotask()
+    new_company = fake.add_company(NEW_OWNER[1], key=NEW_OWNER[0])
+    september, october = _month_with_a_move()
+    plan = _plan_the_move(warehouse, fake, october, september)
+    assert _writes(plan) == [
+        ("create_contract", "subscription:SUB-9", None, "flagged", None),
+        ("create_contract_service", f"cs:S:SUB-9/V{service}", None, "flagged", None),
+        ("adjust_units", f"cs:S:SUB-9/V{service}", D(2026, 10, 15), "flagged", "12"),
+    ]
+    assert plan[0].company_id == new_company
+    assert all("the old customer's lines up to the move are not written" in action.reason for action in plan)

@@ -60,21 +60,29 @@ def test_a_reversal_restores_the_units_of_before_the_load_and_a_second_reversal_
 
     reversal = load_plan(warehouse, MONTH, "reverse-1")
     assert summary.actions == len(reversal) > 0
-    assert {action.status for action in reversal} == {ActionStatus.PROPOSED}
-    assert {action.kind for action in reversal} <= set(ADJUSTING)
+    shortened = {action.contract_id: action for action in reversal if action.kind is ActionKind.EXTEND_CONTRACT}
+    assert shortened, "the month extends contracts: the reversal takes the extensions back"
+    assert {action.status for action in reversal if action.kind in ADJUSTING} == {ActionStatus.PROPOSED}
+    assert {action.kind for action in reversal} <= {*ADJUSTING, ActionKind.EXTEND_CONTRACT}
+    for action in shortened.values():
+        assert action.end_date_after < action.end_date_before
+        assert f"ends on {action.end_date_after} again" in action.reason
     originals = {action.idempotency_key for action in load_plan(warehouse, MONTH, "run-1")}
     assert not originals & {action.idempotency_key for action in reversal}, "a reversal has its own Autotask slots"
     # the reason says what is not undone and why the day moves
-    assert all("Not undone" in action.reason and "cannot delete" in action.reason for action in reversal)
-    assert "create_company" in reversal[0].reason and "extend_contract" in reversal[0].reason
-    body = describe_reversal(reversal, MONTH, "run-1", limit=5)
-    assert f"{len(reversal)} opposite adjustments" in body and "nothing is deleted" in body
-    assert body.count("\n| ") == 5 + 2 and f"and {len(reversal) - 5} more" in body
+    adjusting = [action for action in reversal if action.kind in ADJUSTING]
+    assert all("Not undone" in action.reason and "cannot delete" in action.reason for action in adjusting)
+    assert "create_company" in adjusting[0].reason and "extend_contract" not in adjusting[0].reason
+    body = describe_reversal(adjusting, MONTH, "run-1", limit=5)
+    assert f"{len(adjusting)} opposite adjustments" in body and "nothing is deleted" in body
+    assert body.count("\n| ") == 5 + 2 and f"and {len(adjusting) - 5} more" in body
     # nothing is written before a person approves
     admin.reset_stats()
     assert load_plan_actions(hook, warehouse, MONTH, "reverse-1", SETTINGS).write_requests == 0
     assert admin.write_requests() == 0
 
+    # a person approves what can load (a blocked row never does)
+    reversal = [action for action in reversal if action.loadable]
     set_action_status(warehouse, [action.action_id for action in reversal], "approved", REVERSER)
     admin.reset_stats()
     reversed_load = load_plan_actions(hook, warehouse, MONTH, "reverse-1", SETTINGS)
@@ -82,7 +90,11 @@ def test_a_reversal_restores_the_units_of_before_the_load_and_a_second_reversal_
     assert reversed_load.status == "succeeded" and not reversed_load.failures, reversed_load.failures
     assert reversed_load.write_requests == len(reversal) == admin.write_requests()
     stats = admin.stats()
-    assert set(stats["requests"]) - {"ThresholdInformation"} <= {"ContractServiceAdjustments", "ContractServiceUnits"}
+    assert set(stats["requests"]) - {"ThresholdInformation"} <= {
+        "ContractServiceAdjustments",
+        "ContractServiceUnits",
+        "Contracts",
+    }
     assert "DELETE" not in str(stats["requests"])
     after = _units_by_pair(admin)
     # Autotask holds one adjustment per contract service and day, so a reversal goes on the nearest free day:
@@ -91,6 +103,8 @@ def test_a_reversal_restores_the_units_of_before_the_load_and_a_second_reversal_
     # the units of before the load.
     moved: dict[tuple[int, int], set[date]] = defaultdict(set)
     for action in reversal:
+        if action.kind not in ADJUSTING:
+            continue
         pair = (action.contract_id, action.service_id)
         later = [day for day in original_days[pair] if day > action.effective_date]
         if action.unit_change > 0 and later:
@@ -99,13 +113,19 @@ def test_a_reversal_restores_the_units_of_before_the_load_and_a_second_reversal_
                 moved[pair].add(day)
                 day += timedelta(days=1)
     exact = at_least = 0
+    taken_back = {contract_id for contract_id, action in shortened.items() if action.loadable}
+    extension_days = 0
     for pair, days in original_days.items():
         existed_before = pair in before_load
         for day in OCTOBER:
             found = _units_on(after[pair], day) or 0.0
             expected = _units_on(before_load[pair], day) if existed_before else None
             if existed_before and expected is None:
-                continue  # after the contract's old end: the extension is not undone
+                # after the contract's old end: the extension is taken back, those days hold no units again
+                if pair[0] in taken_back:
+                    assert _units_on(after[pair], day) is None, (pair, day, found)
+                    extension_days += 1
+                continue
             if day in days or day in moved[pair]:
                 left = _units_on(loaded[pair], day) or 0.0
                 assert found >= min(expected or 0.0, left), (pair, day, found, expected, left)
@@ -120,10 +140,15 @@ def test_a_reversal_restores_the_units_of_before_the_load_and_a_second_reversal_
     for pair in month_end:
         expected = _units_on(before_load[pair], OCTOBER[-1]) if pair in before_load else None
         assert (_units_on(after[pair], OCTOBER[-1]) or 0.0) == pytest.approx(expected or 0.0)
-    # the run's own records stay: nothing is deleted
-    assert {row["id"] for rows in loaded.values() for row in rows} <= {
-        row["id"] for rows in after.values() for row in rows
-    }
+    assert extension_days > 0
+    # the run's own records stay: nothing is deleted (a unit row of an extension's days goes with those days)
+    ends = {action.contract_id: action.end_date_after.isoformat() for action in shortened.values() if action.loadable}
+    assert {
+        row["id"]
+        for (contract_id, _), rows in loaded.items()
+        for row in rows
+        if row["startDate"][:10] <= ends.get(contract_id, "9999")
+    } <= {row["id"] for rows in after.values() for row in rows}
 
     verification = verify_reversal(hook, warehouse, MONTH, "reverse-1")
     assert verification.ok, verification.message()
@@ -193,7 +218,13 @@ def test_consecutive_days_and_a_cost_change_are_reversed_on_the_next_free_day_wi
     assert (first.units_before, first.units_after) == (Decimal(10), Decimal(5))
     assert first.payload["adjustedUnitCost"] == 10 and first.unit_cost_after == Decimal("10")
     assert "adjustedUnitCost" not in second.payload
-    assert (second.units_before, second.units_after) == (Decimal(5), Decimal(6))
+    # each row's units are what its write finds and leaves: the +1 goes first (10 -> 11 on the 19th), then the -5
+    # (10 -> 5 on the 7th); once both are in, the 19th holds 6 (what verification reads back)
+    assert (second.units_before, second.units_after) == (Decimal(10), Decimal(11))
+    from include.reversal import _finally_held
+
+    held = {action.effective_date.day: action.units_after for action in _finally_held(reversals)}
+    assert held == {7: Decimal(5), 19: Decimal(6)}
     assert first.payload["contractServiceID"] == 70 and first.payload["effectiveDate"] == "2026-10-07T00:00:00"
     by_id = {original.action.effective_date.day: original.action.action_id for original in chain}
     assert set(first.depends_on) == {by_id[5], by_id[6], second.action_id}

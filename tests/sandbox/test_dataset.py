@@ -152,6 +152,15 @@ def test_charges_agree_with_the_subscription_history(universe):
         for day, line in last_of_day.items():
             assert line["subscriptionQuantity"] == subscription.units_on(date.fromisoformat(day))
         for line in subscription_lines:
+            if subscription.moved_mid_month and month_start < subscription.moved_on <= month_end:
+                # a move in mid-month: the old account up to its credit on the move day, the new one from its New
+                moved_on = subscription.moved_on.isoformat()
+                new = line["effectiveDate"] > moved_on or (
+                    line["effectiveDate"] == moved_on and line["action"] == "New"
+                )
+                owner = subscription.moved_to if new else subscription.account_id
+                assert line["account"]["id"] == owner
+                continue
             assert line["account"]["id"] == subscription.account_on(month_start)
             if line["action"] == "Cycle":
                 assert line["quantity"] == subscription.units_before(date.fromisoformat(line["effectiveDate"]))
@@ -379,7 +388,13 @@ def test_every_month_bills_a_subscription_under_one_account(seed):
             for line in universe.charges_for_month(f"{year}-{month:02d}"):
                 accounts[line["subscription"]["id"]].add(line["account"]["id"])
                 assert line["currency"] == universe.account(line["account"]["id"]).currency
-            assert all(len(found) == 1 for found in accounts.values()), (year, month)
+            # except the moves in mid-month: the old account and the new one, that month only
+            moved_here = {
+                s.id: {s.account_id, s.moved_to}
+                for s in moved
+                if s.moved_mid_month and (s.moved_on.year, s.moved_on.month) == (year, month)
+            }
+            assert {key: found for key, found in accounts.items() if len(found) > 1} == moved_here, (year, month)
 
 
 def test_a_subscription_no_longer_billed_has_no_line_from_its_stop_on(universe):
@@ -391,3 +406,39 @@ def test_a_subscription_no_longer_billed_has_no_line_from_its_stop_on(universe):
         assert subscription.units_on(subscription.stops_billing_on) == 0
         if subscription.stop_reason == "lapsed":
             assert subscription.stops_billing_on == subscription.term_end_on(subscription.stops_billing_on) + ONE_DAY
+
+
+def test_the_showcase_month_and_the_next_hold_a_move_in_mid_month_to_a_customer_with_accents(universe):
+    """A cancellation credit on the old account, a New line of the same units on the new one (whose name has
+    accents and a legal form), on one day in mid-month, the credit issued first; the next month bills the new one."""
+    for month in ("2026-10", "2026-11"):
+        moved = [s for s in universe.subscriptions if s.moved_mid_month and s.moved_on.strftime("%Y-%m") == month]
+        assert len(moved) >= 2, month
+        lines = lines_by_subscription(universe.charges_for_month(month))
+        for subscription in moved:
+            on_the_day = [
+                line for line in lines[subscription.id] if line["effectiveDate"] == subscription.moved_on.isoformat()
+            ]
+            credit, new = on_the_day
+            units = subscription.units_on(subscription.moved_on)
+            assert (credit["account"]["id"], credit["action"], credit["quantity"], credit["subscriptionQuantity"]) == (
+                subscription.account_id,
+                "Cancellation",
+                -units,
+                0,
+            )
+            assert (new["account"]["id"], new["action"], new["quantity"], new["subscriptionQuantity"]) == (
+                subscription.moved_to,
+                "New",
+                units,
+                units,
+            )
+            assert credit["createdDate"] < new["createdDate"]
+            name = universe.account(subscription.moved_to).name
+            assert not name.isascii() and name.split()[-1] in {"GmbH", "SARL", "S.L.", "Α.Ε."}
+            following = universe.charges_for_month(
+                f"{subscription.moved_on.year}-{subscription.moved_on.month + 1:02d}"
+            )
+            assert {line["account"]["id"] for line in following if line["subscription"]["id"] == subscription.id} <= {
+                subscription.moved_to
+            }
