@@ -27,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "plugins")]
 
 RUN_ID = "bench-run"  # what bench_reconcile's measure step plans
+MONTH = "2026-10"  # the month bench_reconcile plans
 from include.identifiers import SYNC_DAG_ID as DAG_ID  # noqa: E402
 
 REPEATS = 5
@@ -55,7 +56,10 @@ def main() -> None:
     import httpx
 
     from include.review import build_grid
+    from include.runs import register_run
+    from include.sync_settings import SyncSettings
     from include.warehouse import Warehouse
+    from stacks.local_stack import AUTOTASK_BILLING_CODE_ID, AUTOTASK_OWNER_RESOURCE_ID
     from stacks.review_server import airflow_env, start_api_server, stop_group, token
 
     with tempfile.TemporaryDirectory(prefix="bench-review-") as temporary:
@@ -75,6 +79,9 @@ def main() -> None:
         subprocess.run([sys.executable, reconcile, "--measure", temporary], check=True, capture_output=True)
         warehouse = Warehouse(f"sqlite:///{directory / 'warehouse.db'}")
         warehouse.migrate()
+        # the run as the DAG registers it (its DAG, month and settings): the review serves registered runs only
+        settings = SyncSettings(owner_resource_id=AUTOTASK_OWNER_RESOURCE_ID, billing_code_id=AUTOTASK_BILLING_CODE_ID)
+        register_run(warehouse, RUN_ID, DAG_ID, MONTH, settings)
         plan_lines = warehouse.scalar("SELECT COUNT(*) FROM plan_actions WHERE run_id = :run_id", {"run_id": RUN_ID})
         build_started = time.perf_counter()
         build_grid(warehouse, RUN_ID)  # what the DAG's reconcile task does after writing the plan
