@@ -862,7 +862,15 @@ def render_body(summary: ApprovalSummary, settings: SyncSettings | None = None, 
     lines += ["", "### Data quality", ""]
     if summary.quality:
         for line in summary.quality:
-            verdict = "passed" if line.success and not line.critical_failures else "FAILED"
+            # a suite that failed without a critical failure let the month through: held lines (blocked, see
+            # above) or warnings
+            verdict = (
+                "FAILED"
+                if line.critical_failures
+                else "passed"
+                if line.success
+                else "passed, with held lines or warnings"
+            )
             lines.append(
                 f"- {_md(line.suite)} ({_md(line.stage)}): {verdict}, {line.critical_failures} critical, "
                 f"{line.warning_failures} warnings"

@@ -1884,7 +1884,8 @@ def scope_of_decision(warehouse: Warehouse, state: RunState, kind: str, source_k
     """The customers a mapping decision on `source_key` changes the plan of (an account: its own lines; a
     subscription: its customer's; a product: every customer billed for it, and its catalogue service), or None when
     the whole month must be re-planned: a subscription of the scope moved between customers (its lines touch
-    another customer's contract), or the scope is most of the month anyway."""
+    another customer's contract; also a move in mid-month: the subscription billed to two accounts), or the scope is
+    most of the month anyway."""
     column = {"company": "account_id", "contract": "subscription_id", "service": "product_id"}[kind]
     accounts = frozenset(
         row["account_id"]
@@ -1902,6 +1903,14 @@ def scope_of_decision(warehouse: Warehouse, state: RunState, kind: str, source_k
         f" AND l.month = :month WHERE m.run_id = :run_id AND m.kind = 'contract' AND m.flag = :flag AND {of_accounts}"
         " LIMIT 1",
         {"month": state.month, "run_id": state.run_id, "flag": OTHER_COMPANY_FLAG, **params},
+    )
+    # a subscription of the scope billed to another account too this month (a move in mid-month): its lines touch
+    # the other customer's contract and plan
+    moved = moved or warehouse.query(
+        "SELECT 1 AS moved FROM charge_lines l WHERE l.month = :month AND "
+        f"{of_accounts} AND EXISTS (SELECT 1 FROM charge_lines o WHERE o.month = l.month"
+        " AND o.subscription_id = l.subscription_id AND o.account_id <> l.account_id) LIMIT 1",
+        {"month": state.month, **params},
     )
     total = warehouse.query(
         "SELECT COUNT(DISTINCT account_id) AS accounts FROM charge_lines WHERE month = :month", {"month": state.month}
