@@ -16,6 +16,25 @@ from tests.include.crash_support import KILL_POINTS, PROPOSED_ONLY, WITH_FLAGGED
 
 _EXPECTED: dict[str, tuple] = {}
 
+# Known open (issue 20): on main after the money (issue 15) and blast-radius branches were merged, these kills leave
+# lines of a contract the killed load was creating blocked after the re-run ("waits for create_contract … (blocked)"):
+# 0 duplicate and 0 unexpected writes, but 3-8 writes missing. Each branch alone passed them. strict: the day they pass,
+# the mark must go.
+MISSING_AFTER_MERGE = pytest.mark.xfail(
+    strict=True, reason="issue 20 open: a re-run after this kill leaves a created contract's lines blocked (missing)"
+)
+
+
+# 3 % with flagged lines approved fails the same way on some runs and not on others (seen both on merged main)
+SOMETIMES_MISSING = pytest.mark.xfail(
+    strict=False,
+    reason="issue 20 open: on some runs a re-run after this kill leaves a created contract's lines blocked",
+)
+
+
+def known_open(*values: object) -> object:
+    return pytest.param(*values, marks=MISSING_AFTER_MERGE)
+
 
 def expected_state(autotask, admin, approval: str, tmp_path, monkeypatch) -> tuple:
     """One clean run's final Autotask state and write count (once per approval kind and sandbox)."""
@@ -32,8 +51,17 @@ def explain(outcome) -> str:
     return "\n".join(lines + [f"{kind}: {found}" for kind, found in outcome.differences.items()])
 
 
-@pytest.mark.parametrize("approval", [PROPOSED_ONLY, WITH_FLAGGED])
-@pytest.mark.parametrize("share", [0.01, 0.03, 0.5])
+@pytest.mark.parametrize(
+    ("share", "approval"),
+    [
+        (0.01, PROPOSED_ONLY),
+        (0.01, WITH_FLAGGED),
+        (0.03, PROPOSED_ONLY),
+        pytest.param(0.03, WITH_FLAGGED, marks=SOMETIMES_MISSING),
+        known_open(0.5, PROPOSED_ONLY),
+        known_open(0.5, WITH_FLAGGED),
+    ],
+)
 def test_a_load_killed_at_a_share_of_the_month_then_run_again_writes_every_change_once(
     autotask, admin, tmp_path, monkeypatch, approval, share
 ):
@@ -45,7 +73,7 @@ def test_a_load_killed_at_a_share_of_the_month_then_run_again_writes_every_chang
     assert outcome.clean, explain(outcome)
 
 
-@pytest.mark.parametrize(("approval", "share"), [(WITH_FLAGGED, 0.01), (PROPOSED_ONLY, 0.5)])
+@pytest.mark.parametrize(("approval", "share"), [(WITH_FLAGGED, 0.01), known_open(PROPOSED_ONLY, 0.5)])
 def test_on_postgresql_a_killed_load_run_again_writes_every_change_once(
     autotask, admin, tmp_path, monkeypatch, postgres_url, approval, share
 ):
@@ -55,7 +83,21 @@ def test_on_postgresql_a_killed_load_run_again_writes_every_change_once(
     assert outcome.clean, explain(outcome)
 
 
-@pytest.mark.parametrize("point", sorted(set(KILL_POINTS) - {"after-the-request-before-the-answer"}))
+_OPEN_POINTS = {
+    "before-the-request-is-processed",
+    "between-a-create-and-its-first-adjustment",
+    "during-a-budget-pause",
+    "mid-way-through-a-contract-service's-adjustments",
+}
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        known_open(point) if point in _OPEN_POINTS else point
+        for point in sorted(set(KILL_POINTS) - {"after-the-request-before-the-answer"})
+    ],
+)
 def test_a_load_killed_at_each_step_of_the_ledger_then_run_again_writes_every_change_once(
     autotask, admin, tmp_path, monkeypatch, point
 ):
