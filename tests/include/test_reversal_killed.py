@@ -21,8 +21,8 @@ from include.loader import load_plan_actions
 from include.plan import ActionKind, load_plan, set_action_status
 from include.reversal import ReversalError, plan_reversal, verify_reversal
 from include.warehouse import Warehouse
-from sandbox.launcher import REPO_ROOT
-from sandbox.local_stack import autotask_connection
+from stacks.launcher import REPO_ROOT
+from stacks.local_stack import autotask_connection
 from tests.include.loader_support import HOOK_EXTRA, MONTH, SETTINGS, make_hook, plan_month, seeded_adjustment_ids
 
 MONTH_END = date(2026, 10, 31)
