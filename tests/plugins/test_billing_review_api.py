@@ -310,12 +310,15 @@ def test_names_that_are_html_or_formulas_stay_text_in_the_page_and_the_exports(s
     formula_csv = admin.get(f"/billing/api/runs/{RUN_PATH}/export.csv", params={"q": "hyperlink"})
     formula_rows = list(csv.DictReader(io.StringIO(formula_csv.content.decode("utf-8-sig"))))
     assert formula_rows, "the formula-named customer has plan lines"
-    assert {row["Customer"] for row in formula_rows} == {"'" + FORMULA_NAME}
+    # the search also finds lines that only name the customer (a subscription that moved to another customer in
+    # the month): every line of the formula-named customer itself is a text cell
+    formula_rows = [row for row in formula_rows if "HYPERLINK" in row["Customer"]]
+    assert formula_rows and {row["Customer"] for row in formula_rows} == {"'" + FORMULA_NAME}
     workbook = load_workbook(
         io.BytesIO(admin.get(f"/billing/api/runs/{RUN_PATH}/export.xlsx", params={"q": "hyperlink"}).content)
     )
     sheet = workbook["Review"]
-    customers = [sheet.cell(row=row, column=2) for row in range(2, 2 + len(formula_rows))]
+    customers = [cell for cell in sheet["B"][1:] if "HYPERLINK" in str(cell.value or "")]
     assert [(cell.value, cell.data_type) for cell in customers] == [(FORMULA_NAME, "s")] * len(formula_rows)
 
 
