@@ -30,6 +30,7 @@ from urllib.parse import unquote
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse
 
+from billing_review.asgi_body import read_body, replaying
 from include.identifiers import APPROVAL_TASK_IDS, FORM_FINGERPRINT_PARAM
 
 log = logging.getLogger(__name__)
@@ -54,34 +55,19 @@ class ApprovalAnswerGuard:
         if APPROVAL_TASK_IDS.get(dag_id) != task_id:
             await self.app(scope, receive, send)
             return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > _MAX_ANSWER_BYTES:
-                await JSONResponse({"detail": "the answer is larger than 64 KB"}, 413)(scope, receive, send)
-                return
+        body = await read_body(receive, _MAX_ANSWER_BYTES)
+        if body is None:
+            await JSONResponse({"detail": "the answer is larger than 64 KB"}, 413)(scope, receive, send)
+            return
         refusal = await self._refusal(scope, dag_id, run_id, body)
         if refusal is not None:
             status, message = refusal
             log.warning("billing approval of %s refused (%s): %s", run_id, status, message)
             await JSONResponse({"detail": message}, status)(scope, receive, send)
             return
-        replayed = False
-
-        async def replay() -> Any:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
         lock = _ANSWERING.setdefault((dag_id, run_id, task_id), asyncio.Lock())
         async with lock:  # a second answer (a double-click) finds the first one recorded: Airflow answers 409
-            await self.app(scope, replay, send)
+            await self.app(scope, replaying(body, receive), send)
 
     async def _refusal(self, scope: Any, dag_id: str, run_id: str, body: bytes) -> tuple[int, str] | None:
         user = await _user_of(scope)

@@ -24,6 +24,7 @@ from urllib.parse import unquote
 from starlette.responses import JSONResponse
 
 from billing_review.approval_guard import _user_of
+from billing_review.asgi_body import read_body, replaying
 from include.identifiers import AUDIT_DAG_ID, REVERSAL_DAG_ID, SYNC_DAG_ID
 from include.month_input import default_month, month_problem, month_run_id
 
@@ -46,16 +47,10 @@ class BillingTriggerForm:
         if scope.get("method") != "POST" or dag_id not in _MONTH_DAGS:
             await self.app(scope, receive, send)
             return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > _MAX_TRIGGER_BYTES:
-                await JSONResponse({"detail": "the trigger request is larger than 256 KB"}, 413)(scope, receive, send)
-                return
+        body = await read_body(receive, _MAX_TRIGGER_BYTES)
+        if body is None:
+            await JSONResponse({"detail": "the trigger request is larger than 256 KB"}, 413)(scope, receive, send)
+            return
         trigger = _json_object(body)
         if trigger is not None:
             conf = trigger.get("conf") if isinstance(trigger.get("conf"), dict) else {}
@@ -66,7 +61,7 @@ class BillingTriggerForm:
                 return
             if problem is None and dag_id == SYNC_DAG_ID:
                 body = json.dumps(named_after_its_month(trigger, datetime.now(UTC))).encode()
-        await self.app(_with_length(scope, body), _replay(body, receive), send)
+        await self.app(_with_length(scope, body), replaying(body, receive), send)
 
 
 def named_after_its_month(trigger: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -99,19 +94,6 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None  # Airflow refuses a malformed request itself (422)
     return parsed if isinstance(parsed, dict) else None
-
-
-def _replay(body: bytes, receive: Any) -> Any:
-    replayed = False
-
-    async def replay() -> Any:
-        nonlocal replayed
-        if replayed:
-            return await receive()
-        replayed = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replay
 
 
 def _with_length(scope: Any, body: bytes) -> Any:

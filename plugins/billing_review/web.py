@@ -39,6 +39,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from billing_review.asgi_body import read_body, replaying
 from include.identifiers import APPROVAL_TASK_IDS, BILLING_DAG_IDS, FORM_FINGERPRINT_PARAM, SYNC_DAG_ID
 
 log = logging.getLogger(__name__)
@@ -374,26 +375,11 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await _too_large(self.limit)(scope, receive, send)
             return
-        body, more = b"", True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.limit:
-                await _too_large(self.limit)(scope, receive, send)
-                return
-        replayed = False
-
-        async def replay() -> Any:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+        body = await read_body(receive, self.limit)
+        if body is None:
+            await _too_large(self.limit)(scope, receive, send)
+            return
+        await self.app(scope, replaying(body, receive), send)
 
 
 def _too_large(limit: int) -> JSONResponse:
